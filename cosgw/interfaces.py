@@ -15,8 +15,9 @@ them without knowing which backend raised them.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Mapping, Optional, Sequence
+from typing import Optional
 
 from zope.interface import Attribute, Interface
 

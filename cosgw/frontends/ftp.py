@@ -1,0 +1,1070 @@
+"""
+The FTP frontend: a L{twisted.protocols.ftp.FTP} subclass over an
+L{ObjectFileSystem}.
+
+Twisted's FTP server is kept for its login states, reply table and command
+dispatch; what it gets wrong for a gateway is replaced here (see
+reference/twisted-conch-cos-facts.md section a):
+
+  - PASV and EPSV answer at once instead of holding the control channel
+    until the data connection arrives (Twisted #4819); the transfer command
+    waits for it, with a timeout.
+  - Data connections are our own L{DataChannel}: it reports *how* the
+    connection ended, so a client's reset in the middle of an upload is an
+    abort (426, no object), never a "226 Transfer complete" of a partial file
+    as in Twisted's DTP; it does not buffer without limit before a consumer
+    is attached; it only accepts a passive connection from the client's own
+    address (no port stealing), and PORT/EPRT may only name the client's own
+    address and an unprivileged port (no FTP bounce, RFC 2577).
+  - Downloads and uploads stream through L{cosgw.transfer} with
+    backpressure; listings stream page by page with a producer, so the first
+    line goes out before the last page is fetched.
+  - Commands and names are UTF-8 (RFC 2640) both ways; invalid UTF-8 gets a
+    501 instead of a dropped connection; a line over the length limit gets a
+    500 and the session goes on.
+  - TYPE A is accepted and transfers bytes unchanged, as vsftpd does by
+    default: an object store holds bytes, and rewriting line ends would make
+    SIZE and REST lie.  (Twisted's ASCII mode crashes on Python 3, #9555.)
+
+Errors from the file system reach the client through L{reply_for}, the one
+place that maps them to reply codes.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Optional
+
+from twisted.cred import error as cred_error
+from twisted.cred.credentials import UsernamePassword
+from twisted.cred.portal import Portal
+from twisted.internet import error as net_error
+from twisted.internet import protocol
+from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred, succeed
+from twisted.internet.interfaces import (
+    IConsumer,
+    IListeningPort,
+    IPushProducer,
+    IReactorTCP,
+    IReactorTime,
+)
+from twisted.logger import Logger
+from twisted.protocols import ftp
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from cosgw import vfs
+from cosgw.transfer import Download, TransferStopped, UploadWriter
+
+log = Logger()
+
+#: Seconds a transfer command waits for its data connection.
+DATA_CONNECTION_TIMEOUT = 30
+
+
+# -- replies ----------------------------------------------------------------
+
+
+class Reply(ftp.FTPCmdError):
+    """A complete reply; raised by handlers, sent by the dispatcher."""
+
+    def __init__(self, code: int, text: str) -> None:
+        super().__init__(text)
+        self.code = code
+        self.text = text
+
+    def response(self) -> bytes:
+        return f"{self.code} {self.text}".encode()
+
+
+def reply_for(failure: Failure, action: str = "") -> Reply:
+    """
+    The one place where file-system and transfer errors become FTP replies.
+    Unexpected errors are logged with their traceback and shown to the
+    client as a plain 451, never as a traceback.
+    """
+    e = failure.value
+    if isinstance(e, Reply):
+        return e
+    if isinstance(e, vfs.InvalidName):
+        return Reply(553, f"{e.path}: {e.message}")
+    if isinstance(e, (vfs.QuotaExceeded, vfs.FileTooLarge)):
+        return Reply(552, f"{e.path}: {e.message}")
+    if isinstance(e, vfs.StoreFailure):
+        rid = f" (request {e.request_id})" if e.request_id else ""
+        return Reply(451, f"{e.path}: {e.message}; try again later{rid}")
+    if isinstance(e, vfs.FSError):
+        return Reply(550, f"{e.path}: {e.message}")
+    if isinstance(e, TransferStopped):
+        return Reply(426, "Connection closed; transfer aborted")
+    log.failure("unexpected error in {action}", failure, action=action or "FTP")
+    return Reply(451, "Requested action aborted: local error in processing")
+
+
+def _quote_path(path: str) -> str:
+    """RFC 959 appendix II: a quote inside a quoted path is doubled."""
+    return '"' + path.replace('"', '""') + '"'
+
+
+def _normal_host(host: str) -> str:
+    """Compare addresses as the IP they are (IPv4-mapped IPv6 unwrapped)."""
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        return str(address.ipv4_mapped)
+    return str(address)
+
+
+_MONTHS = "Jan Feb Mar Apr May Jun Jul Aug Sep Oct Nov Dec".split()
+
+
+def format_list_line(
+    entry: vfs.Entry, permissions: frozenset[str], owner: str, now: float
+) -> str:
+    """One line of LIST output, as ``ls -l`` writes it (what clients parse)."""
+    r = "r" if "download" in permissions or entry.is_dir else "-"
+    w = "w" if "upload" in permissions else "-"
+    x = "x" if entry.is_dir else "-"
+    mode = ("d" if entry.is_dir else "-") + (r + w + x) + (r + "-" + x) * 2
+    t = time.gmtime(entry.mtime)
+    if abs(now - entry.mtime) < 180 * 86400:
+        when = f"{_MONTHS[t.tm_mon - 1]} {t.tm_mday:2d} {t.tm_hour:02d}:{t.tm_min:02d}"
+    else:
+        when = f"{_MONTHS[t.tm_mon - 1]} {t.tm_mday:2d}  {t.tm_year}"
+    owner = owner[:8] or "cosgw"
+    return f"{mode} 1 {owner:<8} {owner:<8} {entry.size:>12} {when} {entry.name}"
+
+
+# -- data connections ---------------------------------------------------------
+
+
+@implementer(IConsumer, IPushProducer)
+class DataChannel(protocol.Protocol):
+    """
+    One FTP data connection.  It does not read until a consumer is attached
+    (so nothing is buffered without limit), and it tells how it ended:
+    L{closed} fires with None after a clean close and with the failure
+    otherwise.
+    """
+
+    def __init__(self) -> None:
+        self.closed: Deferred[Optional[Failure]] = Deferred()
+        self._consumer: Optional[IConsumer] = None
+        self._reason: Optional[Failure] = None
+        self._ended = False
+        self.received = 0
+
+    # connection
+
+    def connectionMade(self) -> None:
+        self.transport.pauseProducing()
+        self.factory.connected(self)
+
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        self._ended = True
+        clean = reason.check(net_error.ConnectionDone) is not None
+        self._reason = None if clean else reason
+        self.closed.callback(self._reason)
+
+    def abort(self) -> None:
+        """Drop the connection (RST): the client must not see a clean end."""
+        if not self._ended and self.transport is not None:
+            self.transport.abortConnection()
+
+    # receiving (STOR)
+
+    def receive(self, consumer: IConsumer) -> Deferred[None]:
+        """
+        Feed everything the client sends into C{consumer}.
+
+        @return: Deferred firing with None when the client closed the
+            connection cleanly (end of file), failing with the connection's
+            failure otherwise.
+        """
+        self._consumer = consumer
+        consumer.registerProducer(self, True)
+        if not self._ended:
+            self.transport.resumeProducing()
+
+        def ended(reason: Optional[Failure]) -> Optional[Failure]:
+            consumer.unregisterProducer()
+            self._consumer = None
+            return reason
+
+        d = Deferred()
+        self.closed.addCallback(ended)
+        self.closed.addCallback(lambda r: d.errback(r) if r else d.callback(None))
+        return d
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += len(data)
+        if self._consumer is not None:
+            self._consumer.write(data)
+
+    def pauseProducing(self) -> None:
+        if not self._ended:
+            self.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        if not self._ended:
+            self.transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self.abort()
+
+    # sending (RETR, LIST)
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        self.transport.registerProducer(producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        """End of the data: close cleanly once the buffer is flushed."""
+        if not self._ended:
+            self.transport.unregisterProducer()
+            self.transport.loseConnection()
+
+    def write(self, data: bytes) -> None:
+        if not self._ended:
+            self.transport.write(data)
+
+
+class DataChannelFactory(protocol.ClientFactory):
+    """
+    Makes the one data connection of a transfer, passive or active.  For a
+    passive one it accepts only a connection from C{peer_host} (the
+    client's control-connection address): another host connecting first
+    must not get the data (port stealing).
+    """
+
+    protocol = DataChannel
+
+    def __init__(self, peer_host: str) -> None:
+        self.peer_host = _normal_host(peer_host)
+        self.deferred: Deferred[DataChannel] = Deferred()
+        self.channel: Optional[DataChannel] = None
+
+    def buildProtocol(self, addr: Any) -> Optional[DataChannel]:
+        if self.channel is not None:
+            return None
+        host = _normal_host(getattr(addr, "host", ""))
+        if host != self.peer_host:
+            log.warn(
+                "refused a data connection from {host} (client is {peer})",
+                host=host,
+                peer=self.peer_host,
+            )
+            return None
+        channel = DataChannel()
+        channel.factory = self
+        self.channel = channel
+        return channel
+
+    def connected(self, channel: DataChannel) -> None:
+        if not self.deferred.called:
+            self.deferred.callback(channel)
+
+    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
+        if not self.deferred.called:
+            self.deferred.errback(reason)
+
+
+@implementer(IPushProducer)
+class _ListingSender:
+    """
+    Streams a L{vfs.Listing} into a data channel page by page; while the
+    client is slow (the transport paused us) no further page is fetched.
+    """
+
+    def __init__(
+        self,
+        listing: vfs.Listing,
+        first: list[vfs.Entry],
+        channel: DataChannel,
+        format_line: Callable[[vfs.Entry], str],
+    ) -> None:
+        self._listing = listing
+        self._channel = channel
+        self._format = format_line
+        self._paused = False
+        self._fetching = False
+        self._stopped = False
+        self._ended = False
+        self._done: Deferred[int] = Deferred()
+        self.count = 0
+        self._pending = first
+
+    def start(self) -> Deferred[int]:
+        self._channel.registerProducer(self, True)
+        self._send()
+        return self._done
+
+    def _send(self) -> None:
+        if self._pending:
+            lines = [self._format(e) for e in self._pending]
+            self.count += len(lines)
+            self._pending = []
+            self._channel.write(("\r\n".join(lines) + "\r\n").encode("utf-8"))
+        if self._ended:
+            if not self._done.called:
+                self._channel.unregisterProducer()
+                self._done.callback(self.count)
+            return
+        if not self._paused and not self._fetching and not self._stopped:
+            self._fetching = True
+            self._listing.next_page().addCallbacks(self._got, self._failed)
+
+    def _got(self, page: Optional[list[vfs.Entry]]) -> None:
+        self._fetching = False
+        if self._stopped:
+            return
+        if page is None:
+            self._ended = True
+        else:
+            self._pending = page
+        self._send()
+
+    def _failed(self, failure: Failure) -> None:
+        self._fetching = False
+        if not self._done.called:
+            self._done.errback(failure)
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        if not self._fetching:
+            self._send()
+
+    def stopProducing(self) -> None:
+        self._stopped = True
+        if not self._done.called:
+            self._done.errback(Failure(TransferStopped("listing interrupted")))
+
+
+# -- the shell (IFTPShell avatar) -------------------------------------------
+
+
+@implementer(ftp.IFTPShell)
+class FTPShell:
+    """
+    The avatar of a logged-in FTP user: Twisted's IFTPShell over the user's
+    L{ObjectFileSystem}.  The protocol below uses the file system directly
+    for streaming; this keeps the avatar usable by any IFTPShell client.
+    """
+
+    def __init__(self, fs: vfs.ObjectFileSystem, on_logout: Callable[[], None]):
+        self.fs = fs
+        self._on_logout = on_logout
+
+    def logout(self) -> None:
+        self._on_logout()
+
+    def _ftp(self, d: Deferred[Any], action: str) -> Deferred[Any]:
+        return d.addErrback(lambda f: Failure(reply_for(f, action)))
+
+    def _call(self, action: str, f: Callable[..., Deferred[Any]], *args: Any):
+        return self._ftp(maybeDeferred(f, *args), action)
+
+    def makeDirectory(self, path: Sequence[str]) -> Deferred[None]:
+        return self._call("MKD", self.fs.mkdir, path)
+
+    def removeDirectory(self, path: Sequence[str]) -> Deferred[None]:
+        return self._call("RMD", self.fs.rmdir, path)
+
+    def removeFile(self, path: Sequence[str]) -> Deferred[None]:
+        return self._call("DELE", self.fs.remove, path)
+
+    def rename(self, fromPath: Sequence[str], toPath: Sequence[str]) -> Deferred[None]:
+        return self._call("RNTO", self.fs.rename, fromPath, toPath)
+
+    def access(self, path: Sequence[str]) -> Deferred[None]:
+        return self._call("CWD", self.fs.require_directory, path)
+
+    def stat(self, path: Sequence[str], keys: Sequence[str] = ()) -> Deferred[list]:
+        def values(entry: vfs.Entry) -> list:
+            return [self._value(entry, k) for k in keys]
+
+        return self._call("STAT", self.fs.stat, path).addCallback(values)
+
+    def list(self, path: Sequence[str], keys: Sequence[str] = ()) -> Deferred[list]:
+        def values(entries: list[vfs.Entry]) -> list:
+            return [(e.name, [self._value(e, k) for k in keys]) for e in entries]
+
+        return self._call("LIST", self.fs.list_all, path).addCallback(values)
+
+    def _value(self, entry: vfs.Entry, key: str) -> Any:
+        from twisted.python.filepath import Permissions
+
+        return {
+            "size": entry.size,
+            "directory": entry.is_dir,
+            "permissions": Permissions(0o755 if entry.is_dir else 0o644),
+            "hardlinks": 1,
+            "modified": entry.mtime,
+            "owner": self.fs.user,
+            "group": self.fs.user,
+        }[key]
+
+    def openForReading(self, path: Sequence[str]) -> Deferred[Any]:
+        settings = self.fs.settings
+
+        @implementer(ftp.IReadFile)
+        class Reader:
+            def __init__(self, source: Any) -> None:
+                self.source = source
+
+            def send(self, consumer: IConsumer) -> Deferred[int]:
+                return Download(
+                    self.source, consumer, settings.read_chunk, settings.read_ahead
+                ).start()
+
+        return self._call("RETR", self.fs.open_read, path).addCallback(Reader)
+
+    def openForWriting(self, path: Sequence[str]) -> Deferred[Any]:
+        @implementer(ftp.IWriteFile)
+        class Writer:
+            def __init__(self, writer: UploadWriter) -> None:
+                self.writer = writer
+
+            def receive(self) -> Deferred[UploadWriter]:
+                return succeed(self.writer)
+
+            def close(self) -> Deferred[Any]:
+                return self.writer.finish()
+
+        return self._call("STOR", self.fs.open_write, path).addCallback(Writer)
+
+
+# -- the protocol -------------------------------------------------------------
+
+
+class GatewayFTP(ftp.FTP):
+    """
+    One FTP control connection.  Handlers are C{ftp_<CMD>} as in Twisted;
+    they may be coroutines, and return a L{Reply}, a Twisted reply tuple or
+    None (when they replied themselves), or raise a L{Reply}.
+    """
+
+    _encoding = "utf-8"
+    PUBLIC_COMMANDS = ["FEAT", "QUIT", "OPTS", "NOOP"]
+    FEATURES = ["EPRT", "EPSV", "MDTM", "PASV", "SIZE", "TYPE A;I", "UTF8"]
+
+    shell: Optional[FTPShell] = None
+    _discarding = False
+
+    def __init__(self) -> None:
+        self.workingDirectory: list[str] = []
+        self._data_factory: Optional[DataChannelFactory] = None
+        self._data_port: Optional[IListeningPort] = None
+        self._active: Optional[tuple[str, int]] = None
+        self._transfer: Optional[Any] = None
+        self._rename_from: Optional[list[str]] = None
+        self.user: Optional[str] = None
+
+    @property
+    def reactor(self) -> Any:
+        return self.factory.reactor
+
+    @property
+    def fs(self) -> vfs.ObjectFileSystem:
+        assert self.shell is not None
+        return self.shell.fs
+
+    # -- connection ---------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        self.state = self.UNAUTH
+        self.peer = self.transport.getPeer()
+        self.callLater = self.reactor.callLater
+        self.setTimeout(self.factory.timeOut)
+        self.sendLine(f"220 {self.factory.welcomeMessage}")
+        log.info("FTP connection from {peer}", peer=self.peer.host)
+
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        self._close_data()
+        if self._transfer is not None:
+            transfer, self._transfer = self._transfer, None
+            transfer()
+        self.setTimeout(None)
+        if self.shell is not None:
+            self.shell.logout()
+        self.shell = None
+        self.disconnected = True
+        log.info(
+            "FTP connection from {peer} closed (user {user})",
+            peer=self.peer.host if hasattr(self, "peer") else "?",
+            user=self.user,
+        )
+
+    # -- command lines ------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._discarding:
+            # Drop the rest of an over-long line, up to its end.
+            end = data.find(b"\n")
+            if end == -1:
+                return
+            self._discarding = False
+            data = data[end + 1 :]
+        super().dataReceived(data)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        self.sendLine("500 Command line too long")
+        log.warn("over-long command line from {peer}", peer=self.peer.host)
+        end = line.find(b"\n")
+        if end == -1:
+            self._discarding = True
+        elif line[end + 1 :]:
+            self.dataReceived(line[end + 1 :])
+
+    def lineReceived(self, line: bytes) -> None:
+        self.resetTimeout()
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError:
+            self.sendLine("501 Command is not valid UTF-8")
+            return
+        command, _, argument = text.partition(" ")
+        command = command.upper()
+        if command not in ("PASS",):
+            log.debug("{user}> {line}", user=self.user, line=text)
+        self.pauseProducing()
+        d = maybeDeferred(self._dispatch, command, argument, " " in text)
+        d.addCallbacks(self._send_result, self._send_failure, errbackArgs=(command,))
+        d.addErrback(lambda f: log.failure("replying to {command}", f, command=command))
+
+        def resume(_: object) -> None:
+            if not self.disconnected:
+                self.resumeProducing()
+
+        d.addBoth(lambda _: self.reactor.callLater(0, resume, None))
+
+    def _dispatch(self, command: str, argument: str, has_argument: bool) -> Any:
+        if command in self.PUBLIC_COMMANDS:
+            return self._call(command, argument, has_argument)
+        if self.state == self.UNAUTH:
+            if command == "USER":
+                return self.ftp_USER(argument)
+            if command == "PASS":
+                return Reply(503, "Login with USER first")
+            return Reply(530, "Please login with USER and PASS")
+        if self.state == self.INAUTH:
+            if command == "PASS":
+                return self.ftp_PASS(argument)
+            return Reply(503, "PASS required after USER")
+        if self.state == self.RENAMING and command != "RNTO":
+            self.state = self.AUTHED
+            self._rename_from = None
+        return self._call(command, argument, has_argument)
+
+    def _call(self, command: str, argument: str, has_argument: bool) -> Any:
+        method = getattr(self, "ftp_" + command, None)
+        if method is None or not command.isalpha():
+            return Reply(502, f"Command '{command[:16]}' not implemented")
+        if has_argument:
+            try:
+                result = method(argument)
+            except TypeError as e:
+                if "positional argument" not in str(e):
+                    raise
+                return Reply(501, f"{command} takes no argument")
+        else:
+            try:
+                result = method()
+            except TypeError as e:
+                if "positional argument" not in str(e):
+                    raise
+                return Reply(501, f"{command} requires an argument")
+        if hasattr(result, "__await__"):
+            return ensureDeferred(result)
+        return result
+
+    def _send_result(self, result: Any) -> None:
+        if isinstance(result, Reply):
+            self.sendLine(result.response())
+        elif isinstance(result, tuple):
+            self.reply(*result)
+        elif isinstance(result, str):
+            self.reply(result)
+
+    def _send_failure(self, failure: Failure, command: str) -> None:
+        if failure.check(Reply):
+            self.sendLine(failure.value.response())
+        elif failure.check(ftp.FTPCmdError):
+            self.sendLine(failure.value.response())
+        else:
+            self.sendLine(reply_for(failure, command).response())
+
+    # -- login --------------------------------------------------------------
+
+    def ftp_USER(self, username: str = "") -> Reply:
+        if not username:
+            return Reply(501, "USER requires a user name")
+        self._user = username
+        self.state = self.INAUTH
+        return Reply(331, "Password required")
+
+    def ftp_PASS(self, password: str = "") -> Deferred[Reply]:
+        username = self._user
+        del self._user
+        credentials = UsernamePassword(username, password)
+        portal: Portal = self.factory.portal
+        d = portal.login(credentials, self.peer, ftp.IFTPShell)
+
+        def ok(result: tuple[Any, FTPShell, Callable[[], None]]) -> Reply:
+            _, shell, _ = result
+            self.shell = shell
+            self.user = shell.fs.user
+            self.workingDirectory = []
+            self.state = self.AUTHED
+            log.info(
+                "FTP login {user} from {peer}", user=self.user, peer=self.peer.host
+            )
+            return Reply(230, "Login successful")
+
+        def refused(failure: Failure) -> Reply:
+            failure.trap(cred_error.UnauthorizedLogin, cred_error.UnhandledCredentials)
+            self.state = self.UNAUTH
+            return Reply(530, "Login incorrect")
+
+        return d.addCallbacks(ok, refused)
+
+    # -- simple commands ----------------------------------------------------
+
+    def ftp_NOOP(self, *ignored: str) -> Reply:
+        return Reply(200, "NOOP ok")
+
+    def ftp_SYST(self) -> Reply:
+        return Reply(215, "UNIX Type: L8")
+
+    def ftp_FEAT(self) -> None:
+        self.sendLine("211-Features:")
+        for feature in self.FEATURES:
+            self.sendLine(" " + feature)
+        self.sendLine("211 End")
+
+    def ftp_OPTS(self, option: str = "") -> Reply:
+        words = option.upper().split()
+        if words[:1] == ["UTF8"] or words[:1] == ["UTF-8"]:
+            if words[1:] in ([], ["ON"]):
+                return Reply(200, "UTF8 mode is always on")
+            return Reply(504, "Only UTF8 mode is supported")
+        return Reply(501, f"Option not understood: {option[:40]}")
+
+    def ftp_TYPE(self, kind: str = "") -> Reply:
+        words = kind.upper().split()
+        if words in (["I"], ["L", "8"]):
+            self.binary = True
+            return Reply(200, "Type set to I")
+        if words in (["A"], ["A", "N"]):
+            self.binary = False
+            return Reply(200, "Type set to A (bytes are transferred unchanged)")
+        return Reply(504, f"Type not supported: {kind[:20]}")
+
+    def ftp_QUIT(self) -> None:
+        self.sendLine("221 Goodbye")
+        self.transport.loseConnection()
+        self.disconnected = True
+
+    def ftp_PWD(self) -> Reply:
+        return Reply(
+            257,
+            f"{_quote_path(vfs.display(self.workingDirectory))} is the current directory",
+        )
+
+    def _resolve(self, path: str) -> list[str]:
+        try:
+            return vfs.resolve(self.workingDirectory, path)
+        except vfs.InvalidName as e:
+            raise Reply(553, f"{path}: {e.message}") from None
+
+    async def ftp_CWD(self, path: str = "/") -> Reply:
+        segments = self._resolve(path)
+        await self.fs.require_directory(segments)
+        self.workingDirectory = segments
+        return Reply(250, f"Directory changed to {vfs.display(segments)}")
+
+    def ftp_CDUP(self) -> Awaitable[Reply]:
+        return self.ftp_CWD("..")
+
+    async def ftp_SIZE(self, path: str) -> Reply:
+        entry = await self.fs.stat(self._resolve(path))
+        if entry.is_dir:
+            raise Reply(550, f"{path}: not a plain file")
+        return Reply(213, str(entry.size))
+
+    async def ftp_MDTM(self, path: str) -> Reply:
+        entry = await self.fs.stat(self._resolve(path))
+        if entry.is_dir:
+            raise Reply(550, f"{path}: not a plain file")
+        return Reply(213, time.strftime("%Y%m%d%H%M%S", time.gmtime(entry.mtime)))
+
+    async def ftp_MKD(self, path: str) -> Reply:
+        segments = self._resolve(path)
+        await self.fs.mkdir(segments)
+        return Reply(257, f"{_quote_path(vfs.display(segments))} created")
+
+    async def ftp_RMD(self, path: str) -> Reply:
+        await self.fs.rmdir(self._resolve(path))
+        return Reply(250, "Directory removed")
+
+    async def ftp_DELE(self, path: str) -> Reply:
+        await self.fs.remove(self._resolve(path))
+        return Reply(250, "File removed")
+
+    async def ftp_RNFR(self, path: str) -> Reply:
+        segments = self._resolve(path)
+        self.fs.require("rename", segments)
+        await self.fs.stat(segments)
+        self._rename_from = segments
+        self.state = self.RENAMING
+        return Reply(350, "Ready for RNTO")
+
+    async def ftp_RNTO(self, path: str) -> Reply:
+        source, self._rename_from = self._rename_from, None
+        self.state = self.AUTHED
+        if source is None:
+            raise Reply(503, "RNFR required first")
+        await self.fs.rename(source, self._resolve(path))
+        return Reply(250, "Rename successful")
+
+    # -- data connection set-up ---------------------------------------------
+
+    def _close_data(self) -> None:
+        port, self._data_port = self._data_port, None
+        if port is not None:
+            port.stopListening()
+        self._data_factory = None
+        self._active = None
+
+    def _listen(self, interface: str) -> IListeningPort:
+        low, high = self.factory.passive_ports
+        count = high - low + 1
+        start = random.randrange(count)
+        reactor: IReactorTCP = self.reactor
+        for i in range(count):
+            port = low + (start + i) % count
+            try:
+                return reactor.listenTCP(port, self._data_factory, interface=interface)
+            except net_error.CannotListenError:
+                continue
+        raise Reply(425, "No passive port available; try again")
+
+    def _passive(self) -> int:
+        self._close_data()
+        self._data_factory = DataChannelFactory(self.peer.host)
+        host = self.transport.getHost().host
+        self._data_port = self._listen(host)
+        return self._data_port.getHost().port
+
+    def ftp_PASV(self) -> Reply:
+        if self._epsvAll:
+            return Reply(503, "PASV not allowed after EPSV ALL")
+        address = self.factory.masquerade_address or _normal_host(
+            self.transport.getHost().host
+        )
+        try:
+            ip = ipaddress.IPv4Address(address)
+        except ValueError:
+            return Reply(522, "PASV needs IPv4; use EPSV (1,2)")
+        port = self._passive()
+        numbers = ",".join(str(ip).split(".") + [str(port >> 8), str(port & 0xFF)])
+        return Reply(227, f"Entering Passive Mode ({numbers})")
+
+    def ftp_EPSV(self, protocol_: str = "") -> Reply:
+        if protocol_.upper() == "ALL":
+            self._epsvAll = True
+            return Reply(200, "EPSV ALL ok")
+        if protocol_ and protocol_ not in ("1", "2"):
+            return Reply(522, "Network protocol not supported, use (1,2)")
+        port = self._passive()
+        return Reply(229, f"Entering Extended Passive Mode (|||{port}|)")
+
+    def _set_active(self, host: str, port: int) -> Reply:
+        if self._epsvAll:
+            return Reply(503, "PORT and EPRT are not allowed after EPSV ALL")
+        if _normal_host(host) != _normal_host(self.peer.host) or port < 1024:
+            log.warn(
+                "refused PORT to {host}:{port} from {peer}",
+                host=host,
+                port=port,
+                peer=self.peer.host,
+            )
+            return Reply(
+                504, "Data connections go only to your own address and a port >= 1024"
+            )
+        self._close_data()
+        self._active = (host, port)
+        return Reply(200, "PORT command successful")
+
+    def ftp_PORT(self, address: str) -> Reply:
+        try:
+            numbers = [int(n) for n in address.split(",")]
+            if len(numbers) != 6 or not all(0 <= n <= 255 for n in numbers):
+                raise ValueError(address)
+        except ValueError:
+            return Reply(501, "Syntax error in PORT address")
+        host = ".".join(str(n) for n in numbers[:4])
+        return self._set_active(host, numbers[4] << 8 | numbers[5])
+
+    def ftp_EPRT(self, address: str) -> Reply:
+        try:
+            protocol_, host, port = ftp.decodeExtendedAddress(address)
+            ipaddress.ip_address(host)
+            port = int(port)
+        except ValueError:
+            return Reply(501, "Syntax error in EPRT address")
+        if protocol_ not in (1, 2, "1", "2"):
+            return Reply(522, "Network protocol not supported, use (1,2)")
+        return self._set_active(host, port)
+
+    async def _data_channel(self) -> DataChannel:
+        """
+        Wait for the data connection that PASV/EPSV announced, or open the
+        one PORT/EPRT asked for; either way only for this one transfer.
+        """
+        factory = self._data_factory
+        active = self._active
+        port = self._data_port
+        self._data_factory, self._data_port, self._active = None, None, None
+        if factory is None and active is None:
+            raise Reply(425, "Use PASV, EPSV, PORT or EPRT first")
+        if factory is None:
+            assert active is not None
+            factory = DataChannelFactory(active[0])
+            self.reactor.connectTCP(
+                active[0], active[1], factory, timeout=DATA_CONNECTION_TIMEOUT
+            )
+        d = factory.deferred
+        d.addTimeout(DATA_CONNECTION_TIMEOUT, self.reactor)
+        try:
+            return await d
+        except Exception:
+            raise Reply(425, "Can't open data connection") from None
+        finally:
+            if port is not None:
+                port.stopListening()
+
+    # -- transfers ------------------------------------------------------------
+
+    def _start_transfer(self, cancel: Callable[[], None]) -> None:
+        self._transfer = cancel
+        self.setTimeout(None)
+
+    def _end_transfer(self) -> None:
+        self._transfer = None
+        if not self.disconnected:
+            self.setTimeout(self.factory.timeOut)
+
+    async def ftp_RETR(self, path: str) -> Reply:
+        segments = self._resolve(path)
+        try:
+            source = await self.fs.open_read(segments)
+        except Exception:
+            self._close_data()
+            raise
+        try:
+            channel = await self._data_channel()
+        except BaseException:
+            source.close()
+            raise
+        self.sendLine(
+            f"150 Opening BINARY mode data connection for {path} ({source.length} bytes)"
+        )
+        download = Download(
+            source, channel, self.fs.settings.read_chunk, self.fs.settings.read_ahead
+        )
+        self._start_transfer(channel.abort)
+        started = time.monotonic()
+        try:
+            sent = await download.start()
+            reason = await channel.closed
+            if reason is not None:
+                raise TransferStopped(reason.getErrorMessage())
+        except BaseException:
+            channel.abort()
+            log.info(
+                "{user} RETR {path} failed after {sent} bytes",
+                user=self.user,
+                path=vfs.display(segments),
+                sent=download.sent,
+            )
+            raise
+        finally:
+            self._end_transfer()
+        log.info(
+            "{user} RETR {path} {bytes} bytes in {seconds:.2f}s",
+            user=self.user,
+            path=vfs.display(segments),
+            bytes=sent,
+            seconds=time.monotonic() - started,
+        )
+        return Reply(226, "Transfer complete")
+
+    async def ftp_STOR(self, path: str) -> Reply:
+        segments = self._resolve(path)
+        holder: list[DataChannel] = []
+
+        def stop_client() -> None:
+            if holder:
+                holder[0].abort()
+
+        try:
+            writer = await self.fs.open_write(segments, on_stop=stop_client)
+        except Exception:
+            self._close_data()
+            raise
+        try:
+            channel = await self._data_channel()
+        except BaseException:
+            await writer.abort()
+            raise
+        holder.append(channel)
+        self.sendLine(f"150 Ok to send data for {path}")
+        started = time.monotonic()
+
+        def cancel() -> None:
+            channel.abort()
+            writer.abort()
+
+        self._start_transfer(cancel)
+        try:
+            try:
+                await channel.receive(writer)
+            except Exception as e:
+                if writer.state.value == "failed":
+                    await writer.finish()  # raises the store's failure
+                await writer.abort(Failure(e))
+                log.info(
+                    "{user} STOR {path} aborted by the client after {received} bytes",
+                    user=self.user,
+                    path=vfs.display(segments),
+                    received=writer.received,
+                )
+                raise Reply(426, "Connection closed; transfer aborted") from None
+            try:
+                info = await writer.finish()
+            except Exception as e:
+                raise reply_for(
+                    Failure(vfs._translate(Failure(e), vfs.display(segments)).value),
+                    "STOR",
+                ) from None
+        finally:
+            self._end_transfer()
+        log.info(
+            "{user} STOR {path} {bytes} bytes in {seconds:.2f}s (request {request_id})",
+            user=self.user,
+            path=vfs.display(segments),
+            bytes=info.size,
+            seconds=time.monotonic() - started,
+            request_id=info.request_id,
+        )
+        return Reply(226, "Transfer complete")
+
+    async def _list(self, path: str, names_only: bool) -> Reply:
+        words = path.split()
+        while words and words[0].startswith("-"):
+            words.pop(0)  # ls options such as -la: ignored
+        path = " ".join(words) if words else ""
+        segments = self._resolve(path)
+        fs = self.fs
+        try:
+            listing = fs.listing(segments)
+            first = await listing.next_page()
+        except Exception:
+            self._close_data()
+            raise
+        channel = await self._data_channel()
+        self.sendLine("150 Here comes the directory listing")
+        now = self.reactor.seconds()
+        if names_only:
+
+            def line(entry: vfs.Entry) -> str:
+                return entry.name
+        else:
+
+            def line(entry: vfs.Entry) -> str:
+                return format_list_line(entry, fs.permissions, fs.user, now)
+
+        sender = _ListingSender(listing, first or [], channel, line)
+        self._start_transfer(channel.abort)
+        try:
+            await sender.start()
+            reason = await channel.closed
+            if reason is not None:
+                raise TransferStopped(reason.getErrorMessage())
+        except BaseException:
+            channel.abort()
+            raise
+        finally:
+            self._end_transfer()
+        return Reply(226, f"Directory send OK ({sender.count} entries)")
+
+    def ftp_LIST(self, path: str = "") -> Awaitable[Reply]:
+        return self._list(path, names_only=False)
+
+    def ftp_NLST(self, path: str = "") -> Awaitable[Reply]:
+        return self._list(path, names_only=True)
+
+
+class _OverflowFTP(protocol.Protocol):
+    """Says why it hangs up when the server is full (RFC 959: 421)."""
+
+    def connectionMade(self) -> None:
+        self.transport.write(b"421 Too many connections, try again later\r\n")
+        self.transport.loseConnection()
+
+
+class GatewayFTPFactory(protocol.ServerFactory):
+    """
+    Builds the control connections.  Everything the protocol needs from the
+    outside (reactor, portal, passive ports, NAT address, limits) is given
+    here, never reached for.
+    """
+
+    protocol = GatewayFTP
+
+    def __init__(
+        self,
+        portal: Portal,
+        reactor: Any,
+        passive_ports: tuple[int, int] = (61000, 61999),
+        masquerade_address: Optional[str] = None,
+        idle_timeout: int = 600,
+        max_connections: Optional[int] = None,
+        welcome: str = "cosgw FTP gateway ready",
+    ) -> None:
+        self.portal = portal
+        self.reactor: IReactorTime = reactor
+        self.passive_ports = passive_ports
+        self.masquerade_address = masquerade_address
+        self.timeOut = idle_timeout
+        self.max_connections = max_connections
+        self.welcomeMessage = welcome
+        self.connections = 0
+
+    def buildProtocol(self, addr: Any) -> protocol.Protocol:
+        if (
+            self.max_connections is not None
+            and self.connections >= self.max_connections
+        ):
+            log.warn("connection from {host} refused: server full", host=addr.host)
+            p = _OverflowFTP()
+            p.factory = self
+            return p
+        p = super().buildProtocol(addr)
+        self.connections += 1
+        original = p.connectionLost
+
+        def lost(reason: Failure = protocol.connectionDone) -> None:
+            self.connections -= 1
+            original(reason)
+
+        p.connectionLost = lost
+        return p

@@ -1,0 +1,299 @@
+"""
+C{makeService(config, reactor)}: the whole gateway as one MultiService.
+
+The twistd plugin, the .tac file and programs that embed cosgw all come
+through here.  The service owns the thread pool that every blocking store
+call runs in, one store per configured storage, the portal (checker and
+realm) and one listener per endpoint string.  Nothing here imports the global
+reactor at module level; a caller that does not pass one gets the running
+reactor.
+
+Embedding::
+
+    from cosgw.config import load_config
+    from cosgw.service import makeService
+
+    service = makeService(load_config("/etc/cosgw.ini"), reactor)
+    service.setServiceParent(application)   # or service.startService()
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from twisted.application.service import MultiService, Service
+from twisted.cred.portal import Portal
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+
+from cosgw import auth
+from cosgw.accounts import Account, Accounts
+from cosgw.config import ALL_PERMISSIONS, Config, StorageConfig, UserConfig
+from cosgw.interfaces import IObjectStore
+from cosgw.transfer import TransferSettings
+
+log = Logger()
+
+
+class ThreadPoolService(Service):
+    """Starts the gateway's own thread pool with the service and stops it last."""
+
+    def __init__(self, pool: ThreadPool) -> None:
+        self.pool = pool
+
+    def startService(self) -> None:
+        super().startService()
+        self.pool.start()
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.pool.stop()
+
+
+class ListenerService(Service):
+    """
+    Listens on one endpoint string.  Unlike StreamServerEndpointService it
+    keeps the port, so the gateway can say where it listens (tcp:0 included).
+    """
+
+    def __init__(self, reactor: Any, description: str, factory: IProtocolFactory):
+        self._reactor = reactor
+        self.description = description
+        self.endpoint = serverFromString(reactor, description)
+        self.factory = factory
+        self.port: Optional[IListeningPort] = None
+        self.listening: Deferred[IListeningPort] = Deferred()
+        self._started = False
+
+    def privilegedStartService(self) -> None:
+        # Bind before twistd drops privileges (ports 21 and 990).
+        super().privilegedStartService()
+        self._listen()
+
+    def startService(self) -> None:
+        super().startService()
+        self._listen()
+
+    def _listen(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        d = self.endpoint.listen(self.factory)
+
+        def listening(port: IListeningPort) -> IListeningPort:
+            self.port = port
+            self.listening.callback(port)
+            return port
+
+        def failed(failure: Any) -> None:
+            log.failure("cannot listen on {where}", failure, where=self.description)
+            self.listening.errback(failure)
+            if self._reactor.running:
+                # A gateway that cannot listen where it was told must not
+                # look healthy.
+                self._reactor.callLater(0, self._reactor.stop)
+
+        d.addCallbacks(listening, failed)
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        port, self.port = self.port, None
+        self._started = False
+        if port is not None:
+            return port.stopListening()
+        return succeed(None)
+
+
+class GatewayService(MultiService):
+    """The running gateway; C{ftp_listeners} say where FTP is served."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ftp_listeners: list[ListenerService] = []
+        self.stores: dict[str, IObjectStore] = {}
+        self.accounts: Optional[Accounts] = None
+        self.pool: Optional[ThreadPool] = None
+
+    def ready(self) -> Deferred[list[IListeningPort]]:
+        """Fires with the FTP listening ports once they all listen."""
+        d = DeferredList(
+            [listener.listening for listener in self.ftp_listeners],
+            fireOnOneErrback=True,
+            consumeErrors=True,
+        )
+        return d.addCallback(lambda results: [port for _, port in results])
+
+
+def _make_store(
+    storage: StorageConfig, reactor: Any, pool: ThreadPool, threads: int
+) -> IObjectStore:
+    if storage.kind == "local":
+        from cosgw.storage.local import LocalStore
+
+        assert storage.path is not None
+        store = LocalStore(storage.path, reactor, pool)
+        store.prepare()
+        return store
+    from cosgw.storage.cos import CosStore
+
+    settings: dict[str, Any] = {
+        "SecretId": storage.secret_id,
+        "SecretKey": storage.secret_key,
+        "Scheme": storage.scheme,
+    }
+    if storage.token:
+        settings["Token"] = storage.token
+    if storage.region:
+        settings["Region"] = storage.region
+    if storage.endpoint:
+        settings["Endpoint"] = storage.endpoint
+    if storage.address:
+        settings["IP"], settings["Port"] = storage.address
+        settings.setdefault("Region", storage.region or "ap-guangzhou")
+    if storage.scheme == "https":
+        settings["VerifySSL"] = storage.verify_tls
+    assert storage.bucket is not None
+    return CosStore(storage.bucket, settings, reactor, pool, pool_size=threads)
+
+
+def _embedded_user(config: Config) -> tuple[UserConfig, Optional[str]]:
+    """
+    The embedded default's one user: its password is generated at first
+    start, kept hashed in the state directory and shown once, so the
+    second value is the password only on that first start.
+    """
+    stored, password = auth.ensure_generated_account(config.server.state_dir)
+    storage = next(iter(config.storages))
+    user = UserConfig(
+        name=auth.DEFAULT_USERNAME,
+        password=stored,
+        password_is_hashed=True,
+        storage=storage,
+        home="",
+        permissions=ALL_PERMISSIONS,
+    )
+    return user, password
+
+
+def _announce(service: GatewayService, user: UserConfig, password: Optional[str]):
+    def say(ports: list[IListeningPort]) -> None:
+        for port in ports:
+            address = port.getHost()
+            host = (
+                address.host if address.host not in ("0.0.0.0", "::") else "127.0.0.1"
+            )
+            if ":" in host:
+                host = f"[{host}]"
+            if password is not None:
+                log.info(
+                    "cosgw embedded default: log in at ftp://{user}@{host}:{port}/ "
+                    "with password {password} (shown once; stored hashed)",
+                    user=user.name,
+                    host=host,
+                    port=address.port,
+                    password=password,
+                )
+            else:
+                log.info(
+                    "cosgw embedded default: log in at ftp://{user}@{host}:{port}/ "
+                    "with the password shown at first start (delete {passwd} to "
+                    "get a new one)",
+                    user=user.name,
+                    host=host,
+                    port=address.port,
+                    passwd="users.passwd in the state directory",
+                )
+
+    service.ready().addCallbacks(say, lambda f: None)
+
+
+def makeService(config: Config, reactor: Any = None) -> GatewayService:
+    """
+    Build the gateway for C{config}.  Blocking set-up (creating directories,
+    the embedded account) happens here, before the reactor runs.
+    """
+    if reactor is None:
+        from twisted.internet import reactor as running
+
+        reactor = running
+    from twisted.protocols.ftp import IFTPShell
+
+    from cosgw.frontends.ftp import FTPShell, GatewayFTPFactory
+
+    for notice in config.notices:
+        log.warn("config: {notice}", notice=notice)
+
+    service = GatewayService()
+    threads = config.transfer.threads
+    pool = ThreadPool(minthreads=0, maxthreads=threads, name="cosgw")
+    service.pool = pool
+    ThreadPoolService(pool).setServiceParent(service)
+
+    users = dict(config.users)
+    generated: Optional[str] = None
+    if config.embedded:
+        user, generated = _embedded_user(config)
+        users[user.name] = user
+
+    for name, storage in config.storages.items():
+        service.stores[name] = _make_store(storage, reactor, pool, threads)
+        log.info(
+            "storage {name}: {where}", name=name, where=service.stores[name].description
+        )
+
+    settings = TransferSettings(
+        part_size=config.transfer.part_size,
+        parts_in_flight=config.transfer.parts_in_flight,
+        read_chunk=config.transfer.read_chunk,
+        max_file_size=config.transfer.max_file_size,
+    )
+    accounts = Accounts(
+        {
+            name: Account(
+                name=name,
+                store=service.stores[user.storage],
+                home=user.home,
+                permissions=frozenset(user.permissions),
+            )
+            for name, user in users.items()
+        },
+        settings,
+        clock=reactor,
+    )
+    service.accounts = accounts
+
+    checker = auth.PasswordChecker(
+        {name: (u.password, u.password_is_hashed) for name, u in users.items()},
+        reactor,
+        pool,
+    )
+    realm = auth.Realm()
+
+    def ftp_avatar(avatar_id: str, mind: Any) -> tuple[FTPShell, Any]:
+        shell = FTPShell(accounts.filesystem(avatar_id), lambda: None)
+        return shell, shell.logout
+
+    realm.register(IFTPShell, ftp_avatar)
+    portal = Portal(realm, [checker])
+
+    server = config.server
+    factory = GatewayFTPFactory(
+        portal,
+        reactor,
+        passive_ports=server.passive_ports,
+        masquerade_address=server.masquerade_address,
+        idle_timeout=server.idle_timeout,
+        max_connections=server.max_connections,
+    )
+    factory.trace_commands = server.log_level == "debug"
+    for description in server.ftp_listen:
+        listener = ListenerService(reactor, description, factory)
+        listener.setServiceParent(service)
+        service.ftp_listeners.append(listener)
+
+    if config.embedded:
+        _announce(service, users[auth.DEFAULT_USERNAME], generated)
+    return service

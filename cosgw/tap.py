@@ -1,0 +1,44 @@
+"""
+Options and service maker for ``twistd cosftp``.
+
+The config is loaded in C{postOptions}, so a bad file stops twistd with one
+line naming the file, section and key (a UsageError), never a traceback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from twisted.python import usage
+
+from cosgw.config import ConfigError, embedded_config, load_config
+
+
+class Options(usage.Options):
+    synopsis = "[--config PATH]"
+    longdesc = (
+        "Serve Tencent COS buckets (or a local directory) over FTP.  With no "
+        "--config, serve ./cosgw-data on port 2121 for the user 'cosgw', whose "
+        "password is generated at first start and shown once in the log.  "
+        "--config takes cosgw's INI format or a COS FTP Server V5 "
+        "conf/vsftpd.conf unchanged."
+    )
+    optParameters = [
+        ["config", "c", None, "Path to a cosgw INI file or a V5 vsftpd.conf."],
+    ]
+
+    def postOptions(self) -> None:
+        try:
+            if self["config"]:
+                self.config = load_config(self["config"])
+            else:
+                self.config = embedded_config(Path.cwd())
+        except ConfigError as e:
+            raise usage.UsageError(str(e)) from None
+
+
+def makeService(options: Options) -> Any:
+    from cosgw.service import makeService as make
+
+    return make(options.config)

@@ -1,0 +1,511 @@
+"""
+Protocol-independent streaming between a client connection and a store.
+
+Flow control, in one paragraph.  A download is a push producer: it keeps at
+most C{read_ahead} chunks read from the store (one read in flight at a time,
+the store's reads run in threads) and writes them to the consumer (the data
+connection) while the consumer has not paused it.  When the client is slow,
+the transport pauses us, the queue fills and we stop reading: memory stays
+at read_ahead x chunk.  An upload is the mirror image: the data connection is
+a push producer writing into an L{UploadWriter}, which cuts parts of the
+current part size and uploads up to C{parts_in_flight} of them at once; when
+that many are held it pauses the data connection, so TCP pushes back on the
+client.  Memory per upload is therefore bounded by (parts in flight + 1) x
+part size.  Nothing here knows FTP or SFTP.
+
+Upload state machine (L{UploadState}):
+
+    ============  =============================  ===========
+    state         event                          next state
+    ============  =============================  ===========
+    OPEN          write(), part done             OPEN
+    OPEN          finish()                       FINISHING
+    OPEN          part/create fails, too large   FAILED
+    OPEN          abort()                        ABORTED
+    FINISHING     last part done -> complete     DONE
+    FINISHING     any failure                    FAILED
+    FINISHING     abort()                        ABORTED
+    ============  =============================  ===========
+
+In FAILED and ABORTED the multipart upload (if one was started) is aborted
+once no part is in flight, so no part outlives the upload.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Optional
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IConsumer, IPushProducer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from cosgw.interfaces import (
+    MAX_PART_SIZE,
+    MAX_PARTS,
+    MIN_PART_SIZE,
+    IByteSource,
+    IObjectStore,
+    ObjectInfo,
+    PartInfo,
+    StoreError,
+)
+
+log = Logger()
+
+MiB = 1024 * 1024
+
+#: The part number by which an upload of unknown length reaches COS's 5 GiB
+#: part limit.  Growing geometrically until then lets a stream reach about
+#: 44.7 TiB (91% of the 48.82 TiB that 10,000 parts of 5 GiB allow) while an
+#: upload of a few GiB keeps parts small; only a known size can reach the
+#: very last bytes of the limit, and a size hint does.
+PART_GROWTH_SPAN = 1000
+
+
+@dataclass(frozen=True)
+class TransferSettings:
+    """How transfers use memory and the store; built from the config."""
+
+    part_size: int = 8 * MiB
+    parts_in_flight: int = 4
+    read_chunk: int = 256 * 1024
+    read_ahead: int = 4
+    max_file_size: Optional[int] = None
+
+
+class TransferStopped(Exception):
+    """The client went away (or was told to) before the transfer finished."""
+
+
+class UploadTooLarge(StoreError):
+    """The upload went over the size the gateway allows for one file."""
+
+
+def part_size_for(number: int, base: int, size_hint: Optional[int] = None) -> int:
+    """
+    The size of part C{number} (1-based) of an upload.
+
+    Without a hint, sizes grow geometrically from C{base} so that part
+    L{PART_GROWTH_SPAN} is 5 GiB; each size is rounded up to a whole MiB.
+    With a hint of the total size, parts are at least large enough for the
+    whole file to fit in 10,000 of them.
+    """
+    base = min(max(base, MIN_PART_SIZE), MAX_PART_SIZE)
+    ratio = MAX_PART_SIZE / base
+    growth = ratio ** (min(number - 1, PART_GROWTH_SPAN - 1) / (PART_GROWTH_SPAN - 1))
+    size = math.ceil(base * growth / MiB) * MiB
+    if size_hint:
+        size = max(size, math.ceil(size_hint / MAX_PARTS / MiB) * MiB)
+    return min(size, MAX_PART_SIZE)
+
+
+def max_stream_size(base: int) -> int:
+    """The largest object an upload of unknown size can make (for the docs)."""
+    return sum(part_size_for(n, base) for n in range(1, MAX_PARTS + 1))
+
+
+# -- downloads ------------------------------------------------------------
+
+
+@implementer(IPushProducer)
+class Download:
+    """
+    Streams an L{IByteSource} into a consumer with read-ahead and
+    backpressure.  Use L{start}; the source is closed when it ends.
+    """
+
+    def __init__(
+        self,
+        source: IByteSource,
+        consumer: IConsumer,
+        chunk_size: int = 256 * 1024,
+        read_ahead: int = 4,
+    ) -> None:
+        self._source = source
+        self._consumer = consumer
+        self._chunk = chunk_size
+        self._read_ahead = max(1, read_ahead)
+        self._queue: deque[bytes] = deque()
+        self._reading = False
+        self._eof = False
+        self._paused = False
+        self._finished = False
+        self._done: Deferred[int] = Deferred()
+        self.sent = 0
+
+    def start(self) -> Deferred[int]:
+        """
+        @return: A Deferred firing with the number of bytes written, after the
+            consumer's C{unregisterProducer}; failing with L{TransferStopped}
+            if the consumer stopped us, or with the store's error (such as
+            L{IntegrityError}) if the stream broke.  On failure the producer
+            is left registered: the caller must drop the connection, so the
+            client cannot take a broken stream for a whole file.
+        """
+        self._consumer.registerProducer(self, True)
+        self._fill()
+        return self._done
+
+    def _fill(self) -> None:
+        if self._finished or self._reading or self._eof:
+            return
+        if len(self._queue) >= self._read_ahead:
+            return
+        self._reading = True
+        d = self._source.read(self._chunk)
+        d.addCallbacks(self._got, self._fail)
+
+    def _got(self, data: bytes) -> None:
+        self._reading = False
+        if self._finished:
+            return
+        if data:
+            self._queue.append(data)
+        else:
+            self._eof = True
+        self._flush()
+        self._fill()
+
+    def _flush(self) -> None:
+        while self._queue and not self._paused and not self._finished:
+            data = self._queue.popleft()
+            self.sent += len(data)
+            self._consumer.write(data)
+        if self._eof and not self._queue and not self._finished:
+            self._finished = True
+            self._source.close()
+            self._consumer.unregisterProducer()
+            self._done.callback(self.sent)
+
+    def _fail(self, failure: Failure) -> None:
+        self._reading = False
+        if self._finished:
+            return
+        self._finished = True
+        self._queue.clear()
+        self._source.close()
+        self._done.errback(failure)
+
+    # IPushProducer
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        self._flush()
+        self._fill()
+
+    def stopProducing(self) -> None:
+        if self._finished:
+            return
+        self._fail(Failure(TransferStopped("the client connection closed")))
+
+
+# -- uploads --------------------------------------------------------------
+
+
+class UploadState(enum.Enum):
+    OPEN = "open"
+    FINISHING = "finishing"
+    DONE = "done"
+    FAILED = "failed"
+    ABORTED = "aborted"
+
+
+@implementer(IConsumer)
+class UploadWriter:
+    """
+    The consumer side of an upload: bytes in, an object out.
+
+    The producer (a data connection) is registered with C{registerProducer}
+    and paused and resumed by this writer.  End of stream is not
+    C{unregisterProducer} (a connection reset looks the same to it); the
+    protocol decides and calls L{finish} or L{abort}.
+    """
+
+    def __init__(
+        self,
+        store: IObjectStore,
+        key: str,
+        settings: TransferSettings,
+        size_hint: Optional[int] = None,
+        metadata: Optional[Mapping[str, str]] = None,
+        on_stop: Optional[Callable[[], None]] = None,
+    ) -> None:
+        self.store = store
+        self.key = key
+        self.settings = settings
+        self.size_hint = size_hint
+        self.metadata = dict(metadata) if metadata else None
+        self.state = UploadState.OPEN
+        self.received = 0
+        self.upload_id: Optional[str] = None
+        self._on_stop = on_stop
+        self._producer: Optional[IPushProducer] = None
+        self._paused = False
+        self._buffer = bytearray()
+        self._next_number = 1
+        self._pending: deque[tuple[int, bytes]] = deque()
+        self._in_flight = 0
+        self._parts: list[PartInfo] = []
+        self._creating: Optional[Deferred[str]] = None
+        self._failure: Optional[Failure] = None
+        self._result: Deferred[ObjectInfo] = Deferred()
+        self._cleaned: Optional[Deferred[None]] = None
+        self._aborting = False
+        self._current_part = part_size_for(1, settings.part_size, size_hint)
+
+    # IConsumer
+
+    def registerProducer(self, producer: IPushProducer, streaming: bool) -> None:
+        self._producer = producer
+        if self._paused:
+            producer.pauseProducing()
+
+    def unregisterProducer(self) -> None:
+        self._producer = None
+
+    def write(self, data: bytes) -> None:
+        if self.state is not UploadState.OPEN:
+            return
+        self.received += len(data)
+        limit = self.settings.max_file_size
+        if limit is not None and self.received > limit:
+            self._fail(Failure(UploadTooLarge(f"{self.key}: over {limit} bytes")))
+            return
+        self._buffer += data
+        while len(self._buffer) >= self._current_part:
+            size = self._current_part
+            part = bytes(self._buffer[:size])
+            del self._buffer[:size]
+            self._queue_part(part)
+            self._current_part = part_size_for(
+                self._next_number, self.settings.part_size, self.size_hint
+            )
+        self._update_flow()
+
+    # control
+
+    def finish(self) -> Deferred[ObjectInfo]:
+        """
+        The stream ended cleanly: store what was received.
+
+        @return: A Deferred firing with the L{ObjectInfo} once the store has
+            confirmed the object, or failing with the first error of the
+            upload (the multipart upload is then aborted).
+        """
+        if self.state is UploadState.OPEN:
+            self.state = UploadState.FINISHING
+            if self._next_number == 1 and self._creating is None:
+                data = bytes(self._buffer)
+                self._buffer = bytearray()
+                d = self.store.put(self.key, data, self.metadata)
+                d.addCallbacks(self._succeed, self._fail)
+            else:
+                if self._buffer:
+                    part = bytes(self._buffer)
+                    self._buffer = bytearray()
+                    self._queue_part(part)
+                self._maybe_complete()
+        return self._result
+
+    def abort(self, reason: Optional[Failure] = None) -> Deferred[None]:
+        """
+        Discard the upload: nothing becomes visible, the multipart upload is
+        aborted once its parts in flight settle.
+
+        @return: A Deferred firing with None when the store is clean; store
+            errors during cleanup are logged, not raised.
+        """
+        if self.state in (UploadState.OPEN, UploadState.FINISHING):
+            self.state = UploadState.ABORTED
+            self._failure = reason or Failure(TransferStopped("upload aborted"))
+            self._discard()
+            self._result.errback(self._failure)
+            self._result.addErrback(lambda f: None)
+        return self._cleanup()
+
+    # parts
+
+    def _queue_part(self, data: bytes) -> None:
+        self._pending.append((self._next_number, data))
+        self._next_number += 1
+        self._pump()
+
+    def _max_in_flight(self) -> int:
+        # Keep the bytes in flight near parts_in_flight x the first part size
+        # as parts grow, so memory does not grow with the upload.
+        budget = self.settings.parts_in_flight * max(
+            self.settings.part_size, MIN_PART_SIZE
+        )
+        return max(1, min(self.settings.parts_in_flight, budget // self._current_part))
+
+    def _pump(self) -> None:
+        if self.state not in (UploadState.OPEN, UploadState.FINISHING):
+            return
+        if self.upload_id is None:
+            if self._creating is None and self._pending:
+                self._creating = self.store.create_multipart(self.key, self.metadata)
+                self._creating.addCallbacks(self._created, self._create_failed)
+            return
+        while self._pending and self._in_flight < self._max_in_flight():
+            number, data = self._pending.popleft()
+            self._in_flight += 1
+            d = self.store.upload_part(self.key, self.upload_id, number, data)
+            d.addCallbacks(self._part_done, self._part_failed)
+
+    def _created(self, upload_id: str) -> None:
+        self.upload_id = upload_id
+        if self.state in (UploadState.OPEN, UploadState.FINISHING):
+            self._pump()
+        else:
+            self._try_cleanup()
+
+    def _create_failed(self, failure: Failure) -> None:
+        if self.state in (UploadState.OPEN, UploadState.FINISHING):
+            self._fail(failure)
+        else:
+            self._try_cleanup()
+
+    def _part_done(self, info: PartInfo) -> None:
+        self._in_flight -= 1
+        if self.state not in (UploadState.OPEN, UploadState.FINISHING):
+            self._try_cleanup()
+            return
+        self._parts.append(info)
+        self._pump()
+        self._update_flow()
+        self._maybe_complete()
+
+    def _part_failed(self, failure: Failure) -> None:
+        self._in_flight -= 1
+        if self.state in (UploadState.OPEN, UploadState.FINISHING):
+            self._fail(failure)
+        else:
+            self._try_cleanup()
+
+    def _maybe_complete(self) -> None:
+        if (
+            self.state is UploadState.FINISHING
+            and self.upload_id is not None
+            and not self._pending
+            and self._in_flight == 0
+        ):
+            self._in_flight = 1  # the complete call; keeps cleanup waiting
+            d = self.store.complete_multipart(self.key, self.upload_id, self._parts)
+            d.addBoth(self._completed)
+
+    def _completed(self, result: ObjectInfo | Failure) -> None:
+        self._in_flight -= 1
+        if isinstance(result, Failure):
+            if self.state is UploadState.FINISHING:
+                self._fail(result)
+            else:
+                self._try_cleanup()
+        else:
+            self.upload_id = None  # completed: nothing left to abort
+            self._succeed(result)
+
+    def _succeed(self, info: ObjectInfo) -> None:
+        if self.state is not UploadState.FINISHING:
+            return
+        self.state = UploadState.DONE
+        self._result.callback(info)
+
+    def _update_flow(self) -> None:
+        should_pause = self._in_flight + len(self._pending) >= self._max_in_flight()
+        if should_pause and not self._paused:
+            self._paused = True
+            if self._producer is not None:
+                self._producer.pauseProducing()
+        elif not should_pause and self._paused:
+            self._paused = False
+            if self._producer is not None:
+                self._producer.resumeProducing()
+
+    # failure and cleanup
+
+    def _discard(self) -> None:
+        self._buffer = bytearray()
+        self._pending.clear()
+
+    def _fail(self, failure: Failure) -> None:
+        if self.state not in (UploadState.OPEN, UploadState.FINISHING):
+            return
+        self.state = UploadState.FAILED
+        self._failure = failure
+        self._discard()
+        log.warn(
+            "upload of {key} failed after {received} bytes: {error}",
+            key=self.key,
+            received=self.received,
+            error=failure.getErrorMessage(),
+            request_id=getattr(failure.value, "request_id", None),
+        )
+        # Stop the client sending more; the protocol then sees the end of the
+        # stream and asks finish() for the result, which is this failure.
+        if self._on_stop is not None:
+            self._on_stop()
+        self._result.errback(failure)
+        self._cleanup()
+
+    def _cleanup(self) -> Deferred[None]:
+        if self._cleaned is None:
+            self._cleaned = Deferred()
+            self._try_cleanup()
+        return _chain(self._cleaned)
+
+    def _try_cleanup(self) -> None:
+        """
+        Abort the multipart upload once nothing is in flight: a part that is
+        still uploading when the abort lands could otherwise survive it.
+        """
+        cleaned = self._cleaned
+        if cleaned is None or cleaned.called or self._aborting:
+            return
+        if self._in_flight or (
+            self._creating is not None and not self._creating.called
+        ):
+            return  # called again when they settle
+        if self.upload_id is None:
+            cleaned.callback(None)
+            return
+        self._aborting = True
+        upload_id = self.upload_id
+        d = self.store.abort_multipart(self.key, upload_id)
+        d.addErrback(
+            lambda f: log.failure(
+                "aborting multipart upload {upload_id} of {key}",
+                f,
+                upload_id=upload_id,
+                key=self.key,
+            )
+        )
+
+        def done(_: object) -> None:
+            self.upload_id = None
+            cleaned.callback(None)
+
+        d.addBoth(done)
+
+
+def _chain(d: Deferred[None]) -> Deferred[None]:
+    """A Deferred that fires when C{d} has, without taking C{d}'s result."""
+    if d.called:
+        return succeed(None)
+    out: Deferred[None] = Deferred()
+
+    def fire(result: object) -> object:
+        out.callback(None)
+        return result
+
+    d.addBoth(fire)
+    return out

@@ -1,0 +1,608 @@
+"""
+A file system over an object store, one per logged-in user.
+
+Both frontends (FTP, SFTP) see the same thing through this module, so every
+rule about names, homes, directories and permissions lives here once:
+
+  - Paths are lists of segments below the user's home; L{resolve} turns a
+    client's path (absolute or relative, with C{.} and C{..}) into segments
+    and clamps C{..} at the home, like a chroot.  A segment may not be empty,
+    C{.}, C{..}, contain C{/}, NUL or another control character, and the key
+    it makes must fit COS's 850 bytes.  Nothing a client sends (percent
+    escapes included: they are literal characters here) can name a key
+    outside C{home/}.
+  - A directory is a common prefix; an empty one is a zero-byte marker
+    object C{dir/}.  Removing the last entry of a directory writes its marker,
+    so a directory does not vanish under a client that is in it.
+  - Errors are the L{FSError} subclasses below; store errors are translated
+    here (L{_translate}) and each frontend maps these to its replies in one
+    place.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Optional, TypeVar
+
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from cosgw.interfaces import (
+    MAX_KEY_BYTES,
+    IByteSource,
+    IntegrityError,
+    IObjectStore,
+    KeyConflict,
+    NoSuchKey,
+    ObjectInfo,
+    StoreError,
+    StoreUnavailable,
+)
+from cosgw.transfer import TransferSettings, UploadTooLarge, UploadWriter
+
+log = Logger()
+
+T = TypeVar("T")
+
+ALL_PERMISSIONS = frozenset(
+    {"list", "download", "upload", "overwrite", "delete", "rename", "mkdir", "rmdir"}
+)
+
+
+# -- errors -----------------------------------------------------------------
+
+
+class FSError(Exception):
+    """
+    A file-system operation was refused or failed.  C{path} is the path as
+    the user sees it ("/a/b"); C{request_id} the store's, when it has one.
+    """
+
+    def __init__(
+        self, path: str, message: str = "", request_id: Optional[str] = None
+    ) -> None:
+        super().__init__(path, message)
+        self.path = path
+        self.message = message or self.default_message
+        self.request_id = request_id
+
+    default_message = "failed"
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}"
+
+
+class NotFound(FSError):
+    default_message = "no such file or directory"
+
+
+class AlreadyExists(FSError):
+    default_message = "already exists"
+
+
+class PermissionDenied(FSError):
+    default_message = "permission denied"
+
+
+class NotADirectory(FSError):
+    default_message = "not a directory"
+
+
+class IsADirectory(FSError):
+    default_message = "is a directory"
+
+
+class NotEmpty(FSError):
+    default_message = "directory not empty"
+
+
+class QuotaExceeded(FSError):
+    default_message = "quota exceeded"
+
+
+class FileTooLarge(FSError):
+    default_message = "file too large"
+
+
+class InvalidName(FSError):
+    default_message = "invalid file name"
+
+
+class StoreFailure(FSError):
+    """The store failed or could not be reached; the operation may be retried."""
+
+    default_message = "storage error"
+
+
+class IntegrityFailure(StoreFailure):
+    default_message = "data integrity check failed"
+
+
+def _translate(failure: Failure, path: str) -> Failure:
+    """Store errors become file-system errors; FSErrors pass through."""
+    e = failure.value
+    if isinstance(e, FSError):
+        return failure
+    request_id = getattr(e, "request_id", None)
+    if isinstance(e, NoSuchKey):
+        return Failure(NotFound(path, request_id=request_id))
+    if isinstance(e, KeyConflict):
+        return Failure(AlreadyExists(path, str(e), request_id))
+    if isinstance(e, UploadTooLarge):
+        return Failure(FileTooLarge(path, request_id=request_id))
+    if isinstance(e, IntegrityError):
+        log.error(
+            "integrity check failed for {path}: {error} (request {request_id})",
+            path=path,
+            error=str(e),
+            request_id=request_id,
+        )
+        return Failure(IntegrityFailure(path, request_id=request_id))
+    if isinstance(e, (StoreUnavailable, StoreError)):
+        log.failure(
+            "store error on {path} (request {request_id})",
+            failure,
+            path=path,
+            request_id=request_id,
+        )
+        return Failure(StoreFailure(path, request_id=request_id))
+    return failure
+
+
+# -- values -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A directory entry or the result of a stat."""
+
+    name: str
+    is_dir: bool
+    size: int
+    mtime: float
+
+
+def check_name(name: str, path: str) -> None:
+    """@raise InvalidName: C{name} cannot be a path segment."""
+    if name in ("", ".", "..") or "/" in name:
+        raise InvalidName(path)
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
+        raise InvalidName(path, "control characters are not allowed in names")
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidName(path, "names must be valid UTF-8") from None
+
+
+def resolve(cwd: Sequence[str], path: str) -> list[str]:
+    """
+    The segments of C{path} seen from C{cwd}.  C{..} at the top stays at the
+    top, as in a chroot.
+
+    @raise InvalidName: a segment is not a valid name.
+    """
+    segments = [] if path.startswith("/") else list(cwd)
+    for part in path.split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if segments:
+                segments.pop()
+            continue
+        check_name(part, path)
+        segments.append(part)
+    return segments
+
+
+def display(segments: Sequence[str]) -> str:
+    """The path a user sees for C{segments}."""
+    return "/" + "/".join(segments)
+
+
+# -- the file system --------------------------------------------------------
+
+
+class ObjectFileSystem:
+    """
+    One user's view of a store: a home prefix, permissions and transfer
+    settings.  All methods return Deferreds failing with L{FSError}s.
+    """
+
+    def __init__(
+        self,
+        store: IObjectStore,
+        home: str,
+        permissions: frozenset[str],
+        settings: TransferSettings,
+        user: str = "",
+        clock: Optional[Any] = None,
+    ) -> None:
+        home = home.strip("/")
+        self.store = store
+        self.prefix = home + "/" if home else ""
+        self.permissions = frozenset(permissions)
+        self.settings = settings
+        self.user = user
+        self._clock = clock
+
+    # -- names ------------------------------------------------------------
+
+    def key(self, segments: Sequence[str]) -> str:
+        """
+        The object key of a file at C{segments}.
+
+        @raise InvalidName: a segment is invalid or the key is too long.
+        """
+        path = display(segments)
+        for s in segments:
+            check_name(s, path)
+        key = self.prefix + "/".join(segments)
+        if len((key + "/").encode("utf-8")) > MAX_KEY_BYTES:
+            raise InvalidName(path, "path too long")
+        return key
+
+    def dir_prefix(self, segments: Sequence[str]) -> str:
+        """The key prefix of the directory at C{segments}."""
+        return self.key(segments) + "/" if segments else self.prefix
+
+    def require(self, permission: str, segments: Sequence[str]) -> None:
+        """@raise PermissionDenied: the user lacks C{permission}."""
+        if permission not in self.permissions:
+            log.info(
+                "{user}: {permission} refused on {path}",
+                user=self.user,
+                permission=permission,
+                path=display(segments),
+            )
+            raise PermissionDenied(display(segments), f"{permission} not permitted")
+
+    def _run(
+        self, segments: Sequence[str], f: Callable[[], Awaitable[T]]
+    ) -> Deferred[T]:
+        path = display(segments)
+        d = ensureDeferred(f())
+        d.addErrback(_translate, path)
+        return d
+
+    # -- queries ----------------------------------------------------------
+
+    async def _stat(self, segments: Sequence[str]) -> Entry:
+        if not segments:
+            return Entry("/", True, 0, 0.0)
+        key = self.key(segments)
+        try:
+            info = await self.store.head(key)
+        except NoSuchKey:
+            pass
+        else:
+            return Entry(segments[-1], False, info.size, info.mtime)
+        page = await self.store.list(key + "/", delimiter="/", max_keys=1)
+        if page.objects or page.prefixes:
+            mtime = page.objects[0].mtime if page.objects else 0.0
+            if page.objects and page.objects[0].key != key + "/":
+                mtime = 0.0
+            return Entry(segments[-1], True, 0, mtime)
+        raise NotFound(display(segments))
+
+    def stat(self, segments: Sequence[str]) -> Deferred[Entry]:
+        """@return: Deferred firing with an L{Entry}; fails with L{NotFound}."""
+        return self._run(segments, lambda: self._stat(segments))
+
+    async def _require_dir(self, segments: Sequence[str]) -> None:
+        entry = await self._stat(segments)
+        if not entry.is_dir:
+            raise NotADirectory(display(segments))
+
+    def require_directory(self, segments: Sequence[str]) -> Deferred[None]:
+        """For CWD: fails with L{NotFound} or L{NotADirectory}."""
+        return self._run(segments, lambda: self._require_dir(segments))
+
+    def listing(self, segments: Sequence[str]) -> Listing:
+        """
+        A paged listing of the directory (or the single file) at C{segments};
+        see L{Listing}.  Needs the C{list} permission.
+        """
+        self.require("list", segments)
+        return Listing(self, list(segments))
+
+    async def _list_all(self, segments: Sequence[str]) -> list[Entry]:
+        listing = Listing(self, list(segments))
+        entries: list[Entry] = []
+        while True:
+            page = await listing.next_page()
+            if page is None:
+                return entries
+            entries.extend(page)
+
+    def list_all(self, segments: Sequence[str]) -> Deferred[list[Entry]]:
+        """Every entry at once; for small directories and tests only."""
+        self.require("list", segments)
+        return self._run(segments, lambda: self._list_all(segments))
+
+    # -- reading and writing ----------------------------------------------
+
+    async def _open_read(self, segments: Sequence[str], offset: int) -> IByteSource:
+        if not segments:
+            raise IsADirectory("/")
+        key = self.key(segments)
+        try:
+            return await self.store.open(key, offset)
+        except NoSuchKey:
+            entry = await self._stat(segments)  # NotFound propagates
+            if entry.is_dir:
+                raise IsADirectory(display(segments)) from None
+            raise
+
+    def open_read(
+        self, segments: Sequence[str], offset: int = 0
+    ) -> Deferred[IByteSource]:
+        """
+        @return: Deferred firing with an L{IByteSource} from C{offset}; fails
+            with L{NotFound}, L{IsADirectory}, L{PermissionDenied}.
+        """
+        self.require("download", segments)
+        return self._run(segments, lambda: self._open_read(segments, offset))
+
+    async def _open_write(
+        self,
+        segments: Sequence[str],
+        size_hint: Optional[int],
+        on_stop: Optional[Callable[[], None]],
+    ) -> UploadWriter:
+        if not segments:
+            raise IsADirectory("/")
+        key = self.key(segments)
+        parent = segments[:-1]
+        if parent:
+            await self._require_dir(parent)
+        try:
+            existing = await self._stat(segments)
+        except NotFound:
+            pass
+        else:
+            if existing.is_dir:
+                raise IsADirectory(display(segments))
+            self.require("overwrite", segments)
+        return UploadWriter(
+            self.store,
+            key,
+            self.settings,
+            size_hint=size_hint,
+            on_stop=on_stop,
+        )
+
+    def open_write(
+        self,
+        segments: Sequence[str],
+        size_hint: Optional[int] = None,
+        on_stop: Optional[Callable[[], None]] = None,
+    ) -> Deferred[UploadWriter]:
+        """
+        Start an upload that replaces (or creates) the file at C{segments}.
+        Nothing is visible until the writer's C{finish} succeeds.
+
+        @param on_stop: called if the upload fails on the store's side, so
+            the protocol can stop the client sending.
+        @return: Deferred firing with an L{UploadWriter}; fails with
+            L{NotFound} (no parent directory), L{IsADirectory},
+            L{PermissionDenied}, L{InvalidName}.
+        """
+        self.require("upload", segments)
+        return self._run(
+            segments, lambda: self._open_write(segments, size_hint, on_stop)
+        )
+
+    def _now(self) -> float:
+        return self._clock.seconds() if self._clock is not None else time.time()
+
+    # -- changes ----------------------------------------------------------
+
+    async def _mkdir(self, segments: Sequence[str]) -> None:
+        if not segments:
+            raise AlreadyExists("/")
+        key = self.key(segments)
+        if segments[:-1]:
+            await self._require_dir(segments[:-1])
+        try:
+            await self._stat(segments)
+        except NotFound:
+            pass
+        else:
+            raise AlreadyExists(display(segments))
+        await self.store.put(key + "/", b"")
+
+    def mkdir(self, segments: Sequence[str]) -> Deferred[None]:
+        self.require("mkdir", segments)
+        return self._run(segments, lambda: self._mkdir(segments))
+
+    async def _keep_directory(self, segments: Sequence[str]) -> None:
+        """
+        Write the marker of the directory at C{segments} if nothing else
+        keeps it in existence any more.
+        """
+        if not segments:
+            return
+        prefix = self.dir_prefix(segments)
+        page = await self.store.list(prefix, delimiter="/", max_keys=1)
+        if not page.objects and not page.prefixes:
+            await self.store.put(prefix, b"")
+
+    async def _rmdir(self, segments: Sequence[str]) -> None:
+        if not segments:
+            raise PermissionDenied("/", "cannot remove the home directory")
+        prefix = self.dir_prefix(segments)
+        page = await self.store.list(prefix, delimiter="/", max_keys=2)
+        others = [o for o in page.objects if o.key != prefix] + list(page.prefixes)
+        if others:
+            raise NotEmpty(display(segments))
+        if not page.objects:
+            entry = await self._stat(segments)  # NotFound propagates
+            if not entry.is_dir:
+                raise NotADirectory(display(segments))
+        await self.store.delete(prefix)
+        await self._keep_directory(segments[:-1])
+
+    def rmdir(self, segments: Sequence[str]) -> Deferred[None]:
+        """Remove an empty directory; fails with L{NotEmpty} otherwise."""
+        self.require("rmdir", segments)
+        return self._run(segments, lambda: self._rmdir(segments))
+
+    async def _remove(self, segments: Sequence[str]) -> None:
+        if not segments:
+            raise IsADirectory("/")
+        key = self.key(segments)
+        try:
+            await self.store.head(key)
+        except NoSuchKey:
+            entry = await self._stat(segments)
+            if entry.is_dir:
+                raise IsADirectory(display(segments)) from None
+            raise
+        await self.store.delete(key)
+        await self._keep_directory(segments[:-1])
+
+    def remove(self, segments: Sequence[str]) -> Deferred[None]:
+        """Remove a file; fails with L{IsADirectory} for a directory."""
+        self.require("delete", segments)
+        return self._run(segments, lambda: self._remove(segments))
+
+    async def _rename(self, source: Sequence[str], target: Sequence[str]) -> None:
+        if not source or not target:
+            raise PermissionDenied("/", "cannot rename the home directory")
+        entry = await self._stat(source)
+        if list(target[: len(source)]) == list(source) and entry.is_dir:
+            raise InvalidName(display(target), "cannot move a directory into itself")
+        if target[:-1]:
+            await self._require_dir(target[:-1])
+        try:
+            existing = await self._stat(target)
+        except NotFound:
+            existing = None
+        if entry.is_dir:
+            if existing is not None:
+                raise AlreadyExists(display(target))
+            await self._rename_tree(source, target)
+        else:
+            if existing is not None:
+                if existing.is_dir:
+                    raise IsADirectory(display(target))
+                self.require("overwrite", target)
+            src_key, dst_key = self.key(source), self.key(target)
+            if src_key == dst_key:
+                return
+            await self.store.copy(src_key, dst_key)
+            await self.store.delete(src_key)
+        await self._keep_directory(source[:-1])
+
+    async def _rename_tree(self, source: Sequence[str], target: Sequence[str]) -> None:
+        """
+        Copy every key below C{source} to C{target}, then delete the sources.
+        If it fails half-way, every source is still in place (deletion only
+        starts after all copies succeeded) and the copies made so far stay
+        under the target: retrying the rename, or removing the target, is
+        safe.
+        """
+        src_prefix, dst_prefix = self.dir_prefix(source), self.dir_prefix(target)
+        copied: list[str] = []
+        marker = ""
+        while True:
+            page = await self.store.list(src_prefix, delimiter="", marker=marker)
+            for info in page.objects:
+                await self._copy_object(info, dst_prefix + info.key[len(src_prefix) :])
+                copied.append(info.key)
+            if page.next_marker is None:
+                break
+            marker = page.next_marker
+            log.info(
+                "{user}: renaming {source}: {count} objects copied",
+                user=self.user,
+                source=display(source),
+                count=len(copied),
+            )
+        if src_prefix not in copied:
+            await self.store.put(dst_prefix, b"")
+        for key in copied:
+            await self.store.delete(key)
+        log.info(
+            "{user}: renamed {source} to {target} ({count} objects)",
+            user=self.user,
+            source=display(source),
+            target=display(target),
+            count=len(copied),
+        )
+
+    async def _copy_object(self, info: ObjectInfo, destination: str) -> None:
+        if info.key.endswith("/"):
+            await self.store.put(destination, b"")
+        else:
+            await self.store.copy(info.key, destination)
+
+    def rename(self, source: Sequence[str], target: Sequence[str]) -> Deferred[None]:
+        """Rename a file or a directory tree (server-side copies, then deletes)."""
+        self.require("rename", source)
+        return self._run(source, lambda: self._rename(source, target))
+
+
+class Listing:
+    """
+    A directory listing that arrives page by page, so a frontend can stream
+    it: the first entries go out before the last page is fetched and memory
+    does not grow with the directory.
+    """
+
+    def __init__(self, fs: ObjectFileSystem, segments: list[str]) -> None:
+        self.fs = fs
+        self.segments = segments
+        self._marker = ""
+        self._done = False
+        self._first = True
+
+    def next_page(self) -> Deferred[Optional[list[Entry]]]:
+        """
+        @return: Deferred firing with the next list of entries, or None at
+            the end; the first call fails with L{NotFound} if there is
+            nothing at the path.  A file's listing is the file itself.
+        """
+        return self.fs._run(self.segments, self._next)
+
+    async def _next(self) -> Optional[list[Entry]]:
+        if self._done:
+            return None
+        fs = self.fs
+        prefix = fs.dir_prefix(self.segments)
+        page = await fs.store.list(prefix, delimiter="/", marker=self._marker)
+        first, self._first = self._first, False
+        entries: list[Entry] = []
+        marker_seen = False
+        for info in page.objects:
+            if info.key == prefix:
+                marker_seen = True
+                continue
+            name = info.key[len(prefix) :]
+            if name in ("", ".", ".."):
+                continue
+            mtime = info.mtime
+            if "mtime" in info.metadata:
+                try:
+                    mtime = float(info.metadata["mtime"])
+                except ValueError:
+                    pass
+            entries.append(Entry(name, False, info.size, mtime))
+        for p in page.prefixes:
+            name = p[len(prefix) :].rstrip("/")
+            if name in ("", ".", "..") or "/" in name:
+                continue
+            entries.append(Entry(name, True, 0, 0.0))
+        entries.sort(key=lambda e: e.name)
+        if page.next_marker is None:
+            self._done = True
+        else:
+            self._marker = page.next_marker
+        if first and self.segments and not entries and not marker_seen and self._done:
+            # Nothing below the prefix: a file, or nothing at all.
+            entry = await fs._stat(self.segments)
+            return [entry] if not entry.is_dir else []
+        return entries
