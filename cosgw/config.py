@@ -528,13 +528,15 @@ def _parse(text: str, label: str, *, v5: bool) -> configparser.RawConfigParser:
         ) from None
     except configparser.DuplicateSectionError as e:
         raise ConfigError(
-            f"{label}: [{e.section}]: duplicate section (line {e.lineno})",
+            f"{label}: [{e.section}]: defined again at line {e.lineno};"
+            " expected each section once",
             path=label,
             section=str(e.section),
         ) from None
     except configparser.DuplicateOptionError as e:
         raise ConfigError(
-            f"{label}: [{e.section}] {e.option}: duplicate key (line {e.lineno})",
+            f"{label}: [{e.section}] {e.option}: set again at line {e.lineno};"
+            " expected each key once per section",
             path=label,
             section=str(e.section),
             key=str(e.option),
@@ -950,7 +952,7 @@ class _CosgwLoader:
             expected = f"one of {', '.join(known)}"
             hint = difflib.get_close_matches(key, known, n=1)
             if hint:
-                expected = f"{hint[0]!r}? ({expected})"
+                expected += f" (did you mean {hint[0]!r}?)"
             raise ConfigError(
                 f"{self.label}: [{section.name}] {key}: unknown key; expected"
                 f" {expected}",

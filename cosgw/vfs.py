@@ -30,6 +30,7 @@ from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from cosgw.config import ALL_PERMISSIONS  # noqa: F401 (re-exported)
 from cosgw.interfaces import (
     MAX_KEY_BYTES,
     IByteSource,
@@ -46,10 +47,6 @@ from cosgw.transfer import TransferSettings, UploadTooLarge, UploadWriter
 log = Logger()
 
 T = TypeVar("T")
-
-ALL_PERMISSIONS = frozenset(
-    {"list", "download", "upload", "overwrite", "delete", "rename", "mkdir", "rmdir"}
-)
 
 
 # -- errors -----------------------------------------------------------------
@@ -394,6 +391,20 @@ class ObjectFileSystem:
         return self._run(
             segments, lambda: self._open_write(segments, size_hint, on_stop)
         )
+
+    def commit(
+        self, writer: UploadWriter, segments: Sequence[str]
+    ) -> Deferred[ObjectInfo]:
+        """
+        Finish an upload begun with L{open_write} after a clean end of
+        stream.
+
+        @return: Deferred firing with the stored object's L{ObjectInfo} once
+            the store confirmed it; failing with L{StoreFailure},
+            L{IntegrityFailure} or L{FileTooLarge} (nothing is then left in
+            the store).
+        """
+        return self._run(segments, writer.finish)
 
     def _now(self) -> float:
         return self._clock.seconds() if self._clock is not None else time.time()

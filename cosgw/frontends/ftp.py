@@ -57,7 +57,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from cosgw import vfs
-from cosgw.transfer import Download, TransferStopped, UploadWriter
+from cosgw.transfer import Download, TransferStopped, UploadState, UploadWriter
 
 log = Logger()
 
@@ -131,8 +131,9 @@ def format_list_line(
     w = "w" if "upload" in permissions else "-"
     x = "x" if entry.is_dir else "-"
     mode = ("d" if entry.is_dir else "-") + (r + w + x) + (r + "-" + x) * 2
-    t = time.gmtime(entry.mtime)
-    if abs(now - entry.mtime) < 180 * 86400:
+    mtime = entry.mtime or now  # a common prefix has no date of its own
+    t = time.gmtime(mtime)
+    if abs(now - mtime) < 180 * 86400:
         when = f"{_MONTHS[t.tm_mon - 1]} {t.tm_mday:2d} {t.tm_hour:02d}:{t.tm_min:02d}"
     else:
         when = f"{_MONTHS[t.tm_mon - 1]} {t.tm_mday:2d}  {t.tm_year}"
@@ -147,16 +148,15 @@ def format_list_line(
 class DataChannel(protocol.Protocol):
     """
     One FTP data connection.  It does not read until a consumer is attached
-    (so nothing is buffered without limit), and it tells how it ended:
-    L{closed} fires with None after a clean close and with the failure
-    otherwise.
+    (so nothing is buffered without limit), and it tells how it ended
+    (L{closed}): a clean close or a reset.
     """
 
     def __init__(self) -> None:
-        self.closed: Deferred[Optional[Failure]] = Deferred()
         self._consumer: Optional[IConsumer] = None
-        self._reason: Optional[Failure] = None
         self._ended = False
+        self._end: Optional[BaseException] = None
+        self._waiters: list[Deferred[Optional[BaseException]]] = []
         self.received = 0
 
     # connection
@@ -167,9 +167,26 @@ class DataChannel(protocol.Protocol):
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         self._ended = True
-        clean = reason.check(net_error.ConnectionDone) is not None
-        self._reason = None if clean else reason
-        self.closed.callback(self._reason)
+        if reason.check(net_error.ConnectionDone) is None:
+            self._end = reason.value
+        if self._consumer is not None:
+            self._consumer.unregisterProducer()
+            self._consumer = None
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.callback(self._end)
+
+    def closed(self) -> Deferred[Optional[BaseException]]:
+        """
+        @return: A Deferred firing when the connection has closed: with None
+            after a clean close, with the exception (as a value, not a
+            failure) after a reset, an abort or a timeout.
+        """
+        if self._ended:
+            return succeed(self._end)
+        d: Deferred[Optional[BaseException]] = Deferred()
+        self._waiters.append(d)
+        return d
 
     def abort(self) -> None:
         """Drop the connection (RST): the client must not see a clean end."""
@@ -178,28 +195,20 @@ class DataChannel(protocol.Protocol):
 
     # receiving (STOR)
 
-    def receive(self, consumer: IConsumer) -> Deferred[None]:
+    async def receive(self, consumer: IConsumer) -> None:
         """
-        Feed everything the client sends into C{consumer}.
+        Feed everything the client sends into C{consumer} until the client
+        closes the connection.
 
-        @return: Deferred firing with None when the client closed the
-            connection cleanly (end of file), failing with the connection's
-            failure otherwise.
+        @raise TransferStopped: the connection ended other than cleanly.
         """
         self._consumer = consumer
         consumer.registerProducer(self, True)
         if not self._ended:
             self.transport.resumeProducing()
-
-        def ended(reason: Optional[Failure]) -> Optional[Failure]:
-            consumer.unregisterProducer()
-            self._consumer = None
-            return reason
-
-        d = Deferred()
-        self.closed.addCallback(ended)
-        self.closed.addCallback(lambda r: d.errback(r) if r else d.callback(None))
-        return d
+        end = await self.closed()
+        if end is not None:
+            raise TransferStopped(str(end) or type(end).__name__)
 
     def dataReceived(self, data: bytes) -> None:
         self.received += len(data)
@@ -242,6 +251,7 @@ class DataChannelFactory(protocol.ClientFactory):
     """
 
     protocol = DataChannel
+    noisy = False
 
     def __init__(self, peer_host: str) -> None:
         self.peer_host = _normal_host(peer_host)
@@ -532,8 +542,11 @@ class GatewayFTP(ftp.FTP):
             return
         command, _, argument = text.partition(" ")
         command = command.upper()
-        if command not in ("PASS",):
-            log.debug("{user}> {line}", user=self.user, line=text)
+        if self.factory.trace_commands:
+            shown = "PASS ****" if command == "PASS" else text
+            log.debug(
+                "{user}@{peer}> {line}", user=self.user, peer=self.peer.host, line=shown
+            )
         self.pauseProducing()
         d = maybeDeferred(self._dispatch, command, argument, " " in text)
         d.addCallbacks(self._send_result, self._send_failure, errbackArgs=(command,))
@@ -839,10 +852,10 @@ class GatewayFTP(ftp.FTP):
             assert active is not None
             factory = DataChannelFactory(active[0])
             self.reactor.connectTCP(
-                active[0], active[1], factory, timeout=DATA_CONNECTION_TIMEOUT
+                active[0], active[1], factory, timeout=self.factory.data_timeout
             )
         d = factory.deferred
-        d.addTimeout(DATA_CONNECTION_TIMEOUT, self.reactor)
+        d.addTimeout(self.factory.data_timeout, self.reactor)
         try:
             return await d
         except Exception:
@@ -884,9 +897,9 @@ class GatewayFTP(ftp.FTP):
         started = time.monotonic()
         try:
             sent = await download.start()
-            reason = await channel.closed
-            if reason is not None:
-                raise TransferStopped(reason.getErrorMessage())
+            end = await channel.closed()
+            if end is not None:
+                raise TransferStopped(str(end))
         except BaseException:
             channel.abort()
             log.info(
@@ -935,26 +948,23 @@ class GatewayFTP(ftp.FTP):
 
         self._start_transfer(cancel)
         try:
+            stopped: Optional[TransferStopped] = None
             try:
                 await channel.receive(writer)
-            except Exception as e:
-                if writer.state.value == "failed":
-                    await writer.finish()  # raises the store's failure
-                await writer.abort(Failure(e))
+            except TransferStopped as e:
+                stopped = e
+            if stopped is not None and writer.state is not UploadState.FAILED:
+                # The client went away: nothing of this upload may remain.
+                await writer.abort(Failure(stopped))
                 log.info(
                     "{user} STOR {path} aborted by the client after {received} bytes",
                     user=self.user,
                     path=vfs.display(segments),
                     received=writer.received,
                 )
-                raise Reply(426, "Connection closed; transfer aborted") from None
-            try:
-                info = await writer.finish()
-            except Exception as e:
-                raise reply_for(
-                    Failure(vfs._translate(Failure(e), vfs.display(segments)).value),
-                    "STOR",
-                ) from None
+                raise Reply(426, "Connection closed; transfer aborted")
+            # After a store failure this raises it, translated.
+            info = await self.fs.commit(writer, segments)
         finally:
             self._end_transfer()
         log.info(
@@ -996,9 +1006,9 @@ class GatewayFTP(ftp.FTP):
         self._start_transfer(channel.abort)
         try:
             await sender.start()
-            reason = await channel.closed
-            if reason is not None:
-                raise TransferStopped(reason.getErrorMessage())
+            end = await channel.closed()
+            if end is not None:
+                raise TransferStopped(str(end))
         except BaseException:
             channel.abort()
             raise
@@ -1029,6 +1039,9 @@ class GatewayFTPFactory(protocol.ServerFactory):
     """
 
     protocol = GatewayFTP
+    noisy = False
+    #: Log every command line (passwords masked); set for log_level debug.
+    trace_commands = False
 
     def __init__(
         self,
@@ -1039,7 +1052,9 @@ class GatewayFTPFactory(protocol.ServerFactory):
         idle_timeout: int = 600,
         max_connections: Optional[int] = None,
         welcome: str = "cosgw FTP gateway ready",
+        data_timeout: float = DATA_CONNECTION_TIMEOUT,
     ) -> None:
+        self.data_timeout = data_timeout
         self.portal = portal
         self.reactor: IReactorTime = reactor
         self.passive_ports = passive_ports

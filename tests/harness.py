@@ -1,0 +1,214 @@
+"""
+Starting a real gateway for a test, and looking into its store.
+
+The gateway runs in the test's own reactor (trial's) on 127.0.0.1 with an
+ephemeral control port; blocking clients (ftplib, curl) run in threads or
+subprocesses so the reactor keeps serving them.  The store is either a
+temporary local directory or a fresh bucket on the COS-dialect server over
+moto (tests/cosserver.py), and an inspector reads it directly, bypassing the
+gateway, so tests assert what is really stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThread
+
+from cosgw.auth import hash_password
+from cosgw.config import (
+    ALL_PERMISSIONS,
+    Config,
+    ServerConfig,
+    StorageConfig,
+    TransferConfig,
+    UserConfig,
+)
+from cosgw.service import makeService
+from cosgw.storage.local import TMP_DIR
+
+MiB = 1024 * 1024
+PASSWORD = "s3cret-Passw0rd"
+READER_PASSWORD = "reader-pass"
+#: Hashed once per test run: scrypt is slow on purpose.
+_HASHED = hash_password(PASSWORD)
+
+#: Passive ports for tests: above Linux's ephemeral range, away from the
+#: gateway's default.
+TEST_PASSIVE_PORTS = (62000, 62999)
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class LocalInspector:
+    """Reads a local store's directory as the truth."""
+
+    kind = "local"
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def keys(self, prefix: str = "") -> list[str]:
+        found = []
+        for directory, dirs, files in os.walk(self.root):
+            rel = os.path.relpath(directory, self.root)
+            if rel.split(os.sep)[0] == TMP_DIR:
+                continue
+            base = "" if rel == "." else rel.replace(os.sep, "/") + "/"
+            if base:
+                found.append(base)
+            found.extend(base + f for f in files)
+        return sorted(k for k in found if k.startswith(prefix))
+
+    def read(self, key: str) -> bytes:
+        return (self.root / key).read_bytes()
+
+    def pending_uploads(self) -> list[str]:
+        tmp = self.root / TMP_DIR
+        return sorted(os.listdir(tmp)) if tmp.exists() else []
+
+    def storage(self) -> StorageConfig:
+        return StorageConfig(name="store", kind="local", path=self.root)
+
+
+class CosInspector:
+    """Reads a bucket of the test COS server directly (not through cosgw)."""
+
+    kind = "cos"
+
+    def __init__(self, server: Any, bucket: str) -> None:
+        self.server = server
+        self.bucket = bucket
+
+    def keys(self, prefix: str = "") -> list[str]:
+        return sorted(self.server.keys(self.bucket, prefix))
+
+    def read(self, key: str) -> bytes:
+        return self.server.get_bytes(self.bucket, key)
+
+    def pending_uploads(self) -> list[str]:
+        return [key for key, _ in self.server.pending_uploads(self.bucket)]
+
+    def storage(self) -> StorageConfig:
+        return StorageConfig(
+            name="store",
+            kind="cos",
+            bucket=self.bucket,
+            region=self.server.region,
+            secret_id=self.server.secret_id,
+            secret_key=self.server.secret_key,
+            scheme="http",
+            address=("127.0.0.1", self.server.port),
+        )
+
+
+def cos_server() -> Any:
+    from tests.cosserver import shared_server
+
+    return shared_server()
+
+
+def make_inspector(kind: str, cleanup: Callable[..., None]) -> Any:
+    if kind == "local":
+        root = Path(tempfile.mkdtemp(prefix="cosgw-test-"))
+        cleanup(shutil.rmtree, root, True)
+        return LocalInspector(root / "data")
+    server = cos_server()
+    bucket = server.create_bucket("t" + uuid.uuid4().hex[:12])
+    return CosInspector(server, bucket)
+
+
+class Gateway:
+    """A running gateway and what a test needs to talk to it."""
+
+    def __init__(self, service: Any, inspector: Any, port: int) -> None:
+        self.service = service
+        self.inspector = inspector
+        self.port = port
+        self.host = "127.0.0.1"
+
+    @property
+    def store(self) -> Any:
+        return self.service.stores["store"]
+
+
+def start_gateway(
+    testcase: Any,
+    kind: str,
+    part_size: int = MiB,
+    parts_in_flight: int = 2,
+    alice_home: str = "",
+    data_timeout: float = 3.0,
+    **server_overrides: Any,
+) -> Deferred[Gateway]:
+    """
+    Start a gateway for C{testcase} over a C{kind} ("local"/"cos") store,
+    stopped at cleanup.  Users: alice (all permissions, hashed password,
+    home C{alice_home}), reader (list+download, plain password).
+    """
+    inspector = make_inspector(kind, testcase.addCleanup)
+    state = Path(tempfile.mkdtemp(prefix="cosgw-state-"))
+    testcase.addCleanup(shutil.rmtree, state, True)
+    users = {
+        "alice": UserConfig(
+            name="alice",
+            password=_HASHED,
+            password_is_hashed=True,
+            storage="store",
+            home=alice_home,
+            permissions=ALL_PERMISSIONS,
+        ),
+        "reader": UserConfig(
+            name="reader",
+            password=READER_PASSWORD,
+            password_is_hashed=False,
+            storage="store",
+            home="",
+            permissions=frozenset({"list", "download"}),
+        ),
+    }
+    server = ServerConfig(
+        state_dir=state,
+        ftp_listen=("tcp:0:interface=127.0.0.1",),
+        passive_ports=TEST_PASSIVE_PORTS,
+        **server_overrides,
+    )
+    config = Config(
+        source=None,
+        server=server,
+        transfer=TransferConfig(
+            part_size=part_size, parts_in_flight=parts_in_flight, threads=8
+        ),
+        storages={"store": inspector.storage()},
+        users=users,
+        notices=(),
+    )
+    service = makeService(config, reactor)
+    for listener in service.ftp_listeners:
+        listener.factory.data_timeout = data_timeout
+    service.startService()
+    testcase.addCleanup(service.stopService)
+
+    def ready(ports: list[Any]) -> Gateway:
+        return Gateway(service, inspector, ports[0].getHost().port)
+
+    return service.ready().addCallback(ready)
+
+
+def in_thread(f: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred[Any]:
+    """Run a blocking client call off the reactor thread."""
+    return deferToThread(f, *args, **kwargs)
+
+
+def random_bytes(size: int, seed: Optional[int] = None) -> bytes:
+    return os.urandom(size)
