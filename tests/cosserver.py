@@ -592,7 +592,8 @@ def _unescape_xml(text: str) -> str:
 
 def _url_encode_elements(body: bytes, tags: tuple[str, ...]) -> bytes:
     """url-encode the text of the given XML elements (as COS does)."""
-    pattern = re.compile(r"<(%s)>([^<]*)</\1>" % "|".join(map(re.escape, tags)), re.S)
+    names = "|".join(map(re.escape, tags))
+    pattern = re.compile(rf"<({names})>([^<]*)</\1>", re.S)
 
     def repl(m):
         return f"<{m.group(1)}>{quote(_unescape_xml(m.group(2)))}</{m.group(1)}>"
@@ -879,7 +880,7 @@ class CosAdapter:
             f"\t<RequestId>{req.rid}</RequestId>\n"
             f"\t<TraceId>{req.rid}</TraceId>\n"
             "</Error>"
-        ).encode("utf-8")
+        ).encode()
         headers = [
             ("Content-Type", "application/xml"),
             ("Content-Length", str(len(xml))),
@@ -965,7 +966,7 @@ class CosAdapter:
         if denied is not None:
             with self.lock:
                 self.stats["_auth_failed"] += 1
-            reader.read(length)  # keep the connection usable
+            # The HTTP server drains (or, if huge, drops) the unread body.
             return self._error(start_response, req, 403, *denied)
         with self.lock:
             self.stats[req.op] += 1
@@ -1542,10 +1543,15 @@ class CosTestServer:
                 if time.monotonic() > deadline or self._proc.poll() is not None:
                     raise RuntimeError("fake COS server did not answer its ping")
                 time.sleep(0.05)
-        except BaseException:
+        except Exception as exc:
             log_text = self._log_tail()
             self.stop()
-            raise RuntimeError(f"fake COS server failed to start:\n{log_text}")
+            raise RuntimeError(
+                f"fake COS server failed to start ({exc}):\n{log_text}"
+            ) from None
+        except BaseException:
+            self.stop()
+            raise
 
     def _read_port(self, deadline: float) -> int:
         out = self._proc.stdout

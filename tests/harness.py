@@ -16,8 +16,9 @@ import os
 import shutil
 import tempfile
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred

@@ -171,7 +171,13 @@ class FTPTestsMixin:
 
     @defer.inlineCallbacks
     def test_utf8_names_round_trip(self) -> Any:
-        names = ["中文.txt", "한국어 파일.txt", "with space.txt", "hash#1.txt", "pct%41.txt"]
+        names = [
+            "中文.txt",
+            "한국어 파일.txt",
+            "with space.txt",
+            "hash#1.txt",
+            "pct%41.txt",
+        ]
 
         def run() -> tuple[list[str], list[bytes]]:
             ftp = connect(self.gw)
@@ -237,7 +243,11 @@ class FTPTestsMixin:
             out = io.BytesIO()
             ftp.retrbinary("RETR active.bin", out.write)
             refused = []
-            for cmd in ("PORT 127,0,0,2,200,10", "PORT 127,0,0,1,0,21", "EPRT |1|10.0.0.1|5000|"):
+            for cmd in (
+                "PORT 127,0,0,2,200,10",
+                "PORT 127,0,0,1,0,21",
+                "EPRT |1|10.0.0.1|5000|",
+            ):
                 try:
                     refused.append(ftp.sendcmd(cmd))
                 except ftplib.Error as e:
@@ -418,7 +428,11 @@ class FTPTestsMixin:
             out = io.BytesIO()
             r["retr"] = ftp.retrbinary("RETR doc.txt", out.write)
             r["data"] = out.getvalue().decode()
-            for label, line in (("dele", "DELE doc.txt"), ("mkd", "MKD x"), ("rnfr", "RNFR doc.txt")):
+            for label, line in (
+                ("dele", "DELE doc.txt"),
+                ("mkd", "MKD x"),
+                ("rnfr", "RNFR doc.txt"),
+            ):
                 try:
                     r[label] = ftp.sendcmd(line)
                 except ftplib.Error as e:
@@ -456,7 +470,9 @@ class FTPTestsMixin:
         self.assertEqual(listing.stdout.decode().splitlines(), ["curl up.bin"])
         bad = yield in_thread(curl, "-u", "alice:nope", f"{base}/curl%20up.bin")
         self.assertEqual(bad.returncode, 67)  # CURLE_LOGIN_DENIED
-        active = yield in_thread(curl, "-u", auth, "-P", "127.0.0.1", f"{base}/curl%20up.bin")
+        active = yield in_thread(
+            curl, "-u", auth, "-P", "127.0.0.1", f"{base}/curl%20up.bin"
+        )
         self.assertEqual(active.returncode, 0, active.stderr)
         self.assertEqual(sha256(active.stdout), sha256(data))
 
