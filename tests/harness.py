@@ -61,7 +61,7 @@ class LocalInspector:
 
     def keys(self, prefix: str = "") -> list[str]:
         found = []
-        for directory, dirs, files in os.walk(self.root):
+        for directory, _dirs, files in os.walk(self.root):
             rel = os.path.relpath(directory, self.root)
             if rel.split(os.sep)[0] == TMP_DIR:
                 continue
