@@ -205,7 +205,7 @@ class TransferConfig:
     parts_in_flight: int = 4
     threads: int = 16
     max_file_size: int | None = None
-    read_chunk: int = 256 * KIB
+    read_chunk: int = 4 * MIB
 
 
 @dataclass(frozen=True)

@@ -75,8 +75,8 @@ class TransferSettings:
 
     part_size: int = 8 * MiB
     parts_in_flight: int = 4
-    read_chunk: int = 256 * 1024
-    read_ahead: int = 4
+    read_chunk: int = 4 * 1024 * 1024
+    read_ahead: int = 2
     max_file_size: Optional[int] = None
 
 

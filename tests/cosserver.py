@@ -25,12 +25,18 @@ and give bucket names in their full form ``<short>-<appid>`` (what
 ``create_bucket()`` returns) or pass ``Appid=server.appid`` too.  No
 ``Endpoint`` is needed: with ``IP``/``Port`` the SDK connects to IP:Port and
 sends ``Host: <bucket>-<appid>.cos.ap-guangzhou.myqcloud.com``; the adapter
-takes the bucket from the first label of the Host header, so any
-``Endpoint``/``Region`` (e.g. ``Endpoint="s3.amazonaws.com"``) works as long
-as ``IP``/``Port`` are set.  A gateway configured with
-``endpoint_url = "http://127.0.0.1:PORT"`` maps it to ``Scheme="http"``,
-``IP="127.0.0.1"``, ``Port=PORT``.  Presigned URLs need ``SignHost=False``
-(the SDK would sign the IP as host).
+takes the bucket from the first label of the Host header (it must look like
+``<name>-<digits>``), so any ``Endpoint``/``Region`` (e.g.
+``Endpoint="s3.amazonaws.com"``) works as long as ``IP``/``Port`` are set.
+A gateway configured with ``endpoint_url = "http://127.0.0.1:PORT"`` maps it
+to ``Scheme="http"``, ``IP="127.0.0.1"``, ``Port=PORT``.  Presigned URLs
+(signature in the query string) are accepted; make them with
+``SignHost=False`` (the SDK would sign the IP as host) and send the bucket
+Host header yourself.  ``list_buckets()`` cannot work: the SDK sends it to
+service.cos.myqcloud.com whatever ``IP`` says.
+
+Run it by hand with ``python -m tests.cosserver --port 0`` (from the repo
+root) or ``python tests/cosserver.py``; it prints ``COSSERVER-PORT <n>``.
 
 What the adapter does
 =====================
@@ -63,6 +69,10 @@ What the adapter does
 * Requests that carry an AWS SigV4 Authorization header (boto3, see
   ``boto3_client()``) bypass the adapter and reach moto unchanged.
 * Minimum part size is COS's 1 MB (``S3_UPLOAD_PART_MIN_SIZE=1048576``).
+* Unknown upload ids, or an upload id used under another key, get 404
+  ``NoSuchUpload`` (moto answers 500, or completes under the other key).
+* ``Transfer-Encoding: chunked`` request bodies are de-chunked by the HTTP
+  server (moto alone answers them with 500); connections are kept alive.
 * Append Object is not implemented (501 ``NotImplemented``).
 
 Test control endpoint (same port; Host must not be a bucket host)
@@ -89,12 +99,19 @@ Test control endpoint (same port; Host must not be a bucket host)
 
 ``POST /__test__/reset`` clears faults, ``GET /__test__/faults`` lists what is
 left of them, ``GET /__test__/stats`` returns ``{operation: count}`` of COS
-requests that passed authentication (``_bypass``: boto3 requests,
-``_auth_failed``: rejected ones), ``POST /__test__/reset-stats`` zeroes it,
+requests that passed authentication, counted before any fault applies
+(``_bypass``: boto3 requests, ``_auth_failed``: rejected ones; operation
+names as listed for ``fail``, plus ``ListParts``, ``ListMultipartUploads``,
+``AbortMultipartUpload``, ``UploadPartCopy``, ``CopyObject``,
+``DeleteObject``, ``DeleteObjects``, ``PutBucket``...),
+``POST /__test__/reset-stats`` zeroes it,
 ``GET /__test__/ping`` answers ``ok``.
 
 The child process exits when its stdin reaches EOF, i.e. when the parent
-dies or calls ``stop()``; it logs nothing per request.
+dies or calls ``stop()`` (no PR_SET_PDEATHSIG: it fires when the *thread*
+that spawned the child exits, which would kill a server started from a
+worker thread).  It logs nothing per request; its stderr (tracebacks of
+adapter bugs) goes to ``CosTestServer.log_path`` while it runs.
 """
 
 from __future__ import annotations
@@ -355,7 +372,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             else:
                 environ[key] = value
         if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
-            del environ["HTTP_TRANSFER_ENCODING"]
+            # moto (werkzeug) must see a plain body; the signature check
+            # still needs the header's value.
+            environ["cosserver.transfer_encoding"] = environ.pop(
+                "HTTP_TRANSFER_ENCODING"
+            )
             body = _read_chunked(self.rfile)
             environ["CONTENT_LENGTH"] = str(len(body))
             environ["wsgi.input"] = _BodyReader(
@@ -770,6 +791,8 @@ class CosAdapter:
                 value = environ.get("CONTENT_TYPE")
             elif hname == "content-length":
                 value = environ.get("CONTENT_LENGTH")
+            elif hname == "transfer-encoding":
+                value = environ.get("cosserver.transfer_encoding")
             else:
                 value = environ.get("HTTP_" + hname.upper().replace("-", "_"))
             if value is None:

@@ -128,6 +128,27 @@ def test_metadata_round_trip(client, bucket):
     assert head["Content-Type"] == "text/plain"
 
 
+def test_chunked_upload_is_accepted(server, bucket):
+    import requests
+    from qcloud_cos.cos_auth import CosS3Auth
+
+    def body():
+        yield b"hello "
+        yield b"chunked"
+
+    r = requests.put(
+        f"{server.endpoint_url}/basic/chunked",
+        data=body(),
+        headers={"Host": f"{bucket}.cos.{server.region}.myqcloud.com"},
+        auth=CosS3Auth(server.cos_config(), "basic/chunked"),
+        timeout=10,
+    )
+    assert r.request.headers["Transfer-Encoding"] == "chunked"
+    assert r.status_code == 200, r.content
+    assert r.headers["x-cos-hash-crc64ecma"] == str(crc64(b"hello chunked"))
+    assert server.get_bytes(bucket, "basic/chunked") == b"hello chunked"
+
+
 @pytest.mark.parametrize(
     "key",
     [

@@ -63,6 +63,8 @@ log = Logger()
 
 #: Seconds a transfer command waits for its data connection.
 DATA_CONNECTION_TIMEOUT = 30
+#: Read size and write-buffer threshold of a data connection.
+DATA_BUFFER_SIZE = 1024 * 1024
 
 
 # -- replies ----------------------------------------------------------------
@@ -162,6 +164,14 @@ class DataChannel(protocol.Protocol):
     # connection
 
     def connectionMade(self) -> None:
+        # Twisted's TCP transport reads, and pauses its producer, in units of
+        # bufferSize (64 KiB); a data connection moves megabytes, and larger
+        # units mean fewer trips through the reactor per MB.
+        if hasattr(self.transport, "bufferSize"):
+            self.transport.bufferSize = DATA_BUFFER_SIZE
+        if hasattr(self.transport, "SEND_LIMIT"):
+            # Likewise for sends: up to 1 MiB per send() instead of 128 KiB.
+            self.transport.SEND_LIMIT = DATA_BUFFER_SIZE
         self.transport.pauseProducing()
         self.factory.connected(self)
 

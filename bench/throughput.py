@@ -1,0 +1,210 @@
+"""
+Throughput and memory of the gateway against the store's own speed.
+
+In one run, against the same fake COS server (moto behind the COS-dialect
+adapter, tests/cosserver.py), this measures:
+
+  - direct: the COS SDK uploading and downloading the file itself (the
+    faster of put_object and the SDK's own multipart upload_file for the
+    upload; a streamed get_object for the download);
+  - gateway: ftplib uploading and downloading the same file through cosgw,
+    which runs as its own ``twistd -n cosftp`` process;
+
+and prints MB/s for each, the gateway/direct ratios and the gateway's peak
+RSS (VmHWM).  Each figure is the median of --rounds runs, directions
+interleaved, because these machines are noisy.  moto itself caps the
+figures (testing-notes.md): the ratio is what to read.
+
+    python bench/throughput.py [--size-mib 256] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ftplib
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from tests.cosserver import CosTestServer  # noqa: E402
+
+MiB = 1024 * 1024
+USER, PASSWORD = "bench", "bench-password"
+
+
+def start_gateway(workdir: Path, server: CosTestServer, bucket: str, port: int):
+    config = workdir / "cosgw.ini"
+    config.write_text(
+        f"""[server]
+state_dir = {workdir / "state"}
+ftp_listen = tcp:{port}:interface=127.0.0.1
+
+[storage:cos]
+type = cos
+bucket = {bucket}
+region = {server.region}
+secret_id = {server.secret_id}
+secret_key = {server.secret_key}
+endpoint = http://127.0.0.1:{server.port}
+
+[user:{USER}]
+password = {PASSWORD}
+storage = cos
+"""
+    )
+    log = open(workdir / "gateway.log", "wb")  # noqa: SIM115
+    twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+    proc = subprocess.Popen(
+        [twistd, "-n", "--pidfile=", "cosftp", "--config", str(config)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=workdir,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            ftp = ftplib.FTP()
+            ftp.connect("127.0.0.1", port, timeout=5)
+            ftp.quit()
+            return proc
+        except OSError:
+            if proc.poll() is not None:
+                break
+            time.sleep(0.1)
+    raise SystemExit("gateway did not start:\n" + (workdir / "gateway.log").read_text())
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def timed(f) -> float:
+    start = time.perf_counter()
+    f()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    parser.add_argument("--size-mib", type=int, default=256)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--port", type=int, default=21321)
+    args = parser.parse_args()
+    size = args.size_mib * MiB
+
+    workdir = Path(tempfile.mkdtemp(prefix="cosgw-bench-"))
+    source = workdir / "source.bin"
+    with open(source, "wb") as f:
+        for _ in range(args.size_mib):
+            f.write(os.urandom(MiB))
+
+    server = CosTestServer()
+    server.start()
+    gateway = None
+    try:
+        bucket = server.create_bucket("bench")
+        client = server.cos_client()
+        gateway = start_gateway(workdir, server, bucket, args.port)
+        results: dict[str, list[float]] = {
+            k: [] for k in ("direct_up", "direct_down", "gw_up", "gw_down")
+        }
+
+        def direct_up() -> None:
+            # The SDK's best of: one PUT, or its own threaded multipart.
+            t_put = timed(
+                lambda: client.put_object(
+                    Bucket=bucket, Key="direct.bin", Body=source.read_bytes()
+                )
+            )
+            t_mp = timed(
+                lambda: client.upload_file(
+                    Bucket=bucket,
+                    Key="direct.bin",
+                    LocalFilePath=str(source),
+                    PartSize=8,
+                    MAXThread=4,
+                )
+            )
+            results["direct_up"].append(size / min(t_put, t_mp) / 1e6)
+
+        def direct_down() -> None:
+            def run() -> None:
+                body = client.get_object(Bucket=bucket, Key="direct.bin")["Body"]
+                raw = body.get_raw_stream()
+                got = 0
+                while True:
+                    chunk = raw.read(MiB, decode_content=False)
+                    if not chunk:
+                        break
+                    got += len(chunk)
+                assert got == size, got
+
+            results["direct_down"].append(size / timed(run) / 1e6)
+
+        def ftp_session() -> ftplib.FTP:
+            ftp = ftplib.FTP()
+            ftp.connect("127.0.0.1", args.port, timeout=120)
+            ftp.login(USER, PASSWORD)
+            ftp.voidcmd("TYPE I")
+            return ftp
+
+        def gw_up() -> None:
+            ftp = ftp_session()
+            with open(source, "rb") as f:
+                t = timed(lambda: ftp.storbinary("STOR gw.bin", f, blocksize=MiB))
+            ftp.quit()
+            results["gw_up"].append(size / t / 1e6)
+
+        def gw_down() -> None:
+            ftp = ftp_session()
+            got = [0]
+
+            def sink(data: bytes) -> None:
+                got[0] += len(data)
+
+            t = timed(lambda: ftp.retrbinary("RETR gw.bin", sink, blocksize=MiB))
+            ftp.quit()
+            assert got[0] == size, got[0]
+            results["gw_down"].append(size / t / 1e6)
+
+        for _ in range(args.rounds):
+            direct_up()
+            gw_up()
+            direct_down()
+            gw_down()
+        rss = peak_rss_mib(gateway.pid)
+
+        med = {k: statistics.median(v) for k, v in results.items()}
+        print(f"file: {args.size_mib} MiB, rounds: {args.rounds} (median MB/s)")
+        print(
+            f"upload   direct SDK {med['direct_up']:7.1f}   gateway FTP {med['gw_up']:7.1f}"
+            f"   ratio {med['gw_up'] / med['direct_up']:.2f}"
+        )
+        print(
+            f"download direct SDK {med['direct_down']:7.1f}   gateway FTP {med['gw_down']:7.1f}"
+            f"   ratio {med['gw_down'] / med['direct_down']:.2f}"
+        )
+        print(f"gateway peak RSS: {rss:.0f} MiB")
+        for k, v in results.items():
+            print(f"  {k}: " + ", ".join(f"{x:.1f}" for x in v))
+    finally:
+        if gateway is not None and gateway.poll() is None:
+            os.kill(gateway.pid, signal.SIGTERM)
+            gateway.wait(timeout=30)
+        server.stop()
+        source.unlink(missing_ok=True)
+
+
+if __name__ == "__main__":
+    main()
