@@ -117,7 +117,15 @@ def main() -> None:
         client = server.cos_client()
         gateway = start_gateway(workdir, server, bucket, args.port)
         results: dict[str, list[float]] = {
-            k: [] for k in ("direct_up", "direct_down", "gw_up", "gw_down")
+            k: []
+            for k in (
+                "direct_put",
+                "direct_mp",
+                "direct_up",
+                "direct_down",
+                "gw_up",
+                "gw_down",
+            )
         }
 
         def direct_up() -> None:
@@ -136,6 +144,8 @@ def main() -> None:
                     MAXThread=4,
                 )
             )
+            results["direct_put"].append(size / t_put / 1e6)
+            results["direct_mp"].append(size / t_mp / 1e6)
             results["direct_up"].append(size / min(t_put, t_mp) / 1e6)
 
         def direct_down() -> None:
@@ -187,13 +197,15 @@ def main() -> None:
 
         med = {k: statistics.median(v) for k, v in results.items()}
         print(f"file: {args.size_mib} MiB, rounds: {args.rounds} (median MB/s)")
+        up, down = med["gw_up"], med["gw_down"]
         print(
-            f"upload   direct SDK {med['direct_up']:7.1f}   gateway FTP {med['gw_up']:7.1f}"
-            f"   ratio {med['gw_up'] / med['direct_up']:.2f}"
+            f"upload   gateway FTP {up:7.1f} | SDK multipart upload_file "
+            f"{med['direct_mp']:7.1f} ratio {up / med['direct_mp']:.2f} | SDK single "
+            f"PUT {med['direct_put']:7.1f} ratio {up / med['direct_put']:.2f}"
         )
         print(
-            f"download direct SDK {med['direct_down']:7.1f}   gateway FTP {med['gw_down']:7.1f}"
-            f"   ratio {med['gw_down'] / med['direct_down']:.2f}"
+            f"download gateway FTP {down:7.1f} | SDK streamed get_object "
+            f"{med['direct_down']:7.1f} ratio {down / med['direct_down']:.2f}"
         )
         print(f"gateway peak RSS: {rss:.0f} MiB")
         for k, v in results.items():

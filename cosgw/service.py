@@ -19,6 +19,7 @@ Embedding::
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Optional
 
 from twisted.application.service import MultiService, Service
@@ -26,7 +27,15 @@ from twisted.cred.portal import Portal
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory
-from twisted.logger import Logger
+from twisted.logger import (
+    FilteringLogObserver,
+    LogLevel,
+    LogLevelFilterPredicate,
+    Logger,
+    globalLogPublisher,
+    textFileLogObserver,
+)
+from twisted.python.logfile import DailyLogFile
 from twisted.python.threadpool import ThreadPool
 
 from cosgw import auth
@@ -50,7 +59,40 @@ class ThreadPoolService(Service):
 
     def stopService(self) -> None:
         super().stopService()
-        self.pool.stop()
+        if not self.pool.joined:
+            self.pool.stop()
+
+
+class LogFileService(Service):
+    """
+    Writes the gateway's log, from C{level} up, to a daily-rotated
+    C{cosgw.log} in C{directory} (V5's log_dir), beside whatever twistd logs.
+    """
+
+    def __init__(self, directory: Path, level: str) -> None:
+        self.directory = directory
+        self.level = LogLevel.levelWithName(level)
+        self._observer: Optional[FilteringLogObserver] = None
+        self._file: Optional[DailyLogFile] = None
+
+    def startService(self) -> None:
+        super().startService()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._file = DailyLogFile("cosgw.log", str(self.directory))
+        self._observer = FilteringLogObserver(
+            textFileLogObserver(self._file),
+            [LogLevelFilterPredicate(defaultLogLevel=self.level)],
+        )
+        globalLogPublisher.addObserver(self._observer)
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._observer is not None:
+            globalLogPublisher.removeObserver(self._observer)
+            self._observer = None
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
 
 class ListenerService(Service):
@@ -227,6 +269,10 @@ def makeService(config: Config, reactor: Any = None) -> GatewayService:
         log.warn("config: {notice}", notice=notice)
 
     service = GatewayService()
+    if config.server.log_dir is not None:
+        LogFileService(config.server.log_dir, config.server.log_level).setServiceParent(
+            service
+        )
     threads = config.transfer.threads
     pool = ThreadPool(minthreads=0, maxthreads=threads, name="cosgw")
     service.pool = pool

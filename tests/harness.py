@@ -198,7 +198,7 @@ def start_gateway(
     for listener in service.ftp_listeners:
         listener.factory.data_timeout = data_timeout
     service.startService()
-    testcase.addCleanup(service.stopService)
+    testcase.addCleanup(lambda: service.running and service.stopService())
 
     def ready(ports: list[Any]) -> Gateway:
         return Gateway(service, inspector, ports[0].getHost().port)

@@ -1,0 +1,48 @@
+"""
+The service as an operator meets it: the log file, what it says and what it
+must never say (secrets), through a real session.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import defer
+from twisted.trial import unittest
+
+from tests.harness import PASSWORD, in_thread, start_gateway
+from tests.test_ftp import connect
+
+
+class LogFileTests(unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_log_dir_gets_transfers_and_no_secrets(self) -> Any:
+        logs = Path(tempfile.mkdtemp(prefix="cosgw-logs-"))
+        self.addCleanup(shutil.rmtree, logs, True)
+        gw = yield start_gateway(self, "cos", log_dir=logs, log_level="info")
+
+        def run() -> None:
+            ftp = connect(gw)
+            ftp.storbinary("STOR logged.txt", io.BytesIO(b"x" * 1000))
+            ftp.quit()
+            bad = connect.__globals__["ftplib"].FTP()
+            bad.connect(gw.host, gw.port, timeout=20)
+            try:
+                bad.login("alice", "not-the-password")
+            except Exception:
+                pass
+            bad.close()
+
+        yield in_thread(run)
+        yield gw.service.stopService()
+        text = (logs / "cosgw.log").read_text()
+        self.assertIn("FTP login alice from 127.0.0.1", text)
+        self.assertIn("STOR /logged.txt 1000 bytes", text)
+        self.assertIn("alice", text)
+        for secret in (PASSWORD, "not-the-password", gw.inspector.server.secret_key):
+            self.assertNotIn(secret, text)
+        self.assertNotIn("#debug]", text)

@@ -1,0 +1,896 @@
+"""
+The L{IObjectStore} contract, run against every store cosgw has.
+
+L{IObjectStoreContractMixin} holds what any store must do, in object-store
+terms only (keys, pages, multipart uploads); each implementation gets a
+subclass that says how to build it and how to look into it behind its back:
+
+  - L{LocalStoreContractTests}: a L{LocalStore} over a temporary directory.
+  - L{CosStoreContractTests}: a L{CosStore} speaking real HTTP through the
+    real COS SDK to the COS-dialect test server (tests/cosserver.py), one
+    fresh bucket per test, plus the faults only that server can inject.
+
+Every test runs on the real reactor with a real thread pool, as the gateway
+does: the stores' blocking work runs in the pool and their Deferreds fire on
+the reactor thread.  Objects stay small (a few MiB per test).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.threadpool import ThreadPool
+from twisted.trial import unittest
+from zope.interface.verify import verifyObject
+
+from cosgw.checksum import crc64
+from cosgw.interfaces import (
+    MIN_PART_SIZE,
+    IByteSource,
+    IntegrityError,
+    IObjectStore,
+    ListPage,
+    NoSuchKey,
+    NoSuchUpload,
+    ObjectInfo,
+    PartInfo,
+    PendingUpload,
+    StoreError,
+    StoreUnavailable,
+)
+from cosgw.storage.local import TMP_DIR, LocalStore
+
+MiB = 1024 * 1024
+
+#: Keys that break naive URL, XML or path handling.
+ODD_KEYS = [
+    "odd/名字 with space.txt",
+    "odd/100% sure",
+    "odd/literal %20 and %2F",
+    "odd/#hash#",
+    "odd/plus+and&amp=1",
+    "odd/question?mark",
+    "odd/ü/ß €.bin",
+]
+
+
+def random_bytes(size: int) -> bytes:
+    return os.urandom(size)
+
+
+@inlineCallbacks
+def read_source(source: Any, size: int = 64 * 1024) -> Any:
+    """
+    Read a source to its end and close it.
+
+    @return: Deferred firing with the list of chunks read (without the
+        final C{b""}).
+    """
+    chunks = []
+    try:
+        while True:
+            data = yield source.read(size)
+            if not data:
+                break
+            chunks.append(data)
+    finally:
+        yield source.close()
+    return chunks
+
+
+@inlineCallbacks
+def read_object(store: IObjectStore, key: str, offset: int = 0) -> Any:
+    """@return: Deferred firing with the bytes of C{key} from C{offset}."""
+    source = yield store.open(key, offset)
+    chunks = yield read_source(source)
+    return b"".join(chunks)
+
+
+@inlineCallbacks
+def list_all(
+    store: IObjectStore, prefix: str, delimiter: str = "/", max_keys: int = 1000
+) -> Any:
+    """
+    Follow C{next_marker} through every page.
+
+    @return: Deferred firing with the list of L{ListPage}s.
+    """
+    pages = []
+    marker = ""
+    for _ in range(1000):
+        page = yield store.list(prefix, delimiter, marker, max_keys)
+        pages.append(page)
+        if page.next_marker is None:
+            break
+        marker = page.next_marker
+    else:
+        raise AssertionError("listing did not end")
+    return pages
+
+
+def object_keys(page: ListPage) -> list[str]:
+    return [o.key for o in page.objects]
+
+
+class IObjectStoreContractMixin:
+    """
+    Tests any L{IObjectStore} must pass.
+
+    A subclass (also a trial C{TestCase}) provides L{make_store}, and
+    L{stored_keys_blocking} and L{stored_uploads_blocking}, which look at
+    the store's content directly (not through the store under test); they
+    block, so tests call them through L{stored_keys} and L{stored_uploads},
+    in the test's thread pool.
+
+    Directory markers are always put explicitly: a local directory exists
+    (and is listed as its own marker) as soon as a key below it does, where
+    a bucket has only the markers that were put.
+    """
+
+    store: IObjectStore
+    pool: ThreadPool
+
+    # -- to provide -------------------------------------------------------
+
+    def make_store(self) -> IObjectStore:
+        raise NotImplementedError
+
+    def stored_keys_blocking(self, prefix: str = "") -> list[str]:
+        """The keys of complete objects under C{prefix}, sorted."""
+        raise NotImplementedError
+
+    def stored_uploads_blocking(self) -> list[str]:
+        """The upload ids of multipart uploads still in the store."""
+        raise NotImplementedError
+
+    # -- set-up -----------------------------------------------------------
+
+    def setUp(self) -> None:
+        from twisted.internet import reactor
+
+        self.reactor = reactor
+        self.pool = ThreadPool(minthreads=0, maxthreads=8, name=type(self).__name__)
+        self.pool.start()
+        self.addCleanup(self.pool.stop)  # type: ignore[attr-defined]
+        self.store = self.make_store()
+
+    def in_pool(self, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        return deferToThreadPool(self.reactor, self.pool, f, *args)
+
+    def stored_keys(self, prefix: str = "") -> Deferred[list[str]]:
+        return self.in_pool(self.stored_keys_blocking, prefix)
+
+    def stored_uploads(self) -> Deferred[list[str]]:
+        return self.in_pool(self.stored_uploads_blocking)
+
+    @inlineCallbacks
+    def put_all(self, keys: list[str]) -> Any:
+        """Put each key: markers (ending in /) empty, others their own name."""
+        for key in keys:
+            data = b"" if key.endswith("/") else key.encode("utf-8")
+            yield self.store.put(key, data)
+
+    @inlineCallbacks
+    def upload_parts(self, key: str, upload_id: str, parts: list[bytes]) -> Any:
+        """
+        Upload C{parts} (numbered from 1) last first, then the others.
+
+        @return: Deferred firing with the L{PartInfo}s sorted by number.
+        """
+        order = [len(parts)] + list(range(1, len(parts)))
+        infos = {}
+        for number in order:
+            info = yield self.store.upload_part(
+                key, upload_id, number, parts[number - 1]
+            )
+            infos[number] = info
+        return [infos[n] for n in sorted(infos)]
+
+    # -- the interface ----------------------------------------------------
+
+    @inlineCallbacks
+    def test_provides_interfaces(self) -> Any:
+        """The store and the sources it opens provide their interfaces."""
+        self.assertTrue(verifyObject(IObjectStore, self.store))
+        self.assertIsInstance(self.store.description, str)
+        yield self.store.put("iface", b"x")
+        source = yield self.store.open("iface")
+        try:
+            self.assertTrue(verifyObject(IByteSource, source))
+        finally:
+            yield source.close()
+
+    # -- put, head, open --------------------------------------------------
+
+    @inlineCallbacks
+    def test_put_head_round_trip(self) -> Any:
+        """
+        put() fires with the new object's info (with an ETag); head() and
+        open() then give the same size and bytes.
+        """
+        data = random_bytes(300_001)
+        info = yield self.store.put("dir/file.bin", data)
+        self.assertIsInstance(info, ObjectInfo)
+        self.assertEqual(info.key, "dir/file.bin")
+        self.assertEqual(info.size, len(data))
+        self.assertTrue(info.etag)
+        head = yield self.store.head("dir/file.bin")
+        self.assertEqual((head.key, head.size), ("dir/file.bin", len(data)))
+        self.assertGreater(head.mtime, 0)
+        source = yield self.store.open("dir/file.bin")
+        self.assertEqual((source.offset, source.length), (0, len(data)))
+        self.assertEqual(source.info.size, len(data))
+        chunks = yield read_source(source)
+        self.assertEqual(b"".join(chunks), data)
+
+    @inlineCallbacks
+    def test_put_replaces(self) -> Any:
+        """A put of an existing key replaces the object."""
+        yield self.store.put("same", b"first version")
+        yield self.store.put("same", b"second")
+        head = yield self.store.head("same")
+        self.assertEqual(head.size, 6)
+        data = yield read_object(self.store, "same")
+        self.assertEqual(data, b"second")
+
+    @inlineCallbacks
+    def test_put_keeps_mtime_metadata(self) -> Any:
+        """An C{mtime} given as metadata is the object's mtime."""
+        yield self.store.put("stamped", b"data", {"mtime": "1000000000"})
+        head = yield self.store.head("stamped")
+        self.assertEqual(head.mtime, 1000000000.0)
+
+    def test_head_missing(self) -> Deferred[Any]:
+        """head() of a missing key fails with NoSuchKey."""
+        return self.assertFailure(self.store.head("no/such/key"), NoSuchKey)
+
+    def test_head_missing_marker(self) -> Deferred[Any]:
+        """head() of a missing directory marker fails with NoSuchKey."""
+        return self.assertFailure(self.store.head("no-such-dir/"), NoSuchKey)
+
+    def test_open_missing(self) -> Deferred[Any]:
+        """open() of a missing key fails with NoSuchKey."""
+        return self.assertFailure(self.store.open("no/such/key"), NoSuchKey)
+
+    @inlineCallbacks
+    def test_open_at_offset(self) -> Any:
+        """open() at an offset delivers the bytes from there on."""
+        data = random_bytes(100_000)
+        yield self.store.put("ranged", data)
+        for offset in (1, 4096, 99_999):
+            source = yield self.store.open("ranged", offset)
+            self.assertEqual(source.offset, offset)
+            self.assertEqual(source.length, len(data) - offset)
+            self.assertEqual(source.info.size, len(data))
+            chunks = yield read_source(source)
+            self.assertEqual(b"".join(chunks), data[offset:], offset)
+
+    @inlineCallbacks
+    def test_open_at_or_past_end(self) -> Any:
+        """
+        open() at the end or past it gives an empty source whose first read
+        gives C{b""}.
+        """
+        data = random_bytes(1000)
+        yield self.store.put("short", data)
+        for offset in (1000, 1001, 5000):
+            source = yield self.store.open("short", offset)
+            self.assertEqual(source.length, 0, offset)
+            self.assertEqual(source.info.size, 1000, offset)
+            first = yield source.read(4096)
+            self.assertEqual(first, b"", offset)
+            yield source.close()
+
+    @inlineCallbacks
+    def test_read_in_chunks(self) -> Any:
+        """
+        Reads give at most the size asked for, in order, then C{b""} at the
+        end of the object.
+        """
+        data = random_bytes(50_000)
+        yield self.store.put("chunked", data)
+        source = yield self.store.open("chunked")
+        chunks = yield read_source(source, 4096)
+        self.assertTrue(all(0 < len(c) <= 4096 for c in chunks))
+        self.assertEqual(b"".join(chunks), data)
+
+    @inlineCallbacks
+    def test_close_early_and_twice(self) -> Any:
+        """A source may be closed before its end, and closed again."""
+        yield self.store.put("half-read", random_bytes(200_000))
+        source = yield self.store.open("half-read")
+        data = yield source.read(1000)
+        self.assertTrue(data)
+        yield source.close()
+        yield source.close()
+
+    @inlineCallbacks
+    def test_put_empty(self) -> Any:
+        """An empty object can be stored, found and read."""
+        info = yield self.store.put("empty", b"")
+        self.assertEqual(info.size, 0)
+        head = yield self.store.head("empty")
+        self.assertEqual(head.size, 0)
+        source = yield self.store.open("empty")
+        self.assertEqual(source.length, 0)
+        first = yield source.read(4096)
+        self.assertEqual(first, b"")
+        yield source.close()
+        page = yield self.store.list("", "/")
+        self.assertEqual(object_keys(page), ["empty"])
+
+    @inlineCallbacks
+    def test_directory_marker(self) -> Any:
+        """
+        A key ending in C{/} is stored empty, found by head(), rolled up as a
+        common prefix above it and listed as itself under it.
+        """
+        info = yield self.store.put("d/", b"")
+        self.assertEqual(info.size, 0)
+        head = yield self.store.head("d/")
+        self.assertEqual((head.key, head.size), ("d/", 0))
+        page = yield self.store.list("", "/")
+        self.assertEqual((object_keys(page), list(page.prefixes)), ([], ["d/"]))
+        page = yield self.store.list("d/", "/")
+        self.assertEqual((object_keys(page), list(page.prefixes)), (["d/"], []))
+        self.assertIsNone(page.next_marker)
+        keys = yield self.stored_keys()
+        self.assertIn("d/", keys)
+
+    # -- listing ----------------------------------------------------------
+
+    @inlineCallbacks
+    def test_list_delimited(self) -> Any:
+        """
+        A delimited listing gives the objects at one level and the common
+        prefixes below it, each sorted, with their sizes.
+        """
+        yield self.put_all(
+            [
+                "ls/",
+                "ls/b",
+                "ls/a/",
+                "ls/a/1",
+                "ls/c/deep/2",
+                "ls/d",
+                "ls/aa",
+                "lsx",
+                "other/3",
+            ]
+        )
+        page = yield self.store.list("ls/", "/")
+        self.assertEqual(object_keys(page), ["ls/", "ls/aa", "ls/b", "ls/d"])
+        self.assertEqual([o.size for o in page.objects], [0, 5, 4, 4])
+        self.assertEqual(list(page.prefixes), ["ls/a/", "ls/c/"])
+        self.assertIsNone(page.next_marker)
+        page = yield self.store.list("", "/")
+        self.assertEqual(object_keys(page), ["lsx"])
+        self.assertEqual(list(page.prefixes), ["ls/", "other/"])
+        # A prefix that is not a whole name.
+        page = yield self.store.list("ls/a", "/")
+        self.assertEqual(object_keys(page), ["ls/aa"])
+        self.assertEqual(list(page.prefixes), ["ls/a/"])
+        page = yield self.store.list("nothing/", "/")
+        self.assertEqual((list(page.objects), list(page.prefixes)), ([], []))
+        self.assertIsNone(page.next_marker)
+
+    @inlineCallbacks
+    def test_list_recursive(self) -> Any:
+        """
+        Without a delimiter the listing gives every key under the prefix,
+        at any depth, and nothing else.
+        """
+        inside = [
+            "r/",
+            "r/a",
+            "r/sub/",
+            "r/sub/b",
+            "r/sub/deeper/",
+            "r/sub/deeper/c",
+            "r/z",
+        ]
+        yield self.put_all(inside + ["r.txt", "rr/", "rr/y"])
+        page = yield self.store.list("r/", "")
+        self.assertEqual(object_keys(page), sorted(inside))
+        self.assertEqual(list(page.prefixes), [])
+        self.assertIsNone(page.next_marker)
+        page = yield self.store.list("r/sub/", "")
+        self.assertEqual(
+            object_keys(page), ["r/sub/", "r/sub/b", "r/sub/deeper/", "r/sub/deeper/c"]
+        )
+
+    def paging_tree(self) -> tuple[list[str], list[str], list[str]]:
+        """
+        A level with 20 objects and 5 subdirectories, interleaved in order.
+
+        @return: (keys to put, entries of the delimited listing, keys of the
+            recursive listing)
+        """
+        files = [f"pg/k{i:02d}" for i in range(20)]
+        dirs = [f"pg/k{i:02d}x/" for i in (0, 3, 4, 11, 19)]
+        inner = [d + "f" for d in dirs]
+        put = ["pg/"] + files + dirs + inner
+        return put, sorted(["pg/"] + files + dirs), sorted(put)
+
+    @inlineCallbacks
+    def test_list_pages(self) -> Any:
+        """
+        Paging a delimited listing with C{next_marker} gives every object and
+        prefix exactly once, pages of at most C{max_keys} entries, and no
+        marker on the last page.
+        """
+        put, expected, _ = self.paging_tree()
+        yield self.put_all(put)
+        for max_keys in (1, 4, 7, len(expected)):
+            pages = yield list_all(self.store, "pg/", "/", max_keys)
+            seen = []
+            for page in pages:
+                entries = object_keys(page) + list(page.prefixes)
+                self.assertLessEqual(len(entries), max_keys)
+                self.assertEqual(object_keys(page), sorted(object_keys(page)))
+                self.assertEqual(list(page.prefixes), sorted(page.prefixes))
+                seen.extend(entries)
+            self.assertEqual(sorted(seen), expected, max_keys)
+            self.assertEqual(len(seen), len(set(seen)), max_keys)
+            self.assertEqual(len(pages), -(-len(expected) // max_keys), max_keys)
+            self.assertIsNone(pages[-1].next_marker)
+
+    @inlineCallbacks
+    def test_list_pages_recursive(self) -> Any:
+        """Paging works the same without a delimiter."""
+        put, _, expected = self.paging_tree()
+        yield self.put_all(put)
+        for max_keys in (3, 10):
+            pages = yield list_all(self.store, "pg/", "", max_keys)
+            seen = [key for page in pages for key in object_keys(page)]
+            self.assertEqual(seen, expected, max_keys)
+            self.assertTrue(all(not page.prefixes for page in pages))
+            self.assertIsNone(pages[-1].next_marker)
+
+    # -- names ------------------------------------------------------------
+
+    @inlineCallbacks
+    def test_odd_keys(self) -> Any:
+        """
+        Keys with UTF-8, spaces, C{%}, C{#}, C{+}, C{&}, C{?} are stored,
+        read, listed, copied and deleted under their exact names.
+        """
+        markers = ["odd/", "odd/ü/"]
+        yield self.put_all(markers)
+        for n, key in enumerate(ODD_KEYS):
+            data = key.encode("utf-8") * (n + 1)
+            info = yield self.store.put(key, data)
+            self.assertEqual((info.key, info.size), (key, len(data)))
+            head = yield self.store.head(key)
+            self.assertEqual((head.key, head.size), (key, len(data)))
+            got = yield read_object(self.store, key)
+            self.assertEqual(got, data, key)
+        page = yield self.store.list("odd/", "")
+        self.assertEqual(object_keys(page), sorted(ODD_KEYS + markers))
+        page = yield self.store.list("odd/", "/")
+        self.assertEqual(object_keys(page), sorted(["odd/"] + ODD_KEYS[:-1]))
+        self.assertEqual(list(page.prefixes), ["odd/ü/"])
+        page = yield self.store.list("odd/ü/", "/")
+        self.assertEqual(object_keys(page), ["odd/ü/", "odd/ü/ß €.bin"])
+        stored = yield self.stored_keys("odd/")
+        self.assertTrue(set(ODD_KEYS) <= set(stored), stored)
+        copied = yield self.store.copy(ODD_KEYS[0], ODD_KEYS[1] + " copy")
+        self.assertEqual(copied.key, ODD_KEYS[1] + " copy")
+        got = yield read_object(self.store, ODD_KEYS[1] + " copy")
+        self.assertEqual(got, ODD_KEYS[0].encode("utf-8"))
+        for key in ODD_KEYS:
+            yield self.store.delete(key)
+            yield self.assertFailure(self.store.head(key), NoSuchKey)
+
+    # -- copy and delete --------------------------------------------------
+
+    @inlineCallbacks
+    def test_copy(self) -> Any:
+        """copy() makes an equal object and leaves the source as it was."""
+        data = random_bytes(200_000)
+        yield self.store.put("src/a", data)
+        info = yield self.store.copy("src/a", "dst/b")
+        self.assertEqual((info.key, info.size), ("dst/b", len(data)))
+        copied = yield read_object(self.store, "dst/b")
+        self.assertEqual(copied, data)
+        source = yield read_object(self.store, "src/a")
+        self.assertEqual(source, data)
+        keys = yield self.stored_keys("src/a")
+        self.assertEqual(keys, ["src/a"])
+
+    @inlineCallbacks
+    def test_copy_replaces(self) -> Any:
+        """copy() onto an existing key replaces it."""
+        yield self.store.put("one", b"1111")
+        yield self.store.put("two", b"22")
+        yield self.store.copy("one", "two")
+        data = yield read_object(self.store, "two")
+        self.assertEqual(data, b"1111")
+
+    @inlineCallbacks
+    def test_copy_missing(self) -> Any:
+        """copy() of a missing key fails with NoSuchKey and creates nothing."""
+        yield self.assertFailure(self.store.copy("gone", "dst/c"), NoSuchKey)
+        yield self.assertFailure(self.store.head("dst/c"), NoSuchKey)
+
+    @inlineCallbacks
+    def test_delete(self) -> Any:
+        """delete() removes an object and leaves its neighbours."""
+        yield self.put_all(["del/", "del/a", "del/b"])
+        result = yield self.store.delete("del/a")
+        self.assertIsNone(result)
+        yield self.assertFailure(self.store.head("del/a"), NoSuchKey)
+        yield self.assertFailure(self.store.open("del/a"), NoSuchKey)
+        page = yield self.store.list("del/", "/")
+        self.assertEqual(object_keys(page), ["del/", "del/b"])
+        keys = yield self.stored_keys("del/")
+        self.assertNotIn("del/a", keys)
+
+    @inlineCallbacks
+    def test_delete_missing(self) -> Any:
+        """Deleting a missing key succeeds."""
+        result = yield self.store.delete("never/was")
+        self.assertIsNone(result)
+        result = yield self.store.delete("never/was/")
+        self.assertIsNone(result)
+
+    @inlineCallbacks
+    def test_delete_empty_marker(self) -> Any:
+        """Deleting the marker of an empty directory removes it."""
+        yield self.store.put("gone/", b"")
+        yield self.store.delete("gone/")
+        yield self.assertFailure(self.store.head("gone/"), NoSuchKey)
+        page = yield self.store.list("", "/")
+        self.assertEqual(list(page.prefixes), [])
+
+    # -- multipart --------------------------------------------------------
+
+    def three_parts(self) -> list[bytes]:
+        return [
+            random_bytes(MIN_PART_SIZE),
+            random_bytes(MIN_PART_SIZE + 12_345),
+            random_bytes(1000),
+        ]
+
+    @inlineCallbacks
+    def test_multipart_complete(self) -> Any:
+        """
+        Parts uploaded out of order and completed make one object, their
+        concatenation; the upload is then gone.
+        """
+        parts = self.three_parts()
+        upload_id = yield self.store.create_multipart("mp/object")
+        self.assertIsInstance(upload_id, str)
+        infos = yield self.upload_parts("mp/object", upload_id, parts)
+        for number, (info, data) in enumerate(zip(infos, parts), 1):
+            self.assertIsInstance(info, PartInfo)
+            self.assertEqual((info.number, info.size), (number, len(data)))
+        pending = yield self.store.list_multipart("mp/")
+        self.assertEqual([u.upload_id for u in pending], [upload_id])
+        # Not visible before completion.
+        yield self.assertFailure(self.store.head("mp/object"), NoSuchKey)
+        info = yield self.store.complete_multipart("mp/object", upload_id, infos)
+        self.assertIsInstance(info, ObjectInfo)
+        self.assertEqual((info.key, info.size), ("mp/object", sum(map(len, parts))))
+        data = yield read_object(self.store, "mp/object")
+        self.assertEqual(data, b"".join(parts))
+        head = yield self.store.head("mp/object")
+        self.assertEqual(head.size, len(data))
+        pending = yield self.store.list_multipart("")
+        self.assertEqual(pending, [])
+        stored = yield self.stored_uploads()
+        self.assertEqual(stored, [])
+
+    @inlineCallbacks
+    def test_multipart_single_small_part(self) -> Any:
+        """An upload of one part under the minimum size completes."""
+        upload_id = yield self.store.create_multipart("mp/small")
+        info = yield self.store.upload_part("mp/small", upload_id, 1, b"tiny")
+        done = yield self.store.complete_multipart("mp/small", upload_id, [info])
+        self.assertEqual(done.size, 4)
+        data = yield read_object(self.store, "mp/small")
+        self.assertEqual(data, b"tiny")
+
+    @inlineCallbacks
+    def test_multipart_part_retried(self) -> Any:
+        """A part uploaded again replaces its earlier upload."""
+        upload_id = yield self.store.create_multipart("mp/retried")
+        yield self.store.upload_part("mp/retried", upload_id, 1, b"a" * 100)
+        info = yield self.store.upload_part("mp/retried", upload_id, 1, b"b" * 50)
+        yield self.store.complete_multipart("mp/retried", upload_id, [info])
+        data = yield read_object(self.store, "mp/retried")
+        self.assertEqual(data, b"b" * 50)
+
+    @inlineCallbacks
+    def test_multipart_keeps_mtime_metadata(self) -> Any:
+        """An C{mtime} given to create_multipart is the object's mtime."""
+        upload_id = yield self.store.create_multipart(
+            "mp/stamped", {"mtime": "1200000000"}
+        )
+        info = yield self.store.upload_part("mp/stamped", upload_id, 1, b"x")
+        yield self.store.complete_multipart("mp/stamped", upload_id, [info])
+        head = yield self.store.head("mp/stamped")
+        self.assertEqual(head.mtime, 1200000000.0)
+
+    @inlineCallbacks
+    def test_multipart_abort(self) -> Any:
+        """An aborted upload leaves no object and no upload."""
+        parts = self.three_parts()
+        upload_id = yield self.store.create_multipart("mp/aborted")
+        yield self.upload_parts("mp/aborted", upload_id, parts[:2])
+        result = yield self.store.abort_multipart("mp/aborted", upload_id)
+        self.assertIsNone(result)
+        yield self.assertFailure(self.store.head("mp/aborted"), NoSuchKey)
+        pending = yield self.store.list_multipart("")
+        self.assertEqual(pending, [])
+        stored = yield self.stored_uploads()
+        self.assertEqual(stored, [])
+        keys = yield self.stored_keys("mp/")
+        self.assertEqual(keys, [])
+
+    @inlineCallbacks
+    def test_multipart_after_abort(self) -> Any:
+        """
+        Parts and completion of an aborted upload fail with NoSuchUpload;
+        aborting it again succeeds.
+        """
+        upload_id = yield self.store.create_multipart("mp/late")
+        part = yield self.store.upload_part("mp/late", upload_id, 1, b"early")
+        yield self.store.abort_multipart("mp/late", upload_id)
+        yield self.assertFailure(
+            self.store.upload_part("mp/late", upload_id, 2, b"late"), NoSuchUpload
+        )
+        yield self.assertFailure(
+            self.store.complete_multipart("mp/late", upload_id, [part]),
+            NoSuchUpload,
+        )
+        yield self.store.abort_multipart("mp/late", upload_id)
+        yield self.assertFailure(self.store.head("mp/late"), NoSuchKey)
+
+    @inlineCallbacks
+    def test_list_multipart(self) -> Any:
+        """
+        list_multipart() shows unfinished uploads with their keys, filtered
+        by prefix.
+        """
+        first = yield self.store.create_multipart("up/one")
+        second = yield self.store.create_multipart("up/名 two")
+        other = yield self.store.create_multipart("elsewhere")
+        yield self.store.upload_part("up/one", first, 1, b"some bytes")
+        pending = yield self.store.list_multipart("up/")
+        self.assertTrue(all(isinstance(u, PendingUpload) for u in pending))
+        self.assertEqual(
+            sorted((u.key, u.upload_id) for u in pending),
+            sorted([("up/one", first), ("up/名 two", second)]),
+        )
+        self.assertTrue(all(u.initiated > 0 for u in pending))
+        everything = yield self.store.list_multipart()
+        self.assertIn(("elsewhere", other), [(u.key, u.upload_id) for u in everything])
+        for key, upload_id in (
+            ("up/one", first),
+            ("up/名 two", second),
+            ("elsewhere", other),
+        ):
+            yield self.store.abort_multipart(key, upload_id)
+        pending = yield self.store.list_multipart()
+        self.assertEqual(pending, [])
+
+
+class LocalStoreContractTests(IObjectStoreContractMixin, unittest.TestCase):
+    """The contract, on a local directory."""
+
+    def make_store(self) -> IObjectStore:
+        self.root = Path(tempfile.mkdtemp(prefix="cosgw-contract-"))
+        self.addCleanup(shutil.rmtree, self.root, True)
+        store = LocalStore(self.root, self.reactor, self.pool)
+        store.prepare()
+        return store
+
+    def stored_keys_blocking(self, prefix: str = "") -> list[str]:
+        found = []
+        for directory, _dirs, files in os.walk(self.root):
+            rel = os.path.relpath(directory, self.root)
+            if rel.split(os.sep)[0] == TMP_DIR:
+                continue
+            base = "" if rel == "." else rel.replace(os.sep, "/") + "/"
+            if base:
+                found.append(base)
+            found.extend(base + name for name in files)
+        return sorted(k for k in found if k.startswith(prefix))
+
+    def stored_uploads_blocking(self) -> list[str]:
+        return sorted(
+            name for name in os.listdir(self.root / TMP_DIR) if name.startswith("up-")
+        )
+
+    def test_temporary_area_hidden(self) -> Deferred[Any]:
+        """The store's temporary directory is never listed."""
+
+        @inlineCallbacks
+        def check() -> Any:
+            upload_id = yield self.store.create_multipart("hidden")
+            yield self.store.upload_part("hidden", upload_id, 1, b"x")
+            page = yield self.store.list("", "/")
+            self.assertEqual((list(page.objects), list(page.prefixes)), ([], []))
+            page = yield self.store.list("", "")
+            self.assertEqual(list(page.objects), [])
+            yield self.store.abort_multipart("hidden", upload_id)
+
+        return check()
+
+
+def cos_settings(server: Any) -> dict[str, Any]:
+    """CosConfig arguments for the test server, as service._make_store makes."""
+    return {
+        "SecretId": server.secret_id,
+        "SecretKey": server.secret_key,
+        "Region": server.region,
+        "Scheme": "http",
+        "IP": "127.0.0.1",
+        "Port": server.port,
+    }
+
+
+class CosStoreContractTests(IObjectStoreContractMixin, unittest.TestCase):
+    """
+    The contract, on COS: the real SDK over HTTP to the test server, one
+    fresh bucket per test; and what only COS can get wrong (faults).
+    """
+
+    def make_store(self) -> IObjectStore:
+        from cosgw.storage.cos import CosStore
+        from tests.cosserver import shared_server
+
+        self.server = shared_server()
+        self.bucket = self.server.create_bucket(f"contract-{uuid.uuid4().hex[:12]}")
+        self.addCleanup(self.server.reset_faults)
+        return CosStore(
+            self.bucket, cos_settings(self.server), self.reactor, self.pool, pool_size=8
+        )
+
+    def stored_keys_blocking(self, prefix: str = "") -> list[str]:
+        return self.server.keys(self.bucket, prefix)
+
+    def stored_uploads_blocking(self) -> list[str]:
+        return [
+            upload_id for _key, upload_id in self.server.pending_uploads(self.bucket)
+        ]
+
+    def inject(self, kind: str, **params: Any) -> Deferred[None]:
+        return self.in_pool(
+            lambda: self.server.inject(kind, bucket=self.bucket, **params)
+        )
+
+    @inlineCallbacks
+    def test_crc64_reported(self) -> Any:
+        """put() and head() carry COS's CRC-64 of the object."""
+        data = random_bytes(10_000)
+        info = yield self.store.put("crc", data)
+        self.assertEqual(info.crc64, crc64(data))
+        self.assertTrue(info.request_id)
+        head = yield self.store.head("crc")
+        self.assertEqual(head.crc64, crc64(data))
+
+    @inlineCallbacks
+    def test_multipart_crc64(self) -> Any:
+        """Parts carry their CRC-64, and so does the completed object."""
+        parts = self.three_parts()
+        upload_id = yield self.store.create_multipart("mp/crc")
+        infos = yield self.upload_parts("mp/crc", upload_id, parts)
+        self.assertEqual([i.crc64 for i in infos], [crc64(p) for p in parts])
+        info = yield self.store.complete_multipart("mp/crc", upload_id, infos)
+        self.assertEqual(info.crc64, crc64(b"".join(parts)))
+
+    @inlineCallbacks
+    def test_corrupt_get(self) -> Any:
+        """
+        A body with a flipped byte (same length, same CRC header) fails the
+        read with IntegrityError rather than passing for the object.
+        """
+        data = random_bytes(300_000)
+        yield self.store.put("flip", data)
+        yield self.inject("corrupt-get", key="flip")
+        source = yield self.store.open("flip")
+        got = []
+
+        @inlineCallbacks
+        def drain() -> Any:
+            while True:
+                chunk = yield source.read(64 * 1024)
+                if not chunk:
+                    return
+                got.append(chunk)
+
+        yield self.assertFailure(drain(), IntegrityError)
+        yield source.close()
+        self.assertNotEqual(b"".join(got), data)
+        # The object itself is intact.
+        again = yield read_object(self.store, "flip")
+        self.assertEqual(again, data)
+
+    @inlineCallbacks
+    def test_truncated_get(self) -> Any:
+        """A body cut short fails the read with IntegrityError."""
+        data = random_bytes(300_000)
+        yield self.store.put("cut", data)
+        yield self.inject("truncate-get", key="cut", after=100_000)
+        yield self.assertFailure(read_object(self.store, "cut"), IntegrityError)
+
+    @inlineCallbacks
+    def test_truncated_ranged_get(self) -> Any:
+        """A ranged body cut short fails too (the length is checked)."""
+        data = random_bytes(300_000)
+        yield self.store.put("cut-range", data)
+        yield self.inject("truncate-get", key="cut-range", after=1000, reset=True)
+        yield self.assertFailure(
+            read_object(self.store, "cut-range", 5000), IntegrityError
+        )
+
+    @inlineCallbacks
+    def test_upload_part_fails(self) -> Any:
+        """
+        A part the store keeps refusing (past the SDK's retries) fails with
+        StoreUnavailable naming COS's request id.
+        """
+        upload_id = yield self.store.create_multipart("mp/refused")
+        yield self.inject("fail", op="UploadPart", count=-1, status=503)
+        error = yield self.assertFailure(
+            self.store.upload_part("mp/refused", upload_id, 1, b"x" * 1000),
+            StoreUnavailable,
+        )
+        self.assertIsInstance(error, StoreError)
+        self.assertTrue(error.request_id)
+        self.assertNotEqual(error.request_id, "Unknown")
+        yield self.store.abort_multipart("mp/refused", upload_id)
+
+    @inlineCallbacks
+    def test_put_reply_lost(self) -> Any:
+        """
+        A PUT the store performed but whose replies were all lost is found
+        stored, and put() succeeds.
+        """
+        data = random_bytes(5000)
+        yield self.inject("fail", op="PutObject", count=3, after=True)
+        info = yield self.store.put("lost-reply", data)
+        self.assertEqual(info.size, len(data))
+        got = yield read_object(self.store, "lost-reply")
+        self.assertEqual(got, data)
+
+    @inlineCallbacks
+    def test_complete_reply_lost(self) -> Any:
+        """
+        A CompleteMultipartUpload the store performed but whose replies were
+        all lost is found complete, and complete_multipart() succeeds.
+        """
+        parts = self.three_parts()
+        upload_id = yield self.store.create_multipart("mp/lost")
+        infos = yield self.upload_parts("mp/lost", upload_id, parts)
+        yield self.inject("fail", op="CompleteMultipartUpload", count=3, after=True)
+        info = yield self.store.complete_multipart("mp/lost", upload_id, infos)
+        self.assertEqual(info.size, sum(map(len, parts)))
+
+    @inlineCallbacks
+    def test_complete_reply_lost_once(self) -> Any:
+        """
+        One lost reply to CompleteMultipartUpload: the SDK retries on its
+        own and the retry finds the upload gone (NoSuchUpload), because the
+        first attempt completed it.  The object is there, so
+        complete_multipart() must succeed rather than report a failure for
+        an object that is stored (and that no abort will remove).
+        """
+        parts = self.three_parts()
+        upload_id = yield self.store.create_multipart("mp/lost-once")
+        infos = yield self.upload_parts("mp/lost-once", upload_id, parts)
+        yield self.inject("fail", op="CompleteMultipartUpload", count=1, after=True)
+        info = yield self.store.complete_multipart("mp/lost-once", upload_id, infos)
+        self.assertEqual(info.size, sum(map(len, parts)))
+        data = yield read_object(self.store, "mp/lost-once")
+        self.assertEqual(data, b"".join(parts))
