@@ -13,22 +13,29 @@ that many are held it pauses the data connection, so TCP pushes back on the
 client.  Memory per upload is therefore bounded by (parts in flight + 1) x
 part size.  Nothing here knows FTP or SFTP.
 
-Upload state machine (L{UploadState}):
+Upload state machine (L{UploadState}).  "The final call" is the single PUT
+of a small upload or the CompleteMultipartUpload of a large one.
 
-    ============  =============================  ===========
-    state         event                          next state
-    ============  =============================  ===========
-    OPEN          write(), part done             OPEN
-    OPEN          finish()                       FINISHING
-    OPEN          part/create fails, too large   FAILED
-    OPEN          abort()                        ABORTED
-    FINISHING     last part done -> complete     DONE
-    FINISHING     any failure                    FAILED
-    FINISHING     abort()                        ABORTED
-    ============  =============================  ===========
+    =========  ====================================  =========
+    state      event                                 next
+    =========  ====================================  =========
+    OPEN       write(), a part stored                OPEN
+    OPEN       finish()                              FINISHING
+    OPEN       a part/create fails, too large        FAILED
+    OPEN       abort()                               ABORTED
+    FINISHING  last parts stored: final call issued  FINISHING
+    FINISHING  final call succeeds                   DONE
+    FINISHING  any failure                           FAILED
+    FINISHING  abort() before the final call         ABORTED
+    FINISHING  abort() during the final call         (waits)
+    =========  ====================================  =========
 
 In FAILED and ABORTED the multipart upload (if one was started) is aborted
-once no part is in flight, so no part outlives the upload.
+once no part is in flight, so no part outlives the upload.  An abort() that
+arrives while the final call is in flight waits for it: if it succeeds, every
+byte arrived before a clean end of stream and the object is whole, so it
+stays (deleting it would also destroy the version it replaced); if it fails,
+the upload is cleaned up as any failed one.
 """
 
 from __future__ import annotations
@@ -40,7 +47,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Optional
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IConsumer, IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -93,14 +100,14 @@ def part_size_for(number: int, base: int, size_hint: Optional[int] = None) -> in
     The size of part C{number} (1-based) of an upload.
 
     Without a hint, sizes grow geometrically from C{base} so that part
-    L{PART_GROWTH_SPAN} is 5 GiB; each size is rounded up to a whole MiB.
+    L{PART_GROWTH_SPAN} is 5 GiB; each size is rounded to a whole MiB.
     With a hint of the total size, parts are at least large enough for the
     whole file to fit in 10,000 of them.
     """
     base = min(max(base, MIN_PART_SIZE), MAX_PART_SIZE)
     ratio = MAX_PART_SIZE / base
     growth = ratio ** (min(number - 1, PART_GROWTH_SPAN - 1) / (PART_GROWTH_SPAN - 1))
-    size = math.ceil(base * growth / MiB) * MiB
+    size = max(MIN_PART_SIZE, round(base * growth / MiB) * MiB)
     if size_hint:
         size = max(size, math.ceil(size_hint / MAX_PARTS / MiB) * MiB)
     return min(size, MAX_PART_SIZE)
@@ -257,10 +264,14 @@ class UploadWriter:
         self._in_flight = 0
         self._parts: list[PartInfo] = []
         self._creating: Optional[Deferred[str]] = None
-        self._failure: Optional[Failure] = None
-        self._result: Deferred[ObjectInfo] = Deferred()
-        self._cleaned: Optional[Deferred[None]] = None
+        self._final: Optional[Deferred[ObjectInfo]] = None
+        self._abort_requested = False
+        self._outcome: Optional[ObjectInfo | Failure] = None
+        self._waiters: list[Deferred[ObjectInfo]] = []
+        self._cleanup_requested = False
         self._aborting = False
+        self._clean = False
+        self._clean_waiters: list[Deferred[None]] = []
         self._current_part = part_size_for(1, settings.part_size, size_hint)
 
     # IConsumer
@@ -282,7 +293,9 @@ class UploadWriter:
             self._fail(Failure(UploadTooLarge(f"{self.key}: over {limit} bytes")))
             return
         self._buffer += data
-        while len(self._buffer) >= self._current_part:
+        while (
+            len(self._buffer) >= self._current_part and self.state is UploadState.OPEN
+        ):
             size = self._current_part
             part = bytes(self._buffer[:size])
             del self._buffer[:size]
@@ -298,44 +311,73 @@ class UploadWriter:
         """
         The stream ended cleanly: store what was received.
 
-        @return: A Deferred firing with the L{ObjectInfo} once the store has
-            confirmed the object, or failing with the first error of the
-            upload (the multipart upload is then aborted).
+        @return: A Deferred (a new one for each call) firing with the
+            L{ObjectInfo} once the store has confirmed the object, or failing
+            with the upload's first error, or with L{TransferStopped} if it
+            was aborted.  Nothing is left in the store after a failure.
         """
         if self.state is UploadState.OPEN:
             self.state = UploadState.FINISHING
             if self._next_number == 1 and self._creating is None:
                 data = bytes(self._buffer)
                 self._buffer = bytearray()
-                d = self.store.put(self.key, data, self.metadata)
-                d.addCallbacks(self._succeed, self._fail)
+                self._final_call(self.store.put(self.key, data, self.metadata))
             else:
                 if self._buffer:
                     part = bytes(self._buffer)
                     self._buffer = bytearray()
                     self._queue_part(part)
                 self._maybe_complete()
-        return self._result
+        return self._wait()
 
     def abort(self, reason: Optional[Failure] = None) -> Deferred[None]:
         """
         Discard the upload: nothing becomes visible, the multipart upload is
-        aborted once its parts in flight settle.
+        aborted once its parts in flight settle.  If the final call is
+        already in flight, its result stands (see the state table).
 
-        @return: A Deferred firing with None when the store is clean; store
-            errors during cleanup are logged, not raised.
+        @return: A Deferred firing with None when the store is settled;
+            store errors during cleanup are logged, not raised.
         """
-        if self.state in (UploadState.OPEN, UploadState.FINISHING):
+        if self.state is UploadState.OPEN or (
+            self.state is UploadState.FINISHING and self._final is None
+        ):
             self.state = UploadState.ABORTED
-            self._failure = reason or Failure(TransferStopped("upload aborted"))
             self._discard()
-            self._result.errback(self._failure)
-            self._result.addErrback(lambda f: None)
+            self._settle(reason or Failure(TransferStopped("upload aborted")))
+        elif self.state is UploadState.FINISHING:
+            self._abort_requested = True
         return self._cleanup()
+
+    # the outcome, for any number of callers
+
+    def _wait(self) -> Deferred[ObjectInfo]:
+        outcome = self._outcome
+        if isinstance(outcome, Failure):
+            return fail(outcome)
+        if outcome is not None:
+            return succeed(outcome)
+        d: Deferred[ObjectInfo] = Deferred()
+        self._waiters.append(d)
+        return d
+
+    def _settle(self, outcome: ObjectInfo | Failure) -> None:
+        if self._outcome is not None:
+            return
+        self._outcome = outcome
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            if isinstance(outcome, Failure):
+                d.errback(outcome)
+            else:
+                d.callback(outcome)
 
     # parts
 
     def _queue_part(self, data: bytes) -> None:
+        if self._next_number > MAX_PARTS:
+            self._fail(Failure(UploadTooLarge(f"{self.key}: over {MAX_PARTS} parts")))
+            return
         self._pending.append((self._next_number, data))
         self._next_number += 1
         self._pump()
@@ -343,10 +385,10 @@ class UploadWriter:
     def _max_in_flight(self) -> int:
         # Keep the bytes in flight near parts_in_flight x the first part size
         # as parts grow, so memory does not grow with the upload.
-        budget = self.settings.parts_in_flight * max(
-            self.settings.part_size, MIN_PART_SIZE
-        )
-        return max(1, min(self.settings.parts_in_flight, budget // self._current_part))
+        base = part_size_for(1, self.settings.part_size, self.size_hint)
+        budget = self.settings.parts_in_flight * base
+        fits = -(-budget // self._current_part)  # rounded up
+        return max(1, min(self.settings.parts_in_flight, fits))
 
     def _pump(self) -> None:
         if self.state not in (UploadState.OPEN, UploadState.FINISHING):
@@ -366,6 +408,7 @@ class UploadWriter:
         self.upload_id = upload_id
         if self.state in (UploadState.OPEN, UploadState.FINISHING):
             self._pump()
+            self._update_flow()
         else:
             self._try_cleanup()
 
@@ -396,29 +439,34 @@ class UploadWriter:
         if (
             self.state is UploadState.FINISHING
             and self.upload_id is not None
+            and self._final is None
             and not self._pending
             and self._in_flight == 0
         ):
-            self._in_flight = 1  # the complete call; keeps cleanup waiting
-            d = self.store.complete_multipart(self.key, self.upload_id, self._parts)
-            d.addBoth(self._completed)
+            parts = sorted(self._parts, key=lambda p: p.number)
+            self._final_call(
+                self.store.complete_multipart(self.key, self.upload_id, parts)
+            )
 
-    def _completed(self, result: ObjectInfo | Failure) -> None:
-        self._in_flight -= 1
+    def _final_call(self, d: Deferred[ObjectInfo]) -> None:
+        self._final = d
+        d.addBoth(self._final_done)
+
+    def _final_done(self, result: ObjectInfo | Failure) -> None:
+        self._final = None
         if isinstance(result, Failure):
-            if self.state is UploadState.FINISHING:
-                self._fail(result)
-            else:
-                self._try_cleanup()
+            self._fail(result)
         else:
             self.upload_id = None  # completed: nothing left to abort
-            self._succeed(result)
-
-    def _succeed(self, info: ObjectInfo) -> None:
-        if self.state is not UploadState.FINISHING:
-            return
-        self.state = UploadState.DONE
-        self._result.callback(info)
+            self.state = UploadState.DONE
+            if self._abort_requested:
+                log.info(
+                    "{key}: the client left during the final store call; the "
+                    "object is whole (clean end of stream) and stays",
+                    key=self.key,
+                )
+            self._settle(result)
+        self._try_cleanup()
 
     def _update_flow(self) -> None:
         should_pause = self._in_flight + len(self._pending) >= self._max_in_flight()
@@ -441,7 +489,6 @@ class UploadWriter:
         if self.state not in (UploadState.OPEN, UploadState.FINISHING):
             return
         self.state = UploadState.FAILED
-        self._failure = failure
         self._discard()
         log.warn(
             "upload of {key} failed after {received} bytes: {error}",
@@ -454,58 +501,55 @@ class UploadWriter:
         # stream and asks finish() for the result, which is this failure.
         if self._on_stop is not None:
             self._on_stop()
-        self._result.errback(failure)
+        self._settle(failure)
         self._cleanup()
 
     def _cleanup(self) -> Deferred[None]:
-        if self._cleaned is None:
-            self._cleaned = Deferred()
-            self._try_cleanup()
-        return _chain(self._cleaned)
+        self._cleanup_requested = True
+        if self._clean:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._clean_waiters.append(d)
+        self._try_cleanup()
+        return d
 
     def _try_cleanup(self) -> None:
         """
         Abort the multipart upload once nothing is in flight: a part that is
         still uploading when the abort lands could otherwise survive it.
         """
-        cleaned = self._cleaned
-        if cleaned is None or cleaned.called or self._aborting:
+        if not self._cleanup_requested or self._clean or self._aborting:
             return
-        if self._in_flight or (
-            self._creating is not None and not self._creating.called
-        ):
+        if self._in_flight or self._final is not None:
             return  # called again when they settle
-        if self.upload_id is None:
-            cleaned.callback(None)
+        if self._creating is not None and not self._creating.called:
             return
-        self._aborting = True
-        upload_id = self.upload_id
-        d = self.store.abort_multipart(self.key, upload_id)
-        d.addErrback(
-            lambda f: log.failure(
-                "aborting multipart upload {upload_id} of {key}",
-                f,
-                upload_id=upload_id,
-                key=self.key,
+        if self.state in (UploadState.FAILED, UploadState.ABORTED) and (
+            self.upload_id is not None
+        ):
+            self._aborting = True
+            upload_id = self.upload_id
+            d = self.store.abort_multipart(self.key, upload_id)
+            d.addErrback(
+                lambda f: log.failure(
+                    "aborting multipart upload {upload_id} of {key}",
+                    f,
+                    upload_id=upload_id,
+                    key=self.key,
+                )
             )
-        )
 
-        def done(_: object) -> None:
-            self.upload_id = None
-            cleaned.callback(None)
+            def aborted(_: object) -> None:
+                self.upload_id = None
+                self._aborting = False
+                self._mark_clean()
 
-        d.addBoth(done)
+            d.addBoth(aborted)
+            return
+        self._mark_clean()
 
-
-def _chain(d: Deferred[None]) -> Deferred[None]:
-    """A Deferred that fires when C{d} has, without taking C{d}'s result."""
-    if d.called:
-        return succeed(None)
-    out: Deferred[None] = Deferred()
-
-    def fire(result: object) -> object:
-        out.callback(None)
-        return result
-
-    d.addBoth(fire)
-    return out
+    def _mark_clean(self) -> None:
+        self._clean = True
+        waiters, self._clean_waiters = self._clean_waiters, []
+        for d in waiters:
+            d.callback(None)

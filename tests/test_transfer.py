@@ -686,7 +686,7 @@ class UploadWriterTests(UploadWriterTestsMixin, SynchronousTestCase):
         completed, and abort()'s Deferred fires once the store is clean.
         """
         self.make_writer(auto={"create_multipart"}, part_size=MiB, parts_in_flight=8)
-        self.feed(random_bytes(MiB + 2 * MiB))
+        self.feed(random_bytes(2 * MiB + 10))
         parts = self.store.unsettled("upload_part")
         self.assertEqual(len(parts), 2)
         cleaned = self.writer.abort()
@@ -725,16 +725,21 @@ class UploadWriterTests(UploadWriterTestsMixin, SynchronousTestCase):
 
     def test_abort_with_reason(self) -> None:
         """
-        The reason given to abort() is what a caller waiting on finish()
-        gets.
+        The reason given to abort() is what finish() reports, whether it was
+        called before the abort or after.
         """
         self.make_writer(part_size=MiB)
-        results: list[Any] = []
-        self.writer.finish().addBoth(results.append)
+        self.writer.write(b"some bytes")
         reason = TransferStopped("connection reset")
         self.writer.abort(Failure(reason))
+        failure = self.failureResultOf(self.writer.finish())
+        self.assertIs(failure.value, reason)
+        self.make_writer(auto={"create_multipart"}, part_size=MiB)
+        self.feed(random_bytes(MiB + 10))
+        results: list[Any] = []
+        self.writer.finish().addBoth(results.append)  # waits for part 1
+        self.writer.abort(Failure(reason))
         [failure] = results
-        self.assertIsInstance(failure, Failure)
         self.assertIs(failure.value, reason)
 
     def test_abort_twice(self) -> None:
@@ -762,11 +767,11 @@ class UploadWriterTests(UploadWriterTestsMixin, SynchronousTestCase):
 
     def test_finish_result_kept_after_abort(self) -> None:
         """
-        The Deferred finish() returned before an abort() still fails when
-        its holder looks at it after the abort.
+        The Deferred finish() returned before an abort() (parts still in
+        flight) still fails when its holder looks at it after the abort.
         """
-        self.make_writer(part_size=MiB)
-        self.writer.write(b"data")
+        self.make_writer(auto={"create_multipart"}, part_size=MiB)
+        self.feed(random_bytes(MiB + 10))
         d = self.writer.finish()
         self.writer.abort()
         self.failureResultOf(d, TransferStopped)
@@ -774,7 +779,9 @@ class UploadWriterTests(UploadWriterTestsMixin, SynchronousTestCase):
     def test_abort_while_completing_settles(self) -> None:
         """
         abort() while complete_multipart is in flight: abort()'s Deferred
-        fires once the completion has settled.
+        fires once the completion has settled, and a successful completion
+        stands (every byte arrived before a clean end of stream), so finish()
+        reports it and nothing is aborted or deleted.
         """
         self.make_writer(auto={"create_multipart", "upload_part"}, part_size=MiB)
         self.feed(random_bytes(MiB + 10))
@@ -782,10 +789,14 @@ class UploadWriterTests(UploadWriterTestsMixin, SynchronousTestCase):
         self.writer.finish().addBoth(results.append)
         [complete] = self.store.calls_to("complete_multipart")
         cleaned = self.writer.abort()
-        self.assertIsInstance(results[0].value, TransferStopped)
+        self.assertEqual(results, [])
         self.assertNoResult(cleaned)
         self.store.answer(complete)
         self.successResultOf(cleaned)
+        self.assertIsInstance(results[0], ObjectInfo)
+        self.assertIs(self.writer.state, UploadState.DONE)
+        self.assertEqual(self.store.calls_to("abort_multipart"), [])
+        self.assertEqual(self.store.calls_to("delete"), [])
 
     def test_abort_while_completion_fails(self) -> None:
         """
@@ -794,32 +805,34 @@ class UploadWriterTests(UploadWriterTestsMixin, SynchronousTestCase):
         """
         self.make_writer(auto={"create_multipart", "upload_part"}, part_size=MiB)
         self.feed(random_bytes(MiB + 10))
-        self.writer.finish()
+        finished = self.writer.finish()
         [complete] = self.store.calls_to("complete_multipart")
         cleaned = self.writer.abort()
         self.store.fail(complete, StoreUnavailable("COMPLETE: connection lost"))
         [abort] = self.store.calls_to("abort_multipart")
         self.store.answer(abort)
         self.successResultOf(cleaned)
+        self.failureResultOf(finished, StoreUnavailable)
 
-    def test_abort_while_putting_leaves_no_object(self) -> None:
+    def test_abort_while_putting_waits_for_the_put(self) -> None:
         """
-        abort() while the put of a small file is in flight: the store is
-        not clean until the put has settled, and an object the put stored
-        after all is deleted, so an aborted upload leaves no object.
+        abort() while the single PUT of a small file is in flight: the
+        store is not settled until the put has; a PUT that fails leaves
+        nothing and finish() reports the failure.
         """
-        self.make_writer(auto={"delete"})
+        self.make_writer()
         self.writer.write(b"small file")
         results: list[Any] = []
         self.writer.finish().addBoth(results.append)
         [put] = self.store.calls
         cleaned = self.writer.abort()
-        self.assertIsInstance(results[0].value, TransferStopped)
+        self.assertEqual(results, [])
         self.assertNoResult(cleaned)
-        self.store.answer(put)
-        self.assertEqual(self.store.names(), ["put", "delete"])
-        self.assertEqual(self.store.calls[1].args, (KEY,))
+        self.store.fail(put, StoreUnavailable("PUT: connection lost"))
         self.successResultOf(cleaned)
+        self.assertIsInstance(results[0].value, StoreUnavailable)
+        self.assertIs(self.writer.state, UploadState.FAILED)
+        self.assertEqual(self.store.names(), ["put"])
 
 
 # -- part sizes -------------------------------------------------------------

@@ -444,9 +444,10 @@ class CosStore:
                     "Part": [{"PartNumber": p.number, "ETag": p.etag} for p in ordered]
                 },
             )
-        except StoreUnavailable:
-            # The reply may have been lost after COS completed the object:
-            # only the object itself can say (reference: testing-notes.md).
+        except (StoreUnavailable, NoSuchUpload):
+            # The reply may have been lost after COS completed the object (a
+            # retry then finds no such upload): only the object itself can
+            # say (reference: testing-notes.md).
             if expected is None or not self._holds(key, expected_size, expected):
                 raise
             log.info("COMPLETE {key}: reply lost, object found complete", key=key)
