@@ -1422,19 +1422,32 @@ class _V5Loader:
         password = sec.raw("ftp_login_user_password")
         if not password:
             sec.missing("ftp_login_user_password", "the FTP user's password")
-        hashed = _check_password(sec, "ftp_login_user_password", password)
         authority = sec.require("authority", "R, W or RW")
         try:
             permissions = authority_permissions(authority, delete_enable)
         except ValueError:
             sec.fail("authority", "R, W or RW", authority)
+        user = self._v5_user(
+            sec, "ftp_login_user_password", name, password, storage, permissions
+        )
+        return user, sec, "ftp_login_user_name"
+
+    def _v5_user(
+        self,
+        sec: _Section,
+        key: str,
+        name: str,
+        password: str,
+        storage: str,
+        permissions: frozenset[str],
+    ) -> UserConfig:
+        """A V5 user: its home is the bucket root; plain passwords noticed."""
+        hashed = _check_password(sec, key, password)
         if not hashed:
             self.notices.append(
-                _plain_password_notice(
-                    self.label, f"[{sec.name}] ftp_login_user_password", name
-                )
+                _plain_password_notice(self.label, f"[{sec.name}] {key}", name)
             )
-        user = UserConfig(
+        return UserConfig(
             name=name,
             password=password,
             password_is_hashed=hashed,
@@ -1442,7 +1455,6 @@ class _V5Loader:
             home="",
             permissions=permissions,
         )
-        return user, sec, "ftp_login_user_name"
 
     def legacy_users(
         self, legacy: _Section, storage: str
@@ -1473,20 +1485,8 @@ class _V5Loader:
                 permissions = authority_permissions(authority)
             except ValueError:
                 legacy.fail("login_users", f"R, W or RW for user {name!r}", authority)
-            hashed = _check_password(legacy, "login_users", password)
-            if not hashed:
-                self.notices.append(
-                    _plain_password_notice(
-                        self.label, f"[{legacy.name}] login_users", name
-                    )
-                )
-            user = UserConfig(
-                name=name,
-                password=password,
-                password_is_hashed=hashed,
-                storage=storage,
-                home="",
-                permissions=permissions,
+            user = self._v5_user(
+                legacy, "login_users", name, password, storage, permissions
             )
             users.append((user, legacy, "login_users"))
         return users

@@ -10,13 +10,15 @@ cheap Deferreds on the reactor.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, TypeVar
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Optional, TypeVar
 
 from twisted.internet.defer import Deferred, DeferredSemaphore
 from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
+
+from cosgw.interfaces import IByteSource, ListPage, ObjectInfo, PartInfo, PendingUpload
 
 T = TypeVar("T")
 
@@ -39,3 +41,107 @@ class BlockingRunner:
         return self._gate.run(
             deferToThreadPool, self._reactor, self._pool, f, *args, **kwargs
         )
+
+
+class ThreadedStore:
+    """
+    The L{IObjectStore} methods of a store whose work is blocking: each runs
+    the store's C{_name} method of the same arguments in the pool, through
+    C{self._runner}.  A store subclasses this and writes only the blocking
+    bodies.
+    """
+
+    _runner: BlockingRunner
+
+    def head(self, key: str) -> Deferred[ObjectInfo]:
+        return self._runner.run(self._head, key)
+
+    def list(
+        self, prefix: str, delimiter: str = "/", marker: str = "", max_keys: int = 1000
+    ) -> Deferred[ListPage]:
+        return self._runner.run(self._list, prefix, delimiter, marker, max_keys)
+
+    def open(self, key: str, offset: int = 0) -> Deferred[IByteSource]:
+        return self._runner.run(self._open, key, offset)
+
+    def put(
+        self, key: str, data: bytes, metadata: Optional[Mapping[str, str]] = None
+    ) -> Deferred[ObjectInfo]:
+        return self._runner.run(self._put, key, data, metadata)
+
+    def delete(self, key: str) -> Deferred[None]:
+        return self._runner.run(self._delete, key)
+
+    def copy(
+        self,
+        source: str,
+        destination: str,
+        metadata: Optional[Mapping[str, str]] = None,
+    ) -> Deferred[ObjectInfo]:
+        return self._runner.run(self._copy, source, destination, metadata)
+
+    def create_multipart(
+        self, key: str, metadata: Optional[Mapping[str, str]] = None
+    ) -> Deferred[str]:
+        return self._runner.run(self._create_multipart, key, metadata)
+
+    def upload_part(
+        self, key: str, upload_id: str, number: int, data: bytes
+    ) -> Deferred[PartInfo]:
+        return self._runner.run(self._upload_part, key, upload_id, number, data)
+
+    def complete_multipart(
+        self, key: str, upload_id: str, parts: Sequence[PartInfo]
+    ) -> Deferred[ObjectInfo]:
+        return self._runner.run(self._complete, key, upload_id, list(parts))
+
+    def abort_multipart(self, key: str, upload_id: str) -> Deferred[None]:
+        return self._runner.run(self._abort, key, upload_id)
+
+    def list_multipart(self, prefix: str = "") -> Deferred[list[PendingUpload]]:
+        return self._runner.run(self._list_multipart, prefix)
+
+    # The blocking bodies, run in a pool thread.
+
+    def _head(self, key: str) -> ObjectInfo:
+        raise NotImplementedError
+
+    def _list(
+        self, prefix: str, delimiter: str, marker: str, max_keys: int
+    ) -> ListPage:
+        raise NotImplementedError
+
+    def _open(self, key: str, offset: int) -> IByteSource:
+        raise NotImplementedError
+
+    def _put(
+        self, key: str, data: bytes, metadata: Optional[Mapping[str, str]]
+    ) -> ObjectInfo:
+        raise NotImplementedError
+
+    def _delete(self, key: str) -> None:
+        raise NotImplementedError
+
+    def _copy(
+        self, source: str, destination: str, metadata: Optional[Mapping[str, str]]
+    ) -> ObjectInfo:
+        raise NotImplementedError
+
+    def _create_multipart(self, key: str, metadata: Optional[Mapping[str, str]]) -> str:
+        raise NotImplementedError
+
+    def _upload_part(
+        self, key: str, upload_id: str, number: int, data: bytes
+    ) -> PartInfo:
+        raise NotImplementedError
+
+    def _complete(
+        self, key: str, upload_id: str, parts: Sequence[PartInfo]
+    ) -> ObjectInfo:
+        raise NotImplementedError
+
+    def _abort(self, key: str, upload_id: str) -> None:
+        raise NotImplementedError
+
+    def _list_multipart(self, prefix: str) -> list[PendingUpload]:
+        raise NotImplementedError

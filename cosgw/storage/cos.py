@@ -53,7 +53,7 @@ from cosgw.interfaces import (
     StoreError,
     StoreUnavailable,
 )
-from cosgw.storage._runner import BlockingRunner
+from cosgw.storage._runner import BlockingRunner, ThreadedStore
 
 log = Logger()
 
@@ -199,7 +199,7 @@ class _CosSource:
 
 
 @implementer(IObjectStore)
-class CosStore:
+class CosStore(ThreadedStore):
     """
     One bucket.  C{settings} are CosConfig keyword arguments (Region,
     SecretId, SecretKey, Token, Scheme, Endpoint, IP, Port, ...) built by
@@ -506,56 +506,6 @@ class CosStore:
             if not key_marker:
                 break
         return found
-
-    # -- IObjectStore -------------------------------------------------------
-
-    def head(self, key: str) -> Deferred[ObjectInfo]:
-        return self._runner.run(self._head, key)
-
-    def list(
-        self, prefix: str, delimiter: str = "/", marker: str = "", max_keys: int = 1000
-    ) -> Deferred[ListPage]:
-        return self._runner.run(self._list, prefix, delimiter, marker, max_keys)
-
-    def open(self, key: str, offset: int = 0) -> Deferred[IByteSource]:
-        return self._runner.run(self._open, key, offset)
-
-    def put(
-        self, key: str, data: bytes, metadata: Optional[Mapping[str, str]] = None
-    ) -> Deferred[ObjectInfo]:
-        return self._runner.run(self._put, key, data, metadata)
-
-    def delete(self, key: str) -> Deferred[None]:
-        return self._runner.run(self._delete, key)
-
-    def copy(
-        self,
-        source: str,
-        destination: str,
-        metadata: Optional[Mapping[str, str]] = None,
-    ) -> Deferred[ObjectInfo]:
-        return self._runner.run(self._copy, source, destination, metadata)
-
-    def create_multipart(
-        self, key: str, metadata: Optional[Mapping[str, str]] = None
-    ) -> Deferred[str]:
-        return self._runner.run(self._create_multipart, key, metadata)
-
-    def upload_part(
-        self, key: str, upload_id: str, number: int, data: bytes
-    ) -> Deferred[PartInfo]:
-        return self._runner.run(self._upload_part, key, upload_id, number, data)
-
-    def complete_multipart(
-        self, key: str, upload_id: str, parts: Sequence[PartInfo]
-    ) -> Deferred[ObjectInfo]:
-        return self._runner.run(self._complete, key, upload_id, list(parts))
-
-    def abort_multipart(self, key: str, upload_id: str) -> Deferred[None]:
-        return self._runner.run(self._abort, key, upload_id)
-
-    def list_multipart(self, prefix: str = "") -> Deferred[list[PendingUpload]]:
-        return self._runner.run(self._list_multipart, prefix)
 
 
 class _RawResponse:

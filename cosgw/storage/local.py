@@ -47,7 +47,7 @@ from cosgw.interfaces import (
     PendingUpload,
     StoreError,
 )
-from cosgw.storage._runner import BlockingRunner
+from cosgw.storage._runner import BlockingRunner, ThreadedStore
 
 #: The hidden directory for temporary files and multipart parts; it is never
 #: listed and no key may name it.
@@ -99,7 +99,7 @@ class _FileSource:
 
 
 @implementer(IObjectStore)
-class LocalStore:
+class LocalStore(ThreadedStore):
     """
     Objects as files below C{root}.  Blocking file work runs in C{pool}
     (owned and started by the service), never on the reactor thread.
@@ -251,7 +251,10 @@ class LocalStore:
             raise
         return self._info(key, path.stat())
 
-    def _put(self, key: str, data: bytes, mtime: Optional[float]) -> ObjectInfo:
+    def _put(
+        self, key: str, data: bytes, metadata: Optional[Mapping[str, str]]
+    ) -> ObjectInfo:
+        mtime = _mtime_from(metadata)
         if key.endswith("/"):
             if data:
                 raise StoreError("a directory marker holds no data")
@@ -292,8 +295,9 @@ class LocalStore:
                 raise
 
     def _copy(
-        self, source: str, destination: str, mtime: Optional[float]
+        self, source: str, destination: str, metadata: Optional[Mapping[str, str]]
     ) -> ObjectInfo:
+        mtime = _mtime_from(metadata)
         src = self._path(source)
         if source.endswith("/") or not src.is_file():
             raise NoSuchKey(source)
@@ -306,7 +310,8 @@ class LocalStore:
             raise NoSuchUpload(upload_id)
         return self._tmp / f"up-{upload_id}"
 
-    def _create_multipart(self, key: str, mtime: Optional[float]) -> str:
+    def _create_multipart(self, key: str, metadata: Optional[Mapping[str, str]]) -> str:
+        mtime = _mtime_from(metadata)
         self._path(key)
         upload_id = uuid.uuid4().hex
         directory = self._upload_dir(upload_id)
@@ -376,56 +381,6 @@ class LocalStore:
             if key.startswith(prefix):
                 found.append(PendingUpload(key, entry.name[3:], initiated))
         return sorted(found, key=lambda u: (u.key, u.initiated))
-
-    # -- IObjectStore -------------------------------------------------------
-
-    def head(self, key: str) -> Deferred[ObjectInfo]:
-        return self._runner.run(self._head, key)
-
-    def list(
-        self, prefix: str, delimiter: str = "/", marker: str = "", max_keys: int = 1000
-    ) -> Deferred[ListPage]:
-        return self._runner.run(self._list, prefix, delimiter, marker, max_keys)
-
-    def open(self, key: str, offset: int = 0) -> Deferred[IByteSource]:
-        return self._runner.run(self._open, key, offset)
-
-    def put(
-        self, key: str, data: bytes, metadata: Optional[Mapping[str, str]] = None
-    ) -> Deferred[ObjectInfo]:
-        return self._runner.run(self._put, key, data, _mtime_from(metadata))
-
-    def delete(self, key: str) -> Deferred[None]:
-        return self._runner.run(self._delete, key)
-
-    def copy(
-        self,
-        source: str,
-        destination: str,
-        metadata: Optional[Mapping[str, str]] = None,
-    ) -> Deferred[ObjectInfo]:
-        return self._runner.run(self._copy, source, destination, _mtime_from(metadata))
-
-    def create_multipart(
-        self, key: str, metadata: Optional[Mapping[str, str]] = None
-    ) -> Deferred[str]:
-        return self._runner.run(self._create_multipart, key, _mtime_from(metadata))
-
-    def upload_part(
-        self, key: str, upload_id: str, number: int, data: bytes
-    ) -> Deferred[PartInfo]:
-        return self._runner.run(self._upload_part, key, upload_id, number, data)
-
-    def complete_multipart(
-        self, key: str, upload_id: str, parts: Sequence[PartInfo]
-    ) -> Deferred[ObjectInfo]:
-        return self._runner.run(self._complete, key, upload_id, list(parts))
-
-    def abort_multipart(self, key: str, upload_id: str) -> Deferred[None]:
-        return self._runner.run(self._abort, key, upload_id)
-
-    def list_multipart(self, prefix: str = "") -> Deferred[list[PendingUpload]]:
-        return self._runner.run(self._list_multipart, prefix)
 
 
 def _copy_file(src, out, size: int) -> None:
