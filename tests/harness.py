@@ -178,12 +178,12 @@ def start_gateway(
             permissions=frozenset({"list", "download"}),
         ),
     }
-    server = ServerConfig(
-        state_dir=state,
-        ftp_listen=("tcp:0:interface=127.0.0.1",),
-        passive_ports=TEST_PASSIVE_PORTS,
+    server_settings: dict[str, Any] = {
+        "ftp_listen": ("tcp:0:interface=127.0.0.1",),
+        "passive_ports": TEST_PASSIVE_PORTS,
         **server_overrides,
-    )
+    }
+    server = ServerConfig(state_dir=state, **server_settings)
     config = Config(
         source=None,
         server=server,

@@ -483,3 +483,35 @@ class LocalFTPTests(FTPTestsMixin, unittest.TestCase):
 
 class CosFTPTests(FTPTestsMixin, unittest.TestCase):
     kind = "cos"
+
+
+class PassiveAddressTests(unittest.TestCase):
+    """masquerade_address and passive_ports from the config reach PASV/EPSV."""
+
+    @defer.inlineCallbacks
+    def pasv_reply(self, masquerade: str) -> Any:
+        gw = yield start_gateway(
+            self, "local", masquerade_address=masquerade, passive_ports=(62500, 62500)
+        )
+
+        def run() -> tuple[str, str]:
+            replies = []
+            for command in ("PASV", "EPSV"):
+                ftp = connect(gw)
+                replies.append(ftp.sendcmd(command))
+                ftp.quit()
+            return replies[0], replies[1]
+
+        return (yield in_thread(run))
+
+    @defer.inlineCallbacks
+    def test_masquerade_ip(self) -> Any:
+        pasv, epsv = yield self.pasv_reply("203.0.113.7")
+        # 62500 = 244 * 256 + 36
+        self.assertEqual(pasv, "227 Entering Passive Mode (203,0,113,7,244,36)")
+        self.assertEqual(epsv, "229 Entering Extended Passive Mode (|||62500|)")
+
+    @defer.inlineCallbacks
+    def test_masquerade_host_name(self) -> Any:
+        pasv, _ = yield self.pasv_reply("localhost")
+        self.assertEqual(pasv, "227 Entering Passive Mode (127,0,0,1,244,36)")

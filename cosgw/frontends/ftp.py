@@ -786,19 +786,37 @@ class GatewayFTP(ftp.FTP):
         self._data_port = self._listen(host)
         return self._data_port.getHost().port
 
-    def ftp_PASV(self) -> Reply:
+    async def ftp_PASV(self) -> Reply:
         if self._epsvAll:
             return Reply(503, "PASV not allowed after EPSV ALL")
-        address = self.factory.masquerade_address or _normal_host(
-            self.transport.getHost().host
-        )
-        try:
-            ip = ipaddress.IPv4Address(address)
-        except ValueError:
+        address = await self._pasv_address()
+        if address is None:
             return Reply(522, "PASV needs IPv4; use EPSV (1,2)")
         port = self._passive()
-        numbers = ",".join(str(ip).split(".") + [str(port >> 8), str(port & 0xFF)])
+        numbers = ",".join(address.split(".") + [str(port >> 8), str(port & 0xFF)])
         return Reply(227, f"Entering Passive Mode ({numbers})")
+
+    async def _pasv_address(self) -> Optional[str]:
+        """
+        The IPv4 address PASV announces: the masquerade address (resolved
+        now, so a dynamic-DNS name follows its changes) or the address the
+        client reached.  None when there is no IPv4 address to give.
+        """
+        name = self.factory.masquerade_address
+        if name is None:
+            name = _normal_host(self.transport.getHost().host)
+        try:
+            return str(ipaddress.IPv4Address(name))
+        except ValueError:
+            pass
+        if self.factory.masquerade_address is None:
+            return None
+        try:
+            resolved = await self.reactor.resolve(name, timeout=(2, 5))
+            return str(ipaddress.IPv4Address(resolved))
+        except Exception:
+            log.failure("cannot resolve masquerade_address {name}", name=name)
+            raise Reply(425, "Cannot determine the passive address") from None
 
     def ftp_EPSV(self, protocol_: str = "") -> Reply:
         if protocol_.upper() == "ALL":
