@@ -206,6 +206,9 @@ class TransferConfig:
     threads: int = 16
     max_file_size: int | None = None
     read_chunk: int = 4 * MIB
+    #: Seconds after which an unfinished multipart upload (left by a crash,
+    #: or by another gateway that died) is aborted by the sweeper.
+    stale_upload_age: int = 86400
 
 
 @dataclass(frozen=True)
@@ -870,6 +873,7 @@ _TRANSFER_KEYS = (
     "threads",
     "max_file_size",
     "read_chunk",
+    "stale_upload_age",
 )
 _LOCAL_KEYS = ("type", "path")
 _COS_KEYS = (
@@ -1006,6 +1010,9 @@ class _CosgwLoader:
         if (sec.text("max_file_size") or "none").lower() != "none":
             max_file_size = sec.size("max_file_size", None, 1, MAX_OBJECT_SIZE)
         read_chunk = sec.size("read_chunk", defaults.read_chunk, KIB, 64 * MIB)
+        stale_upload_age = sec.integer(
+            "stale_upload_age", defaults.stale_upload_age, 60, 365 * 86400
+        )
         self.finish(sec, _TRANSFER_KEYS)
         assert part_size is not None and read_chunk is not None
         return TransferConfig(
@@ -1014,6 +1021,7 @@ class _CosgwLoader:
             threads=threads,
             max_file_size=max_file_size,
             read_chunk=read_chunk,
+            stale_upload_age=stale_upload_age,
         )
 
     # -- [storage:NAME] ------------------------------------------------------

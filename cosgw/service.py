@@ -24,9 +24,10 @@ from typing import Any, Optional
 
 from twisted.application.service import MultiService, Service
 from twisted.cred.portal import Portal
-from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory
+from twisted.internet.task import LoopingCall
 from twisted.logger import (
     FilteringLogObserver,
     Logger,
@@ -93,6 +94,88 @@ class LogFileService(Service):
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+class UploadSweeper(Service):
+    """
+    Aborts multipart uploads that nobody will finish: those initiated more
+    than C{max_age} seconds ago, in every store, at start and then every
+    C{interval} seconds.  A gateway that crashed mid-upload leaves such
+    uploads behind (their parts cost storage and are invisible); so does one
+    whose abort request failed.
+    """
+
+    def __init__(
+        self,
+        stores: dict[str, IObjectStore],
+        max_age: float,
+        clock: Any,
+        interval: float = 3600,
+    ) -> None:
+        self.stores = stores
+        self.max_age = max_age
+        self.clock = clock
+        self.interval = interval
+        self._loop: Optional[LoopingCall] = None
+        #: Fires with the number of uploads the latest sweep aborted.
+        self.last_sweep: Optional[Deferred[int]] = None
+
+    def startService(self) -> None:
+        super().startService()
+        self._loop = LoopingCall(self._sweep_logged)
+        self._loop.clock = self.clock
+        self._loop.start(self.interval, now=True)
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        self._loop = None
+
+    def _sweep_logged(self) -> Deferred[int]:
+        # A failed sweep is logged; the loop must go on (the store may be
+        # back in an hour).
+        d = ensureDeferred(self.sweep())
+        d.addErrback(lambda f: log.failure("sweeping stale uploads", f) and 0)
+        done: Deferred[int] = Deferred()
+
+        def report(count: int) -> int:
+            done.callback(count)
+            return count
+
+        d.addCallback(report)
+        self.last_sweep = done
+        return d
+
+    async def sweep(self) -> int:
+        """
+        @return: How many uploads were aborted.  Failures to abort one are
+            logged and the sweep goes on with the next.
+        """
+        aborted = 0
+        now = self.clock.seconds()
+        for name, store in self.stores.items():
+            for upload in await store.list_multipart(""):
+                if now - upload.initiated < self.max_age:
+                    continue
+                try:
+                    await store.abort_multipart(upload.key, upload.upload_id)
+                except Exception:
+                    log.failure(
+                        "aborting stale upload {upload_id} of {key}",
+                        upload_id=upload.upload_id,
+                        key=upload.key,
+                    )
+                    continue
+                aborted += 1
+                log.info(
+                    "storage {name}: aborted the stale upload of {key} started "
+                    "{age:.0f}s ago",
+                    name=name,
+                    key=upload.key,
+                    age=now - upload.initiated,
+                )
+        return aborted
 
 
 class ListenerService(Service):
@@ -289,6 +372,10 @@ def makeService(config: Config, reactor: Any = None) -> GatewayService:
         log.info(
             "storage {name}: {where}", name=name, where=service.stores[name].description
         )
+
+    UploadSweeper(
+        service.stores, config.transfer.stale_upload_age, reactor
+    ).setServiceParent(service)
 
     settings = TransferSettings(
         part_size=config.transfer.part_size,

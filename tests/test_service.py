@@ -46,3 +46,45 @@ class LogFileTests(unittest.TestCase):
         for secret in (PASSWORD, "not-the-password", gw.inspector.server.secret_key):
             self.assertNotIn(secret, text)
         self.assertNotIn("#debug]", text)
+
+
+class UploadSweeperTests(unittest.TestCase):
+    """
+    Unfinished multipart uploads older than the configured age (a crashed
+    gateway's) are aborted; younger ones (uploads in progress) are not.
+    """
+
+    kind = "local"
+
+    @defer.inlineCallbacks
+    def test_sweeps_only_stale_uploads(self) -> Any:
+        from twisted.internet.task import Clock
+
+        from cosgw.service import UploadSweeper
+
+        gw = yield start_gateway(self, self.kind)
+        store = gw.store
+        key = "crashed/left-behind.bin"
+        upload_id = yield store.create_multipart(key)
+        yield store.upload_part(key, upload_id, 1, b"x" * 1024)
+        [pending] = yield store.list_multipart("")
+        clock = Clock()
+        clock.advance(pending.initiated + 3600)  # an hour later: in progress
+        sweeper = UploadSweeper({"store": store}, max_age=86400, clock=clock)
+        sweeper.startService()  # sweeps at once, then every hour
+        self.addCleanup(sweeper.stopService)
+        self.assertEqual((yield sweeper.last_sweep), 0)
+        still = yield store.list_multipart("")
+        self.assertEqual([(u.key, u.upload_id) for u in still], [(key, upload_id)])
+        first = sweeper.last_sweep
+        clock.advance(86400)  # a day later: stale, swept by the hourly run
+        self.assertIsNot(sweeper.last_sweep, first)
+        self.assertEqual((yield sweeper.last_sweep), 1)
+        remaining = yield store.list_multipart("")
+        self.assertEqual(remaining, [])
+        self.assertEqual(gw.inspector.pending_uploads(), [])
+        self.assertEqual(gw.inspector.keys(), [])
+
+
+class CosUploadSweeperTests(UploadSweeperTests):
+    kind = "cos"
