@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Optional, TypeVar
 
 from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.interfaces import IConsumer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -42,7 +43,7 @@ from cosgw.interfaces import (
     StoreError,
     StoreUnavailable,
 )
-from cosgw.transfer import TransferSettings, UploadTooLarge, UploadWriter
+from cosgw.transfer import Download, TransferSettings, UploadTooLarge, UploadWriter
 
 log = Logger()
 
@@ -391,6 +392,24 @@ class ObjectFileSystem:
         return self._run(
             segments, lambda: self._open_write(segments, size_hint, on_stop)
         )
+
+    def download(
+        self, segments: Sequence[str], source: IByteSource, consumer: IConsumer
+    ) -> tuple[Download, Deferred[int]]:
+        """
+        Stream C{source} (from L{open_read}) into C{consumer}.
+
+        @return: The L{Download} (its C{sent} counts the bytes written) and a
+            Deferred firing with the byte count once the consumer has all of
+            them; failing with L{IntegrityFailure} or L{StoreFailure} when the
+            stream broke, or with L{TransferStopped} when the consumer went.
+        """
+        download = Download(
+            source, consumer, self.settings.read_chunk, self.settings.read_ahead
+        )
+        d = download.start()
+        d.addErrback(_translate, display(segments))
+        return download, d
 
     def commit(
         self, writer: UploadWriter, segments: Sequence[str]

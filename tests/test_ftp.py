@@ -17,6 +17,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.trial import unittest
 
+from cosgw.interfaces import StoreUnavailable
 from tests.harness import (
     PASSWORD,
     READER_PASSWORD,
@@ -515,3 +516,70 @@ class PassiveAddressTests(unittest.TestCase):
     def test_masquerade_host_name(self) -> Any:
         pasv, _ = yield self.pasv_reply("localhost")
         self.assertEqual(pasv, "227 Entering Passive Mode (127,0,0,1,244,36)")
+
+
+class CosFaultTests(unittest.TestCase):
+    """
+    The store misbehaves (through the test COS server's fault injection):
+    the client always learns of it, and nothing partial is left behind.
+    """
+
+    @defer.inlineCallbacks
+    def setUp(self) -> Any:
+        self.gw = yield start_gateway(self, "cos")
+        self.server = self.gw.inspector.server
+        self.bucket = self.gw.inspector.bucket
+        self.addCleanup(self.server.reset_faults)
+
+    def retr(self, name: str) -> tuple[str, int, bool]:
+        """RETR by hand: (final reply, bytes received, ended cleanly)."""
+        ftp = connect(self.gw)
+        conn = ftp.transfercmd(f"RETR {name}")
+        received, clean = 0, True
+        try:
+            while True:
+                block = conn.recv(65536)
+                if not block:
+                    break
+                received += len(block)
+        except ConnectionResetError:
+            clean = False
+        conn.close()
+        try:
+            reply = ftp.voidresp()
+        except ftplib.Error as e:
+            reply = str(e)
+        ftp.close()
+        return reply, received, clean
+
+    @defer.inlineCallbacks
+    def test_corrupt_or_short_download_is_never_a_success(self) -> Any:
+        data = random_bytes(2 * MiB + 5)
+        yield in_thread(upload, self.gw, "f.bin", data)
+        for kind in ("corrupt-get", "truncate-get"):
+            self.server.inject(kind, key="f.bin", bucket=self.bucket)
+            reply, received, clean = yield in_thread(self.retr, "f.bin")
+            self.assertTrue(reply.startswith("451"), (kind, reply))
+            # The data connection is reset, never closed as if complete.
+            self.assertFalse(clean, kind)
+            self.assertLessEqual(received, len(data))
+        reply, received, clean = yield in_thread(self.retr, "f.bin")  # healthy again
+        self.assertTrue(reply.startswith("226"), reply)
+        self.assertEqual((received, clean), (len(data), True))
+
+    @defer.inlineCallbacks
+    def test_store_failure_mid_upload_leaves_nothing(self) -> Any:
+        for op in ("UploadPart", "CompleteMultipartUpload", "PutObject"):
+            self.server.inject("fail", op=op, count=-1, status=503, bucket=self.bucket)
+            size = 100 if op == "PutObject" else 3 * MiB + 7
+            try:
+                reply = yield in_thread(
+                    upload, self.gw, "doomed.bin", random_bytes(size)
+                )
+            except ftplib.Error as e:
+                reply = str(e)
+            self.server.reset_faults()
+            self.assertTrue(reply.startswith("451"), (op, reply))
+            self.assertNotIn("doomed.bin", self.gw.inspector.keys())
+            self.assertEqual(self.gw.inspector.pending_uploads(), [], op)
+        self.assertGreaterEqual(len(self.flushLoggedErrors(StoreUnavailable)), 3)

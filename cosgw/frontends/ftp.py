@@ -918,13 +918,11 @@ class GatewayFTP(ftp.FTP):
         self.sendLine(
             f"150 Opening BINARY mode data connection for {path} ({source.length} bytes)"
         )
-        download = Download(
-            source, channel, self.fs.settings.read_chunk, self.fs.settings.read_ahead
-        )
+        download, sending = self.fs.download(segments, source, channel)
         self._start_transfer(channel.abort)
         started = time.monotonic()
         try:
-            sent = await download.start()
+            sent = await sending
             end = await channel.closed()
             if end is not None:
                 raise TransferStopped(str(end))
