@@ -11,7 +11,10 @@ adapter, tests/cosserver.py), this measures:
     which runs as its own ``twistd -n cosftp`` process;
 
 and prints MB/s for each, the gateway/direct ratios and the gateway's peak
-RSS (VmHWM).  Each figure is the median of --rounds runs, directions
+RSS (VmHWM).  When socat is installed it also measures the ceiling of any
+relay on this machine: curl downloading the object straight from the store
+and through socat (a copy loop in C with 1 MiB buffers, no logic at all), so
+the gateway's download can be read against what relaying alone costs.  Each figure is the median of --rounds runs, directions
 interleaved, because these machines are noisy.  moto itself caps the
 figures (testing-notes.md): the ratio is what to read.
 
@@ -23,7 +26,9 @@ from __future__ import annotations
 import argparse
 import ftplib
 import os
+import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -87,6 +92,56 @@ def peak_rss_mib(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def relay_ceiling(server: CosTestServer, bucket: str, size: int, rounds: int):
+    """(curl straight from the store, curl through socat) in MB/s, medians."""
+    if shutil.which("socat") is None or shutil.which("curl") is None:
+        return None
+    client = server.cos_client(SignHost=False)
+    url = client.get_presigned_url(Bucket=bucket, Key="gw.bin", Method="GET")
+    path = url.split("://", 1)[1].split("/", 1)[1]
+    host = f"{bucket}.cos.{server.region}.myqcloud.com"
+    port = 21555
+    relay = subprocess.Popen(
+        [
+            "socat",
+            "-b",
+            str(MiB),
+            f"TCP-LISTEN:{port},reuseaddr,fork,bind=127.0.0.1",
+            f"TCP:127.0.0.1:{server.port}",
+        ]
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        figures: dict[str, list[float]] = {"direct": [], "relay": []}
+        for _ in range(rounds):
+            for label, p in (("direct", server.port), ("relay", port)):
+                t = timed(
+                    lambda p=p: subprocess.run(
+                        [
+                            "curl",
+                            "-s",
+                            "-o",
+                            "/dev/null",
+                            "-H",
+                            f"Host: {host}",
+                            f"http://127.0.0.1:{p}/{path}",
+                        ],
+                        check=True,
+                    )
+                )
+                figures[label].append(size / t / 1e6)
+        return statistics.median(figures["direct"]), statistics.median(figures["relay"])
+    finally:
+        os.kill(relay.pid, signal.SIGTERM)
+        relay.wait(timeout=10)
 
 
 def timed(f) -> float:
@@ -194,6 +249,7 @@ def main() -> None:
             direct_down()
             gw_down()
         rss = peak_rss_mib(gateway.pid)
+        ceiling = relay_ceiling(server, bucket, size, args.rounds)
 
         med = {k: statistics.median(v) for k, v in results.items()}
         print(f"file: {args.size_mib} MiB, rounds: {args.rounds} (median MB/s)")
@@ -207,6 +263,13 @@ def main() -> None:
             f"download gateway FTP {down:7.1f} | SDK streamed get_object "
             f"{med['direct_down']:7.1f} ratio {down / med['direct_down']:.2f}"
         )
+        if ceiling is not None:
+            straight, relayed = ceiling
+            print(
+                f"relay ceiling: curl from the store {straight:.1f}, through socat "
+                f"{relayed:.1f} (ratio {relayed / straight:.2f}); gateway FTP / socat "
+                f"{down / relayed:.2f}"
+            )
         print(f"gateway peak RSS: {rss:.0f} MiB")
         for k, v in results.items():
             print(f"  {k}: " + ", ".join(f"{x:.1f}" for x in v))
