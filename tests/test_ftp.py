@@ -583,3 +583,32 @@ class CosFaultTests(unittest.TestCase):
             self.assertNotIn("doomed.bin", self.gw.inspector.keys())
             self.assertEqual(self.gw.inspector.pending_uploads(), [], op)
         self.assertGreaterEqual(len(self.flushLoggedErrors(StoreUnavailable)), 3)
+
+
+class ConnectionLimitTests(unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_full_server_says_421_and_frees_the_slot(self) -> Any:
+        gw = yield start_gateway(self, "local", max_connections=1)
+
+        def greeting() -> str:
+            sock = socket.create_connection((gw.host, gw.port), timeout=20)
+            line = sock.makefile("rb").readline().decode()
+            sock.close()
+            return line
+
+        def run() -> tuple[str, str, str]:
+            first = connect(gw)
+            refused = greeting()
+            first.quit()
+            # The slot frees when the gateway sees the close: poll, bounded.
+            deadline = time.monotonic() + 10
+            again = greeting()
+            while again.startswith("421") and time.monotonic() < deadline:
+                time.sleep(0.05)
+                again = greeting()
+            return refused, again, first.welcome or ""
+
+        refused, again, welcome = yield in_thread(run)
+        self.assertTrue(welcome.startswith("220"), welcome)
+        self.assertTrue(refused.startswith("421"), refused)
+        self.assertTrue(again.startswith("220"), again)

@@ -57,7 +57,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from cosgw import vfs
-from cosgw.transfer import Download, TransferStopped, UploadState, UploadWriter
+from cosgw.transfer import TransferStopped, UploadState, UploadWriter
 
 log = Logger()
 
@@ -432,33 +432,46 @@ class FTPShell:
         }[key]
 
     def openForReading(self, path: Sequence[str]) -> Deferred[Any]:
-        settings = self.fs.settings
+        def opened(source: Any) -> _ReadFile:
+            return _ReadFile(self.fs, path, source)
 
-        @implementer(ftp.IReadFile)
-        class Reader:
-            def __init__(self, source: Any) -> None:
-                self.source = source
-
-            def send(self, consumer: IConsumer) -> Deferred[int]:
-                return Download(
-                    self.source, consumer, settings.read_chunk, settings.read_ahead
-                ).start()
-
-        return self._call("RETR", self.fs.open_read, path).addCallback(Reader)
+        return self._call("RETR", self.fs.open_read, path).addCallback(opened)
 
     def openForWriting(self, path: Sequence[str]) -> Deferred[Any]:
-        @implementer(ftp.IWriteFile)
-        class Writer:
-            def __init__(self, writer: UploadWriter) -> None:
-                self.writer = writer
+        def opened(writer: UploadWriter) -> _WriteFile:
+            return _WriteFile(self.fs, path, writer)
 
-            def receive(self) -> Deferred[UploadWriter]:
-                return succeed(self.writer)
+        return self._call("STOR", self.fs.open_write, path).addCallback(opened)
 
-            def close(self) -> Deferred[Any]:
-                return self.writer.finish()
 
-        return self._call("STOR", self.fs.open_write, path).addCallback(Writer)
+@implementer(ftp.IReadFile)
+class _ReadFile:
+    """Twisted's IReadFile over an open source, for IFTPShell users."""
+
+    def __init__(self, fs: vfs.ObjectFileSystem, path: Sequence[str], source: Any):
+        self.fs, self.path, self.source = fs, path, source
+
+    def send(self, consumer: IConsumer) -> Deferred[int]:
+        return self.fs.download(self.path, self.source, consumer)[1]
+
+
+@implementer(ftp.IWriteFile)
+class _WriteFile:
+    """
+    Twisted's IWriteFile over an upload, for IFTPShell users: the object is
+    committed by C{close}, which Twisted's STOR waits for before its 226.
+    """
+
+    def __init__(
+        self, fs: vfs.ObjectFileSystem, path: Sequence[str], writer: UploadWriter
+    ):
+        self.fs, self.path, self.writer = fs, path, writer
+
+    def receive(self) -> Deferred[UploadWriter]:
+        return succeed(self.writer)
+
+    def close(self) -> Deferred[Any]:
+        return self.fs.commit(self.writer, self.path)
 
 
 # -- the protocol -------------------------------------------------------------
@@ -507,6 +520,7 @@ class GatewayFTP(ftp.FTP):
         log.info("FTP connection from {peer}", peer=self.peer.host)
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        self.factory.connection_closed()
         self._close_data()
         if self._transfer is not None:
             transfer, self._transfer = self._transfer, None
@@ -1099,13 +1113,9 @@ class GatewayFTPFactory(protocol.ServerFactory):
             p = _OverflowFTP()
             p.factory = self
             return p
-        p = super().buildProtocol(addr)
         self.connections += 1
-        original = p.connectionLost
+        return super().buildProtocol(addr)
 
-        def lost(reason: Failure = protocol.connectionDone) -> None:
-            self.connections -= 1
-            original(reason)
-
-        p.connectionLost = lost
-        return p
+    def connection_closed(self) -> None:
+        """A control connection built by this factory has ended."""
+        self.connections -= 1

@@ -11,6 +11,6 @@ from twisted.application.service import ServiceMaker
 cosftp = ServiceMaker(
     "cosgw",
     "cosgw.tap",
-    "FTP, FTPS and SFTP gateway to Tencent COS (or a local directory)",
+    "FTP gateway to Tencent COS buckets (or a local directory)",
     "cosftp",
 )
