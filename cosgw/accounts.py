@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from cosgw.interfaces import IObjectStore
-from cosgw.transfer import TransferSettings
+from cosgw.transfer import TransferSettings, UploadRegistry
 from cosgw.vfs import ObjectFileSystem
 
 
@@ -36,6 +36,9 @@ class Accounts:
         self.accounts = dict(accounts)
         self.settings = settings
         self.clock = clock
+        #: Uploads in progress on this gateway, across all sessions and
+        #: protocols, so a resume never picks one that is still being fed.
+        self.registry = UploadRegistry()
 
     def filesystem(self, name: str) -> ObjectFileSystem:
         """
@@ -51,4 +54,5 @@ class Accounts:
             self.settings,
             user=account.name,
             clock=self.clock,
+            registry=self.registry,
         )

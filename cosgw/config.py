@@ -209,6 +209,9 @@ class TransferConfig:
     #: Seconds after which an unfinished multipart upload (left by a crash,
     #: or by another gateway that died) is aborted by the sweeper.
     stale_upload_age: int = 86400
+    #: Keep the stored parts of an upload whose client went away, so it can
+    #: be resumed (until stale_upload_age), instead of aborting them.
+    resume_uploads: bool = True
 
 
 @dataclass(frozen=True)
@@ -874,6 +877,7 @@ _TRANSFER_KEYS = (
     "max_file_size",
     "read_chunk",
     "stale_upload_age",
+    "resume_uploads",
 )
 _LOCAL_KEYS = ("type", "path")
 _COS_KEYS = (
@@ -1013,6 +1017,7 @@ class _CosgwLoader:
         stale_upload_age = sec.integer(
             "stale_upload_age", defaults.stale_upload_age, 60, 365 * 86400
         )
+        resume_uploads = sec.boolean("resume_uploads", defaults.resume_uploads)
         self.finish(sec, _TRANSFER_KEYS)
         assert part_size is not None and read_chunk is not None
         return TransferConfig(
@@ -1022,6 +1027,7 @@ class _CosgwLoader:
             max_file_size=max_file_size,
             read_chunk=read_chunk,
             stale_upload_age=stale_upload_age,
+            resume_uploads=resume_uploads,
         )
 
     # -- [storage:NAME] ------------------------------------------------------

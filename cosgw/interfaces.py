@@ -64,12 +64,19 @@ class ListPage:
 
 @dataclass(frozen=True)
 class PartInfo:
-    """A part stored in a multipart upload, as CompleteMultipartUpload needs it."""
+    """
+    A part stored in a multipart upload, as CompleteMultipartUpload needs it.
+
+    C{crc64} is the CRC-64/ECMA of the part's bytes when the store gave or
+    computed one, else None.  C{mtime} is when the store stored the part, in
+    seconds since the epoch (UTC); 0.0 when unknown.
+    """
 
     number: int
     etag: str
     size: int
     crc64: Optional[int] = None
+    mtime: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -227,6 +234,36 @@ class IObjectStore(Interface):
 
         @return: Deferred firing with L{PartInfo}; fails with
             L{IntegrityError} if the store's checksum of the part disagrees.
+        """
+
+    def upload_part_copy(  # type: ignore[no-untyped-def]
+        key: str, upload_id: str, number: int, source: str, first: int, last: int
+    ):
+        """
+        Make part C{number} of an upload the bytes C{first} to C{last}
+        (inclusive, 0-based) of the existing object C{source}, copied inside
+        the store: no byte passes through the caller.  The source is left
+        as it is and stays readable.  Like any part, a copied part other
+        than the last must be at least L{MIN_PART_SIZE} bytes, and no part
+        may exceed L{MAX_PART_SIZE}.
+
+        @return: Deferred firing with the L{PartInfo} of the part (its
+            C{size} is C{last - first + 1}; C{crc64} when the store knows
+            it); failing with L{NoSuchKey} if the source is missing (checked
+            first), L{NoSuchUpload} if the upload is, and L{StoreError} if
+            the range is empty, too large or not inside the source.
+        """
+
+    def list_parts(key: str, upload_id: str):  # type: ignore[no-untyped-def]
+        """
+        The parts an unfinished upload holds so far, whoever uploaded them:
+        what lets a dropped upload be resumed, even after a restart.
+
+        @return: Deferred firing with a list of L{PartInfo} sorted by number
+            (each with its size, ETag and mtime; C{crc64} only when the store
+            lists it), empty when no part is stored yet; failing with
+            L{NoSuchUpload} if the upload does not exist (never begun,
+            completed or aborted).
         """
 
     def complete_multipart(  # type: ignore[no-untyped-def]

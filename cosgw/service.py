@@ -382,6 +382,7 @@ def makeService(config: Config, reactor: Any = None) -> GatewayService:
         parts_in_flight=config.transfer.parts_in_flight,
         read_chunk=config.transfer.read_chunk,
         max_file_size=config.transfer.max_file_size,
+        resume_uploads=config.transfer.resume_uploads,
     )
     accounts = Accounts(
         {

@@ -43,7 +43,7 @@ from __future__ import annotations
 import enum
 import math
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Optional
 
@@ -85,6 +85,9 @@ class TransferSettings:
     read_chunk: int = 4 * 1024 * 1024
     read_ahead: int = 2
     max_file_size: Optional[int] = None
+    #: Keep an interrupted upload's stored parts so the client can resume
+    #: it (REST n + STOR, APPE), instead of aborting them at once.
+    resume_uploads: bool = True
 
 
 class TransferStopped(Exception):
@@ -225,6 +228,64 @@ class UploadState(enum.Enum):
     DONE = "done"
     FAILED = "failed"
     ABORTED = "aborted"
+    SUSPENDED = "suspended"
+
+
+@dataclass(frozen=True)
+class CopyRange:
+    """A part copied server-side from bytes C{first..last} of C{source}."""
+
+    source: str
+    first: int
+    last: int
+
+
+def copy_ranges(length: int) -> list[tuple[int, int]]:
+    """
+    Split the first C{length} bytes of an object into part-copy ranges:
+    each at most 5 GiB and, since more parts follow, at least 1 MiB.
+
+    @param length: At least L{MIN_PART_SIZE}.
+    """
+    ranges = []
+    first = 0
+    while first < length:
+        size = min(MAX_PART_SIZE, length - first)
+        rest = length - first - size
+        if 0 < rest < MIN_PART_SIZE:
+            size -= MIN_PART_SIZE - rest
+        ranges.append((first, first + size - 1))
+        first += size
+    return ranges
+
+
+def contiguous_parts(parts: Sequence[PartInfo]) -> list[PartInfo]:
+    """Parts 1..k of C{parts} with no gap, sorted: what a resume can keep."""
+    by_number = {p.number: p for p in parts}
+    kept = []
+    while len(kept) + 1 in by_number:
+        kept.append(by_number[len(kept) + 1])
+    return kept
+
+
+class UploadRegistry:
+    """
+    The multipart uploads this gateway is writing right now, so that an
+    interrupted upload offered for resume is never one that another session
+    is still feeding.
+    """
+
+    def __init__(self) -> None:
+        self._active: set[str] = set()
+
+    def add(self, upload_id: str) -> None:
+        self._active.add(upload_id)
+
+    def discard(self, upload_id: str) -> None:
+        self._active.discard(upload_id)
+
+    def __contains__(self, upload_id: object) -> bool:
+        return upload_id in self._active
 
 
 @implementer(IConsumer)
@@ -246,7 +307,20 @@ class UploadWriter:
         size_hint: Optional[int] = None,
         metadata: Optional[Mapping[str, str]] = None,
         on_stop: Optional[Callable[[], None]] = None,
+        registry: Optional[UploadRegistry] = None,
+        resume: Optional[tuple[str, Sequence[PartInfo]]] = None,
+        copy_prefix: Optional[tuple[str, int]] = None,
+        initial: bytes = b"",
     ) -> None:
+        """
+        @param resume: (upload id, its parts 1..k) of an interrupted upload
+            to continue: new bytes become parts k+1, k+2, ...
+        @param copy_prefix: (key, n): the object starts with the first n
+            bytes (n >= 1 MiB) of the existing object C{key}, copied
+            server-side, then the new bytes (APPE, REST n + STOR).
+        @param initial: bytes the object starts with before the new ones
+            (a prefix too small for a server-side part copy).
+        """
         self.store = store
         self.key = key
         self.settings = settings
@@ -260,7 +334,7 @@ class UploadWriter:
         self._paused = False
         self._buffer = bytearray()
         self._next_number = 1
-        self._pending: deque[tuple[int, bytes]] = deque()
+        self._pending: deque[tuple[int, bytes | CopyRange]] = deque()
         self._in_flight = 0
         self._parts: list[PartInfo] = []
         self._creating: Optional[Deferred[str]] = None
@@ -272,7 +346,39 @@ class UploadWriter:
         self._aborting = False
         self._clean = False
         self._clean_waiters: list[Deferred[None]] = []
-        self._current_part = part_size_for(1, settings.part_size, size_hint)
+        self._registry = registry
+        self._registered: Optional[str] = None
+        #: Bytes of the object that did not come from this stream (kept
+        #: parts of a resumed upload, a copied prefix).
+        self.base = 0
+        if resume is not None:
+            self.upload_id, parts = resume
+            self._parts = sorted(parts, key=lambda p: p.number)
+            self._next_number = len(self._parts) + 1
+            self.base = sum(p.size for p in self._parts)
+            if registry is not None:
+                registry.add(self.upload_id)
+                self._registered = self.upload_id
+        if copy_prefix is not None:
+            source, length = copy_prefix
+            for first, last in copy_ranges(length):
+                self._pending.append(
+                    (self._next_number, CopyRange(source, first, last))
+                )
+                self._next_number += 1
+            self.base += length
+        self._current_part = part_size_for(
+            self._next_number, settings.part_size, size_hint
+        )
+        if initial:
+            self.base += len(initial)
+            self._buffer += initial
+        self._pump()
+
+    @property
+    def size(self) -> int:
+        """The size of the object so far: what it started with plus the stream."""
+        return self.base + self.received
 
     # IConsumer
 
@@ -289,7 +395,7 @@ class UploadWriter:
             return
         self.received += len(data)
         limit = self.settings.max_file_size
-        if limit is not None and self.received > limit:
+        if limit is not None and self.size > limit:
             self._fail(Failure(UploadTooLarge(f"{self.key}: over {limit} bytes")))
             return
         self._buffer += data
@@ -318,7 +424,11 @@ class UploadWriter:
         """
         if self.state is UploadState.OPEN:
             self.state = UploadState.FINISHING
-            if self._next_number == 1 and self._creating is None:
+            if (
+                self._next_number == 1
+                and self._creating is None
+                and self.upload_id is None
+            ):
                 data = bytes(self._buffer)
                 self._buffer = bytearray()
                 self._final_call(self.store.put(self.key, data, self.metadata))
@@ -348,6 +458,34 @@ class UploadWriter:
         elif self.state is UploadState.FINISHING:
             self._abort_requested = True
         return self._cleanup()
+
+    def suspend(self) -> Deferred[int]:
+        """
+        The client went away in the middle of the stream (not an ABOR):
+        keep the parts already stored, invisible, so that the client can
+        resume after them; drop what was not yet stored.  If nothing was
+        stored the multipart upload is aborted.  Like L{abort}, a final call
+        already in flight is left to settle.
+
+        @return: A Deferred firing, once nothing is in flight, with the
+            number of bytes kept (whole parts 1..k), 0 when nothing was.
+        """
+        if self.state is UploadState.OPEN or (
+            self.state is UploadState.FINISHING and self._final is None
+        ):
+            self.state = UploadState.SUSPENDED
+            self._discard()
+            self._settle(Failure(TransferStopped("upload interrupted")))
+        elif self.state is UploadState.FINISHING:
+            self._abort_requested = True
+        return self._cleanup().addCallback(lambda _: self.kept)
+
+    @property
+    def kept(self) -> int:
+        """Bytes stored in parts 1..k with no gap: what a resume continues."""
+        if self.state is not UploadState.SUSPENDED or self.upload_id is None:
+            return 0
+        return sum(p.size for p in contiguous_parts(self._parts))
 
     # the outcome, for any number of callers
 
@@ -399,13 +537,26 @@ class UploadWriter:
                 self._creating.addCallbacks(self._created, self._create_failed)
             return
         while self._pending and self._in_flight < self._max_in_flight():
-            number, data = self._pending.popleft()
+            number, payload = self._pending.popleft()
             self._in_flight += 1
-            d = self.store.upload_part(self.key, self.upload_id, number, data)
+            if isinstance(payload, CopyRange):
+                d = self.store.upload_part_copy(
+                    self.key,
+                    self.upload_id,
+                    number,
+                    payload.source,
+                    payload.first,
+                    payload.last,
+                )
+            else:
+                d = self.store.upload_part(self.key, self.upload_id, number, payload)
             d.addCallbacks(self._part_done, self._part_failed)
 
     def _created(self, upload_id: str) -> None:
         self.upload_id = upload_id
+        if self._registry is not None:
+            self._registry.add(upload_id)
+            self._registered = upload_id
         if self.state in (UploadState.OPEN, UploadState.FINISHING):
             self._pump()
             self._update_flow()
@@ -420,6 +571,8 @@ class UploadWriter:
 
     def _part_done(self, info: PartInfo) -> None:
         self._in_flight -= 1
+        if self.state is UploadState.SUSPENDED:
+            self._parts.append(info)  # stored: a resume can keep it
         if self.state not in (UploadState.OPEN, UploadState.FINISHING):
             self._try_cleanup()
             return
@@ -459,6 +612,7 @@ class UploadWriter:
         else:
             self.upload_id = None  # completed: nothing left to abort
             self.state = UploadState.DONE
+            self._release()
             if self._abort_requested:
                 log.info(
                     "{key}: the client left during the final store call; the "
@@ -524,9 +678,10 @@ class UploadWriter:
             return  # called again when they settle
         if self._creating is not None and not self._creating.called:
             return
-        if self.state in (UploadState.FAILED, UploadState.ABORTED) and (
-            self.upload_id is not None
-        ):
+        doomed = self.state in (UploadState.FAILED, UploadState.ABORTED) or (
+            self.state is UploadState.SUSPENDED and not contiguous_parts(self._parts)
+        )
+        if doomed and self.upload_id is not None:
             self._aborting = True
             upload_id = self.upload_id
             d = self.store.abort_multipart(self.key, upload_id)
@@ -548,8 +703,15 @@ class UploadWriter:
             return
         self._mark_clean()
 
+    def _release(self) -> None:
+        """This session no longer writes the upload: others may resume it."""
+        if self._registry is not None and self._registered is not None:
+            self._registry.discard(self._registered)
+            self._registered = None
+
     def _mark_clean(self) -> None:
         self._clean = True
+        self._release()
         waiters, self._clean_waiters = self._clean_waiters, []
         for d in waiters:
             d.callback(None)

@@ -34,16 +34,27 @@ from twisted.python.failure import Failure
 from cosgw.config import ALL_PERMISSIONS  # noqa: F401 (re-exported)
 from cosgw.interfaces import (
     MAX_KEY_BYTES,
+    MIN_PART_SIZE,
     IByteSource,
     IntegrityError,
     IObjectStore,
     KeyConflict,
     NoSuchKey,
+    NoSuchUpload,
     ObjectInfo,
+    PartInfo,
+    PendingUpload,
     StoreError,
     StoreUnavailable,
 )
-from cosgw.transfer import Download, TransferSettings, UploadTooLarge, UploadWriter
+from cosgw.transfer import (
+    Download,
+    TransferSettings,
+    UploadRegistry,
+    UploadTooLarge,
+    UploadWriter,
+    contiguous_parts,
+)
 
 log = Logger()
 
@@ -109,6 +120,12 @@ class InvalidName(FSError):
     default_message = "invalid file name"
 
 
+class InvalidOffset(FSError):
+    """A restart offset (REST) beyond what the file holds."""
+
+    default_message = "restart offset beyond the end of the file"
+
+
 class StoreFailure(FSError):
     """The store failed or could not be reached; the operation may be retried."""
 
@@ -161,6 +178,15 @@ class Entry:
     is_dir: bool
     size: int
     mtime: float
+
+
+@dataclass(frozen=True)
+class Resumable:
+    """An interrupted upload with whole parts 1..k stored."""
+
+    upload: PendingUpload
+    parts: list[PartInfo]
+    size: int
 
 
 def check_name(name: str, path: str) -> None:
@@ -217,6 +243,7 @@ class ObjectFileSystem:
         settings: TransferSettings,
         user: str = "",
         clock: Optional[Any] = None,
+        registry: Optional[UploadRegistry] = None,
     ) -> None:
         home = home.strip("/")
         self.store = store
@@ -225,6 +252,7 @@ class ObjectFileSystem:
         self.settings = settings
         self.user = user
         self._clock = clock
+        self.registry = registry if registry is not None else UploadRegistry()
 
     # -- names ------------------------------------------------------------
 
@@ -327,12 +355,19 @@ class ObjectFileSystem:
             raise IsADirectory("/")
         key = self.key(segments)
         try:
-            return await self.store.open(key, offset)
+            source = await self.store.open(key, offset)
         except NoSuchKey:
             entry = await self._stat(segments)  # NotFound propagates
             if entry.is_dir:
                 raise IsADirectory(display(segments)) from None
             raise
+        if offset > source.info.size:
+            source.close()
+            raise InvalidOffset(
+                display(segments),
+                f"restart offset {offset} is beyond the file's {source.info.size} bytes",
+            )
+        return source
 
     def open_read(
         self, segments: Sequence[str], offset: int = 0
@@ -347,6 +382,8 @@ class ObjectFileSystem:
     async def _open_write(
         self,
         segments: Sequence[str],
+        offset: int,
+        append: bool,
         size_hint: Optional[int],
         on_stop: Optional[Callable[[], None]],
     ) -> UploadWriter:
@@ -357,41 +394,178 @@ class ObjectFileSystem:
         if parent:
             await self._require_dir(parent)
         try:
-            existing = await self._stat(segments)
+            existing: Optional[Entry] = await self._stat(segments)
         except NotFound:
-            pass
-        else:
+            existing = None
+        if existing is not None:
             if existing.is_dir:
                 raise IsADirectory(display(segments))
             self.require("overwrite", segments)
-        return UploadWriter(
-            self.store,
-            key,
-            self.settings,
-            size_hint=size_hint,
-            on_stop=on_stop,
-        )
+        resumable = await self._resumable(key, existing)
+        if append:
+            # APPE: after the interrupted upload a client was told of
+            # (SIZE), else after the whole file.
+            if resumable is not None:
+                offset = resumable.size
+            elif existing is not None:
+                offset = existing.size
+        writer_args: dict[str, Any] = {
+            "size_hint": size_hint,
+            "on_stop": on_stop,
+            "registry": self.registry,
+        }
+        if offset and resumable is not None and resumable.size == offset:
+            log.info(
+                "{user}: resuming the upload of {path} after {size} stored bytes",
+                user=self.user,
+                path=display(segments),
+                size=offset,
+            )
+            writer_args["resume"] = (resumable.upload.upload_id, resumable.parts)
+        elif offset and existing is not None and existing.size >= offset:
+            # The first `offset` bytes of the existing object stay: copied
+            # server-side when COS allows a part that small, else read.
+            if offset >= MIN_PART_SIZE:
+                writer_args["copy_prefix"] = (key, offset)
+            else:
+                writer_args["initial"] = await self._read_prefix(key, offset)
+        elif offset:
+            have = (
+                resumable.size
+                if resumable is not None
+                else (existing.size if existing is not None else 0)
+            )
+            raise InvalidOffset(
+                display(segments),
+                f"cannot restart at {offset}: {have} bytes are stored",
+            )
+        return UploadWriter(self.store, key, self.settings, **writer_args)
+
+    async def _read_prefix(self, key: str, length: int) -> bytes:
+        source = await self.store.open(key, 0)
+        chunks: list[bytes] = []
+        got = 0
+        try:
+            while got < length:
+                chunk = await source.read(min(length - got, MIN_PART_SIZE))
+                if not chunk:
+                    raise IntegrityError(f"{key}: ended before {length} bytes")
+                chunks.append(chunk)
+                got += len(chunk)
+        finally:
+            source.close()
+        return b"".join(chunks)[:length]
+
+    async def _resumable(
+        self, key: str, existing: Optional[Entry]
+    ) -> Optional[Resumable]:
+        """
+        The newest interrupted upload of C{key} that can be resumed: not
+        being written by this gateway, begun after the object (if any) was
+        last written, with whole parts 1..k stored.
+        """
+        if not self.settings.resume_uploads:
+            return None
+        uploads = [
+            u
+            for u in await self.store.list_multipart(key)
+            if u.key == key and u.upload_id not in self.registry
+        ]
+        if existing is not None:
+            uploads = [u for u in uploads if u.initiated >= existing.mtime - 1]
+        for upload in sorted(uploads, key=lambda u: u.initiated, reverse=True):
+            try:
+                parts = contiguous_parts(
+                    await self.store.list_parts(key, upload.upload_id)
+                )
+            except NoSuchUpload:
+                continue
+            if parts:
+                return Resumable(upload, parts, sum(p.size for p in parts))
+        return None
+
+    async def _restart_size(self, segments: Sequence[str]) -> int:
+        key = self.key(segments)
+        try:
+            existing: Optional[Entry] = await self._stat(segments)
+        except NotFound:
+            existing = None
+        if existing is not None and existing.is_dir:
+            raise IsADirectory(display(segments))
+        resumable = await self._resumable(key, existing)
+        if resumable is not None:
+            return resumable.size
+        if existing is None:
+            raise NotFound(display(segments))
+        return existing.size
+
+    def restart_size(self, segments: Sequence[str]) -> Deferred[int]:
+        """
+        The size a client should resume an upload after, which is what FTP's
+        SIZE answers: the bytes an interrupted upload of the file has stored
+        (whole parts) when one can be resumed, else the file's size.  As on a
+        disk where an interrupted STOR leaves a short file, except that here
+        the old file stays whole and readable meanwhile.
+
+        @return: Deferred firing with the size; fails with L{NotFound} or
+            L{IsADirectory}.
+        """
+        return self._run(segments, lambda: self._restart_size(segments))
 
     def open_write(
         self,
         segments: Sequence[str],
+        offset: int = 0,
+        append: bool = False,
         size_hint: Optional[int] = None,
         on_stop: Optional[Callable[[], None]] = None,
     ) -> Deferred[UploadWriter]:
         """
         Start an upload that replaces (or creates) the file at C{segments}.
-        Nothing is visible until the writer's C{finish} succeeds.
+        Nothing is visible until the writer's C{finish} succeeds; the old
+        object stays whole and readable until then.
 
+        @param offset: A restart offset (REST n + STOR): the new object
+            keeps the first C{offset} bytes, either of an interrupted upload
+            that stored exactly that many (which is then continued), or of
+            the existing file (copied server-side, never downloaded).
+        @param append: APPE: like an offset at the end of the interrupted
+            upload if there is one, else of the file, else a new file.
         @param on_stop: called if the upload fails on the store's side, so
             the protocol can stop the client sending.
         @return: Deferred firing with an L{UploadWriter}; fails with
             L{NotFound} (no parent directory), L{IsADirectory},
-            L{PermissionDenied}, L{InvalidName}.
+            L{PermissionDenied}, L{InvalidName}, L{InvalidOffset}.
         """
         self.require("upload", segments)
         return self._run(
-            segments, lambda: self._open_write(segments, size_hint, on_stop)
+            segments,
+            lambda: self._open_write(segments, offset, append, size_hint, on_stop),
         )
+
+    def interrupt(self, writer: UploadWriter, segments: Sequence[str]) -> Deferred[int]:
+        """
+        The client went away in the middle of an upload: keep what is stored
+        for a resume (when the settings allow), else discard it.  Nothing
+        appears under the file's name either way.
+
+        @return: Deferred firing with the bytes kept for a resume.
+        """
+        if not self.settings.resume_uploads:
+            return writer.abort().addCallback(lambda _: 0)
+
+        def report(kept: int) -> int:
+            log.info(
+                "{user}: upload of {path} interrupted after {received} bytes; "
+                "{kept} bytes kept for a resume",
+                user=self.user,
+                path=display(segments),
+                received=writer.received,
+                kept=kept,
+            )
+            return kept
+
+        return writer.suspend().addCallback(report)
 
     def download(
         self, segments: Sequence[str], source: IByteSource, consumer: IConsumer

@@ -150,6 +150,7 @@ def start_gateway(
     parts_in_flight: int = 2,
     alice_home: str = "",
     data_timeout: float = 3.0,
+    resume_uploads: bool = True,
     **server_overrides: Any,
 ) -> Deferred[Gateway]:
     """
@@ -188,7 +189,10 @@ def start_gateway(
         source=None,
         server=server,
         transfer=TransferConfig(
-            part_size=part_size, parts_in_flight=parts_in_flight, threads=8
+            part_size=part_size,
+            parts_in_flight=parts_in_flight,
+            threads=8,
+            resume_uploads=resume_uploads,
         ),
         storages={"store": inspector.storage()},
         users=users,

@@ -55,6 +55,28 @@ def download(gw: Any, name: str) -> bytes:
     return out.getvalue()
 
 
+def reset_upload(gw: Any, name: str, data: bytes) -> str:
+    """
+    STOR that ends with a reset data connection once the gateway has
+    stored parts: the client's final reply.
+    """
+    ftp = connect(gw)
+    conn = ftp.transfercmd(f"STOR {name}")
+    conn.sendall(data)
+    # Wait (bounded) until parts are stored, so there is something to keep.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not gw.inspector.pending_uploads():
+        time.sleep(0.05)
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    conn.close()  # RST
+    try:
+        return ftp.voidresp()
+    except ftplib.Error as e:
+        return str(e)
+    finally:
+        ftp.close()
+
+
 def curl(*args: str, data: bytes | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         ["curl", "--silent", "--show-error", "--max-time", "60", *args],
@@ -136,39 +158,46 @@ class FTPTestsMixin:
 
     @defer.inlineCallbacks
     def test_reset_mid_upload_leaves_nothing(self) -> Any:
-        """A client RST in the middle of STOR: 426, no object, no parts."""
-        sent = 3 * MiB + 100  # past the first parts, so a multipart upload exists
-
-        def run() -> str:
-            ftp = connect(self.gw)
-            conn = ftp.transfercmd("STOR broken.bin")
-            chunk = random_bytes(64 * 1024)
-            total = 0
-            while total < sent:
-                conn.sendall(chunk)
-                total += len(chunk)
-            # Give the gateway time to start parts, bounded by a deadline.
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and not self._multipart_started():
-                time.sleep(0.05)
-            conn.setsockopt(
-                socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
-            )
-            conn.close()  # RST
-            try:
-                return ftp.voidresp()
-            except ftplib.Error as e:
-                return str(e)
-            finally:
-                ftp.close()
-
-        reply = yield in_thread(run)
+        """
+        A client RST in the middle of STOR, with resume_uploads off: 426,
+        no object and no multipart upload left.
+        """
+        gw = yield start_gateway(self, self.kind, resume_uploads=False)
+        data = random_bytes(3 * MiB + 100)
+        reply = yield in_thread(reset_upload, gw, "broken.bin", data)
         self.assertTrue(reply.startswith("426"), reply)
-        self.assertNotIn("broken.bin", self.keys())
-        self.assertEqual(self.gw.inspector.pending_uploads(), [])
+        self.assertNotIn("broken.bin", gw.inspector.keys())
+        self.assertEqual(gw.inspector.pending_uploads(), [])
 
-    def _multipart_started(self) -> bool:
-        return bool(self.gw.inspector.pending_uploads())
+    @defer.inlineCallbacks
+    def test_reset_upload_resumes_with_rest_stor(self) -> Any:
+        """
+        With resume on (the default), a reset upload leaves no object but
+        keeps its whole parts; SIZE tells how many bytes, and REST n + STOR
+        of the rest makes the file byte-identical.
+        """
+        data = random_bytes(4 * MiB + 12345)
+        reply = yield in_thread(reset_upload, self.gw, "big.bin", data)
+        self.assertTrue(reply.startswith("426"), reply)
+        self.assertNotIn("big.bin", self.keys())
+        self.assertEqual(len(self.gw.inspector.pending_uploads()), 1)
+
+        def resume() -> tuple[int, str]:
+            ftp = connect(self.gw)
+            stored = ftp.size("big.bin")
+            assert stored is not None
+            done = ftp.storbinary(
+                "STOR big.bin", io.BytesIO(data[stored:]), rest=stored
+            )
+            ftp.quit()
+            return stored, done
+
+        stored, done = yield in_thread(resume)
+        self.assertIn(f"REST {stored}", reply)
+        self.assertTrue(stored > 0 and stored % MiB == 0, stored)
+        self.assertTrue(done.startswith("226"), done)
+        self.assertEqual(sha256(self.gw.inspector.read("big.bin")), sha256(data))
+        self.assertEqual(self.gw.inspector.pending_uploads(), [])
 
     @defer.inlineCallbacks
     def test_utf8_names_round_trip(self) -> Any:
@@ -389,7 +418,7 @@ class FTPTestsMixin:
             first = f.readline().decode()
             sock.sendall(b"USER alice\r\n")
             second = f.readline().decode()
-            sock.sendall(b"\xff\xfe bad utf8\r\n")
+            sock.sendall(b"\xc3\x28 bad utf8\r\n")
             third = f.readline().decode()
             sock.close()
             return first, second, third

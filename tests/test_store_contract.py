@@ -683,6 +683,194 @@ class IObjectStoreContractMixin:
         pending = yield self.store.list_multipart()
         self.assertEqual(pending, [])
 
+    # -- part copy and resume ---------------------------------------------
+
+    def assert_part(self, info: Any, number: int, data: bytes) -> None:
+        """C{info} is the L{PartInfo} of part C{number} holding C{data}."""
+        self.assertIsInstance(info, PartInfo)
+        self.assertEqual((info.number, info.size), (number, len(data)))
+        self.assertTrue(info.etag)
+        self.assertFalse(info.etag.startswith('"'))
+        if info.crc64 is not None:
+            self.assertEqual(info.crc64, crc64(data), number)
+
+    @inlineCallbacks
+    def test_upload_part_copy(self) -> Any:
+        """
+        Parts copied from a whole object and from a range in its middle,
+        completed with an ordinary part, make exactly those bytes; the
+        source stays unchanged and readable while the upload is open, and
+        after.
+        """
+        source = random_bytes(MIN_PART_SIZE + 5000)
+        yield self.store.put("pc/source", source)
+        first, last = 3000, 3000 + MIN_PART_SIZE + 99
+        tail = random_bytes(777)
+        upload_id = yield self.store.create_multipart("pc/target")
+        # Out of order, as parts may come.
+        part3 = yield self.store.upload_part("pc/target", upload_id, 3, tail)
+        part2 = yield self.store.upload_part_copy(
+            "pc/target", upload_id, 2, "pc/source", first, last
+        )
+        self.assert_part(part2, 2, source[first : last + 1])
+        part1 = yield self.store.upload_part_copy(
+            "pc/target", upload_id, 1, "pc/source", 0, len(source) - 1
+        )
+        self.assert_part(part1, 1, source)
+        self.assertGreater(part1.mtime, 0)
+        # The source is untouched, and the target not there yet.
+        data = yield read_object(self.store, "pc/source")
+        self.assertEqual(data, source)
+        yield self.assertFailure(self.store.head("pc/target"), NoSuchKey)
+        listed = yield self.store.list_parts("pc/target", upload_id)
+        self.assertEqual(
+            [(p.number, p.size, p.etag) for p in listed],
+            [(p.number, p.size, p.etag) for p in (part1, part2, part3)],
+        )
+        info = yield self.store.complete_multipart(
+            "pc/target", upload_id, [part1, part2, part3]
+        )
+        expected = source + source[first : last + 1] + tail
+        self.assertEqual(info.size, len(expected))
+        data = yield read_object(self.store, "pc/target")
+        self.assertEqual(data, expected)
+        data = yield read_object(self.store, "pc/source")
+        self.assertEqual(data, source)
+        keys = yield self.stored_keys("pc/")
+        objects = [k for k in keys if not k.endswith("/")]
+        self.assertEqual(objects, ["pc/source", "pc/target"])
+        stored = yield self.stored_uploads()
+        self.assertEqual(stored, [])
+
+    @inlineCallbacks
+    def test_upload_part_copy_onto_itself(self) -> Any:
+        """
+        APPE's shape: an upload of a key whose first part is a copy of the
+        start of that key's object.  The old object is what readers see
+        until completion; then it is the new one.
+        """
+        old = random_bytes(MIN_PART_SIZE + 10)
+        yield self.store.put("pc/appended", old)
+        kept = MIN_PART_SIZE + 4
+        more = random_bytes(2000)
+        upload_id = yield self.store.create_multipart("pc/appended")
+        part1 = yield self.store.upload_part_copy(
+            "pc/appended", upload_id, 1, "pc/appended", 0, kept - 1
+        )
+        self.assert_part(part1, 1, old[:kept])
+        part2 = yield self.store.upload_part("pc/appended", upload_id, 2, more)
+        data = yield read_object(self.store, "pc/appended")
+        self.assertEqual(data, old)
+        yield self.store.complete_multipart("pc/appended", upload_id, [part1, part2])
+        data = yield read_object(self.store, "pc/appended")
+        self.assertEqual(data, old[:kept] + more)
+
+    @inlineCallbacks
+    def test_upload_part_copy_missing_source(self) -> Any:
+        """A part copy of a missing object fails with NoSuchKey."""
+        upload_id = yield self.store.create_multipart("pc/nosource")
+        yield self.assertFailure(
+            self.store.upload_part_copy(
+                "pc/nosource", upload_id, 1, "pc/no-such-object", 0, 9
+            ),
+            NoSuchKey,
+        )
+        listed = yield self.store.list_parts("pc/nosource", upload_id)
+        self.assertEqual(listed, [])
+        yield self.store.abort_multipart("pc/nosource", upload_id)
+
+    @inlineCallbacks
+    def test_upload_part_copy_missing_upload(self) -> Any:
+        """
+        A part copy into an aborted upload fails with NoSuchUpload, and
+        leaves the source alone.
+        """
+        yield self.store.put("pc/kept", b"0123456789")
+        upload_id = yield self.store.create_multipart("pc/dead")
+        yield self.store.abort_multipart("pc/dead", upload_id)
+        yield self.assertFailure(
+            self.store.upload_part_copy("pc/dead", upload_id, 1, "pc/kept", 0, 9),
+            NoSuchUpload,
+        )
+        data = yield read_object(self.store, "pc/kept")
+        self.assertEqual(data, b"0123456789")
+        yield self.assertFailure(self.store.head("pc/dead"), NoSuchKey)
+
+    @inlineCallbacks
+    def test_upload_part_copy_bad_range(self) -> Any:
+        """
+        A range that is empty, reversed or not inside the source fails with
+        StoreError (neither NoSuchKey nor NoSuchUpload).
+        """
+        yield self.store.put("pc/ten", b"0123456789")
+        upload_id = yield self.store.create_multipart("pc/ranged")
+        for first, last in ((0, 10), (10, 10), (5, 4), (-1, 3), (9, 20)):
+            error = yield self.assertFailure(
+                self.store.upload_part_copy(
+                    "pc/ranged", upload_id, 1, "pc/ten", first, last
+                ),
+                StoreError,
+            )
+            self.assertNotIsInstance(error, (NoSuchKey, NoSuchUpload))
+        info = yield self.store.upload_part_copy(
+            "pc/ranged", upload_id, 1, "pc/ten", 9, 9
+        )
+        self.assert_part(info, 1, b"9")
+        yield self.store.complete_multipart("pc/ranged", upload_id, [info])
+        data = yield read_object(self.store, "pc/ranged")
+        self.assertEqual(data, b"9")
+
+    @inlineCallbacks
+    def test_list_parts(self) -> Any:
+        """
+        list_parts() gives the parts stored so far, sorted by number, with
+        sizes, ETags and mtimes, whatever order they came in; they complete
+        the upload as the parts' own infos do (how a dropped upload is
+        resumed).
+        """
+        parts = self.three_parts()
+        upload_id = yield self.store.create_multipart("lp/object")
+        listed = yield self.store.list_parts("lp/object", upload_id)
+        self.assertEqual(listed, [])
+        infos = yield self.upload_parts("lp/object", upload_id, parts)
+        listed = yield self.store.list_parts("lp/object", upload_id)
+        self.assertTrue(all(isinstance(p, PartInfo) for p in listed))
+        self.assertEqual([p.number for p in listed], [1, 2, 3])
+        self.assertEqual([p.size for p in listed], [len(p) for p in parts])
+        self.assertEqual([p.etag for p in listed], [i.etag for i in infos])
+        self.assertTrue(all(p.mtime > 0 for p in listed), listed)
+        for info, data in zip(listed, parts):
+            if info.crc64 is not None:
+                self.assertEqual(info.crc64, crc64(data))
+        # A part retried replaces its earlier upload in the listing too.
+        again = random_bytes(MIN_PART_SIZE + 1)
+        yield self.store.upload_part("lp/object", upload_id, 2, again)
+        listed = yield self.store.list_parts("lp/object", upload_id)
+        self.assertEqual([p.size for p in listed], [len(parts[0]), len(again), 1000])
+        info = yield self.store.complete_multipart("lp/object", upload_id, listed)
+        self.assertEqual(info.size, len(parts[0]) + len(again) + 1000)
+        data = yield read_object(self.store, "lp/object")
+        self.assertEqual(data, parts[0] + again + parts[2])
+        yield self.assertFailure(
+            self.store.list_parts("lp/object", upload_id), NoSuchUpload
+        )
+
+    @inlineCallbacks
+    def test_list_parts_missing_upload(self) -> Any:
+        """
+        list_parts() of an aborted upload, or of an upload under another
+        key, fails with NoSuchUpload.
+        """
+        upload_id = yield self.store.create_multipart("lp/aborted")
+        yield self.store.upload_part("lp/aborted", upload_id, 1, b"x" * 100)
+        yield self.assertFailure(
+            self.store.list_parts("lp/other-key", upload_id), NoSuchUpload
+        )
+        yield self.store.abort_multipart("lp/aborted", upload_id)
+        yield self.assertFailure(
+            self.store.list_parts("lp/aborted", upload_id), NoSuchUpload
+        )
+
 
 class LocalStoreContractTests(IObjectStoreContractMixin, unittest.TestCase):
     """The contract, on a local directory."""
@@ -788,6 +976,77 @@ class CosStoreContractTests(IObjectStoreContractMixin, unittest.TestCase):
         self.assertEqual([i.crc64 for i in infos], [crc64(p) for p in parts])
         info = yield self.store.complete_multipart("mp/crc", upload_id, infos)
         self.assertEqual(info.crc64, crc64(b"".join(parts)))
+
+    @inlineCallbacks
+    def test_upload_part_copy_crc64(self) -> Any:
+        """
+        A part copied from an object written through the store carries the
+        CRC-64 of the copied bytes, so the completed object is checked
+        against its parts as an uploaded one is.
+        """
+        source = random_bytes(MIN_PART_SIZE + 3000)
+        yield self.store.put("pc/crc-source", source)
+        upload_id = yield self.store.create_multipart("pc/crc")
+        whole = yield self.store.upload_part_copy(
+            "pc/crc", upload_id, 1, "pc/crc-source", 0, len(source) - 1
+        )
+        self.assertEqual(whole.crc64, crc64(source))
+        middle = yield self.store.upload_part_copy(
+            "pc/crc", upload_id, 2, "pc/crc-source", 100, 2099
+        )
+        self.assertEqual(middle.crc64, crc64(source[100:2100]))
+        info = yield self.store.complete_multipart("pc/crc", upload_id, [whole, middle])
+        self.assertEqual(info.crc64, crc64(source + source[100:2100]))
+        stats = yield self.in_pool(self.server.stats)
+        self.assertGreaterEqual(stats.get("UploadPartCopy", 0), 2)
+
+    @inlineCallbacks
+    def test_list_parts_pages(self) -> Any:
+        """
+        list_parts() follows NextPartNumberMarker through every page (pages
+        forced down to 2 parts here; COS's are 1000).
+        """
+        client = self.store._client  # type: ignore[attr-defined]
+        real = client.list_parts
+        calls = []
+
+        def small_pages(**kwargs: Any) -> Any:
+            calls.append(kwargs["PartNumberMarker"])
+            return real(**{**kwargs, "MaxParts": 2})
+
+        client.list_parts = small_pages
+        upload_id = yield self.store.create_multipart("lp/paged")
+        sizes = [10, 20, 30, 40, 50]
+        for number in (5, 3, 1, 4, 2):
+            yield self.store.upload_part(
+                "lp/paged", upload_id, number, b"p" * sizes[number - 1]
+            )
+        listed = yield self.store.list_parts("lp/paged", upload_id)
+        self.assertEqual([p.number for p in listed], [1, 2, 3, 4, 5])
+        self.assertEqual([p.size for p in listed], sizes)
+        self.assertEqual(calls, [0, 2, 4])
+        yield self.store.abort_multipart("lp/paged", upload_id)
+
+    @inlineCallbacks
+    def test_upload_part_copy_fails(self) -> Any:
+        """
+        A part copy the store keeps refusing fails with StoreUnavailable,
+        naming COS's request id; the upload stays usable.
+        """
+        yield self.store.put("pc/refused-source", b"abc")
+        upload_id = yield self.store.create_multipart("pc/refused")
+        yield self.inject("fail", op="UploadPartCopy", count=-1, status=503)
+        error = yield self.assertFailure(
+            self.store.upload_part_copy(
+                "pc/refused", upload_id, 1, "pc/refused-source", 0, 2
+            ),
+            StoreUnavailable,
+        )
+        self.assertTrue(error.request_id)
+        yield self.in_pool(self.server.reset_faults)
+        listed = yield self.store.list_parts("pc/refused", upload_id)
+        self.assertEqual(listed, [])
+        yield self.store.abort_multipart("pc/refused", upload_id)
 
     @inlineCallbacks
     def test_corrupt_get(self) -> Any:

@@ -34,7 +34,10 @@ from __future__ import annotations
 
 import ipaddress
 import random
+import socket
 import time
+import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Optional
 
@@ -47,24 +50,28 @@ from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred, succ
 from twisted.internet.interfaces import (
     IConsumer,
     IListeningPort,
-    IPushProducer,
     IReactorTCP,
     IReactorTime,
 )
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.protocols import ftp
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from cosgw import vfs
+from cosgw.frontends.ftp_data import (
+    DataChannel,
+    DataChannelFactory,
+    ListingSender,
+    normal_host,
+)
 from cosgw.transfer import TransferStopped, UploadState, UploadWriter
 
 log = Logger()
 
 #: Seconds a transfer command waits for its data connection.
 DATA_CONNECTION_TIMEOUT = 30
-#: Read size and write-buffer threshold of a data connection.
-DATA_BUFFER_SIZE = 1024 * 1024
 
 
 # -- replies ----------------------------------------------------------------
@@ -93,6 +100,9 @@ def reply_for(failure: Failure, action: str = "") -> Reply:
         return e
     if isinstance(e, vfs.InvalidName):
         return Reply(553, f"{e.path}: {e.message}")
+    if isinstance(e, vfs.InvalidOffset):
+        # RFC 3659 section 5.5: an invalid REST parameter.
+        return Reply(554, f"{e.path}: {e.message}")
     if isinstance(e, (vfs.QuotaExceeded, vfs.FileTooLarge)):
         return Reply(552, f"{e.path}: {e.message}")
     if isinstance(e, vfs.StoreFailure):
@@ -111,15 +121,91 @@ def _quote_path(path: str) -> str:
     return '"' + path.replace('"', '""') + '"'
 
 
-def _normal_host(host: str) -> str:
-    """Compare addresses as the IP they are (IPv4-mapped IPv6 unwrapped)."""
-    try:
-        address = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return host
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-        return str(address.ipv4_mapped)
-    return str(address)
+#: Commands that run detached: the control channel keeps reading meanwhile.
+TRANSFER_COMMANDS = frozenset({"RETR", "STOR", "APPE", "STOU", "LIST", "NLST", "MLSD"})
+#: Commands answered at once while a transfer runs (RFC 959 4.1.3).
+IMMEDIATE_COMMANDS = frozenset({b"ABOR", b"NOOP", b"STAT"})
+#: Command lines kept while a transfer runs before reading stops.
+MAX_QUEUED_LINES = 16
+#: Seconds to wait after an upload's end of file before committing it, for
+#: the control connection of a killed client to show it is gone.
+EOF_GRACE = 0.02
+
+
+def _strip_telnet(line: bytes) -> bytes:
+    """
+    Remove Telnet commands (RFC 854) from a command line: clients send
+    "IAC IP IAC DM" before an urgent ABOR (RFC 959 4.1.3), and a few send
+    option negotiation.  0xFF never occurs in UTF-8, so nothing else is lost.
+    """
+    if b"\xff" not in line:
+        return line
+    out = bytearray()
+    i = 0
+    while i < len(line):
+        byte = line[i]
+        if byte != 0xFF:
+            out.append(byte)
+            i += 1
+        elif i + 1 < len(line) and 0xFB <= line[i + 1] <= 0xFE:
+            i += 3  # IAC WILL/WONT/DO/DONT option
+        else:
+            i += 2  # IAC command (IP, DM, ...)
+    return bytes(out)
+
+
+def _immediate(line: bytes) -> bool:
+    """Whether a line is answered at once during a transfer (STAT only bare)."""
+    word = line.strip().upper()
+    return word in IMMEDIATE_COMMANDS
+
+
+def _urgent_data_inline(transport: Any) -> None:
+    """
+    Keep TCP urgent data in the stream.  Clients send ABOR's last byte as
+    urgent data (Python's ftplib: the newline, with MSG_OOB); by default
+    Linux takes that byte out of the stream, and the line would never end.
+    """
+    handle = getattr(transport, "getHandle", lambda: None)()
+    if isinstance(handle, socket.socket):
+        try:
+            handle.setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, 1)
+        except OSError:
+            pass
+
+
+class ActiveTransfer:
+    """
+    The transfer a control connection is running.  ABOR, STAT and the loss
+    of the control connection act on it; the transfer's coroutine reads
+    C{aborted} and C{client_gone} to choose its reply and what to keep.
+    """
+
+    def __init__(self, command: str, argument: str) -> None:
+        self.command = command
+        self.argument = argument
+        self.started = time.monotonic()
+        self.aborted = False
+        self.client_gone = False
+        self.channel: Optional[DataChannel] = None
+        self.waiting: Optional[Deferred[Any]] = None
+        self.counter: Callable[[], int] = lambda: 0
+        #: Lines sent after the transfer's own reply (ABOR's 226).
+        self.after_reply: list[str] = []
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def cancel(self, client_gone: bool) -> None:
+        """Stop now: ABOR (C{client_gone} False) or the client went away."""
+        if client_gone:
+            self.client_gone = True
+        else:
+            self.aborted = True
+        if self.waiting is not None and not self.waiting.called:
+            self.waiting.cancel()
+        if self.channel is not None:
+            self.channel.abort()
 
 
 _MONTHS = "Jan Feb Mar Apr May Jun Jul Aug Sep Oct Nov Dec".split()
@@ -141,230 +227,6 @@ def format_list_line(
         when = f"{_MONTHS[t.tm_mon - 1]} {t.tm_mday:2d}  {t.tm_year}"
     owner = owner[:8] or "cosgw"
     return f"{mode} 1 {owner:<8} {owner:<8} {entry.size:>12} {when} {entry.name}"
-
-
-# -- data connections ---------------------------------------------------------
-
-
-@implementer(IConsumer, IPushProducer)
-class DataChannel(protocol.Protocol):
-    """
-    One FTP data connection.  It does not read until a consumer is attached
-    (so nothing is buffered without limit), and it tells how it ended
-    (L{closed}): a clean close or a reset.
-    """
-
-    def __init__(self) -> None:
-        self._consumer: Optional[IConsumer] = None
-        self._ended = False
-        self._end: Optional[BaseException] = None
-        self._waiters: list[Deferred[Optional[BaseException]]] = []
-        self.received = 0
-
-    # connection
-
-    def connectionMade(self) -> None:
-        # Twisted's TCP transport reads, and pauses its producer, in units of
-        # bufferSize (64 KiB); a data connection moves megabytes, and larger
-        # units mean fewer trips through the reactor per MB.
-        if hasattr(self.transport, "bufferSize"):
-            self.transport.bufferSize = DATA_BUFFER_SIZE
-        if hasattr(self.transport, "SEND_LIMIT"):
-            # Likewise for sends: up to 1 MiB per send() instead of 128 KiB.
-            self.transport.SEND_LIMIT = DATA_BUFFER_SIZE
-        self.transport.pauseProducing()
-        self.factory.connected(self)
-
-    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
-        self._ended = True
-        if reason.check(net_error.ConnectionDone) is None:
-            self._end = reason.value
-        if self._consumer is not None:
-            self._consumer.unregisterProducer()
-            self._consumer = None
-        waiters, self._waiters = self._waiters, []
-        for d in waiters:
-            d.callback(self._end)
-
-    def closed(self) -> Deferred[Optional[BaseException]]:
-        """
-        @return: A Deferred firing when the connection has closed: with None
-            after a clean close, with the exception (as a value, not a
-            failure) after a reset, an abort or a timeout.
-        """
-        if self._ended:
-            return succeed(self._end)
-        d: Deferred[Optional[BaseException]] = Deferred()
-        self._waiters.append(d)
-        return d
-
-    def abort(self) -> None:
-        """Drop the connection (RST): the client must not see a clean end."""
-        if not self._ended and self.transport is not None:
-            self.transport.abortConnection()
-
-    # receiving (STOR)
-
-    async def receive(self, consumer: IConsumer) -> None:
-        """
-        Feed everything the client sends into C{consumer} until the client
-        closes the connection.
-
-        @raise TransferStopped: the connection ended other than cleanly.
-        """
-        self._consumer = consumer
-        consumer.registerProducer(self, True)
-        if not self._ended:
-            self.transport.resumeProducing()
-        end = await self.closed()
-        if end is not None:
-            raise TransferStopped(str(end) or type(end).__name__)
-
-    def dataReceived(self, data: bytes) -> None:
-        self.received += len(data)
-        if self._consumer is not None:
-            self._consumer.write(data)
-
-    def pauseProducing(self) -> None:
-        if not self._ended:
-            self.transport.pauseProducing()
-
-    def resumeProducing(self) -> None:
-        if not self._ended:
-            self.transport.resumeProducing()
-
-    def stopProducing(self) -> None:
-        self.abort()
-
-    # sending (RETR, LIST)
-
-    def registerProducer(self, producer: Any, streaming: bool) -> None:
-        self.transport.registerProducer(producer, streaming)
-
-    def unregisterProducer(self) -> None:
-        """End of the data: close cleanly once the buffer is flushed."""
-        if not self._ended:
-            self.transport.unregisterProducer()
-            self.transport.loseConnection()
-
-    def write(self, data: bytes) -> None:
-        if not self._ended:
-            self.transport.write(data)
-
-
-class DataChannelFactory(protocol.ClientFactory):
-    """
-    Makes the one data connection of a transfer, passive or active.  For a
-    passive one it accepts only a connection from C{peer_host} (the
-    client's control-connection address): another host connecting first
-    must not get the data (port stealing).
-    """
-
-    protocol = DataChannel
-    noisy = False
-
-    def __init__(self, peer_host: str) -> None:
-        self.peer_host = _normal_host(peer_host)
-        self.deferred: Deferred[DataChannel] = Deferred()
-        self.channel: Optional[DataChannel] = None
-
-    def buildProtocol(self, addr: Any) -> Optional[DataChannel]:
-        if self.channel is not None:
-            return None
-        host = _normal_host(getattr(addr, "host", ""))
-        if host != self.peer_host:
-            log.warn(
-                "refused a data connection from {host} (client is {peer})",
-                host=host,
-                peer=self.peer_host,
-            )
-            return None
-        channel = DataChannel()
-        channel.factory = self
-        self.channel = channel
-        return channel
-
-    def connected(self, channel: DataChannel) -> None:
-        if not self.deferred.called:
-            self.deferred.callback(channel)
-
-    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
-        if not self.deferred.called:
-            self.deferred.errback(reason)
-
-
-@implementer(IPushProducer)
-class _ListingSender:
-    """
-    Streams a L{vfs.Listing} into a data channel page by page; while the
-    client is slow (the transport paused us) no further page is fetched.
-    """
-
-    def __init__(
-        self,
-        listing: vfs.Listing,
-        first: list[vfs.Entry],
-        channel: DataChannel,
-        format_line: Callable[[vfs.Entry], str],
-    ) -> None:
-        self._listing = listing
-        self._channel = channel
-        self._format = format_line
-        self._paused = False
-        self._fetching = False
-        self._stopped = False
-        self._ended = False
-        self._done: Deferred[int] = Deferred()
-        self.count = 0
-        self._pending = first
-
-    def start(self) -> Deferred[int]:
-        self._channel.registerProducer(self, True)
-        self._send()
-        return self._done
-
-    def _send(self) -> None:
-        if self._pending:
-            lines = [self._format(e) for e in self._pending]
-            self.count += len(lines)
-            self._pending = []
-            self._channel.write(("\r\n".join(lines) + "\r\n").encode("utf-8"))
-        if self._ended:
-            if not self._done.called:
-                self._channel.unregisterProducer()
-                self._done.callback(self.count)
-            return
-        if not self._paused and not self._fetching and not self._stopped:
-            self._fetching = True
-            self._listing.next_page().addCallbacks(self._got, self._failed)
-
-    def _got(self, page: Optional[list[vfs.Entry]]) -> None:
-        self._fetching = False
-        if self._stopped:
-            return
-        if page is None:
-            self._ended = True
-        else:
-            self._pending = page
-        self._send()
-
-    def _failed(self, failure: Failure) -> None:
-        self._fetching = False
-        if not self._done.called:
-            self._done.errback(failure)
-
-    def pauseProducing(self) -> None:
-        self._paused = True
-
-    def resumeProducing(self) -> None:
-        self._paused = False
-        if not self._fetching:
-            self._send()
-
-    def stopProducing(self) -> None:
-        self._stopped = True
-        if not self._done.called:
-            self._done.errback(Failure(TransferStopped("listing interrupted")))
 
 
 # -- the shell (IFTPShell avatar) -------------------------------------------
@@ -492,11 +354,15 @@ class GatewayFTP(ftp.FTP):
     _discarding = False
 
     def __init__(self) -> None:
+        self._queued: deque[bytes] = deque()
+        self._busy = False
+        self._restart = 0
+        self._allocated: Optional[int] = None
         self.workingDirectory: list[str] = []
         self._data_factory: Optional[DataChannelFactory] = None
         self._data_port: Optional[IListeningPort] = None
         self._active: Optional[tuple[str, int]] = None
-        self._transfer: Optional[Any] = None
+        self._transfer: Optional[ActiveTransfer] = None
         self._rename_from: Optional[list[str]] = None
         self.user: Optional[str] = None
 
@@ -515,21 +381,23 @@ class GatewayFTP(ftp.FTP):
         self.state = self.UNAUTH
         self.peer = self.transport.getPeer()
         self.callLater = self.reactor.callLater
+        _urgent_data_inline(self.transport)
         self.setTimeout(self.factory.timeOut)
         self.sendLine(f"220 {self.factory.welcomeMessage}")
         log.info("FTP connection from {peer}", peer=self.peer.host)
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         self.factory.connection_closed()
+        self.disconnected = True
         self._close_data()
+        self._queued.clear()
         if self._transfer is not None:
-            transfer, self._transfer = self._transfer, None
-            transfer()
+            # The client is gone: an upload is kept resumable, not committed.
+            self._transfer.cancel(client_gone=True)
         self.setTimeout(None)
         if self.shell is not None:
             self.shell.logout()
         self.shell = None
-        self.disconnected = True
         log.info(
             "FTP connection from {peer} closed (user {user})",
             peer=self.peer.host if hasattr(self, "peer") else "?",
@@ -537,6 +405,13 @@ class GatewayFTP(ftp.FTP):
         )
 
     # -- command lines ------------------------------------------------------
+    #
+    # One command runs at a time, as RFC 959 has it, except that a transfer
+    # (RETR, STOR, LIST, ...) runs detached: while it does, ABOR, STAT and
+    # NOOP are answered at once, and any other command waits in a short
+    # queue (reading stops when the queue is full) until the transfer has
+    # replied.  Twisted's FTP instead stops reading during a transfer, so
+    # ABOR could never arrive (twisted-conch-cos-facts.md, a4).
 
     def dataReceived(self, data: bytes) -> None:
         if self._discarding:
@@ -559,6 +434,18 @@ class GatewayFTP(ftp.FTP):
 
     def lineReceived(self, line: bytes) -> None:
         self.resetTimeout()
+        line = _strip_telnet(line)
+        if self._transfer is not None or self._queued or self._busy:
+            if self._transfer is not None and _immediate(line):
+                self._execute(line)
+                return
+            self._queued.append(line)
+            if len(self._queued) >= MAX_QUEUED_LINES:
+                self.pauseProducing()
+            return
+        self._execute(line)
+
+    def _execute(self, line: bytes) -> None:
         try:
             text = line.decode("utf-8")
         except UnicodeDecodeError:
@@ -571,16 +458,53 @@ class GatewayFTP(ftp.FTP):
             log.debug(
                 "{user}@{peer}> {line}", user=self.user, peer=self.peer.host, line=shown
             )
-        self.pauseProducing()
+        transfer: Optional[ActiveTransfer] = None
+        if self._transfer is not None:
+            pass  # ABOR, STAT or NOOP during a transfer: no waiting
+        elif command in TRANSFER_COMMANDS and self.state == self.AUTHED:
+            transfer = self._transfer = ActiveTransfer(command, argument)
+            self.setTimeout(None)
+        else:
+            self._busy = True
+            self.pauseProducing()
         d = maybeDeferred(self._dispatch, command, argument, " " in text)
         d.addCallbacks(self._send_result, self._send_failure, errbackArgs=(command,))
         d.addErrback(lambda f: log.failure("replying to {command}", f, command=command))
+        if transfer is not None:
+            d.addBoth(lambda _: self._transfer_done(transfer))
+        elif self._busy:
+            d.addBoth(lambda _: self.reactor.callLater(0, self._command_done))
 
-        def resume(_: object) -> None:
-            if not self.disconnected:
-                self.resumeProducing()
+    def _transfer_done(self, transfer: ActiveTransfer) -> None:
+        for reply in transfer.after_reply:
+            self.sendLine(reply)
+        self._transfer = None
+        if not self.disconnected:
+            self.setTimeout(self.factory.timeOut)
+        self._drain()
 
-        d.addBoth(lambda _: self.reactor.callLater(0, resume, None))
+    def _command_done(self) -> None:
+        self._busy = False
+        if not self.disconnected and self.paused:
+            self.resumeProducing()
+        self._drain()
+
+    def _drain(self) -> None:
+        """Run the commands that arrived during a transfer, in order."""
+        while (
+            self._queued
+            and self._transfer is None
+            and not self._busy
+            and not self.disconnected
+        ):
+            self._execute(self._queued.popleft())
+        if (
+            not self._queued
+            and not self._busy
+            and not self.disconnected
+            and self.paused
+        ):
+            self.resumeProducing()
 
     def _dispatch(self, command: str, argument: str, has_argument: bool) -> Any:
         if command in self.PUBLIC_COMMANDS:
@@ -731,10 +655,11 @@ class GatewayFTP(ftp.FTP):
         return self.ftp_CWD("..")
 
     async def ftp_SIZE(self, path: str) -> Reply:
-        entry = await self.fs.stat(self._resolve(path))
-        if entry.is_dir:
-            raise Reply(550, f"{path}: not a plain file")
-        return Reply(213, str(entry.size))
+        try:
+            size = await self.fs.restart_size(self._resolve(path))
+        except vfs.IsADirectory:
+            raise Reply(550, f"{path}: not a plain file") from None
+        return Reply(213, str(size))
 
     async def ftp_MDTM(self, path: str) -> Reply:
         entry = await self.fs.stat(self._resolve(path))
@@ -818,7 +743,7 @@ class GatewayFTP(ftp.FTP):
         """
         name = self.factory.masquerade_address
         if name is None:
-            name = _normal_host(self.transport.getHost().host)
+            name = normal_host(self.transport.getHost().host)
         try:
             return str(ipaddress.IPv4Address(name))
         except ValueError:
@@ -844,7 +769,7 @@ class GatewayFTP(ftp.FTP):
     def _set_active(self, host: str, port: int) -> Reply:
         if self._epsvAll:
             return Reply(503, "PORT and EPRT are not allowed after EPSV ALL")
-        if _normal_host(host) != _normal_host(self.peer.host) or port < 1024:
+        if normal_host(host) != normal_host(self.peer.host) or port < 1024:
             log.warn(
                 "refused PORT to {host}:{port} from {peer}",
                 host=host,
@@ -879,10 +804,11 @@ class GatewayFTP(ftp.FTP):
             return Reply(522, "Network protocol not supported, use (1,2)")
         return self._set_active(host, port)
 
-    async def _data_channel(self) -> DataChannel:
+    async def _data_channel(self, transfer: ActiveTransfer) -> DataChannel:
         """
         Wait for the data connection that PASV/EPSV announced, or open the
-        one PORT/EPRT asked for; either way only for this one transfer.
+        one PORT/EPRT asked for; either way only for this one transfer.  ABOR
+        (or the client leaving) cancels the wait.
         """
         factory = self._data_factory
         active = self._active
@@ -898,34 +824,61 @@ class GatewayFTP(ftp.FTP):
             )
         d = factory.deferred
         d.addTimeout(self.factory.data_timeout, self.reactor)
+        transfer.waiting = d
         try:
-            return await d
+            channel = await d
         except Exception:
+            if transfer.aborted or transfer.client_gone:
+                raise TransferStopped("aborted before the data connection") from None
             raise Reply(425, "Can't open data connection") from None
         finally:
+            transfer.waiting = None
             if port is not None:
                 port.stopListening()
+        transfer.channel = channel
+        if transfer.aborted or transfer.client_gone:
+            channel.abort()
+            raise TransferStopped("aborted")
+        return channel
 
     # -- transfers ------------------------------------------------------------
 
-    def _start_transfer(self, cancel: Callable[[], None]) -> None:
-        self._transfer = cancel
-        self.setTimeout(None)
+    def _take_restart(self) -> int:
+        offset, self._restart = self._restart, 0
+        return offset
 
-    def _end_transfer(self) -> None:
-        self._transfer = None
-        if not self.disconnected:
-            self.setTimeout(self.factory.timeOut)
+    def ftp_REST(self, position: str) -> Reply:
+        """RFC 3659 REST STREAM: the next RETR, STOR or APPE starts there."""
+        if not position.isdigit():
+            return Reply(501, "REST needs a byte offset")
+        self._restart = int(position)
+        return Reply(350, f"Restarting at {self._restart}; send RETR, STOR or APPE")
+
+    def ftp_ABOR(self) -> Reply | None:
+        """
+        RFC 959 ABOR: during a transfer, close its data connection; the
+        transfer replies 426, then ABOR replies 226.  An aborted upload
+        leaves no object and is not kept for a resume.  With nothing
+        running, 225.
+        """
+        transfer = self._transfer
+        if transfer is None:
+            return Reply(225, "No transfer to abort")
+        transfer.after_reply.append("226 ABOR successful")
+        transfer.cancel(client_gone=False)
+        return None
 
     async def ftp_RETR(self, path: str) -> Reply:
+        transfer = self._current_transfer()
+        offset = self._take_restart()
         segments = self._resolve(path)
         try:
-            source = await self.fs.open_read(segments)
+            source = await self.fs.open_read(segments, offset)
         except Exception:
             self._close_data()
             raise
         try:
-            channel = await self._data_channel()
+            channel = await self._data_channel(transfer)
         except BaseException:
             source.close()
             raise
@@ -933,91 +886,124 @@ class GatewayFTP(ftp.FTP):
             f"150 Opening BINARY mode data connection for {path} ({source.length} bytes)"
         )
         download, sending = self.fs.download(segments, source, channel)
-        self._start_transfer(channel.abort)
-        started = time.monotonic()
+        transfer.counter = lambda: download.sent
         try:
             sent = await sending
             end = await channel.closed()
             if end is not None:
                 raise TransferStopped(str(end))
-        except BaseException:
+        except BaseException as e:
             channel.abort()
             log.info(
-                "{user} RETR {path} failed after {sent} bytes",
+                "{user} RETR {path} failed after {sent} bytes: {error}",
                 user=self.user,
                 path=vfs.display(segments),
                 sent=download.sent,
+                error=str(e),
             )
+            if transfer.aborted:
+                raise Reply(426, "Transfer aborted") from None
             raise
-        finally:
-            self._end_transfer()
         log.info(
-            "{user} RETR {path} {bytes} bytes in {seconds:.2f}s",
+            "{user} RETR {path} {bytes} bytes from {offset} in {seconds:.2f}s",
             user=self.user,
             path=vfs.display(segments),
             bytes=sent,
-            seconds=time.monotonic() - started,
+            offset=offset,
+            seconds=transfer.elapsed(),
         )
         return Reply(226, "Transfer complete")
 
-    async def ftp_STOR(self, path: str) -> Reply:
+    def ftp_STOR(self, path: str) -> Awaitable[Reply]:
+        return self._store(path, offset=self._take_restart(), append=False)
+
+    def ftp_APPE(self, path: str) -> Awaitable[Reply]:
+        self._take_restart()
+        return self._store(path, offset=0, append=True)
+
+    def ftp_STOU(self, path: str = "") -> Awaitable[Reply]:
+        """RFC 959 / 1123 4.1.2.9: store under a new unique name, told in 150."""
+        self._take_restart()
+        name = f"{path or 'file'}.{uuid.uuid4().hex[:12]}"
+        return self._store(name, offset=0, append=False, unique=True)
+
+    async def _store(
+        self, path: str, offset: int, append: bool, unique: bool = False
+    ) -> Reply:
+        transfer = self._current_transfer()
         segments = self._resolve(path)
-        holder: list[DataChannel] = []
+        channel_box: list[DataChannel] = []
 
         def stop_client() -> None:
-            if holder:
-                holder[0].abort()
+            # The store failed: stop the client sending (the reply says why).
+            if channel_box:
+                channel_box[0].abort()
 
         try:
-            writer = await self.fs.open_write(segments, on_stop=stop_client)
+            writer = await self.fs.open_write(
+                segments,
+                offset=offset,
+                append=append,
+                size_hint=self._allocated,
+                on_stop=stop_client,
+            )
         except Exception:
             self._close_data()
             raise
+        finally:
+            self._allocated = None
+        transfer.counter = lambda: writer.received
         try:
-            channel = await self._data_channel()
+            channel = await self._data_channel(transfer)
         except BaseException:
             await writer.abort()
             raise
-        holder.append(channel)
-        self.sendLine(f"150 Ok to send data for {path}")
-        started = time.monotonic()
-
-        def cancel() -> None:
-            channel.abort()
-            writer.abort()
-
-        self._start_transfer(cancel)
+        channel_box.append(channel)
+        if unique:
+            self.sendLine(f"150 FILE: {vfs.display(segments)}")
+        else:
+            self.sendLine(f"150 Ok to send data for {path} (from byte {writer.base})")
+        stopped: Optional[TransferStopped] = None
         try:
-            stopped: Optional[TransferStopped] = None
-            try:
-                await channel.receive(writer)
-            except TransferStopped as e:
-                stopped = e
-            if stopped is not None and writer.state is not UploadState.FAILED:
-                # The client went away: nothing of this upload may remain.
-                await writer.abort(Failure(stopped))
+            await channel.receive(writer)
+        except TransferStopped as e:
+            stopped = e
+        if stopped is None and not transfer.client_gone:
+            # A client killed mid-upload closes both connections at once, and
+            # its data connection's end looks like an end of file.  Give the
+            # control connection a moment to say whether the client is still
+            # there before making the object visible.
+            await deferLater(self.reactor, self.factory.eof_grace, lambda: None)
+        if writer.state is not UploadState.FAILED:
+            if transfer.aborted:
+                await writer.abort(Failure(TransferStopped("ABOR")))
                 log.info(
-                    "{user} STOR {path} aborted by the client after {received} bytes",
+                    "{user} STOR {path} aborted by ABOR after {received} bytes",
                     user=self.user,
                     path=vfs.display(segments),
                     received=writer.received,
                 )
-                raise Reply(426, "Connection closed; transfer aborted")
-            # After a store failure this raises it, translated.
-            info = await self.fs.commit(writer, segments)
-        finally:
-            self._end_transfer()
+                raise Reply(426, "Transfer aborted; nothing was stored")
+            if stopped is not None or transfer.client_gone:
+                kept = await self.fs.interrupt(writer, segments)
+                hint = f"; {kept} bytes kept: resume with REST {kept}" if kept else ""
+                raise Reply(426, f"Connection closed; transfer aborted{hint}")
+        # After a store failure this raises it, translated.
+        info = await self.fs.commit(writer, segments)
         log.info(
-            "{user} STOR {path} {bytes} bytes in {seconds:.2f}s (request {request_id})",
+            "{user} STOR {path} {bytes} bytes ({received} sent) in {seconds:.2f}s "
+            "(request {request_id})",
             user=self.user,
             path=vfs.display(segments),
             bytes=info.size,
-            seconds=time.monotonic() - started,
+            received=writer.received,
+            seconds=transfer.elapsed(),
             request_id=info.request_id,
         )
         return Reply(226, "Transfer complete")
 
-    async def _list(self, path: str, names_only: bool) -> Reply:
+    async def _list(self, path: str, format_line: Callable[..., str]) -> Reply:
+        transfer = self._current_transfer()
         words = path.split()
         while words and words[0].startswith("-"):
             words.pop(0)  # ls options such as -la: ignored
@@ -1030,20 +1016,13 @@ class GatewayFTP(ftp.FTP):
         except Exception:
             self._close_data()
             raise
-        channel = await self._data_channel()
+        channel = await self._data_channel(transfer)
         self.sendLine("150 Here comes the directory listing")
         now = self.reactor.seconds()
-        if names_only:
-
-            def line(entry: vfs.Entry) -> str:
-                return entry.name
-        else:
-
-            def line(entry: vfs.Entry) -> str:
-                return format_list_line(entry, fs.permissions, fs.user, now)
-
-        sender = _ListingSender(listing, first or [], channel, line)
-        self._start_transfer(channel.abort)
+        sender = ListingSender(
+            listing, first or [], channel, lambda e: format_line(e, fs, now)
+        )
+        transfer.counter = lambda: sender.count
         try:
             await sender.start()
             end = await channel.closed()
@@ -1051,16 +1030,62 @@ class GatewayFTP(ftp.FTP):
                 raise TransferStopped(str(end))
         except BaseException:
             channel.abort()
+            if transfer.aborted:
+                raise Reply(426, "Transfer aborted") from None
             raise
-        finally:
-            self._end_transfer()
         return Reply(226, f"Directory send OK ({sender.count} entries)")
 
     def ftp_LIST(self, path: str = "") -> Awaitable[Reply]:
-        return self._list(path, names_only=False)
+        return self._list(
+            path, lambda e, fs, now: format_list_line(e, fs.permissions, fs.user, now)
+        )
 
     def ftp_NLST(self, path: str = "") -> Awaitable[Reply]:
-        return self._list(path, names_only=True)
+        return self._list(path, lambda e, fs, now: e.name)
+
+    async def ftp_STAT(self, path: str = "") -> Optional[Reply]:
+        """
+        RFC 959 STAT.  During a transfer: its progress.  Without an argument:
+        the session's status.  With a path: its listing, over the control
+        connection (213), streamed page by page like LIST.
+        """
+        transfer = self._transfer
+        if not path:
+            lines = [
+                "211-cosgw FTP gateway status:",
+                f" Connected from {self.peer.host}",
+                f" Logged in as {self.user}",
+                f" TYPE: {'BINARY' if self.binary else 'ASCII (bytes unchanged)'}",
+                f" REST offset: {self._restart}",
+            ]
+            if transfer is not None:
+                lines.append(
+                    f" Transfer in progress: {transfer.command} {transfer.argument}: "
+                    f"{transfer.counter()} {'entries' if transfer.command in ('LIST', 'NLST', 'MLSD') else 'bytes'}"
+                    f" in {transfer.elapsed():.1f}s"
+                )
+            else:
+                lines.append(" No transfer in progress")
+            for line in lines:
+                self.sendLine(line)
+            return Reply(211, "End of status")
+        segments = self._resolve(path)
+        listing = self.fs.listing(segments)
+        page = await listing.next_page()
+        now = self.reactor.seconds()
+        self.sendLine(f"213-Status of {vfs.display(segments)}:")
+        while page is not None:
+            for entry in page:
+                self.sendLine(
+                    " "
+                    + format_list_line(entry, self.fs.permissions, self.fs.user, now)
+                )
+            page = await listing.next_page()
+        return Reply(213, "End of status")
+
+    def _current_transfer(self) -> ActiveTransfer:
+        assert self._transfer is not None, "a transfer command runs as a transfer"
+        return self._transfer
 
 
 class _OverflowFTP(protocol.Protocol):
@@ -1093,8 +1118,10 @@ class GatewayFTPFactory(protocol.ServerFactory):
         max_connections: Optional[int] = None,
         welcome: str = "cosgw FTP gateway ready",
         data_timeout: float = DATA_CONNECTION_TIMEOUT,
+        eof_grace: float = EOF_GRACE,
     ) -> None:
         self.data_timeout = data_timeout
+        self.eof_grace = eof_grace
         self.portal = portal
         self.reactor: IReactorTime = reactor
         self.passive_ports = passive_ports

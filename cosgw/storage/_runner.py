@@ -18,9 +18,33 @@ from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
-from cosgw.interfaces import IByteSource, ListPage, ObjectInfo, PartInfo, PendingUpload
+from cosgw.interfaces import (
+    MAX_PART_SIZE,
+    IByteSource,
+    ListPage,
+    ObjectInfo,
+    PartInfo,
+    PendingUpload,
+    StoreError,
+)
 
 T = TypeVar("T")
+
+
+def check_copy_range(source: str, first: int, last: int, size: int) -> None:
+    """
+    Refuse a part copy of bytes C{first..last} (inclusive) of a C{size}-byte
+    C{source} unless the range is non-empty, inside the source and no larger
+    than a part may be.
+
+    @raise StoreError: the range is not one a part can be copied from.
+    """
+    if not 0 <= first <= last < size:
+        raise StoreError(
+            f"bytes {first}-{last} are not inside {source!r} ({size} bytes)"
+        )
+    if last - first + 1 > MAX_PART_SIZE:
+        raise StoreError(f"bytes {first}-{last} of {source!r}: larger than a part")
 
 
 class BlockingRunner:
@@ -90,6 +114,16 @@ class ThreadedStore:
     ) -> Deferred[PartInfo]:
         return self._runner.run(self._upload_part, key, upload_id, number, data)
 
+    def upload_part_copy(
+        self, key: str, upload_id: str, number: int, source: str, first: int, last: int
+    ) -> Deferred[PartInfo]:
+        return self._runner.run(
+            self._upload_part_copy, key, upload_id, number, source, first, last
+        )
+
+    def list_parts(self, key: str, upload_id: str) -> Deferred[list[PartInfo]]:
+        return self._runner.run(self._list_parts, key, upload_id)
+
     def complete_multipart(
         self, key: str, upload_id: str, parts: Sequence[PartInfo]
     ) -> Deferred[ObjectInfo]:
@@ -133,6 +167,14 @@ class ThreadedStore:
     def _upload_part(
         self, key: str, upload_id: str, number: int, data: bytes
     ) -> PartInfo:
+        raise NotImplementedError
+
+    def _upload_part_copy(
+        self, key: str, upload_id: str, number: int, source: str, first: int, last: int
+    ) -> PartInfo:
+        raise NotImplementedError
+
+    def _list_parts(self, key: str, upload_id: str) -> list[PartInfo]:
         raise NotImplementedError
 
     def _complete(

@@ -17,6 +17,12 @@ reference/twisted-conch-cos-facts.md section f):
   - C{StreamBody.read} does not check the length; our source does, and
     checks COS's CRC-64 when it streams the whole object.
   - Every upload part and PUT is checked against the CRC-64 COS computed.
+  - C{upload_part_copy} returns the response headers merged with the parsed
+    C{CopyPartResult} (the body's quoted ETag replaces the header's) and,
+    unlike C{copy_object}, does not raise on a 200 without an ETag (COS and
+    S3 report some copy failures that way); we do.
+  - C{list_parts} leaves C{Part} out when there is none and makes a single
+    one a list; every value is a string.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from zope.interface import implementer
 
 from cosgw.checksum import StreamCheck, crc64, crc64_combine, parse_crc64
 from cosgw.interfaces import (
+    MAX_PARTS,
     MAX_PUT_SIZE,
     IByteSource,
     IntegrityError,
@@ -53,12 +60,17 @@ from cosgw.interfaces import (
     StoreError,
     StoreUnavailable,
 )
-from cosgw.storage._runner import BlockingRunner, ThreadedStore
+from cosgw.storage._runner import BlockingRunner, ThreadedStore, check_copy_range
 
 log = Logger()
 
 #: User metadata we keep on objects; the SDK wants the full header names.
 META_PREFIX = "x-cos-meta-"
+
+
+#: Error codes of a failure COS may report in the body of a 200 to a copy,
+#: worth another try.
+_RETRYABLE_CODES = ("InternalError", "ServiceUnavailable", "SlowDown")
 
 
 def _quiet_sdk_logging() -> None:
@@ -232,6 +244,7 @@ class CosStore(ThreadedStore):
             PoolConnections=pool_size, PoolMaxSize=pool_size, **dict(settings)
         )
         self._region = settings.get("Region")
+        self._endpoint = settings.get("Endpoint")
         self._client = CosS3Client(config, retry=retry, session=session)
         self._runner = BlockingRunner(reactor, pool, pool_size * 4)
 
@@ -360,11 +373,22 @@ class CosStore(ThreadedStore):
     def _delete(self, key: str) -> None:
         self._call(f"DELETE {key}", self._client.delete_object, Key=key)
 
+    def _copy_source(self, key: str) -> dict[str, Any]:
+        """
+        The SDK's CopySource for a key of our bucket.  COS wants the
+        region's host name in x-cos-copy-source, whatever host we talk to;
+        without a region the SDK needs the endpoint instead.
+        """
+        where = (
+            {"Region": self._region} if self._region else {"Endpoint": self._endpoint}
+        )
+        return {"Bucket": self.bucket, "Key": key, **where}
+
     def _copy(
         self, source: str, destination: str, metadata: Optional[Mapping[str, str]]
     ) -> ObjectInfo:
         info = self._head(source)
-        copy_source = {"Bucket": self.bucket, "Key": source, "Region": self._region}
+        copy_source = self._copy_source(source)
         extra: dict[str, Any] = {}
         if metadata is not None:
             extra = {"CopyStatus": "Replaced", **_sdk_metadata(metadata)}
@@ -423,6 +447,102 @@ class CosStore(ThreadedStore):
             size=len(data),
             crc64=local_crc,
         )
+
+    def _upload_part_copy(
+        self, key: str, upload_id: str, number: int, source: str, first: int, last: int
+    ) -> PartInfo:
+        what = f"PART {number} of {key} <- {source} bytes {first}-{last}"
+        # HEAD first: COS's answer to a range outside the object is not
+        # something to rely on (S3 clamps some), and a missing source is
+        # then told apart from a missing upload.  If-Match pins the copy to
+        # the object whose size was checked.
+        info = self._head(source)
+        check_copy_range(source, first, last, info.size)
+        extra: dict[str, Any] = {}
+        if info.etag:
+            extra["CopySourceIfMatch"] = f'"{info.etag}"'
+        result = self._call(
+            what,
+            self._client.upload_part_copy,
+            Key=key,
+            PartNumber=number,
+            UploadId=upload_id,
+            CopySource=self._copy_source(source),
+            CopySourceRange=f"bytes={first}-{last}",
+            **extra,
+        )
+        headers = CaseInsensitiveDict(
+            {k: v for k, v in result.items() if isinstance(v, str)}
+        )
+        request_id = headers.get("x-cos-request-id")
+        # The body's ETag (CopyPartResult) has replaced the header's in the
+        # merged dict; a 200 without one is an error reported in the body.
+        etag = str(result.get("ETag") or "").strip('"')
+        if not etag:
+            code = result.get("Code")
+            error = StoreUnavailable if code in _RETRYABLE_CODES else StoreError
+            raise error(
+                f"{what}: COS answered 200 without an ETag ({code})", request_id
+            )
+        size = last - first + 1
+        crc = parse_crc64(headers.get("x-cos-hash-crc64ecma"))
+        if crc is None:
+            crc = parse_crc64(str(result.get("CRC64") or ""))
+        if (
+            crc is not None
+            and info.crc64 is not None
+            and (first, size) == (0, info.size)
+            and crc != info.crc64
+        ):
+            raise IntegrityError(
+                f"{what}: CRC-64 differs from the source's", request_id
+            )
+        return PartInfo(
+            number=number,
+            etag=etag,
+            size=size,
+            crc64=crc,
+            mtime=_iso_time(headers.get("LastModified"))
+            or _http_time(headers.get("Last-Modified"))
+            or _http_time(headers.get("Date")),
+        )
+
+    def _list_parts(self, key: str, upload_id: str) -> list[PartInfo]:
+        parts: dict[int, PartInfo] = {}
+        marker = 0
+        # At most 10,000 parts: 10 pages of 1000, and one to find the end.
+        for _ in range(MAX_PARTS // 1000 + 2):
+            result = self._call(
+                f"LIST PARTS of {key}",
+                self._client.list_parts,
+                Key=key,
+                UploadId=upload_id,
+                MaxParts=1000,
+                PartNumberMarker=marker,
+            )
+            page = result.get("Part") or []
+            if isinstance(page, dict):
+                page = [page]
+            for part in page:
+                number = int(part["PartNumber"])
+                parts[number] = PartInfo(
+                    number=number,
+                    etag=str(part.get("ETag") or "").strip('"'),
+                    size=int(part.get("Size") or 0),
+                    crc64=parse_crc64(part.get("CRC64")),
+                    mtime=_iso_time(part.get("LastModified")),
+                )
+            if str(result.get("IsTruncated", "false")).lower() != "true":
+                break
+            next_marker = int(result.get("NextPartNumberMarker") or 0)
+            if next_marker <= marker:
+                next_marker = max(parts, default=marker)
+            if next_marker <= marker:
+                raise StoreError(f"LIST PARTS of {key}: the listing does not advance")
+            marker = next_marker
+        else:
+            raise StoreError(f"LIST PARTS of {key}: more pages than parts allowed")
+        return [parts[n] for n in sorted(parts)]
 
     def _complete(
         self, key: str, upload_id: str, parts: Sequence[PartInfo]

@@ -21,6 +21,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import re
 import shutil
 import stat
 import time
@@ -34,7 +35,7 @@ from twisted.internet.interfaces import IReactorFromThreads
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
-from cosgw.checksum import StreamCheck
+from cosgw.checksum import StreamCheck, crc64
 from cosgw.interfaces import (
     IByteSource,
     IObjectStore,
@@ -47,12 +48,14 @@ from cosgw.interfaces import (
     PendingUpload,
     StoreError,
 )
-from cosgw.storage._runner import BlockingRunner, ThreadedStore
+from cosgw.storage._runner import BlockingRunner, ThreadedStore, check_copy_range
 
 #: The hidden directory for temporary files and multipart parts; it is never
 #: listed and no key may name it.
 TMP_DIR = ".cosgw-tmp"
 _COPY_CHUNK = 1024 * 1024
+#: The name of a stored part in an upload's directory.
+_PART_NAME = re.compile(r"([0-9]+)\.part")
 
 
 def _mtime_from(metadata: Optional[Mapping[str, str]]) -> Optional[float]:
@@ -332,6 +335,88 @@ class LocalStore(ThreadedStore):
             f.write(data)
         os.replace(temp, directory / f"{number}.part")
         return PartInfo(number=number, etag=f"{number}-{len(data)}", size=len(data))
+
+    def _upload_of(self, key: str, upload_id: str) -> Path:
+        """
+        The directory of C{key}'s upload C{upload_id}.
+
+        @raise NoSuchUpload: there is no such upload of that key.
+        """
+        directory = self._upload_dir(upload_id)
+        try:
+            stored = (directory / "key").read_text(encoding="utf-8")
+        except (FileNotFoundError, NotADirectoryError):
+            raise NoSuchUpload(upload_id) from None
+        if stored != key:
+            raise NoSuchUpload(f"{upload_id} is not an upload of {key!r}")
+        return directory
+
+    def _upload_part_copy(
+        self, key: str, upload_id: str, number: int, source: str, first: int, last: int
+    ) -> PartInfo:
+        # Open the source first: the open file is the snapshot copied, even
+        # if the object is replaced meanwhile.
+        src_path = self._path(source)
+        if source.endswith("/"):
+            raise NoSuchKey(source)
+        try:
+            src = open(src_path, "rb")  # noqa: SIM115 (closed below)
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            raise NoSuchKey(source) from None
+        with src:
+            check_copy_range(source, first, last, os.fstat(src.fileno()).st_size)
+            directory = self._upload_of(key, upload_id)
+            temp = directory / f"{number}.tmp-{uuid.uuid4().hex}"
+            size = last - first + 1
+            crc = 0
+            try:
+                with open(temp, "wb") as out:
+                    src.seek(first)
+                    remaining = size
+                    while remaining:
+                        chunk = src.read(min(_COPY_CHUNK, remaining))
+                        if not chunk:
+                            raise StoreError(f"{source!r} ended while copying")
+                        crc = crc64(chunk, crc)
+                        out.write(chunk)
+                        remaining -= len(chunk)
+                part = directory / f"{number}.part"
+                os.replace(temp, part)
+                mtime = part.stat().st_mtime
+            except FileNotFoundError:
+                # Aborted (its directory removed) while we copied.
+                raise NoSuchUpload(upload_id) from None
+            finally:
+                temp.unlink(missing_ok=True)
+        return PartInfo(
+            number=number, etag=f"{number}-{size}", size=size, crc64=crc, mtime=mtime
+        )
+
+    def _list_parts(self, key: str, upload_id: str) -> list[PartInfo]:
+        directory = self._upload_of(key, upload_id)
+        parts = []
+        try:
+            with os.scandir(directory) as it:
+                for entry in it:
+                    match = _PART_NAME.fullmatch(entry.name)
+                    if not match:
+                        continue
+                    try:
+                        st = entry.stat()
+                    except FileNotFoundError:
+                        continue
+                    number = int(match.group(1))
+                    parts.append(
+                        PartInfo(
+                            number=number,
+                            etag=f"{number}-{st.st_size}",
+                            size=st.st_size,
+                            mtime=st.st_mtime,
+                        )
+                    )
+        except FileNotFoundError:
+            raise NoSuchUpload(upload_id) from None
+        return sorted(parts, key=lambda p: p.number)
 
     def _complete(
         self, key: str, upload_id: str, parts: Sequence[PartInfo]

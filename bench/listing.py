@@ -1,0 +1,427 @@
+"""
+Listing a large directory: the gateway against the store's own paging.
+
+A directory listing through cosgw is a chain of the same ``GET Bucket``
+pages any COS client would fetch (1,000 keys each, ``Delimiter='/'``,
+``EncodingType=url``), turned into FTP lines and streamed down the data
+connection page by page.  What the gateway adds on top of the store is the
+price of that streaming: formatting, the event loop, the thread-pool hop
+per page and the data connection.  This benchmark measures it in one run,
+against one fake COS server process (moto behind the COS-dialect adapter,
+tests/cosserver.py) and one gateway process (``twistd -n cosftp``):
+
+  - store: the COS SDK paging ``dir/`` itself (``list_objects`` with
+    ``Prefix='dir/'``, ``Delimiter='/'``, ``MaxKeys=1000``,
+    ``EncodingType='url'``, following ``NextMarker`` until the answer is not
+    truncated): total time, time to the first page, and the entry count;
+  - gateway LIST and NLST of ``dir`` with ftplib's raw data socket: the
+    clock starts when the command is sent (PASV and the data connection are
+    made before) and stops at the end of the data; also the time to the
+    first byte of the listing; the number of lines must equal --entries;
+
+and prints the medians of --rounds (interleaved, because these machines are
+noisy), the gateway/store ratios (the target is at most 1.25x for LIST), and
+the gateway's memory: its RSS before the first listing and its peak RSS
+(VmHWM) after all of them, which would show a listing that is collected in
+memory instead of streamed (run with a larger --entries to make that
+visible: the whole LIST output of 10,000 entries is only ~0.9 MB).  moto
+itself sorts the whole bucket for every page it serves, so absolute times
+say little; the ratio is what to read.
+
+The directory holds --entries entries: 10 subdirectories (each with one file
+in it) and files with a mix of plain names and names with spaces, 中文 and
+'#', plus the ``dir/`` marker object a MKD would have written.  Writing them
+over HTTP would take longer than everything measured here (moto's server
+handles ~150 boto3 PUTs a second on these machines, ~70 s for 10,000 keys),
+so the fake COS server's process is started by this script: it puts the keys
+straight into moto's in-memory S3 backend (well under a second), then runs
+``tests/cosserver.py``'s ``main()`` unchanged.  Nothing goes through the
+gateway; how long it took is printed.
+
+    python bench/listing.py [--entries 10000] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ftplib
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import unquote
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from tests.cosserver import CosTestServer  # noqa: E402
+
+USER, PASSWORD = "bench", "bench-password"
+DIRECTORY = "dir"
+SUBDIRS = 10
+#: The store process mode of this script (see serve_store).
+SERVE_STORE = "serve-store"
+POPULATED = "POPULATED"
+
+
+def entry_names(count: int) -> tuple[list[str], list[str]]:
+    """(file names, subdirectory names) of a directory of C{count} entries."""
+    subdirs = [f"sub {i:02d} 目录 #{i}" for i in range(min(SUBDIRS, count))]
+    files = []
+    for i in range(count - len(subdirs)):
+        if i % 4 == 0:
+            files.append(f"报告 {i:06d} #draft.csv")
+        else:
+            files.append(f"file-{i:06d}.dat")
+    return files, subdirs
+
+
+def directory_keys(count: int) -> list[tuple[str, bytes]]:
+    """The keys (and bodies) of the directory, its marker object included."""
+    files, subdirs = entry_names(count)
+    keys = [(f"{DIRECTORY}/", b"")]
+    keys += [(f"{DIRECTORY}/{name}", b"x" * (i % 512)) for i, name in enumerate(files)]
+    keys += [(f"{DIRECTORY}/{name}/inner.txt", b"inner") for name in subdirs]
+    return keys
+
+
+def serve_store(argv: list[str]) -> None:
+    """
+    The store process: moto's S3 backend filled in-process (no HTTP), then
+    exactly what ``python tests/cosserver.py`` runs.  Prints
+    ``POPULATED <seconds>`` before cosserver's own ``COSSERVER-PORT <n>``.
+    """
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--entries", type=int, required=True)
+    parser.add_argument("--bucket", required=True)
+    parser.add_argument("--bucket-region", required=True)
+    args, rest = parser.parse_known_args(argv)
+    # What tests/cosserver.py's main() sets before moto is imported.
+    os.environ.setdefault("S3_UPLOAD_PART_MIN_SIZE", "1048576")
+    os.environ.pop("S3_IGNORE_SUBDOMAIN_BUCKETNAME", None)
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        os.environ.setdefault(name, "testing")
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.s3.models import s3_backends
+
+    from tests import cosserver
+
+    start = time.perf_counter()
+    backend = s3_backends[DEFAULT_ACCOUNT_ID]["aws"]  # the adapter's backend
+    backend.create_bucket(args.bucket, args.bucket_region)
+    for key, body in directory_keys(args.entries):
+        backend.put_object(args.bucket, key, body)
+    print(f"{POPULATED} {time.perf_counter() - start:.3f}", flush=True)
+    cosserver.main(rest)
+
+
+def start_store(entries: int, workdir: Path):
+    """
+    Start the fake COS server with the directory already in it.  Returns
+    (server, process, bucket, seconds spent writing the keys, seconds until
+    the server answered).
+    """
+    server = CosTestServer()
+    bucket = f"listing-{server.appid}"
+    env = dict(os.environ)
+    env["S3_UPLOAD_PART_MIN_SIZE"] = "1048576"
+    env.setdefault("MOTO_S3_DEFAULT_KEY_BUFFER_SIZE", str(16 << 20))
+    env["PYTHONUNBUFFERED"] = "1"
+    log = open(workdir / "cosserver.log", "wb")  # noqa: SIM115
+    start = time.perf_counter()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            os.path.abspath(__file__),
+            SERVE_STORE,
+            "--entries",
+            str(entries),
+            "--bucket",
+            bucket,
+            "--bucket-region",
+            server.region,
+            "--host",
+            server.host,
+            "--port",
+            "0",
+            "--secret-id",
+            server.secret_id,
+            "--secret-key",
+            server.secret_key,
+            "--appid",
+            server.appid,
+            "--region",
+            server.region,
+            "--exit-on-stdin-eof",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=log,
+        env=env,
+    )
+    populated = None
+    try:
+        for raw in proc.stdout:
+            word, _, value = raw.decode().strip().partition(" ")
+            if word == POPULATED:
+                populated = float(value)
+            elif word == "COSSERVER-PORT":
+                server.port = int(value)
+                break
+        if not server.port or populated is None:
+            raise RuntimeError("no port")
+    except BaseException:
+        stop_store(proc)
+        raise SystemExit(
+            "fake COS server did not start:\n" + (workdir / "cosserver.log").read_text()
+        ) from None
+    server.endpoint_url = f"http://{server.host}:{server.port}"
+    server.pid = proc.pid
+    # The first answer, so the time includes the start of the HTTP side.
+    server.cos_client().head_bucket(Bucket=bucket)
+    return server, proc, bucket, populated, time.perf_counter() - start
+
+
+def stop_store(proc: subprocess.Popen) -> None:
+    """The server exits when its stdin closes; by PID if it does not."""
+    try:
+        proc.stdin.close()
+    except OSError:
+        pass
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    proc.stdout.close()
+
+
+def start_gateway(workdir: Path, server: CosTestServer, bucket: str, port: int):
+    config = workdir / "cosgw.ini"
+    config.write_text(
+        f"""[server]
+state_dir = {workdir / "state"}
+ftp_listen = tcp:{port}:interface=127.0.0.1
+
+[storage:cos]
+type = cos
+bucket = {bucket}
+region = {server.region}
+secret_id = {server.secret_id}
+secret_key = {server.secret_key}
+endpoint = http://127.0.0.1:{server.port}
+
+[user:{USER}]
+password = {PASSWORD}
+storage = cos
+"""
+    )
+    log = open(workdir / "gateway.log", "wb")  # noqa: SIM115
+    twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+    proc = subprocess.Popen(
+        [twistd, "-n", "--pidfile=", "cosftp", "--config", str(config)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=workdir,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            ftp = ftplib.FTP()
+            ftp.connect("127.0.0.1", port, timeout=5)
+            ftp.quit()
+            return proc
+        except OSError:
+            if proc.poll() is not None:
+                break
+            time.sleep(0.1)
+    stop(proc)
+    raise SystemExit("gateway did not start:\n" + (workdir / "gateway.log").read_text())
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
+def memory_mib(pid: int) -> dict[str, float]:
+    """VmRSS and VmHWM (peak RSS) of C{pid}, in MiB."""
+    found = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name in ("VmRSS", "VmHWM"):
+            found[name] = int(value.split()[0]) / 1024
+    return found
+
+
+def store_listing(client, bucket: str) -> tuple[float, float, int]:
+    """(total seconds, seconds to the first page, entries) paging with the SDK."""
+    prefix = f"{DIRECTORY}/"
+    marker = ""
+    count = 0
+    first = None
+    start = time.perf_counter()
+    while True:
+        page = client.list_objects(
+            Bucket=bucket,
+            Prefix=prefix,
+            Delimiter="/",
+            Marker=marker,
+            MaxKeys=1000,
+            EncodingType="url",
+        )
+        if first is None:
+            first = time.perf_counter() - start
+        contents = page.get("Contents", []) or []
+        prefixes = page.get("CommonPrefixes", []) or []
+        # The marker object dir/ is the directory itself, not an entry.
+        count += sum(1 for c in contents if c["Key"] != prefix) + len(prefixes)
+        if str(page.get("IsTruncated", "false")).lower() != "true":
+            break
+        marker = page.get("NextMarker") or max(
+            [c["Key"] for c in contents] + [p["Prefix"] for p in prefixes]
+        )
+        # EncodingType=url encodes NextMarker too; send it back decoded.
+        marker = unquote(marker)
+    return time.perf_counter() - start, first or 0.0, count
+
+
+def gateway_listing(port: int, command: str) -> tuple[float, float, int]:
+    """(total seconds, seconds to the first byte, lines) of one LIST/NLST."""
+    ftp = ftplib.FTP(encoding="utf-8")
+    ftp.connect("127.0.0.1", port, timeout=120)
+    ftp.login(USER, PASSWORD)
+    try:
+        host, data_port = ftp.makepasv()
+        data = socket.create_connection((host, data_port), timeout=120)
+        try:
+            start = time.perf_counter()
+            reply = ftp.sendcmd(f"{command} {DIRECTORY}")
+            if not reply.startswith("1"):
+                raise ftplib.error_reply(reply)
+            chunks = []
+            first = None
+            while True:
+                chunk = data.recv(1 << 16)
+                if not chunk:
+                    break
+                if first is None:
+                    first = time.perf_counter() - start
+                chunks.append(chunk)
+            total = time.perf_counter() - start
+        finally:
+            data.close()
+        done = ftp.voidresp()
+        if not done.startswith("226"):
+            raise ftplib.error_reply(done)
+    finally:
+        ftp.quit()
+    lines = b"".join(chunks).decode("utf-8").split("\r\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return total, first or 0.0, len(lines)
+
+
+def main() -> None:
+    if sys.argv[1:2] == [SERVE_STORE]:
+        serve_store(sys.argv[2:])
+        return
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    parser.add_argument("--entries", type=int, default=10_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--port", type=int, default=21421)
+    args = parser.parse_args()
+
+    workdir = Path(tempfile.mkdtemp(prefix="cosgw-bench-listing-"))
+    server, store, bucket, populated, store_up = start_store(args.entries, workdir)
+    gateway = None
+    try:
+        client = server.cos_client()
+        gateway = start_gateway(workdir, server, bucket, args.port)
+
+        # One warm-up each (connection pools, imports), not counted.
+        store_listing(client, bucket)
+        before = memory_mib(gateway.pid)
+        gateway_listing(args.port, "NLST")
+        warm = memory_mib(gateway.pid)
+        rss_rounds = []
+
+        figures: dict[str, list[float]] = {
+            k: []
+            for k in (
+                "store",
+                "store_first",
+                "list",
+                "list_first",
+                "nlst",
+                "nlst_first",
+            )
+        }
+        for _ in range(args.rounds):
+            total, first, count = store_listing(client, bucket)
+            if count != args.entries:
+                raise SystemExit(f"store listed {count} entries, not {args.entries}")
+            figures["store"].append(total)
+            figures["store_first"].append(first)
+            for command in ("LIST", "NLST"):
+                total, first, count = gateway_listing(args.port, command)
+                if count != args.entries:
+                    raise SystemExit(
+                        f"{command} gave {count} lines, not {args.entries}"
+                    )
+                figures[command.lower()].append(total)
+                figures[command.lower() + "_first"].append(first)
+            rss_rounds.append(memory_mib(gateway.pid)["VmRSS"])
+        after = memory_mib(gateway.pid)
+
+        med = {k: statistics.median(v) for k, v in figures.items()}
+        ms = 1000.0
+        print(
+            f"directory: {args.entries} entries ({SUBDIRS} subdirectories); "
+            f"rounds: {args.rounds} (medians)"
+        )
+        print(
+            f"populating: {populated:.2f} s writing {args.entries + 1} keys into "
+            f"moto in the store process; store up and answering after "
+            f"{store_up:.2f} s"
+        )
+        print(
+            f"store   SDK list_objects paging  {med['store'] * ms:8.1f} ms   "
+            f"first page {med['store_first'] * ms:7.1f} ms"
+        )
+        for command in ("list", "nlst"):
+            print(
+                f"gateway {command.upper()} dir                 "
+                f"{med[command] * ms:8.1f} ms   first byte "
+                f"{med[command + '_first'] * ms:7.1f} ms   "
+                f"ratio to store {med[command] / med['store']:.2f}x"
+                + ("  (target <= 1.25x)" if command == "list" else "")
+            )
+        print(
+            f"gateway RSS before listing {before['VmRSS']:.1f} MiB (peak so far "
+            f"{before['VmHWM']:.1f} MiB); after the warm-up listing "
+            f"{warm['VmRSS']:.1f} MiB; after each round "
+            + ", ".join(f"{x:.1f}" for x in rss_rounds)
+            + f" MiB; peak (VmHWM) after all {1 + 2 * args.rounds} listings "
+            f"{after['VmHWM']:.1f} MiB"
+        )
+        for k, v in figures.items():
+            print(f"  {k}: " + ", ".join(f"{x * ms:.1f}" for x in v))
+    finally:
+        if gateway is not None:
+            stop(gateway)
+        stop_store(store)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,263 @@
+"""
+FTP data connections: one connection per transfer, passive or active, and
+the producer that streams a listing into one.
+
+A data connection does not read until a consumer is attached (Twisted's DTP
+buffers without limit), tells how it ended (a reset is an abort, never an
+end of file), and a passive one is accepted only from the client's own
+address (no port stealing, RFC 2577).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable
+from typing import Any, Optional
+
+from twisted.internet import error as net_error
+from twisted.internet import protocol
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IConsumer, IPushProducer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from cosgw import vfs
+from cosgw.transfer import TransferStopped
+
+log = Logger()
+
+#: Read size and write-buffer threshold of a data connection.
+DATA_BUFFER_SIZE = 1024 * 1024
+
+
+def normal_host(host: str) -> str:
+    """Compare addresses as the IP they are (IPv4-mapped IPv6 unwrapped)."""
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        return str(address.ipv4_mapped)
+    return str(address)
+
+
+@implementer(IConsumer, IPushProducer)
+class DataChannel(protocol.Protocol):
+    """
+    One FTP data connection.  It does not read until a consumer is attached
+    (so nothing is buffered without limit), and it tells how it ended
+    (L{closed}): a clean close or a reset.
+    """
+
+    def __init__(self) -> None:
+        self._consumer: Optional[IConsumer] = None
+        self._ended = False
+        self._end: Optional[BaseException] = None
+        self._waiters: list[Deferred[Optional[BaseException]]] = []
+        self.received = 0
+
+    # connection
+
+    def connectionMade(self) -> None:
+        # Twisted's TCP transport reads, and pauses its producer, in units of
+        # bufferSize (64 KiB); a data connection moves megabytes, and larger
+        # units mean fewer trips through the reactor per MB.
+        if hasattr(self.transport, "bufferSize"):
+            self.transport.bufferSize = DATA_BUFFER_SIZE
+        if hasattr(self.transport, "SEND_LIMIT"):
+            # Likewise for sends: up to 1 MiB per send() instead of 128 KiB.
+            self.transport.SEND_LIMIT = DATA_BUFFER_SIZE
+        self.transport.pauseProducing()
+        self.factory.connected(self)
+
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        self._ended = True
+        if reason.check(net_error.ConnectionDone) is None:
+            self._end = reason.value
+        if self._consumer is not None:
+            self._consumer.unregisterProducer()
+            self._consumer = None
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.callback(self._end)
+
+    def closed(self) -> Deferred[Optional[BaseException]]:
+        """
+        @return: A Deferred firing when the connection has closed: with None
+            after a clean close, with the exception (as a value, not a
+            failure) after a reset, an abort or a timeout.
+        """
+        if self._ended:
+            return succeed(self._end)
+        d: Deferred[Optional[BaseException]] = Deferred()
+        self._waiters.append(d)
+        return d
+
+    def abort(self) -> None:
+        """Drop the connection (RST): the client must not see a clean end."""
+        if not self._ended and self.transport is not None:
+            self.transport.abortConnection()
+
+    # receiving (STOR)
+
+    async def receive(self, consumer: IConsumer) -> None:
+        """
+        Feed everything the client sends into C{consumer} until the client
+        closes the connection.
+
+        @raise TransferStopped: the connection ended other than cleanly.
+        """
+        self._consumer = consumer
+        consumer.registerProducer(self, True)
+        if not self._ended:
+            self.transport.resumeProducing()
+        end = await self.closed()
+        if end is not None:
+            raise TransferStopped(str(end) or type(end).__name__)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += len(data)
+        if self._consumer is not None:
+            self._consumer.write(data)
+
+    def pauseProducing(self) -> None:
+        if not self._ended:
+            self.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        if not self._ended:
+            self.transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self.abort()
+
+    # sending (RETR, LIST)
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        self.transport.registerProducer(producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        """End of the data: close cleanly once the buffer is flushed."""
+        if not self._ended:
+            self.transport.unregisterProducer()
+            self.transport.loseConnection()
+
+    def write(self, data: bytes) -> None:
+        if not self._ended:
+            self.transport.write(data)
+
+
+class DataChannelFactory(protocol.ClientFactory):
+    """
+    Makes the one data connection of a transfer, passive or active.  For a
+    passive one it accepts only a connection from C{peer_host} (the
+    client's control-connection address): another host connecting first
+    must not get the data (port stealing).
+    """
+
+    protocol = DataChannel
+    noisy = False
+
+    def __init__(self, peer_host: str) -> None:
+        self.peer_host = normal_host(peer_host)
+        self.deferred: Deferred[DataChannel] = Deferred()
+        self.channel: Optional[DataChannel] = None
+
+    def buildProtocol(self, addr: Any) -> Optional[DataChannel]:
+        if self.channel is not None:
+            return None
+        host = normal_host(getattr(addr, "host", ""))
+        if host != self.peer_host:
+            log.warn(
+                "refused a data connection from {host} (client is {peer})",
+                host=host,
+                peer=self.peer_host,
+            )
+            return None
+        channel = DataChannel()
+        channel.factory = self
+        self.channel = channel
+        return channel
+
+    def connected(self, channel: DataChannel) -> None:
+        if not self.deferred.called:
+            self.deferred.callback(channel)
+
+    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
+        if not self.deferred.called:
+            self.deferred.errback(reason)
+
+
+@implementer(IPushProducer)
+class ListingSender:
+    """
+    Streams a L{vfs.Listing} into a data channel page by page; while the
+    client is slow (the transport paused us) no further page is fetched.
+    """
+
+    def __init__(
+        self,
+        listing: vfs.Listing,
+        first: list[vfs.Entry],
+        channel: DataChannel,
+        format_line: Callable[[vfs.Entry], str],
+    ) -> None:
+        self._listing = listing
+        self._channel = channel
+        self._format = format_line
+        self._paused = False
+        self._fetching = False
+        self._stopped = False
+        self._ended = False
+        self._done: Deferred[int] = Deferred()
+        self.count = 0
+        self._pending = first
+
+    def start(self) -> Deferred[int]:
+        self._channel.registerProducer(self, True)
+        self._send()
+        return self._done
+
+    def _send(self) -> None:
+        if self._pending:
+            lines = [self._format(e) for e in self._pending]
+            self.count += len(lines)
+            self._pending = []
+            self._channel.write(("\r\n".join(lines) + "\r\n").encode("utf-8"))
+        if self._ended:
+            if not self._done.called:
+                self._channel.unregisterProducer()
+                self._done.callback(self.count)
+            return
+        if not self._paused and not self._fetching and not self._stopped:
+            self._fetching = True
+            self._listing.next_page().addCallbacks(self._got, self._failed)
+
+    def _got(self, page: Optional[list[vfs.Entry]]) -> None:
+        self._fetching = False
+        if self._stopped:
+            return
+        if page is None:
+            self._ended = True
+        else:
+            self._pending = page
+        self._send()
+
+    def _failed(self, failure: Failure) -> None:
+        self._fetching = False
+        if not self._done.called:
+            self._done.errback(failure)
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        if not self._fetching:
+            self._send()
+
+    def stopProducing(self) -> None:
+        self._stopped = True
+        if not self._done.called:
+            self._done.errback(Failure(TransferStopped("listing interrupted")))
