@@ -32,10 +32,13 @@ class Accounts:
         accounts: Mapping[str, Account],
         settings: TransferSettings,
         clock: Optional[Any] = None,
+        runner: Optional[Any] = None,
     ) -> None:
         self.accounts = dict(accounts)
         self.settings = settings
         self.clock = clock
+        #: Runs CPU-bound work (hashing) in the gateway's thread pool.
+        self.runner = runner
         #: Uploads in progress on this gateway, across all sessions and
         #: protocols, so a resume never picks one that is still being fed.
         self.registry = UploadRegistry()
@@ -55,4 +58,5 @@ class Accounts:
             user=account.name,
             clock=self.clock,
             registry=self.registry,
+            runner=self.runner,
         )

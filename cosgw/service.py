@@ -43,6 +43,7 @@ from cosgw import auth
 from cosgw.accounts import Account, Accounts
 from cosgw.config import ALL_PERMISSIONS, Config, StorageConfig, UserConfig
 from cosgw.interfaces import IObjectStore
+from cosgw.storage._runner import BlockingRunner
 from cosgw.transfer import TransferSettings
 
 log = Logger()
@@ -396,6 +397,7 @@ def makeService(config: Config, reactor: Any = None) -> GatewayService:
         },
         settings,
         clock=reactor,
+        runner=BlockingRunner(reactor, pool, threads * 2),
     )
     service.accounts = accounts
 

@@ -21,7 +21,9 @@ rule about names, homes, directories and permissions lives here once:
 
 from __future__ import annotations
 
+import hashlib
 import time
+import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Optional, TypeVar
@@ -178,6 +180,31 @@ class Entry:
     is_dir: bool
     size: int
     mtime: float
+    #: COS's CRC-64 of a file, when a stat (HEAD) gave one.
+    crc64: Optional[int] = None
+
+
+class _Crc32:
+    """zlib's CRC-32 with hashlib's update/hexdigest shape."""
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def update(self, data: bytes) -> None:
+        self.value = zlib.crc32(data, self.value)
+
+    def hexdigest(self) -> str:
+        return f"{self.value:08x}"
+
+
+#: Digest algorithms by their draft-bryan-ftpext-hash names.
+DIGESTS: dict[str, Callable[[], Any]] = {
+    "SHA-256": hashlib.sha256,
+    "SHA-512": hashlib.sha512,
+    "SHA-1": hashlib.sha1,
+    "MD5": hashlib.md5,
+    "CRC32": _Crc32,
+}
 
 
 @dataclass(frozen=True)
@@ -244,6 +271,7 @@ class ObjectFileSystem:
         user: str = "",
         clock: Optional[Any] = None,
         registry: Optional[UploadRegistry] = None,
+        runner: Optional[Any] = None,
     ) -> None:
         home = home.strip("/")
         self.store = store
@@ -253,6 +281,9 @@ class ObjectFileSystem:
         self.user = user
         self._clock = clock
         self.registry = registry if registry is not None else UploadRegistry()
+        #: Runs CPU-bound work (hashing) in the gateway's pool; without one
+        #: (unit tests) it runs inline.
+        self.runner = runner
 
     # -- names ------------------------------------------------------------
 
@@ -304,7 +335,7 @@ class ObjectFileSystem:
         except NoSuchKey:
             pass
         else:
-            return Entry(segments[-1], False, info.size, info.mtime)
+            return Entry(segments[-1], False, info.size, info.mtime, info.crc64)
         page = await self.store.list(key + "/", delimiter="/", max_keys=1)
         if page.objects or page.prefixes:
             mtime = page.objects[0].mtime if page.objects else 0.0
@@ -584,6 +615,64 @@ class ObjectFileSystem:
         d = download.start()
         d.addErrback(_translate, display(segments))
         return download, d
+
+    async def _set_mtime(self, segments: Sequence[str], when: float) -> None:
+        entry = await self._stat(segments)
+        if entry.is_dir:
+            raise IsADirectory(display(segments))
+        key = self.key(segments)
+        # An object's metadata can only change by copying it onto itself.
+        await self.store.copy(key, key, {"mtime": f"{when:.0f}"})
+
+    def set_mtime(self, segments: Sequence[str], when: float) -> Deferred[None]:
+        """
+        Set a file's modification time (FTP's MFMT, SFTP's setstat): kept as
+        the object's metadata, which MDTM, MLST and stat report.
+        """
+        self.require("overwrite", segments)
+        return self._run(segments, lambda: self._set_mtime(segments, when))
+
+    async def _digest(
+        self, segments: Sequence[str], algorithm: str, start: int, end: Optional[int]
+    ) -> tuple[str, int, int]:
+        factory = DIGESTS[algorithm]
+        source = await self._open_read(segments, start)
+        last = source.info.size - 1 if end is None else min(end, source.info.size - 1)
+        remaining = max(0, last - start + 1)
+        state = factory()
+        try:
+            while remaining:
+                chunk = await source.read(min(remaining, self.settings.read_chunk))
+                if not chunk:
+                    raise IntegrityError(f"{display(segments)}: ended early")
+                chunk = chunk[:remaining]
+                remaining -= len(chunk)
+                if self.runner is not None:
+                    await self.runner.run(state.update, chunk)
+                else:
+                    state.update(chunk)
+        finally:
+            source.close()
+        return state.hexdigest(), start, max(start, last)
+
+    def digest(
+        self,
+        segments: Sequence[str],
+        algorithm: str,
+        start: int = 0,
+        end: Optional[int] = None,
+    ) -> Deferred[tuple[str, int, int]]:
+        """
+        A digest (L{DIGESTS}) of bytes C{start..end} (inclusive; to the end
+        when None) of a file, streamed from the store and hashed in the
+        thread pool, one chunk at a time.
+
+        @return: Deferred firing with (hex digest, first byte, last byte).
+        """
+        self.require("download", segments)
+        return self._run(
+            segments, lambda: self._digest(segments, algorithm, start, end)
+        )
 
     def commit(
         self, writer: UploadWriter, segments: Sequence[str]

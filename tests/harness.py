@@ -78,6 +78,17 @@ class LocalInspector:
         tmp = self.root / TMP_DIR
         return sorted(os.listdir(tmp)) if tmp.exists() else []
 
+    def stored_parts(self) -> int:
+        """Parts stored in all unfinished multipart uploads."""
+        tmp = self.root / TMP_DIR
+        if not tmp.exists():
+            return 0
+        return sum(
+            len([f for f in os.listdir(tmp / d) if f.endswith(".part")])
+            for d in os.listdir(tmp)
+            if d.startswith("up-")
+        )
+
     def storage(self) -> StorageConfig:
         return StorageConfig(name="store", kind="local", path=self.root)
 
@@ -99,6 +110,18 @@ class CosInspector:
 
     def pending_uploads(self) -> list[str]:
         return [key for key, _ in self.server.pending_uploads(self.bucket)]
+
+    def stored_parts(self) -> int:
+        """Parts stored in all unfinished multipart uploads."""
+        s3 = self.server.boto3_client()
+        return sum(
+            len(
+                s3.list_parts(Bucket=self.bucket, Key=key, UploadId=uid).get(
+                    "Parts", []
+                )
+            )
+            for key, uid in self.server.pending_uploads(self.bucket)
+        )
 
     def storage(self) -> StorageConfig:
         return StorageConfig(

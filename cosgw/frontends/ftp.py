@@ -39,6 +39,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime, timezone
 from typing import Any, Optional
 
 from twisted.cred import error as cred_error
@@ -65,6 +66,15 @@ from cosgw.frontends.ftp_data import (
     DataChannelFactory,
     ListingSender,
     normal_host,
+)
+from cosgw.frontends.ftp_facts import (
+    COMMAND_HELP,
+    DEFAULT_FACTS,
+    FACTS,
+    SITE_HELP,
+    feat_mlst,
+    format_facts,
+    format_list_line,
 )
 from cosgw.transfer import TransferStopped, UploadState, UploadWriter
 
@@ -174,6 +184,19 @@ def _urgent_data_inline(transport: Any) -> None:
             pass
 
 
+def _parse_time(stamp: str) -> Optional[float]:
+    """YYYYMMDDHHMMSS[.sss] in UTC (RFC 3659 time-val) to epoch seconds."""
+    digits, _, fraction = stamp.partition(".")
+    if len(digits) != 14 or not digits.isdigit():
+        return None
+    try:
+        t = datetime.strptime(digits, "%Y%m%d%H%M%S").replace(tzinfo=timezone.utc)
+    except ValueError:
+        return None
+    extra = float("0." + fraction) if fraction.isdigit() else 0.0
+    return t.timestamp() + extra
+
+
 class ActiveTransfer:
     """
     The transfer a control connection is running.  ABOR, STAT and the loss
@@ -206,27 +229,6 @@ class ActiveTransfer:
             self.waiting.cancel()
         if self.channel is not None:
             self.channel.abort()
-
-
-_MONTHS = "Jan Feb Mar Apr May Jun Jul Aug Sep Oct Nov Dec".split()
-
-
-def format_list_line(
-    entry: vfs.Entry, permissions: frozenset[str], owner: str, now: float
-) -> str:
-    """One line of LIST output, as ``ls -l`` writes it (what clients parse)."""
-    r = "r" if "download" in permissions or entry.is_dir else "-"
-    w = "w" if "upload" in permissions else "-"
-    x = "x" if entry.is_dir else "-"
-    mode = ("d" if entry.is_dir else "-") + (r + w + x) + (r + "-" + x) * 2
-    mtime = entry.mtime or now  # a common prefix has no date of its own
-    t = time.gmtime(mtime)
-    if abs(now - mtime) < 180 * 86400:
-        when = f"{_MONTHS[t.tm_mon - 1]} {t.tm_mday:2d} {t.tm_hour:02d}:{t.tm_min:02d}"
-    else:
-        when = f"{_MONTHS[t.tm_mon - 1]} {t.tm_mday:2d}  {t.tm_year}"
-    owner = owner[:8] or "cosgw"
-    return f"{mode} 1 {owner:<8} {owner:<8} {entry.size:>12} {when} {entry.name}"
 
 
 # -- the shell (IFTPShell avatar) -------------------------------------------
@@ -347,8 +349,9 @@ class GatewayFTP(ftp.FTP):
     """
 
     _encoding = "utf-8"
-    PUBLIC_COMMANDS = ["FEAT", "QUIT", "OPTS", "NOOP"]
-    FEATURES = ["EPRT", "EPSV", "MDTM", "PASV", "SIZE", "TYPE A;I", "UTF8"]
+    PUBLIC_COMMANDS = ["FEAT", "QUIT", "OPTS", "NOOP", "HELP", "CLNT"]
+    #: HASH algorithms in FEAT order; the default is SHA-256.
+    HASHES = ("SHA-256", "SHA-512", "SHA-1", "MD5", "CRC32")
 
     shell: Optional[FTPShell] = None
     _discarding = False
@@ -358,6 +361,9 @@ class GatewayFTP(ftp.FTP):
         self._busy = False
         self._restart = 0
         self._allocated: Optional[int] = None
+        self._facts = set(DEFAULT_FACTS)
+        self._hash = "SHA-256"
+        self._range: Optional[tuple[int, int]] = None
         self.workingDirectory: list[str] = []
         self._data_factory: Optional[DataChannelFactory] = None
         self._data_port: Optional[IListeningPort] = None
@@ -526,7 +532,7 @@ class GatewayFTP(ftp.FTP):
 
     def _call(self, command: str, argument: str, has_argument: bool) -> Any:
         method = getattr(self, "ftp_" + command, None)
-        if method is None or not command.isalpha():
+        if method is None or not command.isalnum():
             return Reply(502, f"Command '{command[:16]}' not implemented")
         if has_argument:
             try:
@@ -604,19 +610,179 @@ class GatewayFTP(ftp.FTP):
     def ftp_SYST(self) -> Reply:
         return Reply(215, "UNIX Type: L8")
 
+    def features(self) -> list[str]:
+        """FEAT's lines (RFC 2389), every extension this server offers."""
+        hashes = ";".join(h + ("*" if h == self._hash else "") for h in self.HASHES)
+        return [
+            "CLNT",
+            "EPRT",
+            "EPSV",
+            f"HASH {hashes}",
+            "MDTM",
+            "MFMT",
+            feat_mlst(self._facts),
+            "PASV",
+            "RANG STREAM",
+            "REST STREAM",
+            "SIZE",
+            "TVFS",
+            "TYPE A;I",
+            "UTF8",
+        ]
+
     def ftp_FEAT(self) -> None:
         self.sendLine("211-Features:")
-        for feature in self.FEATURES:
+        for feature in self.features():
             self.sendLine(" " + feature)
         self.sendLine("211 End")
 
     def ftp_OPTS(self, option: str = "") -> Reply:
-        words = option.upper().split()
-        if words[:1] == ["UTF8"] or words[:1] == ["UTF-8"]:
-            if words[1:] in ([], ["ON"]):
+        name, _, value = option.strip().partition(" ")
+        name = name.upper()
+        words = value.upper().split()
+        if name in ("UTF8", "UTF-8"):
+            if words in ([], ["ON"]):
                 return Reply(200, "UTF8 mode is always on")
             return Reply(504, "Only UTF8 mode is supported")
+        if name == "MLST":
+            # RFC 3659 7.9: select facts; unknown ones are ignored.
+            wanted = {f.lower() for f in value.split(";") if f}
+            self._facts = {f for f in FACTS if f.lower() in wanted}
+            chosen = "".join(f + ";" for f in FACTS if f in self._facts)
+            return Reply(200, f"MLST OPTS {chosen}")
+        if name == "HASH":
+            if not words:
+                return Reply(200, self._hash)
+            algorithm = value.strip().upper()
+            if algorithm not in self.HASHES:
+                return Reply(
+                    504, f"Unknown algorithm; use one of {', '.join(self.HASHES)}"
+                )
+            self._hash = algorithm
+            return Reply(200, algorithm)
         return Reply(501, f"Option not understood: {option[:40]}")
+
+    def ftp_HELP(self, command: str = "") -> Reply:
+        if command:
+            text = COMMAND_HELP.get(command.strip().upper())
+            if text is None:
+                return Reply(502, f"Unknown command {command.strip()[:16]}")
+            return Reply(214, f"Syntax: {text}")
+        self.sendLine("214-The following commands are recognized:")
+        names = sorted(COMMAND_HELP)
+        for i in range(0, len(names), 8):
+            self.sendLine(" " + " ".join(f"{n:<8}" for n in names[i : i + 8]))
+        return Reply(214, "Help OK")
+
+    def ftp_CLNT(self, name: str = "") -> Reply:
+        log.info("client {peer} says it is {name}", peer=self.peer.host, name=name[:80])
+        return Reply(200, "Noted")
+
+    def ftp_ALLO(self, size: str = "") -> Reply:
+        """RFC 959 ALLO: no storage to reserve; the size sizes the parts."""
+        words = size.split()
+        if words and words[0].isdigit():
+            self._allocated = int(words[0])
+        return Reply(202, "No storage allocation necessary")
+
+    async def ftp_SITE(self, command: str = "") -> Reply:
+        sub, _, rest = command.strip().partition(" ")
+        sub = sub.upper()
+        if sub in ("", "HELP"):
+            self.sendLine("214-SITE commands:")
+            for text in SITE_HELP.values():
+                self.sendLine(" " + text)
+            return Reply(214, "Help OK")
+        if sub == "CHMOD":
+            mode, _, path = rest.strip().partition(" ")
+            if not mode or not path:
+                return Reply(501, "SITE CHMOD <mode> <path>")
+            await self.fs.stat(self._resolve(path))
+            return Reply(200, "SITE CHMOD accepted; object storage keeps no modes")
+        if sub == "CRC64":
+            entry = await self.fs.stat(self._resolve(rest.strip()))
+            if entry.is_dir or entry.crc64 is None:
+                return Reply(550, f"{rest.strip()}: no CRC-64 stored for this file")
+            return Reply(213, f"{entry.crc64}")
+        return Reply(502, f"SITE {sub[:16]} not implemented")
+
+    async def ftp_MFMT(self, argument: str) -> Reply:
+        """MFMT YYYYMMDDHHMMSS path (draft-somers-ftp-mfxx): set mtime."""
+        stamp, _, path = argument.partition(" ")
+        when = _parse_time(stamp)
+        if when is None or not path:
+            return Reply(501, "MFMT <YYYYMMDDHHMMSS> <path>")
+        await self.fs.set_mtime(self._resolve(path), when)
+        return Reply(213, f"Modify={stamp[:14]}; {path}")
+
+    async def ftp_MLST(self, path: str = "") -> Reply:
+        segments = self._resolve(path)
+        entry = await self.fs.stat(segments)
+        facts = format_facts(
+            entry,
+            self.fs.dir_prefix(segments) if entry.is_dir else self.fs.key(segments),
+            self.fs.permissions,
+            self._facts,
+        )
+        shown = vfs.display(segments)
+        self.sendLine(f"250-Listing {shown}")
+        self.sendLine(f" {facts} {shown}")
+        return Reply(250, "End")
+
+    def ftp_MLSD(self, path: str = "") -> Awaitable[Reply]:
+        segments = self._resolve(path)
+        facts = set(self._facts)
+
+        def line(entry: vfs.Entry, fs: vfs.ObjectFileSystem, now: float) -> str:
+            key = fs.dir_prefix(segments) + entry.name + ("/" if entry.is_dir else "")
+            return f"{format_facts(entry, key, fs.permissions, facts)} {entry.name}"
+
+        return self._list(path, line, mlsd=True)
+
+    def ftp_RANG(self, argument: str) -> Reply:
+        """RANG start end: the byte range of the next HASH (draft-bryan)."""
+        words = argument.split()
+        if len(words) != 2 or not all(w.isdigit() for w in words):
+            return Reply(501, "RANG <start> <end>")
+        start, end = int(words[0]), int(words[1])
+        if (start, end) == (1, 0):
+            self._range = None
+            return Reply(350, "Range reset")
+        if end < start:
+            return Reply(501, "RANG end before start")
+        self._range = (start, end)
+        return Reply(350, f"Restarting at {start}. Ending byte {end}.")
+
+    async def ftp_HASH(self, path: str) -> Reply:
+        start, end = self._range or (0, None)
+        self._range = None
+        segments = self._resolve(path)
+        digest, first, last = await self.fs.digest(segments, self._hash, start, end)
+        return Reply(213, f"{self._hash} {first}-{last} {digest} {path}")
+
+    async def _x_digest(self, algorithm: str, argument: str) -> Reply:
+        """XCRC/XMD5/XSHA*: 'path [start end]', 250 and the bare digest."""
+        words = argument.rsplit(" ", 2)
+        start, end = 0, None
+        if len(words) == 3 and words[1].isdigit() and words[2].isdigit():
+            path, start, end = words[0], int(words[1]), int(words[2]) - 1
+        else:
+            path = argument
+        path = path.strip('"')
+        digest, _, _ = await self.fs.digest(self._resolve(path), algorithm, start, end)
+        return Reply(250, digest.upper() if algorithm == "CRC32" else digest)
+
+    def ftp_XCRC(self, argument: str) -> Awaitable[Reply]:
+        return self._x_digest("CRC32", argument)
+
+    def ftp_XMD5(self, argument: str) -> Awaitable[Reply]:
+        return self._x_digest("MD5", argument)
+
+    def ftp_XSHA1(self, argument: str) -> Awaitable[Reply]:
+        return self._x_digest("SHA-1", argument)
+
+    def ftp_XSHA256(self, argument: str) -> Awaitable[Reply]:
+        return self._x_digest("SHA-256", argument)
 
     def ftp_TYPE(self, kind: str = "") -> Reply:
         words = kind.upper().split()
@@ -632,6 +798,21 @@ class GatewayFTP(ftp.FTP):
         self.sendLine("221 Goodbye")
         self.transport.loseConnection()
         self.disconnected = True
+
+    def ftp_XPWD(self) -> Reply:
+        return self.ftp_PWD()
+
+    def ftp_XCWD(self, path: str = "/") -> Awaitable[Reply]:
+        return self.ftp_CWD(path)
+
+    def ftp_XCUP(self) -> Awaitable[Reply]:
+        return self.ftp_CDUP()
+
+    def ftp_XMKD(self, path: str) -> Awaitable[Reply]:
+        return self.ftp_MKD(path)
+
+    def ftp_XRMD(self, path: str) -> Awaitable[Reply]:
+        return self.ftp_RMD(path)
 
     def ftp_PWD(self) -> Reply:
         return Reply(
@@ -870,10 +1051,11 @@ class GatewayFTP(ftp.FTP):
 
     async def ftp_RETR(self, path: str) -> Reply:
         transfer = self._current_transfer()
+        fs = self.fs  # the session may end before the transfer does
         offset = self._take_restart()
         segments = self._resolve(path)
         try:
-            source = await self.fs.open_read(segments, offset)
+            source = await fs.open_read(segments, offset)
         except Exception:
             self._close_data()
             raise
@@ -885,7 +1067,7 @@ class GatewayFTP(ftp.FTP):
         self.sendLine(
             f"150 Opening BINARY mode data connection for {path} ({source.length} bytes)"
         )
-        download, sending = self.fs.download(segments, source, channel)
+        download, sending = fs.download(segments, source, channel)
         transfer.counter = lambda: download.sent
         try:
             sent = await sending
@@ -931,6 +1113,7 @@ class GatewayFTP(ftp.FTP):
         self, path: str, offset: int, append: bool, unique: bool = False
     ) -> Reply:
         transfer = self._current_transfer()
+        fs = self.fs  # the session may end before the transfer does
         segments = self._resolve(path)
         channel_box: list[DataChannel] = []
 
@@ -940,7 +1123,7 @@ class GatewayFTP(ftp.FTP):
                 channel_box[0].abort()
 
         try:
-            writer = await self.fs.open_write(
+            writer = await fs.open_write(
                 segments,
                 offset=offset,
                 append=append,
@@ -985,11 +1168,11 @@ class GatewayFTP(ftp.FTP):
                 )
                 raise Reply(426, "Transfer aborted; nothing was stored")
             if stopped is not None or transfer.client_gone:
-                kept = await self.fs.interrupt(writer, segments)
+                kept = await fs.interrupt(writer, segments)
                 hint = f"; {kept} bytes kept: resume with REST {kept}" if kept else ""
                 raise Reply(426, f"Connection closed; transfer aborted{hint}")
         # After a store failure this raises it, translated.
-        info = await self.fs.commit(writer, segments)
+        info = await fs.commit(writer, segments)
         log.info(
             "{user} STOR {path} {bytes} bytes ({received} sent) in {seconds:.2f}s "
             "(request {request_id})",
@@ -1002,15 +1185,23 @@ class GatewayFTP(ftp.FTP):
         )
         return Reply(226, "Transfer complete")
 
-    async def _list(self, path: str, format_line: Callable[..., str]) -> Reply:
+    async def _list(
+        self, path: str, format_line: Callable[..., str], mlsd: bool = False
+    ) -> Reply:
         transfer = self._current_transfer()
-        words = path.split()
-        while words and words[0].startswith("-"):
-            words.pop(0)  # ls options such as -la: ignored
-        path = " ".join(words) if words else ""
+        if not mlsd:
+            words = path.split()
+            while words and words[0].startswith("-"):
+                words.pop(0)  # ls options such as -la: ignored
+            path = " ".join(words) if words else ""
         segments = self._resolve(path)
         fs = self.fs
         try:
+            if mlsd and segments:
+                entry = await fs.stat(segments)
+                if not entry.is_dir:
+                    # RFC 3659 7.2.1: MLSD lists directories only.
+                    raise Reply(501, f"{path}: not a directory")
             listing = fs.listing(segments)
             first = await listing.next_page()
         except Exception:

@@ -1,0 +1,177 @@
+"""
+How FTP describes files: ``ls -l`` lines for LIST, RFC 3659 facts for MLSD
+and MLST, and the command help table.
+
+Permissions shown are the user's, not the object's (an object store has no
+modes): a file is writable in the listing when the user may upload, and so
+on, so clients that grey out actions guess right.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterable
+
+from cosgw import vfs
+
+_MONTHS = "Jan Feb Mar Apr May Jun Jul Aug Sep Oct Nov Dec".split()
+
+#: Facts offered by MLST/MLSD (RFC 3659 section 7.5), in FEAT's order;
+#: COS.crc64 is COS's own CRC-64 of a file, given by MLST (a HEAD) only,
+#: since a listing page does not carry it.
+FACTS = ("type", "size", "modify", "perm", "unique", "UNIX.mode", "COS.crc64")
+DEFAULT_FACTS = frozenset({"type", "size", "modify", "perm", "unique"})
+
+
+def _mode(entry: vfs.Entry, permissions: frozenset[str]) -> int:
+    write = 0o200 if "upload" in permissions else 0
+    if entry.is_dir:
+        return 0o555 | write
+    return 0o444 | write
+
+
+def format_list_line(
+    entry: vfs.Entry, permissions: frozenset[str], owner: str, now: float
+) -> str:
+    """One line of LIST output, as ``ls -l`` writes it (what clients parse)."""
+    mode = _mode(entry, permissions)
+    bits = "".join(
+        c if mode & (1 << (8 - i)) else "-" for i, c in enumerate("rwxrwxrwx")
+    )
+    kind = "d" if entry.is_dir else "-"
+    mtime = entry.mtime or now  # a common prefix has no date of its own
+    t = time.gmtime(mtime)
+    if abs(now - mtime) < 180 * 86400:
+        when = f"{_MONTHS[t.tm_mon - 1]} {t.tm_mday:2d} {t.tm_hour:02d}:{t.tm_min:02d}"
+    else:
+        when = f"{_MONTHS[t.tm_mon - 1]} {t.tm_mday:2d}  {t.tm_year}"
+    owner = owner[:8] or "cosgw"
+    return f"{kind}{bits} 1 {owner:<8} {owner:<8} {entry.size:>12} {when} {entry.name}"
+
+
+def _perm(entry: vfs.Entry, permissions: frozenset[str]) -> str:
+    """RFC 3659 7.5.5: what this user may do with the entry."""
+    p = permissions
+    if entry.is_dir:
+        letters = [
+            ("c", "upload"),
+            ("d", "rmdir"),
+            ("e", "list"),
+            ("f", "rename"),
+            ("l", "list"),
+            ("m", "mkdir"),
+            ("p", "delete"),
+        ]
+    else:
+        letters = [
+            ("a", "upload"),
+            ("d", "delete"),
+            ("f", "rename"),
+            ("r", "download"),
+            ("w", "overwrite"),
+        ]
+    return "".join(letter for letter, need in letters if need in p)
+
+
+def unique_id(key: str) -> str:
+    """A stable id for an object key (RFC 3659 7.5.2)."""
+    return hashlib.sha1(key.encode("utf-8")).hexdigest()[:16]
+
+
+def format_facts(
+    entry: vfs.Entry,
+    key: str,
+    permissions: frozenset[str],
+    selected: Iterable[str],
+) -> str:
+    """The facts part of an MLSD/MLST line: ``type=file;size=3;...;``."""
+    chosen = set(selected)
+    out = []
+    for fact in FACTS:
+        if fact not in chosen:
+            continue
+        if fact == "type":
+            out.append(f"type={'dir' if entry.is_dir else 'file'}")
+        elif fact == "size" and not entry.is_dir:
+            out.append(f"size={entry.size}")
+        elif fact == "modify" and entry.mtime:
+            stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime(entry.mtime))
+            out.append(f"modify={stamp}")
+        elif fact == "perm":
+            out.append(f"perm={_perm(entry, permissions)}")
+        elif fact == "unique":
+            out.append(f"unique={unique_id(key)}")
+        elif fact == "UNIX.mode":
+            out.append(f"UNIX.mode=0{_mode(entry, permissions):o}")
+        elif fact == "COS.crc64" and entry.crc64 is not None:
+            out.append(f"COS.crc64={entry.crc64}")
+    return "".join(f + ";" for f in out)
+
+
+def feat_mlst(selected: Iterable[str]) -> str:
+    """FEAT's MLST line: every fact offered, the selected ones starred."""
+    chosen = set(selected)
+    return "MLST " + "".join(f + ("*" if f in chosen else "") + ";" for f in FACTS)
+
+
+#: HELP: the commands and their syntax (RFC 959 4.1.3 HELP, 214 replies).
+COMMAND_HELP = {
+    "ABOR": "ABOR (abort the running transfer)",
+    "ALLO": "ALLO <size> (announce an upload's size)",
+    "APPE": "APPE <path> (append to a file)",
+    "CDUP": "CDUP (go to the parent directory)",
+    "CLNT": "CLNT <client name>",
+    "CWD": "CWD <path>",
+    "DELE": "DELE <path>",
+    "EPRT": "EPRT |<proto>|<address>|<port>|",
+    "EPSV": "EPSV [<proto> | ALL]",
+    "FEAT": "FEAT (list the features)",
+    "HASH": "HASH <path> (digest of a file, see OPTS HASH and RANG)",
+    "HELP": "HELP [<command>]",
+    "LIST": "LIST [<path>]",
+    "MDTM": "MDTM <path>",
+    "MFMT": "MFMT <YYYYMMDDHHMMSS> <path> (set the modification time)",
+    "MKD": "MKD <path>",
+    "MLSD": "MLSD [<path>]",
+    "MLST": "MLST [<path>]",
+    "MODE": "MODE S",
+    "NLST": "NLST [<path>]",
+    "NOOP": "NOOP",
+    "OPTS": "OPTS UTF8 ON | MLST <facts> | HASH [<algorithm>]",
+    "PASS": "PASS <password>",
+    "PASV": "PASV",
+    "PORT": "PORT <h1,h2,h3,h4,p1,p2>",
+    "PWD": "PWD",
+    "QUIT": "QUIT",
+    "RANG": "RANG <start> <end> (byte range for the next HASH)",
+    "REST": "REST <offset> (restart the next RETR, STOR or APPE)",
+    "RETR": "RETR <path>",
+    "RMD": "RMD <path>",
+    "RNFR": "RNFR <path>",
+    "RNTO": "RNTO <path>",
+    "SITE": "SITE HELP | CHMOD <mode> <path> | CRC64 <path>",
+    "SIZE": "SIZE <path>",
+    "STAT": "STAT [<path>]",
+    "STOR": "STOR <path>",
+    "STOU": "STOU [<name>] (store under a new unique name)",
+    "STRU": "STRU F",
+    "SYST": "SYST",
+    "TYPE": "TYPE I | A",
+    "USER": "USER <name>",
+    "XCRC": "XCRC <path> [<start> <end>] (CRC-32)",
+    "XCUP": "XCUP (CDUP)",
+    "XCWD": "XCWD <path> (CWD)",
+    "XMD5": "XMD5 <path> [<start> <end>]",
+    "XMKD": "XMKD <path> (MKD)",
+    "XPWD": "XPWD (PWD)",
+    "XRMD": "XRMD <path> (RMD)",
+    "XSHA1": "XSHA1 <path> [<start> <end>]",
+    "XSHA256": "XSHA256 <path> [<start> <end>]",
+}
+
+SITE_HELP = {
+    "CHMOD": "SITE CHMOD <mode> <path> (accepted; object storage keeps no modes)",
+    "CRC64": "SITE CRC64 <path> (COS's CRC-64/ECMA of the file, without reading it)",
+    "HELP": "SITE HELP",
+}
