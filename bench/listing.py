@@ -21,10 +21,14 @@ tests/cosserver.py) and one gateway process (``twistd -n cosftp``):
 
 and prints the medians of --rounds (interleaved, because these machines are
 noisy), the gateway/store ratios (the target is at most 1.25x for LIST), and
-the gateway's memory: its RSS before the first listing and its peak RSS
-(VmHWM) after all of them, which would show a listing that is collected in
-memory instead of streamed (run with a larger --entries to make that
-visible: the whole LIST output of 10,000 entries is only ~0.9 MB).  moto
+the gateway's memory: its RSS before the first listing, after a warm-up
+listing and after each round, and its peak RSS (VmHWM) after all of them,
+which would show a listing that is collected in memory instead of streamed
+(compare runs with different --entries: the whole LIST output of 10,000
+entries is under 1 MB).  Pages are parsed in different pool threads, so
+glibc's per-thread malloc arenas make RSS climb for the first rounds and
+then stay flat; MALLOC_ARENA_MAX=1 in the environment shows the working set
+alone.  moto
 itself sorts the whole bucket for every page it serves, so absolute times
 say little; the ratio is what to read.
 
@@ -32,7 +36,7 @@ The directory holds --entries entries: 10 subdirectories (each with one file
 in it) and files with a mix of plain names and names with spaces, 中文 and
 '#', plus the ``dir/`` marker object a MKD would have written.  Writing them
 over HTTP would take longer than everything measured here (moto's server
-handles ~150 boto3 PUTs a second on these machines, ~70 s for 10,000 keys),
+handles ~150 boto3 PUTs a second on these machines, ~60 s for 10,000 keys),
 so the fake COS server's process is started by this script: it puts the keys
 straight into moto's in-memory S3 backend (well under a second), then runs
 ``tests/cosserver.py``'s ``main()`` unchanged.  Nothing goes through the

@@ -420,7 +420,7 @@ class UploadWriter:
         @return: A Deferred (a new one for each call) firing with the
             L{ObjectInfo} once the store has confirmed the object, or failing
             with the upload's first error, or with L{TransferStopped} if it
-            was aborted.  Nothing is left in the store after a failure.
+            was aborted, once nothing of it is left in the store.
         """
         if self.state is UploadState.OPEN:
             self.state = UploadState.FINISHING
@@ -438,7 +438,14 @@ class UploadWriter:
                     self._buffer = bytearray()
                     self._queue_part(part)
                 self._maybe_complete()
-        return self._wait()
+
+        def clean_first(failure: Failure) -> Deferred[ObjectInfo]:
+            # Report a failure only once the store is clean (no parts in
+            # flight, the multipart upload aborted), so a client that
+            # retries at once never races the cleanup of its last attempt.
+            return self._cleanup().addCallback(lambda _: failure)
+
+        return self._wait().addErrback(clean_first)
 
     def abort(self, reason: Optional[Failure] = None) -> Deferred[None]:
         """

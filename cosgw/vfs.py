@@ -22,6 +22,7 @@ rule about names, homes, directories and permissions lives here once:
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 import zlib
 from collections.abc import Awaitable, Callable, Sequence
@@ -184,6 +185,25 @@ class Entry:
     crc64: Optional[int] = None
 
 
+#: Per directory, the modification times clients set (MFMT, setstat), so
+#: listings can show them: COS's listings carry no user metadata.  An entry
+#: applies only while the object still has the size and store time it had
+#: right after the time was set, so a later upload makes it stale by itself.
+MTIME_INDEX = ".cosgw-mtimes.json"
+_MTIME_INDEX_LIMIT = 10_000
+
+
+def _client_mtime(info: ObjectInfo) -> float:
+    """The time a client set (object metadata) if any, else the store's."""
+    value = info.metadata.get("mtime")
+    if value is not None:
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return info.mtime
+
+
 class _Crc32:
     """zlib's CRC-32 with hashlib's update/hexdigest shape."""
 
@@ -218,7 +238,7 @@ class Resumable:
 
 def check_name(name: str, path: str) -> None:
     """@raise InvalidName: C{name} cannot be a path segment."""
-    if name in ("", ".", "..") or "/" in name:
+    if name in ("", ".", "..", MTIME_INDEX) or "/" in name:
         raise InvalidName(path)
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
         raise InvalidName(path, "control characters are not allowed in names")
@@ -335,7 +355,9 @@ class ObjectFileSystem:
         except NoSuchKey:
             pass
         else:
-            return Entry(segments[-1], False, info.size, info.mtime, info.crc64)
+            return Entry(
+                segments[-1], False, info.size, _client_mtime(info), info.crc64
+            )
         page = await self.store.list(key + "/", delimiter="/", max_keys=1)
         if page.objects or page.prefixes:
             mtime = page.objects[0].mtime if page.objects else 0.0
@@ -622,7 +644,38 @@ class ObjectFileSystem:
             raise IsADirectory(display(segments))
         key = self.key(segments)
         # An object's metadata can only change by copying it onto itself.
-        await self.store.copy(key, key, {"mtime": f"{when:.0f}"})
+        info = await self.store.copy(key, key, {"mtime": f"{when:.0f}"})
+        prefix = self.dir_prefix(segments[:-1])
+        index = await self._read_mtime_index(prefix)
+        index[segments[-1]] = [when, info.size, info.mtime]
+        if len(index) > _MTIME_INDEX_LIMIT:
+            for name in sorted(index, key=lambda n: index[n][2])[: len(index) // 10]:
+                del index[name]
+        data = json.dumps(index, ensure_ascii=False, sort_keys=True).encode("utf-8")
+        await self.store.put(prefix + MTIME_INDEX, data)
+
+    async def _read_mtime_index(self, prefix: str) -> dict[str, list[float]]:
+        """The directory's index of client-set times; {} when it has none."""
+        try:
+            source = await self.store.open(prefix + MTIME_INDEX)
+        except NoSuchKey:
+            return {}
+        chunks = []
+        try:
+            while chunk := await source.read(1 << 20):
+                chunks.append(chunk)
+        finally:
+            source.close()
+        try:
+            index = json.loads(b"".join(chunks))
+        except ValueError:
+            log.warn(
+                "ignoring an unreadable {name} in {prefix}",
+                name=MTIME_INDEX,
+                prefix=prefix,
+            )
+            return {}
+        return index if isinstance(index, dict) else {}
 
     def set_mtime(self, segments: Sequence[str], when: float) -> Deferred[None]:
         """
@@ -727,14 +780,18 @@ class ObjectFileSystem:
         if not segments:
             raise PermissionDenied("/", "cannot remove the home directory")
         prefix = self.dir_prefix(segments)
-        page = await self.store.list(prefix, delimiter="/", max_keys=2)
-        others = [o for o in page.objects if o.key != prefix] + list(page.prefixes)
+        # The marker and the mtime index are not contents.
+        page = await self.store.list(prefix, delimiter="/", max_keys=3)
+        hidden = (prefix, prefix + MTIME_INDEX)
+        others = [o for o in page.objects if o.key not in hidden] + list(page.prefixes)
         if others:
             raise NotEmpty(display(segments))
         if not page.objects:
             entry = await self._stat(segments)  # NotFound propagates
             if not entry.is_dir:
                 raise NotADirectory(display(segments))
+        if any(o.key == prefix + MTIME_INDEX for o in page.objects):
+            await self.store.delete(prefix + MTIME_INDEX)
         await self.store.delete(prefix)
         await self._keep_directory(segments[:-1])
 
@@ -817,7 +874,10 @@ class ObjectFileSystem:
             )
         if src_prefix not in copied:
             await self.store.put(dst_prefix, b"")
-        for key in copied:
+        # Contents before their directory markers (reverse key order puts
+        # "a/b" before "a/"), so no directory outlives its files on a store
+        # that keeps directories as real ones.
+        for key in sorted(copied, reverse=True):
             await self.store.delete(key)
         log.info(
             "{user}: renamed {source} to {target} ({count} objects)",
@@ -852,6 +912,7 @@ class Listing:
         self._marker = ""
         self._done = False
         self._first = True
+        self._mtimes: dict[str, list[float]] = {}
 
     def next_page(self) -> Deferred[Optional[list[Entry]]]:
         """
@@ -866,6 +927,8 @@ class Listing:
             return None
         fs = self.fs
         prefix = fs.dir_prefix(self.segments)
+        if self._first:
+            self._mtimes = await fs._read_mtime_index(prefix)
         page = await fs.store.list(prefix, delimiter="/", marker=self._marker)
         first, self._first = self._first, False
         entries: list[Entry] = []
@@ -875,14 +938,12 @@ class Listing:
                 marker_seen = True
                 continue
             name = info.key[len(prefix) :]
-            if name in ("", ".", ".."):
+            if name in ("", ".", "..", MTIME_INDEX):
                 continue
-            mtime = info.mtime
-            if "mtime" in info.metadata:
-                try:
-                    mtime = float(info.metadata["mtime"])
-                except ValueError:
-                    pass
+            mtime = _client_mtime(info)
+            known = self._mtimes.get(name)
+            if known and known[1] == info.size and abs(known[2] - info.mtime) < 1:
+                mtime = known[0]
             entries.append(Entry(name, False, info.size, mtime))
         for p in page.prefixes:
             name = p[len(prefix) :].rstrip("/")

@@ -313,3 +313,60 @@ class LocalTransferTests(TransferTestsMixin, unittest.TestCase):
 
 class CosTransferTests(TransferTestsMixin, unittest.TestCase):
     kind = "cos"
+
+
+class MfmtListingTests(unittest.TestCase):
+    """
+    A time set with MFMT shows in MDTM, MLST, MLSD and LIST, on COS too
+    (whose listings carry no metadata), until the file is written again;
+    the directory's index of times stays invisible and out of the way.
+    """
+
+    kind = "cos"
+
+    @defer.inlineCallbacks
+    def test_mfmt_shows_everywhere_until_rewritten(self) -> Any:
+        gw = yield start_gateway(self, self.kind)
+        yield in_thread(upload, gw, "d/../f.txt", b"x")  # resolves to /f.txt
+
+        def run() -> dict[str, Any]:
+            ftp = connect(gw)
+            r: dict[str, Any] = {}
+            ftp.mkd("d")
+            ftp.storbinary("STOR d/f.txt", io.BytesIO(b"payload"))
+            r["mfmt"] = ftp.sendcmd("MFMT 20200102030405 d/f.txt")
+            r["mdtm"] = ftp.sendcmd("MDTM d/f.txt")
+            mlsd = list(ftp.mlsd("d"))
+            r["mlsd"] = {name: facts.get("modify") for name, facts in mlsd}
+            lines: list[str] = []
+            ftp.retrlines("LIST d", lines.append)
+            r["list"] = lines
+            r["nlst"] = ftp.nlst("d")
+            try:
+                r["reserved"] = ftp.storbinary(
+                    f"STOR d/{'.cosgw-mtimes.json'}", io.BytesIO(b"no")
+                )
+            except ftplib.Error as e:
+                r["reserved"] = str(e)
+            ftp.storbinary("STOR d/f.txt", io.BytesIO(b"rewritten"))
+            r["after"] = {name: facts.get("modify") for name, facts in ftp.mlsd("d")}
+            ftp.delete("d/f.txt")
+            r["rmd"] = ftp.rmd("d")
+            ftp.quit()
+            return r
+
+        r = yield in_thread(run)
+        self.assertEqual(r["mfmt"], "213 Modify=20200102030405; d/f.txt")
+        self.assertEqual(r["mdtm"], "213 20200102030405")
+        self.assertEqual(r["mlsd"], {"f.txt": "20200102030405"})
+        self.assertEqual(len(r["list"]), 1)
+        self.assertIn(" Jan  2  2020 f.txt", r["list"][0])
+        self.assertEqual(r["nlst"], ["f.txt"])
+        self.assertTrue(r["reserved"].startswith("553"), r["reserved"])
+        self.assertNotEqual(r["after"]["f.txt"], "20200102030405")
+        self.assertTrue(r["rmd"].startswith("250"), r["rmd"])
+        self.assertEqual(gw.inspector.keys(), ["f.txt"])
+
+
+class LocalMfmtListingTests(MfmtListingTests):
+    kind = "local"

@@ -649,7 +649,8 @@ class GatewayFTP(ftp.FTP):
             wanted = {f.lower() for f in value.split(";") if f}
             self._facts = {f for f in FACTS if f.lower() in wanted}
             chosen = "".join(f + ";" for f in FACTS if f in self._facts)
-            return Reply(200, f"MLST OPTS {chosen}")
+            # RFC 3659 7.9.1: "MLST OPTS" [ SP 1*( factname ";" ) ]
+            return Reply(200, f"MLST OPTS {chosen}".rstrip())
         if name == "HASH":
             if not words:
                 return Reply(200, self._hash)
@@ -942,8 +943,11 @@ class GatewayFTP(ftp.FTP):
         if protocol_.upper() == "ALL":
             self._epsvAll = True
             return Reply(200, "EPSV ALL ok")
-        if protocol_ and protocol_ not in ("1", "2"):
-            return Reply(522, "Network protocol not supported, use (1,2)")
+        family = "2" if ":" in normal_host(self.transport.getHost().host) else "1"
+        if protocol_ and protocol_ != family:
+            # RFC 2428 3: the listener must use the protocol asked for; this
+            # connection only has the address family it arrived on.
+            return Reply(522, f"Network protocol not supported, use ({family})")
         port = self._passive()
         return Reply(229, f"Entering Extended Passive Mode (|||{port}|)")
 
@@ -979,7 +983,7 @@ class GatewayFTP(ftp.FTP):
             protocol_, host, port = ftp.decodeExtendedAddress(address)
             ipaddress.ip_address(host)
             port = int(port)
-        except ValueError:
+        except (ValueError, IndexError):
             return Reply(501, "Syntax error in EPRT address")
         if protocol_ not in (1, 2, "1", "2"):
             return Reply(522, "Network protocol not supported, use (1,2)")

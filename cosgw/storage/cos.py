@@ -131,12 +131,8 @@ def _metadata(headers: Mapping[str, str]) -> dict[str, str]:
 def _info_from_headers(key: str, raw: Mapping[str, Any], size: int) -> ObjectInfo:
     headers = CaseInsensitiveDict({k: v for k, v in raw.items() if isinstance(v, str)})
     metadata = _metadata(headers)
+    # The store's own time; a client-set time is metadata, read by the vfs.
     mtime = _http_time(headers.get("Last-Modified"))
-    if "mtime" in metadata:
-        try:
-            mtime = float(metadata["mtime"])
-        except ValueError:
-            pass
     return ObjectInfo(
         key=key,
         size=size,
