@@ -112,7 +112,14 @@ class UploadSweeper(Service):
         max_age: float,
         clock: Any,
         interval: float = 3600,
+        active: Optional[Any] = None,
     ) -> None:
+        """
+        @param active: The uploads this gateway is writing (an
+            L{UploadRegistry}): never swept, however old (a resumed upload
+            keeps the date it was begun).
+        """
+        self.active = active if active is not None else ()
         self.stores = stores
         self.max_age = max_age
         self.clock = clock
@@ -157,7 +164,10 @@ class UploadSweeper(Service):
         now = self.clock.seconds()
         for name, store in self.stores.items():
             for upload in await store.list_multipart(""):
-                if now - upload.initiated < self.max_age:
+                if (
+                    now - upload.initiated < self.max_age
+                    or upload.upload_id in self.active
+                ):
                     continue
                 try:
                     await store.abort_multipart(upload.key, upload.upload_id)
@@ -374,10 +384,6 @@ def makeService(config: Config, reactor: Any = None) -> GatewayService:
             "storage {name}: {where}", name=name, where=service.stores[name].description
         )
 
-    UploadSweeper(
-        service.stores, config.transfer.stale_upload_age, reactor
-    ).setServiceParent(service)
-
     settings = TransferSettings(
         part_size=config.transfer.part_size,
         parts_in_flight=config.transfer.parts_in_flight,
@@ -400,6 +406,12 @@ def makeService(config: Config, reactor: Any = None) -> GatewayService:
         runner=BlockingRunner(reactor, pool, threads * 2),
     )
     service.accounts = accounts
+    UploadSweeper(
+        service.stores,
+        config.transfer.stale_upload_age,
+        reactor,
+        active=accounts.registry,
+    ).setServiceParent(service)
 
     checker = auth.PasswordChecker(
         {name: (u.password, u.password_is_hashed) for name, u in users.items()},

@@ -166,6 +166,42 @@ class TransferTestsMixin:
         self.assertTrue(beyond.startswith("554"), beyond)
 
     @defer.inlineCallbacks
+    def test_curl_and_lftp_restart_downloads(self) -> Any:
+        """curl -C n and lftp get -c continue a download from where it was."""
+        data = random_bytes(3 * MiB + 77)
+        yield in_thread(upload, self.gw, "f.bin", data)
+        url = f"ftp://127.0.0.1:{self.gw.port}/f.bin"
+        result = yield in_thread(
+            subprocess.run,
+            ["curl", "-s", "-S", "-u", f"alice:{PASSWORD}", "-C", "1000", url],
+            capture_output=True,
+            timeout=60,
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(result.stdout, data[1000:])
+        directory = Path(tempfile.mkdtemp(prefix="cosgw-client-"))
+        self.addCleanup(shutil.rmtree, directory, True)
+        partial = directory / "f.bin"
+        partial.write_bytes(data[: 2 * MiB + 5])
+        result = yield in_thread(
+            subprocess.run,
+            [
+                "lftp",
+                "-u",
+                f"alice,{PASSWORD}",
+                "-p",
+                str(self.gw.port),
+                "-e",
+                f"set cmd:fail-exit yes; get -c f.bin -o {partial}; bye",
+                "127.0.0.1",
+            ],
+            capture_output=True,
+            timeout=60,
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(sha256(partial.read_bytes()), sha256(data))
+
+    @defer.inlineCallbacks
     def test_appe_small_and_large(self) -> Any:
         """
         APPE keeps the existing object's bytes and adds the new ones: read

@@ -1,5 +1,5 @@
 """
-LIST and NLST of a directory too big for one store page.
+LIST, NLST and MLSD of a directory too big for one store page.
 
 A directory of 2,500 entries (2,490 files and 10 subdirectories, names with
 spaces, 中文, '#', '+' and '%') is written straight into the store, not
@@ -133,8 +133,10 @@ def write_files(root: Any) -> None:
                 f.write(b"inside")
 
 
-def list_directory(gw: Any) -> tuple[list[str], str, list[str], str]:
-    """(NLST lines, its final reply, LIST lines, its final reply) of dir."""
+def list_directory(
+    gw: Any,
+) -> tuple[list[str], str, list[str], str, list[tuple[str, dict[str, str]]]]:
+    """(NLST lines, its reply, LIST lines, its reply, MLSD entries) of dir."""
     ftp = ftplib.FTP(encoding="utf-8")
     ftp.connect(gw.host, gw.port, timeout=60)
     try:
@@ -143,10 +145,11 @@ def list_directory(gw: Any) -> tuple[list[str], str, list[str], str]:
         nlst_done = ftp.retrlines(f"NLST {DIRECTORY}", nlst.append)
         lines: list[str] = []
         list_done = ftp.retrlines(f"LIST {DIRECTORY}", lines.append)
+        mlsd = list(ftp.mlsd(DIRECTORY, facts=["type", "size"]))
         ftp.quit()
     finally:
         ftp.close()
-    return nlst, nlst_done, lines, list_done
+    return nlst, nlst_done, lines, list_done, mlsd
 
 
 class ListingScaleMixin:
@@ -175,7 +178,9 @@ class ListingScaleMixin:
         expected = set(files) | set(subdirs)
         self.assertEqual(len(expected), ENTRIES)
 
-        nlst, nlst_done, lines, list_done = yield in_thread(list_directory, self.gw)
+        nlst, nlst_done, lines, list_done, mlsd = yield in_thread(
+            list_directory, self.gw
+        )
 
         self.assertTrue(nlst_done.startswith("226"), nlst_done)
         self.assertEqual(len(nlst), ENTRIES, "NLST line count")
@@ -198,6 +203,15 @@ class ListingScaleMixin:
         for name, size in files.items():
             self.assertTrue(parsed[name][0].startswith("-"), parsed[name])
             self.assertEqual(int(parsed[name][4]), size, parsed[name])
+
+        self.assertEqual(len(mlsd), ENTRIES, "MLSD line count")
+        facts = dict(mlsd)
+        self.assertEqual(set(facts), expected)
+        for name in subdirs:
+            self.assertEqual(facts[name]["type"], "dir", name)
+        for name, size in files.items():
+            self.assertEqual(facts[name]["type"], "file", name)
+            self.assertEqual(int(facts[name]["size"]), size, name)
 
     @defer.inlineCallbacks
     def test_large_directory(self) -> Any:

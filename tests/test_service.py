@@ -61,6 +61,7 @@ class UploadSweeperTests(unittest.TestCase):
         from twisted.internet.task import Clock
 
         from cosgw.service import UploadSweeper
+        from cosgw.transfer import UploadRegistry
 
         gw = yield start_gateway(self, self.kind)
         store = gw.store
@@ -68,21 +69,31 @@ class UploadSweeperTests(unittest.TestCase):
         upload_id = yield store.create_multipart(key)
         yield store.upload_part(key, upload_id, 1, b"x" * 1024)
         [pending] = yield store.list_multipart("")
+        busy_key = "busy/being-written.bin"
+        busy = yield store.create_multipart(busy_key)
+        active = UploadRegistry()
+        active.add(busy)
         clock = Clock()
         clock.advance(pending.initiated + 3600)  # an hour later: in progress
-        sweeper = UploadSweeper({"store": store}, max_age=86400, clock=clock)
+        sweeper = UploadSweeper(
+            {"store": store}, max_age=86400, clock=clock, active=active
+        )
         sweeper.startService()  # sweeps at once, then every hour
         self.addCleanup(sweeper.stopService)
         self.assertEqual((yield sweeper.last_sweep), 0)
         still = yield store.list_multipart("")
-        self.assertEqual([(u.key, u.upload_id) for u in still], [(key, upload_id)])
+        self.assertEqual(
+            sorted((u.key, u.upload_id) for u in still),
+            sorted([(key, upload_id), (busy_key, busy)]),
+        )
         first = sweeper.last_sweep
         clock.advance(86400)  # a day later: stale, swept by the hourly run
         self.assertIsNot(sweeper.last_sweep, first)
         self.assertEqual((yield sweeper.last_sweep), 1)
+        # The stale one is gone; the one this gateway is writing is not,
+        # however old it is.
         remaining = yield store.list_multipart("")
-        self.assertEqual(remaining, [])
-        self.assertEqual(gw.inspector.pending_uploads(), [])
+        self.assertEqual([(u.key, u.upload_id) for u in remaining], [(busy_key, busy)])
         self.assertEqual(gw.inspector.keys(), [])
 
 

@@ -11,6 +11,7 @@ address (no port stealing, RFC 2577).
 from __future__ import annotations
 
 import ipaddress
+from collections import deque
 from collections.abc import Callable
 from typing import Any, Optional
 
@@ -192,8 +193,11 @@ class DataChannelFactory(protocol.ClientFactory):
 @implementer(IPushProducer)
 class ListingSender:
     """
-    Streams a L{vfs.Listing} into a data channel page by page; while the
-    client is slow (the transport paused us) no further page is fetched.
+    Streams a L{vfs.Listing} into a data channel page by page.  The next
+    page is fetched while the current one is formatted and sent, and at most
+    two pages are held: while the client is slow (the transport paused us)
+    no page beyond them is fetched, so memory does not grow with the
+    directory.
     """
 
     def __init__(
@@ -212,37 +216,38 @@ class ListingSender:
         self._ended = False
         self._done: Deferred[int] = Deferred()
         self.count = 0
-        self._pending = first
+        self._ready: deque[list[vfs.Entry]] = deque([first] if first else [])
 
     def start(self) -> Deferred[int]:
         self._channel.registerProducer(self, True)
-        self._send()
+        self._pump()
         return self._done
 
-    def _send(self) -> None:
-        if self._pending:
-            lines = [self._format(e) for e in self._pending]
-            self.count += len(lines)
-            self._pending = []
-            self._channel.write(("\r\n".join(lines) + "\r\n").encode("utf-8"))
-        if self._ended:
-            if not self._done.called:
-                self._channel.unregisterProducer()
-                self._done.callback(self.count)
+    def _pump(self) -> None:
+        if self._stopped or self._done.called:
             return
-        if not self._paused and not self._fetching and not self._stopped:
+        if not self._ended and not self._fetching and len(self._ready) < 2:
             self._fetching = True
             self._listing.next_page().addCallbacks(self._got, self._failed)
+        while self._ready and not self._paused and not self._stopped:
+            lines = [self._format(e) for e in self._ready.popleft()]
+            if lines:
+                self.count += len(lines)
+                self._channel.write(("\r\n".join(lines) + "\r\n").encode("utf-8"))
+            if not self._ended and not self._fetching:
+                self._fetching = True
+                self._listing.next_page().addCallbacks(self._got, self._failed)
+        if self._ended and not self._ready and not self._done.called:
+            self._channel.unregisterProducer()
+            self._done.callback(self.count)
 
     def _got(self, page: Optional[list[vfs.Entry]]) -> None:
         self._fetching = False
-        if self._stopped:
-            return
         if page is None:
             self._ended = True
         else:
-            self._pending = page
-        self._send()
+            self._ready.append(page)
+        self._pump()
 
     def _failed(self, failure: Failure) -> None:
         self._fetching = False
@@ -254,8 +259,7 @@ class ListingSender:
 
     def resumeProducing(self) -> None:
         self._paused = False
-        if not self._fetching:
-            self._send()
+        self._pump()
 
     def stopProducing(self) -> None:
         self._stopped = True
