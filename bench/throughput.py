@@ -42,49 +42,7 @@ sys.path.insert(0, str(HERE.parent))
 from tests.cosserver import CosTestServer  # noqa: E402
 
 MiB = 1024 * 1024
-USER, PASSWORD = "bench", "bench-password"
-
-
-def start_gateway(workdir: Path, server: CosTestServer, bucket: str, port: int):
-    config = workdir / "cosgw.ini"
-    config.write_text(
-        f"""[server]
-state_dir = {workdir / "state"}
-ftp_listen = tcp:{port}:interface=127.0.0.1
-
-[storage:cos]
-type = cos
-bucket = {bucket}
-region = {server.region}
-secret_id = {server.secret_id}
-secret_key = {server.secret_key}
-endpoint = http://127.0.0.1:{server.port}
-
-[user:{USER}]
-password = {PASSWORD}
-storage = cos
-"""
-    )
-    log = open(workdir / "gateway.log", "wb")  # noqa: SIM115
-    twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
-    proc = subprocess.Popen(
-        [twistd, "-n", "--pidfile=", "cosftp", "--config", str(config)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        cwd=workdir,
-    )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            ftp = ftplib.FTP()
-            ftp.connect("127.0.0.1", port, timeout=5)
-            ftp.quit()
-            return proc
-        except OSError:
-            if proc.poll() is not None:
-                break
-            time.sleep(0.1)
-    raise SystemExit("gateway did not start:\n" + (workdir / "gateway.log").read_text())
+from bench._gateway import PASSWORD, USER, start_gateway, stop  # noqa: E402
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -274,9 +232,8 @@ def main() -> None:
         for k, v in results.items():
             print(f"  {k}: " + ", ".join(f"{x:.1f}" for x in v))
     finally:
-        if gateway is not None and gateway.poll() is None:
-            os.kill(gateway.pid, signal.SIGTERM)
-            gateway.wait(timeout=30)
+        if gateway is not None:
+            stop(gateway)
         server.stop()
         source.unlink(missing_ok=True)
 
