@@ -132,6 +132,8 @@ EPHEMERAL_PORTS = (32768, 60999)
 
 LOG_LEVELS = ("debug", "info", "warn", "error")
 HASH_PREFIXES = ("$scrypt$", "$pbkdf2-sha256$")
+#: The embedded default's implicit FTPS port.
+DEFAULT_FTPS_PORT = 2990
 DEFAULT_FTP_PORT = 2121
 STATE_DIR_NAME = "cosgw-state"
 DATA_DIR_NAME = "cosgw-data"
@@ -188,6 +190,9 @@ class UserConfig:
     storage: str
     home: str
     permissions: frozenset[str]
+    #: Per-user TLS policies; None follows [server]'s.
+    tls_required: bool | None = None
+    tls_data_required: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -232,6 +237,19 @@ class ServerConfig:
     idle_timeout: int = 600
     log_level: str = "info"
     log_dir: Path | None = None
+    #: Implicit FTPS listeners (TLS from the first byte), endpoint strings.
+    ftps_listen: tuple[str, ...] = ()
+    #: PEM certificate, key and chain; none: a self-signed certificate is
+    #: generated in state_dir at first start.
+    tls_certificate: Path | None = None
+    tls_key: Path | None = None
+    tls_chain: Path | None = None
+    #: Policies (per user too): TLS on the control connection before login;
+    #: PROT P for every transfer; data connections must resume the control
+    #: connection's TLS session (vsftpd's require_ssl_reuse).
+    tls_required: bool = False
+    tls_data_required: bool = False
+    tls_session_reuse: bool = False
 
 
 @dataclass(frozen=True)
@@ -450,7 +468,9 @@ def embedded_config(base: Path | None = None) -> Config:
     storage = StorageConfig(name="default", kind="local", path=base / DATA_DIR_NAME)
     return Config(
         source=None,
-        server=ServerConfig(state_dir=base / STATE_DIR_NAME),
+        server=ServerConfig(
+            state_dir=base / STATE_DIR_NAME, ftps_listen=(f"tcp:{DEFAULT_FTPS_PORT}",)
+        ),
         transfer=TransferConfig(),
         storages=MappingProxyType({storage.name: storage}),
         users=MappingProxyType({}),
@@ -869,6 +889,13 @@ _SERVER_KEYS = (
     "idle_timeout",
     "log_level",
     "log_dir",
+    "ftps_listen",
+    "tls_certificate",
+    "tls_key",
+    "tls_chain",
+    "tls_required",
+    "tls_data_required",
+    "tls_session_reuse",
 )
 _TRANSFER_KEYS = (
     "part_size",
@@ -891,7 +918,15 @@ _COS_KEYS = (
     "scheme",
     "verify_tls",
 )
-_USER_KEYS = ("password", "storage", "home", "permissions", "delete_enable")
+_USER_KEYS = (
+    "password",
+    "storage",
+    "home",
+    "permissions",
+    "delete_enable",
+    "tls_required",
+    "tls_data_required",
+)
 _SECTION_KINDS = "[server], [transfer], [storage:NAME] or [user:NAME]"
 
 
@@ -986,6 +1021,18 @@ class _CosgwLoader:
         idle_timeout = sec.integer("idle_timeout", 600, 1, 7 * 24 * 3600)
         log_level = _parse_log_level(sec, "log_level", "info")
         log_dir = sec.path("log_dir", self.base)
+        ftps_listen = _parse_listen(sec, "ftps_listen") if sec.has("ftps_listen") else ()
+        certificate = sec.path("tls_certificate", self.base)
+        key = sec.path("tls_key", self.base)
+        chain = sec.path("tls_chain", self.base)
+        if (certificate is None) != (key is None):
+            sec.missing(
+                "tls_key" if key is None else "tls_certificate",
+                "tls_certificate and tls_key together",
+            )
+        tls_required = sec.boolean("tls_required", False)
+        tls_data_required = sec.boolean("tls_data_required", False)
+        tls_session_reuse = sec.boolean("tls_session_reuse", False)
         self.finish(sec, _SERVER_KEYS)
         return ServerConfig(
             state_dir=state_dir,
@@ -996,6 +1043,13 @@ class _CosgwLoader:
             idle_timeout=idle_timeout,
             log_level=log_level,
             log_dir=log_dir,
+            ftps_listen=ftps_listen,
+            tls_certificate=certificate,
+            tls_key=key,
+            tls_chain=chain,
+            tls_required=tls_required,
+            tls_data_required=tls_data_required,
+            tls_session_reuse=tls_session_reuse,
         )
 
     # -- [transfer] ----------------------------------------------------------
@@ -1128,6 +1182,14 @@ class _CosgwLoader:
                 "'all', R, W, RW or a list of " + ", ".join(sorted(ALL_PERMISSIONS)),
                 permissions_text,
             )
+        tls_required = (
+            sec.boolean("tls_required", False) if sec.has("tls_required") else None
+        )
+        tls_data_required = (
+            sec.boolean("tls_data_required", False)
+            if sec.has("tls_data_required")
+            else None
+        )
         self.finish(sec, _USER_KEYS)
         if not hashed:
             self.notices.append(
@@ -1140,6 +1202,8 @@ class _CosgwLoader:
             storage=storage,
             home=home,
             permissions=permissions,
+            tls_required=tls_required,
+            tls_data_required=tls_data_required,
         )
 
 

@@ -1,0 +1,172 @@
+"""
+TLS for FTPS: the server's certificate and the one context that both the
+control connection and every data connection use.
+
+Sharing one L{CertificateOptions} (with its one OpenSSL context and session
+cache) between control and data is what lets a client resume its control
+connection's TLS session on a data connection; Twisted turns the session
+cache off by default (reference: twisted-conch-cos-facts.md, b).  Protocol
+versions start at TLS 1.2 and the ciphers are the forward-secret AEAD ones.
+
+The embedded default has no certificate configured: one is generated at
+first start (ECDSA P-256, self-signed, ten years), kept in the state
+directory, and its SHA-256 fingerprint logged so a client can pin it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from OpenSSL import SSL, crypto
+from twisted.internet import ssl
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
+
+log = Logger()
+
+CERT_FILE = "tls-cert.pem"
+KEY_FILE = "tls-key.pem"
+
+#: Forward-secret AEAD suites for TLS 1.2 (TLS 1.3's are fixed by OpenSSL).
+CIPHERS = (
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+    "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+    "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
+)
+
+
+@dataclass(frozen=True)
+class ServerTLS:
+    """What the FTP frontend needs to speak TLS."""
+
+    options: ssl.CertificateOptions
+    fingerprint: str
+
+    def wrap(self, factory: Any) -> TLSMemoryBIOFactory:
+        """A factory whose connections speak TLS (as the server) first."""
+        return _ServerTLSFactory(self.options, False, factory)
+
+
+class _ServerTLSFactory(TLSMemoryBIOFactory):
+    """
+    TLSMemoryBIOFactory that lets the wrapped factory refuse a connection
+    (return None), as a passive data factory does for a stranger's address.
+    """
+
+    noisy = False
+
+    def buildProtocol(self, addr: Any) -> Any:
+        inner = self.wrappedFactory.buildProtocol(addr)
+        if inner is None:
+            return None
+        return self.protocol(self, inner)
+
+
+def generate_self_signed(state_dir: Path) -> tuple[Path, Path]:
+    """
+    Make a self-signed certificate and key in C{state_dir} (key 0600),
+    unless both are already there.  Blocking; for start-up.
+    """
+    cert_path, key_path = state_dir / CERT_FILE, state_dir / KEY_FILE
+    if cert_path.exists() and key_path.exists():
+        return cert_path, key_path
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "cosgw")])
+    hosts = {socket.gethostname(), "localhost"}
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=3650))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName(h) for h in sorted(hosts)]
+                + [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    key_bytes = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    temp = key_path.with_suffix(".tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key_bytes)
+    os.replace(temp, key_path)
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    log.info("generated a self-signed TLS certificate in {path}", path=cert_path)
+    return cert_path, key_path
+
+
+def load_server_tls(
+    certificate: Path, key: Path, chain: Optional[Path] = None
+) -> ServerTLS:
+    """
+    Read a PEM certificate, its key and an optional chain into the one
+    context control and data connections share.
+
+    @raise ValueError: a file is unreadable or the key does not match.
+    """
+    try:
+        cert = crypto.load_certificate(crypto.FILETYPE_PEM, certificate.read_bytes())
+        pkey = crypto.load_privatekey(crypto.FILETYPE_PEM, key.read_bytes())
+        extra = []
+        if chain is not None:
+            text = chain.read_bytes()
+            for block in text.split(b"-----END CERTIFICATE-----"):
+                if b"-----BEGIN CERTIFICATE-----" in block:
+                    extra.append(
+                        crypto.load_certificate(
+                            crypto.FILETYPE_PEM, block + b"-----END CERTIFICATE-----\n"
+                        )
+                    )
+    except (OSError, crypto.Error) as e:
+        raise ValueError(f"cannot read the TLS certificate or key: {e}") from None
+    options = ssl.CertificateOptions(
+        privateKey=pkey,
+        certificate=cert,
+        extraCertChain=extra or None,
+        raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
+        acceptableCiphers=ssl.AcceptableCiphers.fromOpenSSLCipherString(CIPHERS),
+        enableSessions=True,
+    )
+    try:
+        options.getContext()  # fails now, not at the first client, on a mismatch
+    except SSL.Error as e:
+        raise ValueError(f"the TLS key does not match the certificate: {e}") from None
+    digest = cert.to_cryptography().fingerprint(hashes.SHA256())
+    fingerprint = ":".join(f"{b:02X}" for b in digest)
+    return ServerTLS(options, fingerprint)
+
+
+def session_reused(transport: Any) -> bool:
+    """
+    Whether a TLS connection resumed an earlier session.  pyOpenSSL has no
+    public call for it; SSL_session_reused through its binding is the one
+    way (reference: twisted-conch-cos-facts.md, b).
+    """
+    connection = getattr(transport, "getHandle", lambda: None)()
+    if not isinstance(connection, SSL.Connection):
+        return False
+    from OpenSSL.SSL import _lib  # type: ignore[attr-defined]
+
+    return bool(_lib.SSL_session_reused(connection._ssl))  # noqa: SLF001
