@@ -1021,7 +1021,9 @@ class _CosgwLoader:
         idle_timeout = sec.integer("idle_timeout", 600, 1, 7 * 24 * 3600)
         log_level = _parse_log_level(sec, "log_level", "info")
         log_dir = sec.path("log_dir", self.base)
-        ftps_listen = _parse_listen(sec, "ftps_listen") if sec.has("ftps_listen") else ()
+        ftps_listen = (
+            _parse_listen(sec, "ftps_listen") if sec.has("ftps_listen") else ()
+        )
         certificate = sec.path("tls_certificate", self.base)
         key = sec.path("tls_key", self.base)
         chain = sec.path("tls_chain", self.base)

@@ -41,9 +41,10 @@ from twisted.python.threadpool import ThreadPool
 
 from cosgw import auth
 from cosgw.accounts import Account, Accounts
-from cosgw.config import ALL_PERMISSIONS, Config, StorageConfig, UserConfig
+from cosgw.config import ALL_PERMISSIONS, Config, ConfigError, StorageConfig, UserConfig
 from cosgw.interfaces import IObjectStore
 from cosgw.storage._runner import BlockingRunner
+from cosgw.tls import ServerTLS, generate_self_signed, load_server_tls
 from cosgw.transfer import TransferSettings
 
 log = Logger()
@@ -249,6 +250,7 @@ class GatewayService(MultiService):
     def __init__(self) -> None:
         super().__init__()
         self.ftp_listeners: list[ListenerService] = []
+        self.ftps_listeners: list[ListenerService] = []
         self.stores: dict[str, IObjectStore] = {}
         self.accounts: Optional[Accounts] = None
         self.pool: Optional[ThreadPool] = None
@@ -293,6 +295,29 @@ def _make_store(
         settings["VerifySSL"] = storage.verify_tls
     assert storage.bucket is not None
     return CosStore(storage.bucket, settings, reactor, pool, pool_size=threads)
+
+
+def _server_tls(config: Config) -> ServerTLS:
+    """
+    The certificate from the config, or one generated in the state
+    directory at first start (the embedded default, and any config that
+    names none).  Blocking; for start-up.
+    """
+    server = config.server
+    if server.tls_certificate is not None and server.tls_key is not None:
+        certificate, key = server.tls_certificate, server.tls_key
+    else:
+        certificate, key = generate_self_signed(server.state_dir)
+    try:
+        tls = load_server_tls(certificate, key, server.tls_chain)
+    except ValueError as e:
+        raise ConfigError(f"{certificate}: {e}") from None
+    log.info(
+        "FTPS certificate {path}, SHA-256 fingerprint {fingerprint}",
+        path=certificate,
+        fingerprint=tls.fingerprint,
+    )
+    return tls
 
 
 def _embedded_user(config: Config) -> tuple[UserConfig, Optional[str]]:
@@ -428,19 +453,32 @@ def makeService(config: Config, reactor: Any = None) -> GatewayService:
     portal = Portal(realm, [checker])
 
     server = config.server
-    factory = GatewayFTPFactory(
-        portal,
-        reactor,
-        passive_ports=server.passive_ports,
-        masquerade_address=server.masquerade_address,
-        idle_timeout=server.idle_timeout,
-        max_connections=server.max_connections,
-    )
+    tls = _server_tls(config)
+    common: dict[str, Any] = {
+        "passive_ports": server.passive_ports,
+        "masquerade_address": server.masquerade_address,
+        "idle_timeout": server.idle_timeout,
+        "max_connections": server.max_connections,
+        "tls": tls,
+        "tls_required": server.tls_required,
+        "tls_data_required": server.tls_data_required,
+        "tls_session_reuse": server.tls_session_reuse,
+        "user_tls": {
+            name: (u.tls_required, u.tls_data_required) for name, u in users.items()
+        },
+    }
+    factory = GatewayFTPFactory(portal, reactor, **common)
     factory.trace_commands = server.log_level == "debug"
     for description in server.ftp_listen:
         listener = ListenerService(reactor, description, factory)
         listener.setServiceParent(service)
         service.ftp_listeners.append(listener)
+    implicit = GatewayFTPFactory(portal, reactor, implicit=True, **common)
+    implicit.trace_commands = factory.trace_commands
+    for description in server.ftps_listen:
+        listener = ListenerService(reactor, description, tls.wrap(implicit))
+        listener.setServiceParent(service)
+        service.ftps_listeners.append(listener)
 
     if config.embedded:
         _announce(service, users[auth.DEFAULT_USERNAME], generated)

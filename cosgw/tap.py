@@ -41,4 +41,8 @@ class Options(usage.Options):
 def makeService(options: Options) -> Any:
     from cosgw.service import makeService as make
 
-    return make(options.config)
+    try:
+        return make(options.config)
+    except ConfigError as e:
+        # A certificate that cannot be read, found only when it is loaded.
+        raise SystemExit(f"cosftp: {e}") from None

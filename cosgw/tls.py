@@ -27,7 +27,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from OpenSSL import SSL, crypto
+from OpenSSL import SSL
 from twisted.internet import ssl
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -127,19 +127,14 @@ def load_server_tls(
     @raise ValueError: a file is unreadable or the key does not match.
     """
     try:
-        cert = crypto.load_certificate(crypto.FILETYPE_PEM, certificate.read_bytes())
-        pkey = crypto.load_privatekey(crypto.FILETYPE_PEM, key.read_bytes())
-        extra = []
-        if chain is not None:
-            text = chain.read_bytes()
-            for block in text.split(b"-----END CERTIFICATE-----"):
-                if b"-----BEGIN CERTIFICATE-----" in block:
-                    extra.append(
-                        crypto.load_certificate(
-                            crypto.FILETYPE_PEM, block + b"-----END CERTIFICATE-----\n"
-                        )
-                    )
-    except (OSError, crypto.Error) as e:
+        cert = x509.load_pem_x509_certificate(certificate.read_bytes())
+        pkey = serialization.load_pem_private_key(key.read_bytes(), password=None)
+        extra = (
+            x509.load_pem_x509_certificates(chain.read_bytes())
+            if chain is not None
+            else []
+        )
+    except (OSError, ValueError, TypeError) as e:
         raise ValueError(f"cannot read the TLS certificate or key: {e}") from None
     options = ssl.CertificateOptions(
         privateKey=pkey,
@@ -153,7 +148,7 @@ def load_server_tls(
         options.getContext()  # fails now, not at the first client, on a mismatch
     except SSL.Error as e:
         raise ValueError(f"the TLS key does not match the certificate: {e}") from None
-    digest = cert.to_cryptography().fingerprint(hashes.SHA256())
+    digest = cert.fingerprint(hashes.SHA256())
     fingerprint = ":".join(f"{b:02X}" for b in digest)
     return ServerTLS(options, fingerprint)
 

@@ -48,6 +48,7 @@ from tests.harness import (
 #: starting with a single space).  "RANG STREAM" is how draft-bryan-ftpext-
 #: hash section 4 has a server announce RANG.
 FEATURES = [
+    "AUTH TLS",
     "CLNT",
     "EPRT",
     "EPSV",
@@ -56,6 +57,8 @@ FEATURES = [
     "MFMT",
     "MLST type*;size*;modify*;perm*;unique*;UNIX.mode;COS.crc64;",
     "PASV",
+    "PBSZ",
+    "PROT",
     "RANG STREAM",
     "REST STREAM",
     "SIZE",

@@ -192,7 +192,8 @@ class TransferTestsMixin:
                 "-p",
                 str(self.gw.port),
                 "-e",
-                f"set cmd:fail-exit yes; get -c f.bin -o {partial}; bye",
+                "set ftp:ssl-allow no; set cmd:fail-exit yes; "
+                f"get -c f.bin -o {partial}; bye",
                 "127.0.0.1",
             ],
             capture_output=True,
@@ -320,7 +321,7 @@ class TransferTestsMixin:
                 "-p",
                 str(self.gw.port),
                 "-e",
-                "set cmd:fail-exit yes; set net:max-retries 1; "
+                "set ftp:ssl-allow no; set cmd:fail-exit yes; set net:max-retries 1; "
                 "set net:reconnect-interval-base 1; " + script + "; bye",
                 "127.0.0.1",
             ]

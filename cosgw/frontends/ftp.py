@@ -64,6 +64,7 @@ from cosgw import vfs
 from cosgw.frontends.ftp_data import (
     DataChannel,
     DataChannelFactory,
+    DataConnectionRefused,
     ListingSender,
     normal_host,
 )
@@ -349,7 +350,18 @@ class GatewayFTP(ftp.FTP):
     """
 
     _encoding = "utf-8"
-    PUBLIC_COMMANDS = ["FEAT", "QUIT", "OPTS", "NOOP", "HELP", "CLNT"]
+    PUBLIC_COMMANDS = [
+        "FEAT",
+        "QUIT",
+        "OPTS",
+        "NOOP",
+        "HELP",
+        "CLNT",
+        "AUTH",
+        "PBSZ",
+        "PROT",
+        "CCC",
+    ]
     #: HASH algorithms in FEAT order; the default is SHA-256.
     HASHES = ("SHA-256", "SHA-512", "SHA-1", "MD5", "CRC32")
 
@@ -364,6 +376,11 @@ class GatewayFTP(ftp.FTP):
         self._facts = set(DEFAULT_FACTS)
         self._hash = "SHA-256"
         self._range: Optional[tuple[int, int]] = None
+        #: RFC 4217 state: the control connection is encrypted, PBSZ was
+        #: given, and the data protection level (C clear, P private).
+        self._secure = False
+        self._pbsz = False
+        self._prot = "C"
         self.workingDirectory: list[str] = []
         self._data_factory: Optional[DataChannelFactory] = None
         self._data_port: Optional[IListeningPort] = None
@@ -384,6 +401,9 @@ class GatewayFTP(ftp.FTP):
     # -- connection ---------------------------------------------------------
 
     def connectionMade(self) -> None:
+        if self.factory.implicit:
+            # Implicit FTPS: TLS from the first byte, data private by default.
+            self._secure, self._pbsz, self._prot = True, True, "P"
         self.state = self.UNAUTH
         self.peer = self.transport.getPeer()
         self.callLater = self.reactor.callLater
@@ -570,9 +590,90 @@ class GatewayFTP(ftp.FTP):
 
     # -- login --------------------------------------------------------------
 
+    # -- FTPS (RFC 4217) -----------------------------------------------------
+
+    def ftp_AUTH(self, mechanism: str = "") -> Optional[Reply]:
+        if self.factory.tls is None:
+            return Reply(502, "TLS is not configured")
+        if self._secure:
+            return Reply(503, "TLS is already in use")
+        kind = mechanism.strip().upper()
+        if kind not in ("TLS", "TLS-C", "SSL", "TLS-P"):
+            return Reply(504, "Use AUTH TLS")
+        self.sendLine(f"234 AUTH {kind} successful")
+        # Everything after the 234 is TLS (the reply above went in clear).
+        self.transport.startTLS(self.factory.tls.options)
+        self._secure = True
+        if kind in ("SSL", "TLS-P"):
+            # The historical mechanisms also protect the data connections.
+            self._pbsz, self._prot = True, "P"
+        log.info("FTP connection from {peer} now uses TLS", peer=self.peer.host)
+        return None
+
+    def ftp_PBSZ(self, size: str = "") -> Reply:
+        if not self._secure:
+            return Reply(503, "PBSZ requires AUTH TLS first")
+        if not size.strip().isdigit():
+            return Reply(501, "PBSZ takes a number (0)")
+        self._pbsz = True
+        return Reply(200, "PBSZ=0")
+
+    def ftp_PROT(self, level: str = "") -> Reply:
+        if not self._pbsz:
+            return Reply(503, "PROT requires PBSZ first")
+        level = level.strip().upper()
+        if level == "C":
+            if self._tls_policy()[1]:
+                return Reply(534, "Policy requires PROT P")
+            self._prot = "C"
+            return Reply(200, "Protection level set to Clear")
+        if level == "P":
+            self._prot = "P"
+            return Reply(200, "Protection level set to Private")
+        if level in ("S", "E"):
+            return Reply(536, f"PROT {level} is not supported")
+        return Reply(504, "PROT C or P")
+
+    def ftp_CCC(self) -> Reply:
+        # Going back to clear text would expose the session; Twisted's TLS
+        # transports cannot do it anyway.
+        return Reply(534, "CCC is not allowed")
+
+    def ftp_REIN(self) -> Reply:
+        """
+        RFC 959 REIN: back to a new session (a transfer in progress finishes
+        first: REIN waits its turn).  TLS stays on, since it cannot be
+        stopped, but PBSZ and PROT must be given again.
+        """
+        if self.shell is not None:
+            self.shell.logout()
+        self.shell = None
+        self.user = None
+        self.state = self.UNAUTH
+        self.workingDirectory = []
+        self._restart = 0
+        self._rename_from = None
+        self._allocated = None
+        self._range = None
+        self._facts = set(DEFAULT_FACTS)
+        self._hash = "SHA-256"
+        self._close_data()
+        if not self.factory.implicit:
+            self._pbsz, self._prot = False, "C"
+        return Reply(220, "Ready for a new user")
+
+    def _tls_policy(self, user: Optional[str] = None) -> tuple[bool, bool]:
+        """(TLS required on control, PROT P required) for this session."""
+        return self.factory.tls_policy(user or self.user)
+
+    # -- login --------------------------------------------------------------
+
     def ftp_USER(self, username: str = "") -> Reply:
         if not username:
             return Reply(501, "USER requires a user name")
+        if not self._secure and self._tls_policy(username)[0]:
+            log.info("refused a login in clear text from {peer}", peer=self.peer.host)
+            return Reply(534, "Policy requires TLS: send AUTH TLS first")
         self._user = username
         self.state = self.INAUTH
         return Reply(331, "Password required")
@@ -614,6 +715,7 @@ class GatewayFTP(ftp.FTP):
         """FEAT's lines (RFC 2389), every extension this server offers."""
         hashes = ";".join(h + ("*" if h == self._hash else "") for h in self.HASHES)
         return [
+            "AUTH TLS",
             "CLNT",
             "EPRT",
             "EPSV",
@@ -622,6 +724,8 @@ class GatewayFTP(ftp.FTP):
             "MFMT",
             feat_mlst(self._facts),
             "PASV",
+            "PBSZ",
+            "PROT",
             "RANG STREAM",
             "REST STREAM",
             "SIZE",
@@ -895,14 +999,30 @@ class GatewayFTP(ftp.FTP):
         for i in range(count):
             port = low + (start + i) % count
             try:
-                return reactor.listenTCP(port, self._data_factory, interface=interface)
+                return reactor.listenTCP(
+                    port, self._wrapped(self._data_factory), interface=interface
+                )
             except net_error.CannotListenError:
                 continue
         raise Reply(425, "No passive port available; try again")
 
+    def _new_data_factory(self, host: str) -> DataChannelFactory:
+        return DataChannelFactory(
+            host,
+            tls=self._prot == "P",
+            require_reuse=self.factory.tls_session_reuse,
+        )
+
+    def _wrapped(self, factory: DataChannelFactory) -> Any:
+        """The factory to listen or connect with: TLS around it for PROT P."""
+        if factory.tls:
+            assert self.factory.tls is not None
+            return self.factory.tls.wrap(factory)
+        return factory
+
     def _passive(self) -> int:
         self._close_data()
-        self._data_factory = DataChannelFactory(self.peer.host)
+        self._data_factory = self._new_data_factory(self.peer.host)
         host = self.transport.getHost().host
         self._data_port = self._listen(host)
         return self._data_port.getHost().port
@@ -999,19 +1119,33 @@ class GatewayFTP(ftp.FTP):
         active = self._active
         port = self._data_port
         self._data_factory, self._data_port, self._active = None, None, None
+        if self._prot != "P" and self._tls_policy()[1]:
+            if port is not None:
+                port.stopListening()
+            raise Reply(521, "Data connections must be protected: send PROT P")
         if factory is None and active is None:
             raise Reply(425, "Use PASV, EPSV, PORT or EPRT first")
+        if factory is not None and factory.tls != (self._prot == "P"):
+            # PROT changed after PASV: the listener speaks the old level.
+            if port is not None:
+                port.stopListening()
+            raise Reply(425, "PROT changed after PASV; send PASV again")
         if factory is None:
             assert active is not None
-            factory = DataChannelFactory(active[0])
+            factory = self._new_data_factory(active[0])
             self.reactor.connectTCP(
-                active[0], active[1], factory, timeout=self.factory.data_timeout
+                active[0],
+                active[1],
+                self._wrapped(factory),
+                timeout=self.factory.data_timeout,
             )
         d = factory.deferred
         d.addTimeout(self.factory.data_timeout, self.reactor)
         transfer.waiting = d
         try:
             channel = await d
+        except DataConnectionRefused as e:
+            raise Reply(int(str(e)[:3]), str(e)[4:]) from None
         except Exception:
             if transfer.aborted or transfer.client_gone:
                 raise TransferStopped("aborted before the data connection") from None
@@ -1314,7 +1448,26 @@ class GatewayFTPFactory(protocol.ServerFactory):
         welcome: str = "cosgw FTP gateway ready",
         data_timeout: float = DATA_CONNECTION_TIMEOUT,
         eof_grace: float = EOF_GRACE,
+        tls: Optional[Any] = None,
+        implicit: bool = False,
+        tls_required: bool = False,
+        tls_data_required: bool = False,
+        tls_session_reuse: bool = False,
+        user_tls: Optional[dict[str, tuple[Optional[bool], Optional[bool]]]] = None,
     ) -> None:
+        """
+        @param tls: A L{cosgw.tls.ServerTLS} for AUTH TLS and PROT P; None
+            offers no FTPS.
+        @param implicit: Connections arrive already in TLS (implicit FTPS).
+        @param user_tls: Per user, (TLS required, PROT P required) where
+            set, overriding the global policies.
+        """
+        self.tls = tls
+        self.implicit = implicit
+        self.tls_required = tls_required
+        self.tls_data_required = tls_data_required
+        self.tls_session_reuse = tls_session_reuse
+        self.user_tls = user_tls or {}
         self.data_timeout = data_timeout
         self.eof_grace = eof_grace
         self.portal = portal
@@ -1341,3 +1494,11 @@ class GatewayFTPFactory(protocol.ServerFactory):
     def connection_closed(self) -> None:
         """A control connection built by this factory has ended."""
         self.connections -= 1
+
+    def tls_policy(self, user: Optional[str]) -> tuple[bool, bool]:
+        """(TLS required on control, PROT P required) for C{user}."""
+        control, data = self.user_tls.get(user or "", (None, None))
+        return (
+            self.tls_required if control is None else control,
+            self.tls_data_required if data is None else data,
+        )

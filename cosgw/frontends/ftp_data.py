@@ -18,18 +18,23 @@ from typing import Any, Optional
 from twisted.internet import error as net_error
 from twisted.internet import protocol
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IConsumer, IPushProducer
+from twisted.internet.interfaces import IConsumer, IHandshakeListener, IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from cosgw import vfs
+from cosgw.tls import session_reused
 from cosgw.transfer import TransferStopped
 
 log = Logger()
 
 #: Read size and write-buffer threshold of a data connection.
 DATA_BUFFER_SIZE = 1024 * 1024
+
+
+class DataConnectionRefused(Exception):
+    """A data connection arrived but breaks the policy; the reply says how."""
 
 
 def normal_host(host: str) -> str:
@@ -43,15 +48,19 @@ def normal_host(host: str) -> str:
     return str(address)
 
 
-@implementer(IConsumer, IPushProducer)
+@implementer(IConsumer, IPushProducer, IHandshakeListener)
 class DataChannel(protocol.Protocol):
     """
     One FTP data connection.  It does not read until a consumer is attached
     (so nothing is buffered without limit), and it tells how it ended
-    (L{closed}): a clean close or a reset.
+    (L{closed}): a clean close or a reset.  Over TLS (PROT P) it is handed
+    to the transfer only once the handshake is done, and refused (522) if
+    the policy wants the control connection's TLS session resumed and the
+    client did not.
     """
 
     def __init__(self) -> None:
+        self._early: list[bytes] = []
         self._consumer: Optional[IConsumer] = None
         self._ended = False
         self._end: Optional[BaseException] = None
@@ -64,16 +73,34 @@ class DataChannel(protocol.Protocol):
         # Twisted's TCP transport reads, and pauses its producer, in units of
         # bufferSize (64 KiB); a data connection moves megabytes, and larger
         # units mean fewer trips through the reactor per MB.
-        if hasattr(self.transport, "bufferSize"):
-            self.transport.bufferSize = DATA_BUFFER_SIZE
-        if hasattr(self.transport, "SEND_LIMIT"):
+        tcp = getattr(self.transport, "transport", self.transport)  # under TLS
+        if hasattr(tcp, "bufferSize"):
+            tcp.bufferSize = DATA_BUFFER_SIZE
+        if hasattr(tcp, "SEND_LIMIT"):
             # Likewise for sends: up to 1 MiB per send() instead of 128 KiB.
-            self.transport.SEND_LIMIT = DATA_BUFFER_SIZE
+            tcp.SEND_LIMIT = DATA_BUFFER_SIZE
+        if not self.factory.tls:
+            self.transport.pauseProducing()
+            self.factory.connected(self)
+        # Over TLS the handshake must read first: see handshakeCompleted.
+
+    def handshakeCompleted(self) -> None:
         self.transport.pauseProducing()
+        if self.factory.require_reuse and not session_reused(self.transport):
+            log.warn(
+                "refused a data connection that did not resume the control "
+                "connection's TLS session"
+            )
+            self.factory.refused(
+                "522 Data connection must resume the control connection's TLS session"
+            )
+            self.abort()
+            return
         self.factory.connected(self)
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         self._ended = True
+        self.factory.lost(reason)
         if reason.check(net_error.ConnectionDone) is None:
             self._end = reason.value
         if self._consumer is not None:
@@ -111,6 +138,9 @@ class DataChannel(protocol.Protocol):
         """
         self._consumer = consumer
         consumer.registerProducer(self, True)
+        early, self._early = self._early, []
+        for data in early:
+            consumer.write(data)
         if not self._ended:
             self.transport.resumeProducing()
         end = await self.closed()
@@ -121,6 +151,10 @@ class DataChannel(protocol.Protocol):
         self.received += len(data)
         if self._consumer is not None:
             self._consumer.write(data)
+        else:
+            # At most what arrived with the end of a TLS handshake: the
+            # channel is paused until a consumer is attached.
+            self._early.append(data)
 
     def pauseProducing(self) -> None:
         if not self._ended:
@@ -160,8 +194,12 @@ class DataChannelFactory(protocol.ClientFactory):
     protocol = DataChannel
     noisy = False
 
-    def __init__(self, peer_host: str) -> None:
+    def __init__(
+        self, peer_host: str, tls: bool = False, require_reuse: bool = False
+    ) -> None:
         self.peer_host = normal_host(peer_host)
+        self.tls = tls
+        self.require_reuse = require_reuse
         self.deferred: Deferred[DataChannel] = Deferred()
         self.channel: Optional[DataChannel] = None
 
@@ -184,6 +222,17 @@ class DataChannelFactory(protocol.ClientFactory):
     def connected(self, channel: DataChannel) -> None:
         if not self.deferred.called:
             self.deferred.callback(channel)
+
+    def refused(self, reply: str) -> None:
+        """The connection came but may not be used; C{reply} says why."""
+        if not self.deferred.called:
+            self.deferred.errback(DataConnectionRefused(reply))
+
+    def lost(self, reason: Failure) -> None:
+        """The connection ended before it was handed over (a failed TLS
+        handshake, a client that gave up)."""
+        if not self.deferred.called:
+            self.deferred.errback(reason)
 
     def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
         if not self.deferred.called:

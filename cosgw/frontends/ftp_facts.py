@@ -118,6 +118,11 @@ def feat_mlst(selected: Iterable[str]) -> str:
 #: HELP: the commands and their syntax (RFC 959 4.1.3 HELP, 214 replies).
 COMMAND_HELP = {
     "ABOR": "ABOR (abort the running transfer)",
+    "AUTH": "AUTH TLS (encrypt the control connection, RFC 4217)",
+    "CCC": "CCC (refused: the control connection stays encrypted)",
+    "PBSZ": "PBSZ 0",
+    "PROT": "PROT C | P (clear or private data connections)",
+    "REIN": "REIN (log out, keep the connection)",
     "ALLO": "ALLO <size> (announce an upload's size)",
     "APPE": "APPE <path> (append to a file)",
     "CDUP": "CDUP (go to the parent directory)",
