@@ -8,7 +8,8 @@ adapter, tests/cosserver.py), this measures:
     faster of put_object and the SDK's own multipart upload_file for the
     upload; a streamed get_object for the download);
   - gateway: ftplib uploading and downloading the same file through cosgw,
-    which runs as its own ``twistd -n cosftp`` process;
+    which runs as its own ``twistd -n cosftp`` process, over plain FTP and
+    over explicit FTPS with PROT P (TLS on the data connections);
 
 and prints MB/s for each, the gateway/direct ratios and the gateway's peak
 RSS (VmHWM).  When socat is installed it also measures the ceiling of any
@@ -29,6 +30,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -138,6 +140,8 @@ def main() -> None:
                 "direct_down",
                 "gw_up",
                 "gw_down",
+                "ftps_up",
+                "ftps_down",
             )
         }
 
@@ -175,22 +179,31 @@ def main() -> None:
 
             results["direct_down"].append(size / timed(run) / 1e6)
 
-        def ftp_session() -> ftplib.FTP:
-            ftp = ftplib.FTP()
+        tls_context = ssl.create_default_context(
+            cafile=str(workdir / "state" / "tls-cert.pem")
+        )
+
+        def ftp_session(tls: bool) -> ftplib.FTP:
+            if tls:
+                ftp: ftplib.FTP = ftplib.FTP_TLS(context=tls_context)
+            else:
+                ftp = ftplib.FTP()
             ftp.connect("127.0.0.1", args.port, timeout=120)
             ftp.login(USER, PASSWORD)
+            if tls:
+                ftp.prot_p()  # type: ignore[attr-defined]
             ftp.voidcmd("TYPE I")
             return ftp
 
-        def gw_up() -> None:
-            ftp = ftp_session()
+        def gw_up(tls: bool = False) -> None:
+            ftp = ftp_session(tls)
             with open(source, "rb") as f:
                 t = timed(lambda: ftp.storbinary("STOR gw.bin", f, blocksize=MiB))
             ftp.quit()
-            results["gw_up"].append(size / t / 1e6)
+            results["ftps_up" if tls else "gw_up"].append(size / t / 1e6)
 
-        def gw_down() -> None:
-            ftp = ftp_session()
+        def gw_down(tls: bool = False) -> None:
+            ftp = ftp_session(tls)
             got = [0]
 
             def sink(data: bytes) -> None:
@@ -199,13 +212,15 @@ def main() -> None:
             t = timed(lambda: ftp.retrbinary("RETR gw.bin", sink, blocksize=MiB))
             ftp.quit()
             assert got[0] == size, got[0]
-            results["gw_down"].append(size / t / 1e6)
+            results["ftps_down" if tls else "gw_down"].append(size / t / 1e6)
 
         for _ in range(args.rounds):
             direct_up()
             gw_up()
             direct_down()
             gw_down()
+            gw_up(tls=True)
+            gw_down(tls=True)
         rss = peak_rss_mib(gateway.pid)
         ceiling = relay_ceiling(server, bucket, size, args.rounds)
 
@@ -228,6 +243,11 @@ def main() -> None:
                 f"{relayed:.1f} (ratio {relayed / straight:.2f}); gateway FTP / socat "
                 f"{down / relayed:.2f}"
             )
+        print(
+            f"FTPS PROT P: upload {med['ftps_up']:7.1f} (x{med['ftps_up'] / up:.2f} of"
+            f" FTP)  download {med['ftps_down']:7.1f} (x{med['ftps_down'] / down:.2f}"
+            " of FTP)"
+        )
         print(f"gateway peak RSS: {rss:.0f} MiB")
         for k, v in results.items():
             print(f"  {k}: " + ", ".join(f"{x:.1f}" for x in v))

@@ -1144,8 +1144,6 @@ class GatewayFTP(ftp.FTP):
         transfer.waiting = d
         try:
             channel = await d
-        except DataConnectionRefused as e:
-            raise Reply(int(str(e)[:3]), str(e)[4:]) from None
         except Exception:
             if transfer.aborted or transfer.client_gone:
                 raise TransferStopped("aborted before the data connection") from None
@@ -1159,6 +1157,23 @@ class GatewayFTP(ftp.FTP):
             channel.abort()
             raise TransferStopped("aborted")
         return channel
+
+    async def _channel_ready(self, channel: DataChannel) -> None:
+        """
+        After the 150: wait until data may flow (over TLS, the handshake,
+        which clients start only now).  A policy refusal or a failed
+        handshake is the transfer's final reply (522, RFC 4217).
+        """
+        try:
+            await channel.ready()
+        except DataConnectionRefused as e:
+            channel.abort()
+            raise Reply(int(str(e)[:3]), str(e)[4:]) from None
+        except Exception as e:
+            channel.abort()
+            raise Reply(
+                522, f"TLS negotiation on the data connection failed: {e}"
+            ) from None
 
     # -- transfers ------------------------------------------------------------
 
@@ -1205,6 +1220,11 @@ class GatewayFTP(ftp.FTP):
         self.sendLine(
             f"150 Opening BINARY mode data connection for {path} ({source.length} bytes)"
         )
+        try:
+            await self._channel_ready(channel)
+        except BaseException:
+            source.close()
+            raise
         download, sending = fs.download(segments, source, channel)
         transfer.counter = lambda: download.sent
         try:
@@ -1284,6 +1304,11 @@ class GatewayFTP(ftp.FTP):
             self.sendLine(f"150 FILE: {vfs.display(segments)}")
         else:
             self.sendLine(f"150 Ok to send data for {path} (from byte {writer.base})")
+        try:
+            await self._channel_ready(channel)
+        except BaseException:
+            await writer.abort()
+            raise
         stopped: Optional[TransferStopped] = None
         try:
             await channel.receive(writer)
@@ -1347,6 +1372,7 @@ class GatewayFTP(ftp.FTP):
             raise
         channel = await self._data_channel(transfer)
         self.sendLine("150 Here comes the directory listing")
+        await self._channel_ready(channel)
         now = self.reactor.seconds()
         sender = ListingSender(
             listing, first or [], channel, lambda e: format_line(e, fs, now)

@@ -17,7 +17,7 @@ from typing import Any, Optional
 
 from twisted.internet import error as net_error
 from twisted.internet import protocol
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IConsumer, IHandshakeListener, IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -53,14 +53,17 @@ class DataChannel(protocol.Protocol):
     """
     One FTP data connection.  It does not read until a consumer is attached
     (so nothing is buffered without limit), and it tells how it ended
-    (L{closed}): a clean close or a reset.  Over TLS (PROT P) it is handed
-    to the transfer only once the handshake is done, and refused (522) if
-    the policy wants the control connection's TLS session resumed and the
-    client did not.
+    (L{closed}): a clean close or a reset.  Over TLS (PROT P), L{ready} fires
+    after the handshake, and fails (522) if the policy wants the control
+    connection's TLS session resumed and the client did not.
     """
 
     def __init__(self) -> None:
+        #: None until known; then True, or why the channel cannot be used.
+        self._secured: Optional[object] = None
+        self._secure_waiters: list[Deferred[None]] = []
         self._early: list[bytes] = []
+        self._sending = False
         self._consumer: Optional[IConsumer] = None
         self._ended = False
         self._end: Optional[BaseException] = None
@@ -81,8 +84,10 @@ class DataChannel(protocol.Protocol):
             tcp.SEND_LIMIT = DATA_BUFFER_SIZE
         if not self.factory.tls:
             self.transport.pauseProducing()
-            self.factory.connected(self)
-        # Over TLS the handshake must read first: see handshakeCompleted.
+            self._set_secured(True)
+        # Over TLS the handshake must read first (and clients start it only
+        # after the 150 reply): see handshakeCompleted.
+        self.factory.connected(self)
 
     def handshakeCompleted(self) -> None:
         self.transport.pauseProducing()
@@ -91,16 +96,45 @@ class DataChannel(protocol.Protocol):
                 "refused a data connection that did not resume the control "
                 "connection's TLS session"
             )
-            self.factory.refused(
-                "522 Data connection must resume the control connection's TLS session"
+            self._set_secured(
+                DataConnectionRefused(
+                    "522 The data connection must resume the control connection's"
+                    " TLS session"
+                )
             )
             self.abort()
             return
-        self.factory.connected(self)
+        self._set_secured(True)
+
+    def _set_secured(self, outcome: object) -> None:
+        if self._secured is not None:
+            return
+        self._secured = outcome
+        waiters, self._secure_waiters = self._secure_waiters, []
+        for d in waiters:
+            if outcome is True:
+                d.callback(None)
+            else:
+                d.errback(outcome)
+
+    def ready(self) -> Deferred[None]:
+        """
+        Fires when data may flow: at once for a clear connection, after the
+        TLS handshake for a protected one; fails with
+        L{DataConnectionRefused} when the policy refuses the connection, or
+        with the reason the connection ended first.
+        """
+        if self._secured is True:
+            return succeed(None)
+        if isinstance(self._secured, BaseException):
+            return fail(self._secured)
+        d: Deferred[None] = Deferred()
+        self._secure_waiters.append(d)
+        return d
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         self._ended = True
-        self.factory.lost(reason)
+        self._set_secured(reason.value)
         if reason.check(net_error.ConnectionDone) is None:
             self._end = reason.value
         if self._consumer is not None:
@@ -151,6 +185,8 @@ class DataChannel(protocol.Protocol):
         self.received += len(data)
         if self._consumer is not None:
             self._consumer.write(data)
+        elif self._sending:
+            pass  # a client has nothing to say on a download connection
         else:
             # At most what arrived with the end of a TLS handshake: the
             # channel is paused until a consumer is attached.
@@ -171,6 +207,11 @@ class DataChannel(protocol.Protocol):
 
     def registerProducer(self, producer: Any, streaming: bool) -> None:
         self.transport.registerProducer(producer, streaming)
+        # Sending: keep reading, or a TLS close (which waits for the peer's
+        # close_notify) and a client's reset would never be seen.
+        self._sending = True
+        if not self._ended:
+            self.transport.resumeProducing()
 
     def unregisterProducer(self) -> None:
         """End of the data: close cleanly once the buffer is flushed."""
@@ -222,17 +263,6 @@ class DataChannelFactory(protocol.ClientFactory):
     def connected(self, channel: DataChannel) -> None:
         if not self.deferred.called:
             self.deferred.callback(channel)
-
-    def refused(self, reply: str) -> None:
-        """The connection came but may not be used; C{reply} says why."""
-        if not self.deferred.called:
-            self.deferred.errback(DataConnectionRefused(reply))
-
-    def lost(self, reason: Failure) -> None:
-        """The connection ended before it was handed over (a failed TLS
-        handshake, a client that gave up)."""
-        if not self.deferred.called:
-            self.deferred.errback(reason)
 
     def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
         if not self.deferred.called:
