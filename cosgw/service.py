@@ -368,7 +368,20 @@ def _announce(service: GatewayService, user: UserConfig, password: Optional[str]
                     passwd="users.passwd in the state directory",
                 )
 
+    def say_ftps(port: IListeningPort) -> None:
+        address = port.getHost()
+        host = address.host if address.host not in ("0.0.0.0", "::") else "127.0.0.1"
+        log.info(
+            "cosgw embedded default: implicit FTPS at ftps://{user}@{host}:{port}/ "
+            "(explicit FTPS: AUTH TLS on the FTP port)",
+            user=user.name,
+            host=host,
+            port=address.port,
+        )
+
     service.ready().addCallbacks(say, lambda f: None)
+    for listener in service.ftps_listeners:
+        listener.listening.addCallbacks(say_ftps, lambda f: None)
 
 
 def makeService(config: Config, reactor: Any = None) -> GatewayService:
