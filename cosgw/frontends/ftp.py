@@ -1164,8 +1164,10 @@ class GatewayFTP(ftp.FTP):
         which clients start only now).  A policy refusal or a failed
         handshake is the transfer's final reply (522, RFC 4217).
         """
+        ready = channel.ready()
+        ready.addTimeout(self.factory.data_timeout, self.reactor)
         try:
-            await channel.ready()
+            await ready
         except DataConnectionRefused as e:
             channel.abort()
             raise Reply(int(str(e)[:3]), str(e)[4:]) from None
