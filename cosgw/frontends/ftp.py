@@ -459,6 +459,8 @@ class GatewayFTP(ftp.FTP):
             self.dataReceived(line[end + 1 :])
 
     def lineReceived(self, line: bytes) -> None:
+        if self.disconnected:
+            return  # after QUIT
         self.resetTimeout()
         line = _strip_telnet(line)
         if self._transfer is not None or self._queued or self._busy:
@@ -901,8 +903,12 @@ class GatewayFTP(ftp.FTP):
 
     def ftp_QUIT(self) -> None:
         self.sendLine("221 Goodbye")
-        self.transport.loseConnection()
         self.disconnected = True
+        self.transport.loseConnection()
+        # Keep reading (commands after QUIT are ignored): a TLS close waits
+        # for the client's close_notify, which a paused connection never
+        # reads, so the connection would linger until the idle timeout.
+        self.transport.resumeProducing()
 
     def ftp_XPWD(self) -> Reply:
         return self.ftp_PWD()

@@ -15,6 +15,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Optional
 
+from OpenSSL import SSL
 from twisted.internet import error as net_error
 from twisted.internet import protocol
 from twisted.internet.defer import Deferred, fail, succeed
@@ -135,7 +136,7 @@ class DataChannel(protocol.Protocol):
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         self._ended = True
         self._set_secured(reason.value)
-        if reason.check(net_error.ConnectionDone) is None:
+        if reason.check(net_error.ConnectionDone) is None and not self._tls_closed():
             self._end = reason.value
         if self._consumer is not None:
             self._consumer.unregisterProducer()
@@ -143,6 +144,23 @@ class DataChannel(protocol.Protocol):
         waiters, self._waiters = self._waiters, []
         for d in waiters:
             d.callback(self._end)
+
+    def _tls_closed(self) -> bool:
+        """
+        Whether the client ended the TLS stream with close_notify.  It comes
+        after all the data, so it proves the stream complete even if TCP
+        then ends with a reset: a TLS 1.3 client that never read the
+        server's session tickets (GnuTLS, so lftp) resets on close.
+        """
+        if not self.factory.tls:
+            return False
+        try:
+            connection = self.transport.getHandle()
+            return isinstance(connection, SSL.Connection) and bool(
+                connection.get_shutdown() & SSL.RECEIVED_SHUTDOWN
+            )
+        except (AttributeError, SSL.Error):
+            return False
 
     def closed(self) -> Deferred[Optional[BaseException]]:
         """
