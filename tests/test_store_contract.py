@@ -47,6 +47,7 @@ from cosgw.interfaces import (
     StoreUnavailable,
 )
 from cosgw.storage.local import TMP_DIR, LocalStore
+from tests.harness import LocalInspector
 
 MiB = 1024 * 1024
 
@@ -887,16 +888,7 @@ class LocalStoreContractTests(IObjectStoreContractMixin, unittest.TestCase):
         return store
 
     def stored_keys_blocking(self, prefix: str = "") -> list[str]:
-        found = []
-        for directory, _dirs, files in os.walk(self.root):
-            rel = os.path.relpath(directory, self.root)
-            if rel.split(os.sep)[0] == TMP_DIR:
-                continue
-            base = "" if rel == "." else rel.replace(os.sep, "/") + "/"
-            if base:
-                found.append(base)
-            found.extend(base + name for name in files)
-        return sorted(k for k in found if k.startswith(prefix))
+        return LocalInspector(self.root).keys(prefix)
 
     def stored_uploads_blocking(self) -> list[str]:
         return sorted(
