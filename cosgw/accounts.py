@@ -31,12 +31,10 @@ class Accounts:
         self,
         accounts: Mapping[str, Account],
         settings: TransferSettings,
-        clock: Optional[Any] = None,
         runner: Optional[Any] = None,
     ) -> None:
         self.accounts = dict(accounts)
         self.settings = settings
-        self.clock = clock
         #: Runs CPU-bound work (hashing) in the gateway's thread pool.
         self.runner = runner
         #: Uploads in progress on this gateway, across all sessions and
@@ -56,7 +54,6 @@ class Accounts:
             account.permissions,
             self.settings,
             user=account.name,
-            clock=self.clock,
             registry=self.registry,
             runner=self.runner,
         )

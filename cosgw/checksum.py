@@ -71,6 +71,19 @@ class StreamCheck:
                 "bytes it announced"
             )
 
+    def feed(self, chunk: bytes) -> bytes:
+        """
+        Account for one read's result: a chunk is counted, the empty read
+        at the end of the stream is checked.  Returns C{chunk}.
+
+        @raise IntegrityError: see L{update} and L{finish}.
+        """
+        if chunk:
+            self.update(chunk)
+        else:
+            self.finish()
+        return chunk
+
     def finish(self) -> None:
         """@raise IntegrityError: the stream ended short or its CRC differs."""
         if self.count != self.expected_length:

@@ -440,7 +440,6 @@ def makeService(config: Config, reactor: Any = None) -> GatewayService:
             for name, user in users.items()
         },
         settings,
-        clock=reactor,
         runner=BlockingRunner(reactor, pool, threads * 2),
     )
     service.accounts = accounts

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -289,7 +288,6 @@ class ObjectFileSystem:
         permissions: frozenset[str],
         settings: TransferSettings,
         user: str = "",
-        clock: Optional[Any] = None,
         registry: Optional[UploadRegistry] = None,
         runner: Optional[Any] = None,
     ) -> None:
@@ -299,7 +297,6 @@ class ObjectFileSystem:
         self.permissions = frozenset(permissions)
         self.settings = settings
         self.user = user
-        self._clock = clock
         self.registry = registry if registry is not None else UploadRegistry()
         #: Runs CPU-bound work (hashing) in the gateway's pool; without one
         #: (unit tests) it runs inline.
@@ -740,9 +737,6 @@ class ObjectFileSystem:
             the store).
         """
         return self._run(segments, writer.finish)
-
-    def _now(self) -> float:
-        return self._clock.seconds() if self._clock is not None else time.time()
 
     # -- changes ----------------------------------------------------------
 

@@ -18,7 +18,7 @@ import tempfile
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
@@ -238,5 +238,5 @@ def in_thread(f: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred[Any]
     return deferToThread(f, *args, **kwargs)
 
 
-def random_bytes(size: int, seed: Optional[int] = None) -> bytes:
+def random_bytes(size: int) -> bytes:
     return os.urandom(size)

@@ -185,11 +185,7 @@ class _CosSource:
                 f"{self.info.key}: stream broke after {self._check.count} bytes: "
                 f"{type(e).__name__}"
             ) from e
-        if data:
-            self._check.update(data)
-        else:
-            self._check.finish()
-        return data
+        return self._check.feed(data)
 
     def read(self, size: int) -> Deferred[bytes]:
         return self._runner.run(self._read, size)

@@ -84,12 +84,7 @@ class _FileSource:
     def _read(self, size: int) -> bytes:
         if self._file is None:
             raise StoreError(f"{self.info.key}: read after close")
-        data = self._file.read(size)
-        if data:
-            self._check.update(data)
-        else:
-            self._check.finish()
-        return data
+        return self._check.feed(self._file.read(size))
 
     def read(self, size: int) -> Deferred[bytes]:
         return self._runner.run(self._read, size)
