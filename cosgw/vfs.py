@@ -15,7 +15,7 @@ rule about names, homes, directories and permissions lives here once:
     object C{dir/}.  Removing the last entry of a directory writes its marker,
     so a directory does not vanish under a client that is in it.
   - Errors are the L{FSError} subclasses below; store errors are translated
-    here (L{_translate}) and each frontend maps these to its replies in one
+    here (L{translate}) and each frontend maps these to its replies in one
     place.
 """
 
@@ -138,7 +138,7 @@ class IntegrityFailure(StoreFailure):
     default_message = "data integrity check failed"
 
 
-def _translate(failure: Failure, path: str) -> Failure:
+def translate(failure: Failure, path: str) -> Failure:
     """Store errors become file-system errors; FSErrors pass through."""
     e = failure.value
     if isinstance(e, FSError):
@@ -192,7 +192,7 @@ MTIME_INDEX = ".cosgw-mtimes.json"
 _MTIME_INDEX_LIMIT = 10_000
 
 
-def _client_mtime(info: ObjectInfo) -> float:
+def client_mtime(info: ObjectInfo) -> float:
     """The time a client set (object metadata) if any, else the store's."""
     value = info.metadata.get("mtime")
     if value is not None:
@@ -338,7 +338,7 @@ class ObjectFileSystem:
     ) -> Deferred[T]:
         path = display(segments)
         d = ensureDeferred(f())
-        d.addErrback(_translate, path)
+        d.addErrback(translate, path)
         return d
 
     # -- queries ----------------------------------------------------------
@@ -353,7 +353,7 @@ class ObjectFileSystem:
             pass
         else:
             return Entry(
-                segments[-1], False, info.size, _client_mtime(info), info.crc64
+                segments[-1], False, info.size, client_mtime(info), info.crc64
             )
         page = await self.store.list(key + "/", delimiter="/", max_keys=1)
         if page.objects or page.prefixes:
@@ -632,7 +632,7 @@ class ObjectFileSystem:
             source, consumer, self.settings.read_chunk, self.settings.read_ahead
         )
         d = download.start()
-        d.addErrback(_translate, display(segments))
+        d.addErrback(translate, display(segments))
         return download, d
 
     async def _set_mtime(self, segments: Sequence[str], when: float) -> None:
@@ -934,7 +934,7 @@ class Listing:
             name = info.key[len(prefix) :]
             if name in ("", ".", "..", MTIME_INDEX):
                 continue
-            mtime = _client_mtime(info)
+            mtime = client_mtime(info)
             known = self._mtimes.get(name)
             if known and known[1] == info.size and abs(known[2] - info.mtime) < 1:
                 mtime = known[0]

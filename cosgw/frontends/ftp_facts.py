@@ -24,7 +24,7 @@ FACTS = ("type", "size", "modify", "perm", "unique", "UNIX.mode", "COS.crc64")
 DEFAULT_FACTS = frozenset({"type", "size", "modify", "perm", "unique"})
 
 
-def _mode(entry: vfs.Entry, permissions: frozenset[str]) -> int:
+def unix_mode(entry: vfs.Entry, permissions: frozenset[str]) -> int:
     write = 0o200 if "upload" in permissions else 0
     if entry.is_dir:
         return 0o555 | write
@@ -35,7 +35,7 @@ def format_list_line(
     entry: vfs.Entry, permissions: frozenset[str], owner: str, now: float
 ) -> str:
     """One line of LIST output, as ``ls -l`` writes it (what clients parse)."""
-    mode = _mode(entry, permissions)
+    mode = unix_mode(entry, permissions)
     bits = "".join(
         c if mode & (1 << (8 - i)) else "-" for i, c in enumerate("rwxrwxrwx")
     )
@@ -103,7 +103,7 @@ def format_facts(
         elif fact == "unique":
             out.append(f"unique={unique_id(key)}")
         elif fact == "UNIX.mode":
-            out.append(f"UNIX.mode=0{_mode(entry, permissions):o}")
+            out.append(f"UNIX.mode=0{unix_mode(entry, permissions):o}")
         elif fact == "COS.crc64" and entry.crc64 is not None:
             out.append(f"COS.crc64={entry.crc64}")
     return "".join(f + ";" for f in out)

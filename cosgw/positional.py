@@ -1,0 +1,740 @@
+"""
+Positional reads and writes (SFTP's READ and WRITE, each with an offset)
+over the sequential streams an object store offers.
+
+Reading: L{RangedReader} keeps one ranged GET open per file handle and
+serves every read that falls inside a bounded window around it, in any
+order; OpenSSH sends many reads at increasing offsets at once and they are
+answered as the stream reaches them.  A read outside the window moves the
+stream there (a new ranged GET at that offset).  Memory per handle is about
+C{window + chunk}.
+
+Writing: an object is written once, front to back (a multipart upload), so
+L{PositionalWriter} turns writes at offsets into that order:
+
+  - a write at the next expected offset goes straight to the
+    L{UploadWriter} (the fast path every mainstream client takes);
+  - a write ahead of it, within C{window} bytes of memory, waits in a
+    reorder map until the gap before it is filled;
+  - a write further ahead, or once the memory window is full, goes to a
+    L{Spool}, a bounded temporary file, read back when the stream reaches
+    it;
+  - at the end, holes nobody wrote are zeros, as on a POSIX file;
+  - a write behind the stream (rewriting bytes already uploaded) cannot be
+    honoured and fails the whole file with L{RewriteRefused}: never a
+    silently wrong object.
+
+Backpressure: the writer pauses this object (its producer) while its parts
+in flight are full.  Acknowledgements of writes are then held back, which
+is all the flow control SFTP has (the client stops at its in-flight
+limit); C{on_pressure} tells the protocol when held bytes pass
+C{hold_limit}, so it can stop reading the connection altogether against a
+client that ignores acknowledgements.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+import tempfile
+from collections.abc import Callable
+from typing import Any, Optional
+
+from twisted.internet.defer import (
+    Deferred,
+    DeferredLock,
+    fail,
+    maybeDeferred,
+    succeed,
+)
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from cosgw.interfaces import IByteSource, IntegrityError, StoreError
+from cosgw.transfer import TransferStopped, UploadWriter
+
+log = Logger()
+
+MiB = 1024 * 1024
+#: Zeros for holes are fed in pieces of this size.
+_ZERO_PIECE = MiB
+
+
+class RewriteRefused(StoreError):
+    """A write fell behind the stream: those bytes are already uploaded."""
+
+
+class SpoolFull(StoreError):
+    """Out-of-order writes needed more temporary space than allowed."""
+
+
+# -- reading --------------------------------------------------------------
+
+
+class _Read:
+    __slots__ = ("offset", "end", "deferred")
+
+    def __init__(self, offset: int, end: int) -> None:
+        self.offset = offset
+        self.end = end
+        self.deferred: Deferred[bytes] = Deferred()
+
+
+class RangedReader:
+    """
+    Reads at any offset of one object, from one sequential stream where it
+    can.  The object must not change while it is read: a stream reopened on
+    a different version fails the reads with L{IntegrityError}.
+    """
+
+    def __init__(
+        self,
+        source: IByteSource,
+        reopen: Callable[[int], Deferred[IByteSource]],
+        window: int = 8 * MiB,
+        chunk: int = MiB,
+    ) -> None:
+        """
+        @param source: the stream from offset 0 (or wherever reading starts).
+        @param reopen: opens a new stream at an offset.
+        """
+        self.info = source.info
+        self.size = source.info.size
+        self.window = window
+        self.chunk = chunk
+        self._reopen_at = reopen
+        self._source: Optional[IByteSource] = source
+        self._generation = 0
+        self._reading = False
+        #: Buffered stream bytes: chunks (offset, data), contiguous, ending
+        #: at C{_pos}, the offset of the next byte the stream yields.
+        self._chunks: list[tuple[int, bytes]] = []
+        self._pos = source.offset
+        self._requests: list[_Read] = []
+        #: The end of the furthest read answered: read-ahead runs from here.
+        self._served = source.offset
+        self._failure: Optional[Failure] = None
+        self._closed = False
+        #: Streams opened, for tests and the log.
+        self.opens = 1
+
+    @property
+    def _start(self) -> int:
+        return self._chunks[0][0] if self._chunks else self._pos
+
+    def read(self, offset: int, length: int) -> Deferred[bytes]:
+        """
+        @return: Deferred firing with up to C{length} bytes at C{offset}
+            (fewer only at the end of the object; C{b""} at or past it);
+            failing with L{IntegrityError}/L{StoreError} if the stream broke,
+            or L{TransferStopped} after L{close}.
+        """
+        if self._closed:
+            return fail(TransferStopped("the file is closed"))
+        if self._failure is not None:
+            return fail(self._failure)
+        end = min(offset + max(length, 0), self.size)
+        if offset >= end:
+            return succeed(b"")
+        if self._start <= offset and end <= self._pos:
+            data = self._slice(offset, end)
+            self._served = max(self._served, end)
+            self._trim()
+            self._fill()
+            return succeed(data)
+        request = _Read(offset, end)
+        self._requests.append(request)
+        if not (self._start <= offset <= self._pos + self.window):
+            self._move(offset)
+        self._fill()
+        return request.deferred
+
+    def close(self) -> None:
+        """Release the stream; pending reads fail with L{TransferStopped}."""
+        if self._closed:
+            return
+        self._closed = True
+        self._generation += 1
+        if self._source is not None:
+            self._source.close()
+            self._source = None
+        self._chunks.clear()
+        requests, self._requests = self._requests, []
+        for r in requests:
+            r.deferred.errback(TransferStopped("the file is closed"))
+
+    # -- the stream -------------------------------------------------------
+
+    def _slice(self, offset: int, end: int) -> bytes:
+        pieces = []
+        for start, data in self._chunks:
+            stop = start + len(data)
+            if stop <= offset:
+                continue
+            if start >= end:
+                break
+            pieces.append(data[max(offset - start, 0) : min(end, stop) - start])
+        return b"".join(pieces)
+
+    def _trim(self) -> None:
+        """Drop buffered chunks nobody waits for and read-ahead has passed."""
+        behind = max(2 * self.chunk, self.window // 2)
+        low = min([r.offset for r in self._requests] + [self._served - behind])
+        while self._chunks and self._chunks[0][0] + len(self._chunks[0][1]) <= low:
+            self._chunks.pop(0)
+
+    def _move(self, offset: int) -> None:
+        """Reopen the stream at C{offset}; reads it strands go one-shot."""
+        log.debug("reopening {key} at {offset}", key=self.info.key, offset=offset)
+        self._generation += 1
+        if self._source is not None:
+            self._source.close()
+            self._source = None
+        self._reading = True
+        self._chunks.clear()
+        self._pos = self._served = offset
+        stranded = [r for r in self._requests if r.offset < offset]
+        self._requests = [r for r in self._requests if r.offset >= offset]
+        for r in stranded:
+            self._one_shot(r)
+        generation = self._generation
+        self.opens += 1
+        d = self._reopen_at(offset)
+        d.addCallbacks(
+            self._opened, self._failed, (generation,), None, (generation,), None
+        )
+
+    def _opened(self, source: IByteSource, generation: int) -> None:
+        if generation != self._generation:
+            source.close()
+            return
+        if not self._same_version(source):
+            source.close()
+            self._failed(
+                Failure(IntegrityError(f"{self.info.key} changed while being read")),
+                generation,
+            )
+            return
+        self._source = source
+        self._reading = False
+        self._fill()
+
+    def _same_version(self, source: IByteSource) -> bool:
+        info = source.info
+        if info.size != self.size:
+            return False
+        if self.info.etag and info.etag and info.etag != self.info.etag:
+            return False
+        return not (
+            self.info.crc64 is not None
+            and info.crc64 is not None
+            and info.crc64 != self.info.crc64
+        )
+
+    def _fill(self) -> None:
+        if self._reading or self._source is None or self._pos >= self.size:
+            return
+        wanted = max([r.end for r in self._requests], default=0)
+        ahead = min(self.size, self._served + self.window)
+        if self._pos >= max(wanted, ahead):
+            return
+        self._reading = True
+        generation = self._generation
+        d = self._source.read(self.chunk)
+        d.addCallbacks(
+            self._got, self._failed, (generation,), None, (generation,), None
+        )
+
+    def _got(self, data: bytes, generation: int) -> None:
+        if generation != self._generation:
+            return
+        self._reading = False
+        if not data:
+            if self._pos < self.size:
+                self._failed(
+                    Failure(IntegrityError(f"{self.info.key} ended early")), generation
+                )
+            return
+        self._chunks.append((self._pos, data))
+        self._pos += len(data)
+        ready = [r for r in self._requests if r.end <= self._pos]
+        self._requests = [r for r in self._requests if r.end > self._pos]
+        for r in ready:
+            self._served = max(self._served, r.end)
+        answers = [(r, self._slice(r.offset, r.end)) for r in ready]
+        self._trim()
+        self._fill()
+        for r, answer in answers:
+            r.deferred.callback(answer)
+
+    def _failed(self, failure: Failure, generation: int) -> None:
+        if generation != self._generation:
+            return
+        self._reading = False
+        self._failure = failure
+        if self._source is not None:
+            self._source.close()
+            self._source = None
+        requests, self._requests = self._requests, []
+        for r in requests:
+            r.deferred.errback(failure)
+
+    def _one_shot(self, request: _Read) -> None:
+        """Answer one read with its own short stream."""
+        self.opens += 1
+
+        async def fetch() -> bytes:
+            source = await self._reopen_at(request.offset)
+            try:
+                if not self._same_version(source):
+                    raise IntegrityError(f"{self.info.key} changed while being read")
+                pieces, got = [], 0
+                while got < request.end - request.offset:
+                    data = await source.read(request.end - request.offset - got)
+                    if not data:
+                        raise IntegrityError(f"{self.info.key} ended early")
+                    pieces.append(data)
+                    got += len(data)
+                return b"".join(pieces)[: request.end - request.offset]
+            finally:
+                source.close()
+
+        Deferred.fromCoroutine(fetch()).chainDeferred(request.deferred)
+
+
+# -- the spool ------------------------------------------------------------
+
+
+class Spool:
+    """
+    A temporary file for bytes that cannot go to the store yet, bounded by
+    C{limit} bytes written.  All file I/O runs in the gateway's thread pool
+    (C{runner}), one operation at a time, so writes and reads apply in the
+    order they were asked for.  The file has no name: it vanishes when
+    closed, or with the process.
+    """
+
+    def __init__(
+        self, runner: Optional[Any], directory: Optional[str], limit: int
+    ) -> None:
+        self.runner = runner
+        self.directory = directory
+        self.limit = limit
+        self.used = 0
+        self._file: Optional[Any] = None
+        self._lock = DeferredLock()
+        self._closed = False
+
+    def _call(self, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        def run(_: object) -> Deferred[Any]:
+            if self.runner is None:
+                return maybeDeferred(f, *args)
+            return self.runner.run(f, *args)
+
+        return self._lock.run(lambda: succeed(None).addCallback(run))
+
+    def _fd(self) -> int:
+        if self._closed:
+            raise TransferStopped("the spool is closed")
+        if self._file is None:
+            if self.directory:
+                os.makedirs(self.directory, exist_ok=True)
+            self._file = tempfile.TemporaryFile(dir=self.directory)
+        return self._file.fileno()
+
+    def write(self, offset: int, data: bytes) -> Deferred[None]:
+        """@raise SpoolFull: (synchronously) over the limit."""
+        if self.used + len(data) > self.limit:
+            raise SpoolFull(
+                f"out-of-order writes need more than {self.limit} bytes of "
+                "temporary space"
+            )
+        self.used += len(data)
+
+        def put() -> None:
+            fd = self._fd()
+            view = memoryview(data)
+            at = offset
+            while view:
+                n = os.pwrite(fd, view, at)
+                view, at = view[n:], at + n
+
+        return self._call(put)
+
+    def read(self, offset: int, length: int) -> Deferred[bytes]:
+        """Bytes at C{offset}; zeros where nothing was written."""
+
+        def get() -> bytes:
+            fd = self._fd()
+            data = os.pread(fd, length, offset)
+            return data + bytes(length - len(data))
+
+        return self._call(get)
+
+    def truncate(self, size: int) -> Deferred[None]:
+        return self._call(lambda: os.ftruncate(self._fd(), size))
+
+    def close(self) -> None:
+        """Discard the file (after any operation in progress)."""
+        if self._closed:
+            return
+        self._closed = True
+
+        def close() -> None:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+
+        self._lock.run(lambda: succeed(None).addCallback(lambda _: close()))
+
+
+# -- writing --------------------------------------------------------------
+
+
+class _Intervals:
+    """A set of disjoint [start, end) ranges, for what the spool holds."""
+
+    def __init__(self) -> None:
+        self.ranges: list[tuple[int, int]] = []
+
+    def add(self, start: int, end: int) -> None:
+        merged = []
+        for a, b in self.ranges:
+            if b < start or a > end:
+                merged.append((a, b))
+            else:
+                start, end = min(a, start), max(b, end)
+        merged.append((start, end))
+        merged.sort()
+        self.ranges = merged
+
+    def drop_below(self, offset: int) -> None:
+        self.ranges = [(max(a, offset), b) for a, b in self.ranges if b > offset]
+
+    def drop_above(self, offset: int) -> None:
+        self.ranges = [(a, min(b, offset)) for a, b in self.ranges if a < offset]
+
+    def covering(self, offset: int) -> Optional[tuple[int, int]]:
+        for a, b in self.ranges:
+            if a <= offset < b:
+                return a, b
+        return None
+
+    def first_after(self, offset: int) -> Optional[int]:
+        starts = [a for a, _ in self.ranges if a >= offset]
+        return min(starts) if starts else None
+
+
+@implementer(IPushProducer)
+class PositionalWriter:
+    """
+    Writes at offsets in, the in-order stream of an L{UploadWriter} out; see
+    the module docstring.  The object is the upload writer's base (what a
+    resumed or appended upload starts with) followed by the bytes written
+    from offset C{writer.base}.
+    """
+
+    def __init__(
+        self,
+        writer: UploadWriter,
+        window: int = 16 * MiB,
+        spool: Optional[Spool] = None,
+        hold_limit: int = 16 * MiB,
+        on_pressure: Optional[Callable[[bool], None]] = None,
+        append: bool = False,
+    ) -> None:
+        """
+        @param spool: where writes beyond the memory window go; without one
+            they fail the file with L{SpoolFull}.
+        @param on_pressure: called with True when more than C{hold_limit}
+            bytes wait for acknowledgement, False when they no longer do.
+        @param append: every write goes to the end, whatever its offset (the
+            SFTP APPEND flag, as O_APPEND).
+        """
+        self.writer = writer
+        self.window = window
+        self.spool = spool
+        self.hold_limit = hold_limit
+        self.on_pressure = on_pressure
+        self.append = append
+        #: The offset of the next byte the upload takes.
+        self.next = writer.base
+        #: The end of the furthest write.
+        self.end = writer.base
+        self._offsets: list[int] = []  # sorted starts of the memory chunks
+        self._memory: dict[int, bytes] = {}
+        self._memory_bytes = 0
+        self._spooled = _Intervals()
+        self._spooling = False
+        self._paused = False
+        self._io = False
+        self._held: list[tuple[int, Deferred[None]]] = []
+        self._held_bytes = 0
+        self._pressure = False
+        self._failure: Optional[Failure] = None
+        self._final: Optional[int] = None
+        self._done: Optional[Deferred[int]] = None
+        writer.registerProducer(self, True)
+
+    def adopt_spool(self, size: int) -> None:
+        """
+        The spool already holds the file's bytes [base, size): feed them at
+        L{finish} (a file changed in place, uploaded whole at close).
+        """
+        self._spooling = True
+        self._spooled.add(self.next, size)
+        self.end = max(self.end, size)
+
+    # -- the protocol's side ----------------------------------------------
+
+    def write(self, offset: int, data: bytes) -> Optional[Deferred[None]]:
+        """
+        Take C{data} at C{offset}.
+
+        @return: None when acknowledged at once; else a Deferred firing when
+            the write may be acknowledged (the upload caught up).
+        @raise RewriteRefused: the bytes are behind the stream.
+        @raise SpoolFull: the out-of-order bytes need more space than allowed.
+        @raise StoreError: the file already failed.
+        """
+        if self._failure is not None:
+            self._failure.raiseException()
+        if self._final is not None:
+            raise StoreError("the file is being closed")
+        if self.append:
+            offset = max(self.end, self.next)
+        if not data:
+            return None
+        end = offset + len(data)
+        if offset < self.next:
+            raise self._refuse(offset)
+        self.end = max(self.end, end)
+        if offset == self.next and not self._io and not self._covers_next():
+            self._trim_memory(offset, end)
+            self._feed(data)
+            self._drain()
+        elif self._spooling or (
+            self.spool is not None
+            and (
+                end > self.next + self.window
+                or self._memory_bytes + len(data) > self.window
+            )
+        ):
+            self._spool_write(offset, data)
+        elif (
+            end > self.next + self.window
+            or self._memory_bytes + len(data) > self.window
+        ):
+            raise SpoolFull(
+                f"a write at {offset} is too far ahead of the upload at {self.next}"
+            )
+        else:
+            self._trim_memory(offset, end)
+            bisect.insort(self._offsets, offset)
+            self._memory[offset] = data
+            self._memory_bytes += len(data)
+            self._drain()
+        return self._ack(len(data))
+
+    def finish(self, size: Optional[int] = None) -> Deferred[int]:
+        """
+        No more writes: feed what is left (zeros in holes) into the upload.
+
+        @param size: the file's final size when the client set one (SFTP
+            setstat), else the end of the furthest write.
+        @return: Deferred firing with the object's size once every byte has
+            reached the upload writer (the caller then commits it); failing
+            with the error that failed the file.
+        """
+        if self._failure is not None:
+            return fail(self._failure)
+        final = self.end if size is None else size
+        if final < self.next:
+            return fail(
+                RewriteRefused(
+                    f"cannot make the file {final} bytes long: {self.next} bytes "
+                    "are already uploaded"
+                )
+            )
+        if final < self.end:
+            # The client cut the file short (SFTP setstat size): what was
+            # written beyond the new end is not part of it.
+            self._trim_memory(final, self.end)
+            self._spooled.drop_above(final)
+        self._final = final
+        self._done = Deferred()
+        self._drain()
+        return self._done
+
+    def fail(self, failure: Failure) -> None:
+        """Give up: held acknowledgements fail, the spool goes."""
+        if self._failure is not None:
+            return
+        self._failure = failure
+        held, self._held = self._held, []
+        self._held_bytes = 0
+        self._set_pressure(False)
+        for _, d in held:
+            d.errback(failure)
+        if self.spool is not None:
+            self.spool.close()
+        self._memory.clear()
+        self._offsets.clear()
+        if self._done is not None and not self._done.called:
+            self._done.errback(failure)
+
+    # -- IPushProducer (the upload writer's side) -------------------------
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        self._release()
+        self._drain()
+
+    def stopProducing(self) -> None:
+        self.fail(Failure(TransferStopped("the upload stopped")))
+
+    # -- internals ----------------------------------------------------------
+
+    def _refuse(self, offset: int) -> RewriteRefused:
+        error = RewriteRefused(
+            f"a write at offset {offset} would change bytes already uploaded "
+            f"(the upload is at {self.next}); this server stores whole "
+            "objects, so files must be written front to back"
+        )
+        self.fail(Failure(error))
+        return error
+
+    def _ack(self, size: int) -> Optional[Deferred[None]]:
+        if not self._paused and not self._io:
+            return None
+        d: Deferred[None] = Deferred()
+        self._held.append((size, d))
+        self._held_bytes += size
+        if self._held_bytes > self.hold_limit:
+            self._set_pressure(True)
+        return d
+
+    def _release(self) -> None:
+        if self._paused:
+            return
+        held, self._held = self._held, []
+        self._held_bytes = 0
+        self._set_pressure(False)
+        for _, d in held:
+            d.callback(None)
+
+    def _set_pressure(self, on: bool) -> None:
+        if on != self._pressure:
+            self._pressure = on
+            if self.on_pressure is not None:
+                self.on_pressure(on)
+
+    def _feed(self, data: bytes) -> None:
+        self.next += len(data)
+        self._spooled.drop_below(self.next)
+        self.writer.write(data)
+
+    def _covers_next(self) -> bool:
+        return self._spooled.covering(self.next) is not None
+
+    def _trim_memory(self, start: int, end: int) -> None:
+        """A newer write of [start, end) replaces what memory held there."""
+        i = bisect.bisect_left(self._offsets, start)
+        if i > 0:
+            i -= 1
+        while i < len(self._offsets):
+            at = self._offsets[i]
+            if at >= end:
+                break
+            data = self._memory[at]
+            stop = at + len(data)
+            if stop <= start:
+                i += 1
+                continue
+            del self._memory[at]
+            del self._offsets[i]
+            self._memory_bytes -= len(data)
+            for keep_at, keep in (
+                (at, data[: max(0, start - at)]),
+                (end, data[max(0, end - at) :] if stop > end else b""),
+            ):
+                if keep:
+                    j = bisect.bisect_left(self._offsets, keep_at)
+                    self._offsets.insert(j, keep_at)
+                    self._memory[keep_at] = keep
+                    self._memory_bytes += len(keep)
+            i = bisect.bisect_left(self._offsets, start)
+            if i > 0:
+                i -= 1
+
+    def _spool_write(self, offset: int, data: bytes) -> None:
+        assert self.spool is not None
+        if not self._spooling:
+            log.info(
+                "{key}: writes out of order beyond the reorder window; "
+                "spooling them to a temporary file",
+                key=self.writer.key,
+            )
+        self._spooling = True
+        self._trim_memory(offset, offset + len(data))
+        d = self.spool.write(offset, data)  # SpoolFull propagates
+        self._spooled.add(offset, offset + len(data))
+        d.addErrback(self.fail)
+        self._drain()
+
+    def _drain(self) -> None:
+        """Feed the upload from memory, the spool and holes, in order."""
+        while not self._paused and not self._io and self._failure is None:
+            if self._offsets and self._offsets[0] <= self.next:
+                at = self._offsets.pop(0)
+                data = self._memory.pop(at)
+                self._memory_bytes -= len(data)
+                if at + len(data) > self.next:
+                    self._feed(data[self.next - at :])
+                continue
+            covering = self._spooled.covering(self.next)
+            if covering is not None:
+                self._read_spool(min(covering[1] - self.next, MiB))
+                return
+            if self._final is None:
+                break
+            if self.next >= self._final:
+                self._finished()
+                return
+            later = self._offsets[:1]
+            spooled = self._spooled.first_after(self.next)
+            if spooled is not None:
+                later.append(spooled)
+            gap_end = min(later + [self._final])
+            self._feed(bytes(min(gap_end - self.next, _ZERO_PIECE)))
+        self._release()
+
+    def _read_spool(self, length: int) -> None:
+        assert self.spool is not None
+        self._io = True
+        start = self.next
+        # Reserve the range: a write landing in it meanwhile is a rewrite.
+        self.next += length
+
+        def got(data: bytes) -> None:
+            self._io = False
+            if self._failure is not None:
+                return
+            self.next = start
+            self._feed(data)
+            self._drain()
+
+        d = self.spool.read(start, length)
+        d.addCallbacks(got, self.fail)
+
+    def _finished(self) -> None:
+        if self._done is not None and not self._done.called:
+            if self.spool is not None:
+                self.spool.close()
+            self._release()
+            self._done.callback(self.next)

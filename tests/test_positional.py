@@ -1,0 +1,263 @@
+"""
+Unit tests of L{cosgw.positional}: positional writes into a real
+L{UploadWriter} (over the recording fake store of test_transfer), with a
+real spool file, and positional reads through L{RangedReader} over fake
+byte sources.  Synchronous: the spool runs its file I/O inline here.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any, Optional
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.trial.unittest import SynchronousTestCase
+
+from cosgw.interfaces import IntegrityError, ObjectInfo
+from cosgw.positional import (
+    PositionalWriter,
+    RangedReader,
+    RewriteRefused,
+    Spool,
+    SpoolFull,
+)
+from cosgw.transfer import TransferSettings, UploadWriter
+from tests.test_transfer import FakeSource, FakeStore
+
+MiB = 1024 * 1024
+KiB = 1024
+
+
+def stored(store: FakeStore) -> bytes:
+    """The object the fake store ended with."""
+    puts = store.calls_to("put")
+    if puts:
+        return puts[-1].args[1]
+    parts = sorted(
+        (c.args[2], c.args[3]) for c in store.calls_to("upload_part")
+    )
+    return b"".join(data for _, data in parts)
+
+
+def pattern(size: int, seed: int = 1) -> bytes:
+    return random.Random(seed).randbytes(size)
+
+
+class PositionalWriterTests(SynchronousTestCase):
+    def make(
+        self,
+        auto: bool = True,
+        window: int = 256 * KiB,
+        spool_limit: Optional[int] = 64 * MiB,
+        append: bool = False,
+        pressure: Optional[list[bool]] = None,
+    ) -> tuple[FakeStore, UploadWriter, PositionalWriter]:
+        names = ["create_multipart", "complete_multipart", "put", "abort_multipart"]
+        if auto:
+            names.append("upload_part")
+        store = FakeStore(auto=names)
+        writer = UploadWriter(
+            store, "k", TransferSettings(part_size=MiB, parts_in_flight=2)
+        )
+        spool = Spool(None, self.mktemp(), spool_limit) if spool_limit else None
+        positional = PositionalWriter(
+            writer,
+            window=window,
+            spool=spool,
+            hold_limit=512 * KiB,
+            on_pressure=pressure.append if pressure is not None else None,
+            append=append,
+        )
+        return store, writer, positional
+
+    def finish(self, writer: UploadWriter, positional: PositionalWriter) -> int:
+        size = self.successResultOf(positional.finish())
+        self.successResultOf(writer.finish())
+        return size
+
+    def test_in_order(self) -> None:
+        store, writer, positional = self.make()
+        data = pattern(3 * MiB + 123)
+        for at in range(0, len(data), 32 * KiB):
+            self.assertIsNone(positional.write(at, data[at : at + 32 * KiB]))
+        self.assertEqual(self.finish(writer, positional), len(data))
+        self.assertEqual(stored(store), data)
+
+    def test_shuffled_within_window(self) -> None:
+        """Writes shuffled in groups of 8 (a concurrent writer) reorder."""
+        store, writer, positional = self.make()
+        data = pattern(2 * MiB, seed=2)
+        offsets = list(range(0, len(data), 32 * KiB))
+        rng = random.Random(3)
+        for i in range(0, len(offsets), 8):
+            group = offsets[i : i + 8]
+            rng.shuffle(group)
+            for at in group:
+                positional.write(at, data[at : at + 32 * KiB])
+        self.finish(writer, positional)
+        self.assertEqual(stored(store), data)
+        self.assertEqual(positional.spool.used, 0)  # type: ignore[union-attr]
+
+    def test_far_ahead_goes_to_spool(self) -> None:
+        """Back-to-front writes overflow the window into the spool."""
+        store, writer, positional = self.make(window=64 * KiB)
+        data = pattern(MiB + 5000, seed=4)
+        offsets = list(range(0, len(data), 32 * KiB))
+        for at in reversed(offsets):
+            positional.write(at, data[at : at + 32 * KiB])
+        self.finish(writer, positional)
+        self.assertEqual(stored(store), data)
+        self.assertGreater(positional.spool.used, 0)  # type: ignore[union-attr]
+
+    def test_holes_are_zeros(self) -> None:
+        store, writer, positional = self.make()
+        positional.write(0, b"a" * 10)
+        positional.write(100, b"b" * 10)
+        self.assertEqual(self.finish(writer, positional), 110)
+        self.assertEqual(stored(store), b"a" * 10 + bytes(90) + b"b" * 10)
+
+    def test_later_write_wins(self) -> None:
+        """Overlapping writes waiting for a gap: the newer bytes stand."""
+        store, writer, positional = self.make()
+        positional.write(10, b"x" * 20)
+        positional.write(15, b"y" * 5)
+        positional.write(0, b"z" * 10)
+        self.finish(writer, positional)
+        self.assertEqual(stored(store), b"z" * 10 + b"x" * 5 + b"y" * 5 + b"x" * 10)
+
+    def test_rewrite_refused(self) -> None:
+        """Bytes already uploaded cannot change: the file fails, loudly."""
+        store, writer, positional = self.make()
+        positional.write(0, b"a" * 100)
+        with self.assertRaises(RewriteRefused) as caught:
+            positional.write(50, b"b")
+        self.assertIn("offset 50", str(caught.exception))
+        self.failureResultOf(positional.finish(), RewriteRefused)
+        with self.assertRaises(RewriteRefused):
+            positional.write(100, b"c")
+
+    def test_without_spool_too_far_ahead_fails(self) -> None:
+        _, _, positional = self.make(window=64 * KiB, spool_limit=None)
+        with self.assertRaises(SpoolFull):
+            positional.write(MiB, b"x" * 10)
+
+    def test_spool_limit(self) -> None:
+        _, _, positional = self.make(window=16 * KiB, spool_limit=100 * KiB)
+        positional.write(MiB, b"x" * 64 * KiB)
+        with self.assertRaises(SpoolFull):
+            positional.write(2 * MiB, b"x" * 64 * KiB)
+
+    def test_cut_short_by_size(self) -> None:
+        store, writer, positional = self.make()
+        positional.write(0, b"a" * 10)
+        positional.write(20, b"b" * 10)
+        self.assertEqual(self.successResultOf(positional.finish(15)), 15)
+        self.successResultOf(writer.finish())
+        self.assertEqual(stored(store), b"a" * 10 + bytes(5))
+
+    def test_size_below_uploaded_refused(self) -> None:
+        _, _, positional = self.make()
+        positional.write(0, b"a" * 10)
+        self.failureResultOf(positional.finish(5), RewriteRefused)
+
+    def test_append_ignores_offsets(self) -> None:
+        store, writer, positional = self.make(append=True)
+        positional.write(0, b"one")
+        positional.write(0, b"two")
+        self.finish(writer, positional)
+        self.assertEqual(stored(store), b"onetwo")
+
+    def test_acks_wait_for_the_store(self) -> None:
+        """While parts are in flight at the limit, acknowledgements wait."""
+        pressure: list[bool] = []
+        store, writer, positional = self.make(auto=False, pressure=pressure)
+        data = pattern(4 * MiB, seed=5)
+        acks: list[Optional[Deferred[None]]] = []
+        for at in range(0, len(data), 32 * KiB):
+            acks.append(positional.write(at, data[at : at + 32 * KiB]))
+        held = [d for d in acks if d is not None]
+        self.assertTrue(held)
+        for d in held:
+            self.assertNoResult(d)
+        self.assertEqual(pressure, [True])
+        # The store catches up: parts complete, acknowledgements go out.
+        while store.unsettled("upload_part"):
+            store.answer(store.unsettled("upload_part")[0])
+        for d in held:
+            self.successResultOf(d)
+        self.assertEqual(pressure, [True, False])
+        size = self.successResultOf(positional.finish())
+        d = writer.finish()
+        while store.unsettled("upload_part"):
+            store.answer(store.unsettled("upload_part")[0])
+        self.successResultOf(d)
+        self.assertEqual(size, len(data))
+        self.assertEqual(stored(store), data)
+
+
+class SourceAt(FakeSource):
+    """A fake byte source starting at an offset of C{data}."""
+
+    def __init__(self, data: bytes, offset: int, etag: str = "e1") -> None:
+        super().__init__(data)
+        self.info = ObjectInfo(key="obj", size=len(data), mtime=1.0, etag=etag)
+        self.offset = self.position = offset
+        self.length = len(data) - offset
+
+
+class RangedReaderTests(SynchronousTestCase):
+    def make(
+        self, data: bytes, window: int = 256 * KiB, etag: str = "e1"
+    ) -> tuple[RangedReader, list[int]]:
+        opened: list[int] = []
+
+        def reopen(offset: int) -> Deferred[Any]:
+            opened.append(offset)
+            return succeed(SourceAt(data, offset, etag))
+
+        reader = RangedReader(SourceAt(data, 0), reopen, window=window, chunk=64 * KiB)
+        return reader, opened
+
+    def test_sequential_out_of_order(self) -> None:
+        """OpenSSH's pattern: many reads in flight, answered from one stream."""
+        data = pattern(MiB + 77, seed=6)
+        reader, opened = self.make(data)
+        offsets = list(range(0, len(data), 32 * KiB))
+        got = {}
+        for i in range(0, len(offsets), 4):
+            group = offsets[i : i + 4]
+            for at in reversed(group):
+                got[at] = self.successResultOf(reader.read(at, 32 * KiB))
+        self.assertEqual(b"".join(got[at] for at in offsets), data)
+        self.assertEqual(opened, [])
+        self.assertEqual(self.successResultOf(reader.read(len(data), 10)), b"")
+
+    def test_random_offsets_reopen(self) -> None:
+        data = pattern(4 * MiB, seed=7)
+        reader, opened = self.make(data)
+        for at in (3 * MiB, 100, 2 * MiB + 5):
+            self.assertEqual(
+                self.successResultOf(reader.read(at, 1000)), data[at : at + 1000]
+            )
+        self.assertEqual(opened, [3 * MiB, 100, 2 * MiB + 5])
+
+    def test_step_back_within_buffer(self) -> None:
+        """A re-request of recent bytes is served without reopening."""
+        data = pattern(MiB, seed=8)
+        reader, opened = self.make(data)
+        self.successResultOf(reader.read(0, 64 * KiB))
+        self.assertEqual(
+            self.successResultOf(reader.read(40 * KiB, 8 * KiB)),
+            data[40 * KiB : 48 * KiB],
+        )
+        self.assertEqual(opened, [])
+
+    def test_changed_object_fails(self) -> None:
+        data = pattern(MiB, seed=9)
+        reader, _ = self.make(data, etag="other")
+        self.failureResultOf(reader.read(900 * KiB, 10), IntegrityError)
+
+    def test_reads_after_close_fail(self) -> None:
+        reader, _ = self.make(b"abc")
+        reader.close()
+        self.assertTrue(self.failureResultOf(reader.read(0, 1)))
