@@ -1,19 +1,42 @@
 """
 Who a logged-in user is, once the checker has said they are who they claim:
-the store their home is in, the home prefix, their permissions and the
-transfer settings.  Both frontends build their avatars from here, so a user
-sees the same file system over FTP and SFTP.
+the store their home is in, the home prefix, their permissions, transfer
+settings and the rules that apply to them (quota, rates, sessions,
+networks).  Both frontends build their avatars from here, so a user sees the
+same file system, and meets the same rules, over FTP, FTPS and SFTP.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from twisted.logger import Logger
+
 from cosgw.interfaces import IObjectStore
+from cosgw.limits import NetworkRule, SessionLimits
+from cosgw.quota import Usage
+from cosgw.throttle import RateLimit
 from cosgw.transfer import TransferSettings, UploadRegistry
 from cosgw.vfs import ObjectFileSystem
+
+log = Logger()
+
+
+class LoginRefused(Exception):
+    """
+    The password (or key) was right, but a rule refuses this session: the
+    user's networks or session limit.  Not an UnauthorizedLogin, so the
+    login defender does not count it as a guess.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return self.reason
 
 
 @dataclass(frozen=True)
@@ -22,6 +45,15 @@ class Account:
     store: IObjectStore
     home: str
     permissions: frozenset[str]
+    #: Transfer settings for this user (their max file size); None: the
+    #: gateway's.
+    settings: Optional[TransferSettings] = None
+    #: Quota usage, shared by all the user's sessions; None: no quota.
+    usage: Optional[Usage] = None
+    upload_limit: Optional[RateLimit] = None
+    download_limit: Optional[RateLimit] = None
+    max_sessions: Optional[int] = None
+    network: NetworkRule = field(default_factory=NetworkRule)
 
 
 class Accounts:
@@ -32,6 +64,7 @@ class Accounts:
         accounts: Mapping[str, Account],
         settings: TransferSettings,
         runner: Optional[Any] = None,
+        sessions: Optional[SessionLimits] = None,
     ) -> None:
         self.accounts = dict(accounts)
         self.settings = settings
@@ -40,6 +73,7 @@ class Accounts:
         #: Uploads in progress on this gateway, across all sessions and
         #: protocols, so a resume never picks one that is still being fed.
         self.registry = UploadRegistry()
+        self.sessions = sessions if sessions is not None else SessionLimits()
 
     def filesystem(self, name: str) -> ObjectFileSystem:
         """
@@ -52,8 +86,44 @@ class Accounts:
             account.store,
             account.home,
             account.permissions,
-            self.settings,
+            account.settings or self.settings,
             user=account.name,
             registry=self.registry,
             runner=self.runner,
+            usage=account.usage,
+            upload_limit=account.upload_limit,
+            download_limit=account.download_limit,
         )
+
+    def open_session(self, name: str, peer: Any) -> ObjectFileSystem:
+        """
+        A session of C{name} from C{peer} (an address with C{.host}, or
+        None) begins: check the user's networks and session limit.  Call
+        L{close_session} when it ends.
+
+        @raise LoginRefused: a rule refuses the session.
+        """
+        account = self.accounts[name]
+        host = getattr(peer, "host", None)
+        if host is not None and not account.network.allows(host):
+            log.info(
+                "login of {user} from {peer} refused: address not allowed",
+                user=name,
+                peer=host,
+            )
+            raise LoginRefused(f"user {name} may not log in from this address")
+        if not self.sessions.login(name, account.max_sessions):
+            log.info(
+                "login of {user} from {peer} refused: {count} sessions open",
+                user=name,
+                peer=host,
+                count=self.sessions.count(name),
+            )
+            raise LoginRefused(
+                f"too many sessions for {name} ({account.max_sessions}); "
+                "try again later"
+            )
+        return self.filesystem(name)
+
+    def close_session(self, name: str) -> None:
+        self.sessions.logout(name)

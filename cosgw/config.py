@@ -7,6 +7,10 @@ Two formats are read, and L{load_config} tells them apart by their sections:
     C{[transfer]}, C{[storage:NAME]} and C{[user:NAME]}.  It is strict: an
     unknown section or key is an error, because a misspelt key that is
     silently ignored leaves a gateway running with a setting nobody chose.
+    A C{[user:NAME]} may carry its own bucket's keys (C{bucket},
+    C{region}, C{secret_id}, ...) instead of naming a storage: the loader
+    makes them the storage C{user:NAME}, and a file whose users all do so
+    needs no C{[storage:NAME]}.
   - COS FTP Server V5's C{conf/vsftpd.conf}, read unchanged, so a V5
     installation can switch to cosgw without touching its file.  Any file
     with a C{[COS_ACCOUNT...]} section is V5's.  It is lenient where V5 was:
@@ -20,6 +24,8 @@ are collected in L{Config.notices} for the service to log once at start.
 
 This module imports only the standard library: the twistd plugin and the
 command-line tools import it cheaply, and it must never install a reactor.
+The one exception is checking a user's SSH public keys, which imports
+C{twisted.conch.ssh.keys} (no reactor) when a file has keys, at load time.
 
 How a V5 file maps onto cosgw (facts from V5's C{ftp_v5/conf/ftp_config.py},
 C{stream_uploader.py} and README):
@@ -59,6 +65,11 @@ C{stream_uploader.py} and README):
     C{default}): cosgw uses its own default then, with a notice unless the
     value was C{default}.  C{max_list_file} is ignored: cosgw streams
     listings page by page and never truncates them.
+  - Nothing else maps: V5 had no SFTP, SSH keys, per-user quotas, limits,
+    rates or networks, server-wide networks, login or data timeouts, or
+    login defender.  A V5 file sets no SFTP listener (a notice says how to
+    turn SFTP on), its users log in with passwords, and every other setting
+    keeps cosgw's default.
 
 V5's parser was Python 2's C{ConfigParser.RawConfigParser}: full-line C{#}
 and C{;} comments, C{key = value} or C{key: value}, option names in any case,
@@ -135,6 +146,8 @@ HASH_PREFIXES = ("$scrypt$", "$pbkdf2-sha256$")
 #: The embedded default's implicit FTPS port.
 DEFAULT_FTPS_PORT = 2990
 DEFAULT_FTP_PORT = 2121
+#: The embedded default's SFTP port.
+DEFAULT_SFTP_PORT = 2222
 STATE_DIR_NAME = "cosgw-state"
 DATA_DIR_NAME = "cosgw-data"
 
@@ -176,16 +189,22 @@ class StorageConfig:
 @dataclass(frozen=True)
 class UserConfig:
     """
-    One account: its password, the storage it sees and what it may do.
+    One account: how it logs in, the storage it sees, what it may do and
+    the limits it works within.
 
     C{home} is a key prefix inside the storage, already normalised (C{""} is
     the storage's root, else C{"a/b"}): the user's C{/}.  The password is a
     hash from L{cosgw.auth.hash_password} or, for files carried over from V5,
-    plain text; it is left out of C{repr}.
+    plain text; it is left out of C{repr}.  A user has a password, SSH keys
+    or both, never neither.  A user whose section carries its own bucket's
+    keys has the storage C{"user:NAME"}, which the loader adds to
+    L{Config.storages}.
     """
 
     name: str
-    password: str = field(repr=False)
+    #: None: the user logs in with an SSH key only (C{authorized_keys}).
+    password: str | None = field(repr=False)
+    #: False when there is no password.
     password_is_hashed: bool
     storage: str
     home: str
@@ -193,6 +212,24 @@ class UserConfig:
     #: Per-user TLS policies; None follows [server]'s.
     tls_required: bool | None = None
     tls_data_required: bool | None = None
+    #: Public keys that may log in over SFTP, each normalised to
+    #: C{"type base64"} (no options, no comment).
+    authorized_keys: tuple[str, ...] = ()
+    #: Bytes and files the user may store under their home; None: no quota.
+    quota_bytes: int | None = None
+    quota_files: int | None = None
+    #: Largest upload; None: [transfer] max_file_size applies.
+    max_file_size: int | None = None
+    #: Sessions at once over FTP, FTPS and SFTP together; None: no limit.
+    max_sessions: int | None = None
+    #: Bytes per second, shared by all the user's sessions; None: unlimited.
+    upload_rate: int | None = None
+    download_rate: int | None = None
+    #: Normalised networks (C{str(ipaddress.ip_network(...))}), applied in
+    #: addition to [server]'s: empty allowed means any address; a denied
+    #: network always wins.
+    allowed_networks: tuple[str, ...] = ()
+    denied_networks: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -222,7 +259,8 @@ class TransferConfig:
 @dataclass(frozen=True)
 class ServerConfig:
     """
-    Listeners, passive ports, limits and logging for the whole gateway.
+    Listeners, passive ports, host keys, limits, timeouts, network access,
+    the login defender and logging for the whole gateway.
 
     The default passive range sits above Linux's ephemeral range
     (32768-60999) so passive listeners never collide with the gateway's own
@@ -250,6 +288,31 @@ class ServerConfig:
     tls_required: bool = False
     tls_data_required: bool = False
     tls_session_reuse: bool = False
+    #: SFTP listeners, endpoint strings.
+    sftp_listen: tuple[str, ...] = ()
+    #: OpenSSH private host key files; none: Ed25519 and RSA 3072 keys are
+    #: generated in state_dir at first start.
+    ssh_host_keys: tuple[Path, ...] = ()
+    #: Connections at once from one client address; None: no limit.
+    max_connections_per_ip: int | None = None
+    #: Seconds a client has to log in after connecting (FTP and SFTP).
+    login_timeout: int = 60
+    #: Seconds a data transfer may stall (no bytes either way) before it is
+    #: aborted.
+    data_timeout: int = 120
+    #: Normalised networks (C{str(ipaddress.ip_network(...))}): empty
+    #: allowed means any address; a denied network always wins.
+    allowed_networks: tuple[str, ...] = ()
+    denied_networks: tuple[str, ...] = ()
+    #: The login defender: C{login_max_failures} failed logins from one
+    #: address within C{login_failure_window} seconds ban it for
+    #: C{login_ban_time} seconds (0 failures: never ban).  The first failure
+    #: is answered after C{login_failure_delay} seconds, each further one
+    #: after twice the last, at most 16 times C{login_failure_delay}.
+    login_max_failures: int = 10
+    login_failure_window: int = 600
+    login_ban_time: int = 1800
+    login_failure_delay: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -457,7 +520,9 @@ def embedded_config(base: Path | None = None) -> Config:
     """
     The configuration used when there is no file: a local storage
     C{"default"} at C{base/cosgw-data} and state in C{base/cosgw-state}
-    (C{base} defaults to the current directory).
+    (C{base} defaults to the current directory).  It serves FTP on 2121,
+    implicit FTPS on 2990 and SFTP on 2222 (host keys generated in the state
+    directory at first start).
 
     It has no users: the service creates the generated user C{"cosgw"} with
     all permissions on C{"default"} (see
@@ -469,7 +534,9 @@ def embedded_config(base: Path | None = None) -> Config:
     return Config(
         source=None,
         server=ServerConfig(
-            state_dir=base / STATE_DIR_NAME, ftps_listen=(f"tcp:{DEFAULT_FTPS_PORT}",)
+            state_dir=base / STATE_DIR_NAME,
+            ftps_listen=(f"tcp:{DEFAULT_FTPS_PORT}",),
+            sftp_listen=(f"tcp:{DEFAULT_SFTP_PORT}",),
         ),
         transfer=TransferConfig(),
         storages=MappingProxyType({storage.name: storage}),
@@ -705,10 +772,39 @@ class _Section:
         except ValueError:
             self.fail(key, "yes/no, true/false, on/off or 1/0", value)
 
+    def number(self, key: str, default: float, minimum: float, maximum: float) -> float:
+        """A decimal number such as C{"1"} or C{"0.25"}, within bounds."""
+        value = self.text(key)
+        if value is None:
+            return default
+        expected = f"a number from {minimum:g} to {maximum:g}"
+        try:
+            number = float(value)
+        except ValueError:
+            self.fail(key, expected, value)
+        # "not (a <= x <= b)" also refuses nan, which compares false.
+        if not minimum <= number <= maximum:
+            self.fail(key, expected, value)
+        return number
+
+    def words(self, key: str) -> list[str]:
+        """The value split at blanks, commas and new lines (none if absent)."""
+        value = self.text(key)
+        if value is None:
+            return []
+        return [word for word in re.split(r"[\s,]+", value) if word]
+
     def path(self, key: str, base: Path) -> Path | None:
         value = self.text(key)
         if value is None:
             return None
+        return self._resolve(key, base, value)
+
+    def paths(self, key: str, base: Path) -> list[Path]:
+        """Paths separated by blanks, commas or new lines (none if absent)."""
+        return [self._resolve(key, base, word) for word in self.words(key)]
+
+    def _resolve(self, key: str, base: Path, value: str) -> Path:
         if _CONTROL_RE.search(value):
             self.fail(key, "a path without control characters", value)
         return base / Path(value).expanduser()
@@ -896,6 +992,17 @@ _SERVER_KEYS = (
     "tls_required",
     "tls_data_required",
     "tls_session_reuse",
+    "sftp_listen",
+    "ssh_host_keys",
+    "max_connections_per_ip",
+    "login_timeout",
+    "data_timeout",
+    "allowed_networks",
+    "denied_networks",
+    "login_max_failures",
+    "login_failure_window",
+    "login_ban_time",
+    "login_failure_delay",
 )
 _TRANSFER_KEYS = (
     "part_size",
@@ -918,15 +1025,39 @@ _COS_KEYS = (
     "scheme",
     "verify_tls",
 )
+# A COS storage's keys in cosgw's format, by cosgw's names: the same in a
+# [storage:NAME] and in a [user:NAME] that carries its own bucket.
+_COS_KEY_NAMES = {
+    key: key
+    for key in ("bucket", "region", "secret_id", "secret_key", "endpoint", "scheme")
+}
+_COS_SECRETS = ("secret_id", "secret_key", "token")
+#: The keys that give a user its own bucket instead of C{storage}.
+_USER_COS_KEYS = tuple(key for key in _COS_KEYS if key != "type")
 _USER_KEYS = (
     "password",
+    "authorized_keys",
+    "authorized_keys_file",
     "storage",
     "home",
     "permissions",
     "delete_enable",
     "tls_required",
     "tls_data_required",
+    "quota_bytes",
+    "quota_files",
+    "max_file_size",
+    "max_sessions",
+    "upload_rate",
+    "download_rate",
+    "allowed_networks",
+    "denied_networks",
+    *_USER_COS_KEYS,
 )
+#: Upper bounds that only catch typos (a quota in bytes of 1 EiB, a rate
+#: of 1 TiB/s).
+MAX_QUOTA_BYTES = 1024 * 1024 * TIB
+MAX_RATE = TIB
 _SECTION_KINDS = "[server], [transfer], [storage:NAME] or [user:NAME]"
 
 
@@ -967,15 +1098,16 @@ class _CosgwLoader:
         for name in storage_sections:
             storage = self.load_storage(name)
             storages[storage.name] = storage
-        if not storages:
-            raise ConfigError(
-                f"{self.label}: no [storage:NAME] section; expected at least one",
-                path=self.label,
-            )
+        # A user's own bucket becomes the storage "user:NAME", added after
+        # every user is read: "storage may be omitted when there is exactly
+        # one" counts [storage:NAME] sections only.
         users = {}
+        own_storages = {}
         for name in user_sections:
-            user = self.load_user(name, storages)
+            user, own = self.load_user(name, storages)
             users[user.name] = user
+            if own is not None:
+                own_storages[own.name] = own
         if not users:
             raise ConfigError(
                 f"{self.label}: no [user:NAME] section; expected at least one",
@@ -987,6 +1119,15 @@ class _CosgwLoader:
                 self.notices.append(
                     f"{self.label}: [storage:{name}]: no user uses this storage"
                 )
+        storages.update(own_storages)
+        if not server.sftp_listen:
+            for user in users.values():
+                if user.password is None:
+                    self.notices.append(
+                        f"{self.label}: [user:{user.name}]: user {user.name!r}"
+                        " has SSH keys but no password, and [server]"
+                        " sftp_listen is empty: it cannot log in"
+                    )
         return _freeze(self.source, server, transfer, storages, users, self.notices)
 
     def finish(self, section: _Section, known: tuple[str, ...]) -> None:
@@ -1009,7 +1150,7 @@ class _CosgwLoader:
     def load_server(self) -> ServerConfig:
         sec = self.section("server")
         state_dir = sec.path("state_dir", self.base) or self.base / STATE_DIR_NAME
-        ftp_listen = _parse_listen(sec, "ftp_listen")
+        ftp_listen = _parse_listen(sec, "ftp_listen", ServerConfig.ftp_listen)
         passive = _parse_passive_ports(sec, "passive_ports")
         notice = _passive_notice(self.label, "[server] passive_ports", *passive)
         if notice and sec.has("passive_ports"):
@@ -1021,9 +1162,7 @@ class _CosgwLoader:
         idle_timeout = sec.integer("idle_timeout", 600, 1, 7 * 24 * 3600)
         log_level = _parse_log_level(sec, "log_level", "info")
         log_dir = sec.path("log_dir", self.base)
-        ftps_listen = (
-            _parse_listen(sec, "ftps_listen") if sec.has("ftps_listen") else ()
-        )
+        ftps_listen = _parse_listen(sec, "ftps_listen", ())
         certificate = sec.path("tls_certificate", self.base)
         key = sec.path("tls_key", self.base)
         chain = sec.path("tls_chain", self.base)
@@ -1035,6 +1174,29 @@ class _CosgwLoader:
         tls_required = sec.boolean("tls_required", False)
         tls_data_required = sec.boolean("tls_data_required", False)
         tls_session_reuse = sec.boolean("tls_session_reuse", False)
+        sftp_listen = _parse_listen(sec, "sftp_listen", ())
+        ssh_host_keys = _parse_host_keys(sec, "ssh_host_keys", self.base)
+        max_connections_per_ip = sec.integer("max_connections_per_ip", 0, 0) or None
+        login_timeout = sec.integer(
+            "login_timeout", ServerConfig.login_timeout, 1, 3600
+        )
+        data_timeout = sec.integer(
+            "data_timeout", ServerConfig.data_timeout, 1, 24 * 3600
+        )
+        allowed_networks = _parse_networks(sec, "allowed_networks")
+        denied_networks = _parse_networks(sec, "denied_networks")
+        login_max_failures = sec.integer(
+            "login_max_failures", ServerConfig.login_max_failures, 0, 1_000_000
+        )
+        login_failure_window = sec.integer(
+            "login_failure_window", ServerConfig.login_failure_window, 1, 7 * 86400
+        )
+        login_ban_time = sec.integer(
+            "login_ban_time", ServerConfig.login_ban_time, 1, 365 * 86400
+        )
+        login_failure_delay = sec.number(
+            "login_failure_delay", ServerConfig.login_failure_delay, 0, 60
+        )
         self.finish(sec, _SERVER_KEYS)
         return ServerConfig(
             state_dir=state_dir,
@@ -1052,6 +1214,17 @@ class _CosgwLoader:
             tls_required=tls_required,
             tls_data_required=tls_data_required,
             tls_session_reuse=tls_session_reuse,
+            sftp_listen=sftp_listen,
+            ssh_host_keys=ssh_host_keys,
+            max_connections_per_ip=max_connections_per_ip,
+            login_timeout=login_timeout,
+            data_timeout=data_timeout,
+            allowed_networks=allowed_networks,
+            denied_networks=denied_networks,
+            login_max_failures=login_max_failures,
+            login_failure_window=login_failure_window,
+            login_ban_time=login_ban_time,
+            login_failure_delay=login_failure_delay,
         )
 
     # -- [transfer] ----------------------------------------------------------
@@ -1089,7 +1262,7 @@ class _CosgwLoader:
     # -- [storage:NAME] ------------------------------------------------------
 
     def load_storage(self, section_name: str) -> StorageConfig:
-        sec = self.section(section_name, secrets=("secret_id", "secret_key", "token"))
+        sec = self.section(section_name, secrets=_COS_SECRETS)
         name = section_name[len("storage:") :]
         if not _STORAGE_NAME_RE.match(name):
             sec.fail(None, "a storage name of letters, digits, '_', '.' and '-'", name)
@@ -1101,26 +1274,22 @@ class _CosgwLoader:
             self.refuse_other_kind(sec, _LOCAL_KEYS, "local")
             return StorageConfig(name=name, kind="local", path=path)
         if kind == "cos":
-            storage = _load_cos_storage(
-                sec,
-                name,
-                keys={
-                    "bucket": "bucket",
-                    "region": "region",
-                    "secret_id": "secret_id",
-                    "secret_key": "secret_key",
-                    "endpoint": "endpoint",
-                    "scheme": "scheme",
-                },
-                notices=None,
-            )
-            token = sec.text("token")
-            verify_tls = sec.boolean("verify_tls", True)
+            storage = self.load_cos(sec, name)
             self.refuse_other_kind(sec, _COS_KEYS, "cos")
-            return dataclasses.replace(storage, token=token, verify_tls=verify_tls)
+            return storage
         if not kind:
             sec.missing("type", "'local' or 'cos'")
         sec.fail("type", "'local' or 'cos'", sec.raw("type"))
+
+    def load_cos(self, sec: _Section, name: str) -> StorageConfig:
+        """
+        A COS storage from C{sec}'s bucket, keys, endpoint, scheme, token and
+        verify_tls: a C{[storage:NAME]} of type cos, or a user's own bucket.
+        """
+        storage = _load_cos_storage(sec, name, keys=_COS_KEY_NAMES, notices=None)
+        token = sec.text("token")
+        verify_tls = sec.boolean("verify_tls", True)
+        return dataclasses.replace(storage, token=token, verify_tls=verify_tls)
 
     def refuse_other_kind(
         self, sec: _Section, known: tuple[str, ...], kind: str
@@ -1140,28 +1309,25 @@ class _CosgwLoader:
 
     def load_user(
         self, section_name: str, storages: Mapping[str, StorageConfig]
-    ) -> UserConfig:
-        sec = self.section(section_name, secrets=("password",))
+    ) -> tuple[UserConfig, StorageConfig | None]:
+        """
+        One C{[user:NAME]}: the user and, when the section carries its own
+        bucket's keys, that storage (named C{"user:NAME"}).  C{storages} are
+        the C{[storage:NAME]} sections.
+        """
+        sec = self.section(section_name, secrets=("password", *_COS_SECRETS))
         name = section_name[len("user:") :]
         _check_user_name(sec, None, name)
-        password = sec.raw("password")
-        if not password:
-            sec.missing("password", "a hash printed by cosgw-passwd")
-        hashed = _check_password(sec, "password", password)
-        storage = sec.text("storage")
-        if storage is None:
-            if len(storages) != 1:
-                sec.missing(
-                    "storage",
-                    "the name of a [storage:NAME] (there is more than one)",
-                )
-            storage = next(iter(storages))
-        elif storage not in storages:
-            sec.fail(
-                "storage",
-                f"the name of a storage ({', '.join(sorted(storages))})",
-                storage,
+        password = sec.raw("password") or None
+        hashed = password is not None and _check_password(sec, "password", password)
+        authorized_keys = self.load_authorized_keys(sec)
+        if password is None and not authorized_keys:
+            sec.missing(
+                "password",
+                "a hash printed by cosgw-passwd, or SSH keys in authorized_keys"
+                " or authorized_keys_file",
             )
+        storage, own = self.user_storage(sec, section_name, storages)
         home = sec.raw("home") or ""
         try:
             home = normalize_home(home)
@@ -1192,12 +1358,27 @@ class _CosgwLoader:
             if sec.has("tls_data_required")
             else None
         )
+        quota_bytes = _size_limit(sec, "quota_bytes", 1, MAX_QUOTA_BYTES)
+        quota_files = sec.integer("quota_files", 0, 0) or None
+        value = sec.text("max_file_size")
+        if value is not None and value.lower() == "none":
+            sec.fail(
+                "max_file_size",
+                "a size (leave the key out to use [transfer] max_file_size)",
+                value,
+            )
+        max_file_size = sec.size("max_file_size", None, 1, MAX_OBJECT_SIZE)
+        max_sessions = sec.integer("max_sessions", 0, 0) or None
+        upload_rate = _size_limit(sec, "upload_rate", KIB, MAX_RATE)
+        download_rate = _size_limit(sec, "download_rate", KIB, MAX_RATE)
+        allowed_networks = _parse_networks(sec, "allowed_networks")
+        denied_networks = _parse_networks(sec, "denied_networks")
         self.finish(sec, _USER_KEYS)
-        if not hashed:
+        if password is not None and not hashed:
             self.notices.append(
                 _plain_password_notice(self.label, f"[{section_name}] password", name)
             )
-        return UserConfig(
+        user = UserConfig(
             name=name,
             password=password,
             password_is_hashed=hashed,
@@ -1206,7 +1387,89 @@ class _CosgwLoader:
             permissions=permissions,
             tls_required=tls_required,
             tls_data_required=tls_data_required,
+            authorized_keys=authorized_keys,
+            quota_bytes=quota_bytes,
+            quota_files=quota_files,
+            max_file_size=max_file_size,
+            max_sessions=max_sessions,
+            upload_rate=upload_rate,
+            download_rate=download_rate,
+            allowed_networks=allowed_networks,
+            denied_networks=denied_networks,
         )
+        return user, own
+
+    def user_storage(
+        self,
+        sec: _Section,
+        section_name: str,
+        storages: Mapping[str, StorageConfig],
+    ) -> tuple[str, StorageConfig | None]:
+        """
+        The storage a user sees: the one C{storage} names, the user's own
+        bucket (a storage named like the section, C{"user:NAME"}), or the
+        only C{[storage:NAME]}.
+
+        @return: C{(name, own)}, C{own} the user's own storage or None.
+        """
+        storage = sec.text("storage")
+        inline = [key for key in _USER_COS_KEYS if sec.has(key)]
+        if inline:
+            if storage is not None:
+                sec.fail(
+                    "storage",
+                    f"either storage or the user's own bucket ({inline[0]} and"
+                    " the other COS keys), not both",
+                    storage,
+                )
+            return section_name, self.load_cos(sec, section_name)
+        if storage is None:
+            if not storages:
+                sec.missing(
+                    "storage",
+                    "the name of a [storage:NAME] or the user's own bucket"
+                    " (bucket, region, secret_id, secret_key); there is no"
+                    " [storage:NAME]",
+                )
+            if len(storages) != 1:
+                sec.missing(
+                    "storage",
+                    "the name of a [storage:NAME] (there is more than one)",
+                )
+            return next(iter(storages)), None
+        if storage not in storages:
+            sec.fail(
+                "storage",
+                f"the name of a storage ({', '.join(sorted(storages))})",
+                storage,
+            )
+        return storage, None
+
+    def load_authorized_keys(self, sec: _Section) -> tuple[str, ...]:
+        """
+        The keys of C{authorized_keys} (one per line of the value) and of the
+        file C{authorized_keys_file} names, in that order, each once.
+        """
+        keys = []
+        text = sec.raw("authorized_keys")
+        if text:
+            keys += _parse_authorized_keys(
+                sec, "authorized_keys", text.splitlines(), "of the value"
+            )
+        key = "authorized_keys_file"
+        path = sec.path(key, self.base)
+        if path is not None:
+            try:
+                content = path.read_text(encoding="utf-8-sig")
+            except FileNotFoundError:
+                sec.fail(key, "an existing authorized_keys file", path)
+            except UnicodeDecodeError:
+                sec.fail(key, "an authorized_keys file of UTF-8 text", path)
+            except OSError as e:
+                reason = e.strerror or e.__class__.__name__
+                sec.fail(key, f"a readable authorized_keys file ({reason})", path)
+            keys += _parse_authorized_keys(sec, key, content.splitlines(), f"of {path}")
+        return tuple(dict.fromkeys(keys))
 
 
 def _load_cos_storage(
@@ -1270,16 +1533,17 @@ def _load_cos_storage(
     )
 
 
-def _parse_listen(sec: _Section, key: str) -> tuple[str, ...]:
+def _parse_listen(sec: _Section, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
     """
     Read one or more Twisted server endpoint strings separated by blanks or
-    new lines.  A bare port number means C{tcp:PORT}.  Only the port of
-    C{tcp:}, C{tcp6:} and C{ssl:} endpoints (possibly inside C{haproxy:}) is
-    checked here; Twisted checks the rest when the service starts.
+    new lines; C{default} when the key is absent or empty.  A bare port
+    number means C{tcp:PORT}.  Only the port of C{tcp:}, C{tcp6:} and
+    C{ssl:} endpoints (possibly inside C{haproxy:}) is checked here; Twisted
+    checks the rest when the service starts.
     """
     value = sec.text(key)
     if value is None:
-        return (f"tcp:{DEFAULT_FTP_PORT}",)
+        return default
     endpoints = []
     for word in value.split():
         if word.isdigit():
@@ -1344,6 +1608,148 @@ def _parse_log_level(sec: _Section, key: str, default: str) -> str:
     return level
 
 
+def _size_limit(sec: _Section, key: str, minimum: int, maximum: int) -> int | None:
+    """A size where 0, like no value, means no limit (None)."""
+    value = sec.text(key)
+    if value is None:
+        return None
+    expected = (
+        f"0 (no limit) or a size from {_format_size(minimum)} to"
+        f" {_format_size(maximum)} (bytes, or a number with K, M, G or T)"
+    )
+    try:
+        size = parse_size(value)
+    except ValueError:
+        sec.fail(key, expected, value)
+    if size == 0:
+        return None
+    if not minimum <= size <= maximum:
+        sec.fail(key, expected, value)
+    return size
+
+
+_NETWORKS_EXPECTED = (
+    "IPv4 or IPv6 networks or addresses such as '192.0.2.0/24',"
+    " '2001:db8::/32' or '198.51.100.7', separated by blanks or commas"
+)
+
+
+def _parse_networks(sec: _Section, key: str) -> tuple[str, ...]:
+    """
+    Read networks and single addresses, IPv4 and IPv6, as
+    C{ipaddress.ip_network(text, strict=False)} reads them (host bits are
+    dropped: C{192.0.2.7/24} is C{192.0.2.0/24}), each kept once in the
+    normalised form C{str(ip_network(...))}.
+    """
+    networks: list[str] = []
+    for word in sec.words(key):
+        try:
+            network = str(ipaddress.ip_network(word, strict=False))
+        except ValueError:
+            sec.fail(key, _NETWORKS_EXPECTED, word)
+        if network not in networks:
+            networks.append(network)
+    return tuple(networks)
+
+
+def _parse_host_keys(sec: _Section, key: str, base: Path) -> tuple[Path, ...]:
+    """
+    Read private host key files, which must exist now (the SFTP service
+    reads them when it starts).  A C{.pub} file is refused: naming the
+    public half is the usual slip.
+    """
+    paths: list[Path] = []
+    for path in sec.paths(key, base):
+        if path.suffix == ".pub":
+            sec.fail(key, "private host key files, not '.pub' public keys", path)
+        try:
+            exists = path.is_file()
+        except OSError:  # e.g. a directory on the way we may not search
+            exists = False
+        if not exists:
+            sec.fail(key, "paths of existing OpenSSH private host key files", path)
+        if path not in paths:
+            paths.append(path)
+    return tuple(paths)
+
+
+#: What starts an authorized_keys line without options: a key type.  A line
+#: that starts with something else but has a key type later has options.
+_SSH_KEY_TYPE_RE = re.compile(r"^(?:ssh|ecdsa|sk)-[A-Za-z0-9@.-]+$")
+_PUBLIC_KEY_EXPECTED = "an OpenSSH public key 'type base64 [comment]'"
+MIN_RSA_BITS = 2048
+
+
+def _parse_authorized_keys(
+    sec: _Section, key: str, lines: Iterable[str], where: str
+) -> list[str]:
+    """
+    Read authorized_keys lines (blank lines and C{#} comments skipped) into
+    normalised C{"type base64"} keys; C{where} (C{"of the value"}, C{"of
+    /path"}) says which lines an error's line number counts.
+    """
+    keys = []
+    for number, line in enumerate(lines, 1):
+        line = line.strip()
+        if line and not line.startswith("#"):
+            keys.append(_public_key(sec, key, line, f"on line {number} {where}"))
+    return keys
+
+
+def _public_key(sec: _Section, key: str, line: str, where: str) -> str:
+    """
+    Check one C{type base64 [comment]} line with Twisted's key parser and
+    return C{"type base64"}.  Refused: an options field (cosgw does not
+    apply C{from=}, C{command=} and the like, so it must not seem to), DSA
+    keys, RSA keys under L{MIN_RSA_BITS} bits, security-key and certificate
+    types (Twisted cannot verify their signatures), and a type that is not
+    the one inside the key data.
+    """
+    fields = line.split()
+    kind = fields[0]
+    if not _SSH_KEY_TYPE_RE.match(kind):
+        if any(_SSH_KEY_TYPE_RE.match(word) for word in fields[1:]):
+            sec.fail(
+                key,
+                f"'type base64 [comment]' {where}, without options (cosgw does"
+                " not support from=, command= and the like)",
+                kind,
+            )
+        sec.fail(key, f"{_PUBLIC_KEY_EXPECTED} {where}", line)
+    if len(fields) < 2:
+        sec.fail(key, f"{_PUBLIC_KEY_EXPECTED} {where}", line)
+    if kind == "ssh-dss":
+        sec.fail(key, f"an Ed25519, ECDSA or RSA key {where} (DSA is too weak)", kind)
+    if kind.startswith("sk-") or "-cert-" in kind:
+        sec.fail(
+            key,
+            f"an Ed25519, ECDSA or RSA key {where} (security-key and"
+            " certificate keys are not supported)",
+            kind,
+        )
+    normalised = f"{kind} {fields[1]}"
+    # Imported here, not at the top: the module must stay cheap to import
+    # (see the module docstring), and only configs with keys need it.
+    from twisted.conch.ssh.keys import Key
+
+    try:
+        parsed = Key.fromString(normalised.encode("ascii"))
+    except Exception:
+        # Bad base64 or key data raises BadKeyError, binascii.Error,
+        # struct.error, ValueError or IndexError: all mean the same here.
+        sec.fail(key, f"{_PUBLIC_KEY_EXPECTED} {where}", normalised)
+    if parsed.sshType() != kind.encode("ascii"):
+        actual = parsed.sshType().decode("ascii")
+        sec.fail(key, f"a key {where} whose type matches its data ({actual!r})", kind)
+    if parsed.type() == "RSA" and parsed.size() < MIN_RSA_BITS:
+        sec.fail(
+            key,
+            f"an RSA key of at least {MIN_RSA_BITS} bits {where}",
+            f"{kind} ({parsed.size()} bits)",
+        )
+    return normalised
+
+
 # --------------------------------------------------------------------------
 # COS FTP Server V5's conf/vsftpd.conf
 # --------------------------------------------------------------------------
@@ -1393,7 +1799,9 @@ class _V5Loader:
         self.parser = _parse(text, label, v5=True)
         self.notices: list[str] = [
             f"{label}: read as a COS FTP Server V5 configuration; etc/cosgw.ini"
-            " documents cosgw's own format"
+            " documents cosgw's own format",
+            f"{label}: SFTP is off, as V5 had none; to serve it, move to"
+            " cosgw's own format and set [server] sftp_listen",
         ]
         # V5 looked its sections up case-sensitively; accept any case.
         self.by_upper: dict[str, str] = {}

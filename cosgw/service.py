@@ -19,6 +19,8 @@ Embedding::
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional
 
@@ -42,10 +44,15 @@ from twisted.python.threadpool import ThreadPool
 from cosgw import auth
 from cosgw.accounts import Account, Accounts
 from cosgw.config import ALL_PERMISSIONS, Config, ConfigError, StorageConfig, UserConfig
+from cosgw.defender import LoginDefender
 from cosgw.interfaces import IObjectStore
+from cosgw.limits import ConnectionLimits, NetworkRule, SessionLimits
+from cosgw.quota import Usage
 from cosgw.storage._runner import BlockingRunner
+from cosgw.throttle import RateLimit
 from cosgw.tls import ServerTLS, generate_self_signed, load_server_tls
 from cosgw.transfer import TransferSettings
+from cosgw.vfs import is_hidden_key
 
 log = Logger()
 
@@ -251,9 +258,13 @@ class GatewayService(MultiService):
         super().__init__()
         self.ftp_listeners: list[ListenerService] = []
         self.ftps_listeners: list[ListenerService] = []
+        self.sftp_listeners: list[ListenerService] = []
         self.stores: dict[str, IObjectStore] = {}
         self.accounts: Optional[Accounts] = None
         self.pool: Optional[ThreadPool] = None
+        self.limits: Optional[ConnectionLimits] = None
+        self.sftp_factory: Any = None
+        self.defender: Optional[LoginDefender] = None
 
     def ready(self) -> Deferred[list[IListeningPort]]:
         """Fires with the FTP listening ports once they all listen."""
@@ -318,6 +329,98 @@ def _server_tls(config: Config) -> ServerTLS:
         fingerprint=tls.fingerprint,
     )
     return tls
+
+
+def _account(
+    user: UserConfig, store: IObjectStore, settings: TransferSettings, reactor: Any
+) -> Account:
+    """One user's account: their store, home and the rules that apply."""
+    if user.max_file_size is not None:
+        settings = dataclasses.replace(settings, max_file_size=user.max_file_size)
+    usage = None
+    if user.quota_bytes or user.quota_files:
+        home = user.home.strip("/")
+        usage = Usage(
+            store,
+            home + "/" if home else "",
+            user.quota_bytes or None,
+            user.quota_files or None,
+            ignore=is_hidden_key,
+        )
+    return Account(
+        name=user.name,
+        store=store,
+        home=user.home,
+        permissions=frozenset(user.permissions),
+        settings=settings,
+        usage=usage,
+        upload_limit=RateLimit(user.upload_rate, reactor) if user.upload_rate else None,
+        download_limit=(
+            RateLimit(user.download_rate, reactor) if user.download_rate else None
+        ),
+        max_sessions=user.max_sessions,
+        network=NetworkRule(user.allowed_networks, user.denied_networks),
+    )
+
+
+def _add_sftp(
+    service: GatewayService,
+    config: Config,
+    users: dict[str, UserConfig],
+    realm: auth.Realm,
+    session: Callable[[str, Any], tuple[Any, Callable[[], None]]],
+    reactor: Any,
+) -> Any:
+    """
+    The SSH side: host keys (generated at first start when the config
+    names none), the SFTP avatar and the factory; returns the public-key
+    checker for the portal.  Blocking; for start-up.
+    """
+    from twisted.conch.interfaces import IConchUser
+
+    from cosgw.frontends.sftp import FileTransfer, GatewaySFTPServer, SFTPSettings
+    from cosgw.frontends.ssh import (
+        GatewaySSHFactory,
+        KeyChecker,
+        SFTPUser,
+        fingerprint,
+        load_host_keys,
+    )
+
+    server = config.server
+    try:
+        host_keys = load_host_keys(server.ssh_host_keys, server.state_dir)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    for key in host_keys.values():
+        log.info(
+            "SSH host key {type}: {fingerprint}",
+            type=key.sshType().decode("ascii"),
+            fingerprint=fingerprint(key),
+        )
+    sftp_settings = SFTPSettings(spool_dir=str(server.state_dir / "spool"))
+
+    def sftp_avatar(avatar_id: str, mind: Any) -> tuple[SFTPUser, Any]:
+        fs, logout = session(avatar_id, mind)
+        avatar = SFTPUser(
+            avatar_id,
+            GatewaySFTPServer(fs, sftp_settings),
+            FileTransfer,
+            on_logout=logout,
+        )
+        return avatar, avatar.logout
+
+    realm.register(IConchUser, sftp_avatar)
+    service.sftp_factory = GatewaySSHFactory(
+        None,  # type: ignore[arg-type]  # the portal is set once it exists
+        host_keys,
+        reactor,
+        login_timeout=server.login_timeout,
+        idle_timeout=server.idle_timeout,
+        admission=service.limits,
+        login_guard=service.defender,
+    )
+    return KeyChecker({name: u.authorized_keys for name, u in users.items()})
 
 
 def _embedded_user(config: Config) -> tuple[UserConfig, Optional[str]]:
@@ -431,16 +534,12 @@ def makeService(config: Config, reactor: Any = None) -> GatewayService:
     )
     accounts = Accounts(
         {
-            name: Account(
-                name=name,
-                store=service.stores[user.storage],
-                home=user.home,
-                permissions=frozenset(user.permissions),
-            )
+            name: _account(user, service.stores[user.storage], settings, reactor)
             for name, user in users.items()
         },
         settings,
         runner=BlockingRunner(reactor, pool, threads * 2),
+        sessions=SessionLimits(),
     )
     service.accounts = accounts
     UploadSweeper(
@@ -450,27 +549,64 @@ def makeService(config: Config, reactor: Any = None) -> GatewayService:
         active=accounts.registry,
     ).setServiceParent(service)
 
+    server = config.server
+    defender = LoginDefender(
+        reactor,
+        max_failures=server.login_max_failures,
+        window=server.login_failure_window,
+        ban_time=server.login_ban_time,
+        base_delay=server.login_failure_delay,
+    )
+    limits = ConnectionLimits(
+        max_total=server.max_connections,
+        max_per_ip=server.max_connections_per_ip,
+        network=NetworkRule(server.allowed_networks, server.denied_networks),
+    )
+    service.defender, service.limits = defender, limits
     checker = auth.PasswordChecker(
-        {name: (u.password, u.password_is_hashed) for name, u in users.items()},
+        {
+            name: (u.password, u.password_is_hashed)
+            for name, u in users.items()
+            if u.password is not None
+        },
         reactor,
         pool,
+        failure_delay=0,  # the defender delays failed logins
     )
     realm = auth.Realm()
 
+    def session(avatar_id: str, mind: Any) -> tuple[Any, Callable[[], None]]:
+        """One session's file system, and its logout (idempotent)."""
+        fs = accounts.open_session(avatar_id, mind)
+        open_ = [True]
+
+        def logout() -> None:
+            if open_:
+                open_.clear()
+                accounts.close_session(avatar_id)
+
+        return fs, logout
+
     def ftp_avatar(avatar_id: str, mind: Any) -> tuple[FTPShell, Any]:
-        shell = FTPShell(accounts.filesystem(avatar_id), lambda: None)
+        fs, logout = session(avatar_id, mind)
+        shell = FTPShell(fs, logout)
         return shell, shell.logout
 
     realm.register(IFTPShell, ftp_avatar)
-    portal = Portal(realm, [checker])
+    checkers: list[Any] = [checker]
+    if server.sftp_listen:
+        checkers.append(_add_sftp(service, config, users, realm, session, reactor))
+    portal = Portal(realm, checkers)
 
-    server = config.server
     tls = _server_tls(config)
     common: dict[str, Any] = {
         "passive_ports": server.passive_ports,
         "masquerade_address": server.masquerade_address,
         "idle_timeout": server.idle_timeout,
-        "max_connections": server.max_connections,
+        "login_timeout": server.login_timeout,
+        "stall_timeout": server.data_timeout,
+        "limits": limits,
+        "defender": defender,
         "tls": tls,
         "tls_required": server.tls_required,
         "tls_data_required": server.tls_data_required,
@@ -491,6 +627,12 @@ def makeService(config: Config, reactor: Any = None) -> GatewayService:
         listener = ListenerService(reactor, description, tls.wrap(implicit))
         listener.setServiceParent(service)
         service.ftps_listeners.append(listener)
+    if server.sftp_listen:
+        service.sftp_factory.portal = portal
+        for description in server.sftp_listen:
+            listener = ListenerService(reactor, description, service.sftp_factory)
+            listener.setServiceParent(service)
+            service.sftp_listeners.append(listener)
 
     if config.embedded:
         _announce(service, users[auth.DEFAULT_USERNAME], generated)

@@ -45,7 +45,7 @@ import math
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IConsumer, IPushProducer
@@ -96,6 +96,10 @@ class TransferStopped(Exception):
 
 class UploadTooLarge(StoreError):
     """The upload went over the size the gateway allows for one file."""
+
+
+class QuotaReached(StoreError):
+    """The upload went over the user's quota."""
 
 
 def part_size_for(number: int, base: int, size_hint: Optional[int] = None) -> int:
@@ -311,6 +315,7 @@ class UploadWriter:
         resume: Optional[tuple[str, Sequence[PartInfo]]] = None,
         copy_prefix: Optional[tuple[str, int]] = None,
         initial: bytes = b"",
+        budget: Optional[Any] = None,
     ) -> None:
         """
         @param resume: (upload id, its parts 1..k) of an interrupted upload
@@ -320,6 +325,9 @@ class UploadWriter:
             server-side, then the new bytes (APPE, REST n + STOR).
         @param initial: bytes the object starts with before the new ones
             (a prefix too small for a server-side part copy).
+        @param budget: the user's quota reservation (L{cosgw.quota.Reservation}):
+            the object's size is claimed as it grows, committed when the
+            object is stored, released when it is not.
         """
         self.store = store
         self.key = key
@@ -373,6 +381,10 @@ class UploadWriter:
         if initial:
             self.base += len(initial)
             self._buffer += initial
+        self._budget = budget
+        if budget is not None and not budget.grow(self.size):
+            self._fail(Failure(QuotaReached(f"{key}: over the quota")))
+            return
         self._pump()
 
     @property
@@ -397,6 +409,9 @@ class UploadWriter:
         limit = self.settings.max_file_size
         if limit is not None and self.size > limit:
             self._fail(Failure(UploadTooLarge(f"{self.key}: over {limit} bytes")))
+            return
+        if self._budget is not None and not self._budget.grow(self.size):
+            self._fail(Failure(QuotaReached(f"{self.key}: over the quota")))
             return
         self._buffer += data
         while (
@@ -510,6 +525,11 @@ class UploadWriter:
         if self._outcome is not None:
             return
         self._outcome = outcome
+        if self._budget is not None:
+            if isinstance(outcome, Failure):
+                self._budget.release()
+            else:
+                self._budget.commit(outcome.size)
         waiters, self._waiters = self._waiters, []
         for d in waiters:
             if isinstance(outcome, Failure):

@@ -49,8 +49,10 @@ from cosgw.interfaces import (
     StoreError,
     StoreUnavailable,
 )
+from cosgw.quota import QuotaFull, Usage
 from cosgw.transfer import (
     Download,
+    QuotaReached,
     TransferSettings,
     UploadRegistry,
     UploadTooLarge,
@@ -150,6 +152,10 @@ def translate(failure: Failure, path: str) -> Failure:
         return Failure(AlreadyExists(path, str(e), request_id))
     if isinstance(e, UploadTooLarge):
         return Failure(FileTooLarge(path, request_id=request_id))
+    if isinstance(e, QuotaReached):
+        return Failure(QuotaExceeded(path, "quota exceeded", request_id))
+    if isinstance(e, QuotaFull):
+        return Failure(QuotaExceeded(path, e.reason, request_id))
     if isinstance(e, IntegrityError):
         log.error(
             "integrity check failed for {path}: {error} (request {request_id})",
@@ -235,6 +241,11 @@ class Resumable:
     size: int
 
 
+def is_hidden_key(key: str) -> bool:
+    """Keys the gateway keeps for itself: never listed, never counted."""
+    return key.rsplit("/", 1)[-1] == MTIME_INDEX
+
+
 def check_name(name: str, path: str) -> None:
     """@raise InvalidName: C{name} cannot be a path segment."""
     if name in ("", ".", "..", MTIME_INDEX) or "/" in name:
@@ -290,7 +301,17 @@ class ObjectFileSystem:
         user: str = "",
         registry: Optional[UploadRegistry] = None,
         runner: Optional[Any] = None,
+        usage: Optional[Usage] = None,
+        upload_limit: Optional[Any] = None,
+        download_limit: Optional[Any] = None,
     ) -> None:
+        """
+        @param usage: the user's quota usage, shared by all their sessions
+            (None: no quota).
+        @param upload_limit: the user's L{cosgw.throttle.RateLimit} for
+            bytes they send, shared by all their sessions; the frontends
+            apply it.  C{download_limit} likewise for bytes they receive.
+        """
         home = home.strip("/")
         self.store = store
         self.prefix = home + "/" if home else ""
@@ -301,6 +322,9 @@ class ObjectFileSystem:
         #: Runs CPU-bound work (hashing) in the gateway's pool; without one
         #: (unit tests) it runs inline.
         self.runner = runner
+        self.usage = usage
+        self.upload_limit = upload_limit
+        self.download_limit = download_limit
 
     # -- names ------------------------------------------------------------
 
@@ -352,9 +376,7 @@ class ObjectFileSystem:
         except NoSuchKey:
             pass
         else:
-            return Entry(
-                segments[-1], False, info.size, client_mtime(info), info.crc64
-            )
+            return Entry(segments[-1], False, info.size, client_mtime(info), info.crc64)
         page = await self.store.list(key + "/", delimiter="/", max_keys=1)
         if page.objects or page.prefixes:
             mtime = page.objects[0].mtime if page.objects else 0.0
@@ -488,6 +510,12 @@ class ObjectFileSystem:
             raise InvalidOffset(
                 display(segments),
                 f"cannot restart at {offset}: {have} bytes are stored",
+            )
+        if self.usage is not None:
+            await self.usage.ensure()
+            writer_args["budget"] = self.usage.reserve(
+                replacing=existing.size if existing is not None else 0,
+                new_file=existing is None,
             )
         return UploadWriter(self.store, key, self.settings, **writer_args)
 
@@ -799,13 +827,15 @@ class ObjectFileSystem:
             raise IsADirectory("/")
         key = self.key(segments)
         try:
-            await self.store.head(key)
+            info = await self.store.head(key)
         except NoSuchKey:
             entry = await self._stat(segments)
             if entry.is_dir:
                 raise IsADirectory(display(segments)) from None
             raise
         await self.store.delete(key)
+        if self.usage is not None:
+            self.usage.removed(info.size)
         await self._keep_directory(segments[:-1])
 
     def remove(self, segments: Sequence[str]) -> Deferred[None]:
@@ -839,6 +869,8 @@ class ObjectFileSystem:
                 return
             await self.store.copy(src_key, dst_key)
             await self.store.delete(src_key)
+            if existing is not None and self.usage is not None:
+                self.usage.removed(existing.size)  # the file it replaced
         await self._keep_directory(source[:-1])
 
     async def _rename_tree(self, source: Sequence[str], target: Sequence[str]) -> None:

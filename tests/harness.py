@@ -18,7 +18,7 @@ import tempfile
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
@@ -152,13 +152,30 @@ def make_inspector(kind: str, cleanup: Callable[..., None]) -> Any:
     return CosInspector(server, bucket)
 
 
+_HOST_KEYS: list[Path] = []
+
+
+def host_keys() -> tuple[Path, ...]:
+    """SSH host keys generated once per test run (RSA 3072 is slow to make)."""
+    if not _HOST_KEYS:
+        from cosgw.frontends.ssh import load_host_keys
+
+        directory = Path(tempfile.mkdtemp(prefix="cosgw-hostkeys-"))
+        load_host_keys((), directory)
+        _HOST_KEYS.extend(sorted(directory.glob("ssh_host_*_key")))
+    return tuple(_HOST_KEYS)
+
+
 class Gateway:
     """A running gateway and what a test needs to talk to it."""
 
-    def __init__(self, service: Any, inspector: Any, port: int) -> None:
+    def __init__(
+        self, service: Any, inspector: Any, port: int, sftp_port: int = 0
+    ) -> None:
         self.service = service
         self.inspector = inspector
         self.port = port
+        self.sftp_port = sftp_port
         self.host = "127.0.0.1"
 
     @property
@@ -174,6 +191,8 @@ def start_gateway(
     alice_home: str = "",
     data_timeout: float = 3.0,
     resume_uploads: bool = True,
+    users: Optional[dict[str, UserConfig]] = None,
+    storages: Optional[dict[str, StorageConfig]] = None,
     **server_overrides: Any,
 ) -> Deferred[Gateway]:
     """
@@ -184,7 +203,7 @@ def start_gateway(
     inspector = make_inspector(kind, testcase.addCleanup)
     state = Path(tempfile.mkdtemp(prefix="cosgw-state-"))
     testcase.addCleanup(shutil.rmtree, state, True)
-    users = {
+    default_users = {
         "alice": UserConfig(
             name="alice",
             password=_HASHED,
@@ -202,9 +221,17 @@ def start_gateway(
             permissions=frozenset({"list", "download"}),
         ),
     }
+    if users is None:
+        users = default_users
     server_settings: dict[str, Any] = {
         "ftp_listen": ("tcp:0:interface=127.0.0.1",),
+        "sftp_listen": ("tcp:0:interface=127.0.0.1",),
+        "ssh_host_keys": host_keys(),
         "passive_ports": TEST_PASSIVE_PORTS,
+        # Tests log in with wrong passwords on purpose; no growing delays
+        # unless a test asks for them.
+        "login_failure_delay": 0.0,
+        "login_max_failures": 0,
         **server_overrides,
     }
     server = ServerConfig(state_dir=state, **server_settings)
@@ -217,7 +244,7 @@ def start_gateway(
             threads=8,
             resume_uploads=resume_uploads,
         ),
-        storages={"store": inspector.storage()},
+        storages={"store": inspector.storage(), **(storages or {})},
         users=users,
         notices=(),
     )
@@ -227,10 +254,16 @@ def start_gateway(
     service.startService()
     testcase.addCleanup(lambda: service.running and service.stopService())
 
-    def ready(ports: list[Any]) -> Gateway:
-        return Gateway(service, inspector, ports[0].getHost().port)
+    async def ready() -> Gateway:
+        ports = await service.ready()
+        sftp_port = 0
+        if service.sftp_listeners:
+            listener = service.sftp_listeners[0]
+            await listener.listening
+            sftp_port = listener.port.getHost().port
+        return Gateway(service, inspector, ports[0].getHost().port, sftp_port)
 
-    return service.ready().addCallback(ready)
+    return Deferred.fromCoroutine(ready())
 
 
 def in_thread(f: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred[Any]:

@@ -16,7 +16,9 @@ import pytest
 from cosgw.config import (
     ALL_PERMISSIONS,
     ConfigError,
+    ServerConfig,
     StorageConfig,
+    UserConfig,
     authority_permissions,
     embedded_config,
     load_config,
@@ -55,6 +57,30 @@ password = {PASSWORD}
 """
 
 BASE = STORAGE + USER
+
+# A user's own bucket, for a [user:NAME] section.
+OWN_BUCKET = f"""
+bucket = ownbucket-1250000000
+region = ap-shanghai
+secret_id = AKIDOWNOWNOWNOWN
+secret_key = {SECRET_KEY}
+token = {TOKEN}
+"""
+
+# Public keys (their private halves were thrown away).
+ED25519 = (
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMO74oQ5BpfrlzlQHxDlZn7HuwK+m2SsJ+4jEKxGSo4p"
+)
+ECDSA = "ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTYAAABBBPUKxodtprkp2H1RiZjDSFWNhvkQ0x7N1lqiRXaqTIUJ8KOYO41A//aBTK0XWi6WOE/HfsVE2/rFvHLblaDwdOg="
+RSA_2048 = "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQD2WQrapWDqN+5LbHXGQxpWeRF+tnj6k1zBswhhfxEjT4GFIcqqxk6t+Azf4FPhTWRIB3gqPhg8XkwfQpEcoQ/1JJJUkYonEIHB0+CJDit/02dsfwQ0PaoADccFoxwQiGuNb7O3qEnfLXwK1OGHRlYUpq2bO877rx0+4vypdfTsK0pSI/xyI+/HtYhDCO53ApwCoeeWFfHGHt2sqG9Y7sPI77+waO2aFVGGK/yYyJ6yk+P6B+kRSM2c+baP83t5kIb/xz5t3zAg3MV1MK/OBbtybeoxYANZaFF4kXfI8AoGibnE8JuEyMdV4zgmtJiCa1oNqMEvbtbuyX86NRB6v1Kr"
+RSA_1024 = "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAAAgQDStRXI5LX7Wl6zPxiMUIQJWkPomfPWsAh1bVOS2crJWNZ7t6W0gDaTk5/ikram7dxd1wwDTBpcX6XQuZeUcviWUMVNvo1NW4eqOK8qgFXzjoaHfrkyvjE6OhjbHwrXwTGZCUqaPECQ4vo+uvPoMVHiJKvhZ1QgE7Vw8RjpVaXnkw=="
+# Refused by its type before its data is read.
+DSA = "ssh-dss AAAAB3NzaC1kc3MAAACBANQHG8ahZPpNVeAo8z3mVMe5y7IM1bs8Q9bXy8EzoG4l"
+
+
+def keys_value(*lines: str) -> str:
+    """An authorized_keys value over indented continuation lines."""
+    return "authorized_keys =\n" + "".join(f"    {line}\n" for line in lines)
 
 
 def write(tmp_path: Path, text: str, name: str = "cosgw.ini") -> Path:
@@ -103,7 +129,7 @@ def test_example_ini_loads() -> None:
     assert config.server.max_connections == 200
     assert config.transfer.part_size == 8 * MIB
     assert config.transfer.max_file_size is None
-    assert set(config.storages) == {"photos", "scratch"}
+    assert set(config.storages) == {"photos", "scratch", "user:carol"}
     photos = config.storages["photos"]
     assert (photos.kind, photos.bucket, photos.region) == (
         "cos",
@@ -115,9 +141,38 @@ def test_example_ini_loads() -> None:
     assert alice.password_is_hashed
     assert (alice.storage, alice.home) == ("photos", "teams/alice")
     assert alice.permissions == {"list", "download", "upload", "mkdir"}
+    (alice_key,) = alice.authorized_keys
+    assert alice_key.startswith("ssh-ed25519 AAAA") and "alice@" not in alice_key
     bob = config.users["bob"]
     assert not bob.password_is_hashed
     assert bob.permissions == ALL_PERMISSIONS - {"delete", "rmdir"}
+    carol = config.users["carol"]
+    assert carol.password is None and not carol.password_is_hashed
+    assert len(carol.authorized_keys) == 1
+    assert (carol.storage, carol.home) == ("user:carol", "")
+    assert (carol.quota_bytes, carol.max_sessions, carol.download_rate) == (
+        50 * GIB,
+        4,
+        10 * MIB,
+    )
+    own = config.storages["user:carol"]
+    assert (own.kind, own.bucket, own.region) == (
+        "cos",
+        "carolsbucket-1250000000",
+        "ap-shanghai",
+    )
+    server = config.server
+    assert server.sftp_listen == ("tcp:2222",)
+    assert server.ssh_host_keys == ()
+    assert server.max_connections_per_ip is None
+    assert (server.login_timeout, server.data_timeout) == (60, 120)
+    assert (server.allowed_networks, server.denied_networks) == ((), ())
+    assert (
+        server.login_max_failures,
+        server.login_failure_window,
+        server.login_ban_time,
+        server.login_failure_delay,
+    ) == (10, 600, 1800, 1.0)
     # Only bob's plain-text password deserves a notice.
     assert len(config.notices) == 1
     assert "'bob'" in config.notices[0]
@@ -302,6 +357,202 @@ COSGW_ERRORS = [
         STORAGE + "[user:alice]\npassword = $scrypt$n=1\n",
         "user:alice",
         "password",
+    ),
+    # [server]: SFTP, limits, timeouts, networks, login defender.
+    (
+        "sftp-port",
+        "[server]\nsftp_listen = tcp:99999\n" + BASE,
+        "server",
+        "sftp_listen",
+    ),
+    ("sftp-word", "[server]\nsftp_listen = ssh\n" + BASE, "server", "sftp_listen"),
+    (
+        "host-key-missing",
+        "[server]\nssh_host_keys = no_such_key\n" + BASE,
+        "server",
+        "ssh_host_keys",
+    ),
+    (
+        "host-key-pub",
+        "[server]\nssh_host_keys = ssh_host_ed25519_key.pub\n" + BASE,
+        "server",
+        "ssh_host_keys",
+    ),
+    (
+        "per-ip",
+        "[server]\nmax_connections_per_ip = -1\n" + BASE,
+        "server",
+        "max_connections_per_ip",
+    ),
+    (
+        "login-timeout",
+        "[server]\nlogin_timeout = 0\n" + BASE,
+        "server",
+        "login_timeout",
+    ),
+    (
+        "login-timeout-word",
+        "[server]\nlogin_timeout = 1m\n" + BASE,
+        "server",
+        "login_timeout",
+    ),
+    ("data-timeout", "[server]\ndata_timeout = 0\n" + BASE, "server", "data_timeout"),
+    (
+        "allowed-prefix",
+        "[server]\nallowed_networks = 10.0.0.0/33\n" + BASE,
+        "server",
+        "allowed_networks",
+    ),
+    (
+        "denied-name",
+        "[server]\ndenied_networks = 10.0.0.1 example.com\n" + BASE,
+        "server",
+        "denied_networks",
+    ),
+    (
+        "max-failures",
+        "[server]\nlogin_max_failures = -1\n" + BASE,
+        "server",
+        "login_max_failures",
+    ),
+    (
+        "failure-window",
+        "[server]\nlogin_failure_window = 0\n" + BASE,
+        "server",
+        "login_failure_window",
+    ),
+    (
+        "ban-time",
+        "[server]\nlogin_ban_time = forever\n" + BASE,
+        "server",
+        "login_ban_time",
+    ),
+    (
+        "failure-delay",
+        "[server]\nlogin_failure_delay = soon\n" + BASE,
+        "server",
+        "login_failure_delay",
+    ),
+    (
+        "failure-delay-negative",
+        "[server]\nlogin_failure_delay = -0.5\n" + BASE,
+        "server",
+        "login_failure_delay",
+    ),
+    (
+        "failure-delay-nan",
+        "[server]\nlogin_failure_delay = nan\n" + BASE,
+        "server",
+        "login_failure_delay",
+    ),
+    # [user:NAME]: keys, limits, networks, own bucket.
+    (
+        "key-options",
+        BASE + keys_value(f'from="10.0.0.0/8" {ED25519}'),
+        "user:alice",
+        "authorized_keys",
+    ),
+    ("key-dsa", BASE + keys_value(DSA), "user:alice", "authorized_keys"),
+    ("key-rsa-1024", BASE + keys_value(RSA_1024), "user:alice", "authorized_keys"),
+    (
+        "key-base64",
+        BASE + keys_value("ssh-ed25519 AAAAC3Nz!!"),
+        "user:alice",
+        "authorized_keys",
+    ),
+    (
+        "key-type-mismatch",
+        BASE + keys_value("ssh-rsa " + ED25519.split()[1]),
+        "user:alice",
+        "authorized_keys",
+    ),
+    (
+        "key-security-key",
+        BASE + keys_value("sk-ssh-ed25519@openssh.com AAAAGnNrLXNzaC1lZDI1NTE5"),
+        "user:alice",
+        "authorized_keys",
+    ),
+    ("key-no-data", BASE + keys_value("ssh-ed25519"), "user:alice", "authorized_keys"),
+    ("key-garbage", BASE + keys_value("hello world"), "user:alice", "authorized_keys"),
+    (
+        "keys-file-missing",
+        BASE + "authorized_keys_file = no_such_file\n",
+        "user:alice",
+        "authorized_keys_file",
+    ),
+    (
+        "no-password-no-keys",
+        STORAGE + "[user:alice]\nhome = a\n",
+        "user:alice",
+        "password",
+    ),
+    ("quota-bytes", BASE + "quota_bytes = 10X\n", "user:alice", "quota_bytes"),
+    ("quota-files", BASE + "quota_files = -5\n", "user:alice", "quota_files"),
+    ("user-file-size", BASE + "max_file_size = 0\n", "user:alice", "max_file_size"),
+    (
+        "user-file-size-none",
+        BASE + "max_file_size = none\n",
+        "user:alice",
+        "max_file_size",
+    ),
+    ("max-sessions", BASE + "max_sessions = many\n", "user:alice", "max_sessions"),
+    ("upload-rate-small", BASE + "upload_rate = 100\n", "user:alice", "upload_rate"),
+    ("download-rate", BASE + "download_rate = fast\n", "user:alice", "download_rate"),
+    (
+        "user-allowed",
+        BASE + "allowed_networks = 300.1.1.1\n",
+        "user:alice",
+        "allowed_networks",
+    ),
+    (
+        "user-denied",
+        BASE + "denied_networks = 2001:db8::g\n",
+        "user:alice",
+        "denied_networks",
+    ),
+    (
+        "storage-and-own-bucket",
+        BASE + "storage = main\n" + OWN_BUCKET,
+        "user:alice",
+        "storage",
+    ),
+    (
+        "own-bucket-no-secret",
+        BASE + OWN_BUCKET.replace(f"secret_key = {SECRET_KEY}\n", ""),
+        "user:alice",
+        "secret_key",
+    ),
+    (
+        "own-bucket-name",
+        BASE + OWN_BUCKET.replace("ownbucket-1250000000", "Own_Bucket"),
+        "user:alice",
+        "bucket",
+    ),
+    (
+        "own-bucket-verify-tls",
+        BASE + OWN_BUCKET + "verify_tls = perhaps\n",
+        "user:alice",
+        "verify_tls",
+    ),
+    ("own-bucket-type", BASE + OWN_BUCKET + "type = cos\n", "user:alice", "type"),
+    (
+        "own-bucket-no-id",
+        BASE + OWN_BUCKET.replace("secret_id = AKIDOWNOWNOWNOWN\n", ""),
+        "user:alice",
+        "secret_id",
+    ),
+    (
+        "own-bucket-endpoint",
+        BASE + OWN_BUCKET + "endpoint = ftp://127.0.0.1:9000\n",
+        "user:alice",
+        "endpoint",
+    ),
+    ("own-bucket-scheme", BASE + OWN_BUCKET + "scheme = ftp\n", "user:alice", "scheme"),
+    (
+        "no-storage-at-all",
+        f"[user:alice]\npassword = {PASSWORD}\n",
+        "user:alice",
+        "storage",
     ),
 ]
 
@@ -601,6 +852,259 @@ def test_config_is_immutable(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------
+# cosgw's format: SFTP, networks, the login defender and per-user policy
+# --------------------------------------------------------------------------
+
+
+def test_new_defaults(tmp_path: Path) -> None:
+    """Absent, every new key keeps today's behaviour."""
+    config = load_config(write(tmp_path, BASE))
+    assert config.server == ServerConfig(state_dir=tmp_path / "cosgw-state")
+    assert config.server.sftp_listen == ()
+    assert config.server.ssh_host_keys == ()
+    assert config.server.max_connections_per_ip is None
+    assert (config.server.login_timeout, config.server.data_timeout) == (60, 120)
+    assert config.users["alice"] == UserConfig(
+        name="alice",
+        password=PASSWORD,
+        password_is_hashed=False,
+        storage="main",
+        home="",
+        permissions=ALL_PERMISSIONS,
+    )
+
+
+def test_server_sftp_and_policy_values(tmp_path: Path) -> None:
+    (tmp_path / "keys").mkdir()
+    for name in ("host_ed25519", "host_rsa"):
+        (tmp_path / "keys" / name).write_text("private\n")
+    text = r"""
+    [server]
+    sftp_listen =
+        2222
+        tcp6:2223:interface=\:\:1
+    ssh_host_keys = keys/host_ed25519, keys/host_rsa
+        keys/host_ed25519
+    max_connections_per_ip = 8
+    login_timeout = 30
+    data_timeout = 300
+    allowed_networks = 10.1.2.3/8 192.168.0.1, 2001:DB8:0:0::/32
+        10.0.0.0/8
+    denied_networks = 10.9.0.0/16,::ffff:10.9.0.1
+    login_max_failures = 0
+    login_failure_window = 60
+    login_ban_time = 3600
+    login_failure_delay = 0.25
+    """
+    server = load_config(write(tmp_path, textwrap.dedent(text) + BASE)).server
+    assert server.sftp_listen == ("tcp:2222", "tcp6:2223:interface=\\:\\:1")
+    assert server.ssh_host_keys == (
+        tmp_path / "keys" / "host_ed25519",
+        tmp_path / "keys" / "host_rsa",
+    )
+    assert server.max_connections_per_ip == 8
+    assert (server.login_timeout, server.data_timeout) == (30, 300)
+    # Normalised (host bits dropped, one address is a /32), each once.
+    assert server.allowed_networks == ("10.0.0.0/8", "192.168.0.1/32", "2001:db8::/32")
+    assert server.denied_networks == ("10.9.0.0/16", "::ffff:a09:1/128")
+    assert (
+        server.login_max_failures,
+        server.login_failure_window,
+        server.login_ban_time,
+        server.login_failure_delay,
+    ) == (0, 60, 3600, 0.25)
+
+
+def test_server_empty_and_zero_values(tmp_path: Path) -> None:
+    """An empty listener list is none (not FTP's port); 0 is no limit."""
+    text = (
+        "[server]\nsftp_listen =\nftps_listen =\nmax_connections_per_ip = 0\n"
+        "allowed_networks =\nssh_host_keys =\nlogin_failure_delay = 0\n"
+    )
+    server = load_config(write(tmp_path, text + BASE)).server
+    assert (server.sftp_listen, server.ftps_listen) == ((), ())
+    assert server.max_connections_per_ip is None
+    assert (server.allowed_networks, server.ssh_host_keys) == ((), ())
+    assert server.login_failure_delay == 0.0
+
+
+def test_host_key_messages(tmp_path: Path) -> None:
+    (tmp_path / "host_key.pub").write_text("ssh-ed25519 AAAA\n")
+    path = write(tmp_path, "[server]\nssh_host_keys = host_key.pub\n" + BASE)
+    with pytest.raises(ConfigError, match=r"not '\.pub' public keys"):
+        load_config(path)
+    (tmp_path / "host_key").mkdir()
+    path = write(tmp_path, "[server]\nssh_host_keys = host_key\n" + BASE)
+    with pytest.raises(ConfigError, match="existing OpenSSH private host key files"):
+        load_config(path)
+
+
+def test_user_policy_values(tmp_path: Path) -> None:
+    text = BASE + textwrap.dedent(
+        """
+        quota_bytes = 10G
+        quota_files = 1000
+        max_file_size = 1G
+        max_sessions = 3
+        upload_rate = 512K
+        download_rate = 10 MiB
+        allowed_networks = 192.0.2.0/24 2001:db8:1::/48
+        denied_networks = 192.0.2.66
+        """
+    )
+    alice = load_config(write(tmp_path, text)).users["alice"]
+    assert (alice.quota_bytes, alice.quota_files) == (10 * GIB, 1000)
+    assert alice.max_file_size == GIB
+    assert alice.max_sessions == 3
+    assert (alice.upload_rate, alice.download_rate) == (512 * 1024, 10 * MIB)
+    assert alice.allowed_networks == ("192.0.2.0/24", "2001:db8:1::/48")
+    assert alice.denied_networks == ("192.0.2.66/32",)
+
+
+def test_user_zero_is_no_limit(tmp_path: Path) -> None:
+    text = BASE + (
+        "quota_bytes = 0\nquota_files = 0\nmax_sessions = 0\n"
+        "upload_rate = 0\ndownload_rate = 0K\n"
+    )
+    alice = load_config(write(tmp_path, text)).users["alice"]
+    assert alice.quota_bytes is None and alice.quota_files is None
+    assert alice.max_sessions is None
+    assert alice.upload_rate is None and alice.download_rate is None
+    assert alice.max_file_size is None  # [transfer] max_file_size applies
+
+
+def test_authorized_keys(tmp_path: Path) -> None:
+    """Keys are normalised to "type base64" (the comment dropped), each
+    once, the value's first; the file's blank lines and comments skipped."""
+    keys_file = tmp_path / "alice.keys"
+    keys_file.write_text(
+        f"# alice's keys\n\n{RSA_2048} alice@desktop\r\n  {ED25519} again\n"
+    )
+    text = (
+        BASE
+        + keys_value(f"{ED25519} alice@laptop", f"{ECDSA}   with  spaces")
+        + "authorized_keys_file = alice.keys\n"
+    )
+    alice = load_config(write(tmp_path, text)).users["alice"]
+    assert alice.authorized_keys == (ED25519, ECDSA, RSA_2048)
+    assert alice.password == PASSWORD  # keys and a password go together
+
+
+def test_key_only_user(tmp_path: Path) -> None:
+    """A user may have keys and no password; with no SFTP listener, a notice
+    says it cannot log in."""
+    text = "[server]\nsftp_listen = 2222\n" + STORAGE + "[user:kay]\n"
+    config = load_config(write(tmp_path, text + keys_value(ED25519)))
+    kay = config.users["kay"]
+    assert kay.password is None and not kay.password_is_hashed
+    assert kay.authorized_keys == (ED25519,)
+    assert config.notices == ()
+    text = STORAGE + "[user:kay]\npassword =\n" + keys_value(ED25519)
+    (notice,) = load_config(write(tmp_path, text)).notices
+    assert "[user:kay]" in notice and "sftp_listen" in notice
+
+
+def test_authorized_keys_line_numbers(tmp_path: Path) -> None:
+    """Errors name the bad key's line: of the value, or of the file."""
+    path = write(tmp_path, BASE + keys_value(ED25519, ECDSA, RSA_1024))
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert str(caught.value) == (
+        f"{path}: [user:alice] authorized_keys: expected an RSA key of at least"
+        " 2048 bits on line 3 of the value, got 'ssh-rsa (1024 bits)'"
+    )
+    keys_file = tmp_path / "keys"
+    keys_file.write_text(f"# ok\n{ED25519}\n\n{DSA} old\n")
+    path = write(tmp_path, BASE + f"authorized_keys_file = {keys_file}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert_one_line_error(caught.value, path, "user:alice", "authorized_keys_file")
+    assert f"on line 4 of {keys_file}" in str(caught.value)
+    assert "'ssh-dss'" in str(caught.value)
+
+
+def test_authorized_keys_options_refused(tmp_path: Path) -> None:
+    for options in ("no-pty", 'command="ls",no-port-forwarding', "restrict"):
+        path = write(tmp_path, BASE + keys_value(f"{options} {ED25519} x"))
+        with pytest.raises(ConfigError, match="without options") as caught:
+            load_config(path)
+        assert "on line 1 of the value" in str(caught.value)
+
+
+def test_authorized_keys_file_unreadable(tmp_path: Path) -> None:
+    (tmp_path / "keys").mkdir()
+    path = write(tmp_path, BASE + "authorized_keys_file = keys\n")
+    with pytest.raises(ConfigError, match="a readable authorized_keys file"):
+        load_config(path)
+    (tmp_path / "latin1").write_bytes(b"# caf\xe9\n")
+    path = write(tmp_path, BASE + "authorized_keys_file = latin1\n")
+    with pytest.raises(ConfigError, match="UTF-8"):
+        load_config(path)
+
+
+def test_own_bucket(tmp_path: Path) -> None:
+    """A user's own bucket becomes the storage "user:NAME"; a file whose
+    users all have one needs no [storage:NAME]."""
+    text = (
+        f"[user:alice]\npassword = {PASSWORD}\nhome = /teams/a/\n"
+        + OWN_BUCKET
+        + "endpoint = http://127.0.0.1:9000\nverify_tls = no\n"
+        + f"[user:bob]\npassword = {PASSWORD}\n"
+        + OWN_BUCKET.replace("ownbucket", "bobsbucket")
+    )
+    config = load_config(write(tmp_path, text))
+    assert set(config.storages) == {"user:alice", "user:bob"}
+    alice = config.users["alice"]
+    assert (alice.storage, alice.home) == ("user:alice", "teams/a")
+    assert config.storages["user:alice"] == StorageConfig(
+        name="user:alice",
+        kind="cos",
+        bucket="ownbucket-1250000000",
+        region="ap-shanghai",
+        secret_id="AKIDOWNOWNOWNOWN",
+        secret_key=SECRET_KEY,
+        token=TOKEN,
+        scheme="http",
+        address=("127.0.0.1", 9000),
+        verify_tls=False,
+    )
+    assert config.storages["user:bob"].bucket == "bobsbucket-1250000000"
+    assert config.storages["user:bob"].verify_tls is True
+    text = repr(config) + "\n".join(config.notices)
+    assert SECRET_KEY not in text and TOKEN not in text
+
+
+def test_own_bucket_beside_one_storage(tmp_path: Path) -> None:
+    """With one [storage:NAME], a user without storage still gets it: a
+    user's own bucket does not count as a second storage."""
+    text = BASE + f"[user:bob]\npassword = {PASSWORD}\n" + OWN_BUCKET
+    config = load_config(write(tmp_path, text))
+    assert config.users["alice"].storage == "main"
+    assert config.users["bob"].storage == "user:bob"
+    assert set(config.storages) == {"main", "user:bob"}
+    assert not any("no user uses" in notice for notice in config.notices)
+
+
+def test_own_bucket_secrets_not_in_errors(tmp_path: Path) -> None:
+    text = BASE + OWN_BUCKET.replace("region = ap-shanghai", "region = AP SHANGHAI")
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert_one_line_error(caught.value, path, "user:alice", "region")
+
+
+def test_load_with_keys_installs_no_reactor(tmp_path: Path) -> None:
+    """Checking keys imports twisted.conch.ssh.keys, never a reactor."""
+    path = write(tmp_path, BASE + keys_value(ED25519))
+    code = (
+        "import sys; from cosgw.config import load_config; "
+        f"load_config({str(path)!r}); "
+        "sys.exit('twisted.internet.reactor' in sys.modules)"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+# --------------------------------------------------------------------------
 # V5's format: the details
 # --------------------------------------------------------------------------
 
@@ -613,6 +1117,19 @@ def test_v5_defaults(tmp_path: Path) -> None:
     assert config.server.masquerade_address is None
     assert config.storages["cos_account_0"].scheme == "https"
     assert config.transfer.max_file_size is None
+    # V5 had no SFTP and none of the new policies: cosgw's defaults, and a
+    # notice that says how to turn SFTP on.
+    assert config.server.sftp_listen == ()
+    assert config.server == ServerConfig(
+        state_dir=tmp_path / "cosgw-state",
+        max_connections=512,
+        log_dir=None,
+    )
+    user = config.users["user0"]
+    assert user.authorized_keys == () and user.quota_bytes is None
+    assert any(
+        "SFTP is off" in notice and "sftp_listen" in notice for notice in config.notices
+    )
 
 
 def test_v5_endpoint_url(tmp_path: Path) -> None:
@@ -784,6 +1301,10 @@ def test_embedded_config(tmp_path: Path) -> None:
     assert config.source is None
     assert config.users == {}
     assert config.server.state_dir == tmp_path / "cosgw-state"
+    assert config.server.ftps_listen == ("tcp:2990",)
+    # The embedded default serves SFTP on 2222, as it serves FTPS on 2990.
+    assert config.server.sftp_listen == ("tcp:2222",)
+    assert config.server.ssh_host_keys == ()
     (storage,) = config.storages.values()
     assert (storage.name, storage.kind, storage.path) == (
         "default",

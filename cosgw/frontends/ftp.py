@@ -61,6 +61,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from cosgw import vfs
+from cosgw.accounts import LoginRefused
+from cosgw.defender import LoginBanned, LoginDefender
 from cosgw.frontends.ftp_data import (
     DataChannel,
     DataChannelFactory,
@@ -77,6 +79,8 @@ from cosgw.frontends.ftp_facts import (
     format_facts,
     format_list_line,
 )
+from cosgw.limits import ConnectionLimits
+from cosgw.throttle import ThrottledConsumer
 from cosgw.transfer import TransferStopped, UploadState, UploadWriter
 
 log = Logger()
@@ -408,12 +412,36 @@ class GatewayFTP(ftp.FTP):
         self.peer = self.transport.getPeer()
         self.callLater = self.reactor.callLater
         _urgent_data_inline(self.transport)
-        self.setTimeout(self.factory.timeOut)
+        self.setTimeout(self._control_timeout())
         self.sendLine(f"220 {self.factory.welcomeMessage}")
         log.info("FTP connection from {peer}", peer=self.peer.host)
 
+    def _control_timeout(self) -> Optional[float]:
+        """Before login the login timeout applies, after it the idle one."""
+        if self.state == self.AUTHED:
+            return self.factory.timeOut
+        return self.factory.login_timeout
+
+    def timeoutConnection(self) -> None:
+        if self.state == self.AUTHED:
+            log.info(
+                "FTP session of {user} from {peer} idle for {seconds} s: closed",
+                user=self.user,
+                peer=self.peer.host,
+                seconds=self.factory.timeOut,
+            )
+            self.sendLine("421 Idle timeout: closing the connection")
+        else:
+            log.info(
+                "FTP connection from {peer} did not log in within {seconds} s: closed",
+                peer=self.peer.host,
+                seconds=self.factory.login_timeout,
+            )
+            self.sendLine("421 Login timeout: closing the connection")
+        self.transport.loseConnection()
+
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
-        self.factory.connection_closed()
+        self.factory.connection_closed(self.peer.host)
         self.disconnected = True
         self._close_data()
         self._queued.clear()
@@ -508,7 +536,7 @@ class GatewayFTP(ftp.FTP):
             self.sendLine(reply)
         self._transfer = None
         if not self.disconnected:
-            self.setTimeout(self.factory.timeOut)
+            self.setTimeout(self._control_timeout())
         self._drain()
 
     def _command_done(self) -> None:
@@ -685,22 +713,43 @@ class GatewayFTP(ftp.FTP):
         del self._user
         credentials = UsernamePassword(username, password)
         portal: Portal = self.factory.portal
-        d = portal.login(credentials, self.peer, ftp.IFTPShell)
+        defender = self.factory.defender
+
+        def login() -> Deferred[Any]:
+            return portal.login(credentials, self.peer, ftp.IFTPShell)
+
+        if defender is not None:
+            d = defender.guard(self.peer.host, username, login)
+        else:
+            d = login()
 
         def ok(result: tuple[Any, FTPShell, Callable[[], None]]) -> Reply:
             _, shell, _ = result
+            if self.disconnected:
+                shell.logout()
+                return Reply(421, "Connection closed")
             self.shell = shell
             self.user = shell.fs.user
             self.workingDirectory = []
             self.state = self.AUTHED
+            self.setTimeout(self._control_timeout())
             log.info(
                 "FTP login {user} from {peer}", user=self.user, peer=self.peer.host
             )
             return Reply(230, "Login successful")
 
         def refused(failure: Failure) -> Reply:
-            failure.trap(cred_error.UnauthorizedLogin, cred_error.UnhandledCredentials)
+            failure.trap(
+                cred_error.UnauthorizedLogin,
+                cred_error.UnhandledCredentials,
+                LoginRefused,
+            )
             self.state = self.UNAUTH
+            if failure.check(LoginBanned, LoginRefused):
+                # Banned, or a rule refuses this user here or now: say why
+                # and hang up (RFC 959: 421 service closing).
+                self.reactor.callLater(0, self.transport.loseConnection)
+                return Reply(421, str(failure.value))
             return Reply(530, "Login incorrect")
 
         return d.addCallbacks(ok, refused)
@@ -1017,6 +1066,8 @@ class GatewayFTP(ftp.FTP):
             host,
             tls=self._prot == "P",
             require_reuse=self.factory.tls_session_reuse,
+            clock=self.reactor,
+            stall_timeout=self.factory.stall_timeout,
         )
 
     def _wrapped(self, factory: DataChannelFactory) -> Any:
@@ -1233,7 +1284,10 @@ class GatewayFTP(ftp.FTP):
         except BaseException:
             source.close()
             raise
-        download, sending = fs.download(segments, source, channel)
+        consumer: Any = channel
+        if fs.download_limit is not None:
+            consumer = ThrottledConsumer(channel, fs.download_limit, self.reactor)
+        download, sending = fs.download(segments, source, consumer)
         transfer.counter = lambda: download.sent
         try:
             sent = await sending
@@ -1319,7 +1373,7 @@ class GatewayFTP(ftp.FTP):
             raise
         stopped: Optional[TransferStopped] = None
         try:
-            await channel.receive(writer)
+            await channel.receive(writer, fs.upload_limit)
         except TransferStopped as e:
             stopped = e
         if stopped is None and not transfer.client_gone:
@@ -1454,8 +1508,12 @@ class GatewayFTP(ftp.FTP):
 class _OverflowFTP(protocol.Protocol):
     """Says why it hangs up when the server is full (RFC 959: 421)."""
 
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
     def connectionMade(self) -> None:
-        self.transport.write(b"421 Too many connections, try again later\r\n")
+        text = self.reason[:1].upper() + self.reason[1:]
+        self.transport.write(f"421 {text}\r\n".encode())
         self.transport.loseConnection()
 
 
@@ -1479,6 +1537,10 @@ class GatewayFTPFactory(protocol.ServerFactory):
         masquerade_address: Optional[str] = None,
         idle_timeout: int = 600,
         max_connections: Optional[int] = None,
+        limits: Optional[ConnectionLimits] = None,
+        defender: Optional[LoginDefender] = None,
+        login_timeout: Optional[float] = 60,
+        stall_timeout: Optional[float] = 120,
         welcome: str = "cosgw FTP gateway ready",
         data_timeout: float = DATA_CONNECTION_TIMEOUT,
         eof_grace: float = EOF_GRACE,
@@ -1495,6 +1557,10 @@ class GatewayFTPFactory(protocol.ServerFactory):
         @param implicit: Connections arrive already in TLS (implicit FTPS).
         @param user_tls: Per user, (TLS required, PROT P required) where
             set, overriding the global policies.
+        @param limits: connection limits shared with the gateway's other
+            listeners; without, C{max_connections} counts this factory's.
+        @param defender: the login defender shared with SFTP.
+        @param stall_timeout: seconds a data connection may stall.
         """
         self.tls = tls
         self.implicit = implicit
@@ -1509,25 +1575,33 @@ class GatewayFTPFactory(protocol.ServerFactory):
         self.passive_ports = passive_ports
         self.masquerade_address = masquerade_address
         self.timeOut = idle_timeout
+        self.login_timeout = login_timeout
+        self.stall_timeout = stall_timeout
+        self.defender = defender
+        self.limits = limits or ConnectionLimits(max_total=max_connections)
         self.max_connections = max_connections
         self.welcomeMessage = welcome
         self.connections = 0
 
     def buildProtocol(self, addr: Any) -> protocol.Protocol:
-        if (
-            self.max_connections is not None
-            and self.connections >= self.max_connections
-        ):
-            log.warn("connection from {host} refused: server full", host=addr.host)
-            p = _OverflowFTP()
+        host = getattr(addr, "host", "")
+        refusal = self.limits.open(host)
+        if refusal is None and self.defender is not None:
+            remaining = self.defender.banned(host)
+            if remaining:
+                self.limits.close(host)
+                refusal = str(LoginBanned(remaining))
+        if refusal is not None:
+            p = _OverflowFTP(refusal)
             p.factory = self
             return p
         self.connections += 1
         return super().buildProtocol(addr)
 
-    def connection_closed(self) -> None:
+    def connection_closed(self, host: str) -> None:
         """A control connection built by this factory has ended."""
         self.connections -= 1
+        self.limits.close(host)
 
     def tls_policy(self, user: Optional[str]) -> tuple[bool, bool]:
         """(TLS required on control, PROT P required) for C{user}."""

@@ -21,10 +21,12 @@ from twisted.internet import protocol
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IConsumer, IHandshakeListener, IPushProducer
 from twisted.logger import Logger
+from twisted.protocols import policies
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from cosgw import vfs
+from cosgw.throttle import PauseGate, RateLimit, ThrottledReceiver
 from cosgw.tls import session_reused
 from cosgw.transfer import TransferStopped
 
@@ -50,7 +52,7 @@ def normal_host(host: str) -> str:
 
 
 @implementer(IConsumer, IPushProducer, IHandshakeListener)
-class DataChannel(protocol.Protocol):
+class DataChannel(protocol.Protocol, policies.TimeoutMixin):
     """
     One FTP data connection.  It does not read until a consumer is attached
     (so nothing is buffered without limit), and it tells how it ended
@@ -69,6 +71,7 @@ class DataChannel(protocol.Protocol):
         self._ended = False
         self._end: Optional[BaseException] = None
         self._waiters: list[Deferred[Optional[BaseException]]] = []
+        self._receiver: Optional[ThrottledReceiver] = None
         self.received = 0
 
     # connection
@@ -83,6 +86,9 @@ class DataChannel(protocol.Protocol):
         if hasattr(tcp, "SEND_LIMIT"):
             # Likewise for sends: up to 1 MiB per send() instead of 128 KiB.
             tcp.SEND_LIMIT = DATA_BUFFER_SIZE
+        clock = self.factory.clock
+        if clock is not None:
+            self.callLater = clock.callLater
         if not self.factory.tls:
             self.transport.pauseProducing()
             self._set_secured(True)
@@ -133,8 +139,18 @@ class DataChannel(protocol.Protocol):
         self._secure_waiters.append(d)
         return d
 
+    def timeoutConnection(self) -> None:
+        log.info(
+            "data connection stalled for {seconds} s: aborted",
+            seconds=self.factory.stall_timeout,
+        )
+        self.abort()
+
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         self._ended = True
+        self.setTimeout(None)
+        if self._receiver is not None:
+            self._receiver.stop()
         self._set_secured(reason.value)
         if reason.check(net_error.ConnectionDone) is None and not self._tls_closed():
             self._end = reason.value
@@ -176,20 +192,31 @@ class DataChannel(protocol.Protocol):
 
     def abort(self) -> None:
         """Drop the connection (RST): the client must not see a clean end."""
+        self.setTimeout(None)
         if not self._ended and self.transport is not None:
             self.transport.abortConnection()
 
     # receiving (STOR)
 
-    async def receive(self, consumer: IConsumer) -> None:
+    async def receive(
+        self, consumer: IConsumer, limit: Optional[RateLimit] = None
+    ) -> None:
         """
         Feed everything the client sends into C{consumer} until the client
         closes the connection.
 
+        @param limit: the user's upload rate: reading pauses while over it.
         @raise TransferStopped: the connection ended other than cleanly.
         """
         self._consumer = consumer
-        consumer.registerProducer(self, True)
+        # Before registering: the consumer may pause us at once.
+        self.setTimeout(self.factory.stall_timeout)
+        if limit is not None and self.factory.clock is not None:
+            gate = PauseGate(self)
+            self._receiver = ThrottledReceiver(gate, limit, self.factory.clock)
+            consumer.registerProducer(gate, True)
+        else:
+            consumer.registerProducer(self, True)
         early, self._early = self._early, []
         for data in early:
             consumer.write(data)
@@ -201,8 +228,11 @@ class DataChannel(protocol.Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         self.received += len(data)
+        self.resetTimeout()
         if self._consumer is not None:
             self._consumer.write(data)
+            if self._receiver is not None:
+                self._receiver.received(len(data))
         elif self._sending:
             pass  # a client has nothing to say on a download connection
         else:
@@ -211,11 +241,14 @@ class DataChannel(protocol.Protocol):
             self._early.append(data)
 
     def pauseProducing(self) -> None:
+        # Paused by the gateway (the store or a rate limit): not a stall.
         if not self._ended:
+            self.setTimeout(None)
             self.transport.pauseProducing()
 
     def resumeProducing(self) -> None:
         if not self._ended:
+            self.setTimeout(self.factory.stall_timeout)
             self.transport.resumeProducing()
 
     def stopProducing(self) -> None:
@@ -225,6 +258,7 @@ class DataChannel(protocol.Protocol):
 
     def registerProducer(self, producer: Any, streaming: bool) -> None:
         self.transport.registerProducer(producer, streaming)
+        self.setTimeout(self.factory.stall_timeout)
         # Sending: keep reading, or a TLS close (which waits for the peer's
         # close_notify) and a client's reset would never be seen.
         self._sending = True
@@ -233,12 +267,14 @@ class DataChannel(protocol.Protocol):
 
     def unregisterProducer(self) -> None:
         """End of the data: close cleanly once the buffer is flushed."""
+        self.setTimeout(None)  # closing: nothing left that can stall
         if not self._ended:
             self.transport.unregisterProducer()
             self.transport.loseConnection()
 
     def write(self, data: bytes) -> None:
         if not self._ended:
+            self.resetTimeout()
             self.transport.write(data)
 
 
@@ -254,8 +290,20 @@ class DataChannelFactory(protocol.ClientFactory):
     noisy = False
 
     def __init__(
-        self, peer_host: str, tls: bool = False, require_reuse: bool = False
+        self,
+        peer_host: str,
+        tls: bool = False,
+        require_reuse: bool = False,
+        clock: Optional[Any] = None,
+        stall_timeout: Optional[float] = None,
     ) -> None:
+        """
+        @param stall_timeout: seconds without a byte either way (while the
+            gateway is not itself holding the connection back) after which
+            the transfer is aborted.
+        """
+        self.clock = clock
+        self.stall_timeout = stall_timeout
         self.peer_host = normal_host(peer_host)
         self.tls = tls
         self.require_reuse = require_reuse

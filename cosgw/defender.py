@@ -1,0 +1,411 @@
+"""
+The login defender: slows down and then bans addresses that keep failing to
+log in, for FTP and SFTP alike.
+
+A password guesser gets one guess per failed login.  The defender makes each
+guess cost more than the last and then stops the guessing altogether, per
+client address, while people who type their password right are never
+slowed down:
+
+  - Failed logins are counted per client address within a sliding window of
+    C{window} seconds.  The n-th failure within the window is answered after
+    C{min(base_delay * 2 ** (n - 1), max_delay)} seconds: 1, 2, 4, 8, 16, 16
+    ... with the defaults.  The delay is a timer on the injected clock
+    (L{twisted.internet.task.deferLater}); nothing sleeps.
+  - When an address reaches C{max_failures} failures within the window it
+    is banned for C{ban_time} seconds: its logins fail at once with
+    L{LoginBanned} and no password is checked, so a banned guesser costs no
+    hashing CPU and learns nothing.  The ban is logged once, as a warning.
+    C{max_failures = 0} never bans (the delays still grow).
+  - A successful login is passed straight through, in the same reactor
+    turn, and forgets the address's failures (not its ban: a ban lasts its
+    full time, whatever logins were already under way when it fell).
+  - Only L{UnauthorizedLogin} (wrong password, unknown user) is a failed
+    login.  Anything else, say a crash in the checker or
+    L{twisted.cred.error.UnhandledCredentials}, is the gateway's problem,
+    not the client's: it passes through at once and is not counted.
+
+Per address, the defender remembers an L{_AddressRecord}: the times of the
+failures still within the window and the time the ban ends.  The states
+and their transitions:
+
+  ========  =================================  =============================
+  state     record                             becomes
+  ========  =================================  =============================
+  clear     none                               counting, on a failure
+  counting  failures within the window,        banned, on the failure that
+            no ban in force                    reaches C{max_failures};
+                                               clear, on a success or when
+                                               the last failure leaves the
+                                               window
+  banned    C{banned_until} later than now     counting or clear, when
+                                               C{banned_until} passes (a
+                                               success meanwhile clears the
+                                               failures only)
+  ========  =================================  =============================
+
+A failure while banned (a login already under way when the ban fell) is
+counted but neither extends the ban nor logs it again.  When a ban ends,
+failures still inside the window count on: with a C{ban_time} shorter than
+the C{window}, one more failure bans again at once.
+
+Memory stays bounded whatever the attacker does.  Failure times older than
+the window are dropped whenever the record is touched, and a record keeps
+at most the failures that can still change an answer (enough to reach
+C{max_failures} and the largest delay).  Records are kept in the order
+their addresses were last seen: records whose failures and ban have all
+expired are dropped from the old end on every call, and beyond
+C{max_tracked} addresses the least recently seen record is forgotten, ban
+and all.
+
+IPv4 clients of a dual-stack listener appear as IPv4-mapped IPv6 addresses
+(C{::ffff:192.0.2.1}); they count as their IPv4 address (see
+L{cosgw.limits.canonical_ip}), so switching listeners does not reset the
+count.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar, Union, cast
+
+from twisted.cred.error import UnauthorizedLogin
+from twisted.internet.defer import Deferred, fail, maybeDeferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from cosgw.limits import canonical_ip
+
+__all__ = ["LoginBanned", "LoginDefender"]
+
+log = Logger(namespace="cosgw.defender")
+
+T = TypeVar("T")
+
+# A delay is base_delay * 2 ** (n - 1); past this exponent 2.0 ** exponent
+# would overflow a float, and every sane configuration has long reached
+# max_delay.
+_MAX_EXPONENT = 1000
+
+
+class LoginBanned(UnauthorizedLogin):
+    """
+    The client address is banned; carries C{.remaining} (seconds).
+
+    A subclass of L{UnauthorizedLogin} so that a frontend which knows nothing
+    of bans (Twisted's FTP answers any L{UnauthorizedLogin} with C{530})
+    still refuses the login; one that knows can say when to come back.
+    """
+
+    def __init__(self, remaining: float) -> None:
+        """
+        @param remaining: seconds until the ban ends.
+        """
+        super().__init__(
+            "Too many failed logins from this address;"
+            f" try again in {math.ceil(remaining)} seconds"
+        )
+        self.remaining = remaining
+
+
+@dataclass
+class _AddressRecord:
+    """What the defender remembers about one client address."""
+
+    #: Clock times of the failures still within the window, oldest first;
+    #: a bounded deque that keeps only as many as can change an answer.
+    failures: deque[float]
+    #: Clock time at which the ban ends; in force while later than now.
+    #: 0.0: never banned.
+    banned_until: float = field(default=0.0)
+
+
+def _failures_to_remember(
+    max_failures: int, base_delay: float, max_delay: float
+) -> int:
+    """
+    How many failure times a record must keep so that the count it gives is
+    exact wherever the count matters: up to C{max_failures} (the ban) and
+    up to the first failure answered with C{max_delay}.  Keeping the newest
+    N times gives min(true count, N), since if any of the newest N had left
+    the window, every older one would have too.
+    """
+    saturated = 1
+    if base_delay > 0:
+        while (
+            saturated <= _MAX_EXPONENT
+            and base_delay * 2.0 ** (saturated - 1) < max_delay
+        ):
+            saturated += 1
+    return max(max_failures, saturated, 1)
+
+
+class LoginDefender:
+    """
+    A login defender shared by FTP and SFTP: growing delays for failed
+    logins and temporary bans, per client address.
+
+    The frontends call L{guard} around their portal login; L{banned},
+    L{failed} and L{succeeded} are the same policy in pieces, for a frontend
+    whose login flow does not fit one Deferred.  It is not thread-safe: call
+    it on the reactor thread.
+    """
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        max_failures: int = 10,
+        window: float = 600.0,
+        ban_time: float = 1800.0,
+        base_delay: float = 1.0,
+        max_delay: float = 16.0,
+        max_tracked: int = 100_000,
+    ) -> None:
+        """
+        @param clock: tells the time and runs the delays (the reactor, or a
+            L{twisted.internet.task.Clock} in tests).
+        @param max_failures: failures within C{window} that ban an address;
+            0 never bans.
+        @param window: seconds a failure counts for.
+        @param ban_time: seconds a ban lasts.
+        @param base_delay: seconds before the first failure is answered;
+            each further failure within the window doubles it.
+        @param max_delay: the longest delay before a failure is answered.
+        @param max_tracked: most addresses remembered at once.
+        @raise ValueError: a parameter is out of range.
+        """
+        if max_failures < 0:
+            raise ValueError(f"max_failures must be 0 or more: {max_failures!r}")
+        if not window > 0:
+            raise ValueError(f"window must be more than 0: {window!r}")
+        if max_failures > 0 and not ban_time > 0:
+            raise ValueError(
+                f"ban_time must be more than 0 (max_failures=0 disables bans): {ban_time!r}"
+            )
+        if not base_delay >= 0 or not max_delay >= 0:
+            raise ValueError(
+                f"delays must be 0 or more: base_delay={base_delay!r}, max_delay={max_delay!r}"
+            )
+        if max_tracked < 1:
+            raise ValueError(f"max_tracked must be at least 1: {max_tracked!r}")
+        self._clock = clock
+        self._max_failures = max_failures
+        self._window = window
+        self._ban_time = ban_time
+        self._base_delay = base_delay
+        self._max_delay = max_delay
+        self._max_tracked = max_tracked
+        self._remembered = _failures_to_remember(max_failures, base_delay, max_delay)
+        #: Canonical address -> record, least recently seen first.
+        self._records: OrderedDict[str, _AddressRecord] = OrderedDict()
+        #: Whether records are being forgotten for room; logged once per
+        #: episode, so a flood of addresses does not double the log.
+        self._full = False
+
+    @property
+    def tracked(self) -> int:
+        """How many addresses the defender remembers now."""
+        return len(self._records)
+
+    def banned(self, ip: str) -> float:
+        """
+        Seconds of ban left for C{ip}, 0.0 when it is not banned.
+
+        Asking counts as seeing the address: a banned address that keeps
+        trying stays remembered.
+        """
+        now = self._clock.seconds()
+        key = canonical_ip(ip)
+        record = self._lookup(key, now)
+        if record is None:
+            return 0.0
+        return max(record.banned_until - now, 0.0)
+
+    def failed(self, ip: str, user: str) -> float:
+        """
+        Record a failed login from C{ip} as C{user}; ban the address when
+        this failure reaches C{max_failures}.
+
+        @param user: the name the client tried, for the log only.
+        @return: the seconds to wait before answering this failure.
+        """
+        now = self._clock.seconds()
+        key = canonical_ip(ip)
+        record = self._lookup(key, now)
+        if record is None:
+            record = _AddressRecord(failures=deque(maxlen=self._remembered))
+            self._records[key] = record
+            self._make_room()
+        record.failures.append(now)
+        count = len(record.failures)
+        delay = self._delay(count)
+        log.info(
+            "Login failed for user {user} from {ip}: failure {count} within"
+            " {window} seconds, answered in {delay} seconds",
+            user=user,
+            ip=key,
+            count=count,
+            window=self._window,
+            delay=delay,
+        )
+        if (
+            self._max_failures
+            and count >= self._max_failures
+            and record.banned_until <= now
+        ):
+            record.banned_until = now + self._ban_time
+            log.warn(
+                "Banning {ip} for {ban_time} seconds after {failures} failed"
+                " logins within {window} seconds (last tried user {user})",
+                ip=key,
+                user=user,
+                failures=count,
+                ban_time=self._ban_time,
+                window=self._window,
+            )
+        return delay
+
+    def succeeded(self, ip: str) -> None:
+        """
+        A login from C{ip} succeeded: forget its failures.  A ban in force
+        stays until it expires.
+        """
+        now = self._clock.seconds()
+        key = canonical_ip(ip)
+        record = self._lookup(key, now)
+        if record is None:
+            return
+        if record.banned_until > now:
+            record.failures.clear()
+        else:
+            del self._records[key]
+
+    def guard(
+        self, ip: str, user: str, login: Callable[[], Deferred[T]]
+    ) -> Deferred[T]:
+        """
+        Run C{login} for a client at C{ip} under the defender's policy.
+
+        @param user: the name the client offered, for the log only.
+        @param login: starts the actual login (typically a C{portal.login}
+            call); not called at all while C{ip} is banned.
+        @return: a L{Deferred} that fires with C{login}'s result as soon as
+            it has one, or fails:
+              - with L{LoginBanned} at once, while C{ip} is banned;
+              - with C{login}'s L{UnauthorizedLogin} after the delay
+                L{failed} gives, the failure being counted;
+              - with any other failure of C{login} at once, uncounted.
+            Cancelling it during the delay cancels the timer and fails it
+            with L{twisted.internet.defer.CancelledError}, so a client that
+            hangs up leaves no call pending.
+        """
+        remaining = self.banned(ip)
+        if remaining > 0:
+            log.info(
+                "Login for user {user} from {ip} refused unchecked: banned"
+                " for {remaining} more seconds",
+                user=user,
+                ip=canonical_ip(ip),
+                remaining=remaining,
+            )
+            return fail(LoginBanned(remaining))
+        d = maybeDeferred(login)
+        d.addCallbacks(
+            self._passed,
+            self._refused,
+            callbackArgs=(ip,),
+            errbackArgs=(ip, user),
+        )
+        return d
+
+    def _passed(self, result: T, ip: str) -> T:
+        """A login succeeded: forget the failures, pass the result on."""
+        self.succeeded(ip)
+        return result
+
+    def _refused(
+        self, failure: Failure, ip: str, user: str
+    ) -> Union[Failure, Deferred[Any]]:
+        """
+        A login failed: count an L{UnauthorizedLogin} and fail after the
+        delay; pass anything else on at once.  A L{LoginBanned} from within
+        C{login} (a nested guard) checked no password, so it is not a
+        failure of this address's guessing and passes on uncounted.
+        """
+        if failure.check(LoginBanned) or not failure.check(UnauthorizedLogin):
+            return failure
+        delay = self.failed(ip, user)
+        if delay <= 0:
+            return failure
+        # Returning the Failure from the timer's callback fails the Deferred
+        # with that very Failure, traceback and all.
+        return cast("Deferred[Any]", deferLater(self._clock, delay, lambda: failure))
+
+    def _delay(self, count: int) -> float:
+        """Seconds before answering the C{count}-th failure in the window."""
+        exponent = min(count - 1, _MAX_EXPONENT)
+        return min(self._base_delay * 2.0**exponent, self._max_delay)
+
+    def _lookup(self, key: str, now: float) -> _AddressRecord | None:
+        """
+        The record of C{key}, its expired failures dropped and marked as the
+        most recently seen; None when there is none or nothing in it is
+        still in force.  Also drops idle records from the old end.
+        """
+        self._drop_idle(now)
+        record = self._records.get(key)
+        if record is None:
+            return None
+        self._prune(record, now)
+        if self._idle(record, now):
+            del self._records[key]
+            return None
+        self._records.move_to_end(key)
+        return record
+
+    def _prune(self, record: _AddressRecord, now: float) -> None:
+        """Drop the failures that have left the window."""
+        failures = record.failures
+        horizon = now - self._window
+        while failures and failures[0] <= horizon:
+            failures.popleft()
+
+    def _idle(self, record: _AddressRecord, now: float) -> bool:
+        """Whether nothing in C{record} is in force any more."""
+        newest = record.failures[-1] if record.failures else -math.inf
+        return newest <= now - self._window and record.banned_until <= now
+
+    def _drop_idle(self, now: float) -> None:
+        """
+        Forget idle records from the least recently seen end, stopping at
+        the first one still in force: amortised O(1) per call, and an
+        address that stopped trying long ago does not hold memory until
+        C{max_tracked} pushes it out.
+        """
+        records = self._records
+        while records:
+            key, record = next(iter(records.items()))
+            if not self._idle(record, now):
+                return
+            del records[key]
+
+    def _make_room(self) -> None:
+        """Forget the least recently seen records beyond C{max_tracked}."""
+        records = self._records
+        if len(records) <= self._max_tracked:
+            self._full = False
+            return
+        if not self._full:
+            self._full = True
+            log.warn(
+                "Login defender remembers {max_tracked} addresses, its limit;"
+                " forgetting the least recently seen (and their bans)",
+                max_tracked=self._max_tracked,
+            )
+        while len(records) > self._max_tracked:
+            records.popitem(last=False)

@@ -1,0 +1,1083 @@
+"""
+The SSH layer of the SFTP frontend: host keys, the transport, user
+authentication, the public-key checker and the avatar.  It offers one thing,
+the C{sftp} subsystem; the file system behind it is
+L{cosgw.frontends.sftp}'s.
+
+Conch does the protocol; what it gets wrong for an internet-facing gateway
+is replaced here (see reference/twisted-conch-cos-facts.md section c):
+
+  - Algorithms.  Conch offers 3des-cbc, the cbc modes, hmac-sha1, hmac-md5,
+    diffie-hellman-group14-sha1, group-exchange-sha1, zlib, ssh-dss and
+    ssh-rsa (SHA-1) signatures.  L{GatewaySSHTransport} keeps only the
+    modern ones, by filtering Conch's own lists, so a Conch that lacks one
+    of ours still works and one that adds a weak one does not get it
+    offered.  The host-key list is built per connection by
+    L{SSHFactory.buildProtocol} from the loaded keys (an RSA key brings
+    C{ssh-rsa} with it), so L{GatewaySSHFactory.buildProtocol} filters that
+    one again.
+  - server-sig-algs (RFC 8308).  Conch advertises the *host key* algorithms
+    as the algorithms it accepts for *user* keys, so a server with only an
+    Ed25519 host key would tell OpenSSH clients that RSA user keys are
+    unusable.  The transport advertises what L{KeyChecker} accepts instead.
+  - The version string names no Twisted version: C{SSH-2.0-cosgw}.
+  - Time limits.  Conch's login timeout is 10 hours (its comment says 10
+    minutes), starts only when the client asks for C{ssh-userauth}, and runs
+    on the global reactor.  Here the transport owns the login deadline from
+    the moment the TCP connection is made (a client stalled in the version
+    or key exchange is bounded too), an idle deadline after login, and every
+    timer runs on the injected reactor.
+  - Admission.  The transport asks the shared connection limits
+    (L{cosgw.limits.ConnectionLimits}) before anything else and gives the
+    slot back exactly once when the connection ends.
+  - Login attempts that can guess a secret (a password, a signed public
+    key) go through the login defender, which delays failures and bans
+    addresses; a public-key query (no signature) proves nothing and is not
+    counted.  Conch's own password delay is off: the defender delays.
+  - Conch's public-key checker answers "this key would do" to a query for
+    I{any} key; L{KeyChecker} only for a listed one, refuses SHA-1 (ssh-rsa)
+    and DSA signatures, and parses its keys once.
+  - A login that completes after its connection was lost, or a second login
+    completing on an already authenticated connection (a client may
+    pipeline USERAUTH_REQUESTs), is logged out at once: Conch would install
+    the avatar over the first and never call its logout.
+  - A channel type the avatar does not offer (port forwarding, agent or X11
+    forwarding) is refused with a log line; Conch would log a traceback for
+    each (its C{ssh_CHANNEL_OPEN} logs any refusal as a failure).
+  - Sessions.  SSHSession adapts the avatar to L{ISession} for env, pty,
+    shell and exec requests; without an adapter an C{env} request (OpenSSH
+    sends them) logs a "Could not adapt" traceback.  L{SFTPUser} provides a
+    session that accepts env and pty silently and answers shell and exec
+    with one line on stderr and exit status 1 (so C{scp -O} fails cleanly).
+    Once a session object exists, SSHSession hands the client's EOF to it
+    and expects I{it} to close the channel, so L{SFTPSession} closes the
+    channel on EOF itself; otherwise an OpenSSH C{sftp} that sent an env
+    request would hang at exit.
+
+Everything that blocks (reading and generating host keys, reading
+/etc/ssh/moduli) happens at construction, before the reactor runs.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import struct
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+from twisted.conch import error as conch_error
+from twisted.conch.avatar import ConchUser
+from twisted.conch.interfaces import (
+    IConchUser,
+    ISession,
+    ISessionSetEnv,
+    ISFTPServer,
+)
+from twisted.conch.openssh_compat.primes import parseModuliFile
+from twisted.conch.ssh import keys, transport, userauth
+from twisted.conch.ssh.common import NS, getNS
+from twisted.conch.ssh.connection import (
+    MSG_CHANNEL_OPEN_FAILURE,
+    OPEN_UNKNOWN_CHANNEL_TYPE,
+    SSHConnection,
+)
+from twisted.conch.ssh.factory import SSHFactory
+from twisted.conch.ssh.filetransfer import FileTransferServer
+from twisted.conch.ssh.session import SSHSession, SSHSessionProcessProtocol
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.credentials import ISSHPrivateKey, IUsernamePassword
+from twisted.cred.error import UnauthorizedLogin
+from twisted.cred.portal import Portal
+from twisted.internet import defer
+from twisted.internet.error import ProcessTerminated
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from cosgw.auth import _create_exclusively, _decode_bytes
+
+__all__ = [
+    "GENERATED_HOST_KEYS",
+    "MIN_RSA_BITS",
+    "NOT_SFTP_MESSAGE",
+    "GatewayConnection",
+    "GatewaySSHFactory",
+    "GatewaySSHTransport",
+    "GatewayUserAuthServer",
+    "KeyChecker",
+    "SFTPSession",
+    "SFTPUser",
+    "fingerprint",
+    "load_host_keys",
+]
+
+log = Logger(namespace="cosgw.ssh")
+
+# --------------------------------------------------------------------------
+# Host keys
+# --------------------------------------------------------------------------
+
+#: The smallest RSA key accepted, as a host key or a user key (NIST SP
+#: 800-57: 2048 bits is the floor for 112-bit security).
+MIN_RSA_BITS = 2048
+
+#: RSA host keys generated at first start, as OpenSSH's ssh-keygen -A makes.
+_GENERATED_RSA_BITS = 3072
+
+
+def _new_ed25519() -> Any:
+    return ed25519.Ed25519PrivateKey.generate()
+
+
+def _new_rsa() -> Any:
+    return rsa.generate_private_key(public_exponent=65537, key_size=_GENERATED_RSA_BITS)
+
+
+#: The host keys generated in the state directory when none are configured:
+#: file name and key maker, in the order they are loaded.
+GENERATED_HOST_KEYS: tuple[tuple[str, Callable[[], Any]], ...] = (
+    ("ssh_host_ed25519_key", _new_ed25519),
+    ("ssh_host_rsa_key", _new_rsa),
+)
+
+
+def fingerprint(key: keys.Key) -> str:
+    """
+    C{key}'s fingerprint as OpenSSH prints it: C{SHA256:} and the unpadded
+    base64 of the SHA-256 of the public key blob.
+    """
+    digest = hashlib.sha256(key.public().blob()).digest()
+    return "SHA256:" + base64.b64encode(digest).decode("ascii").rstrip("=")
+
+
+def _check_key_strength(key: keys.Key, where: str) -> None:
+    """
+    @raise ValueError: C{key} is DSA (ssh-dss: 1024-bit, SHA-1, removed from
+        OpenSSH 10) or RSA under L{MIN_RSA_BITS}; the message starts with
+        C{where}.
+    """
+    if key.type() == "DSA":
+        raise ValueError(f"{where}: ssh-dss (DSA) keys are refused; use ed25519")
+    if key.type() == "RSA" and key.size() < MIN_RSA_BITS:
+        raise ValueError(
+            f"{where}: RSA key of {key.size()} bits refused;"
+            f" at least {MIN_RSA_BITS} bits are needed"
+        )
+
+
+def _load_host_key(path: Path) -> keys.Key:
+    """
+    Read one private host key (OpenSSH, PEM or PuTTY format).
+
+    @raise ValueError: one line naming C{path}: unreadable, not a private
+        key, protected by a passphrase, or too weak.
+    """
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ValueError(
+            f"SSH host key {path}: cannot be read: {e.strerror or e}"
+        ) from None
+    try:
+        key = keys.Key.fromString(data)
+    except keys.EncryptedKeyError:
+        raise ValueError(
+            f"SSH host key {path}: protected by a passphrase;"
+            " the gateway needs it without one (ssh-keygen -p -N '')"
+        ) from None
+    except Exception:
+        raise ValueError(
+            f"SSH host key {path}: not an SSH private key cosgw can read"
+        ) from None
+    if key.isPublic():
+        raise ValueError(
+            f"SSH host key {path}: a public key; give the private key file"
+        )
+    _check_key_strength(key, f"SSH host key {path}")
+    return key
+
+
+def _generated_host_key(state_dir: Path, name: str, make: Callable[[], Any]) -> keys.Key:
+    """
+    The host key C{state_dir/name}, generated first if it does not exist.
+
+    A new key is written to a temporary file (mode 0600) and linked into
+    place, so a crash never leaves half a key and an existing key, or one a
+    concurrent start wrote first, is never overwritten.
+    """
+    path = state_dir / name
+    if not path.exists():
+        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        private = make()
+        text = private.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.OpenSSH,
+            serialization.NoEncryption(),
+        ).decode("ascii")
+        if _create_exclusively(path, text):
+            key = keys.Key(private)
+            log.info(
+                "Generated SSH host key {path} ({fingerprint})",
+                path=str(path),
+                fingerprint=fingerprint(key),
+            )
+            return key
+    return _load_host_key(path)
+
+
+def load_host_keys(paths: Sequence[Path], state_dir: Path) -> dict[bytes, keys.Key]:
+    """
+    The gateway's SSH host keys, as C{{key.sshType(): private Key}}.
+
+    With C{paths}, each file is loaded.  Without, the keys of
+    L{GENERATED_HOST_KEYS} in C{state_dir} are used, generated at the first
+    start (Ed25519 and RSA 3072, OpenSSH private format, mode 0600) and the
+    same ones on every later start, so clients' known_hosts stay valid.
+
+    This blocks (file I/O, RSA generation): call it at start-up, before the
+    reactor runs.
+
+    @raise ValueError: one line naming the file: unreadable, not a private
+        key, passphrase-protected, ssh-dss, RSA under 2048 bits, or a second
+        key of a type already loaded.
+    """
+    loaded: list[tuple[Path, keys.Key]] = []
+    if paths:
+        for p in paths:
+            path = Path(p)
+            loaded.append((path, _load_host_key(path)))
+    else:
+        state_dir = Path(state_dir)
+        for name, make in GENERATED_HOST_KEYS:
+            loaded.append((state_dir / name, _generated_host_key(state_dir, name, make)))
+    host_keys: dict[bytes, keys.Key] = {}
+    for path, key in loaded:
+        key_type = key.sshType()
+        if key_type in host_keys:
+            raise ValueError(
+                f"SSH host key {path}: a second {key_type.decode('ascii')} key;"
+                " give at most one key of each type"
+            )
+        host_keys[key_type] = key
+    return host_keys
+
+
+# --------------------------------------------------------------------------
+# Algorithms
+# --------------------------------------------------------------------------
+
+# What we are willing to offer, in our order of preference (the client's
+# order decides the negotiation, RFC 4253 section 7.1).  Each list is
+# intersected with what this Conch implements.
+
+#: AEAD ciphers first should Conch ever implement them (then it must also
+#: implement strict key exchange, or chacha20 and -etm MACs are open to
+#: Terrapin, CVE-2023-48795; ctr with plain hmac-sha2 is not).
+_CIPHERS = (
+    b"chacha20-poly1305@openssh.com",
+    b"aes256-gcm@openssh.com",
+    b"aes128-gcm@openssh.com",
+    b"aes256-ctr",
+    b"aes192-ctr",
+    b"aes128-ctr",
+)
+_MACS = (
+    b"hmac-sha2-512-etm@openssh.com",
+    b"hmac-sha2-256-etm@openssh.com",
+    b"hmac-sha2-512",
+    b"hmac-sha2-256",
+)
+_KEY_EXCHANGES = (
+    b"mlkem768x25519-sha256",
+    b"sntrup761x25519-sha512",
+    b"sntrup761x25519-sha512@openssh.com",
+    b"curve25519-sha256",
+    b"curve25519-sha256@libssh.org",
+    b"ecdh-sha2-nistp256",
+    b"ecdh-sha2-nistp384",
+    b"ecdh-sha2-nistp521",
+    # Only when the factory has primes (SSHFactory.buildProtocol).
+    b"diffie-hellman-group-exchange-sha256",
+    b"diffie-hellman-group16-sha512",
+    b"diffie-hellman-group18-sha512",
+    b"diffie-hellman-group14-sha256",
+)
+#: Signature algorithms, for host keys and user keys alike.  Never ssh-rsa
+#: (RSA with SHA-1) nor ssh-dss.
+_SIGNATURE_ALGORITHMS = (
+    b"ssh-ed25519",
+    b"ecdsa-sha2-nistp256",
+    b"ecdsa-sha2-nistp384",
+    b"ecdsa-sha2-nistp521",
+    b"rsa-sha2-512",
+    b"rsa-sha2-256",
+)
+
+
+def _keep(offered: Iterable[bytes], wanted: Sequence[bytes]) -> list[bytes]:
+    """The names in C{wanted} that C{offered} has, in C{wanted}'s order."""
+    available = set(offered)
+    return [name for name in wanted if name in available]
+
+
+#: DH group-exchange primes smaller than this are dropped from the moduli
+#: file (RFC 8270 sets the minimum at 2048 bits).
+_MIN_GEX_BITS = 2048
+
+#: Seconds a disconnecting client gets to read our DISCONNECT before the
+#: socket is aborted: a peer that never reads must not hold the connection.
+_DISCONNECT_GRACE = 10.0
+
+
+def _peer_text(address: Any) -> str:
+    """The peer's host as text (its IP for TCP)."""
+    return str(getattr(address, "host", address))
+
+
+def _banned_type() -> Optional[type]:
+    """
+    L{cosgw.defender.LoginBanned}, or None if this build has no defender.
+
+    Imported when needed: the defender is optional for this module.
+    """
+    try:
+        from cosgw.defender import LoginBanned
+    except ImportError:
+        return None
+    return LoginBanned
+
+
+class GatewaySSHTransport(transport.SSHServerTransport):
+    """
+    The server transport: modern algorithms only, a version string without a
+    Twisted version, admission, a login deadline and an idle deadline.
+
+    States, by the attributes that hold them: connected (C{_login_timer}
+    set) -> authenticated (C{_authenticated}, C{_idle_timer} set) ->
+    closing (C{_closing}, C{_abort_timer} set) -> lost (C{connection_lost}).
+    A connection refused by admission goes straight to closing.
+    """
+
+    factory: GatewaySSHFactory
+
+    version = b"cosgw"
+    comment = b""
+    ourVersionString = b"SSH-" + transport.SSHServerTransport.protocolVersion + b"-cosgw"
+
+    supportedCiphers = _keep(transport.SSHServerTransport.supportedCiphers, _CIPHERS)
+    supportedMACs = _keep(transport.SSHServerTransport.supportedMACs, _MACS)
+    supportedKeyExchanges = _keep(
+        transport.SSHServerTransport.supportedKeyExchanges, _KEY_EXCHANGES
+    )
+    supportedPublicKeys = _keep(
+        transport.SSHServerTransport.supportedPublicKeys, _SIGNATURE_ALGORITHMS
+    )
+    supportedCompressions = [b"none"]
+
+    #: The user-key signature algorithms advertised in server-sig-algs.
+    userKeyAlgorithms: list[bytes] = list(supportedPublicKeys)
+
+    peer = "?"
+    connection_lost = False
+    _authenticated = False
+    _closing = False
+    _admitted = False
+    _login_timer: Optional[IDelayedCall] = None
+    _idle_timer: Optional[IDelayedCall] = None
+    _abort_timer: Optional[IDelayedCall] = None
+    _last_received = 0.0
+
+    @property
+    def _clock(self) -> IReactorTime:
+        return self.factory.reactor
+
+    @property
+    def username(self) -> Optional[str]:
+        """The logged-in user's name, or None before login."""
+        return getattr(getattr(self, "avatar", None), "username", None)
+
+    # -- connection ---------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        self.peer = _peer_text(self.transport.getPeer())
+        super().connectionMade()
+        admission = self.factory.admission
+        if admission is not None:
+            try:
+                refusal = admission.open(self.peer)
+            except Exception:
+                log.failure("Admission check failed for {peer}", peer=self.peer)
+                refusal = "service unavailable"
+            if refusal is not None:
+                log.info(
+                    "SSH connection from {peer} refused: {reason}",
+                    peer=self.peer,
+                    reason=refusal,
+                )
+                self.sendDisconnect(transport.DISCONNECT_TOO_MANY_CONNECTIONS, refusal)
+                return
+            self._admitted = True
+        log.info("SSH connection from {peer}", peer=self.peer)
+        self._login_timer = self._clock.callLater(
+            self.factory.login_timeout, self._login_timed_out
+        )
+
+    def connectionLost(self, reason: Optional[Failure] = None) -> None:
+        self.connection_lost = True
+        for name in ("_login_timer", "_idle_timer", "_abort_timer"):
+            timer = getattr(self, name)
+            if timer is not None and timer.active():
+                timer.cancel()
+            setattr(self, name, None)
+        try:
+            super().connectionLost(reason)
+        finally:
+            if self._admitted:
+                self._admitted = False
+                try:
+                    self.factory.admission.close(self.peer)
+                except Exception:
+                    log.failure("Admission close failed for {peer}", peer=self.peer)
+            log.info(
+                "SSH connection from {peer} closed (user {user})",
+                peer=self.peer,
+                user=self.username,
+            )
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._closing:
+            # Disconnecting: whatever the client still sends is moot.
+            return
+        self._last_received = self._clock.seconds()
+        super().dataReceived(data)
+
+    def sendDisconnect(self, reason: int, desc: Union[bytes, str]) -> None:
+        """
+        Send DISCONNECT, then close our side only and discard what the client
+        still sends until it closes too; abort the socket if it has not
+        within L{_DISCONNECT_GRACE} seconds.  Every disconnect, Conch's own
+        included, comes through here.
+
+        Conch closes the socket at once instead: the client's next packet
+        (OpenSSH's KEXINIT, sent while ours are in flight) then meets a
+        reset and the client dies of "Broken pipe" without reading the
+        reason.
+        """
+        if self._closing:
+            return
+        self._closing = True
+        for name in ("_login_timer", "_idle_timer"):
+            timer = getattr(self, name)
+            if timer is not None and timer.active():
+                timer.cancel()
+            setattr(self, name, None)
+        if isinstance(desc, str):
+            # Conch itself passes str in places (its ML-KEM checks).
+            desc = desc.encode("utf-8")
+        self.sendPacket(
+            transport.MSG_DISCONNECT, struct.pack(">L", reason) + NS(desc) + NS(b"")
+        )
+        log.info(
+            "SSH connection from {peer} disconnected: code {code}, {description}",
+            peer=self.peer,
+            code=reason,
+            description=desc.decode("utf-8", "replace"),
+        )
+        if self.connection_lost:
+            return
+        half_close = getattr(self.transport, "loseWriteConnection", None)
+        if half_close is not None:
+            half_close()
+        else:
+            self.transport.loseConnection()
+        self._abort_timer = self._clock.callLater(_DISCONNECT_GRACE, self._abort)
+
+    def _abort(self) -> None:
+        self._abort_timer = None
+        log.info(
+            "SSH connection from {peer} did not close after DISCONNECT; aborting",
+            peer=self.peer,
+        )
+        self.transport.abortConnection()
+
+    def sendExtInfo(self, extensions: list[tuple[bytes, bytes]]) -> None:
+        # Conch sends its host-key algorithms as server-sig-algs; the RFC 8308
+        # extension lists the algorithms accepted for user authentication.
+        super().sendExtInfo(
+            [
+                (
+                    name,
+                    b",".join(self.userKeyAlgorithms)
+                    if name == b"server-sig-algs"
+                    else value,
+                )
+                for name, value in extensions
+            ]
+        )
+
+    # -- login and idle deadlines -------------------------------------------
+
+    def setService(self, service: Any) -> None:
+        super().setService(service)
+        if hasattr(self, "avatar") and not self._authenticated:
+            self._logged_in()
+
+    def _logged_in(self) -> None:
+        """Userauth has installed the avatar and started ssh-connection."""
+        self._authenticated = True
+        if self._login_timer is not None and self._login_timer.active():
+            self._login_timer.cancel()
+        self._login_timer = None
+        log.info(
+            "SSH user {user} logged in from {peer}", user=self.username, peer=self.peer
+        )
+        idle_timeout = self.factory.idle_timeout
+        if idle_timeout is not None:
+            self._last_received = self._clock.seconds()
+            self._idle_timer = self._clock.callLater(idle_timeout, self._check_idle)
+
+    def _login_timed_out(self) -> None:
+        self._login_timer = None
+        log.info(
+            "SSH connection from {peer} did not log in within {timeout} s;"
+            " disconnecting",
+            peer=self.peer,
+            timeout=self.factory.login_timeout,
+        )
+        self.sendDisconnect(transport.DISCONNECT_BY_APPLICATION, b"login timeout")
+
+    def _check_idle(self) -> None:
+        # One timer, re-armed for the remainder when data came meanwhile,
+        # instead of a reset on every packet.
+        self._idle_timer = None
+        idle_timeout = self.factory.idle_timeout
+        assert idle_timeout is not None
+        idle = self._clock.seconds() - self._last_received
+        if idle < idle_timeout:
+            self._idle_timer = self._clock.callLater(
+                idle_timeout - idle, self._check_idle
+            )
+            return
+        log.info(
+            "SSH connection from {peer} (user {user}) idle for {idle:.0f} s;"
+            " disconnecting",
+            peer=self.peer,
+            user=self.username,
+            idle=idle,
+        )
+        self.sendDisconnect(transport.DISCONNECT_BY_APPLICATION, b"idle timeout")
+
+
+# --------------------------------------------------------------------------
+# User authentication
+# --------------------------------------------------------------------------
+
+#: What a banned address is told before it is disconnected.
+BANNED_MESSAGE = b"too many failed logins; try again later"
+
+
+def _is_key_query(credentials: Any) -> bool:
+    """
+    A public-key query (RFC 4252 section 7: "has signature" FALSE): it asks
+    whether a key would do and proves nothing.  Conch treats an empty
+    signature the same way.
+    """
+    return ISSHPrivateKey.providedBy(credentials) and not credentials.signature
+
+
+class _GuardedPortal:
+    """
+    The portal as userauth sees it when a login guard is set: every login
+    that can guess a secret goes through C{guard.guard(ip, user, login)}.
+    """
+
+    def __init__(self, portal: Portal, guard: Any, ip: str) -> None:
+        self._portal = portal
+        self._guard = guard
+        self._ip = ip
+
+    def listCredentialsInterfaces(self) -> list[Any]:
+        return self._portal.listCredentialsInterfaces()
+
+    def login(self, credentials: Any, mind: Any, *interfaces: Any) -> defer.Deferred:
+        if _is_key_query(credentials):
+            return self._portal.login(credentials, mind, *interfaces)
+        username = credentials.username
+        user = _decode_bytes(username) if isinstance(username, bytes) else username
+        return self._guard.guard(
+            self._ip,
+            user,
+            lambda: self._portal.login(credentials, mind, *interfaces),
+        )
+
+
+class GatewayUserAuthServer(userauth.SSHUserAuthServer):
+    """
+    ssh-userauth offering C{publickey} and C{password} (password only once
+    the transport is encrypted, as Conch does), with the login guard.
+    """
+
+    transport: GatewaySSHTransport
+
+    interfaceToMethod = {
+        ISSHPrivateKey: b"publickey",
+        IUsernamePassword: b"password",
+    }
+    # The login defender delays failures; Conch's delay would add to it.
+    passwordDelay = 0
+
+    def serviceStarted(self) -> None:
+        factory = self.transport.factory
+        # Conch's class attribute is the global reactor.
+        self.clock = factory.reactor
+        super().serviceStarted()
+        # The transport's login deadline runs from the TCP connection;
+        # Conch's would start only now.
+        if self._cancelLoginTimeout is not None:
+            self._cancelLoginTimeout.cancel()
+            self._cancelLoginTimeout = None
+        guard = factory.login_guard
+        if guard is not None:
+            self.portal = _GuardedPortal(self.portal, guard, self.transport.peer)
+
+    def _cbFinishedAuth(self, result: Any) -> None:
+        interface, avatar, logout = result
+        transport_ = self.transport
+        if getattr(transport_, "connection_lost", False) or hasattr(
+            transport_, "avatar"
+        ):
+            # Lost meanwhile, or a pipelined second login: nobody would ever
+            # call this avatar's logout.
+            log.info(
+                "SSH login of {user} from {peer} completed too late; logged out",
+                user=getattr(avatar, "username", None),
+                peer=getattr(transport_, "peer", "?"),
+            )
+            logout()
+            return
+        super()._cbFinishedAuth(result)
+
+    def _ebBadAuth(self, reason: Failure) -> None:
+        banned = _banned_type()
+        if banned is not None and reason.check(banned):
+            log.info(
+                "SSH login from {peer} refused: address banned",
+                peer=self.transport.peer,
+            )
+            self.transport.sendDisconnect(
+                transport.DISCONNECT_NO_MORE_AUTH_METHODS_AVAILABLE, BANNED_MESSAGE
+            )
+            return
+        super()._ebBadAuth(reason)
+
+
+# --------------------------------------------------------------------------
+# The connection service
+# --------------------------------------------------------------------------
+
+
+class GatewayConnection(SSHConnection):
+    """ssh-connection that refuses unknown channel types without a traceback."""
+
+    def ssh_CHANNEL_OPEN(self, packet: bytes) -> None:
+        channel_type, rest = getNS(packet)
+        lookup = getattr(getattr(self.transport, "avatar", None), "channelLookup", None)
+        if lookup is None or channel_type in lookup or len(rest) < 4:
+            super().ssh_CHANNEL_OPEN(packet)
+            return
+        (sender_channel,) = struct.unpack(">L", rest[:4])
+        log.info(
+            "SSH user {user} asked for a {channel_type} channel; refused",
+            user=getattr(self.transport, "username", None),
+            channel_type=channel_type[:40].decode("ascii", "replace"),
+        )
+        self.transport.sendPacket(
+            MSG_CHANNEL_OPEN_FAILURE,
+            struct.pack(">2L", sender_channel, OPEN_UNKNOWN_CHANNEL_TYPE)
+            + NS(b"unknown channel type")
+            + NS(b""),
+        )
+
+
+# --------------------------------------------------------------------------
+# The factory
+# --------------------------------------------------------------------------
+
+
+class GatewaySSHFactory(SSHFactory):
+    """
+    Builds L{GatewaySSHTransport}s over one portal and one set of host keys.
+    """
+
+    protocol = GatewaySSHTransport
+    services = {
+        b"ssh-userauth": GatewayUserAuthServer,
+        b"ssh-connection": GatewayConnection,
+    }
+
+    #: OpenSSH's DH group-exchange primes; group exchange is offered only
+    #: when this file exists.
+    moduli_path = Path("/etc/ssh/moduli")
+
+    def __init__(
+        self,
+        portal: Portal,
+        host_keys: dict[bytes, keys.Key],
+        reactor: IReactorTime,
+        *,
+        login_timeout: float = 60,
+        idle_timeout: Optional[float] = 600,
+        admission: Any = None,
+        login_guard: Any = None,
+    ) -> None:
+        """
+        @param portal: logs users in; its realm answers for L{IConchUser}.
+        @param host_keys: private keys as L{load_host_keys} returns them.
+        @param reactor: every timer of every connection runs on it.
+        @param login_timeout: seconds from TCP connect to a completed login.
+        @param idle_timeout: seconds without data from an authenticated
+            client before it is disconnected; None for no limit.
+        @param admission: an object with C{open(ip) -> Optional[str]} and
+            C{close(ip)}, such as L{cosgw.limits.ConnectionLimits}; None to
+            admit everyone.
+        @param login_guard: an object with C{guard(ip, user, login)}, such as
+            L{cosgw.defender.LoginDefender}; None for no guard.
+        @raise ValueError: no usable host key, or a non-positive timeout.
+        """
+        if login_timeout <= 0:
+            raise ValueError(f"login_timeout must be positive: {login_timeout!r}")
+        if idle_timeout is not None and idle_timeout <= 0:
+            raise ValueError(
+                f"idle_timeout must be positive or None: {idle_timeout!r}"
+            )
+        private = {key_type: key for key_type, key in host_keys.items()}
+        for key_type, key in private.items():
+            if key.isPublic():
+                raise ValueError(f"{key_type.decode('ascii')} host key is not private")
+        if not self._host_key_algorithms(private.values()):
+            raise ValueError("no usable SSH host key (ed25519, ecdsa or RSA)")
+        self.portal = portal
+        self.privateKeys = private
+        self.publicKeys = {key_type: key.public() for key_type, key in private.items()}
+        self.reactor = reactor
+        self.login_timeout = login_timeout
+        self.idle_timeout = idle_timeout
+        self.admission = admission
+        self.login_guard = login_guard
+        self.primes = self.getPrimes()
+
+    def _host_key_algorithms(self, host_keys: Iterable[keys.Key]) -> list[bytes]:
+        """The signature algorithms the host keys allow that we offer."""
+        offered = [
+            algorithm
+            for key in host_keys
+            for algorithm in key.supportedSignatureAlgorithms()
+        ]
+        return _keep(offered, self.protocol.supportedPublicKeys)
+
+    def getPrimes(self) -> Optional[dict[int, list[tuple[int, int]]]]:
+        """
+        DH group-exchange primes of at least 2048 bits from L{moduli_path},
+        or None (no group exchange) when it is missing or unreadable.
+        """
+        path = Path(self.moduli_path)
+        if not path.exists():
+            return None
+        try:
+            primes = parseModuliFile(str(path))
+        except (OSError, ValueError) as e:
+            log.warn(
+                "Cannot read {path} ({error}); DH group exchange disabled",
+                path=str(path),
+                error=str(e),
+            )
+            return None
+        primes = {bits: groups for bits, groups in primes.items() if bits >= _MIN_GEX_BITS}
+        return primes or None
+
+    def buildProtocol(self, addr: Any) -> GatewaySSHTransport:
+        t = super().buildProtocol(addr)
+        # SSHFactory lists every algorithm the keys can sign with, ssh-rsa
+        # included.
+        t.supportedPublicKeys = self._host_key_algorithms(self.privateKeys.values())
+        return t  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------
+# Public keys of users
+# --------------------------------------------------------------------------
+
+#: Signature algorithms refused in user authentication: SHA-1 based.
+_REFUSED_SIGNATURES = frozenset({b"ssh-rsa", b"ssh-dss"})
+
+
+def _parse_user_keys(users: Mapping[str, Iterable[str]]) -> dict[str, frozenset[bytes]]:
+    """
+    C{{user: ["type base64 [comment]", ...]}} as C{{user: {public blob}}}.
+
+    @raise ValueError: naming the user and the entry's position for a line
+        that is not a public key, or a DSA or short RSA key.
+    """
+    parsed: dict[str, frozenset[bytes]] = {}
+    for user, lines in users.items():
+        if isinstance(lines, (str, bytes)):
+            lines = [lines]  # type: ignore[list-item]
+        blobs = set()
+        for number, line in enumerate(lines, 1):
+            where = f"SSH key {number} of user {user!r}"
+            text = line.encode("utf-8") if isinstance(line, str) else line
+            try:
+                key = keys.Key.fromString(text.strip())
+            except Exception:
+                raise ValueError(f"{where}: not an SSH public key") from None
+            _check_key_strength(key, where)
+            blobs.add(key.public().blob())
+        parsed[user] = frozenset(blobs)
+    return parsed
+
+
+@implementer(ICredentialsChecker)
+class KeyChecker:
+    """
+    Checks L{ISSHPrivateKey} credentials against the public keys listed per
+    user.  Assign L{users} to swap the keys on a config reload.
+
+    Verification is one signature check (microseconds): it runs on the
+    reactor thread.
+    """
+
+    credentialInterfaces = (ISSHPrivateKey,)
+
+    def __init__(self, users: Mapping[str, Iterable[str]]) -> None:
+        """
+        @param users: C{{user: [public key lines as in authorized_keys,
+            without options]}}.
+        @raise ValueError: a key line is unusable (see L{users}).
+        """
+        self.users = users  # type: ignore[assignment]
+
+    @property
+    def users(self) -> Mapping[str, frozenset[bytes]]:
+        """
+        The parsed keys, C{{user: {public key blob}}}.  Assign a mapping of
+        key lines to replace them; it is parsed at once.
+
+        @raise ValueError: on assignment, naming the user and the position of
+            a line that is not a public key, or is DSA or RSA under 2048 bits.
+        """
+        return self._users
+
+    @users.setter
+    def users(self, users: Mapping[str, Iterable[str]]) -> None:
+        self._users = _parse_user_keys(users)
+
+    def requestAvatarId(self, credentials: Any) -> defer.Deferred:
+        """
+        Check a public key, or answer a query about one.
+
+        @return: a L{Deferred} that fires with the user name (a str) when the
+            key is listed for the user and the signature verifies; fails with
+            L{conch_error.ValidPublicKey} for a query (no signature) about a
+            listed key, and with L{UnauthorizedLogin} otherwise (unknown
+            user, unlisted key, SHA-1 signature, bad signature).
+        """
+        username = credentials.username
+        user = _decode_bytes(username) if isinstance(username, bytes) else str(username)
+        query = not credentials.signature
+        try:
+            key = keys.Key.fromString(credentials.blob)
+        except Exception:
+            return self._refuse(user, "unreadable key", query)
+        listed = self._users.get(user)
+        if listed is None:
+            return self._refuse(user, "unknown user", query)
+        if key.blob() not in listed:
+            return self._refuse(user, f"key {fingerprint(key)} not listed", query)
+        if query:
+            return defer.fail(conch_error.ValidPublicKey())
+        try:
+            signature_type = getNS(credentials.signature)[0]
+        except Exception:
+            return self._refuse(user, "malformed signature", query)
+        if (
+            credentials.algName in _REFUSED_SIGNATURES
+            or signature_type in _REFUSED_SIGNATURES
+        ):
+            return self._refuse(
+                user, f"{signature_type.decode('ascii', 'replace')} signature", query
+            )
+        try:
+            good = key.verify(credentials.signature, credentials.sigData)
+        except Exception:
+            good = False
+        if not good:
+            return self._refuse(user, "bad signature", query)
+        log.info(
+            "Public key login succeeded for user {user} ({fingerprint})",
+            user=user,
+            fingerprint=fingerprint(key),
+        )
+        return defer.succeed(user)
+
+    def _refuse(self, user: str, reason: str, query: bool) -> defer.Deferred:
+        if query:
+            # Clients ask about every key they hold; not worth a warning.
+            log.debug("Public key query for user {user}: {reason}", user=user, reason=reason)
+        else:
+            log.warn(
+                "Public key login failed for user {user}: {reason}",
+                user=user,
+                reason=reason,
+            )
+        return defer.fail(UnauthorizedLogin("Login failed"))
+
+
+# --------------------------------------------------------------------------
+# The avatar and its sessions
+# --------------------------------------------------------------------------
+
+#: The one line a shell or exec request gets, on stderr.
+NOT_SFTP_MESSAGE = b"This service offers SFTP only.\r\n"
+
+
+class SFTPSession(SSHSession):
+    """
+    A session channel that closes itself on the client's EOF.
+
+    SSHSession does so only while it has no session object; once an env or
+    pty request made one, it hands EOF to it and expects it to close the
+    channel (RFC 4254 section 5.3 leaves the close to us).
+    """
+
+    def eofReceived(self) -> None:
+        if self.client is None or self.conn is None:
+            return
+        if isinstance(self.session, _RefusingSession) and self.session.refusing:
+            return  # it closes the channel once its message is out
+        self.conn.sendClose(self)
+
+
+@implementer(ISession, ISessionSetEnv)
+class _RefusingSession:
+    """
+    What a session channel of an L{SFTPUser} gets instead of a shell: env
+    and pty requests are accepted and ignored, shell and exec are answered
+    with L{NOT_SFTP_MESSAGE} on stderr and exit status 1.
+    """
+
+    def __init__(self, avatar: SFTPUser) -> None:
+        self._avatar = avatar
+        #: A shell or exec request is being refused.
+        self.refusing = False
+
+    def getPty(self, term: bytes, windowSize: Any, modes: Any) -> None:
+        pass
+
+    def setEnv(self, name: bytes, value: bytes) -> None:
+        pass
+
+    def windowChanged(self, newWindowSize: Any) -> None:
+        pass
+
+    def openShell(self, proto: SSHSessionProcessProtocol) -> None:
+        self._refuse(proto, "a shell")
+
+    def execCommand(self, proto: SSHSessionProcessProtocol, command: bytes) -> None:
+        # The program name only: a command line may carry anything.
+        words = command.split(None, 1)
+        program = words[0][:40].decode("utf-8", "replace") if words else ""
+        self._refuse(proto, f"command {program!r}")
+
+    def eofReceived(self) -> None:
+        pass  # SFTPSession closes the channel.
+
+    def closed(self) -> None:
+        pass
+
+    def _refuse(self, proto: SSHSessionProcessProtocol, what: str) -> None:
+        channel = proto.session
+        self.refusing = True
+        log.info(
+            "SSH user {user} asked for {what}; refused (SFTP only)",
+            user=self._avatar.username,
+            what=what,
+        )
+        # After the request's reply, which the connection sends when this
+        # returns: exit-status and CLOSE must not precede it.
+        _clock_of(channel).callLater(0, self._finish, proto)
+
+    @staticmethod
+    def _finish(proto: SSHSessionProcessProtocol) -> None:
+        channel = proto.session
+        conn = channel.conn
+        if conn is None or channel.localClosed or channel.remoteClosed:
+            return  # closed meanwhile
+        proto.errReceived(NOT_SFTP_MESSAGE)
+        proto.processEnded(Failure(ProcessTerminated(exitCode=1)))
+
+
+def _clock_of(channel: SSHSession) -> IReactorTime:
+    """The reactor of the factory that built C{channel}'s SSH transport."""
+    clock = getattr(getattr(channel.conn.transport, "factory", None), "reactor", None)
+    if clock is None:
+        # A plain SSHFactory (not ours) has no injected reactor.
+        from twisted.internet import reactor as clock
+    return clock  # type: ignore[return-value]
+
+
+@implementer(IConchUser)
+class SFTPUser(ConchUser):
+    """
+    A logged-in SSH user: one C{session} channel type, one C{sftp}
+    subsystem served by C{sftp_server}.
+    """
+
+    def __init__(
+        self,
+        username: str,
+        sftp_server: ISFTPServer,
+        subsystem: type = FileTransferServer,
+        *,
+        on_logout: Optional[Callable[[], Any]] = None,
+    ) -> None:
+        """
+        @param username: the account name, for logs.
+        @param sftp_server: what C{ISFTPServer(avatar)} returns, so the
+            subsystem (which adapts its avatar) serves it.
+        @param subsystem: the protocol class of the C{sftp} subsystem, built
+            as C{subsystem(data, avatar=self)}.
+        @param on_logout: called once by the first L{logout}.
+        """
+        super().__init__()
+        # IConchUser.conn; SSHConnection sets it when the connection starts.
+        self.conn = None
+        self.username = username
+        self.sftp_server = sftp_server
+        self.channelLookup = {b"session": SFTPSession}
+        self.subsystemLookup = {b"sftp": subsystem}
+        self._on_logout = on_logout
+        self._logged_out = False
+
+    def __conform__(self, interface: Any) -> Any:
+        # FileTransferServer does ISFTPServer(avatar), SSHSession does
+        # ISession(avatar).  Conforming here instead of registering global
+        # adapters keeps the answer per avatar (each user's own file system)
+        # and per channel (a new session object for each).
+        if interface is ISFTPServer:
+            return self.sftp_server
+        if interface is ISession:
+            return _RefusingSession(self)
+        return None
+
+    def logout(self) -> None:
+        """End the user's session; only the first call does anything."""
+        if self._logged_out:
+            return
+        self._logged_out = True
+        if self._on_logout is not None:
+            self._on_logout()

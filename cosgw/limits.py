@@ -1,0 +1,325 @@
+"""
+Who may connect, how many at once, and how many sessions a user may hold.
+
+This is the protocol-independent admission policy of the gateway.  The FTP
+frontend (on its control connection) and the SFTP frontend (on its SSH
+transport) ask the same objects, so one gateway has one set of counters
+whatever protocol a client speaks:
+
+  - L{NetworkRule} says whether a client address may connect at all: a
+    denied network always wins; a non-empty allowed list must contain the
+    address.
+  - L{ConnectionLimits} admits or refuses a new connection
+    (L{ConnectionLimits.open}) and forgets it when it ends
+    (L{ConnectionLimits.close}): the network rule first, then a limit on all
+    connections of the gateway, then a limit per client address.  A refusal
+    is a short sentence the frontend can show (FTP replies C{421} with it;
+    SSH simply disconnects).
+  - L{SessionLimits} counts logged-in sessions per user across protocols, so
+    a user limited to two sessions cannot hold two FTP and two SFTP
+    sessions.
+
+Addresses arrive as text from the transport's peer.  An IPv4 client of a
+dual-stack IPv6 listener shows up as an IPv4-mapped IPv6 address
+(C{::ffff:192.0.2.1}, RFC 4291 section 2.5.5.2); it is the same host as
+C{192.0.2.1}, so L{canonical_ip} turns it into the IPv4 form before it is
+counted or matched.  A peer that is not an IP address at all (a UNIX socket
+peer) is counted under its text as given.
+
+Nothing here touches the reactor: every call is synchronous and O(1) in the
+number of connections (O(networks) for the network rule).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+from typing import Optional, Union
+
+from twisted.logger import Logger
+
+__all__ = [
+    "ConnectionLimits",
+    "NetworkRule",
+    "SessionLimits",
+    "canonical_ip",
+]
+
+log = Logger(namespace="cosgw.limits")
+
+_Address = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+_Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+
+
+def _parse_ip(ip: str) -> Optional[_Address]:
+    """
+    C{ip} as an address object, IPv4-mapped IPv6 unwrapped to IPv4, or None
+    when it is not an IP address (a UNIX socket peer, an empty string).
+    """
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address):
+        mapped = address.ipv4_mapped
+        if mapped is not None:
+            return mapped
+    return address
+
+
+def canonical_ip(ip: str) -> str:
+    """
+    The key under which C{ip} is counted: the IPv4 form of an IPv4-mapped
+    IPv6 address, the compressed lower-case form of any other IPv6 address
+    (so C{2001:DB8:0::1} and C{2001:db8::1} are one client), and C{ip}
+    unchanged when it is not an IP address at all.
+
+    Shared by L{ConnectionLimits} and L{cosgw.defender.LoginDefender} so
+    that both policies agree on what "one address" is.
+    """
+    address = _parse_ip(ip)
+    return ip if address is None else str(address)
+
+
+def _parse_network(cidr: str) -> _Network:
+    """
+    C{cidr} as a network; host bits set are ignored (C{10.1.2.3/8} is
+    C{10.0.0.0/8}), as the config validated the text already.  An
+    IPv4-mapped IPv6 network (C{::ffff:10.0.0.0/104}) becomes the IPv4
+    network it maps, since addresses are matched in their IPv4 form.
+    """
+    network = ipaddress.ip_network(cidr, strict=False)
+    if (
+        isinstance(network, ipaddress.IPv6Network)
+        and network.prefixlen >= 96
+        and network.network_address.ipv4_mapped is not None
+    ):
+        mapped = network.network_address.ipv4_mapped
+        return ipaddress.IPv4Network(f"{mapped}/{network.prefixlen - 96}")
+    return network
+
+
+class NetworkRule:
+    """
+    Which client addresses may connect, from allowed and denied networks.
+
+    A denied network wins over an allowed one, so an operator can allow
+    C{10.0.0.0/8} and still deny C{10.6.6.0/24}.  An empty allowed list
+    allows every address that is not denied.
+    """
+
+    def __init__(self, allowed: Sequence[str] = (), denied: Sequence[str] = ()) -> None:
+        """
+        @param allowed: CIDR strings (C{192.0.2.0/24}, C{2001:db8::/32}, or
+            a single address); when not empty, only these may connect.
+        @param denied: CIDR strings that may never connect.
+        @raise ValueError: a string is not an address or network.
+        """
+        self._allowed: tuple[_Network, ...] = tuple(_parse_network(n) for n in allowed)
+        self._denied: tuple[_Network, ...] = tuple(_parse_network(n) for n in denied)
+
+    def allows(self, ip: str) -> bool:
+        """
+        Whether a client at C{ip} may connect.
+
+        A peer that is not an IP address (a UNIX socket peer) cannot be
+        matched against networks, so it is allowed only when the rule
+        restricts nothing: a rule that names networks fails closed.
+        """
+        address = _parse_ip(ip)
+        if address is None:
+            return not self
+        # "in" is simply False across IP versions, never an error.
+        if any(address in network for network in self._denied):
+            return False
+        if self._allowed:
+            return any(address in network for network in self._allowed)
+        return True
+
+    def __bool__(self) -> bool:
+        """True when the rule restricts anything (either list is not empty)."""
+        return bool(self._allowed or self._denied)
+
+    def __repr__(self) -> str:
+        allowed = [str(n) for n in self._allowed]
+        denied = [str(n) for n in self._denied]
+        return f"NetworkRule(allowed={allowed!r}, denied={denied!r})"
+
+
+def _check_limit(name: str, value: Optional[int]) -> None:
+    """Refuse a limit below 1: None is how "no limit" is spelled."""
+    if value is not None and value < 1:
+        raise ValueError(f"{name} must be at least 1, or None for no limit: {value!r}")
+
+
+class ConnectionLimits:
+    """
+    Shared by every listener (FTP, implicit FTPS, SFTP) of one gateway.
+
+    Counts the connections it admitted, in total and per client address, so
+    the limits hold across protocols.  The counts are the state: a mapping
+    from canonical address to open connections (an address with none is
+    not in it, so memory follows the open connections) and their sum.
+    """
+
+    def __init__(
+        self,
+        max_total: Optional[int] = None,
+        max_per_ip: Optional[int] = None,
+        network: Optional[NetworkRule] = None,
+    ) -> None:
+        """
+        @param max_total: most connections open at once on the gateway;
+            None for no limit.
+        @param max_per_ip: most connections open at once from one client
+            address; None for no limit.
+        @param network: which addresses may connect; None allows all.
+        @raise ValueError: a limit is below 1.
+        """
+        _check_limit("max_total", max_total)
+        _check_limit("max_per_ip", max_per_ip)
+        self._max_total = max_total
+        self._max_per_ip = max_per_ip
+        self._network = network if network is not None else NetworkRule()
+        self._per_ip: dict[str, int] = {}
+        self._total = 0
+
+    @property
+    def total(self) -> int:
+        """Connections admitted and not yet closed, on every listener."""
+        return self._total
+
+    def count(self, ip: str) -> int:
+        """Connections admitted from C{ip} and not yet closed."""
+        return self._per_ip.get(canonical_ip(ip), 0)
+
+    def open(self, ip: str) -> Optional[str]:
+        """
+        Admit a new connection from C{ip}, or say why not.
+
+        The checks run in this order: the network rule, the gateway-wide
+        limit, the per-address limit.  An admitted connection is counted
+        until L{close}; a refused one is not counted at all.
+
+        @return: None when the connection is admitted and counted; else the
+            reason for the refusal, one short sentence for the client (FTP
+            sends it in a C{421} reply).  A refusal is logged at info with
+            the address and the reason.
+        """
+        key = canonical_ip(ip)
+        reason = self._refusal(key, ip)
+        if reason is not None:
+            log.info(
+                "Connection from {ip} refused: {reason}",
+                ip=key,
+                reason=reason,
+                total=self._total,
+                from_ip=self._per_ip.get(key, 0),
+            )
+            return reason
+        self._per_ip[key] = self._per_ip.get(key, 0) + 1
+        self._total += 1
+        return None
+
+    def _refusal(self, key: str, ip: str) -> Optional[str]:
+        """The reason to refuse a connection from C{key}, or None."""
+        if not self._network.allows(ip):
+            return "your address is not allowed"
+        if self._max_total is not None and self._total >= self._max_total:
+            return f"too many connections ({self._max_total}), try again later"
+        if (
+            self._max_per_ip is not None
+            and self._per_ip.get(key, 0) >= self._max_per_ip
+        ):
+            return f"too many connections from your address ({self._max_per_ip})"
+        return None
+
+    def close(self, ip: str) -> None:
+        """
+        A connection that L{open} admitted has ended.
+
+        Call it exactly once per admitted connection, and never for a
+        refused one.  A close with nothing to close (a frontend bug) is
+        logged as a warning and changes nothing, so the counts never go
+        negative nor drift below the truth.
+        """
+        key = canonical_ip(ip)
+        open_here = self._per_ip.get(key, 0)
+        if open_here == 0:
+            log.warn(
+                "Connection close from {ip} with no open connection counted; ignored",
+                ip=key,
+            )
+            return
+        if open_here == 1:
+            del self._per_ip[key]
+        else:
+            self._per_ip[key] = open_here - 1
+        self._total -= 1
+
+
+class SessionLimits:
+    """
+    Concurrent logged-in sessions per user, across protocols.
+
+    The state is a mapping from user name to open sessions; a user with none
+    is not in it.  User names are compared exactly as given: the caller
+    passes the canonical account name (the avatar id), not what the client
+    typed.
+    """
+
+    def __init__(self) -> None:
+        self._sessions: dict[str, int] = {}
+
+    def count(self, user: str) -> int:
+        """Sessions of C{user} logged in and not yet logged out."""
+        return self._sessions.get(user, 0)
+
+    def login(self, user: str, max_sessions: Optional[int]) -> bool:
+        """
+        Count a new session of C{user}, unless that would exceed
+        C{max_sessions}.
+
+        The limit is passed per call, not stored, because it is a property
+        of the account and a config reload may change it: sessions already
+        open stay open, new ones obey the new limit.
+
+        @param max_sessions: most sessions C{user} may hold at once, None
+            for no limit.
+        @return: True when the session is counted (call L{logout} once when
+            it ends); False when C{user} already has C{max_sessions}
+            sessions, which is logged at info.
+        @raise ValueError: C{max_sessions} is below 1.
+        """
+        _check_limit("max_sessions", max_sessions)
+        current = self._sessions.get(user, 0)
+        if max_sessions is not None and current >= max_sessions:
+            log.info(
+                "Login of user {user} refused: {sessions} sessions already"
+                " open, the limit is {max_sessions}",
+                user=user,
+                sessions=current,
+                max_sessions=max_sessions,
+            )
+            return False
+        self._sessions[user] = current + 1
+        return True
+
+    def logout(self, user: str) -> None:
+        """
+        A session that L{login} counted has ended.
+
+        A logout with no session counted (a frontend bug) is logged as a
+        warning and changes nothing, so the count never goes negative.
+        """
+        current = self._sessions.get(user, 0)
+        if current == 0:
+            log.warn(
+                "Logout of user {user} with no session counted; ignored",
+                user=user,
+            )
+            return
+        if current == 1:
+            del self._sessions[user]
+        else:
+            self._sessions[user] = current - 1
