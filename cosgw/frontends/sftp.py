@@ -219,14 +219,19 @@ class GatewaySFTPServer:
 
     async def _open(self, segments: list[str], flags: int, attrs: dict) -> Any:
         fs = self.fs
-        if not flags & (FXF_WRITE | FXF_APPEND):
+        writes = flags & (FXF_WRITE | FXF_APPEND | FXF_TRUNC)
+        if not writes and not flags & FXF_CREAT:
             source = await fs.open_read(segments)
             return ReadHandle(self, segments, source)
-        fs.require("upload", segments)
         try:
             existing: Optional[vfs.Entry] = await fs.stat(segments)
         except vfs.NotFound:
             existing = None
+        if not writes and existing is not None and not flags & FXF_EXCL:
+            # O_CREAT alone on an existing file opens it, as POSIX does.
+            source = await fs.open_read(segments)
+            return ReadHandle(self, segments, source)
+        fs.require("upload", segments)
         if existing is not None:
             if existing.is_dir:
                 raise vfs.IsADirectory(vfs.display(segments))
@@ -358,7 +363,18 @@ class GatewaySFTPServer:
         ffree = files
         flag = 0 if "upload" in self.fs.permissions else 1  # ST_RDONLY
         return struct.pack(
-            "!11Q", block, block, blocks, bfree, bfree, files, ffree, ffree, 0, flag, 255
+            "!11Q",
+            block,
+            block,
+            blocks,
+            bfree,
+            bfree,
+            files,
+            ffree,
+            ffree,
+            0,
+            flag,
+            255,
         )
 
 
@@ -444,6 +460,10 @@ class ReadHandle:
 
     def readChunk(self, offset: int, length: int) -> Deferred[bytes]:
         d = self.reader.read(offset, min(length, MAX_READ))
+        limit = self.server.fs.download_limit
+        if limit is not None:
+            # The user's download rate: the data goes out when it allows.
+            d.addCallback(lambda data: limit.hold(len(data), data))
         return d.addErrback(self._failed)
 
     def _failed(self, failure: Failure) -> Failure:
@@ -621,10 +641,20 @@ class WriteHandle:
     # -- ISFTPFile ----------------------------------------------------------
 
     def writeChunk(self, offset: int, data: bytes) -> Any:
+        ack = self._write(offset, data)
+        limit = self.fs.upload_limit
+        if limit is None:
+            return ack
+        # The user's upload rate: a late acknowledgement is SFTP's only way
+        # to slow a client down.
+        held = limit.hold(len(data))
+        if ack is None:
+            return held
+        return ack.addCallback(lambda _: held)
+
+    def _write(self, offset: int, data: bytes) -> Any:
         if self.mode is WriteMode.UNDECIDED:
-            return self._decide(offset).addCallback(
-                lambda _: self.writeChunk(offset, data)
-            )
+            return self._decide(offset).addCallback(lambda _: self._write(offset, data))
         if self.mode is WriteMode.FAILED:
             assert self._failure is not None
             return fail(self._failure)
@@ -871,9 +901,7 @@ class FileTransfer(filetransfer.FileTransferServer):
             NS(name) + NS(longname) + self._packAttributes(attrs)
             for name, longname, attrs in entries
         )
-        self.sendPacket(
-            FXP_NAME, requestId + struct.pack("!L", len(entries)) + body
-        )
+        self.sendPacket(FXP_NAME, requestId + struct.pack("!L", len(entries)) + body)
 
     def connectionLost(self, reason: Failure) -> None:
         # Not FileTransferServer.connectionLost: it closes every open file
