@@ -482,9 +482,22 @@ def _announce(service: GatewayService, user: UserConfig, password: Optional[str]
             port=address.port,
         )
 
+    def say_sftp(port: IListeningPort) -> None:
+        address = port.getHost()
+        host = address.host if address.host not in ("0.0.0.0", "::") else "127.0.0.1"
+        log.info(
+            "cosgw embedded default: SFTP at sftp://{user}@{host}:{port}/ "
+            "(same password; host key fingerprints above)",
+            user=user.name,
+            host=host,
+            port=address.port,
+        )
+
     service.ready().addCallbacks(say, lambda f: None)
     for listener in service.ftps_listeners:
         listener.listening.addCallbacks(say_ftps, lambda f: None)
+    for listener in service.sftp_listeners:
+        listener.listening.addCallbacks(say_sftp, lambda f: None)
 
 
 def makeService(config: Config, reactor: Any = None) -> GatewayService:

@@ -31,6 +31,7 @@ least 64 KiB) a transfer of a few seconds stays well within 20% of the rate.
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Optional, TypeVar
 
 from twisted.internet.defer import Deferred, succeed
@@ -271,16 +272,19 @@ class ThrottledReceiver:
 @implementer(IConsumer)
 class ThrottledConsumer:
     """
-    Wraps a consumer (a transport) for downloads: writes pass through; when
-    over the rate the registered producer is paused through a L{PauseGate}
-    and resumed after the delay.
+    Wraps a consumer (a transport) for downloads and shapes what goes
+    through it to the rate: writes are queued and passed on in pieces as the
+    bucket allows, and the registered producer is paused (through a
+    L{PauseGate}, reason C{"rate"}) while anything waits.  A producer writes
+    whole chunks (4 MiB reads from the store); passing a chunk on at once
+    and pausing afterwards would let every file smaller than a chunk out at
+    full speed.  Memory: at most the chunk being written, since the producer
+    is paused meanwhile.
 
     The gate, not the producer, is registered with the real consumer, so the
     transport's own pauses (its write buffer is full) are the reason
-    C{"consumer"} and the rate's pause is the reason C{"rate"}: the producer
-    runs again only when both are lifted.  Only push producers are
-    supported: a pull producer is asked for each chunk and would need a
-    different scheme.
+    C{"consumer"}: the producer runs again only when both are lifted.  Only
+    push producers are supported.
     """
 
     def __init__(
@@ -289,8 +293,14 @@ class ThrottledConsumer:
         self.consumer = consumer
         self.limit = limit
         self.gate: Optional[PauseGate] = None
-        self._resumer = _Resumer(clock)
+        self._clock = clock
+        self._queue: deque[memoryview] = deque()
+        self._call: Optional[IDelayedCall] = None
+        self._unregister = False
         self._stopped = False
+        #: Bytes passed on at a time: small against the rate, so the
+        #: shaping is smooth, but not so small that it costs much.
+        self._piece = max(16 * 1024, limit.burst // 4)
 
     def registerProducer(self, producer: IPushProducer, streaming: bool) -> None:
         """
@@ -311,30 +321,66 @@ class ThrottledConsumer:
         self.consumer.registerProducer(self.gate, True)
 
     def unregisterProducer(self) -> None:
-        """Unregister the producer from the real consumer; forget the gate."""
-        self._resumer.cancel()
+        """
+        The producer is done: unregister it from the real consumer once
+        everything queued has gone out (unregistering ends a data
+        connection).
+        """
+        if self._queue and not self._stopped:
+            self._unregister = True
+            return
+        self._finish()
+
+    def _finish(self) -> None:
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+        self._unregister = False
         self.gate = None
         self.consumer.unregisterProducer()
 
     def write(self, data: bytes) -> None:
-        """
-        Pass C{data} to the real consumer, then account it; when over the
-        rate, pause the registered producer until the bucket is back to
-        zero.  Without a producer, or after L{stop}, writes only pass
-        through (there is nothing to pause).
-        """
-        self.consumer.write(data)
+        """Queue C{data}; it goes out as fast as the rate allows."""
+        if self._stopped:
+            self.consumer.write(data)
+            return
+        self._queue.append(memoryview(data))
+        if self._call is None:
+            self._drain()
+
+    def _drain(self) -> None:
+        self._call = None
+        while self._queue and not self._stopped:
+            head = self._queue[0]
+            piece = head[: self._piece]
+            if len(head) > self._piece:
+                self._queue[0] = head[self._piece :]
+            else:
+                self._queue.popleft()
+            self.consumer.write(bytes(piece))
+            delay = self.limit.take(len(piece))
+            if delay > 0:
+                if self.gate is not None:
+                    self.gate.pause(RATE)
+                self._call = self._clock.callLater(delay, self._drain)
+                return
         if self._stopped:
             return
-        delay = self.limit.take(len(data))
-        if delay > 0 and self.gate is not None:
-            self._resumer.hold(self.gate, delay)
+        if self.gate is not None:
+            self.gate.resume(RATE)
+        if self._unregister:
+            self._finish()
 
     def stop(self) -> None:
         """
-        The transfer is over: cancel the pending resume and lift the reason
-        C{"rate"} (a stopped gate passes nothing on); later writes pass
+        The transfer is over (or aborted): drop what is queued, cancel the
+        pending call and lift the reason C{"rate"}; later writes pass
         through unaccounted.
         """
         self._stopped = True
-        self._resumer.release()
+        self._queue.clear()
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+        if self.gate is not None:
+            self.gate.resume(RATE)

@@ -346,6 +346,10 @@ class UploadWriter:
         self._in_flight = 0
         self._parts: list[PartInfo] = []
         self._creating: Optional[Deferred[str]] = None
+        #: Whether create_multipart has answered (not C{_creating.called}: a
+        #: Deferred waiting on another one counts as called before it has
+        #: a result).
+        self._create_settled = False
         self._final: Optional[Deferred[ObjectInfo]] = None
         self._abort_requested = False
         self._outcome: Optional[ObjectInfo | Failure] = None
@@ -503,6 +507,11 @@ class UploadWriter:
         return self._cleanup().addCallback(lambda _: self.kept)
 
     @property
+    def failure(self) -> Optional[Failure]:
+        """Why the upload failed, once it has; else None."""
+        return self._outcome if isinstance(self._outcome, Failure) else None
+
+    @property
     def kept(self) -> int:
         """Bytes stored in parts 1..k with no gap: what a resume continues."""
         if self.state is not UploadState.SUSPENDED or self.upload_id is None:
@@ -580,6 +589,7 @@ class UploadWriter:
             d.addCallbacks(self._part_done, self._part_failed)
 
     def _created(self, upload_id: str) -> None:
+        self._create_settled = True
         self.upload_id = upload_id
         if self._registry is not None:
             self._registry.add(upload_id)
@@ -591,6 +601,7 @@ class UploadWriter:
             self._try_cleanup()
 
     def _create_failed(self, failure: Failure) -> None:
+        self._create_settled = True
         if self.state in (UploadState.OPEN, UploadState.FINISHING):
             self._fail(failure)
         else:
@@ -678,11 +689,11 @@ class UploadWriter:
             error=failure.getErrorMessage(),
             request_id=getattr(failure.value, "request_id", None),
         )
+        self._settle(failure)
         # Stop the client sending more; the protocol then sees the end of the
         # stream and asks finish() for the result, which is this failure.
         if self._on_stop is not None:
             self._on_stop()
-        self._settle(failure)
         self._cleanup()
 
     def _cleanup(self) -> Deferred[None]:
@@ -703,7 +714,7 @@ class UploadWriter:
             return
         if self._in_flight or self._final is not None:
             return  # called again when they settle
-        if self._creating is not None and not self._creating.called:
+        if self._creating is not None and not self._create_settled:
             return
         doomed = self.state in (UploadState.FAILED, UploadState.ABORTED) or (
             self.state is UploadState.SUSPENDED and not contiguous_parts(self._parts)

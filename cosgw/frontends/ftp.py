@@ -1306,6 +1306,9 @@ class GatewayFTP(ftp.FTP):
             if transfer.aborted:
                 raise Reply(426, "Transfer aborted") from None
             raise
+        finally:
+            if isinstance(consumer, ThrottledConsumer):
+                consumer.stop()
         log.info(
             "{user} RETR {path} {bytes} bytes from {offset} in {seconds:.2f}s",
             user=self.user,

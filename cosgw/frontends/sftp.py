@@ -541,6 +541,8 @@ class WriteHandle:
         self._mtime: Optional[float] = None
         self._deciding: Optional[Deferred[None]] = None
         self._waiting: list[Deferred[None]] = []
+        self._rate_holds = 0
+        self._rate_key = object()
         server.handles.add(self)
 
     @property
@@ -645,12 +647,25 @@ class WriteHandle:
         limit = self.fs.upload_limit
         if limit is None:
             return ack
-        # The user's upload rate: a late acknowledgement is SFTP's only way
-        # to slow a client down.
+        # The user's upload rate: the acknowledgement waits until the rate
+        # allows, and so that a client that does not wait for
+        # acknowledgements is held too, the connection stops being read
+        # meanwhile.
         held = limit.hold(len(data))
+        if not held.called:
+            self._rate_holds += 1
+            if self._rate_holds == 1:
+                self.server.pressure(self._rate_key, True)
+            held.addBoth(self._rate_released)
         if ack is None:
             return held
         return ack.addCallback(lambda _: held)
+
+    def _rate_released(self, result: Any) -> Any:
+        self._rate_holds -= 1
+        if not self._rate_holds:
+            self.server.pressure(self._rate_key, False)
+        return result
 
     def _write(self, offset: int, data: bytes) -> Any:
         if self.mode is WriteMode.UNDECIDED:
@@ -816,8 +831,13 @@ class WriteHandle:
     # -- failures -----------------------------------------------------------
 
     def _store_stopped(self) -> None:
-        """The upload failed on the store's side: stop taking writes."""
-        self._fail(Failure(StoreError("the upload failed in the store")))
+        """The upload failed (store, quota, size): stop taking writes."""
+        failure = None
+        if self.writer is not None:
+            failure = self.writer.failure
+        if failure is None:
+            failure = Failure(StoreError("the upload failed in the store"))
+        self._fail(vfs.translate(failure, self.path))
 
     def _failed(self, failure: Failure) -> Failure:
         self._fail(failure)

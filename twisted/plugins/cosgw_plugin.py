@@ -11,6 +11,6 @@ from twisted.application.service import ServiceMaker
 cosftp = ServiceMaker(
     "cosgw",
     "cosgw.tap",
-    "FTP and FTPS gateway to Tencent COS buckets (or a local directory)",
+    "FTP, FTPS and SFTP gateway to Tencent COS buckets (or a local directory)",
     "cosftp",
 )
