@@ -105,7 +105,7 @@ class Accounts:
         """
         account = self.accounts[name]
         host = getattr(peer, "host", None)
-        if host is not None and not account.network.allows(host):
+        if account.network and (host is None or not account.network.allows(host)):
             log.info(
                 "login of {user} from {peer} refused: address not allowed",
                 user=name,

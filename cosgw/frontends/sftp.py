@@ -52,17 +52,14 @@ from twisted.conch.ssh.filetransfer import (
 )
 from twisted.internet.defer import Deferred, ensureDeferred, fail, succeed
 from twisted.logger import (
-    FilteringLogObserver,
     Logger,
-    LogLevel,
-    LogLevelFilterPredicate,
-    globalLogPublisher,
 )
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from cosgw import vfs
 from cosgw.frontends.ftp_facts import format_list_line, unix_mode
+from cosgw.frontends.ssh import ConchLogger
 from cosgw.interfaces import StoreError
 from cosgw.positional import (
     PositionalWriter,
@@ -858,14 +855,6 @@ class WriteHandle:
 
 # -- the protocol -----------------------------------------------------------
 
-#: Conch's file-transfer code logs every request at info; keep its warnings.
-_quiet = Logger(
-    namespace="twisted.conch.ssh.filetransfer",
-    observer=FilteringLogObserver(
-        globalLogPublisher, [LogLevelFilterPredicate(defaultLogLevel=LogLevel.warn)]
-    ),
-)
-
 
 class FileTransfer(filetransfer.FileTransferServer):
     """
@@ -875,7 +864,7 @@ class FileTransfer(filetransfer.FileTransferServer):
     and requests are not logged one by one.
     """
 
-    _log = _quiet
+    _log = ConchLogger(namespace="twisted.conch.ssh.filetransfer")
 
     def __init__(self, data: Any = None, avatar: Any = None) -> None:
         super().__init__(data, avatar)

@@ -12,15 +12,19 @@ is replaced here (see reference/twisted-conch-cos-facts.md section c):
     ssh-rsa (SHA-1) signatures.  L{GatewaySSHTransport} keeps only the
     modern ones, by filtering Conch's own lists, so a Conch that lacks one
     of ours still works and one that adds a weak one does not get it
-    offered.  The host-key list is built per connection by
-    L{SSHFactory.buildProtocol} from the loaded keys (an RSA key brings
-    C{ssh-rsa} with it), so L{GatewaySSHFactory.buildProtocol} filters that
-    one again.
+    offered.  The host-key list is not the transport's class attribute:
+    L{SSHFactory.buildProtocol} builds it for every connection from the
+    loaded keys, and an RSA key brings C{ssh-rsa} with it, so
+    L{GatewaySSHFactory} computes and filters it itself, once.
   - server-sig-algs (RFC 8308).  Conch advertises the *host key* algorithms
     as the algorithms it accepts for *user* keys, so a server with only an
     Ed25519 host key would tell OpenSSH clients that RSA user keys are
     unusable.  The transport advertises what L{KeyChecker} accepts instead.
   - The version string names no Twisted version: C{SSH-2.0-cosgw}.
+  - A disconnect closes only our side and reads on until the client closes:
+    Conch closes the socket at once, so a client whose packet was in flight
+    gets a reset and never reads the reason (the refusal of admission, a
+    ban, a timeout).
   - Time limits.  Conch's login timeout is 10 hours (its comment says 10
     minutes), starts only when the client asks for C{ssh-userauth}, and runs
     on the global reactor.  Here the transport owns the login deadline from
@@ -61,11 +65,12 @@ Everything that blocks (reading and generating host keys, reading
 from __future__ import annotations
 
 import base64
+import enum
 import hashlib
 import struct
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any, Optional, Union
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
@@ -95,13 +100,16 @@ from twisted.cred.portal import Portal
 from twisted.internet import defer
 from twisted.internet.error import ProcessTerminated
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from cosgw.accounts import LoginRefused
 from cosgw.auth import _create_exclusively, _decode_bytes
 
 __all__ = [
+    "BANNED_MESSAGE",
     "GENERATED_HOST_KEYS",
     "MIN_RSA_BITS",
     "NOT_SFTP_MESSAGE",
@@ -117,6 +125,27 @@ __all__ = [
 ]
 
 log = Logger(namespace="cosgw.ssh")
+
+
+class ConchLogger(Logger):
+    """
+    The logger for Conch's classes: its warnings and errors pass, its debug
+    and info events (one per packet, window adjustment or SFTP request) are
+    dropped before they are even built; twistd's own observer would format
+    and write every one of them.
+    """
+
+    def debug(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def info(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+#: OpenSSH's session window: Conch's 128 KiB made a client wait for a
+#: window adjustment every 64 KiB.  Memory stays bounded: the SFTP server
+#: stops reading the connection while its uploads are backed up.
+SESSION_WINDOW = 2 * 1024 * 1024
 
 # --------------------------------------------------------------------------
 # Host keys
@@ -202,7 +231,9 @@ def _load_host_key(path: Path) -> keys.Key:
     return key
 
 
-def _generated_host_key(state_dir: Path, name: str, make: Callable[[], Any]) -> keys.Key:
+def _generated_host_key(
+    state_dir: Path, name: str, make: Callable[[], Any]
+) -> keys.Key:
     """
     The host key C{state_dir/name}, generated first if it does not exist.
 
@@ -254,7 +285,9 @@ def load_host_keys(paths: Sequence[Path], state_dir: Path) -> dict[bytes, keys.K
     else:
         state_dir = Path(state_dir)
         for name, make in GENERATED_HOST_KEYS:
-            loaded.append((state_dir / name, _generated_host_key(state_dir, name, make)))
+            loaded.append(
+                (state_dir / name, _generated_host_key(state_dir, name, make))
+            )
     host_keys: dict[bytes, keys.Key] = {}
     for path, key in loaded:
         key_type = key.sshType()
@@ -301,7 +334,7 @@ _KEY_EXCHANGES = (
     b"ecdh-sha2-nistp256",
     b"ecdh-sha2-nistp384",
     b"ecdh-sha2-nistp521",
-    # Only when the factory has primes (SSHFactory.buildProtocol).
+    # Only when the factory has primes (GatewaySSHFactory.getPrimes).
     b"diffie-hellman-group-exchange-sha256",
     b"diffie-hellman-group16-sha512",
     b"diffie-hellman-group18-sha512",
@@ -324,6 +357,9 @@ def _keep(offered: Iterable[bytes], wanted: Sequence[bytes]) -> list[bytes]:
     available = set(offered)
     return [name for name in wanted if name in available]
 
+
+#: The key exchanges that need the factory's primes (RFC 4419).
+_GEX_PREFIX = b"diffie-hellman-group-exchange-"
 
 #: DH group-exchange primes smaller than this are dropped from the moduli
 #: file (RFC 8270 sets the minimum at 2048 bits).
@@ -352,22 +388,49 @@ def _banned_type() -> Optional[type]:
     return LoginBanned
 
 
+class _State(enum.Enum):
+    """
+    A connection's life.  Each state but LOST owns one timer, armed on
+    entry and cancelled on exit.
+    """
+
+    #: Connected and admitted, not yet authenticated; timer: the login
+    #: deadline (from the TCP connection, not from ssh-userauth).
+    LOGGING_IN = "logging in"
+    #: Authenticated; timer: the idle deadline (none if idle_timeout is None).
+    LOGGED_IN = "logged in"
+    #: DISCONNECT sent, our side closed, input discarded; timer: the abort of
+    #: a peer that does not close its side.
+    CLOSING = "closing"
+    #: The socket is gone.
+    LOST = "lost"
+
+
+#: The transitions L{GatewaySSHTransport} may make.
+_TRANSITIONS: dict[_State, frozenset[_State]] = {
+    _State.LOGGING_IN: frozenset({_State.LOGGED_IN, _State.CLOSING, _State.LOST}),
+    _State.LOGGED_IN: frozenset({_State.CLOSING, _State.LOST}),
+    _State.CLOSING: frozenset({_State.LOST}),
+    _State.LOST: frozenset(),
+}
+
+
 class GatewaySSHTransport(transport.SSHServerTransport):
     """
     The server transport: modern algorithms only, a version string without a
-    Twisted version, admission, a login deadline and an idle deadline.
-
-    States, by the attributes that hold them: connected (C{_login_timer}
-    set) -> authenticated (C{_authenticated}, C{_idle_timer} set) ->
-    closing (C{_closing}, C{_abort_timer} set) -> lost (C{connection_lost}).
-    A connection refused by admission goes straight to closing.
+    Twisted version, admission, and the login, idle and closing deadlines of
+    L{_State}.
     """
+
+    _log = ConchLogger(namespace="twisted.conch.ssh.transport")
 
     factory: GatewaySSHFactory
 
     version = b"cosgw"
     comment = b""
-    ourVersionString = b"SSH-" + transport.SSHServerTransport.protocolVersion + b"-cosgw"
+    ourVersionString = (
+        b"SSH-" + transport.SSHServerTransport.protocolVersion + b"-cosgw"
+    )
 
     supportedCiphers = _keep(transport.SSHServerTransport.supportedCiphers, _CIPHERS)
     supportedMACs = _keep(transport.SSHServerTransport.supportedMACs, _MACS)
@@ -383,13 +446,11 @@ class GatewaySSHTransport(transport.SSHServerTransport):
     userKeyAlgorithms: list[bytes] = list(supportedPublicKeys)
 
     peer = "?"
-    connection_lost = False
-    _authenticated = False
-    _closing = False
+    _state = _State.LOGGING_IN
+    _timer: Optional[IDelayedCall] = None
+    _lost_waiters: Optional[list[defer.Deferred[None]]] = None
+    #: Admission counted this connection: close it exactly once.
     _admitted = False
-    _login_timer: Optional[IDelayedCall] = None
-    _idle_timer: Optional[IDelayedCall] = None
-    _abort_timer: Optional[IDelayedCall] = None
     _last_received = 0.0
 
     @property
@@ -400,6 +461,41 @@ class GatewaySSHTransport(transport.SSHServerTransport):
     def username(self) -> Optional[str]:
         """The logged-in user's name, or None before login."""
         return getattr(getattr(self, "avatar", None), "username", None)
+
+    @property
+    def connection_lost(self) -> bool:
+        """The socket is gone."""
+        return self._state is _State.LOST
+
+    def login_allowed(self) -> bool:
+        """A login completing now may take this connection."""
+        return self._state is _State.LOGGING_IN
+
+    def when_lost(self) -> defer.Deferred[None]:
+        """A L{Deferred} that fires with None once the socket is gone."""
+        if self._state is _State.LOST:
+            return defer.succeed(None)
+        if self._lost_waiters is None:
+            self._lost_waiters = []
+        d: defer.Deferred[None] = defer.Deferred()
+        self._lost_waiters.append(d)
+        return d
+
+    def _enter(
+        self,
+        state: _State,
+        delay: Optional[float] = None,
+        action: Optional[Callable[[], Any]] = None,
+    ) -> None:
+        """Move to C{state}, cancelling the old state's timer, arming the new."""
+        if state not in _TRANSITIONS[self._state]:
+            raise RuntimeError(f"SSH transport: {self._state.value} -> {state.value}")
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        self._state = state
+        if delay is not None and action is not None:
+            self._timer = self._clock.callLater(delay, action)
 
     # -- connection ---------------------------------------------------------
 
@@ -414,29 +510,24 @@ class GatewaySSHTransport(transport.SSHServerTransport):
                 log.failure("Admission check failed for {peer}", peer=self.peer)
                 refusal = "service unavailable"
             if refusal is not None:
-                log.info(
-                    "SSH connection from {peer} refused: {reason}",
-                    peer=self.peer,
-                    reason=refusal,
-                )
+                # The admission policy logs its refusals.
                 self.sendDisconnect(transport.DISCONNECT_TOO_MANY_CONNECTIONS, refusal)
                 return
             self._admitted = True
         log.info("SSH connection from {peer}", peer=self.peer)
-        self._login_timer = self._clock.callLater(
+        self._timer = self._clock.callLater(
             self.factory.login_timeout, self._login_timed_out
         )
 
     def connectionLost(self, reason: Optional[Failure] = None) -> None:
-        self.connection_lost = True
-        for name in ("_login_timer", "_idle_timer", "_abort_timer"):
-            timer = getattr(self, name)
-            if timer is not None and timer.active():
-                timer.cancel()
-            setattr(self, name, None)
+        self._enter(_State.LOST)
+        self.factory.connections.discard(self)
         try:
             super().connectionLost(reason)
         finally:
+            waiters, self._lost_waiters = self._lost_waiters or [], None
+            for d in waiters:
+                d.callback(None)
             if self._admitted:
                 self._admitted = False
                 try:
@@ -450,9 +541,8 @@ class GatewaySSHTransport(transport.SSHServerTransport):
             )
 
     def dataReceived(self, data: bytes) -> None:
-        if self._closing:
-            # Disconnecting: whatever the client still sends is moot.
-            return
+        if self._state in (_State.CLOSING, _State.LOST):
+            return  # disconnecting: whatever the client still sends is moot
         self._last_received = self._clock.seconds()
         super().dataReceived(data)
 
@@ -468,14 +558,9 @@ class GatewaySSHTransport(transport.SSHServerTransport):
         reset and the client dies of "Broken pipe" without reading the
         reason.
         """
-        if self._closing:
+        if self._state in (_State.CLOSING, _State.LOST):
             return
-        self._closing = True
-        for name in ("_login_timer", "_idle_timer"):
-            timer = getattr(self, name)
-            if timer is not None and timer.active():
-                timer.cancel()
-            setattr(self, name, None)
+        self._enter(_State.CLOSING, _DISCONNECT_GRACE, self._abort)
         if isinstance(desc, str):
             # Conch itself passes str in places (its ML-KEM checks).
             desc = desc.encode("utf-8")
@@ -488,17 +573,14 @@ class GatewaySSHTransport(transport.SSHServerTransport):
             code=reason,
             description=desc.decode("utf-8", "replace"),
         )
-        if self.connection_lost:
-            return
         half_close = getattr(self.transport, "loseWriteConnection", None)
         if half_close is not None:
             half_close()
         else:
             self.transport.loseConnection()
-        self._abort_timer = self._clock.callLater(_DISCONNECT_GRACE, self._abort)
 
     def _abort(self) -> None:
-        self._abort_timer = None
+        self._timer = None
         log.info(
             "SSH connection from {peer} did not close after DISCONNECT; aborting",
             peer=self.peer,
@@ -524,25 +606,19 @@ class GatewaySSHTransport(transport.SSHServerTransport):
 
     def setService(self, service: Any) -> None:
         super().setService(service)
-        if hasattr(self, "avatar") and not self._authenticated:
-            self._logged_in()
-
-    def _logged_in(self) -> None:
-        """Userauth has installed the avatar and started ssh-connection."""
-        self._authenticated = True
-        if self._login_timer is not None and self._login_timer.active():
-            self._login_timer.cancel()
-        self._login_timer = None
-        log.info(
-            "SSH user {user} logged in from {peer}", user=self.username, peer=self.peer
-        )
-        idle_timeout = self.factory.idle_timeout
-        if idle_timeout is not None:
+        if hasattr(self, "avatar") and self._state is _State.LOGGING_IN:
+            # Userauth installed the avatar and started ssh-connection.
+            idle_timeout = self.factory.idle_timeout
             self._last_received = self._clock.seconds()
-            self._idle_timer = self._clock.callLater(idle_timeout, self._check_idle)
+            self._enter(_State.LOGGED_IN, idle_timeout, self._check_idle)
+            log.info(
+                "SSH user {user} logged in from {peer}",
+                user=self.username,
+                peer=self.peer,
+            )
 
     def _login_timed_out(self) -> None:
-        self._login_timer = None
+        self._timer = None
         log.info(
             "SSH connection from {peer} did not log in within {timeout} s;"
             " disconnecting",
@@ -554,14 +630,12 @@ class GatewaySSHTransport(transport.SSHServerTransport):
     def _check_idle(self) -> None:
         # One timer, re-armed for the remainder when data came meanwhile,
         # instead of a reset on every packet.
-        self._idle_timer = None
+        self._timer = None
         idle_timeout = self.factory.idle_timeout
         assert idle_timeout is not None
         idle = self._clock.seconds() - self._last_received
         if idle < idle_timeout:
-            self._idle_timer = self._clock.callLater(
-                idle_timeout - idle, self._check_idle
-            )
+            self._timer = self._clock.callLater(idle_timeout - idle, self._check_idle)
             return
         log.info(
             "SSH connection from {peer} (user {user}) idle for {idle:.0f} s;"
@@ -590,36 +664,65 @@ def _is_key_query(credentials: Any) -> bool:
     return ISSHPrivateKey.providedBy(credentials) and not credentials.signature
 
 
-class _GuardedPortal:
+class _AttemptPortal:
     """
-    The portal as userauth sees it when a login guard is set: every login
-    that can guess a secret goes through C{guard.guard(ip, user, login)}.
+    The portal as userauth sees it: every login that can guess a secret (a
+    password, a signed key) goes through C{guard.guard(ip, user, login)}
+    when there is a guard, and every attempt under way can be cancelled
+    when the client goes.
     """
 
-    def __init__(self, portal: Portal, guard: Any, ip: str) -> None:
+    def __init__(self, portal: Portal, guard: Any, ip: str, peer: Any = None) -> None:
+        """
+        @param peer: the client's address, given to the realm as the mind
+            (Conch passes None), so per-user network rules see it as they
+            do over FTP.
+        """
         self._portal = portal
         self._guard = guard
         self._ip = ip
+        self._peer = peer
+        self._pending: set[defer.Deferred] = set()
 
     def listCredentialsInterfaces(self) -> list[Any]:
         return self._portal.listCredentialsInterfaces()
 
     def login(self, credentials: Any, mind: Any, *interfaces: Any) -> defer.Deferred:
-        if _is_key_query(credentials):
+        if mind is None:
+            mind = self._peer
+
+        def login() -> defer.Deferred:
             return self._portal.login(credentials, mind, *interfaces)
-        username = credentials.username
-        user = _decode_bytes(username) if isinstance(username, bytes) else username
-        return self._guard.guard(
-            self._ip,
-            user,
-            lambda: self._portal.login(credentials, mind, *interfaces),
-        )
+
+        if self._guard is None or _is_key_query(credentials):
+            d = login()
+        else:
+            username = credentials.username
+            user = _decode_bytes(username) if isinstance(username, bytes) else username
+            d = self._guard.guard(self._ip, user, login)
+        self._pending.add(d)
+
+        def done(result: Any) -> Any:
+            self._pending.discard(d)
+            return result
+
+        return d.addBoth(done)
+
+    def cancel_pending(self) -> None:
+        """
+        Cancel the attempts still under way: the checker's work or the
+        defender's failure delay then ends, and no avatar is made for a
+        client that hung up.
+        """
+        for d in list(self._pending):
+            d.cancel()
 
 
 class GatewayUserAuthServer(userauth.SSHUserAuthServer):
     """
     ssh-userauth offering C{publickey} and C{password} (password only once
-    the transport is encrypted, as Conch does), with the login guard.
+    the transport is encrypted, as Conch does), with the login guard; the
+    attempts under way are cancelled when the service stops.
     """
 
     transport: GatewaySSHTransport
@@ -641,18 +744,32 @@ class GatewayUserAuthServer(userauth.SSHUserAuthServer):
         if self._cancelLoginTimeout is not None:
             self._cancelLoginTimeout.cancel()
             self._cancelLoginTimeout = None
-        guard = factory.login_guard
-        if guard is not None:
-            self.portal = _GuardedPortal(self.portal, guard, self.transport.peer)
+        tcp = getattr(self.transport, "transport", None)
+        self.portal = _AttemptPortal(
+            self.portal,
+            factory.login_guard,
+            self.transport.peer,
+            tcp.getPeer() if tcp is not None else None,
+        )
+
+    def serviceStopped(self) -> None:
+        super().serviceStopped()
+        if isinstance(self.portal, _AttemptPortal):
+            self.portal.cancel_pending()
+
+    def _ebPassword(self, f: Failure) -> Failure:
+        # Conch waits passwordDelay (0 here) on a timer; fail at once.
+        return f
 
     def _cbFinishedAuth(self, result: Any) -> None:
         interface, avatar, logout = result
         transport_ = self.transport
-        if getattr(transport_, "connection_lost", False) or hasattr(
-            transport_, "avatar"
+        login_allowed = getattr(transport_, "login_allowed", None)
+        if hasattr(transport_, "avatar") or (
+            login_allowed is not None and not login_allowed()
         ):
-            # Lost meanwhile, or a pipelined second login: nobody would ever
-            # call this avatar's logout.
+            # A pipelined second login, or the connection is closing or
+            # gone: nobody would ever call this avatar's logout.
             log.info(
                 "SSH login of {user} from {peer} completed too late; logged out",
                 user=getattr(avatar, "username", None),
@@ -663,6 +780,8 @@ class GatewayUserAuthServer(userauth.SSHUserAuthServer):
         super()._cbFinishedAuth(result)
 
     def _ebBadAuth(self, reason: Failure) -> None:
+        if reason.check(defer.CancelledError) and not self._connected():
+            return  # cancelled by serviceStopped: the client is gone
         banned = _banned_type()
         if banned is not None and reason.check(banned):
             log.info(
@@ -673,7 +792,24 @@ class GatewayUserAuthServer(userauth.SSHUserAuthServer):
                 transport.DISCONNECT_NO_MORE_AUTH_METHODS_AVAILABLE, BANNED_MESSAGE
             )
             return
+        if reason.check(LoginRefused):
+            # The right secret, but a rule (the user's networks or session
+            # limit) refuses the session: say why and hang up, as FTP's 421.
+            log.info(
+                "SSH login from {peer} refused: {reason}",
+                peer=self.transport.peer,
+                reason=str(reason.value),
+            )
+            self.transport.sendDisconnect(
+                transport.DISCONNECT_TOO_MANY_CONNECTIONS,
+                str(reason.value).encode("utf-8"),
+            )
+            return
         super()._ebBadAuth(reason)
+
+    def _connected(self) -> bool:
+        login_allowed = getattr(self.transport, "login_allowed", None)
+        return login_allowed is None or login_allowed()
 
 
 # --------------------------------------------------------------------------
@@ -683,6 +819,8 @@ class GatewayUserAuthServer(userauth.SSHUserAuthServer):
 
 class GatewayConnection(SSHConnection):
     """ssh-connection that refuses unknown channel types without a traceback."""
+
+    _log = ConchLogger(namespace="twisted.conch.ssh.connection")
 
     def ssh_CHANNEL_OPEN(self, packet: bytes) -> None:
         channel_type, rest = getNS(packet)
@@ -752,9 +890,7 @@ class GatewaySSHFactory(SSHFactory):
         if login_timeout <= 0:
             raise ValueError(f"login_timeout must be positive: {login_timeout!r}")
         if idle_timeout is not None and idle_timeout <= 0:
-            raise ValueError(
-                f"idle_timeout must be positive or None: {idle_timeout!r}"
-            )
+            raise ValueError(f"idle_timeout must be positive or None: {idle_timeout!r}")
         private = {key_type: key for key_type, key in host_keys.items()}
         for key_type, key in private.items():
             if key.isPublic():
@@ -769,7 +905,19 @@ class GatewaySSHFactory(SSHFactory):
         self.idle_timeout = idle_timeout
         self.admission = admission
         self.login_guard = login_guard
+        #: The transports whose socket is still open.
+        self.connections: set[GatewaySSHTransport] = set()
         self.primes = self.getPrimes()
+        self._public_key_algorithms = self._host_key_algorithms(private.values())
+        self._key_exchanges = list(self.protocol.supportedKeyExchanges)
+        if not self.primes:
+            self._key_exchanges = [
+                name for name in self._key_exchanges if not name.startswith(_GEX_PREFIX)
+            ]
+            log.info(
+                "No DH group-exchange primes in {path}; group exchange not offered",
+                path=str(self.moduli_path),
+            )
 
     def _host_key_algorithms(self, host_keys: Iterable[keys.Key]) -> list[bytes]:
         """The signature algorithms the host keys allow that we offer."""
@@ -797,15 +945,37 @@ class GatewaySSHFactory(SSHFactory):
                 error=str(e),
             )
             return None
-        primes = {bits: groups for bits, groups in primes.items() if bits >= _MIN_GEX_BITS}
+        primes = {
+            bits: groups for bits, groups in primes.items() if bits >= _MIN_GEX_BITS
+        }
         return primes or None
 
     def buildProtocol(self, addr: Any) -> GatewaySSHTransport:
-        t = super().buildProtocol(addr)
-        # SSHFactory lists every algorithm the keys can sign with, ssh-rsa
-        # included.
-        t.supportedPublicKeys = self._host_key_algorithms(self.privateKeys.values())
-        return t  # type: ignore[return-value]
+        # Not SSHFactory.buildProtocol: it offers every algorithm the host
+        # keys can sign with (ssh-rsa included) and logs a line for every
+        # connection when there are no primes.  The lists are computed once.
+        t: GatewaySSHTransport = Factory.buildProtocol(self, addr)  # type: ignore[assignment]
+        t.supportedPublicKeys = list(self._public_key_algorithms)
+        t.supportedKeyExchanges = list(self._key_exchanges)
+        self.connections.add(t)
+        return t
+
+    def disconnect_all(
+        self, description: str = "server shutting down"
+    ) -> defer.Deferred[None]:
+        """
+        Disconnect every open connection (SSH_DISCONNECT_BY_APPLICATION with
+        C{description}), for a service that stops.
+
+        @return: a L{Deferred} that fires with None once every socket is
+            gone: when each client has closed its side, or after the grace
+            period at the latest.
+        """
+        transports = list(self.connections)
+        for t in transports:
+            t.sendDisconnect(transport.DISCONNECT_BY_APPLICATION, description)
+        done = defer.gatherResults([t.when_lost() for t in transports])
+        return done.addCallback(lambda _: None)
 
 
 # --------------------------------------------------------------------------
@@ -927,7 +1097,9 @@ class KeyChecker:
     def _refuse(self, user: str, reason: str, query: bool) -> defer.Deferred:
         if query:
             # Clients ask about every key they hold; not worth a warning.
-            log.debug("Public key query for user {user}: {reason}", user=user, reason=reason)
+            log.debug(
+                "Public key query for user {user}: {reason}", user=user, reason=reason
+            )
         else:
             log.warn(
                 "Public key login failed for user {user}: {reason}",
@@ -953,6 +1125,12 @@ class SFTPSession(SSHSession):
     pty request made one, it hands EOF to it and expects it to close the
     channel (RFC 4254 section 5.3 leaves the close to us).
     """
+
+    _log = ConchLogger(namespace="twisted.conch.ssh.session")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("localWindow", SESSION_WINDOW)
+        super().__init__(*args, **kwargs)
 
     def eofReceived(self) -> None:
         if self.client is None or self.conn is None:
