@@ -266,6 +266,14 @@ class GatewayService(MultiService):
         self.sftp_factory: Any = None
         self.defender: Optional[LoginDefender] = None
 
+    def stopService(self) -> Deferred[None]:
+        """Stop listening, then end the SSH sessions still open."""
+        d = super().stopService()
+        factory = self.sftp_factory
+        if factory is not None:
+            d = d.addCallback(lambda _: factory.disconnect_all())
+        return d
+
     def ready(self) -> Deferred[list[IListeningPort]]:
         """Fires with the FTP listening ports once they all listen."""
         d = DeferredList(
@@ -471,27 +479,27 @@ def _announce(service: GatewayService, user: UserConfig, password: Optional[str]
                     passwd="users.passwd in the state directory",
                 )
 
-    def say_ftps(port: IListeningPort) -> None:
-        address = port.getHost()
-        host = address.host if address.host not in ("0.0.0.0", "::") else "127.0.0.1"
-        log.info(
-            "cosgw embedded default: implicit FTPS at ftps://{user}@{host}:{port}/ "
-            "(explicit FTPS: AUTH TLS on the FTP port)",
-            user=user.name,
-            host=host,
-            port=address.port,
-        )
+    def say_also(scheme: str, note: str) -> Callable[[IListeningPort], None]:
+        def say_it(port: IListeningPort) -> None:
+            address = port.getHost()
+            host = (
+                address.host if address.host not in ("0.0.0.0", "::") else "127.0.0.1"
+            )
+            log.info(
+                "cosgw embedded default: {scheme}://{user}@{host}:{port}/ ({note})",
+                scheme=scheme,
+                user=user.name,
+                host=host,
+                port=address.port,
+                note=note,
+            )
 
-    def say_sftp(port: IListeningPort) -> None:
-        address = port.getHost()
-        host = address.host if address.host not in ("0.0.0.0", "::") else "127.0.0.1"
-        log.info(
-            "cosgw embedded default: SFTP at sftp://{user}@{host}:{port}/ "
-            "(same password; host key fingerprints above)",
-            user=user.name,
-            host=host,
-            port=address.port,
-        )
+        return say_it
+
+    say_ftps = say_also(
+        "ftps", "implicit FTPS; explicit FTPS: AUTH TLS on the FTP port"
+    )
+    say_sftp = say_also("sftp", "SFTP, same password; host key fingerprints above")
 
     service.ready().addCallbacks(say, lambda f: None)
     for listener in service.ftps_listeners:

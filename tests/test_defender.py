@@ -10,10 +10,11 @@ from typing import Any
 from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.task import Clock
-from twisted.logger import LogLevel, globalLogPublisher
+from twisted.logger import LogLevel
 from twisted.trial.unittest import SynchronousTestCase
 
 from cosgw.defender import LoginBanned, LoginDefender
+from tests.logevents import LogEvents
 
 IP = "192.0.2.1"
 OTHER = "198.51.100.7"
@@ -37,20 +38,9 @@ class _Login:
         return succeed(self.outcome)
 
 
-class _Events:
-    """Collects the log events of the cosgw.defender namespace."""
-
-    def __init__(self, case: SynchronousTestCase) -> None:
-        self.events: list[dict[str, Any]] = []
-        globalLogPublisher.addObserver(self._observe)
-        case.addCleanup(globalLogPublisher.removeObserver, self._observe)
-
-    def _observe(self, event: dict[str, Any]) -> None:
-        if event.get("log_namespace") == "cosgw.defender":
-            self.events.append(event)
-
-    def at(self, level: LogLevel) -> list[dict[str, Any]]:
-        return [e for e in self.events if e["log_level"] is level]
+def _Events(case: SynchronousTestCase) -> LogEvents:
+    """The cosgw.defender namespace's log events during C{case}."""
+    return LogEvents(case, "cosgw.defender")
 
 
 class DelayTests(SynchronousTestCase):

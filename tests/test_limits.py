@@ -5,28 +5,16 @@ per-user session counting.
 
 from __future__ import annotations
 
-from typing import Any
-
-from twisted.logger import LogLevel, globalLogPublisher
+from twisted.logger import LogLevel
 from twisted.trial.unittest import SynchronousTestCase
 
 from cosgw.limits import ConnectionLimits, NetworkRule, SessionLimits, canonical_ip
+from tests.logevents import LogEvents
 
 
-class _Events:
-    """Collects the log events of the cosgw.limits namespace."""
-
-    def __init__(self, case: SynchronousTestCase) -> None:
-        self.events: list[dict[str, Any]] = []
-        globalLogPublisher.addObserver(self._observe)
-        case.addCleanup(globalLogPublisher.removeObserver, self._observe)
-
-    def _observe(self, event: dict[str, Any]) -> None:
-        if event.get("log_namespace") == "cosgw.limits":
-            self.events.append(event)
-
-    def at(self, level: LogLevel) -> list[dict[str, Any]]:
-        return [e for e in self.events if e["log_level"] is level]
+def _Events(case: SynchronousTestCase) -> LogEvents:
+    """The cosgw.limits namespace's log events during C{case}."""
+    return LogEvents(case, "cosgw.limits")
 
 
 class CanonicalIPTests(SynchronousTestCase):

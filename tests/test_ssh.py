@@ -20,11 +20,12 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import types
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import paramiko
 from cryptography.hazmat.primitives import serialization
@@ -45,10 +46,13 @@ from twisted.cred.credentials import SSHPrivateKey
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import Portal
 from twisted.internet import defer, reactor
-from twisted.internet.task import deferLater
-from twisted.internet.testing import EventLoggingObserver
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
+from twisted.internet.task import Clock, deferLater
+from twisted.internet.testing import EventLoggingObserver, StringTransport
 from twisted.internet.threads import deferToThread
 from twisted.logger import formatEvent, globalLogPublisher
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
@@ -87,11 +91,31 @@ CLIENT_TIMEOUT = 15.0
 _KEY_DIR = tempfile.TemporaryDirectory(prefix="cosgw-test-ssh-")
 
 
+def temporary_directory(testcase: Any) -> Path:
+    """
+    A fresh directory removed after the test.  Not C{mktemp}: under pytest
+    that writes into the working directory, the source tree.
+    """
+    path = Path(tempfile.mkdtemp(prefix="cosgw-test-ssh-"))
+    testcase.addCleanup(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+
 def keygen(directory: Path, name: str, *args: str) -> Path:
     """Make a key pair with ssh-keygen; return the private key's path."""
     path = directory / name
     subprocess.run(
-        [SSH_KEYGEN or "ssh-keygen", "-q", "-N", "", "-C", name, "-f", str(path), *args],
+        [
+            SSH_KEYGEN or "ssh-keygen",
+            "-q",
+            "-N",
+            "",
+            "-C",
+            name,
+            "-f",
+            str(path),
+            *args,
+        ],
         check=True,
         timeout=60,
     )
@@ -189,10 +213,11 @@ class HoldingGuard(RecordingGuard):
     def __init__(self) -> None:
         super().__init__()
         self.held: list[tuple[Callable[[], Any], defer.Deferred]] = []
+        self.cancelled: list[str] = []
 
     def guard(self, ip: str, user: str, login: Callable[[], Any]) -> Any:
         self.calls.append((ip, user))
-        d: defer.Deferred = defer.Deferred()
+        d: defer.Deferred = defer.Deferred(lambda d: self.cancelled.append(user))
         self.held.append((login, d))
         return d
 
@@ -339,7 +364,7 @@ def raw_server_packets(port: int, *, send_version: bool = True) -> dict[str, Any
         while True:
             try:
                 chunk = s.recv(65536)
-            except socket.timeout:
+            except TimeoutError:
                 break
             if not chunk:
                 closed = True
@@ -354,7 +379,12 @@ def raw_server_packets(port: int, *, send_version: bool = True) -> dict[str, Any
         length, padding = struct.unpack(">IB", rest[:5])
         packets.append(rest[5 : 4 + length - padding])
         rest = rest[4 + length :]
-    return {"version": version, "packets": packets, "closed": closed, "elapsed": elapsed}
+    return {
+        "version": version,
+        "packets": packets,
+        "closed": closed,
+        "elapsed": elapsed,
+    }
 
 
 def parse_kexinit(payload: bytes) -> list[list[str]]:
@@ -440,8 +470,7 @@ class HostKeyTests(SynchronousTestCase):
     skip = NO_OPENSSH
 
     def setUp(self) -> None:
-        self.dir = Path(self.mktemp())
-        self.dir.mkdir()
+        self.dir = temporary_directory(self)
 
     def test_generated_at_first_start_and_reused(self) -> None:
         """
@@ -460,15 +489,21 @@ class HostKeyTests(SynchronousTestCase):
             self.assertTrue(
                 path.read_text().startswith("-----BEGIN OPENSSH PRIVATE KEY-----")
             )
-        self.assertEqual(sorted(p.name for p in state.iterdir()),
-                         ["ssh_host_ed25519_key", "ssh_host_rsa_key"])
+        self.assertEqual(
+            sorted(p.name for p in state.iterdir()),
+            ["ssh_host_ed25519_key", "ssh_host_rsa_key"],
+        )
         mtimes = {p.name: p.stat().st_mtime_ns for p in state.iterdir()}
 
         second = load_host_keys([], state)
         for key_type in first:
-            self.assertEqual(fingerprint(second[key_type]), fingerprint(first[key_type]))
+            self.assertEqual(
+                fingerprint(second[key_type]), fingerprint(first[key_type])
+            )
             self.assertFalse(second[key_type].isPublic())
-        self.assertEqual({p.name: p.stat().st_mtime_ns for p in state.iterdir()}, mtimes)
+        self.assertEqual(
+            {p.name: p.stat().st_mtime_ns for p in state.iterdir()}, mtimes
+        )
         self.assertEqual(
             fingerprint(first[b"ssh-ed25519"]),
             openssh_fingerprint(state / "ssh_host_ed25519_key"),
@@ -506,7 +541,9 @@ class HostKeyTests(SynchronousTestCase):
             set(loaded), {b"ssh-ed25519", b"ecdsa-sha2-nistp384", b"ssh-rsa"}
         )
         self.assertEqual(fingerprint(loaded[b"ssh-ed25519"]), openssh_fingerprint(ed))
-        self.assertEqual(fingerprint(loaded[b"ecdsa-sha2-nistp384"]), openssh_fingerprint(ec))
+        self.assertEqual(
+            fingerprint(loaded[b"ecdsa-sha2-nistp384"]), openssh_fingerprint(ec)
+        )
         self.assertEqual(fingerprint(loaded[b"ssh-rsa"]), openssh_fingerprint(rs))
         self.assertFalse(state.exists())
 
@@ -533,8 +570,16 @@ class HostKeyTests(SynchronousTestCase):
     def test_passphrase(self) -> None:
         path = self.dir / "locked"
         subprocess.run(
-            [SSH_KEYGEN or "ssh-keygen", "-q", "-t", "ed25519", "-N", "secret",
-             "-f", str(path)],
+            [
+                SSH_KEYGEN or "ssh-keygen",
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "secret",
+                "-f",
+                str(path),
+            ],
             check=True,
             timeout=60,
         )
@@ -618,7 +663,9 @@ class KeyCheckerTests(SynchronousTestCase):
             (self.rsa, b"rsa-sha2-256"),
             (self.rsa, b"rsa-sha2-512"),
         ]:
-            d = self.checker.requestAvatarId(signed_credentials(b"alice", key, algorithm))
+            d = self.checker.requestAvatarId(
+                signed_credentials(b"alice", key, algorithm)
+            )
             self.assertEqual(self.successResultOf(d), USER)
 
     def test_query_for_listed_key(self) -> None:
@@ -627,11 +674,15 @@ class KeyCheckerTests(SynchronousTestCase):
 
     def test_query_for_unlisted_key(self) -> None:
         """Conch's own checker says any key would do; ours does not."""
-        c = SSHPrivateKey(b"alice", b"ssh-ed25519", self.other.public().blob(), None, None)
+        c = SSHPrivateKey(
+            b"alice", b"ssh-ed25519", self.other.public().blob(), None, None
+        )
         self.failureResultOf(self.checker.requestAvatarId(c), UnauthorizedLogin)
 
     def test_unknown_user(self) -> None:
-        d = self.checker.requestAvatarId(signed_credentials(b"bob", self.ed, b"ssh-ed25519"))
+        d = self.checker.requestAvatarId(
+            signed_credentials(b"bob", self.ed, b"ssh-ed25519")
+        )
         self.failureResultOf(d, UnauthorizedLogin)
 
     def test_unlisted_key(self) -> None:
@@ -647,16 +698,22 @@ class KeyCheckerTests(SynchronousTestCase):
 
     def test_sha1_rsa_signature(self) -> None:
         """ssh-rsa (SHA-1) signatures are refused even for a listed key."""
-        d = self.checker.requestAvatarId(signed_credentials(b"alice", self.rsa, b"ssh-rsa"))
+        d = self.checker.requestAvatarId(
+            signed_credentials(b"alice", self.rsa, b"ssh-rsa")
+        )
         self.failureResultOf(d, UnauthorizedLogin)
 
     def test_users_swappable(self) -> None:
         self.checker.users = {"bob": [public_line(user_key("other"))]}
         self.failureResultOf(
-            self.checker.requestAvatarId(signed_credentials(b"alice", self.ed, b"ssh-ed25519")),
+            self.checker.requestAvatarId(
+                signed_credentials(b"alice", self.ed, b"ssh-ed25519")
+            ),
             UnauthorizedLogin,
         )
-        d = self.checker.requestAvatarId(signed_credentials(b"bob", self.other, b"ssh-ed25519"))
+        d = self.checker.requestAvatarId(
+            signed_credentials(b"bob", self.other, b"ssh-ed25519")
+        )
         self.assertEqual(self.successResultOf(d), "bob")
         self.assertEqual(set(self.checker.users), {"bob"})
 
@@ -703,12 +760,29 @@ class SFTPUserTests(SynchronousTestCase):
         """
         first = SFTPUser(USER, RootOnlySFTP())
         second_logouts = []
-        second = SFTPUser(USER, RootOnlySFTP(), on_logout=lambda: second_logouts.append(1))
+        second = SFTPUser(
+            USER, RootOnlySFTP(), on_logout=lambda: second_logouts.append(1)
+        )
         service = GatewayUserAuthServer()
         service.transport = types.SimpleNamespace(avatar=first, peer="192.0.2.1")
         service._cbFinishedAuth((IConchUser, second, second.logout))
         self.assertEqual(second_logouts, [1])
         self.assertIs(service.transport.avatar, first)
+
+    def test_login_completing_after_disconnect_is_logged_out(self) -> None:
+        """
+        A login that completes when the connection is closing or gone (a
+        realm or checker that cannot be cancelled) is logged out at once.
+        """
+        logouts = []
+        avatar = SFTPUser(USER, RootOnlySFTP(), on_logout=lambda: logouts.append(1))
+        service = GatewayUserAuthServer()
+        service.transport = types.SimpleNamespace(
+            peer="192.0.2.1", login_allowed=lambda: False
+        )
+        service._cbFinishedAuth((IConchUser, avatar, avatar.logout))
+        self.assertEqual(logouts, [1])
+        self.assertFalse(hasattr(service.transport, "avatar"))
 
 
 class FactoryTests(SynchronousTestCase):
@@ -724,22 +798,115 @@ class FactoryTests(SynchronousTestCase):
         public = {b"ssh-ed25519": host_keys()[b"ssh-ed25519"].public()}
         self.assertRaises(ValueError, GatewaySSHFactory, portal, public, reactor)
         dss = keys.Key(dsa.generate_private_key(key_size=1024))
-        self.assertRaises(ValueError, GatewaySSHFactory, portal, {b"ssh-dss": dss}, reactor)
+        self.assertRaises(
+            ValueError, GatewaySSHFactory, portal, {b"ssh-dss": dss}, reactor
+        )
 
     def test_no_moduli_no_group_exchange(self) -> None:
         class Factory(GatewaySSHFactory):
-            moduli_path = Path(self.mktemp())
+            moduli_path = temporary_directory(self) / "moduli"
 
         self.assertIsNone(Factory(Portal(Realm()), host_keys(), reactor).primes)
 
     def test_small_moduli_dropped(self) -> None:
-        path = Path(self.mktemp())
+        path = temporary_directory(self) / "moduli"
         path.write_text("20240101000000 2 6 100 1023 2 " + "F" * 256 + "\n")
 
         class Factory(GatewaySSHFactory):
             moduli_path = path
 
         self.assertIsNone(Factory(Portal(Realm()), host_keys(), reactor).primes)
+
+
+class TransportClockTests(SynchronousTestCase):
+    """
+    The transport's deadlines, on a L{Clock} given as the reactor: nothing is
+    scheduled on the global reactor (Conch's userauth would).
+    """
+
+    PEER = IPv4Address("TCP", "192.0.2.7", 50000)
+
+    def build(self, **kwargs: Any) -> tuple[Clock, Any, StringTransport]:
+        clock = Clock()
+        factory = GatewaySSHFactory(
+            Portal(Realm(), [KeyChecker({})]), ed25519_host_keys(), clock, **kwargs
+        )
+        proto = factory.buildProtocol(self.PEER)
+        transport = StringTransport(peerAddress=self.PEER)
+        global_calls = set(reactor.getDelayedCalls())
+        proto.makeConnection(transport)
+        self.assertEqual(set(reactor.getDelayedCalls()), global_calls)
+        return clock, proto, transport
+
+    def last_packet(self, transport: StringTransport) -> bytes:
+        version, _, rest = transport.value().partition(b"\r\n")
+        self.assertEqual(version, b"SSH-2.0-cosgw")
+        payload = b""
+        while len(rest) >= 5:
+            length, padding = struct.unpack(">IB", rest[:5])
+            payload = rest[5 : 4 + length - padding]
+            rest = rest[4 + length :]
+        return payload
+
+    def test_login_deadline_then_abort(self) -> None:
+        clock, proto, transport = self.build(login_timeout=30)
+        self.assertEqual(len(clock.getDelayedCalls()), 1)
+        clock.advance(29.9)
+        self.assertFalse(transport.disconnecting)
+        clock.advance(0.2)
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(
+            parse_disconnect(self.last_packet(transport)), (11, "login timeout")
+        )
+        # Input after DISCONNECT is discarded; a peer that never closes is
+        # aborted after the grace period.
+        proto.dataReceived(b"SSH-2.0-late\r\n")
+        self.assertFalse(transport.disconnected)
+        clock.advance(10)
+        self.assertTrue(transport.disconnected)
+        proto.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_userauth_uses_injected_clock(self) -> None:
+        clock, proto, transport = self.build(login_timeout=30)
+        proto.isEncrypted = lambda direction="out": True
+        global_calls = set(reactor.getDelayedCalls())
+        service = GatewayUserAuthServer()
+        service.transport = proto
+        service.serviceStarted()
+        self.assertIs(service.clock, clock)
+        self.assertEqual(service.supportedAuthentications, [b"publickey"])
+        self.assertEqual(set(reactor.getDelayedCalls()), global_calls)
+        # Conch's own deadline is cancelled: the transport's is the one.
+        self.assertEqual(len(clock.getDelayedCalls()), 1)
+        service.serviceStopped()
+        proto.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_idle_deadline(self) -> None:
+        clock, proto, transport = self.build(login_timeout=30, idle_timeout=100)
+        proto.avatar = SFTPUser(USER, RootOnlySFTP())
+        proto.logoutFunction = proto.avatar.logout
+        proto.setService(ssh.GatewayConnection())
+        clock.advance(60)
+        proto.dataReceived(b"")  # activity: the deadline moves
+        clock.advance(99)
+        self.assertFalse(transport.disconnecting)
+        clock.advance(1.5)
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(
+            parse_disconnect(self.last_packet(transport)), (11, "idle timeout")
+        )
+        proto.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_no_idle_deadline(self) -> None:
+        clock, proto, transport = self.build(idle_timeout=None)
+        proto.avatar = SFTPUser(USER, RootOnlySFTP())
+        proto.logoutFunction = proto.avatar.logout
+        proto.setService(ssh.GatewayConnection())
+        self.assertEqual(clock.getDelayedCalls(), [])
+        proto.connectionLost(Failure(ConnectionDone()))
 
 
 # --------------------------------------------------------------------------
@@ -778,8 +945,7 @@ class SSHServerMixin:
         self.addCleanup(self.assertCleanLog)
         self.avatars: list[SFTPUser] = []
         self.logouts: list[str] = []
-        self.workdir = Path(self.mktemp()).resolve()
-        self.workdir.mkdir()
+        self.workdir = temporary_directory(self)
 
     def assertCleanLog(self) -> None:
         """No traceback and no adaptation error was logged."""
@@ -838,21 +1004,32 @@ class SSHServerMixin:
         )
 
     @defer.inlineCallbacks
-    def wait_until(self, predicate: Callable[[], bool], bound: float = CLIENT_TIMEOUT) -> Any:
+    def wait_until(
+        self, predicate: Callable[[], bool], bound: float = CLIENT_TIMEOUT
+    ) -> Any:
         deadline = reactor.seconds() + bound
         while not predicate():
             if reactor.seconds() > deadline:
                 raise AssertionError("condition not reached in time")
             yield deferLater(reactor, 0.02, lambda: None)
 
-    def in_thread(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> defer.Deferred:
+    def in_thread(
+        self, f: Callable[..., Any], *args: Any, **kwargs: Any
+    ) -> defer.Deferred:
         return deferToThread(f, *args, **kwargs)
 
     def openssh(
         self, port: int, key: Path, *extra: str, log_level: str = "ERROR"
     ) -> defer.Deferred:
-        args = [SSH or "ssh", *openssh_options(port, log_level), "-i", str(key),
-                "-p", str(port), *extra]
+        args = [
+            SSH or "ssh",
+            *openssh_options(port, log_level),
+            "-i",
+            str(key),
+            "-p",
+            str(port),
+            *extra,
+        ]
         return self.in_thread(run_client, args, self.workdir)
 
 
@@ -866,9 +1043,18 @@ class AlgorithmTests(SSHServerMixin, TestCase):
         port = self.start_server()
         seen = yield self.in_thread(raw_server_packets, port)
         self.assertEqual(seen["version"], b"SSH-2.0-cosgw")
-        kex, hostkeys, c2s, s2c, mac_c2s, mac_s2c, comp_c2s, comp_s2c, lang_c2s, lang_s2c = (
-            parse_kexinit(seen["packets"][0])
-        )
+        (
+            kex,
+            hostkeys,
+            c2s,
+            s2c,
+            mac_c2s,
+            mac_s2c,
+            comp_c2s,
+            comp_s2c,
+            lang_c2s,
+            lang_s2c,
+        ) = parse_kexinit(seen["packets"][0])
         self.assertEqual(
             kex,
             [
@@ -1039,9 +1225,19 @@ class LoginTests(SSHServerMixin, TestCase):
         started = time.monotonic()
         result = yield self.in_thread(
             run_client,
-            [SFTP or "sftp", *openssh_options(port), "-o", "SetEnv=FOO=bar",
-             "-i", str(user_key("ed25519")), "-P", str(port), "-b", str(batch),
-             f"{USER}@127.0.0.1"],
+            [
+                SFTP or "sftp",
+                *openssh_options(port),
+                "-o",
+                "SetEnv=FOO=bar",
+                "-i",
+                str(user_key("ed25519")),
+                "-P",
+                str(port),
+                "-b",
+                str(batch),
+                f"{USER}@127.0.0.1",
+            ],
             self.workdir,
         )
         self.assertEqual(result.returncode, 0, result.stderr)
@@ -1057,7 +1253,9 @@ class SessionTests(SSHServerMixin, TestCase):
     @defer.inlineCallbacks
     def test_exec_refused(self) -> Any:
         port = self.start_server()
-        result = yield self.openssh(port, user_key("ed25519"), f"{USER}@127.0.0.1", "true")
+        result = yield self.openssh(
+            port, user_key("ed25519"), f"{USER}@127.0.0.1", "true"
+        )
         self.assertEqual(result.returncode, 1, result.stderr)
         self.assertEqual(result.stderr.decode().strip(), MESSAGE)
         self.assertEqual(result.stdout, b"")
@@ -1069,8 +1267,17 @@ class SessionTests(SSHServerMixin, TestCase):
         port = self.start_server()
         source = self.workdir / "file.txt"
         source.write_text("hello\n")
-        args = [SCP or "scp", *openssh_options(port), "-O", "-i", str(user_key("ed25519")),
-                "-P", str(port), str(source), f"{USER}@127.0.0.1:/file.txt"]
+        args = [
+            SCP or "scp",
+            *openssh_options(port),
+            "-O",
+            "-i",
+            str(user_key("ed25519")),
+            "-P",
+            str(port),
+            str(source),
+            f"{USER}@127.0.0.1:/file.txt",
+        ]
         result = yield self.in_thread(run_client, args, self.workdir)
         self.assertNotEqual(result.returncode, 0)
         self.assertIn(MESSAGE.encode(), result.stderr)
@@ -1122,7 +1329,12 @@ class SessionTests(SSHServerMixin, TestCase):
     def test_openssh_setenv_exec(self) -> Any:
         port = self.start_server()
         result = yield self.openssh(
-            port, user_key("ed25519"), "-o", "SetEnv=FOO=bar", f"{USER}@127.0.0.1", "true"
+            port,
+            user_key("ed25519"),
+            "-o",
+            "SetEnv=FOO=bar",
+            f"{USER}@127.0.0.1",
+            "true",
         )
         self.assertEqual(result.returncode, 1, result.stderr)
         self.assertIn(MESSAGE.encode(), result.stderr)
@@ -1136,8 +1348,12 @@ class SessionTests(SSHServerMixin, TestCase):
             with paramiko_transport(port) as t:
                 t.auth_password(USER, PASSWORD, fallback=False)
                 try:
-                    t.open_channel("direct-tcpip", ("127.0.0.1", 22), ("127.0.0.1", 1),
-                                   timeout=CLIENT_TIMEOUT)
+                    t.open_channel(
+                        "direct-tcpip",
+                        ("127.0.0.1", 22),
+                        ("127.0.0.1", 1),
+                        timeout=CLIENT_TIMEOUT,
+                    )
                 except paramiko.ChannelException:
                     refused.append("direct-tcpip")
                 try:
@@ -1153,7 +1369,8 @@ class SessionTests(SSHServerMixin, TestCase):
             return refused
 
         self.assertEqual(
-            (yield self.in_thread(attempts)), ["direct-tcpip", "tcpip-forward", "netconf"]
+            (yield self.in_thread(attempts)),
+            ["direct-tcpip", "tcpip-forward", "netconf"],
         )
         self.assertIn("asked for a direct-tcpip channel; refused", self.log_text())
 
@@ -1230,6 +1447,39 @@ class TimeoutTests(SSHServerMixin, TestCase):
         self.assertNotIn("idle for", self.log_text())
 
 
+class DisconnectAllTests(SSHServerMixin, TestCase):
+    skip = NO_OPENSSH
+
+    @defer.inlineCallbacks
+    def test_disconnect_all(self) -> Any:
+        """
+        Every open connection, logged in or not, gets a DISCONNECT; the
+        Deferred fires once all are gone.
+        """
+        port = self.start_server(login_timeout=30)
+        ready = threading.Event()
+        release = threading.Event()
+
+        def session() -> bool:
+            with paramiko_transport(port) as t:
+                t.auth_password(USER, PASSWORD, fallback=False)
+                ready.set()
+                release.wait(CLIENT_TIMEOUT)
+                return wait_inactive(t, CLIENT_TIMEOUT)
+
+        logged_in = self.in_thread(session)
+        unauthenticated = self.in_thread(raw_server_packets, port)
+        yield self.in_thread(ready.wait, CLIENT_TIMEOUT)
+        yield self.wait_until(lambda: len(self.factory.connections) == 2)
+        yield self.factory.disconnect_all("maintenance")
+        release.set()
+        self.assertEqual(self.factory.connections, set())
+        self.assertTrue((yield logged_in))
+        seen = yield unauthenticated
+        self.assertEqual(parse_disconnect(seen["packets"][-1]), (11, "maintenance"))
+        self.assertEqual(self.logouts, [USER])
+
+
 class AdmissionTests(SSHServerMixin, TestCase):
     skip = NO_OPENSSH
 
@@ -1299,10 +1549,14 @@ class LoginGuardTests(SSHServerMixin, TestCase):
         """
         guard = RecordingGuard()
         port = self.start_server(login_guard=guard)
-        result = yield self.openssh(port, user_key("ed25519"), f"{USER}@127.0.0.1", "true")
+        result = yield self.openssh(
+            port, user_key("ed25519"), f"{USER}@127.0.0.1", "true"
+        )
         self.assertIn(MESSAGE.encode(), result.stderr)
         self.assertEqual(guard.calls, [("127.0.0.1", USER)])
-        result = yield self.openssh(port, user_key("other"), f"{USER}@127.0.0.1", "true")
+        result = yield self.openssh(
+            port, user_key("other"), f"{USER}@127.0.0.1", "true"
+        )
         self.assertEqual(result.returncode, 255)
         self.assertIn(b"Permission denied", result.stderr)
         self.assertEqual(guard.calls, [("127.0.0.1", USER)])
@@ -1333,10 +1587,11 @@ class LoginGuardTests(SSHServerMixin, TestCase):
         self.assertEqual(self.avatars, [])
 
     @defer.inlineCallbacks
-    def test_login_completing_after_disconnect_logged_out(self) -> Any:
+    def test_attempt_cancelled_on_disconnect(self) -> Any:
         """
-        A login the guard held until the client had gone still builds an
-        avatar (the portal cannot know); it is logged out at once.
+        An attempt still under way when the client hangs up is cancelled (the
+        defender's failure delay ends with it), quietly, and no avatar is
+        made.
         """
         guard = HoldingGuard()
         port = self.start_server(login_guard=guard)
@@ -1351,9 +1606,8 @@ class LoginGuardTests(SSHServerMixin, TestCase):
                 raise AssertionError("login should have been held")
 
         yield self.in_thread(give_up)
-        yield self.wait_until(lambda: all(t.connection_lost for t in self.factory.transports))
-        login, held = guard.held[0]
-        login().chainDeferred(held)
-        yield self.wait_until(lambda: self.logouts == [USER])
-        self.assertEqual(len(self.avatars), 1)
-        self.assertIn("completed too late", self.log_text())
+        yield self.wait_until(
+            lambda: all(t.connection_lost for t in self.factory.transports)
+        )
+        self.assertEqual(guard.cancelled, [USER])
+        self.assertEqual(self.avatars, [])

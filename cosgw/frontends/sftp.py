@@ -50,7 +50,13 @@ from twisted.conch.ssh.filetransfer import (
     FXP_NAME,
     SFTPError,
 )
-from twisted.internet.defer import Deferred, ensureDeferred, fail, succeed
+from twisted.internet.defer import (
+    Deferred,
+    ensureDeferred,
+    fail,
+    maybeDeferred,
+    succeed,
+)
 from twisted.logger import (
     Logger,
 )
@@ -884,6 +890,24 @@ class FileTransfer(filetransfer.FileTransferServer):
     def _ebStatus(self, reason: Failure, requestId: bytes, msg: bytes = b"") -> None:
         code, message = status_for(reason, msg.decode("ascii", "replace") or "request")
         self._sendStatus(requestId, code, message.encode("utf-8"))
+
+    def packet_WRITE(self, data: bytes) -> None:
+        """
+        As Conch's, but bytes after the write's data are ignored instead of
+        failing an assertion: rclone 1.60 sends its last write of a file in
+        a full-size packet with trailing bytes (OpenSSH's server ignores
+        them too).
+        """
+        requestId = data[:4]
+        handle, rest = getNS(data[4:])
+        (offset,) = struct.unpack("!Q", rest[:8])
+        write_data, _ = getNS(rest[8:])
+        if handle not in self.openFiles:
+            self._ebWrite(Failure(KeyError(handle)), requestId)
+            return
+        d = maybeDeferred(self.openFiles[handle].writeChunk, offset, write_data)
+        d.addCallback(self._cbStatus, requestId, b"write succeeded")
+        d.addErrback(self._ebStatus, requestId, b"write failed")
 
     # Conch calls these for a READ or WRITE on an unknown handle but does
     # not define them.
