@@ -35,6 +35,7 @@ from twisted.conch.interfaces import ISFTPFile, ISFTPServer
 from twisted.conch.ssh import filetransfer
 from twisted.conch.ssh.common import NS, getNS
 from twisted.conch.ssh.filetransfer import (
+    FX_BAD_MESSAGE,
     FX_EOF,
     FX_FAILURE,
     FX_NO_SUCH_FILE,
@@ -894,20 +895,54 @@ class FileTransfer(filetransfer.FileTransferServer):
     def packet_WRITE(self, data: bytes) -> None:
         """
         As Conch's, but bytes after the write's data are ignored instead of
-        failing an assertion: rclone 1.60 sends its last write of a file in
-        a full-size packet with trailing bytes (OpenSSH's server ignores
-        them too).
+        failing an assertion: rclone 1.60 (pkg/sftp 1.13) sends a short
+        write in a packet as long as its whole buffer (OpenSSH's server
+        ignores the rest too); and data shorter than its declared length is
+        a bad message, not a short write acknowledged as whole.
         """
         requestId = data[:4]
         handle, rest = getNS(data[4:])
-        (offset,) = struct.unpack("!Q", rest[:8])
-        write_data, _ = getNS(rest[8:])
+        (offset, length) = struct.unpack("!QL", rest[:12])
+        write_data = rest[12 : 12 + length]
+        if len(write_data) != length:
+            raise ValueError("the WRITE's data is shorter than its length")
         if handle not in self.openFiles:
             self._ebWrite(Failure(KeyError(handle)), requestId)
             return
         d = maybeDeferred(self.openFiles[handle].writeChunk, offset, write_data)
         d.addCallback(self._cbStatus, requestId, b"write succeeded")
         d.addErrback(self._ebStatus, requestId, b"write failed")
+
+    def dataReceived(self, data: bytes) -> None:
+        """
+        Conch's packet loop, except that a request that cannot be parsed is
+        answered (FX_BAD_MESSAGE) rather than logged and left unanswered,
+        which would leave the client waiting forever.
+        """
+        self.buf += data
+        while len(self.buf) >= 9:
+            length, kind, request = struct.unpack("!LBL", self.buf[:9])
+            if len(self.buf) < 4 + length:
+                return
+            packet, self.buf = self.buf[5 : 4 + length], self.buf[4 + length :]
+            name = self.packetTypes.get(kind)
+            handler = getattr(self, f"packet_{name}", None) if name else None
+            if handler is None:
+                self._sendStatus(
+                    packet[:4], FX_OP_UNSUPPORTED, b"unsupported request type"
+                )
+                continue
+            try:
+                handler(packet)
+            except Exception as e:
+                log.info(
+                    "bad SFTP {name} request from {user}: {error}",
+                    name=name,
+                    user=getattr(self.client, "fs", None) and self.client.fs.user,
+                    error=repr(e),
+                )
+                if kind != filetransfer.FXP_INIT:
+                    self._sendStatus(packet[:4], FX_BAD_MESSAGE, b"bad message")
 
     # Conch calls these for a READ or WRITE on an unknown handle but does
     # not define them.
