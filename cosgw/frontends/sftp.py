@@ -29,6 +29,7 @@ import enum
 import struct
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Optional
 
 from twisted.conch.interfaces import ISFTPFile, ISFTPServer
@@ -89,20 +90,14 @@ _S_IFDIR = 0o040000
 _S_IFREG = 0o100000
 
 
+@dataclass(frozen=True)
 class SFTPSettings:
     """Per-gateway knobs of SFTP's random-access emulation."""
 
-    def __init__(
-        self,
-        read_window: int = 8 * MiB,
-        reorder_window: int = 16 * MiB,
-        spool_limit: int = 1024 * MiB,
-        spool_dir: Optional[str] = None,
-    ) -> None:
-        self.read_window = read_window
-        self.reorder_window = reorder_window
-        self.spool_limit = spool_limit
-        self.spool_dir = spool_dir
+    read_window: int = 8 * MiB
+    reorder_window: int = 16 * MiB
+    spool_limit: int = 1024 * MiB
+    spool_dir: Optional[str] = None
 
 
 # -- errors -----------------------------------------------------------------
@@ -177,7 +172,6 @@ class GatewaySFTPServer:
         #: connection when a handle holds too many unacknowledged bytes.
         self.pause_input: Callable[[bool], None] = lambda on: None
         self._paused_by: set[int] = set()
-        self.avatar = None
 
     # -- helpers ------------------------------------------------------------
 
@@ -921,7 +915,7 @@ class FileTransfer(filetransfer.FileTransferServer):
         """
         self.buf += data
         while len(self.buf) >= 9:
-            length, kind, request = struct.unpack("!LBL", self.buf[:9])
+            length, kind = struct.unpack("!LB", self.buf[:5])
             if len(self.buf) < 4 + length:
                 return
             packet, self.buf = self.buf[5 : 4 + length], self.buf[4 + length :]
