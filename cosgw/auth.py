@@ -384,7 +384,7 @@ def _dummy_hash() -> str:
     return hash_password(secrets.token_urlsafe(16))
 
 
-def _decode_bytes(data: bytes) -> str:
+def decode_bytes(data: bytes) -> str:
     """
     UTF-8, as SSH (RFC 4252 section 5) and modern FTP clients (RFC 2640)
     send; latin-1 for anything else, so no byte string is unrepresentable.
@@ -405,7 +405,7 @@ def _text_candidates(value: Union[str, bytes, Any]) -> list[str]:
     tried that way first, then as it came (a latin-1 client's C{"josé"}).
     """
     if isinstance(value, bytes):
-        return [_decode_bytes(value)]
+        return [decode_bytes(value)]
     if not isinstance(value, str):
         return []
     try:
@@ -660,7 +660,7 @@ class Realm:
             L{IRealm} asks.
         """
         if isinstance(avatarId, bytes):
-            avatarId = _decode_bytes(avatarId)
+            avatarId = decode_bytes(avatarId)
         for interface in interfaces:
             factory = self._factories.get(interface)
             if factory is None:
@@ -747,7 +747,7 @@ def ensure_generated_account(
         state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         password = _generate_password()
         stored = hash_password(password)
-        if _create_exclusively(path, f"{username}:{stored}\n"):
+        if create_exclusively(path, f"{username}:{stored}\n"):
             return stored, password
     users = load_passwd_file(path)
     if username not in users:
@@ -755,7 +755,7 @@ def ensure_generated_account(
     return users[username], None
 
 
-def _create_exclusively(path: Path, content: str) -> bool:
+def create_exclusively(path: Path, content: str) -> bool:
     """
     Write C{content} to a new file C{path} (mode 0600) atomically.
 

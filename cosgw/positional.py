@@ -117,8 +117,6 @@ class RangedReader:
         self._served = source.offset
         self._failure: Optional[Failure] = None
         self._closed = False
-        #: Streams opened, for tests and the log.
-        self.opens = 1
 
     @property
     def _start(self) -> int:
@@ -200,7 +198,6 @@ class RangedReader:
         for r in stranded:
             self._one_shot(r)
         generation = self._generation
-        self.opens += 1
         d = self._reopen_at(offset)
         d.addCallbacks(
             self._opened, self._failed, (generation,), None, (generation,), None
@@ -283,7 +280,6 @@ class RangedReader:
 
     def _one_shot(self, request: _Read) -> None:
         """Answer one read with its own short stream."""
-        self.opens += 1
 
         async def fetch() -> bytes:
             source = await self._reopen_at(request.offset)

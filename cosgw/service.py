@@ -52,7 +52,7 @@ from cosgw.storage._runner import BlockingRunner
 from cosgw.throttle import RateLimit
 from cosgw.tls import ServerTLS, generate_self_signed, load_server_tls
 from cosgw.transfer import TransferSettings
-from cosgw.vfs import is_hidden_key
+from cosgw.vfs import home_prefix, is_hidden_key
 
 log = Logger()
 
@@ -347,10 +347,9 @@ def _account(
         settings = dataclasses.replace(settings, max_file_size=user.max_file_size)
     usage = None
     if user.quota_bytes or user.quota_files:
-        home = user.home.strip("/")
         usage = Usage(
             store,
-            home + "/" if home else "",
+            home_prefix(user.home),
             user.quota_bytes or None,
             user.quota_files or None,
             ignore=is_hidden_key,

@@ -241,6 +241,12 @@ class Resumable:
     size: int
 
 
+def home_prefix(home: str) -> str:
+    """The key prefix of a home ("a/b" -> "a/b/"; the bucket root -> "")."""
+    home = home.strip("/")
+    return home + "/" if home else ""
+
+
 def is_hidden_key(key: str) -> bool:
     """Keys the gateway keeps for itself: never listed, never counted."""
     return key.rsplit("/", 1)[-1] == MTIME_INDEX
@@ -312,9 +318,8 @@ class ObjectFileSystem:
             bytes they send, shared by all their sessions; the frontends
             apply it.  C{download_limit} likewise for bytes they receive.
         """
-        home = home.strip("/")
         self.store = store
-        self.prefix = home + "/" if home else ""
+        self.prefix = home_prefix(home)
         self.permissions = frozenset(permissions)
         self.settings = settings
         self.user = user

@@ -21,7 +21,7 @@ from cosgw.positional import (
     Spool,
     SpoolFull,
 )
-from cosgw.transfer import TransferSettings, UploadWriter
+from cosgw.transfer import TransferSettings, TransferStopped, UploadWriter
 from tests.test_transfer import FakeSource, FakeStore
 
 MiB = 1024 * 1024
@@ -33,9 +33,7 @@ def stored(store: FakeStore) -> bytes:
     puts = store.calls_to("put")
     if puts:
         return puts[-1].args[1]
-    parts = sorted(
-        (c.args[2], c.args[3]) for c in store.calls_to("upload_part")
-    )
+    parts = sorted((c.args[2], c.args[3]) for c in store.calls_to("upload_part"))
     return b"".join(data for _, data in parts)
 
 
@@ -260,4 +258,4 @@ class RangedReaderTests(SynchronousTestCase):
     def test_reads_after_close_fail(self) -> None:
         reader, _ = self.make(b"abc")
         reader.close()
-        self.assertTrue(self.failureResultOf(reader.read(0, 1)))
+        self.failureResultOf(reader.read(0, 1), TransferStopped)

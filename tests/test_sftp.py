@@ -190,6 +190,25 @@ class SFTPTestsMixin:
         self.assertEqual(self.store.read("re.bin"), first + second)
 
     @defer.inlineCallbacks
+    def test_read_then_append_on_one_handle(self) -> Any:
+        """A READ|WRITE open: reads of the old file, then a write at its end."""
+        first, second = random_bytes(MiB + 9), random_bytes(300 * KiB)
+        yield self.run_client(self.sftp.putfo, _Reader(first), "/rw2.bin")
+
+        def client() -> list[bytes]:
+            with self.sftp.open("/rw2.bin", "r+") as f:
+                got = [f.read(4000)]
+                f.seek(MiB)
+                got.append(f.read(9))
+                f.seek(len(first))
+                f.write(second)
+            return got
+
+        got = yield self.run_client(client)
+        self.assertEqual(got, [first[:4000], first[MiB:]])
+        self.assertEqual(self.store.read("rw2.bin"), first + second)
+
+    @defer.inlineCallbacks
     def test_modify_in_place(self) -> Any:
         """An editor's write in the middle: the file is changed, not cut."""
         data = random_bytes(300 * KiB)

@@ -435,6 +435,19 @@ class Directory:
 # -- files ------------------------------------------------------------------
 
 
+def _reader_for(
+    server: GatewaySFTPServer, segments: list[str], source: Any
+) -> RangedReader:
+    """A ranged reader over C{source}, reopening through the file system."""
+    fs = server.fs
+    return RangedReader(
+        source,
+        lambda offset: fs.open_read(segments, offset),
+        window=server.settings.read_window,
+        chunk=min(fs.settings.read_chunk, MiB),
+    )
+
+
 @implementer(ISFTPFile)
 class ReadHandle:
     """A file opened for reading."""
@@ -444,13 +457,7 @@ class ReadHandle:
     ) -> None:
         self.server = server
         self.segments = segments
-        fs = server.fs
-        self.reader = RangedReader(
-            source,
-            lambda offset: fs.open_read(segments, offset),
-            window=server.settings.read_window,
-            chunk=min(fs.settings.read_chunk, MiB),
-        )
+        self.reader = _reader_for(server, segments, source)
         self.entry = vfs.Entry(
             segments[-1], False, source.info.size, vfs.client_mtime(source.info)
         )
@@ -541,6 +548,7 @@ class WriteHandle:
         self._waiting: list[Deferred[None]] = []
         self._rate_holds = 0
         self._rate_key = object()
+        self._reader: Optional[RangedReader] = None
         server.handles.add(self)
 
     @property
@@ -623,6 +631,7 @@ class WriteHandle:
                     await self._start_image()
 
             def settled(result: object) -> None:
+                self._close_reader()  # the file is being written now
                 if isinstance(result, Failure):
                     self._fail(result)
                 waiting, self._waiting = self._waiting, []
@@ -705,14 +714,23 @@ class WriteHandle:
         )
 
     def _read_existing(self, offset: int, length: int) -> Deferred[bytes]:
+        """
+        Reads before the first write (a READ|WRITE open) go through one
+        ranged reader, as a read-only handle's do, not a GET each.
+        """
+
         async def read() -> bytes:
-            source = await self.fs.open_read(self.segments, offset)
-            try:
-                return await source.read(min(length, MAX_READ))
-            finally:
-                source.close()
+            if self._reader is None:
+                source = await self.fs.open_read(self.segments, offset)
+                self._reader = _reader_for(self.server, self.segments, source)
+            return await self._reader.read(offset, min(length, MAX_READ))
 
         return ensureDeferred(read())
+
+    def _close_reader(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
 
     def getAttrs(self) -> dict:
         if self.mode is WriteMode.IMAGE:
@@ -759,6 +777,7 @@ class WriteHandle:
             # Writes wait for the decision: close after them.
             return self._decide(0).addCallback(lambda _: self.close())
         self.server.handles.discard(self)
+        self._close_reader()
         mode, self.mode = self.mode, WriteMode.CLOSED
         if mode is WriteMode.FAILED:
             assert self._failure is not None
@@ -810,6 +829,7 @@ class WriteHandle:
     def abort(self) -> None:
         """The session went: nothing of this upload may remain."""
         self.server.handles.discard(self)
+        self._close_reader()
         self.mode = WriteMode.CLOSED
         if self.positional is not None:
             self.positional.fail(Failure(TransferStopped("the session was lost")))

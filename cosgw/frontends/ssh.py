@@ -106,7 +106,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from cosgw.accounts import LoginRefused
-from cosgw.auth import _create_exclusively, _decode_bytes
+from cosgw.auth import create_exclusively, decode_bytes
 
 __all__ = [
     "BANNED_MESSAGE",
@@ -250,7 +250,7 @@ def _generated_host_key(
             serialization.PrivateFormat.OpenSSH,
             serialization.NoEncryption(),
         ).decode("ascii")
-        if _create_exclusively(path, text):
+        if create_exclusively(path, text):
             key = keys.Key(private)
             log.info(
                 "Generated SSH host key {path} ({fingerprint})",
@@ -698,7 +698,7 @@ class _AttemptPortal:
             d = login()
         else:
             username = credentials.username
-            user = _decode_bytes(username) if isinstance(username, bytes) else username
+            user = decode_bytes(username) if isinstance(username, bytes) else username
             d = self._guard.guard(self._ip, user, login)
         self._pending.add(d)
 
@@ -1057,7 +1057,7 @@ class KeyChecker:
             user, unlisted key, SHA-1 signature, bad signature).
         """
         username = credentials.username
-        user = _decode_bytes(username) if isinstance(username, bytes) else str(username)
+        user = decode_bytes(username) if isinstance(username, bytes) else str(username)
         query = not credentials.signature
         try:
             key = keys.Key.fromString(credentials.blob)
