@@ -42,14 +42,14 @@ from twisted.python.logfile import DailyLogFile
 from twisted.python.threadpool import ThreadPool
 
 from cosgw import auth
-from cosgw.accounts import Account, Accounts
 from cosgw.config import ALL_PERMISSIONS, Config, ConfigError, StorageConfig, UserConfig
-from cosgw.defender import LoginDefender
 from cosgw.interfaces import IObjectStore
-from cosgw.limits import ConnectionLimits, NetworkRule, SessionLimits
-from cosgw.quota import Usage
+from cosgw.policy.accounts import Account, Accounts
+from cosgw.policy.defender import LoginDefender
+from cosgw.policy.limits import ConnectionLimits, NetworkRule, SessionLimits
+from cosgw.policy.quota import Usage
+from cosgw.policy.throttle import RateLimit
 from cosgw.storage._runner import BlockingRunner
-from cosgw.throttle import RateLimit
 from cosgw.tls import ServerTLS, generate_self_signed, load_server_tls
 from cosgw.transfer import TransferSettings
 from cosgw.vfs import home_prefix, is_hidden_key

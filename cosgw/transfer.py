@@ -325,7 +325,7 @@ class UploadWriter:
             server-side, then the new bytes (APPE, REST n + STOR).
         @param initial: bytes the object starts with before the new ones
             (a prefix too small for a server-side part copy).
-        @param budget: the user's quota reservation (L{cosgw.quota.Reservation}):
+        @param budget: the user's quota reservation (L{cosgw.policy.quota.Reservation}):
             the object's size is claimed as it grows, committed when the
             object is stored, released when it is not.
         """

@@ -49,7 +49,7 @@ from cosgw.interfaces import (
     StoreError,
     StoreUnavailable,
 )
-from cosgw.quota import QuotaFull, Usage
+from cosgw.policy.quota import QuotaFull, Usage
 from cosgw.transfer import (
     Download,
     QuotaReached,
@@ -314,7 +314,7 @@ class ObjectFileSystem:
         """
         @param usage: the user's quota usage, shared by all their sessions
             (None: no quota).
-        @param upload_limit: the user's L{cosgw.throttle.RateLimit} for
+        @param upload_limit: the user's L{cosgw.policy.throttle.RateLimit} for
             bytes they send, shared by all their sessions; the frontends
             apply it.  C{download_limit} likewise for bytes they receive.
         """

@@ -1,5 +1,5 @@
 """
-Tests for L{cosgw.defender}: growing delays, bans, their expiry, and bounded
+Tests for L{cosgw.policy.defender}: growing delays, bans, their expiry, and bounded
 memory, all on a L{Clock} so every delay is checked to the second.
 """
 
@@ -13,7 +13,7 @@ from twisted.internet.task import Clock
 from twisted.logger import LogLevel
 from twisted.trial.unittest import SynchronousTestCase
 
-from cosgw.defender import LoginBanned, LoginDefender
+from cosgw.policy.defender import LoginBanned, LoginDefender
 from tests.logevents import LogEvents
 
 IP = "192.0.2.1"
@@ -39,8 +39,8 @@ class _Login:
 
 
 def _Events(case: SynchronousTestCase) -> LogEvents:
-    """The cosgw.defender namespace's log events during C{case}."""
-    return LogEvents(case, "cosgw.defender")
+    """The cosgw.policy.defender namespace's log events during C{case}."""
+    return LogEvents(case, "cosgw.policy.defender")
 
 
 class DelayTests(SynchronousTestCase):

@@ -33,7 +33,7 @@ from typing import Any, Optional
 from twisted.internet import defer
 from twisted.trial import unittest
 
-from cosgw.checksum import crc64
+from cosgw.storage.checksum import crc64
 from tests.harness import (
     PASSWORD,
     READER_PASSWORD,

@@ -1,5 +1,5 @@
 """
-Tests for L{cosgw.limits}: the network rule, connection admission and
+Tests for L{cosgw.policy.limits}: the network rule, connection admission and
 per-user session counting.
 """
 
@@ -8,13 +8,18 @@ from __future__ import annotations
 from twisted.logger import LogLevel
 from twisted.trial.unittest import SynchronousTestCase
 
-from cosgw.limits import ConnectionLimits, NetworkRule, SessionLimits, canonical_ip
+from cosgw.policy.limits import (
+    ConnectionLimits,
+    NetworkRule,
+    SessionLimits,
+    canonical_ip,
+)
 from tests.logevents import LogEvents
 
 
 def _Events(case: SynchronousTestCase) -> LogEvents:
-    """The cosgw.limits namespace's log events during C{case}."""
-    return LogEvents(case, "cosgw.limits")
+    """The cosgw.policy.limits namespace's log events during C{case}."""
+    return LogEvents(case, "cosgw.policy.limits")
 
 
 class CanonicalIPTests(SynchronousTestCase):

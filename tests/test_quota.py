@@ -1,5 +1,5 @@
 """
-Tests for L{cosgw.quota}: usage computed over a real L{LocalStore} in a
+Tests for L{cosgw.policy.quota}: usage computed over a real L{LocalStore} in a
 temporary directory with a real thread pool, and the reservation arithmetic
 concurrent uploads rely on.
 """
@@ -17,7 +17,7 @@ from twisted.python.threadpool import ThreadPool
 from twisted.trial import unittest
 
 from cosgw.interfaces import ListPage, StoreUnavailable
-from cosgw.quota import QuotaFull, Usage
+from cosgw.policy.quota import QuotaFull, Usage
 from cosgw.storage.local import LocalStore
 from cosgw.vfs import MTIME_INDEX
 

@@ -224,13 +224,13 @@ class HoldingGuard(RecordingGuard):
 
 def login_banned_type(testcase: TestCase) -> type:
     """
-    L{cosgw.defender.LoginBanned}; while the defender is not in this tree, a
+    L{cosgw.policy.defender.LoginBanned}; while the defender is not in this tree, a
     stand-in module with the same name and base class for the test's length.
     """
     try:
-        from cosgw.defender import LoginBanned
+        from cosgw.policy.defender import LoginBanned
     except ImportError:
-        module = types.ModuleType("cosgw.defender")
+        module = types.ModuleType("cosgw.policy.defender")
 
         class LoginBanned(UnauthorizedLogin):  # type: ignore[no-redef]
             def __init__(self, remaining: float) -> None:
@@ -238,8 +238,8 @@ def login_banned_type(testcase: TestCase) -> type:
                 self.remaining = remaining
 
         module.LoginBanned = LoginBanned  # type: ignore[attr-defined]
-        sys.modules["cosgw.defender"] = module
-        testcase.addCleanup(sys.modules.pop, "cosgw.defender", None)
+        sys.modules["cosgw.policy.defender"] = module
+        testcase.addCleanup(sys.modules.pop, "cosgw.policy.defender", None)
     return LoginBanned
 
 

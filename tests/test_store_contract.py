@@ -31,7 +31,6 @@ from twisted.python.threadpool import ThreadPool
 from twisted.trial import unittest
 from zope.interface.verify import verifyObject
 
-from cosgw.checksum import crc64
 from cosgw.interfaces import (
     MIN_PART_SIZE,
     IByteSource,
@@ -46,6 +45,7 @@ from cosgw.interfaces import (
     StoreError,
     StoreUnavailable,
 )
+from cosgw.storage.checksum import crc64
 from cosgw.storage.local import TMP_DIR, LocalStore
 from tests.harness import LocalInspector
 

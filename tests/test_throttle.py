@@ -1,5 +1,5 @@
 """
-Tests for L{cosgw.throttle}: the token bucket on a L{Clock}, the pause gate,
+Tests for L{cosgw.policy.throttle}: the token bucket on a L{Clock}, the pause gate,
 the receiver and consumer with L{StringTransport}, and one real loopback
 TCP transfer measured against the rate.
 """
@@ -18,7 +18,7 @@ from twisted.trial import unittest
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from cosgw.throttle import (
+from cosgw.policy.throttle import (
     PauseGate,
     RateLimit,
     ThrottledConsumer,

@@ -1,6 +1,6 @@
 """
 Unit tests of L{cosgw.transfer} (the upload writer, the download producer,
-part sizes) and L{cosgw.checksum}.
+part sizes) and L{cosgw.storage.checksum}.
 
 The code under test is real; only its edges are fakes written here: an
 in-memory L{IObjectStore} whose Deferreds the test fires one by one (or at
@@ -26,7 +26,6 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from cosgw import transfer
-from cosgw.checksum import StreamCheck, crc64, crc64_combine, parse_crc64
 from cosgw.interfaces import (
     MAX_PART_SIZE,
     MAX_PARTS,
@@ -39,6 +38,7 @@ from cosgw.interfaces import (
     StoreError,
     StoreUnavailable,
 )
+from cosgw.storage.checksum import StreamCheck, crc64, crc64_combine, parse_crc64
 from cosgw.transfer import (
     Download,
     TransferSettings,

@@ -61,8 +61,6 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from cosgw import vfs
-from cosgw.accounts import LoginRefused
-from cosgw.defender import LoginBanned, LoginDefender
 from cosgw.frontends.ftp_data import (
     DataChannel,
     DataChannelFactory,
@@ -79,8 +77,10 @@ from cosgw.frontends.ftp_facts import (
     format_facts,
     format_list_line,
 )
-from cosgw.limits import ConnectionLimits
-from cosgw.throttle import ThrottledConsumer
+from cosgw.policy.accounts import LoginRefused
+from cosgw.policy.defender import LoginBanned, LoginDefender
+from cosgw.policy.limits import ConnectionLimits
+from cosgw.policy.throttle import ThrottledConsumer
 from cosgw.transfer import TransferStopped, UploadState, UploadWriter
 
 log = Logger()

@@ -26,7 +26,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from cosgw import vfs
-from cosgw.throttle import PauseGate, RateLimit, ThrottledReceiver
+from cosgw.policy.throttle import PauseGate, RateLimit, ThrottledReceiver
 from cosgw.tls import session_reused
 from cosgw.transfer import TransferStopped
 

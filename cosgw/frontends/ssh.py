@@ -32,7 +32,7 @@ is replaced here (see reference/twisted-conch-cos-facts.md section c):
     or key exchange is bounded too), an idle deadline after login, and every
     timer runs on the injected reactor.
   - Admission.  The transport asks the shared connection limits
-    (L{cosgw.limits.ConnectionLimits}) before anything else and gives the
+    (L{cosgw.policy.limits.ConnectionLimits}) before anything else and gives the
     slot back exactly once when the connection ends.
   - Login attempts that can guess a secret (a password, a signed public
     key) go through the login defender, which delays failures and bans
@@ -105,8 +105,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from cosgw.accounts import LoginRefused
 from cosgw.auth import create_exclusively, decode_bytes
+from cosgw.policy.accounts import LoginRefused
 
 __all__ = [
     "BANNED_MESSAGE",
@@ -377,12 +377,12 @@ def _peer_text(address: Any) -> str:
 
 def _banned_type() -> Optional[type]:
     """
-    L{cosgw.defender.LoginBanned}, or None if this build has no defender.
+    L{cosgw.policy.defender.LoginBanned}, or None if this build has no defender.
 
     Imported when needed: the defender is optional for this module.
     """
     try:
-        from cosgw.defender import LoginBanned
+        from cosgw.policy.defender import LoginBanned
     except ImportError:
         return None
     return LoginBanned
@@ -881,10 +881,10 @@ class GatewaySSHFactory(SSHFactory):
         @param idle_timeout: seconds without data from an authenticated
             client before it is disconnected; None for no limit.
         @param admission: an object with C{open(ip) -> Optional[str]} and
-            C{close(ip)}, such as L{cosgw.limits.ConnectionLimits}; None to
+            C{close(ip)}, such as L{cosgw.policy.limits.ConnectionLimits}; None to
             admit everyone.
         @param login_guard: an object with C{guard(ip, user, login)}, such as
-            L{cosgw.defender.LoginDefender}; None for no guard.
+            L{cosgw.policy.defender.LoginDefender}; None for no guard.
         @raise ValueError: no usable host key, or a non-positive timeout.
         """
         if login_timeout <= 0:

@@ -44,7 +44,6 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
-from cosgw.checksum import StreamCheck, crc64, crc64_combine, parse_crc64
 from cosgw.interfaces import (
     MAX_PARTS,
     MAX_PUT_SIZE,
@@ -61,6 +60,7 @@ from cosgw.interfaces import (
     StoreUnavailable,
 )
 from cosgw.storage._runner import BlockingRunner, ThreadedStore, check_copy_range
+from cosgw.storage.checksum import StreamCheck, crc64, crc64_combine, parse_crc64
 
 log = Logger()
 

@@ -35,7 +35,6 @@ from twisted.internet.interfaces import IReactorFromThreads
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
-from cosgw.checksum import StreamCheck, crc64
 from cosgw.interfaces import (
     IByteSource,
     IObjectStore,
@@ -49,6 +48,7 @@ from cosgw.interfaces import (
     StoreError,
 )
 from cosgw.storage._runner import BlockingRunner, ThreadedStore, check_copy_range
+from cosgw.storage.checksum import StreamCheck, crc64
 
 #: The hidden directory for temporary files and multipart parts; it is never
 #: listed and no key may name it.

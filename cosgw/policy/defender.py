@@ -60,7 +60,7 @@ and all.
 
 IPv4 clients of a dual-stack listener appear as IPv4-mapped IPv6 addresses
 (C{::ffff:192.0.2.1}); they count as their IPv4 address (see
-L{cosgw.limits.canonical_ip}), so switching listeners does not reset the
+L{cosgw.policy.limits.canonical_ip}), so switching listeners does not reset the
 count.
 """
 
@@ -79,11 +79,11 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from cosgw.limits import canonical_ip
+from cosgw.policy.limits import canonical_ip
 
 __all__ = ["LoginBanned", "LoginDefender"]
 
-log = Logger(namespace="cosgw.defender")
+log = Logger(namespace="cosgw.policy.defender")
 
 T = TypeVar("T")
 

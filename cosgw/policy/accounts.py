@@ -15,9 +15,9 @@ from typing import Any, Optional
 from twisted.logger import Logger
 
 from cosgw.interfaces import IObjectStore
-from cosgw.limits import NetworkRule, SessionLimits
-from cosgw.quota import Usage
-from cosgw.throttle import RateLimit
+from cosgw.policy.limits import NetworkRule, SessionLimits
+from cosgw.policy.quota import Usage
+from cosgw.policy.throttle import RateLimit
 from cosgw.transfer import TransferSettings, UploadRegistry
 from cosgw.vfs import ObjectFileSystem
 

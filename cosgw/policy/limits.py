@@ -45,7 +45,7 @@ __all__ = [
     "canonical_ip",
 ]
 
-log = Logger(namespace="cosgw.limits")
+log = Logger(namespace="cosgw.policy.limits")
 
 _Address = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 _Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
@@ -74,7 +74,7 @@ def canonical_ip(ip: str) -> str:
     (so C{2001:DB8:0::1} and C{2001:db8::1} are one client), and C{ip}
     unchanged when it is not an IP address at all.
 
-    Shared by L{ConnectionLimits} and L{cosgw.defender.LoginDefender} so
+    Shared by L{ConnectionLimits} and L{cosgw.policy.defender.LoginDefender} so
     that both policies agree on what "one address" is.
     """
     address = _parse_ip(ip)
