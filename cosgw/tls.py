@@ -136,10 +136,13 @@ def load_server_tls(
         )
     except (OSError, ValueError, TypeError) as e:
         raise ValueError(f"cannot read the TLS certificate or key: {e}") from None
+    # Twisted's stubs name pyOpenSSL's PKey/X509, but CertificateOptions
+    # takes cryptography's key and certificate objects as well (pyOpenSSL
+    # deprecated its own); converting would only add work.
     options = ssl.CertificateOptions(
-        privateKey=pkey,
-        certificate=cert,
-        extraCertChain=extra or None,
+        privateKey=pkey,  # type: ignore[arg-type]
+        certificate=cert,  # type: ignore[arg-type]
+        extraCertChain=extra or None,  # type: ignore[arg-type]
         raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
         acceptableCiphers=ssl.AcceptableCiphers.fromOpenSSLCipherString(CIPHERS),
         enableSessions=True,
@@ -162,6 +165,6 @@ def session_reused(transport: Any) -> bool:
     connection = getattr(transport, "getHandle", lambda: None)()
     if not isinstance(connection, SSL.Connection):
         return False
-    from OpenSSL.SSL import _lib  # type: ignore[attr-defined]
+    from OpenSSL.SSL import _lib
 
     return bool(_lib.SSL_session_reused(connection._ssl))  # noqa: SLF001

@@ -70,7 +70,7 @@ import math
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar, Union, cast
+from typing import Any, TypeVar, Union
 
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet.defer import Deferred, fail, maybeDeferred
@@ -344,7 +344,7 @@ class LoginDefender:
             return failure
         # Returning the Failure from the timer's callback fails the Deferred
         # with that very Failure, traceback and all.
-        return cast("Deferred[Any]", deferLater(self._clock, delay, lambda: failure))
+        return deferLater(self._clock, delay, lambda: failure)
 
     def _delay(self, count: int) -> float:
         """Seconds before answering the C{count}-th failure in the window."""

@@ -10,6 +10,8 @@ cheap Deferreds on the reactor.
 
 from __future__ import annotations
 
+# The store's method named `list` shadows the builtin inside the class body.
+import builtins
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Optional, TypeVar
 
@@ -121,7 +123,7 @@ class ThreadedStore:
             self._upload_part_copy, key, upload_id, number, source, first, last
         )
 
-    def list_parts(self, key: str, upload_id: str) -> Deferred[list[PartInfo]]:
+    def list_parts(self, key: str, upload_id: str) -> Deferred[builtins.list[PartInfo]]:
         return self._runner.run(self._list_parts, key, upload_id)
 
     def complete_multipart(
@@ -132,7 +134,9 @@ class ThreadedStore:
     def abort_multipart(self, key: str, upload_id: str) -> Deferred[None]:
         return self._runner.run(self._abort, key, upload_id)
 
-    def list_multipart(self, prefix: str = "") -> Deferred[list[PendingUpload]]:
+    def list_multipart(
+        self, prefix: str = ""
+    ) -> Deferred[builtins.list[PendingUpload]]:
         return self._runner.run(self._list_multipart, prefix)
 
     # The blocking bodies, run in a pool thread.
@@ -174,7 +178,7 @@ class ThreadedStore:
     ) -> PartInfo:
         raise NotImplementedError
 
-    def _list_parts(self, key: str, upload_id: str) -> list[PartInfo]:
+    def _list_parts(self, key: str, upload_id: str) -> builtins.list[PartInfo]:
         raise NotImplementedError
 
     def _complete(
@@ -185,5 +189,5 @@ class ThreadedStore:
     def _abort(self, key: str, upload_id: str) -> None:
         raise NotImplementedError
 
-    def _list_multipart(self, prefix: str) -> list[PendingUpload]:
+    def _list_multipart(self, prefix: str) -> builtins.list[PendingUpload]:
         raise NotImplementedError

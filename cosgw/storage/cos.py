@@ -545,6 +545,7 @@ class CosStore(ThreadedStore):
         if all(p.crc64 is not None for p in ordered):
             expected = 0
             for p in ordered:
+                assert p.crc64 is not None  # checked by all() above
                 expected = crc64_combine(expected, p.crc64, p.size)
         try:
             self._call(

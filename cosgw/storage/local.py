@@ -28,7 +28,7 @@ import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Optional
+from typing import BinaryIO, Optional
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorFromThreads
@@ -72,10 +72,10 @@ class _FileSource:
     """Reads an open file in the pool; the open descriptor is a snapshot."""
 
     def __init__(
-        self, runner: BlockingRunner, fobj, info: ObjectInfo, offset: int
+        self, runner: BlockingRunner, fobj: BinaryIO, info: ObjectInfo, offset: int
     ) -> None:
         self._runner = runner
-        self._file = fobj
+        self._file: Optional[BinaryIO] = fobj
         self.info = info
         self.offset = offset
         self.length = max(0, info.size - offset)
@@ -463,7 +463,7 @@ class LocalStore(ThreadedStore):
         return sorted(found, key=lambda u: (u.key, u.initiated))
 
 
-def _copy_file(src, out, size: int) -> None:
+def _copy_file(src: BinaryIO, out: BinaryIO, size: int) -> None:
     """Append C{size} bytes of C{src} to C{out}, in the kernel where it can."""
     offset = 0
     out.flush()
