@@ -9,6 +9,11 @@ subclass that says how to build it and how to look into it behind its back:
   - L{CosStoreContractTests}: a L{CosStore} speaking real HTTP through the
     real COS SDK to the COS-dialect test server (tests/cosserver.py), one
     fresh bucket per test, plus the faults only that server can inject.
+  - L{MemoryStoreContractTests}: L{cosgw.testing.MemoryStore}, the double
+    the other layers' unit tests use, plus what it offers them.
+
+L{CosSemanticsContractMixin} adds what COS does and a local directory does
+not (CRC-64s, small parts refused, ...); the COS and memory stores pass it.
 
 Every test runs on the real reactor with a real thread pool, as the gateway
 does: the stores' blocking work runs in the pool and their Deferreds fire on
@@ -21,17 +26,22 @@ import os
 import shutil
 import tempfile
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import Deferred, inlineCallbacks, succeed
+from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 from twisted.trial import unittest
 from zope.interface.verify import verifyObject
 
 from cosgw.interfaces import (
+    MAX_KEY_BYTES,
+    MAX_LIST_KEYS,
+    MAX_PARTS,
     MIN_PART_SIZE,
     IByteSource,
     IntegrityError,
@@ -47,6 +57,7 @@ from cosgw.interfaces import (
 )
 from cosgw.storage.checksum import crc64
 from cosgw.storage.local import TMP_DIR, LocalStore
+from cosgw.testing import MemoryStore
 from tests.harness import LocalInspector
 
 MiB = 1024 * 1024
@@ -911,47 +922,21 @@ class LocalStoreContractTests(IObjectStoreContractMixin, unittest.TestCase):
         return check()
 
 
-def cos_settings(server: Any) -> dict[str, Any]:
-    """CosConfig arguments for the test server, as service._make_store makes."""
-    return {
-        "SecretId": server.secret_id,
-        "SecretKey": server.secret_key,
-        "Region": server.region,
-        "Scheme": "http",
-        "IP": "127.0.0.1",
-        "Port": server.port,
-    }
-
-
-class CosStoreContractTests(IObjectStoreContractMixin, unittest.TestCase):
+class CosSemanticsContractMixin:
     """
-    The contract, on COS: the real SDK over HTTP to the test server, one
-    fresh bucket per test; and what only COS can get wrong (faults).
+    What COS does that a local directory does not, for the stores that
+    follow COS (COS itself, the memory store): a CRC-64 on every object and
+    part, listings without metadata, a file and a directory marker of the
+    same name side by side, and small parts refused at completion.
+
+    Mixed into a subclass of L{IObjectStoreContractMixin}.
     """
 
-    def make_store(self) -> IObjectStore:
-        from cosgw.storage.cos import CosStore
-        from tests.cosserver import shared_server
+    store: IObjectStore
 
-        self.server = shared_server()
-        self.bucket = self.server.create_bucket(f"contract-{uuid.uuid4().hex[:12]}")
-        self.addCleanup(self.server.reset_faults)
-        return CosStore(
-            self.bucket, cos_settings(self.server), self.reactor, self.pool, pool_size=8
-        )
-
-    def stored_keys_blocking(self, prefix: str = "") -> list[str]:
-        return self.server.keys(self.bucket, prefix)
-
-    def stored_uploads_blocking(self) -> list[str]:
-        return [
-            upload_id for _key, upload_id in self.server.pending_uploads(self.bucket)
-        ]
-
-    def inject(self, kind: str, **params: Any) -> Deferred[None]:
-        return self.in_pool(
-            lambda: self.server.inject(kind, bucket=self.bucket, **params)
-        )
+    def part_copies(self) -> Deferred[int]:
+        """How many part copies the store performed, counted by the store."""
+        raise NotImplementedError
 
     @inlineCallbacks
     def test_crc64_reported(self) -> Any:
@@ -993,8 +978,122 @@ class CosStoreContractTests(IObjectStoreContractMixin, unittest.TestCase):
         self.assertEqual(middle.crc64, crc64(source[100:2100]))
         info = yield self.store.complete_multipart("pc/crc", upload_id, [whole, middle])
         self.assertEqual(info.crc64, crc64(source + source[100:2100]))
-        stats = yield self.in_pool(self.server.stats)
-        self.assertGreaterEqual(stats.get("UploadPartCopy", 0), 2)
+        copies = yield self.part_copies()
+        self.assertGreaterEqual(copies, 2)
+
+    @inlineCallbacks
+    def test_listing_has_no_metadata(self) -> Any:
+        """
+        A listed object carries no user metadata and no CRC-64 (GET Bucket
+        gives none): only head() has them.
+        """
+        yield self.store.put("meta/file", b"data", {"mtime": "1000000000"})
+        page = yield self.store.list("meta/", "/")
+        self.assertEqual(object_keys(page), ["meta/file"])
+        self.assertEqual(dict(page.objects[0].metadata), {})
+        self.assertIsNone(page.objects[0].crc64)
+        self.assertEqual(page.objects[0].size, 4)
+        head = yield self.store.head("meta/file")
+        self.assertEqual(head.metadata.get("mtime"), "1000000000")
+
+    @inlineCallbacks
+    def test_copy_replaces_metadata(self) -> Any:
+        """
+        copy() keeps the source's metadata, or replaces it when given some,
+        which is how an object's metadata changes (a copy onto itself).
+        """
+        yield self.store.put("cm/a", b"abc", {"mtime": "1"})
+        yield self.store.copy("cm/a", "cm/b")
+        head = yield self.store.head("cm/b")
+        self.assertEqual(head.metadata.get("mtime"), "1")
+        yield self.store.copy("cm/a", "cm/a", {"mtime": "2"})
+        head = yield self.store.head("cm/a")
+        self.assertEqual(head.metadata.get("mtime"), "2")
+        data = yield read_object(self.store, "cm/a")
+        self.assertEqual(data, b"abc")
+
+    @inlineCallbacks
+    def test_file_and_marker_of_same_name(self) -> Any:
+        """
+        A key and the directory marker of the same name are two objects,
+        each listed and deleted on its own.
+        """
+        yield self.store.put("twin", b"file")
+        yield self.store.put("twin/", b"")
+        page = yield self.store.list("", "/")
+        self.assertEqual(
+            (object_keys(page), list(page.prefixes)), (["twin"], ["twin/"])
+        )
+        yield self.store.delete("twin")
+        head = yield self.store.head("twin/")
+        self.assertEqual(head.size, 0)
+
+    @inlineCallbacks
+    def test_small_part_refused(self) -> Any:
+        """
+        Completion refuses a part under 1 MiB unless it is the last one
+        (COS's EntityTooSmall), and leaves the upload to be completed right
+        or aborted.
+        """
+        upload_id = yield self.store.create_multipart("mp/too-small")
+        first = yield self.store.upload_part("mp/too-small", upload_id, 1, b"a" * 1000)
+        second = yield self.store.upload_part("mp/too-small", upload_id, 2, b"b" * 10)
+        error = yield self.assertFailure(
+            self.store.complete_multipart("mp/too-small", upload_id, [first, second]),
+            StoreError,
+        )
+        self.assertNotIsInstance(error, (NoSuchKey, NoSuchUpload, StoreUnavailable))
+        yield self.assertFailure(self.store.head("mp/too-small"), NoSuchKey)
+        info = yield self.store.complete_multipart("mp/too-small", upload_id, [first])
+        self.assertEqual(info.size, 1000)
+
+
+def cos_settings(server: Any) -> dict[str, Any]:
+    """CosConfig arguments for the test server, as service._make_store makes."""
+    return {
+        "SecretId": server.secret_id,
+        "SecretKey": server.secret_key,
+        "Region": server.region,
+        "Scheme": "http",
+        "IP": "127.0.0.1",
+        "Port": server.port,
+    }
+
+
+class CosStoreContractTests(
+    CosSemanticsContractMixin, IObjectStoreContractMixin, unittest.TestCase
+):
+    """
+    The contract, on COS: the real SDK over HTTP to the test server, one
+    fresh bucket per test; and what only COS can get wrong (faults).
+    """
+
+    def make_store(self) -> IObjectStore:
+        from cosgw.storage.cos import CosStore
+        from tests.cosserver import shared_server
+
+        self.server = shared_server()
+        self.bucket = self.server.create_bucket(f"contract-{uuid.uuid4().hex[:12]}")
+        self.addCleanup(self.server.reset_faults)
+        return CosStore(
+            self.bucket, cos_settings(self.server), self.reactor, self.pool, pool_size=8
+        )
+
+    def stored_keys_blocking(self, prefix: str = "") -> list[str]:
+        return self.server.keys(self.bucket, prefix)
+
+    def stored_uploads_blocking(self) -> list[str]:
+        return [
+            upload_id for _key, upload_id in self.server.pending_uploads(self.bucket)
+        ]
+
+    def part_copies(self) -> Deferred[int]:
+        return self.in_pool(lambda: self.server.stats().get("UploadPartCopy", 0))
+
+    def inject(self, kind: str, **params: Any) -> Deferred[None]:
+        return self.in_pool(
+            lambda: self.server.inject(kind, bucket=self.bucket, **params)
+        )
 
     @inlineCallbacks
     def test_list_parts_pages(self) -> Any:
@@ -1149,3 +1248,189 @@ class CosStoreContractTests(IObjectStoreContractMixin, unittest.TestCase):
         self.assertEqual(info.size, sum(map(len, parts)))
         data = yield read_object(self.store, "mp/lost-once")
         self.assertEqual(data, b"".join(parts))
+
+
+class MemoryStoreContractTests(
+    CosSemanticsContractMixin, IObjectStoreContractMixin, unittest.TestCase
+):
+    """
+    The contract, on L{MemoryStore}, the test double the other layers' unit
+    tests run on; and what it offers those tests: Deferreds that have
+    already fired, request counts, injected faults.
+    """
+
+    def make_store(self) -> IObjectStore:
+        self.memory = MemoryStore()
+        return self.memory
+
+    def stored_keys_blocking(self, prefix: str = "") -> list[str]:
+        return self.memory.stored_keys(prefix)
+
+    def stored_uploads_blocking(self) -> list[str]:
+        return self.memory.stored_uploads()
+
+    def part_copies(self) -> Deferred[int]:
+        return succeed(self.memory.requests["upload_part_copy"])
+
+    def test_fires_synchronously(self) -> None:
+        """
+        Every answer is a Deferred that has already fired: no reactor turn,
+        no thread.
+        """
+        store = self.memory
+        info = self.successResultOf(store.put("sync/a", b"abc"))
+        self.assertEqual(info.size, 3)
+        self.assertEqual(self.successResultOf(store.head("sync/a")).size, 3)
+        page = self.successResultOf(store.list("sync/"))
+        self.assertEqual(object_keys(page), ["sync/a"])
+        source = self.successResultOf(store.open("sync/a", 1))
+        self.assertEqual(self.successResultOf(source.read(10)), b"bc")
+        self.assertEqual(self.successResultOf(source.read(10)), b"")
+        self.successResultOf(source.close())
+        self.failureResultOf(store.head("sync/b"), NoSuchKey)
+
+    def test_requests_counted(self) -> None:
+        """
+        Each call is counted under its method's name, failed ones too;
+        reset_requests() gives the counts so far and starts afresh.
+        """
+        store = self.memory
+        store.put("count/a", b"1")
+        store.head("count/a")
+        store.head("count/missing").addErrback(lambda f: f.trap(NoSuchKey))
+        store.list("count/")
+        store.copy("count/a", "count/b")
+        self.assertEqual(
+            store.reset_requests(),
+            Counter({"put": 1, "head": 2, "list": 1, "copy": 1}),
+        )
+        self.assertEqual(store.requests, Counter())
+        upload_id = self.successResultOf(store.create_multipart("count/c"))
+        part = self.successResultOf(store.upload_part("count/c", upload_id, 1, b"x"))
+        store.complete_multipart("count/c", upload_id, [part])
+        self.assertEqual(
+            store.requests,
+            Counter({"create_multipart": 1, "upload_part": 1, "complete_multipart": 1}),
+        )
+
+    def test_fail_next(self) -> None:
+        """
+        fail_next() makes the next calls of a method fail with
+        StoreUnavailable, naming a request id, and change nothing; later
+        calls and other methods succeed.
+        """
+        store = self.memory
+        store.put("fault/a", b"old")
+        store.fail_next("put", 2)
+        for _ in range(2):
+            failure = self.failureResultOf(
+                store.put("fault/a", b"new"), StoreUnavailable
+            )
+            self.assertTrue(failure.value.request_id)
+        self.assertEqual(store.stored_bytes("fault/a"), b"old")
+        self.assertEqual(store.requests["put"], 3)
+        self.successResultOf(store.head("fault/a"))
+        self.successResultOf(store.put("fault/a", b"new"))
+        self.assertEqual(store.stored_bytes("fault/a"), b"new")
+        self.assertRaises(ValueError, store.fail_next, "get")
+
+    def test_store_errors_name_requests(self) -> None:
+        """Each failure carries its own request id, as COS's do."""
+        first = self.failureResultOf(self.memory.head("nothing"), NoSuchKey)
+        second = self.failureResultOf(self.memory.head("nothing"), NoSuchKey)
+        self.assertTrue(first.value.request_id)
+        self.assertNotEqual(first.value.request_id, second.value.request_id)
+
+    def test_list_capped_at_max_list_keys(self) -> None:
+        """
+        A page holds at most MAX_LIST_KEYS entries, whatever max_keys asks
+        for; a max_keys under one is refused.
+        """
+        store = self.memory
+        names = [f"big/{i:05d}" for i in range(MAX_LIST_KEYS * 2 + 500)]
+        for name in names:
+            store.put(name, b"")
+        store.reset_requests()
+        pages = self.successResultOf(list_all(store, "big/", "/", 5000))
+        self.assertEqual([len(p.objects) for p in pages], [1000, 1000, 500])
+        self.assertEqual(
+            [p.next_marker for p in pages], ["big/00999", "big/01999", None]
+        )
+        self.assertEqual([k for p in pages for k in object_keys(p)], names)
+        self.assertEqual(store.requests, Counter({"list": 3}))
+        self.failureResultOf(store.list("big/", "/", "", 0), StoreError)
+
+    def test_sources_are_snapshots(self) -> None:
+        """
+        A source reads the object as it was when opened; open_sources
+        counts those not closed yet; a read after close fails.
+        """
+        store = self.memory
+        store.put("snap", b"before")
+        source = self.successResultOf(store.open("snap"))
+        self.assertEqual(store.open_sources, 1)
+        store.put("snap", b"after, longer")
+        store.delete("snap")
+        self.assertEqual(self.successResultOf(source.read(100)), b"before")
+        self.successResultOf(source.close())
+        self.assertEqual(store.open_sources, 0)
+        self.failureResultOf(source.read(1), StoreError)
+
+    def test_clock(self) -> None:
+        """Objects, uploads and parts take their times from the given clock."""
+        clock = Clock()
+        clock.advance(1_700_000_000)
+        store = MemoryStore(clock)
+        self.assertEqual(self.successResultOf(store.put("t", b"1")).mtime, 1.7e9)
+        clock.advance(5)
+        upload_id = self.successResultOf(store.create_multipart("u"))
+        clock.advance(5)
+        part = self.successResultOf(store.upload_part("u", upload_id, 1, b"x"))
+        self.assertEqual(part.mtime, 1.7e9 + 10)
+        (pending,) = self.successResultOf(store.list_multipart())
+        self.assertEqual(pending.initiated, 1.7e9 + 5)
+        clock.advance(5)
+        info = self.successResultOf(store.complete_multipart("u", upload_id, [part]))
+        self.assertEqual(info.mtime, 1.7e9 + 15)
+        self.assertEqual(self.successResultOf(store.head("t")).mtime, 1.7e9)
+
+    def test_min_part_size(self) -> None:
+        """A store made with a lower minimum completes small parts."""
+        store = MemoryStore(min_part_size=1)
+        upload_id = self.successResultOf(store.create_multipart("small"))
+        parts = [
+            self.successResultOf(store.upload_part("small", upload_id, n, data))
+            for n, data in ((1, b"ab"), (2, b"cd"), (3, b"e"))
+        ]
+        info = self.successResultOf(store.complete_multipart("small", upload_id, parts))
+        self.assertEqual(info.crc64, crc64(b"abcde"))
+        self.assertTrue(info.etag and info.etag.endswith("-3"))
+        self.assertEqual(store.stored_bytes("small"), b"abcde")
+
+    def test_refusals(self) -> None:
+        """
+        Keys COS refuses (empty, over MAX_KEY_BYTES), part numbers outside
+        1..MAX_PARTS, and a completion naming a part not stored (wrong ETag)
+        or twice fail with StoreError.
+        """
+        store = self.memory
+        for key in ("", "k" * (MAX_KEY_BYTES + 1), "é" * (MAX_KEY_BYTES // 2 + 1)):
+            self.failureResultOf(store.put(key, b"x"), StoreError)
+        self.successResultOf(store.put("k" * MAX_KEY_BYTES, b"x"))
+        upload_id = self.successResultOf(store.create_multipart("r"))
+        for number in (0, MAX_PARTS + 1):
+            self.failureResultOf(
+                store.upload_part("r", upload_id, number, b"x"), StoreError
+            )
+        part = self.successResultOf(store.upload_part("r", upload_id, 1, b"x"))
+        forged = PartInfo(number=1, etag="0" * 32, size=1)
+        for parts in ([], [forged], [part, part]):
+            failure = self.failureResultOf(
+                store.complete_multipart("r", upload_id, parts), StoreError
+            )
+            self.assertNotIsInstance(failure.value, NoSuchUpload)
+        self.assertEqual(store.stored_uploads(), [upload_id])
+        # Aborting under another key is COS's NoSuchUpload, which abort
+        # swallows: the upload stays.
+        self.successResultOf(store.abort_multipart("other", upload_id))
+        self.assertEqual(store.stored_uploads(), [upload_id])
