@@ -41,7 +41,9 @@ from twisted.logger import (
 from twisted.python.logfile import DailyLogFile
 from twisted.python.threadpool import ThreadPool
 
-from cosgw import auth
+from cosgw.auth.passwd import DEFAULT_USERNAME, ensure_generated_account
+from cosgw.auth.passwords import PasswordChecker
+from cosgw.auth.realm import Realm
 from cosgw.config import ALL_PERMISSIONS, Config, ConfigError, StorageConfig, UserConfig
 from cosgw.interfaces import IObjectStore
 from cosgw.policy.accounts import Account, Accounts
@@ -374,7 +376,7 @@ def _add_sftp(
     service: GatewayService,
     config: Config,
     users: dict[str, UserConfig],
-    realm: auth.Realm,
+    realm: Realm,
     session: Callable[[str, Any], tuple[Any, Callable[[], None]]],
     reactor: Any,
 ) -> Any:
@@ -385,14 +387,9 @@ def _add_sftp(
     """
     from twisted.conch.interfaces import IConchUser
 
+    from cosgw.auth.keys import KeyChecker, fingerprint
     from cosgw.frontends.sftp import FileTransfer, GatewaySFTPServer, SFTPSettings
-    from cosgw.frontends.ssh import (
-        GatewaySSHFactory,
-        KeyChecker,
-        SFTPUser,
-        fingerprint,
-        load_host_keys,
-    )
+    from cosgw.frontends.ssh import GatewaySSHFactory, SFTPUser, load_host_keys
 
     server = config.server
     try:
@@ -436,10 +433,10 @@ def _embedded_user(config: Config) -> tuple[UserConfig, Optional[str]]:
     start, kept hashed in the state directory and shown once, so the
     second value is the password only on that first start.
     """
-    stored, password = auth.ensure_generated_account(config.server.state_dir)
+    stored, password = ensure_generated_account(config.server.state_dir)
     storage = next(iter(config.storages))
     user = UserConfig(
-        name=auth.DEFAULT_USERNAME,
+        name=DEFAULT_USERNAME,
         password=stored,
         password_is_hashed=True,
         storage=storage,
@@ -583,7 +580,7 @@ def makeService(config: Config, reactor: Any = None) -> GatewayService:
         network=NetworkRule(server.allowed_networks, server.denied_networks),
     )
     service.defender, service.limits = defender, limits
-    checker = auth.PasswordChecker(
+    checker = PasswordChecker(
         {
             name: (u.password, u.password_is_hashed)
             for name, u in users.items()
@@ -593,7 +590,7 @@ def makeService(config: Config, reactor: Any = None) -> GatewayService:
         pool,
         failure_delay=0,  # the defender delays failed logins
     )
-    realm = auth.Realm()
+    realm = Realm()
 
     def session(avatar_id: str, mind: Any) -> tuple[Any, Callable[[], None]]:
         """One session's file system, and its logout (idempotent)."""
@@ -655,5 +652,5 @@ def makeService(config: Config, reactor: Any = None) -> GatewayService:
             service.sftp_listeners.append(listener)
 
     if config.embedded:
-        _announce(service, users[auth.DEFAULT_USERNAME], generated)
+        _announce(service, users[DEFAULT_USERNAME], generated)
     return service

@@ -24,7 +24,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
 
-from cosgw.auth import hash_password
+from cosgw.auth.hashes import hash_password
 from cosgw.config import (
     ALL_PERMISSIONS,
     Config,

@@ -181,7 +181,7 @@ def test_example_ini_loads() -> None:
 
 def test_example_hash_is_of_the_documented_word() -> None:
     """The example says its hash is of "example-only"; keep that true."""
-    from cosgw.auth import verify_password
+    from cosgw.auth.hashes import verify_password
 
     alice = load_config(EXAMPLE).users["alice"]
     assert verify_password("example-only", alice.password, True)

@@ -58,14 +58,14 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from cosgw.auth import PasswordChecker, Realm
+from cosgw.auth.keys import KeyChecker, fingerprint
+from cosgw.auth.passwords import PasswordChecker
+from cosgw.auth.realm import Realm
 from cosgw.frontends import ssh
 from cosgw.frontends.ssh import (
     GatewaySSHFactory,
     GatewayUserAuthServer,
-    KeyChecker,
     SFTPUser,
-    fingerprint,
     load_host_keys,
 )
 

@@ -1,8 +1,7 @@
 """
 The SSH layer of the SFTP frontend: host keys, the transport, user
-authentication, the public-key checker and the avatar.  It offers one thing,
-the C{sftp} subsystem; the file system behind it is
-L{cosgw.frontends.sftp}'s.
+authentication and the avatar.  It offers one thing, the C{sftp} subsystem;
+the file system behind it is L{cosgw.frontends.sftp}'s.
 
 Conch does the protocol; what it gets wrong for an internet-facing gateway
 is replaced here (see reference/twisted-conch-cos-facts.md section c):
@@ -19,7 +18,8 @@ is replaced here (see reference/twisted-conch-cos-facts.md section c):
   - server-sig-algs (RFC 8308).  Conch advertises the *host key* algorithms
     as the algorithms it accepts for *user* keys, so a server with only an
     Ed25519 host key would tell OpenSSH clients that RSA user keys are
-    unusable.  The transport advertises what L{KeyChecker} accepts instead.
+    unusable.  The transport advertises what
+    L{cosgw.auth.keys.KeyChecker} accepts instead.
   - The version string names no Twisted version: C{SSH-2.0-cosgw}.
   - A disconnect closes only our side and reads on until the client closes:
     Conch closes the socket at once, so a client whose packet was in flight
@@ -39,8 +39,8 @@ is replaced here (see reference/twisted-conch-cos-facts.md section c):
     addresses; a public-key query (no signature) proves nothing and is not
     counted.  Conch's own password delay is off: the defender delays.
   - Conch's public-key checker answers "this key would do" to a query for
-    I{any} key; L{KeyChecker} only for a listed one, refuses SHA-1 (ssh-rsa)
-    and DSA signatures, and parses its keys once.
+    I{any} key; L{cosgw.auth.keys.KeyChecker} only for a listed one,
+    refuses SHA-1 (ssh-rsa) and DSA signatures, and parses its keys once.
   - A login that completes after its connection was lost, or a second login
     completing on an already authenticated connection (a client may
     pipeline USERAUTH_REQUESTs), is logged out at once: Conch would install
@@ -64,17 +64,14 @@ Everything that blocks (reading and generating host keys, reading
 
 from __future__ import annotations
 
-import base64
 import enum
-import hashlib
 import struct
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Optional, Union
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
-from twisted.conch import error as conch_error
 from twisted.conch.avatar import ConchUser
 from twisted.conch.interfaces import (
     IConchUser,
@@ -93,9 +90,7 @@ from twisted.conch.ssh.connection import (
 from twisted.conch.ssh.factory import SSHFactory
 from twisted.conch.ssh.filetransfer import FileTransferServer
 from twisted.conch.ssh.session import SSHSession, SSHSessionProcessProtocol
-from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import ISSHPrivateKey, IUsernamePassword
-from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import Portal
 from twisted.internet import defer
 from twisted.internet.error import ProcessTerminated
@@ -105,22 +100,21 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from cosgw.auth import create_exclusively, decode_bytes
+from cosgw.auth.files import create_exclusively
+from cosgw.auth.keys import check_key_strength, fingerprint
+from cosgw.auth.text import decode_bytes
 from cosgw.policy.accounts import LoginRefused
 
 __all__ = [
     "BANNED_MESSAGE",
     "GENERATED_HOST_KEYS",
-    "MIN_RSA_BITS",
     "NOT_SFTP_MESSAGE",
     "GatewayConnection",
     "GatewaySSHFactory",
     "GatewaySSHTransport",
     "GatewayUserAuthServer",
-    "KeyChecker",
     "SFTPSession",
     "SFTPUser",
-    "fingerprint",
     "load_host_keys",
 ]
 
@@ -151,10 +145,6 @@ SESSION_WINDOW = 2 * 1024 * 1024
 # Host keys
 # --------------------------------------------------------------------------
 
-#: The smallest RSA key accepted, as a host key or a user key (NIST SP
-#: 800-57: 2048 bits is the floor for 112-bit security).
-MIN_RSA_BITS = 2048
-
 #: RSA host keys generated at first start, as OpenSSH's ssh-keygen -A makes.
 _GENERATED_RSA_BITS = 3072
 
@@ -173,30 +163,6 @@ GENERATED_HOST_KEYS: tuple[tuple[str, Callable[[], Any]], ...] = (
     ("ssh_host_ed25519_key", _new_ed25519),
     ("ssh_host_rsa_key", _new_rsa),
 )
-
-
-def fingerprint(key: keys.Key) -> str:
-    """
-    C{key}'s fingerprint as OpenSSH prints it: C{SHA256:} and the unpadded
-    base64 of the SHA-256 of the public key blob.
-    """
-    digest = hashlib.sha256(key.public().blob()).digest()
-    return "SHA256:" + base64.b64encode(digest).decode("ascii").rstrip("=")
-
-
-def _check_key_strength(key: keys.Key, where: str) -> None:
-    """
-    @raise ValueError: C{key} is DSA (ssh-dss: 1024-bit, SHA-1, removed from
-        OpenSSH 10) or RSA under L{MIN_RSA_BITS}; the message starts with
-        C{where}.
-    """
-    if key.type() == "DSA":
-        raise ValueError(f"{where}: ssh-dss (DSA) keys are refused; use ed25519")
-    if key.type() == "RSA" and key.size() < MIN_RSA_BITS:
-        raise ValueError(
-            f"{where}: RSA key of {key.size()} bits refused;"
-            f" at least {MIN_RSA_BITS} bits are needed"
-        )
 
 
 def _load_host_key(path: Path) -> keys.Key:
@@ -227,7 +193,7 @@ def _load_host_key(path: Path) -> keys.Key:
         raise ValueError(
             f"SSH host key {path}: a public key; give the private key file"
         )
-    _check_key_strength(key, f"SSH host key {path}")
+    check_key_strength(key, f"SSH host key {path}")
     return key
 
 
@@ -976,137 +942,6 @@ class GatewaySSHFactory(SSHFactory):
             t.sendDisconnect(transport.DISCONNECT_BY_APPLICATION, description)
         done = defer.gatherResults([t.when_lost() for t in transports])
         return done.addCallback(lambda _: None)
-
-
-# --------------------------------------------------------------------------
-# Public keys of users
-# --------------------------------------------------------------------------
-
-#: Signature algorithms refused in user authentication: SHA-1 based.
-_REFUSED_SIGNATURES = frozenset({b"ssh-rsa", b"ssh-dss"})
-
-
-def _parse_user_keys(users: Mapping[str, Iterable[str]]) -> dict[str, frozenset[bytes]]:
-    """
-    C{{user: ["type base64 [comment]", ...]}} as C{{user: {public blob}}}.
-
-    @raise ValueError: naming the user and the entry's position for a line
-        that is not a public key, or a DSA or short RSA key.
-    """
-    parsed: dict[str, frozenset[bytes]] = {}
-    for user, lines in users.items():
-        if isinstance(lines, (str, bytes)):
-            lines = [lines]  # type: ignore[list-item]
-        blobs = set()
-        for number, line in enumerate(lines, 1):
-            where = f"SSH key {number} of user {user!r}"
-            text = line.encode("utf-8") if isinstance(line, str) else line
-            try:
-                key = keys.Key.fromString(text.strip())
-            except Exception:
-                raise ValueError(f"{where}: not an SSH public key") from None
-            _check_key_strength(key, where)
-            blobs.add(key.public().blob())
-        parsed[user] = frozenset(blobs)
-    return parsed
-
-
-@implementer(ICredentialsChecker)
-class KeyChecker:
-    """
-    Checks L{ISSHPrivateKey} credentials against the public keys listed per
-    user.  Assign L{users} to swap the keys on a config reload.
-
-    Verification is one signature check (microseconds): it runs on the
-    reactor thread.
-    """
-
-    credentialInterfaces = (ISSHPrivateKey,)
-
-    def __init__(self, users: Mapping[str, Iterable[str]]) -> None:
-        """
-        @param users: C{{user: [public key lines as in authorized_keys,
-            without options]}}.
-        @raise ValueError: a key line is unusable (see L{users}).
-        """
-        self.users = users  # type: ignore[assignment]
-
-    @property
-    def users(self) -> Mapping[str, frozenset[bytes]]:
-        """
-        The parsed keys, C{{user: {public key blob}}}.  Assign a mapping of
-        key lines to replace them; it is parsed at once.
-
-        @raise ValueError: on assignment, naming the user and the position of
-            a line that is not a public key, or is DSA or RSA under 2048 bits.
-        """
-        return self._users
-
-    @users.setter
-    def users(self, users: Mapping[str, Iterable[str]]) -> None:
-        self._users = _parse_user_keys(users)
-
-    def requestAvatarId(self, credentials: Any) -> defer.Deferred:
-        """
-        Check a public key, or answer a query about one.
-
-        @return: a L{Deferred} that fires with the user name (a str) when the
-            key is listed for the user and the signature verifies; fails with
-            L{conch_error.ValidPublicKey} for a query (no signature) about a
-            listed key, and with L{UnauthorizedLogin} otherwise (unknown
-            user, unlisted key, SHA-1 signature, bad signature).
-        """
-        username = credentials.username
-        user = decode_bytes(username) if isinstance(username, bytes) else str(username)
-        query = not credentials.signature
-        try:
-            key = keys.Key.fromString(credentials.blob)
-        except Exception:
-            return self._refuse(user, "unreadable key", query)
-        listed = self._users.get(user)
-        if listed is None:
-            return self._refuse(user, "unknown user", query)
-        if key.blob() not in listed:
-            return self._refuse(user, f"key {fingerprint(key)} not listed", query)
-        if query:
-            return defer.fail(conch_error.ValidPublicKey())
-        try:
-            signature_type = getNS(credentials.signature)[0]
-        except Exception:
-            return self._refuse(user, "malformed signature", query)
-        if (
-            credentials.algName in _REFUSED_SIGNATURES
-            or signature_type in _REFUSED_SIGNATURES
-        ):
-            return self._refuse(
-                user, f"{signature_type.decode('ascii', 'replace')} signature", query
-            )
-        try:
-            good = key.verify(credentials.signature, credentials.sigData)
-        except Exception:
-            good = False
-        if not good:
-            return self._refuse(user, "bad signature", query)
-        log.info(
-            "Public key login succeeded for user {user} ({fingerprint})",
-            user=user,
-            fingerprint=fingerprint(key),
-        )
-        return defer.succeed(user)
-
-    def _refuse(self, user: str, reason: str, query: bool) -> defer.Deferred:
-        if query:
-            # Clients ask about every key they hold; not worth a warning.
-            log.debug(
-                "Public key query for user {user}: {reason}", user=user, reason=reason
-            )
-        else:
-            log.warn(
-                "Public key login failed for user {user}: {reason}",
-                user=user,
-                reason=reason,
-            )
-        return defer.fail(UnauthorizedLogin("Login failed"))
 
 
 # --------------------------------------------------------------------------
