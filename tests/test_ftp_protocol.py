@@ -1,0 +1,794 @@
+"""
+Unit tests of the FTP control connection (L{cosgw.frontends.ftp}): the
+command queue, login, timeouts, passive data connections, transfers, ABOR,
+REST and APPE, driven through StringTransports and a MemoryReactorClock
+(tests/ftp_unit.py): no socket, no thread, no sleep.  The end-to-end proof
+with real clients is in tests/test_ftp*.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+
+from twisted.internet import error
+from twisted.internet.address import IPv4Address
+from twisted.trial import unittest
+
+from cosgw.frontends.ftp import DATA_CONNECTION_TIMEOUT, EOF_GRACE, MAX_QUEUED_LINES
+from tests.ftp_unit import (
+    ALICE_PASSWORD,
+    CLIENT_HOST,
+    READER_PASSWORD,
+    SERVER_HOST,
+    ControlClient,
+    DataClient,
+    FakeTCP,
+    FTPGateway,
+    KiB,
+    MiB,
+)
+
+DATA = os.urandom(300 * KiB)
+
+
+class GatewayTestCase(unittest.TestCase):
+    """A fresh gateway per test; alice logged in where a test says so."""
+
+    def setUp(self) -> None:
+        self.gw = FTPGateway()
+        self.store = self.gw.store
+
+    def login(self) -> ControlClient:
+        return self.gw.login()
+
+    def start_stor(
+        self, client: ControlClient, name: str, from_byte: int = 0
+    ) -> DataClient:
+        data = client.passive()
+        self.assertTrue(data.connect())
+        self.assertEqual(
+            client.command(f"STOR {name}"),
+            [f"150 Ok to send data for {name} (from byte {from_byte})"],
+        )
+        return data
+
+    def finish_upload(self, client: ControlClient, data: DataClient) -> list[str]:
+        """Close the upload; the replies once the end-of-file grace passed."""
+        data.close()
+        self.assertEqual(client.replies(), [], "no reply before the grace period")
+        self.gw.advance(EOF_GRACE)
+        return client.replies()
+
+    def upload(self, client: ControlClient, name: str, content: bytes) -> None:
+        data = self.start_stor(client, name)
+        data.send(content)
+        self.assertEqual(self.finish_upload(client, data), ["226 Transfer complete"])
+
+    def assertSameBytes(self, got: bytes, expected: bytes) -> None:
+        """Compare by length and digest: a diff of megabytes helps no one."""
+        self.assertEqual(
+            (len(got), hashlib.sha256(got).hexdigest()),
+            (len(expected), hashlib.sha256(expected).hexdigest()),
+        )
+
+    def assertNothingLeft(self) -> None:
+        """No passive listener open, no multipart upload, no open source."""
+        self.assertEqual(self.gw.clock.listening(), [])
+        self.assertEqual(self.store.stored_uploads(), [])
+        self.assertEqual(self.store.open_sources, 0)
+
+
+class CommandQueueTests(GatewayTestCase):
+    def test_pipelined_commands_answered_in_order(self) -> None:
+        client = self.login()
+        client.send("NOOP", "SYST", "PWD", "TYPE I", "MKD d", "CWD d", "PWD")
+        self.assertEqual(
+            client.replies(),
+            [
+                "200 NOOP ok",
+                "215 UNIX Type: L8",
+                '257 "/" is the current directory',
+                "200 Type set to I",
+                '257 "/d" created',
+                "250 Directory changed to /d",
+                '257 "/d" is the current directory',
+            ],
+        )
+
+    def test_pipelined_before_login(self) -> None:
+        client = self.gw.connect()
+        client.send("USER alice", f"PASS {ALICE_PASSWORD}", "PWD")
+        self.assertEqual(
+            client.replies(),
+            [
+                "220 cosgw FTP gateway ready",
+                "331 Password required",
+                "230 Login successful",
+                '257 "/" is the current directory',
+            ],
+        )
+
+    def test_commands_during_a_transfer_wait_for_its_reply(self) -> None:
+        client = self.login()
+        data = self.start_stor(client, "f.bin")
+        data.send(b"x" * 1000)
+        client.send("PWD", "SYST")
+        self.assertEqual(client.replies(), [])
+        self.assertEqual(client.command("NOOP"), ["200 NOOP ok"])
+        self.assertEqual(
+            self.finish_upload(client, data),
+            [
+                "226 Transfer complete",
+                '257 "/" is the current directory',
+                "215 UNIX Type: L8",
+            ],
+        )
+
+    def test_stat_during_a_transfer_reports_it(self) -> None:
+        client = self.login()
+        data = self.start_stor(client, "f.bin")
+        data.send(b"x" * 1234)
+        lines = client.command("STAT")
+        self.assertEqual(
+            lines[:5],
+            [
+                "211-cosgw FTP gateway status:",
+                f" Connected from {CLIENT_HOST}",
+                " Logged in as alice",
+                " TYPE: BINARY",
+                " REST offset: 0",
+            ],
+        )
+        self.assertRegex(
+            lines[5], r"^ Transfer in progress: STOR f\.bin: 1234 bytes in \d+\.\ds$"
+        )
+        self.assertEqual(lines[6:], ["211 End of status"])
+        self.assertEqual(self.finish_upload(client, data), ["226 Transfer complete"])
+
+    def test_queue_is_bounded_then_reading_stops(self) -> None:
+        """
+        At MAX_QUEUED_LINES queued lines the control connection stops
+        reading: even a NOOP then waits (in the socket) until the transfer
+        has replied and the queue has drained; nothing is lost.
+        """
+        client = self.login()
+        data = self.start_stor(client, "f.bin")
+        extra = 4
+        client.send(*["PWD"] * (MAX_QUEUED_LINES + extra))
+        self.assertEqual(client.transport.producerState, "paused")
+        client.send("NOOP")
+        self.assertEqual(client.replies(), [], "not read while the queue is full")
+        self.assertEqual(
+            self.finish_upload(client, data),
+            ["226 Transfer complete"]
+            + ['257 "/" is the current directory'] * (MAX_QUEUED_LINES + extra)
+            + ["200 NOOP ok"],
+        )
+        self.assertEqual(client.transport.producerState, "producing")
+
+    def test_telnet_interrupt_before_abor(self) -> None:
+        """RFC 959 4.1.3: IAC IP IAC DM ABOR is an ABOR, answered at once."""
+        client = self.login()
+        data = self.start_stor(client, "f.bin")
+        data.send(b"x" * 1000)
+        client.send_raw(b"\xff\xf4\xff\xf2ABOR\r\n")
+        self.assertEqual(
+            client.replies(),
+            ["426 Transfer aborted; nothing was stored", "226 ABOR successful"],
+        )
+        self.assertEqual(self.store.stored_keys(), [])
+
+    def test_telnet_option_negotiation_is_dropped(self) -> None:
+        client = self.login()
+        client.send_raw(b"\xff\xfb\x01NO\xff\xfd\x03OP\r\n")
+        self.assertEqual(client.replies(), ["200 NOOP ok"])
+
+    def test_urgent_data_kept_inline(self) -> None:
+        """
+        The ABOR line's last byte often comes as TCP urgent data; the control
+        socket is set to keep it in the stream (SO_OOBINLINE).
+        """
+        handle = socket.socket()
+        self.addCleanup(handle.close)
+
+        class SocketTCP(FakeTCP):
+            def getHandle(self) -> socket.socket:
+                return handle
+
+        self.assertEqual(handle.getsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE), 0)
+        peer = IPv4Address("TCP", CLIENT_HOST, 50001)
+        protocol = self.gw.factory.buildProtocol(peer)
+        protocol.makeConnection(
+            SocketTCP(self.gw.clock, IPv4Address("TCP", SERVER_HOST, 21), peer)
+        )
+        self.assertEqual(handle.getsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE), 1)
+
+    def test_long_line_gets_500_and_session_goes_on(self) -> None:
+        client = self.login()
+        client.send_raw(b"NOOP " + b"A" * 20000 + b"\r\n")
+        self.assertEqual(client.replies(), ["500 Command line too long"])
+        self.assertEqual(client.command("PWD"), ['257 "/" is the current directory'])
+
+    def test_long_line_over_several_segments(self) -> None:
+        client = self.login()
+        for _ in range(3):
+            client.send_raw(b"A" * 10000)
+        client.send_raw(b"A\r\nPWD\r\n")
+        self.assertEqual(
+            client.replies(),
+            ["500 Command line too long", '257 "/" is the current directory'],
+        )
+
+    def test_invalid_utf8_gets_501(self) -> None:
+        client = self.login()
+        client.send_raw(b"CWD \xc3\x28\r\nNOOP\r\n")
+        self.assertEqual(
+            client.replies(), ["501 Command is not valid UTF-8", "200 NOOP ok"]
+        )
+
+    def test_unknown_command_502(self) -> None:
+        client = self.login()
+        self.assertEqual(
+            client.command("XYZZY foo"), ["502 Command 'XYZZY' not implemented"]
+        )
+
+
+class LoginTests(GatewayTestCase):
+    def test_good_login_and_logout(self) -> None:
+        client = self.gw.connect()
+        self.assertEqual(client.replies(), ["220 cosgw FTP gateway ready"])
+        self.assertEqual(client.command("USER alice"), ["331 Password required"])
+        self.assertEqual(
+            client.command(f"PASS {ALICE_PASSWORD}"), ["230 Login successful"]
+        )
+        self.assertEqual(self.gw.accounts.sessions.count("alice"), 1)
+        self.assertEqual(client.command("QUIT"), ["221 Goodbye"])
+        self.assertTrue(client.ended)
+        self.assertEqual(self.gw.logouts, ["alice"])
+        self.assertEqual(self.gw.accounts.sessions.count("alice"), 0)
+        self.assertEqual(self.gw.factory.connections, 0)
+
+    def test_commands_before_login_refused_with_530(self) -> None:
+        client = self.gw.connect()
+        client.replies()
+        for command in ("LIST", "RETR f", "STOR f", "CWD /", "PASV", "EPSV", "SIZE f"):
+            self.assertEqual(
+                client.command(command), ["530 Please login with USER and PASS"]
+            )
+        self.assertEqual(client.command("PASS x"), ["503 Login with USER first"])
+        self.assertEqual(client.command("NOOP"), ["200 NOOP ok"])
+        self.assertEqual(client.command("USER alice"), ["331 Password required"])
+        self.assertEqual(client.command("LIST"), ["503 PASS required after USER"])
+        self.assertEqual(self.gw.clock.ports, [], "no listener opened")
+        self.assertEqual(sum(self.store.requests.values()), 0)
+
+    def test_wrong_password_530_after_the_defender_delay(self) -> None:
+        client = self.gw.connect()
+        client.replies()
+        delays = [1.0, 2.0, 4.0]
+        for delay in delays:
+            self.assertEqual(client.command("USER alice"), ["331 Password required"])
+            self.assertEqual(client.command("PASS wrong"), [])
+            self.gw.advance(delay - 0.01)
+            self.assertEqual(client.replies(), [])
+            self.gw.advance(0.01)
+            self.assertEqual(client.replies(), ["530 Login incorrect"])
+            self.assertEqual(
+                client.command("PWD"), ["530 Please login with USER and PASS"]
+            )
+        client.login()
+        self.assertEqual(self.gw.defender.banned(CLIENT_HOST), 0.0)
+
+    def test_unknown_user_looks_like_a_wrong_password(self) -> None:
+        client = self.gw.connect()
+        client.replies()
+        self.assertEqual(client.command("USER mallory"), ["331 Password required"])
+        self.assertEqual(client.command("PASS x"), [])
+        self.gw.advance(1.0)
+        self.assertEqual(client.replies(), ["530 Login incorrect"])
+
+    def test_defender_bans_the_address(self) -> None:
+        self.gw = FTPGateway(login_max_failures=3, login_ban_time=60)
+        client = self.gw.connect()
+        client.replies()
+        for delay in (1.0, 2.0, 4.0):
+            client.send("USER alice", "PASS wrong")
+            self.gw.advance(delay)
+            self.assertEqual(
+                client.replies(), ["331 Password required", "530 Login incorrect"]
+            )
+        # The third failure (sent at t=3) banned the address until t=63.
+        self.assertEqual(self.gw.clock.seconds(), 7.0)
+        client.send("USER alice", f"PASS {ALICE_PASSWORD}")
+        self.assertEqual(
+            client.replies(),
+            [
+                "331 Password required",
+                "421 Too many failed logins from this address; try again in 56 seconds",
+            ],
+        )
+        self.assertTrue(client.ended, "hung up after the 421")
+        refused = self.gw.connect()
+        self.assertEqual(
+            refused.replies(),
+            ["421 Too many failed logins from this address; try again in 56 seconds"],
+        )
+        self.assertTrue(refused.ended)
+        self.gw.login(host="192.0.2.99")  # another address
+        self.gw.advance(56)
+        self.gw.login()
+        self.assertEqual(self.gw.accounts.sessions.count("alice"), 2)
+        self.assertEqual(self.gw.logouts, [], "the banned client had no session")
+
+    def test_reader_cannot_upload(self) -> None:
+        client = self.gw.login("reader", READER_PASSWORD)
+        client.passive()
+        lines = client.command("STOR f")
+        self.assertEqual(len(lines), 1)
+        self.assertRegex(lines[0], r"^550 /f: ")
+        self.assertNothingLeft()
+
+
+class TimeoutTests(GatewayTestCase):
+    def test_login_deadline(self) -> None:
+        client = self.gw.connect()
+        client.replies()
+        self.gw.advance(59.9)
+        self.assertEqual(client.replies(), [])
+        self.assertFalse(client.ended)
+        self.gw.advance(0.1)
+        self.assertEqual(
+            client.replies(), ["421 Login timeout: closing the connection"]
+        )
+        self.assertTrue(client.ended)
+        self.assertIsInstance(client.transport.reason.value, error.ConnectionDone)
+        self.assertEqual(self.gw.factory.connections, 0)
+
+    def test_idle_timeout_replaces_the_login_deadline(self) -> None:
+        client = self.gw.connect()
+        client.replies()
+        self.gw.advance(30)
+        client.login()
+        self.gw.advance(599.5)
+        self.assertFalse(client.ended, "the login deadline no longer applies")
+        self.assertEqual(client.command("NOOP"), ["200 NOOP ok"])
+        self.gw.advance(599.5)
+        self.assertEqual(client.replies(), [])
+        self.gw.advance(0.5)
+        self.assertEqual(client.replies(), ["421 Idle timeout: closing the connection"])
+        self.assertTrue(client.ended)
+        self.assertEqual(self.gw.logouts, ["alice"])
+
+    def test_configured_timeouts(self) -> None:
+        self.gw = FTPGateway(login_timeout=5, idle_timeout=7)
+        client = self.gw.connect()
+        self.gw.advance(5)
+        self.assertEqual(
+            client.replies(),
+            [
+                "220 cosgw FTP gateway ready",
+                "421 Login timeout: closing the connection",
+            ],
+        )
+        client = self.gw.login()
+        self.gw.advance(6.9)
+        self.assertFalse(client.ended)
+        self.gw.advance(0.1)
+        self.assertEqual(client.replies(), ["421 Idle timeout: closing the connection"])
+        self.assertTrue(client.ended)
+
+    def test_no_idle_timeout_during_a_transfer(self) -> None:
+        """A long upload keeps the session; the idle clock restarts after."""
+        client = self.login()
+        data = self.start_stor(client, "f.bin")
+        for _ in range(10):
+            self.gw.advance(100)  # under the data connection's stall limit
+            data.send(b"x" * 100)
+        self.assertFalse(client.ended)
+        self.assertEqual(self.finish_upload(client, data), ["226 Transfer complete"])
+        self.gw.advance(599)
+        self.assertFalse(client.ended)
+        self.gw.advance(1)
+        self.assertEqual(client.replies(), ["421 Idle timeout: closing the connection"])
+
+
+class PassiveTests(GatewayTestCase):
+    def test_epsv_listens_on_the_control_address(self) -> None:
+        client = self.login()
+        data = client.passive("EPSV")
+        self.assertTrue(61000 <= data.port <= 61999, data.port)
+        self.assertEqual(self.gw.clock.tcpServers[0][3], SERVER_HOST)
+
+    def test_pasv_announces_the_address(self) -> None:
+        client = self.login()
+        data = client.passive("PASV")
+        self.assertTrue(61000 <= data.port <= 61999, data.port)
+
+    def test_masquerade_address(self) -> None:
+        self.gw = FTPGateway(masquerade_address="203.0.113.5")
+        client = self.gw.login()
+        (reply,) = client.command("PASV")
+        port = self.gw.clock.ports[-1].port
+        self.assertEqual(
+            reply,
+            f"227 Entering Passive Mode (203,0,113,5,{port >> 8},{port & 0xFF})",
+        )
+
+    def test_new_pasv_closes_the_previous_listener(self) -> None:
+        client = self.login()
+        client.passive()
+        client.passive("PASV")
+        self.assertEqual(self.gw.clock.listening(), [self.gw.clock.ports[1]])
+        client.command("QUIT")
+        self.assertEqual(self.gw.clock.listening(), [])
+
+    def test_epsv_protocol_and_all(self) -> None:
+        client = self.login()
+        self.assertEqual(
+            client.command("EPSV 2"), ["522 Network protocol not supported, use (1)"]
+        )
+        self.assertEqual(client.command("EPSV ALL"), ["200 EPSV ALL ok"])
+        self.assertEqual(
+            client.command("PASV"), ["503 PASV not allowed after EPSV ALL"]
+        )
+        self.assertEqual(
+            client.command("PORT 192,0,2,10,200,1"),
+            ["503 PORT and EPRT are not allowed after EPSV ALL"],
+        )
+        client.passive("EPSV")
+
+    def test_data_connection_only_from_the_client(self) -> None:
+        """RFC 2577 port stealing: another host's connection is refused."""
+        self.store.put("f", b"secret")
+        client = self.login()
+        data = client.passive()
+        self.assertFalse(data.connect(host="203.0.113.66"))
+        self.assertTrue(data.connect())
+        self.assertFalse(data.connect(), "one connection per transfer")
+        self.assertEqual(
+            client.command("RETR f"),
+            [
+                "150 Opening BINARY mode data connection for f (6 bytes)",
+                "226 Transfer complete",
+            ],
+        )
+        self.assertEqual(data.read_all(), b"secret")
+
+    def test_transfer_needs_a_data_connection_first(self) -> None:
+        client = self.login()
+        self.assertEqual(
+            client.command("LIST"), ["425 Use PASV, EPSV, PORT or EPRT first"]
+        )
+
+    def test_port_bounce_refused(self) -> None:
+        client = self.login()
+        self.assertEqual(
+            client.command("PORT 203,0,113,66,200,1"),
+            ["504 Data connections go only to your own address and a port >= 1024"],
+        )
+        self.assertEqual(
+            client.command("PORT 192,0,2,10,0,21"),
+            ["504 Data connections go only to your own address and a port >= 1024"],
+        )
+        self.assertEqual(
+            client.command("PORT 192,0,2,10,200,1"), ["200 PORT command successful"]
+        )
+
+    def test_data_connection_timeout(self) -> None:
+        """No data connection within the limit: 425, and nothing held open."""
+        self.store.put("f", DATA)
+        client = self.login()
+        data = client.passive()
+        self.assertEqual(client.command("RETR f"), [])
+        self.assertEqual(client.command("NOOP"), ["200 NOOP ok"], "nothing waits")
+        self.gw.advance(DATA_CONNECTION_TIMEOUT - 0.1)
+        self.assertEqual(client.replies(), [])
+        self.gw.advance(0.1)
+        self.assertEqual(client.replies(), ["425 Can't open data connection"])
+        self.assertFalse(data.connect(host="203.0.113.66"))
+        self.assertNothingLeft()
+        self.assertEqual(client.command("NOOP"), ["200 NOOP ok"])
+
+    def test_data_connection_timeout_on_upload(self) -> None:
+        client = self.login()
+        client.passive()
+        self.assertEqual(client.command("STOR f"), [])
+        self.gw.advance(DATA_CONNECTION_TIMEOUT)
+        self.assertEqual(client.replies(), ["425 Can't open data connection"])
+        self.assertEqual(self.store.stored_keys(), [])
+        self.assertNothingLeft()
+
+
+class RetrTests(GatewayTestCase):
+    def test_retr_streams_the_object(self) -> None:
+        self.store.put("dir/f.bin", DATA)
+        self.store.reset_requests()
+        client = self.login()
+        data = client.passive()
+        data.connect()
+        self.assertEqual(
+            client.command("RETR dir/f.bin"),
+            [
+                f"150 Opening BINARY mode data connection for dir/f.bin ({len(DATA)} bytes)"
+            ],
+        )
+        self.assertLess(len(data.read()), len(DATA), "paused by the send buffer")
+        self.assertEqual(client.replies(), [])
+        self.assertSameBytes(data.read_all(), DATA)
+        self.assertEqual(client.replies(), ["226 Transfer complete"])
+        self.assertIsInstance(data.reason.value, error.ConnectionDone)
+        self.assertEqual(dict(self.store.requests), {"open": 1})
+        self.assertNothingLeft()
+
+    def test_retr_missing_file(self) -> None:
+        client = self.login()
+        data = client.passive()
+        data.connect()
+        self.assertEqual(
+            client.command("RETR nope"), ["550 /nope: no such file or directory"]
+        )
+        self.assertNothingLeft()
+
+    def test_abor_during_retr(self) -> None:
+        self.store.put("f.bin", DATA)
+        client = self.login()
+        data = client.passive()
+        data.connect()
+        client.command("RETR f.bin")
+        first = data.read()
+        self.assertGreater(len(first), 0)
+        self.assertEqual(
+            client.command("ABOR"), ["426 Transfer aborted", "226 ABOR successful"]
+        )
+        self.assertIsInstance(data.reason.value, error.ConnectionAborted)
+        self.assertLess(len(data.read_all()), len(DATA))
+        self.assertNothingLeft()
+        self.assertEqual(client.command("NOOP"), ["200 NOOP ok"])
+
+    def test_abor_while_waiting_for_the_data_connection(self) -> None:
+        self.store.put("f.bin", DATA)
+        client = self.login()
+        client.passive()
+        self.assertEqual(client.command("RETR f.bin"), [])
+        self.assertEqual(
+            client.command("ABOR"),
+            ["426 Connection closed; transfer aborted", "226 ABOR successful"],
+        )
+        self.assertNothingLeft()
+
+    def test_abor_without_a_transfer(self) -> None:
+        client = self.login()
+        self.assertEqual(client.command("ABOR"), ["225 No transfer to abort"])
+
+    def test_client_reset_during_retr(self) -> None:
+        self.store.put("f.bin", DATA)
+        client = self.login()
+        data = client.passive()
+        data.connect()
+        client.command("RETR f.bin")
+        data.read()
+        data.reset()
+        self.assertEqual(client.replies(), ["426 Connection closed; transfer aborted"])
+        self.assertNothingLeft()
+
+
+class StorTests(GatewayTestCase):
+    def test_small_stor(self) -> None:
+        client = self.login()
+        self.store.reset_requests()
+        data = self.start_stor(client, "f.txt")
+        data.send(b"hello ")
+        data.send(b"world")
+        self.assertEqual(self.finish_upload(client, data), ["226 Transfer complete"])
+        self.assertEqual(self.store.stored_bytes("f.txt"), b"hello world")
+        self.assertNothingLeft()
+
+    def test_multipart_stor(self) -> None:
+        content = os.urandom(2 * MiB + 512 * KiB)
+        client = self.login()
+        self.store.reset_requests()
+        data = self.start_stor(client, "big.bin")
+        for i in range(0, len(content), 64 * KiB):
+            data.send(content[i : i + 64 * KiB])
+        self.assertEqual(self.finish_upload(client, data), ["226 Transfer complete"])
+        self.assertSameBytes(self.store.stored_bytes("big.bin"), content)
+        self.assertEqual(self.store.requests["create_multipart"], 1)
+        self.assertEqual(self.store.requests["upload_part"], 3)
+        self.assertEqual(self.store.requests["complete_multipart"], 1)
+        self.assertNothingLeft()
+
+    def test_abor_during_stor_leaves_nothing(self) -> None:
+        client = self.login()
+        data = self.start_stor(client, "big.bin")
+        data.send(os.urandom(MiB + 512 * KiB))
+        self.assertEqual(len(self.store.stored_uploads()), 1, "a part is stored")
+        self.assertEqual(
+            client.command("ABOR"),
+            ["426 Transfer aborted; nothing was stored", "226 ABOR successful"],
+        )
+        self.assertIsInstance(data.reason.value, error.ConnectionAborted)
+        self.assertEqual(self.store.stored_keys(), [])
+        self.assertEqual(self.store.requests["abort_multipart"], 1)
+        self.assertNothingLeft()
+        self.assertEqual(
+            client.command("SIZE big.bin"), ["550 /big.bin: no such file or directory"]
+        )
+
+    def test_reset_keeps_whole_parts_for_a_resume(self) -> None:
+        content = os.urandom(2 * MiB + 100)
+        client = self.login()
+        data = self.start_stor(client, "f.bin")
+        data.send(content[: MiB + 300 * KiB])
+        data.reset()
+        self.assertEqual(
+            client.replies(),
+            [
+                f"426 Connection closed; transfer aborted; {MiB} bytes kept:"
+                f" resume with REST {MiB}"
+            ],
+        )
+        self.assertEqual(self.store.stored_keys(), [])
+        self.assertEqual(client.command("SIZE f.bin"), [f"213 {MiB}"])
+        self.assertEqual(
+            client.command(f"REST {MiB}"),
+            [f"350 Restarting at {MiB}; send RETR, STOR or APPE"],
+        )
+        data = self.start_stor(client, "f.bin", from_byte=MiB)
+        data.send(content[MiB:])
+        self.assertEqual(self.finish_upload(client, data), ["226 Transfer complete"])
+        self.assertSameBytes(self.store.stored_bytes("f.bin"), content)
+        self.assertNothingLeft()
+
+    def test_quit_during_a_transfer_waits_for_it(self) -> None:
+        client = self.login()
+        data = self.start_stor(client, "f.txt")
+        data.send(b"payload")
+        self.assertEqual(client.command("QUIT"), [])
+        self.assertFalse(client.ended)
+        self.assertEqual(
+            self.finish_upload(client, data), ["226 Transfer complete", "221 Goodbye"]
+        )
+        self.assertTrue(client.ended)
+        self.assertEqual(self.store.stored_bytes("f.txt"), b"payload")
+        self.assertEqual(self.gw.logouts, ["alice"])
+
+    def test_control_connection_lost_during_stor_commits_nothing(self) -> None:
+        client = self.login()
+        data = self.start_stor(client, "f.txt")
+        data.send(b"partial")
+        client.close()
+        self.assertTrue(data.ended, "the data connection is dropped")
+        self.assertIsInstance(data.reason.value, error.ConnectionAborted)
+        self.gw.advance(EOF_GRACE)
+        self.assertEqual(self.store.stored_keys(), [])
+        self.assertEqual(self.gw.logouts, ["alice"])
+        self.assertNothingLeft()
+
+    def test_stall_timeout_aborts_the_upload(self) -> None:
+        client = self.login()
+        data = self.start_stor(client, "f.txt")
+        data.send(b"partial")
+        self.gw.advance(119.9)
+        self.assertFalse(data.ended)
+        self.gw.advance(0.1)
+        self.assertEqual(client.replies(), ["426 Connection closed; transfer aborted"])
+        self.assertIsInstance(data.reason.value, error.ConnectionAborted)
+        self.assertEqual(self.store.stored_keys(), [])
+        self.assertNothingLeft()
+
+
+class RestartTests(GatewayTestCase):
+    ORIGINAL = b"A" * 2000
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.store.put("f", self.ORIGINAL)
+
+    def test_rest_then_stor_keeps_the_prefix(self) -> None:
+        client = self.login()
+        self.assertEqual(
+            client.command("REST 1000"),
+            ["350 Restarting at 1000; send RETR, STOR or APPE"],
+        )
+        data = self.start_stor(client, "f", from_byte=1000)
+        data.send(b"B" * 500)
+        self.assertEqual(self.finish_upload(client, data), ["226 Transfer complete"])
+        self.assertEqual(self.store.stored_bytes("f"), b"A" * 1000 + b"B" * 500)
+
+    def test_rest_then_appe_is_ignored(self) -> None:
+        client = self.login()
+        client.command("REST 10")
+        data = client.passive()
+        data.connect()
+        self.assertEqual(
+            client.command("APPE f"), ["150 Ok to send data for f (from byte 2000)"]
+        )
+        data.send(b"C" * 5)
+        self.assertEqual(self.finish_upload(client, data), ["226 Transfer complete"])
+        self.assertEqual(self.store.stored_bytes("f"), self.ORIGINAL + b"C" * 5)
+        self.assertIn(" REST offset: 0", client.command("STAT"))
+
+    def test_rest_is_reset_after_a_transfer(self) -> None:
+        client = self.login()
+        client.command("REST 1500")
+        data = client.passive()
+        data.connect()
+        self.assertEqual(
+            client.command("RETR f"),
+            [
+                "150 Opening BINARY mode data connection for f (500 bytes)",
+                "226 Transfer complete",
+            ],
+        )
+        self.assertEqual(data.read_all(), b"A" * 500)
+        self.assertIn(" REST offset: 0", client.command("STAT"))
+        data = client.passive()
+        data.connect()
+        client.command("RETR f")
+        self.assertEqual(data.read_all(), self.ORIGINAL)
+
+    def test_rest_is_reset_after_a_failed_transfer(self) -> None:
+        client = self.login()
+        client.command("REST 1500")
+        client.passive()
+        self.assertEqual(
+            client.command("RETR nope"), ["550 /nope: no such file or directory"]
+        )
+        self.assertIn(" REST offset: 0", client.command("STAT"))
+
+    def test_rest_stat_and_syntax(self) -> None:
+        client = self.login()
+        self.assertEqual(client.command("REST x"), ["501 REST needs a byte offset"])
+        client.command("REST 1500")
+        self.assertIn(" REST offset: 1500", client.command("STAT"))
+
+    def test_rest_past_the_end(self) -> None:
+        client = self.login()
+        client.command("REST 5000")
+        client.passive()
+        (reply,) = client.command("STOR f")
+        self.assertTrue(reply.startswith("554 /f: "), reply)
+        self.assertEqual(self.store.stored_bytes("f"), self.ORIGINAL)
+        self.assertNothingLeft()
+
+    def test_size(self) -> None:
+        client = self.login()
+        client.command("MKD d")
+        self.assertEqual(client.command("SIZE f"), ["213 2000"])
+        self.assertEqual(client.command("SIZE d"), ["550 d: not a plain file"])
+        self.assertEqual(
+            client.command("SIZE nope"), ["550 /nope: no such file or directory"]
+        )
+
+
+class ListingTests(GatewayTestCase):
+    def test_nlst(self) -> None:
+        for name in ("b", "a", "c/d"):
+            self.store.put(name, b"x")
+        client = self.login()
+        data = client.passive()
+        data.connect()
+        self.assertEqual(
+            client.command("NLST"),
+            [
+                "150 Here comes the directory listing",
+                "226 Directory send OK (3 entries)",
+            ],
+        )
+        self.assertEqual(data.read_all(), b"a\r\nb\r\nc\r\n")
+        self.assertNothingLeft()
+
+
+class ConnectionLimitTests(GatewayTestCase):
+    def test_full_server_says_421(self) -> None:
+        self.gw = FTPGateway(max_connections=1)
+        first = self.gw.connect()
+        second = self.gw.connect(port=50002)
+        (line,) = second.replies()
+        self.assertTrue(line.startswith("421 "), line)
+        self.assertTrue(second.ended)
+        first.command("QUIT")
+        third = self.gw.connect(port=50003)
+        self.assertEqual(third.replies(), ["220 cosgw FTP gateway ready"])
