@@ -17,6 +17,7 @@ from twisted.internet.address import IPv4Address
 from twisted.trial import unittest
 
 from cosgw.frontends.ftp import DATA_CONNECTION_TIMEOUT, EOF_GRACE, MAX_QUEUED_LINES
+from cosgw.interfaces import StoreUnavailable
 from tests.ftp_unit import (
     ALICE_PASSWORD,
     CLIENT_HOST,
@@ -792,3 +793,44 @@ class ConnectionLimitTests(GatewayTestCase):
         first.command("QUIT")
         third = self.gw.connect(port=50003)
         self.assertEqual(third.replies(), ["220 cosgw FTP gateway ready"])
+
+
+class StoreFailureTests(GatewayTestCase):
+    """The store fails: the client is told (451), nothing is left behind."""
+
+    STORE_DOWN = r"; try again later \(request memory-\d{6}\)$"
+
+    def test_failed_put(self) -> None:
+        client = self.login()
+        data = self.start_stor(client, "f.txt")
+        data.send(b"small")
+        self.store.fail_next("put")
+        (reply,) = self.finish_upload(client, data)
+        self.assertRegex(reply, r"^451 /f\.txt: .*" + self.STORE_DOWN)
+        self.assertEqual(self.store.stored_keys(), [])
+        self.assertNothingLeft()
+        self.assertEqual(len(self.flushLoggedErrors(StoreUnavailable)), 1)
+
+    def test_failed_part_stops_the_client(self) -> None:
+        client = self.login()
+        data = self.start_stor(client, "big.bin")
+        self.store.fail_next("upload_part")
+        data.send(os.urandom(MiB + 1))
+        self.assertTrue(data.ended, "the client is stopped sending")
+        self.assertIsInstance(data.reason.value, error.ConnectionAborted)
+        (reply,) = client.replies()
+        self.assertRegex(reply, r"^451 /big\.bin: .*" + self.STORE_DOWN)
+        self.assertEqual(self.store.stored_keys(), [])
+        self.assertEqual(self.store.requests["abort_multipart"], 1)
+        self.assertNothingLeft()
+        self.assertEqual(len(self.flushLoggedErrors(StoreUnavailable)), 1)
+
+    def test_failed_open(self) -> None:
+        self.store.put("f", b"data")
+        client = self.login()
+        client.passive()
+        self.store.fail_next("open")
+        (reply,) = client.command("RETR f")
+        self.assertRegex(reply, r"^451 /f: .*" + self.STORE_DOWN)
+        self.assertNothingLeft()
+        self.assertEqual(len(self.flushLoggedErrors(StoreUnavailable)), 1)
