@@ -29,6 +29,7 @@ the imports change.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -43,11 +44,12 @@ from twisted.internet.interfaces import IProtocol, IReactorTime
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.protocols.ftp import IFTPShell
 from twisted.python.failure import Failure
+from twisted.trial import unittest
 
 from cosgw.auth.passwords import PasswordChecker
 from cosgw.auth.realm import Realm
 from cosgw.config import ALL_PERMISSIONS, ServerConfig
-from cosgw.frontends.ftp import FTPShell, GatewayFTPFactory
+from cosgw.frontends.ftp import EOF_GRACE, FTPShell, GatewayFTPFactory
 from cosgw.frontends.ftp_data import DataChannelFactory
 from cosgw.policy.accounts import Account, Accounts
 from cosgw.policy.defender import LoginDefender
@@ -546,3 +548,45 @@ class FTPGateway:
         assert client.replies() == ["220 cosgw FTP gateway ready"]
         client.login(user, password)
         return client
+
+
+class GatewayTestCase(unittest.TestCase):
+    """A fresh L{FTPGateway} per test, and the steps most tests take."""
+
+    def setUp(self) -> None:
+        self.gw = FTPGateway()
+        self.store = self.gw.store
+
+    def login(self) -> ControlClient:
+        return self.gw.login()
+
+    def start_stor(
+        self, client: ControlClient, name: str, from_byte: int = 0
+    ) -> DataClient:
+        data = client.passive()
+        self.assertTrue(data.connect())
+        self.assertEqual(
+            client.command(f"STOR {name}"),
+            [f"150 Ok to send data for {name} (from byte {from_byte})"],
+        )
+        return data
+
+    def finish_upload(self, client: ControlClient, data: DataClient) -> list[str]:
+        """Close the upload; the replies once the end-of-file grace passed."""
+        data.close()
+        self.assertEqual(client.replies(), [], "no reply before the grace period")
+        self.gw.advance(EOF_GRACE)
+        return client.replies()
+
+    def assertSameBytes(self, got: bytes, expected: bytes) -> None:
+        """Compare by length and digest: a diff of megabytes helps no one."""
+        self.assertEqual(
+            (len(got), hashlib.sha256(got).hexdigest()),
+            (len(expected), hashlib.sha256(expected).hexdigest()),
+        )
+
+    def assertNothingLeft(self) -> None:
+        """No passive listener open, no multipart upload, no open source."""
+        self.assertEqual(self.gw.clock.listening(), [])
+        self.assertEqual(self.store.stored_uploads(), [])
+        self.assertEqual(self.store.open_sources, 0)
