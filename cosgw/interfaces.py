@@ -1,25 +1,37 @@
 """
-The boundary between cosgw's file-system layer and an object store.
+cosgw's layer boundaries: between the file-system layer and an object store
+(L{IObjectStore}, L{IByteSource}), and between the protocol frontends and
+the file system (L{IFileSystem} and the objects it hands out: L{IReader},
+L{IUpload}, L{IRandomAccessFile}, L{IListing}).
 
-Everything above this module (vfs, transfer, the protocol frontends) talks to
-storage only through L{IObjectStore}; everything below it (COS over the SDK, a
-local directory) implements it.  The interface speaks in object-store terms on
-purpose: keys, prefixes, pages, multipart uploads.  Directories, permissions
-and paths are the business of L{cosgw.vfs}, not of a store.
+Everything above the store boundary (vfs, transfer) talks to storage only
+through L{IObjectStore}; everything below it (COS over the SDK, a local
+directory) implements it.  That interface speaks in object-store terms on
+purpose: keys, prefixes, pages, multipart uploads.  Directories,
+permissions and paths are the business of L{cosgw.vfs}, and a frontend
+reaches storage only through L{IFileSystem}, whose errors are
+L{cosgw.vfs.FSError}s (store errors never pass it).
 
-Every method returns a L{Deferred}.  A store must never block the reactor
-thread: blocking work (SDK calls, file I/O) runs in the store's own thread
-pool.  Failures are the exceptions defined here, so the layers above can map
-them without knowing which backend raised them.
+Every method that does I/O returns a L{Deferred}.  A store must never block
+the reactor thread: blocking work (SDK calls, file I/O) runs in the store's
+own thread pool.  Store failures are the exceptions defined here, so the
+layers above can map them without knowing which backend raised them.
 """
 
 from __future__ import annotations
 
+# IObjectStore's method named `list` shadows the builtin inside the class body.
+import builtins
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IConsumer, IPushProducer
 from zope.interface import Attribute, Interface
+
+if TYPE_CHECKING:
+    from cosgw.transfer.settings import RandomAccessSettings
 
 # COS limits that shape the transfer code (see ARCHITECTURE.md).
 MIN_PART_SIZE = 1024 * 1024
@@ -88,6 +100,18 @@ class PendingUpload:
     initiated: float
 
 
+@dataclass(frozen=True)
+class Entry:
+    """A directory entry or the result of a stat, as a frontend sees it."""
+
+    name: str
+    is_dir: bool
+    size: int
+    mtime: float
+    #: COS's CRC-64 of a file, when a stat (HEAD) gave one.
+    crc64: Optional[int] = None
+
+
 class StoreError(Exception):
     """
     A store operation failed.  C{request_id} is the store's id for the failed
@@ -138,7 +162,7 @@ class IByteSource(Interface):
     offset = Attribute("The offset of the first byte this source delivers.")
     length = Attribute("How many bytes this source will deliver.")
 
-    def read(size: int):  # type: ignore[no-untyped-def]
+    def read(size: int) -> Deferred[bytes]:
         """
         Read up to C{size} bytes.
 
@@ -147,7 +171,7 @@ class IByteSource(Interface):
             L{StoreError}.  At most one read may be outstanding.
         """
 
-    def close():  # type: ignore[no-untyped-def]
+    def close() -> Deferred[None]:
         """
         Release the stream (the HTTP response, the file).  Safe to call at
         any time, more than once.
@@ -165,14 +189,14 @@ class IObjectStore(Interface):
 
     description = Attribute("Where the store is, for log lines (no secrets).")
 
-    def head(key: str):  # type: ignore[no-untyped-def]
+    def head(key: str) -> Deferred[ObjectInfo]:
         """
         @return: Deferred firing with L{ObjectInfo}; fails with L{NoSuchKey}.
         """
 
-    def list(  # type: ignore[no-untyped-def]
+    def list(
         prefix: str, delimiter: str = "/", marker: str = "", max_keys: int = 1000
-    ):
+    ) -> Deferred[ListPage]:
         """
         List keys starting with C{prefix} and greater than C{marker}, rolled
         up at C{delimiter} into common prefixes (no rolling up when the
@@ -182,7 +206,7 @@ class IObjectStore(Interface):
             entries (objects plus prefixes).
         """
 
-    def open(key: str, offset: int = 0):  # type: ignore[no-untyped-def]
+    def open(key: str, offset: int = 0) -> Deferred[IByteSource]:
         """
         Start reading C{key} at C{offset}.
 
@@ -190,9 +214,9 @@ class IObjectStore(Interface):
             L{NoSuchKey}.  An offset at or past the end gives an empty source.
         """
 
-    def put(  # type: ignore[no-untyped-def]
+    def put(
         key: str, data: bytes, metadata: Optional[Mapping[str, str]] = None
-    ):
+    ) -> Deferred[ObjectInfo]:
         """
         Store C{data} as one object, replacing any object of that key.
 
@@ -200,16 +224,16 @@ class IObjectStore(Interface):
             has confirmed it.
         """
 
-    def delete(key: str):  # type: ignore[no-untyped-def]
+    def delete(key: str) -> Deferred[None]:
         """
         Delete an object.  Deleting a missing key succeeds (as in COS).
 
         @return: Deferred firing with None.
         """
 
-    def copy(  # type: ignore[no-untyped-def]
+    def copy(
         source: str, destination: str, metadata: Optional[Mapping[str, str]] = None
-    ):
+    ) -> Deferred[ObjectInfo]:
         """
         Server-side copy of any size.  C{metadata} replaces the source's
         user metadata when given.
@@ -218,16 +242,16 @@ class IObjectStore(Interface):
             with L{NoSuchKey} if the source is missing.
         """
 
-    def create_multipart(  # type: ignore[no-untyped-def]
+    def create_multipart(
         key: str, metadata: Optional[Mapping[str, str]] = None
-    ):
+    ) -> Deferred[str]:
         """
         @return: Deferred firing with the upload id (str).
         """
 
-    def upload_part(  # type: ignore[no-untyped-def]
+    def upload_part(
         key: str, upload_id: str, number: int, data: bytes
-    ):
+    ) -> Deferred[PartInfo]:
         """
         Store part C{number} (1-based) of an upload.  Parts may arrive in
         any order and be retried.
@@ -236,9 +260,9 @@ class IObjectStore(Interface):
             L{IntegrityError} if the store's checksum of the part disagrees.
         """
 
-    def upload_part_copy(  # type: ignore[no-untyped-def]
+    def upload_part_copy(
         key: str, upload_id: str, number: int, source: str, first: int, last: int
-    ):
+    ) -> Deferred[PartInfo]:
         """
         Make part C{number} of an upload the bytes C{first} to C{last}
         (inclusive, 0-based) of the existing object C{source}, copied inside
@@ -254,7 +278,7 @@ class IObjectStore(Interface):
             the range is empty, too large or not inside the source.
         """
 
-    def list_parts(key: str, upload_id: str):  # type: ignore[no-untyped-def]
+    def list_parts(key: str, upload_id: str) -> Deferred[builtins.list[PartInfo]]:
         """
         The parts an unfinished upload holds so far, whoever uploaded them:
         what lets a dropped upload be resumed, even after a restart.
@@ -266,24 +290,273 @@ class IObjectStore(Interface):
             completed or aborted).
         """
 
-    def complete_multipart(  # type: ignore[no-untyped-def]
+    def complete_multipart(
         key: str, upload_id: str, parts: Sequence[PartInfo]
-    ):
+    ) -> Deferred[ObjectInfo]:
         """
         Make the object visible from C{parts} (sorted by number).
 
         @return: Deferred firing with the new L{ObjectInfo}.
         """
 
-    def abort_multipart(key: str, upload_id: str):  # type: ignore[no-untyped-def]
+    def abort_multipart(key: str, upload_id: str) -> Deferred[None]:
         """
         Discard an upload and its parts.  Aborting a missing upload succeeds.
 
         @return: Deferred firing with None.
         """
 
-    def list_multipart(prefix: str = ""):  # type: ignore[no-untyped-def]
+    def list_multipart(prefix: str = "") -> Deferred[builtins.list[PendingUpload]]:
         """
         @return: Deferred firing with a list of L{PendingUpload} under
             C{prefix}: uploads begun and neither completed nor aborted.
         """
+
+
+# -- the file system, as the frontends see it ---------------------------------
+
+
+class IListing(Interface):
+    """A directory listing that arrives one store page at a time."""
+
+    def next_page() -> Deferred[Optional[builtins.list[Entry]]]:
+        """
+        @return: Deferred firing with the next entries, or None at the end;
+            the first call fails with C{NotFound} if there is nothing at
+            the path.  A file's listing is the file itself.
+        """
+
+
+class IReader(Interface):
+    """
+    A file opened for reading (L{IFileSystem.open_reader}), with the user's
+    download rate and error translation inside.  It is read either as a
+    stream (L{send}) or at offsets (L{read}), not both.
+    """
+
+    entry = Attribute("The file's L{Entry}.")
+    offset = Attribute("The offset the file was opened at.")
+    length = Attribute("The bytes from C{offset} to the end.")
+    sent = Attribute("Bytes L{send} has written so far.")
+
+    def send(consumer: IConsumer) -> Deferred[int]:
+        """
+        Stream the file from C{offset} to its end into C{consumer}, with
+        backpressure, at the user's download rate.
+
+        @return: Deferred firing with the byte count once every byte is
+            handed on; failing with C{IntegrityFailure} or C{StoreFailure}
+            (the consumer then stays registered: drop the connection, so a
+            broken stream never looks whole), or C{TransferStopped} when
+            the consumer went.
+        """
+
+    def read(offset: int, length: int) -> Deferred[bytes]:
+        """
+        Up to C{length} bytes at C{offset}, when the download rate lets them
+        go; C{b""} at or past the end.  Nearby reads share one stream.
+
+        @return: Deferred failing with C{IntegrityFailure} (the file changed
+            while being read), C{StoreFailure}, or C{TransferStopped} once
+            closed.
+        """
+
+    def close() -> None:
+        """Release the stream (any time, more than once)."""
+
+
+class IUpload(IConsumer):
+    """
+    An upload of one file (L{IFileSystem.open_upload}), with the user's
+    quota, size limit, upload rate and error translation inside.  Nothing is
+    visible until L{commit} succeeds.
+
+    As an L{IConsumer} it takes a stream: the client's connection registers
+    as its (push) producer and is paused while the store's parts in flight
+    are full or the user is over their rate, and stopped (C{stopProducing})
+    when the upload fails on the store's side, so the client stops sending.
+    """
+
+    received = Attribute("Bytes received from the client so far.")
+    base = Attribute("The offset the client's bytes start at (resume, append).")
+    failed = Attribute("Whether the upload failed on the store's side.")
+
+    def write_at(offset: int, data: bytes) -> Optional[Deferred[None]]:
+        """
+        Take C{data} at C{offset} (an upload opened for writes at offsets).
+
+        @return: None when the write may be acknowledged at once, else a
+            Deferred firing when it may.
+        @raise FSError: the write cannot be honoured (C{WriteRefused}) or
+            the upload already failed.
+        """
+
+    def commit(size: Optional[int] = None) -> Deferred[ObjectInfo]:
+        """
+        Store the file: the client's bytes are all in.
+
+        @param size: the final size a client set, when it set one.
+        @return: Deferred firing with the stored object's L{ObjectInfo} once
+            the store confirmed it; failing with the C{FSError} that failed
+            the upload (nothing is then left in the store).
+        """
+
+    def interrupt() -> Deferred[int]:
+        """
+        The client went away mid-upload: keep what is stored for a resume
+        (when the settings allow), else discard it.
+
+        @return: Deferred firing with the bytes kept.
+        """
+
+    def abort(reason: Optional[str] = None) -> Deferred[None]:
+        """
+        Discard the upload; nothing is kept.  C{reason}, when given, is
+        logged.
+
+        @return: Deferred firing once the store is settled.
+        """
+
+
+class IRandomAccessFile(Interface):
+    """
+    A file opened with POSIX open's flags (L{IFileSystem.open_file}) and
+    then read and written at offsets, with the user's permissions, quota,
+    rates and error translation inside.
+    """
+
+    entry = Attribute("An L{Entry} with the size as written so far.")
+    writable = Attribute("Whether the file was opened for writing.")
+
+    def read(offset: int, length: int) -> Deferred[bytes]:
+        """
+        Up to C{length} bytes at C{offset}; C{b""} at the end.
+
+        @raise FSError: C{NotSupported} while the file streams to the store.
+        """
+
+    def write(offset: int, data: bytes) -> Optional[Deferred[None]]:
+        """
+        Write C{data} at C{offset}.
+
+        @return: None when the write may be acknowledged at once, else a
+            Deferred firing when it may; failing (or raising) with the
+            C{FSError} that failed the file.
+        """
+
+    def set_attributes(
+        size: Optional[int] = None, mtime: Optional[float] = None
+    ) -> Deferred[None]:
+        """Set the file's final size or its time (stored with the file)."""
+
+    def close() -> Deferred[Optional[ObjectInfo]]:
+        """
+        Store what was written.
+
+        @return: Deferred firing with the stored object's L{ObjectInfo},
+            None when nothing was written; failing with what failed it.
+        """
+
+    def abort(reason: str) -> None:
+        """The client went away: nothing of the file may remain."""
+
+
+class IFileSystem(Interface):
+    """
+    The file system of one logged-in user: paths as lists of segments below
+    their home, their permissions and limits.  Every Deferred fails with a
+    C{cosgw.vfs.FSError}; nothing below it reaches a frontend.
+    """
+
+    user = Attribute("The user's name, for log lines.")
+    permissions = Attribute("The permissions the user holds (frozenset of str).")
+    usage = Attribute("The user's quota usage, or None.")
+
+    def key(segments: Sequence[str]) -> str:
+        """The object key of C{segments} (MLST's unique fact)."""
+
+    def dir_prefix(segments: Sequence[str]) -> str:
+        """The key prefix of the directory at C{segments}."""
+
+    def require(permission: str, segments: Sequence[str]) -> None:
+        """@raise PermissionDenied: the user lacks C{permission}."""
+
+    def stat(segments: Sequence[str]) -> Deferred[Entry]:
+        """@return: Deferred firing with an L{Entry}."""
+
+    def require_directory(segments: Sequence[str]) -> Deferred[None]:
+        """Fails with C{NotFound} or C{NotADirectory}."""
+
+    def listing(segments: Sequence[str]) -> IListing:
+        """A paged listing of a directory (or the single file)."""
+
+    def list_all(segments: Sequence[str]) -> Deferred[builtins.list[Entry]]:
+        """Every entry at once; for small directories."""
+
+    def restart_size(segments: Sequence[str]) -> Deferred[int]:
+        """
+        The size an upload of the file can resume after (FTP's SIZE): what
+        an interrupted upload stored, else the file's size.
+        """
+
+    def open_reader(segments: Sequence[str], offset: int = 0) -> Deferred[IReader]:
+        """Open a file for reading from C{offset}."""
+
+    def open_upload(
+        segments: Sequence[str],
+        offset: int = 0,
+        append: bool = False,
+        size_hint: Optional[int] = None,
+    ) -> Deferred[IUpload]:
+        """
+        Start an upload replacing the file; C{offset} keeps that many bytes
+        of the stored file or of an interrupted upload (REST + STOR);
+        C{append} starts after them (APPE).
+        """
+
+    def open_file(
+        segments: Sequence[str],
+        read: bool = False,
+        write: bool = False,
+        append: bool = False,
+        create: bool = False,
+        truncate: bool = False,
+        exclusive: bool = False,
+        settings: Optional[RandomAccessSettings] = None,
+        producer: Optional[IPushProducer] = None,
+    ) -> Deferred[IRandomAccessFile]:
+        """
+        Open a file with POSIX open's flags, for reads and writes at
+        offsets; C{producer} (the client's input) is paused while writes
+        wait.
+        """
+
+    def set_attributes(
+        segments: Sequence[str],
+        size: Optional[int] = None,
+        mtime: Optional[float] = None,
+    ) -> Deferred[None]:
+        """Change a file's size (to 0 only) or its time."""
+
+    def set_mtime(segments: Sequence[str], when: float) -> Deferred[None]:
+        """Set a file's modification time (MFMT)."""
+
+    def digest(
+        segments: Sequence[str],
+        algorithm: str,
+        start: int = 0,
+        end: Optional[int] = None,
+    ) -> Deferred[tuple[str, int, int]]:
+        """(hex digest, first byte, last byte) of a range of a file."""
+
+    def mkdir(segments: Sequence[str]) -> Deferred[None]:
+        """Make a directory."""
+
+    def rmdir(segments: Sequence[str]) -> Deferred[None]:
+        """Remove an empty directory."""
+
+    def remove(segments: Sequence[str]) -> Deferred[None]:
+        """Remove a file."""
+
+    def rename(source: Sequence[str], target: Sequence[str]) -> Deferred[None]:
+        """Rename a file or a directory tree."""

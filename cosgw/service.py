@@ -53,7 +53,7 @@ from cosgw.policy.quota import Usage
 from cosgw.policy.throttle import RateLimit
 from cosgw.storage._runner import BlockingRunner
 from cosgw.tls import ServerTLS, generate_self_signed, load_server_tls
-from cosgw.transfer import TransferSettings
+from cosgw.transfer import RandomAccessSettings, TransferSettings
 from cosgw.vfs import home_prefix, is_hidden_key
 
 log = Logger()
@@ -388,7 +388,7 @@ def _add_sftp(
     from twisted.conch.interfaces import IConchUser
 
     from cosgw.auth.keys import KeyChecker, fingerprint
-    from cosgw.frontends.sftp import FileTransfer, GatewaySFTPServer, SFTPSettings
+    from cosgw.frontends.sftp import FileTransfer, GatewaySFTPServer
     from cosgw.frontends.ssh import GatewaySSHFactory, SFTPUser, load_host_keys
 
     server = config.server
@@ -402,7 +402,7 @@ def _add_sftp(
             type=key.sshType().decode("ascii"),
             fingerprint=fingerprint(key),
         )
-    sftp_settings = SFTPSettings(spool_dir=str(server.state_dir / "spool"))
+    sftp_settings = RandomAccessSettings(spool_dir=str(server.state_dir / "spool"))
 
     def sftp_avatar(avatar_id: str, mind: Any) -> tuple[SFTPUser, Any]:
         fs, logout = session(avatar_id, mind)
@@ -557,6 +557,7 @@ def makeService(config: Config, reactor: Any = None) -> GatewayService:
         settings,
         runner=BlockingRunner(reactor, pool, threads * 2),
         sessions=SessionLimits(),
+        clock=reactor,
     )
     service.accounts = accounts
     UploadSweeper(

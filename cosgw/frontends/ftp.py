@@ -16,8 +16,8 @@ reference/twisted-conch-cos-facts.md section a):
     is attached; it only accepts a passive connection from the client's own
     address (no port stealing), and PORT/EPRT may only name the client's own
     address and an unprivileged port (no FTP bounce, RFC 2577).
-  - Downloads and uploads stream through L{cosgw.transfer} with
-    backpressure; listings stream page by page with a producer, so the first
+  - Downloads and uploads stream through the file system's readers and
+    uploads (L{cosgw.vfs}) with backpressure and the user's rates inside; listings stream page by page with a producer, so the first
     line goes out before the last page is fetched.
   - Commands and names are UTF-8 (RFC 2640) both ways; invalid UTF-8 gets a
     501 instead of a dropped connection; a line over the length limit gets a
@@ -77,11 +77,10 @@ from cosgw.frontends.ftp_facts import (
     format_facts,
     format_list_line,
 )
+from cosgw.interfaces import IReader, IUpload
 from cosgw.policy.accounts import LoginRefused
 from cosgw.policy.defender import LoginBanned, LoginDefender
 from cosgw.policy.limits import ConnectionLimits
-from cosgw.policy.throttle import ThrottledConsumer
-from cosgw.transfer import TransferStopped, UploadState, UploadWriter
 
 log = Logger()
 
@@ -125,7 +124,7 @@ def reply_for(failure: Failure, action: str = "") -> Reply:
         return Reply(451, f"{e.path}: {e.message}; try again later{rid}")
     if isinstance(e, vfs.FSError):
         return Reply(550, f"{e.path}: {e.message}")
-    if isinstance(e, TransferStopped):
+    if isinstance(e, vfs.TransferStopped):
         return Reply(426, "Connection closed; transfer aborted")
     log.failure("unexpected error in {action}", failure, action=action or "FTP")
     return Reply(451, "Requested action aborted: local error in processing")
@@ -301,27 +300,21 @@ class FTPShell:
         }[key]
 
     def openForReading(self, path: Sequence[str]) -> Deferred[Any]:
-        def opened(source: Any) -> _ReadFile:
-            return _ReadFile(self.fs, path, source)
-
-        return self._call("RETR", self.fs.open_read, path).addCallback(opened)
+        return self._call("RETR", self.fs.open_reader, path).addCallback(_ReadFile)
 
     def openForWriting(self, path: Sequence[str]) -> Deferred[Any]:
-        def opened(writer: UploadWriter) -> _WriteFile:
-            return _WriteFile(self.fs, path, writer)
-
-        return self._call("STOR", self.fs.open_write, path).addCallback(opened)
+        return self._call("STOR", self.fs.open_upload, path).addCallback(_WriteFile)
 
 
 @implementer(ftp.IReadFile)
 class _ReadFile:
-    """Twisted's IReadFile over an open source, for IFTPShell users."""
+    """Twisted's IReadFile over an open file, for IFTPShell users."""
 
-    def __init__(self, fs: vfs.ObjectFileSystem, path: Sequence[str], source: Any):
-        self.fs, self.path, self.source = fs, path, source
+    def __init__(self, reader: IReader):
+        self.reader = reader
 
     def send(self, consumer: IConsumer) -> Deferred[int]:
-        return self.fs.download(self.path, self.source, consumer)[1]
+        return self.reader.send(consumer)
 
 
 @implementer(ftp.IWriteFile)
@@ -331,16 +324,14 @@ class _WriteFile:
     committed by C{close}, which Twisted's STOR waits for before its 226.
     """
 
-    def __init__(
-        self, fs: vfs.ObjectFileSystem, path: Sequence[str], writer: UploadWriter
-    ):
-        self.fs, self.path, self.writer = fs, path, writer
+    def __init__(self, upload: IUpload):
+        self.upload = upload
 
-    def receive(self) -> Deferred[UploadWriter]:
-        return succeed(self.writer)
+    def receive(self) -> Deferred[IUpload]:
+        return succeed(self.upload)
 
     def close(self) -> Deferred[Any]:
-        return self.fs.commit(self.writer, self.path)
+        return self.upload.commit()
 
 
 # -- the protocol -------------------------------------------------------------
@@ -1203,7 +1194,9 @@ class GatewayFTP(ftp.FTP):
             channel = await d
         except Exception:
             if transfer.aborted or transfer.client_gone:
-                raise TransferStopped("aborted before the data connection") from None
+                raise vfs.TransferStopped(
+                    "aborted before the data connection"
+                ) from None
             raise Reply(425, "Can't open data connection") from None
         finally:
             transfer.waiting = None
@@ -1212,7 +1205,7 @@ class GatewayFTP(ftp.FTP):
         transfer.channel = channel
         if transfer.aborted or transfer.client_gone:
             channel.abort()
-            raise TransferStopped("aborted")
+            raise vfs.TransferStopped("aborted")
         return channel
 
     async def _channel_ready(self, channel: DataChannel) -> None:
@@ -1267,48 +1260,44 @@ class GatewayFTP(ftp.FTP):
         offset = self._take_restart()
         segments = self._resolve(path)
         try:
-            source = await fs.open_read(segments, offset)
+            reader = await fs.open_reader(segments, offset)
         except Exception:
             self._close_data()
             raise
         try:
             channel = await self._data_channel(transfer)
         except BaseException:
-            source.close()
+            reader.close()
             raise
         self.sendLine(
-            f"150 Opening BINARY mode data connection for {path} ({source.length} bytes)"
+            f"150 Opening BINARY mode data connection for {path} ({reader.length} bytes)"
         )
         try:
             await self._channel_ready(channel)
         except BaseException:
-            source.close()
+            reader.close()
             raise
-        consumer: Any = channel
-        if fs.download_limit is not None:
-            consumer = ThrottledConsumer(channel, fs.download_limit, self.reactor)
-        download, sending = fs.download(segments, source, consumer)
-        transfer.counter = lambda: download.sent
+        sending = reader.send(channel)
+        transfer.counter = lambda: reader.sent
         try:
             sent = await sending
             end = await channel.closed()
             if end is not None:
-                raise TransferStopped(str(end))
+                raise vfs.TransferStopped(str(end))
         except BaseException as e:
             channel.abort()
             log.info(
                 "{user} RETR {path} failed after {sent} bytes: {error}",
                 user=self.user,
                 path=vfs.display(segments),
-                sent=download.sent,
+                sent=reader.sent,
                 error=str(e),
             )
             if transfer.aborted:
                 raise Reply(426, "Transfer aborted") from None
             raise
         finally:
-            if isinstance(consumer, ThrottledConsumer):
-                consumer.stop()
+            reader.close()
         log.info(
             "{user} RETR {path} {bytes} bytes from {offset} in {seconds:.2f}s",
             user=self.user,
@@ -1338,46 +1327,36 @@ class GatewayFTP(ftp.FTP):
         transfer = self._current_transfer()
         fs = self.fs  # the session may end before the transfer does
         segments = self._resolve(path)
-        channel_box: list[DataChannel] = []
-
-        def stop_client() -> None:
-            # The store failed: stop the client sending (the reply says why).
-            if channel_box:
-                channel_box[0].abort()
-
         try:
-            writer = await fs.open_write(
-                segments,
-                offset=offset,
-                append=append,
-                size_hint=self._allocated,
-                on_stop=stop_client,
+            upload = await fs.open_upload(
+                segments, offset=offset, append=append, size_hint=self._allocated
             )
         except Exception:
             self._close_data()
             raise
         finally:
             self._allocated = None
-        transfer.counter = lambda: writer.received
+        transfer.counter = lambda: upload.received
         try:
             channel = await self._data_channel(transfer)
         except BaseException:
-            await writer.abort()
+            await upload.abort()
             raise
-        channel_box.append(channel)
         if unique:
             self.sendLine(f"150 FILE: {vfs.display(segments)}")
         else:
-            self.sendLine(f"150 Ok to send data for {path} (from byte {writer.base})")
+            self.sendLine(f"150 Ok to send data for {path} (from byte {upload.base})")
         try:
             await self._channel_ready(channel)
         except BaseException:
-            await writer.abort()
+            await upload.abort()
             raise
-        stopped: Optional[TransferStopped] = None
+        stopped: Optional[vfs.TransferStopped] = None
         try:
-            await channel.receive(writer, fs.upload_limit)
-        except TransferStopped as e:
+            # The upload pauses the channel for the store and the user's
+            # rate, and stops it (the reply then says why) if the store fails.
+            await channel.receive(upload)
+        except vfs.TransferStopped as e:
             stopped = e
         if stopped is None and not transfer.client_gone:
             # A client killed mid-upload closes both connections at once, and
@@ -1385,29 +1364,29 @@ class GatewayFTP(ftp.FTP):
             # control connection a moment to say whether the client is still
             # there before making the object visible.
             await deferLater(self.reactor, self.factory.eof_grace, lambda: None)
-        if writer.state is not UploadState.FAILED:
+        if not upload.failed:
             if transfer.aborted:
-                await writer.abort(Failure(TransferStopped("ABOR")))
+                await upload.abort()
                 log.info(
                     "{user} STOR {path} aborted by ABOR after {received} bytes",
                     user=self.user,
                     path=vfs.display(segments),
-                    received=writer.received,
+                    received=upload.received,
                 )
                 raise Reply(426, "Transfer aborted; nothing was stored")
             if stopped is not None or transfer.client_gone:
-                kept = await fs.interrupt(writer, segments)
+                kept = await upload.interrupt()
                 hint = f"; {kept} bytes kept: resume with REST {kept}" if kept else ""
                 raise Reply(426, f"Connection closed; transfer aborted{hint}")
         # After a store failure this raises it, translated.
-        info = await fs.commit(writer, segments)
+        info = await upload.commit()
         log.info(
             "{user} STOR {path} {bytes} bytes ({received} sent) in {seconds:.2f}s "
             "(request {request_id})",
             user=self.user,
             path=vfs.display(segments),
             bytes=info.size,
-            received=writer.received,
+            received=upload.received,
             seconds=transfer.elapsed(),
             request_id=info.request_id,
         )
@@ -1447,7 +1426,7 @@ class GatewayFTP(ftp.FTP):
             await sender.start()
             end = await channel.closed()
             if end is not None:
-                raise TransferStopped(str(end))
+                raise vfs.TransferStopped(str(end))
         except BaseException:
             channel.abort()
             if transfer.aborted:

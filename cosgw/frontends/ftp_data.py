@@ -26,9 +26,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from cosgw import vfs
-from cosgw.policy.throttle import PauseGate, RateLimit, ThrottledReceiver
 from cosgw.tls import session_reused
-from cosgw.transfer import TransferStopped
 
 log = Logger()
 
@@ -71,7 +69,6 @@ class DataChannel(protocol.Protocol, policies.TimeoutMixin):
         self._ended = False
         self._end: Optional[BaseException] = None
         self._waiters: list[Deferred[Optional[BaseException]]] = []
-        self._receiver: Optional[ThrottledReceiver] = None
         self.received = 0
 
     # connection
@@ -149,8 +146,6 @@ class DataChannel(protocol.Protocol, policies.TimeoutMixin):
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         self._ended = True
         self.setTimeout(None)
-        if self._receiver is not None:
-            self._receiver.stop()
         self._set_secured(reason.value)
         if reason.check(net_error.ConnectionDone) is None and not self._tls_closed():
             self._end = reason.value
@@ -198,25 +193,18 @@ class DataChannel(protocol.Protocol, policies.TimeoutMixin):
 
     # receiving (STOR)
 
-    async def receive(
-        self, consumer: IConsumer, limit: Optional[RateLimit] = None
-    ) -> None:
+    async def receive(self, consumer: IConsumer) -> None:
         """
-        Feed everything the client sends into C{consumer} until the client
-        closes the connection.
+        Feed everything the client sends into C{consumer} (an upload, which
+        pauses this channel for the store and the user's rate, and stops it
+        if the store fails) until the client closes the connection.
 
-        @param limit: the user's upload rate: reading pauses while over it.
         @raise TransferStopped: the connection ended other than cleanly.
         """
         self._consumer = consumer
         # Before registering: the consumer may pause us at once.
         self.setTimeout(self.factory.stall_timeout)
-        if limit is not None and self.factory.clock is not None:
-            gate = PauseGate(self)
-            self._receiver = ThrottledReceiver(gate, limit, self.factory.clock)
-            consumer.registerProducer(gate, True)
-        else:
-            consumer.registerProducer(self, True)
+        consumer.registerProducer(self, True)
         early, self._early = self._early, []
         for data in early:
             consumer.write(data)
@@ -224,15 +212,13 @@ class DataChannel(protocol.Protocol, policies.TimeoutMixin):
             self.transport.resumeProducing()
         end = await self.closed()
         if end is not None:
-            raise TransferStopped(str(end) or type(end).__name__)
+            raise vfs.TransferStopped(str(end) or type(end).__name__)
 
     def dataReceived(self, data: bytes) -> None:
         self.received += len(data)
         self.resetTimeout()
         if self._consumer is not None:
             self._consumer.write(data)
-            if self._receiver is not None:
-                self._receiver.received(len(data))
         elif self._sending:
             pass  # a client has nothing to say on a download connection
         else:
@@ -409,4 +395,4 @@ class ListingSender:
     def stopProducing(self) -> None:
         self._stopped = True
         if not self._done.called:
-            self._done.errback(Failure(TransferStopped("listing interrupted")))
+            self._done.errback(Failure(vfs.TransferStopped("listing interrupted")))

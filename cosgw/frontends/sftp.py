@@ -3,21 +3,16 @@ SFTP (version 3, draft-ietf-secsh-filexfer-02) over a user's
 L{ObjectFileSystem}: the same home confinement, permissions, transfer code
 and upload rules as FTP, reached through Conch's L{FileTransferServer}.
 
-How SFTP's random access meets an object store:
+How SFTP's random access meets an object store (reads through one ranged
+stream, writes at offsets into a multipart upload, in-place changes through
+a bounded spool) is the file system's business: an OPEN is one
+L{ObjectFileSystem.open_file} call, and each handle adapts the file it
+returns (see L{cosgw.vfs.editing}).  This module speaks the protocol:
 
-  - Reading: each handle reads through a L{RangedReader}: one ranged GET
-    streamed ahead of the client, reopened when a read falls outside its
-    window.
-  - Writing: a handle opened to create or truncate a file streams into a
-    multipart upload through a L{PositionalWriter} (in-order writes go
-    straight in, out-of-order ones wait in a bounded reorder map or a
-    bounded spool).  Opening an existing file without TRUNC decides at the
-    first write: a write at the file's end (or at the end of an interrupted
-    upload) appends through the server-side copy strategy FTP's APPE uses;
-    any other write modifies the file in place, which needs a copy of it in
-    a bounded spool, uploaded whole at close.
   - Close answers only once the store confirmed the object; a session that
     drops aborts its uploads (Conch would close them as if finished).
+  - A handle whose writes wait (for the store or the user's rate) holds its
+    session's input, so a client that ignores acknowledgements is stopped.
 
 Errors become SFTP status codes in one place, L{status_for}; no traceback
 reaches a client.
@@ -25,11 +20,9 @@ reaches a client.
 
 from __future__ import annotations
 
-import enum
 import struct
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, Optional
 
 from twisted.conch.interfaces import ISFTPFile, ISFTPServer
@@ -52,13 +45,9 @@ from twisted.conch.ssh.filetransfer import (
     FXP_NAME,
     SFTPError,
 )
-from twisted.internet.defer import (
-    Deferred,
-    ensureDeferred,
-    fail,
-    maybeDeferred,
-    succeed,
-)
+from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred, succeed
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import connectionDone
 from twisted.logger import (
     Logger,
 )
@@ -68,15 +57,7 @@ from zope.interface import implementer
 from cosgw import vfs
 from cosgw.frontends.ftp_facts import format_list_line, unix_mode
 from cosgw.frontends.ssh import ConchLogger
-from cosgw.interfaces import StoreError
-from cosgw.positional import (
-    PositionalWriter,
-    RangedReader,
-    RewriteRefused,
-    Spool,
-    SpoolFull,
-)
-from cosgw.transfer import TransferStopped, UploadWriter
+from cosgw.interfaces import IFileSystem, IListing, IRandomAccessFile, ObjectInfo
 
 log = Logger()
 
@@ -88,16 +69,6 @@ MAX_READ = 256 * 1024
 
 _S_IFDIR = 0o040000
 _S_IFREG = 0o100000
-
-
-@dataclass(frozen=True)
-class SFTPSettings:
-    """Per-gateway knobs of SFTP's random-access emulation."""
-
-    read_window: int = 8 * MiB
-    reorder_window: int = 16 * MiB
-    spool_limit: int = 1024 * MiB
-    spool_dir: Optional[str] = None
 
 
 # -- errors -----------------------------------------------------------------
@@ -121,17 +92,15 @@ def status_for(failure: Failure, action: str = "request") -> tuple[int, str]:
         return FX_NO_SUCH_FILE, f"{e.path}: no such file or directory"
     if isinstance(e, vfs.PermissionDenied):
         return FX_PERMISSION_DENIED, f"{e.path}: {e.message}"
+    if isinstance(e, vfs.NotSupported):
+        return FX_OP_UNSUPPORTED, f"{e.path}: {e.message}"
     if isinstance(e, vfs.StoreFailure):
         rid = f" (request {e.request_id})" if e.request_id else ""
         return FX_FAILURE, f"{e.path}: {e.message}; try again later{rid}"
     if isinstance(e, vfs.FSError):
         return FX_FAILURE, f"{e.path}: {e.message}"
-    if isinstance(e, (RewriteRefused, SpoolFull)):
-        return FX_FAILURE, str(e)
-    if isinstance(e, TransferStopped):
+    if isinstance(e, vfs.TransferStopped):
         return FX_FAILURE, "the transfer was stopped"
-    if isinstance(e, StoreError):
-        return FX_FAILURE, f"the store failed: {e}; try again later"
     log.failure("unexpected error in SFTP {action}", failure, action=action)
     return FX_FAILURE, "internal error; the gateway's log has the details"
 
@@ -161,15 +130,21 @@ class GatewaySFTPServer:
 
     def __init__(
         self,
-        fs: vfs.ObjectFileSystem,
-        settings: Optional[SFTPSettings] = None,
+        fs: IFileSystem,
+        settings: Optional[vfs.RandomAccessSettings] = None,
     ) -> None:
+        """
+        @param settings: the buffers behind reads and writes at offsets.
+        """
         self.fs = fs
-        self.settings = settings or SFTPSettings()
+        self.settings = settings or vfs.RandomAccessSettings()
+        #: ISFTPServer's avatar; this server is built for one, not by
+        #: adapting it, and needs nothing from it.
+        self.avatar: Any = None
         #: Open file handles, so a lost session can abort their uploads.
         self.handles: set[Any] = set()
         #: Set by the protocol: pauses (True) or resumes reading the
-        #: connection when a handle holds too many unacknowledged bytes.
+        #: connection while a handle's writes wait.
         self.pause_input: Callable[[bool], None] = lambda on: None
         self._paused_by: set[int] = set()
 
@@ -212,40 +187,21 @@ class GatewaySFTPServer:
         }
 
     def openFile(self, filename: bytes, flags: int, attrs: dict) -> Deferred[Any]:
+        """SSH_FXP_OPEN: POSIX open's flags, which the file system honours."""
         segments = self.segments(filename)
-        return ensureDeferred(self._open(segments, flags, attrs))
-
-    async def _open(self, segments: list[str], flags: int, attrs: dict) -> Any:
-        fs = self.fs
-        writes = flags & (FXF_WRITE | FXF_APPEND | FXF_TRUNC)
-        if not writes and not flags & FXF_CREAT:
-            source = await fs.open_read(segments)
-            return ReadHandle(self, segments, source)
-        try:
-            existing: Optional[vfs.Entry] = await fs.stat(segments)
-        except vfs.NotFound:
-            existing = None
-        if not writes and existing is not None and not flags & FXF_EXCL:
-            # O_CREAT alone on an existing file opens it, as POSIX does.
-            source = await fs.open_read(segments)
-            return ReadHandle(self, segments, source)
-        fs.require("upload", segments)
-        if existing is not None:
-            if existing.is_dir:
-                raise vfs.IsADirectory(vfs.display(segments))
-            if flags & FXF_CREAT and flags & FXF_EXCL:
-                raise vfs.AlreadyExists(vfs.display(segments))
-            fs.require("overwrite", segments)
-        elif not flags & FXF_CREAT:
-            raise vfs.NotFound(vfs.display(segments))
-        elif segments[:-1]:
-            await fs.require_directory(segments[:-1])
-        handle = WriteHandle(self, segments, flags, existing)
-        if existing is None or flags & FXF_TRUNC:
-            await handle.start_stream(0)
-        elif flags & FXF_APPEND:
-            await handle.start_stream(None)
-        return handle
+        input = _Input(self)
+        d = self.fs.open_file(
+            segments,
+            read=bool(flags & FXF_READ),
+            write=bool(flags & FXF_WRITE),
+            append=bool(flags & FXF_APPEND),
+            create=bool(flags & FXF_CREAT),
+            truncate=bool(flags & FXF_TRUNC),
+            exclusive=bool(flags & FXF_EXCL),
+            settings=self.settings,
+            producer=input,
+        )
+        return d.addCallback(lambda file: FileHandle(self, segments, file, input))
 
     def removeFile(self, filename: bytes) -> Deferred[None]:
         return self.fs.remove(self.segments(filename))
@@ -291,28 +247,15 @@ class GatewaySFTPServer:
         return d.addCallback(_attrs, self.fs.permissions)
 
     def setAttrs(self, path: bytes, attrs: dict) -> Deferred[None]:
-        return ensureDeferred(self._set_attrs(self.segments(path), attrs))
-
-    async def _set_attrs(self, segments: list[str], attrs: dict) -> None:
         """
         Ownership and modes are accepted and ignored (an object has none;
         scp and WinSCP set them after every upload and an error makes them
-        warn).  A time is kept as MFMT keeps it.  A size is honoured only
+        warn).  A time is kept as MFMT keeps it; a size is honoured only
         when it is the current size or 0.
         """
-        entry = await self.fs.stat(segments)
-        if "size" in attrs and attrs["size"] != entry.size:
-            if entry.is_dir or attrs["size"] != 0:
-                raise SFTPError(
-                    FX_OP_UNSUPPORTED,
-                    f"{vfs.display(segments)}: a stored file's size can only be "
-                    "changed to 0 (upload it again instead)",
-                )
-            writer = await self.fs.open_write(segments)
-            await self.fs.commit(writer, segments)
-        if "mtime" in attrs and not entry.is_dir:
-            if int(attrs["mtime"]) != int(entry.mtime):
-                await self.fs.set_mtime(segments, float(attrs["mtime"]))
+        size = int(attrs["size"]) if "size" in attrs else None
+        mtime = float(attrs["mtime"]) if "mtime" in attrs else None
+        return self.fs.set_attributes(self.segments(path), size=size, mtime=mtime)
 
     def readLink(self, path: bytes) -> Any:
         raise NotImplementedError("this server has no symbolic links")
@@ -337,8 +280,8 @@ class GatewaySFTPServer:
             return d.addCallback(done)
         if extendedName == b"statvfs@openssh.com":
             path, _ = getNS(extendedData)
-            d = self.fs.stat(self.segments(path))
-            return d.addCallback(lambda _: self._statvfs())
+            stat = self.fs.stat(self.segments(path))
+            return stat.addCallback(lambda _: self._statvfs())
         raise NotImplementedError(
             f"unsupported extension {extendedName.decode('ascii', 'replace')}"
         )
@@ -382,7 +325,7 @@ class GatewaySFTPServer:
 class Directory:
     """An open directory: the listing's pages, sent in batches."""
 
-    def __init__(self, server: GatewaySFTPServer, listing: vfs.Listing) -> None:
+    def __init__(self, server: GatewaySFTPServer, listing: IListing) -> None:
         self.server = server
         self.listing = listing
         self._entries: list[vfs.Entry] = []
@@ -435,443 +378,84 @@ class Directory:
 # -- files ------------------------------------------------------------------
 
 
-def _reader_for(
-    server: GatewaySFTPServer, segments: list[str], source: Any
-) -> RangedReader:
-    """A ranged reader over C{source}, reopening through the file system."""
-    fs = server.fs
-    return RangedReader(
-        source,
-        lambda offset: fs.open_read(segments, offset),
-        window=server.settings.read_window,
-        chunk=min(fs.settings.read_chunk, MiB),
-    )
+@implementer(IPushProducer)
+class _Input:
+    """
+    One handle's hold on its session's input: the file system pauses it
+    while the handle's writes wait for the store or for the user's rate,
+    and the session stops reading the connection while any handle holds it.
+    """
 
-
-@implementer(ISFTPFile)
-class ReadHandle:
-    """A file opened for reading."""
-
-    def __init__(
-        self, server: GatewaySFTPServer, segments: list[str], source: Any
-    ) -> None:
+    def __init__(self, server: GatewaySFTPServer) -> None:
         self.server = server
-        self.segments = segments
-        self.reader = _reader_for(server, segments, source)
-        self.entry = vfs.Entry(
-            segments[-1], False, source.info.size, vfs.client_mtime(source.info)
-        )
-        server.handles.add(self)
 
-    def readChunk(self, offset: int, length: int) -> Deferred[bytes]:
-        d = self.reader.read(offset, min(length, MAX_READ))
-        limit = self.server.fs.download_limit
-        if limit is not None:
-            # The user's download rate: the data goes out when it allows.
-            d.addCallback(lambda data: limit.hold(len(data), data))
-        return d.addErrback(self._failed)
+    def pauseProducing(self) -> None:
+        self.server.pressure(self, True)
 
-    def _failed(self, failure: Failure) -> Failure:
-        if failure.check(StoreError) and not failure.check(vfs.FSError):
-            return vfs.translate(failure, vfs.display(self.segments))
-        return failure
+    def resumeProducing(self) -> None:
+        self.server.pressure(self, False)
 
-    def writeChunk(self, offset: int, data: bytes) -> Any:
-        raise SFTPError(FX_PERMISSION_DENIED, "the file was opened for reading only")
-
-    def getAttrs(self) -> dict:
-        return _attrs(self.entry, self.server.fs.permissions)
-
-    def setAttrs(self, attrs: dict) -> Deferred[None]:
-        return self.server.setAttrs(
-            vfs.display(self.segments).encode("utf-8"),
-            {k: v for k, v in attrs.items() if k != "size"},
-        )
-
-    def close(self) -> None:
-        self.server.handles.discard(self)
-        self.reader.close()
-
-    def abort(self) -> None:
-        self.close()
-
-
-class WriteMode(enum.Enum):
-    """
-    A write handle's state.
-
-    ========== =============================== ==============================
-    state      entered when                    writes go to
-    ========== =============================== ==============================
-    UNDECIDED  existing file, no TRUNC/APPEND  (decided by the first write)
-    STREAM     new, TRUNC, APPEND, or first    the multipart upload through
-               write at the end                a PositionalWriter
-    IMAGE      first write anywhere else       a spool holding the whole
-                                               file, uploaded at close
-    FAILED     a write could not be honoured   nowhere: close reports it
-    CLOSED     close or abort                  nowhere
-    ========== =============================== ==============================
-    """
-
-    UNDECIDED = "undecided"
-    STREAM = "stream"
-    IMAGE = "image"
-    FAILED = "failed"
-    CLOSED = "closed"
+    def stopProducing(self) -> None:
+        self.server.pressure(self, False)
 
 
 @implementer(ISFTPFile)
-class WriteHandle:
-    """A file opened for writing; see L{WriteMode}."""
+class FileHandle:
+    """An open file: SFTP's READ, WRITE, FSTAT, FSETSTAT and CLOSE on it."""
 
     def __init__(
         self,
         server: GatewaySFTPServer,
         segments: list[str],
-        flags: int,
-        existing: Optional[vfs.Entry],
+        file: IRandomAccessFile,
+        input: _Input,
     ) -> None:
         self.server = server
-        self.fs = server.fs
         self.segments = segments
-        self.flags = flags
-        self.existing = existing
-        self.mode = WriteMode.UNDECIDED
-        self.writer: Optional[UploadWriter] = None
-        self.positional: Optional[PositionalWriter] = None
-        self.image: Optional[Spool] = None
-        self.image_size = 0
-        self._failure: Optional[Failure] = None
-        self._size: Optional[int] = None
-        self._mtime: Optional[float] = None
-        self._deciding: Optional[Deferred[None]] = None
-        self._waiting: list[Deferred[None]] = []
-        self._rate_holds = 0
-        self._rate_key = object()
-        self._reader: Optional[RangedReader] = None
+        self.file = file
+        self._input = input
         server.handles.add(self)
 
-    @property
-    def path(self) -> str:
-        return vfs.display(self.segments)
-
-    # -- starting ---------------------------------------------------------
-
-    async def start_stream(self, offset: Optional[int]) -> None:
-        """
-        Begin the upload: from 0, at C{offset} (keeping the first bytes of
-        the existing file or of an interrupted upload), or, with None, as an
-        append.
-        """
-        fs = self.fs
-        writer = await fs.open_write(
-            self.segments,
-            offset=offset or 0,
-            append=offset is None,
-            on_stop=self._store_stopped,
-        )
-        self.writer = writer
-        self.positional = PositionalWriter(
-            writer,
-            window=self.server.settings.reorder_window,
-            spool=self._spool(),
-            on_pressure=lambda on: self.server.pressure(self, on),
-            append=bool(self.flags & FXF_APPEND),
-        )
-        self.mode = WriteMode.STREAM
-
-    def _spool(self) -> Spool:
-        settings = self.server.settings
-        return Spool(self.fs.runner, settings.spool_dir, settings.spool_limit)
-
-    async def _start_image(self) -> None:
-        """Copy the existing file into a spool, to change it in place."""
-        assert self.existing is not None
-        if self.existing.size > self.server.settings.spool_limit:
-            raise SFTPError(
-                FX_FAILURE,
-                f"{self.path}: changing a file of {self.existing.size} bytes in "
-                "place needs more temporary space than this server allows; "
-                "upload it whole instead",
-            )
-        spool = self._spool()
-        source = await self.fs.open_read(self.segments)
-        offset = 0
-        try:
-            while chunk := await source.read(MiB):
-                await spool.write(offset, chunk)
-                offset += len(chunk)
-        except BaseException:
-            spool.close()
-            raise
-        finally:
-            source.close()
-        self.image, self.image_size = spool, offset
-        self.mode = WriteMode.IMAGE
-        log.info(
-            "{user}: {path} changed in place: {size} bytes spooled",
-            user=self.fs.user,
-            path=self.path,
-            size=offset,
-        )
-
-    def _decide(self, offset: int) -> Deferred[None]:
-        """
-        First write to an existing file opened without TRUNC/APPEND: wait
-        until it is decided how the file is written.  Writes that arrive
-        meanwhile wait in order, and go on in that order.
-        """
-        if self._deciding is None:
-
-            async def decide() -> None:
-                end = await self.fs.restart_size(self.segments)
-                if offset == end:
-                    await self.start_stream(offset)
-                else:
-                    await self._start_image()
-
-            def settled(result: object) -> None:
-                self._close_reader()  # the file is being written now
-                if isinstance(result, Failure):
-                    self._fail(result)
-                waiting, self._waiting = self._waiting, []
-                for w in waiting:
-                    w.callback(None)
-
-            self._deciding = ensureDeferred(decide())
-            self._deciding.addBoth(settled)
-        d: Deferred[None] = Deferred()
-        if self._deciding.called:
-            d.callback(None)
-        else:
-            self._waiting.append(d)
-        return d
-
-    # -- ISFTPFile ----------------------------------------------------------
+    def readChunk(self, offset: int, length: int) -> Deferred[bytes]:
+        return self.file.read(offset, min(length, MAX_READ))
 
     def writeChunk(self, offset: int, data: bytes) -> Any:
-        ack = self._write(offset, data)
-        limit = self.fs.upload_limit
-        if limit is None:
-            return ack
-        # The user's upload rate: the acknowledgement waits until the rate
-        # allows, and so that a client that does not wait for
-        # acknowledgements is held too, the connection stops being read
-        # meanwhile.
-        held = limit.hold(len(data))
-        if not held.called:
-            self._rate_holds += 1
-            if self._rate_holds == 1:
-                self.server.pressure(self._rate_key, True)
-            held.addBoth(self._rate_released)
-        if ack is None:
-            return held
-        return ack.addCallback(lambda _: held)
-
-    def _rate_released(self, result: Any) -> Any:
-        self._rate_holds -= 1
-        if not self._rate_holds:
-            self.server.pressure(self._rate_key, False)
-        return result
-
-    def _write(self, offset: int, data: bytes) -> Any:
-        if self.mode is WriteMode.UNDECIDED:
-            return self._decide(offset).addCallback(lambda _: self._write(offset, data))
-        if self.mode is WriteMode.FAILED:
-            assert self._failure is not None
-            return fail(self._failure)
-        if self.mode is WriteMode.CLOSED:
-            raise SFTPError(FX_FAILURE, "the file is closed")
-        if self.mode is WriteMode.IMAGE:
-            assert self.image is not None
-            if self.flags & FXF_APPEND:
-                offset = self.image_size
-            self.image_size = max(self.image_size, offset + len(data))
-            try:
-                d = self.image.write(offset, data)
-            except SpoolFull as e:
-                self._fail(Failure(e))
-                return fail(e)
-            return d.addErrback(self._failed)
-        assert self.positional is not None
-        try:
-            return self.positional.write(offset, data)
-        except StoreError as e:
-            self._fail(Failure(e))
-            return fail(e)
-
-    def readChunk(self, offset: int, length: int) -> Any:
-        if self.mode is WriteMode.UNDECIDED and self.flags & FXF_READ:
-            return self._read_existing(offset, length)
-        if self.mode is WriteMode.IMAGE and self.image is not None:
-            length = max(0, min(length, self.image_size - offset, MAX_READ))
-            if not length:
-                raise EOFError()
-            return self.image.read(offset, length)
-        raise SFTPError(
-            FX_OP_UNSUPPORTED,
-            "reading back a file that is being uploaded is not supported",
-        )
-
-    def _read_existing(self, offset: int, length: int) -> Deferred[bytes]:
-        """
-        Reads before the first write (a READ|WRITE open) go through one
-        ranged reader, as a read-only handle's do, not a GET each.
-        """
-
-        async def read() -> bytes:
-            if self._reader is None:
-                source = await self.fs.open_read(self.segments, offset)
-                self._reader = _reader_for(self.server, self.segments, source)
-            return await self._reader.read(offset, min(length, MAX_READ))
-
-        return ensureDeferred(read())
-
-    def _close_reader(self) -> None:
-        if self._reader is not None:
-            self._reader.close()
-            self._reader = None
+        if not self.file.writable:
+            raise SFTPError(
+                FX_PERMISSION_DENIED, "the file was opened for reading only"
+            )
+        return self.file.write(offset, data)
 
     def getAttrs(self) -> dict:
-        if self.mode is WriteMode.IMAGE:
-            size = self.image_size
-        elif self.positional is not None:
-            size = self.positional.end
-        else:
-            size = self.existing.size if self.existing else 0
-        entry = vfs.Entry(self.segments[-1], False, size, self._mtime or time.time())
-        return _attrs(entry, self.fs.permissions)
+        return _attrs(self.file.entry, self.server.fs.permissions)
 
-    def setAttrs(self, attrs: dict) -> Any:
+    def setAttrs(self, attrs: dict) -> Deferred[None]:
         """
-        lftp sends FSETSTAT{size, atime, mtime} just before CLOSE; the size
-        becomes the file's final size (cutting or extending it with zeros),
-        the time is stored once the upload is committed.
+        lftp sends FSETSTAT{size, atime, mtime} just before CLOSE: the size
+        becomes the file's final size, the time is stored with the file.
+        Ownership and modes are ignored, as in L{GatewaySFTPServer.setAttrs}.
         """
-        if "mtime" in attrs:
-            self._mtime = float(attrs["mtime"])
-        if "size" in attrs:
-            size = int(attrs["size"])
-            if self.mode is WriteMode.IMAGE and self.image is not None:
-                self.image_size = size
-                return self.image.truncate(size)
-            if self.mode is WriteMode.UNDECIDED and self.existing is not None:
-                if size != self.existing.size:
-                    raise SFTPError(
-                        FX_OP_UNSUPPORTED,
-                        f"{self.path}: a stored file's size cannot be changed "
-                        "without writing it",
-                    )
-                return None
-            if self.positional is not None and size < self.positional.next:
-                raise SFTPError(
-                    FX_OP_UNSUPPORTED,
-                    f"{self.path}: cannot cut the file to {size} bytes: "
-                    f"{self.positional.next} are already uploaded",
-                )
-            self._size = size
-        return None
+        size = int(attrs["size"]) if "size" in attrs else None
+        mtime = float(attrs["mtime"]) if "mtime" in attrs else None
+        return self.file.set_attributes(size=size, mtime=mtime)
 
     def close(self) -> Deferred[None]:
-        if self.mode is WriteMode.UNDECIDED and self._deciding is not None:
-            # Writes wait for the decision: close after them.
-            return self._decide(0).addCallback(lambda _: self.close())
         self.server.handles.discard(self)
-        self._close_reader()
-        mode, self.mode = self.mode, WriteMode.CLOSED
-        if mode is WriteMode.FAILED:
-            assert self._failure is not None
-            return fail(self._failure)
-        if mode is WriteMode.UNDECIDED:
-            return self._apply_mtime()
-        if mode is WriteMode.IMAGE:
-            return ensureDeferred(self._upload_image())
-        return ensureDeferred(self._commit())
+        return self.file.close().addCallback(self._stored)
 
-    async def _commit(self) -> None:
-        assert self.positional is not None and self.writer is not None
-        try:
-            await self.positional.finish(self._size)
-        except BaseException:
-            await self.writer.abort()
-            raise
-        info = await self.fs.commit(self.writer, self.segments)
-        log.info(
-            "{user}: stored {path} ({size} bytes) over SFTP",
-            user=self.fs.user,
-            path=self.path,
-            size=info.size,
-        )
-        await self._apply_mtime()
-
-    async def _upload_image(self) -> None:
-        assert self.image is not None
-        image, size = self.image, self.image_size
-        try:
-            writer = await self.fs.open_write(self.segments)
-            positional = PositionalWriter(writer, window=0, spool=image)
-            positional.adopt_spool(size)
-            try:
-                await positional.finish(size)
-            except BaseException:
-                await writer.abort()
-                raise
-            await self.fs.commit(writer, self.segments)
-        finally:
-            image.close()
-        await self._apply_mtime()
-
-    def _apply_mtime(self) -> Deferred[None]:
-        if self._mtime is None:
-            return succeed(None)
-        return self.fs.set_mtime(self.segments, self._mtime)
+    def _stored(self, info: Optional[ObjectInfo]) -> None:
+        if info is not None:
+            log.info(
+                "{user}: stored {path} ({size} bytes) over SFTP",
+                user=self.server.fs.user,
+                path=vfs.display(self.segments),
+                size=info.size,
+            )
 
     def abort(self) -> None:
-        """The session went: nothing of this upload may remain."""
+        """The session went: nothing of an upload may remain."""
         self.server.handles.discard(self)
-        self._close_reader()
-        self.mode = WriteMode.CLOSED
-        if self.positional is not None:
-            self.positional.fail(Failure(TransferStopped("the session was lost")))
-        if self.writer is not None:
-            writer = self.writer
-            writer.abort()
-            log.info(
-                "{user}: upload of {path} aborted: the SFTP session was lost "
-                "after {received} bytes",
-                user=self.fs.user,
-                path=self.path,
-                received=writer.received,
-            )
-        if self.image is not None:
-            self.image.close()
-
-    # -- failures -----------------------------------------------------------
-
-    def _store_stopped(self) -> None:
-        """The upload failed (store, quota, size): stop taking writes."""
-        failure = None
-        if self.writer is not None:
-            failure = self.writer.failure
-        if failure is None:
-            failure = Failure(StoreError("the upload failed in the store"))
-        self._fail(vfs.translate(failure, self.path))
-
-    def _failed(self, failure: Failure) -> Failure:
-        self._fail(failure)
-        return failure
-
-    def _fail(self, failure: Failure) -> None:
-        """Nothing of this file will be stored; close reports C{failure}."""
-        if self.mode is not WriteMode.CLOSED and self._failure is None:
-            self._failure = failure
-            self.mode = WriteMode.FAILED
-            if self.positional is not None:
-                self.positional.fail(failure)
-            if self.writer is not None:
-                self.writer.abort()
-            if self.image is not None:
-                self.image.close()
+        self.file.abort("the SFTP session was lost")
 
 
 # -- the protocol -----------------------------------------------------------
@@ -952,7 +536,7 @@ class FileTransfer(filetransfer.FileTransferServer):
                 log.info(
                     "bad SFTP {name} request from {user}: {error}",
                     name=name,
-                    user=getattr(self.client, "fs", None) and self.client.fs.user,
+                    user=getattr(getattr(self.client, "fs", None), "user", None),
                     error=repr(e),
                 )
                 if kind != filetransfer.FXP_INIT:
@@ -985,7 +569,7 @@ class FileTransfer(filetransfer.FileTransferServer):
         )
         self.sendPacket(FXP_NAME, requestId + struct.pack("!L", len(entries)) + body)
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         # Not FileTransferServer.connectionLost: it closes every open file
         # as if it had finished, which would commit half an upload.
         filetransfer.FileTransferBase.connectionLost(self, reason)

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from cosgw.interfaces import IObjectStore
@@ -65,7 +66,12 @@ class Accounts:
         settings: TransferSettings,
         runner: Optional[Any] = None,
         sessions: Optional[SessionLimits] = None,
+        clock: Optional[IReactorTime] = None,
     ) -> None:
+        """
+        @param clock: times the pauses that hold users to their rates;
+            needed when an account has one.
+        """
         self.accounts = dict(accounts)
         self.settings = settings
         #: Runs CPU-bound work (hashing) in the gateway's thread pool.
@@ -74,6 +80,7 @@ class Accounts:
         #: protocols, so a resume never picks one that is still being fed.
         self.registry = UploadRegistry()
         self.sessions = sessions if sessions is not None else SessionLimits()
+        self.clock = clock
 
     def filesystem(self, name: str) -> ObjectFileSystem:
         """
@@ -93,6 +100,7 @@ class Accounts:
             usage=account.usage,
             upload_limit=account.upload_limit,
             download_limit=account.download_limit,
+            clock=self.clock,
         )
 
     def open_session(self, name: str, peer: Any) -> ObjectFileSystem:

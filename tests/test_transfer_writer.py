@@ -1,28 +1,29 @@
 """
-Unit tests of L{cosgw.positional}: positional writes into a real
-L{UploadWriter} (over the recording fake store of test_transfer), with a
-real spool file, and positional reads through L{RangedReader} over fake
-byte sources.  Synchronous: the spool runs its file I/O inline here.
+Unit tests of L{cosgw.transfer.writer} and L{cosgw.transfer.spool}:
+positional writes into a real L{UploadWriter} (over the recording fake
+store of L{tests.transfertesting}), with a real spool file.  Synchronous:
+the spool runs its file I/O inline here.
 """
 
 from __future__ import annotations
 
 import random
-from typing import Any, Optional
+from typing import Optional
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
-from cosgw.interfaces import IntegrityError, ObjectInfo
-from cosgw.positional import (
+from cosgw.interfaces import StoreUnavailable
+from cosgw.transfer import (
     PositionalWriter,
-    RangedReader,
+    QuotaReached,
     RewriteRefused,
     Spool,
     SpoolFull,
+    TransferSettings,
+    UploadWriter,
 )
-from cosgw.transfer import TransferSettings, TransferStopped, UploadWriter
-from tests.test_transfer import FakeSource, FakeStore
+from tests.transfertesting import FakeStore
 
 MiB = 1024 * 1024
 KiB = 1024
@@ -192,70 +193,45 @@ class PositionalWriterTests(SynchronousTestCase):
         self.assertEqual(size, len(data))
         self.assertEqual(stored(store), data)
 
+    def test_store_failure_fails_the_file(self) -> None:
+        """
+        An upload that fails in the store stops its producer, the
+        positional writer: held acknowledgements and later writes fail
+        with the upload's own error, not a generic one.
+        """
+        store, writer, positional = self.make(auto=False)
+        data = pattern(4 * MiB, seed=12)
+        acks = [
+            positional.write(at, data[at : at + 32 * KiB])
+            for at in range(0, len(data), 32 * KiB)
+        ]
+        held = [d for d in acks if d is not None]
+        self.assertTrue(held)
+        store.fail(store.unsettled("upload_part")[0], StoreUnavailable("503"))
+        for d in held:
+            self.failureResultOf(d, StoreUnavailable)
+        with self.assertRaises(StoreUnavailable):
+            positional.write(len(data), b"more")
+        self.failureResultOf(positional.finish(), StoreUnavailable)
 
-class SourceAt(FakeSource):
-    """A fake byte source starting at an offset of C{data}."""
+    def test_quota_refusal_reaches_the_file(self) -> None:
+        """A refusal of the quota fails the file as itself."""
+        store = FakeStore(auto=["create_multipart", "upload_part", "abort_multipart"])
 
-    def __init__(self, data: bytes, offset: int, etag: str = "e1") -> None:
-        super().__init__(data)
-        self.info = ObjectInfo(key="obj", size=len(data), mtime=1.0, etag=etag)
-        self.offset = self.position = offset
-        self.length = len(data) - offset
+        class Budget:
+            def grow(self, size: int) -> bool:
+                return size <= 100
 
+            def release(self) -> None:
+                pass
 
-class RangedReaderTests(SynchronousTestCase):
-    def make(
-        self, data: bytes, window: int = 256 * KiB, etag: str = "e1"
-    ) -> tuple[RangedReader, list[int]]:
-        opened: list[int] = []
-
-        def reopen(offset: int) -> Deferred[Any]:
-            opened.append(offset)
-            return succeed(SourceAt(data, offset, etag))
-
-        reader = RangedReader(SourceAt(data, 0), reopen, window=window, chunk=64 * KiB)
-        return reader, opened
-
-    def test_sequential_out_of_order(self) -> None:
-        """OpenSSH's pattern: many reads in flight, answered from one stream."""
-        data = pattern(MiB + 77, seed=6)
-        reader, opened = self.make(data)
-        offsets = list(range(0, len(data), 32 * KiB))
-        got = {}
-        for i in range(0, len(offsets), 4):
-            group = offsets[i : i + 4]
-            for at in reversed(group):
-                got[at] = self.successResultOf(reader.read(at, 32 * KiB))
-        self.assertEqual(b"".join(got[at] for at in offsets), data)
-        self.assertEqual(opened, [])
-        self.assertEqual(self.successResultOf(reader.read(len(data), 10)), b"")
-
-    def test_random_offsets_reopen(self) -> None:
-        data = pattern(4 * MiB, seed=7)
-        reader, opened = self.make(data)
-        for at in (3 * MiB, 100, 2 * MiB + 5):
-            self.assertEqual(
-                self.successResultOf(reader.read(at, 1000)), data[at : at + 1000]
-            )
-        self.assertEqual(opened, [3 * MiB, 100, 2 * MiB + 5])
-
-    def test_step_back_within_buffer(self) -> None:
-        """A re-request of recent bytes is served without reopening."""
-        data = pattern(MiB, seed=8)
-        reader, opened = self.make(data)
-        self.successResultOf(reader.read(0, 64 * KiB))
-        self.assertEqual(
-            self.successResultOf(reader.read(40 * KiB, 8 * KiB)),
-            data[40 * KiB : 48 * KiB],
+        writer = UploadWriter(
+            store, "k", TransferSettings(part_size=MiB), budget=Budget()
         )
-        self.assertEqual(opened, [])
-
-    def test_changed_object_fails(self) -> None:
-        data = pattern(MiB, seed=9)
-        reader, _ = self.make(data, etag="other")
-        self.failureResultOf(reader.read(900 * KiB, 10), IntegrityError)
-
-    def test_reads_after_close_fail(self) -> None:
-        reader, _ = self.make(b"abc")
-        reader.close()
-        self.failureResultOf(reader.read(0, 1), TransferStopped)
+        positional = PositionalWriter(writer, window=KiB)
+        self.assertIsNone(positional.write(0, b"x" * 100))
+        positional.write(100, b"y")  # over the quota: the upload fails
+        with self.assertRaises(QuotaReached):
+            positional.write(101, b"z")
+        self.assertIsInstance(writer.failure.value, QuotaReached)  # type: ignore[union-attr]
+        self.failureResultOf(positional.finish(), QuotaReached)

@@ -1,15 +1,7 @@
 """
-Positional reads and writes (SFTP's READ and WRITE, each with an offset)
-over the sequential streams an object store offers.
+Positional writes (SFTP's WRITE, each with an offset) into an object that
+is written once, front to back (a multipart upload).
 
-Reading: L{RangedReader} keeps one ranged GET open per file handle and
-serves every read that falls inside a bounded window around it, in any
-order; OpenSSH sends many reads at increasing offsets at once and they are
-answered as the stream reaches them.  A read outside the window moves the
-stream there (a new ranged GET at that offset).  Memory per handle is about
-C{window + chunk}.
-
-Writing: an object is written once, front to back (a multipart upload), so
 L{PositionalWriter} turns writes at offsets into that order:
 
   - a write at the next expected offset goes straight to the
@@ -29,364 +21,32 @@ in flight are full.  Acknowledgements of writes are then held back, which
 is all the flow control SFTP has (the client stops at its in-flight
 limit); C{on_pressure} tells the protocol when held bytes pass
 C{hold_limit}, so it can stop reading the connection altogether against a
-client that ignores acknowledgements.
+client that ignores acknowledgements.  When the upload fails in the store
+it stops this producer, which fails the file with the upload's error.
 """
 
 from __future__ import annotations
 
 import bisect
-import os
-import tempfile
 from collections.abc import Callable
-from typing import Any, Optional
+from typing import Optional
 
-from twisted.internet.defer import (
-    Deferred,
-    DeferredLock,
-    fail,
-    maybeDeferred,
-    succeed,
-)
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from cosgw.interfaces import IByteSource, IntegrityError, StoreError
-from cosgw.transfer import TransferStopped, UploadWriter
+from cosgw.interfaces import StoreError
+from cosgw.transfer.errors import RewriteRefused, SpoolFull, TransferStopped
+from cosgw.transfer.settings import MiB
+from cosgw.transfer.spool import Spool
+from cosgw.transfer.upload import UploadWriter
 
 log = Logger()
 
-MiB = 1024 * 1024
 #: Zeros for holes are fed in pieces of this size.
 _ZERO_PIECE = MiB
-
-
-class RewriteRefused(StoreError):
-    """A write fell behind the stream: those bytes are already uploaded."""
-
-
-class SpoolFull(StoreError):
-    """Out-of-order writes needed more temporary space than allowed."""
-
-
-# -- reading --------------------------------------------------------------
-
-
-class _Read:
-    __slots__ = ("offset", "end", "deferred")
-
-    def __init__(self, offset: int, end: int) -> None:
-        self.offset = offset
-        self.end = end
-        self.deferred: Deferred[bytes] = Deferred()
-
-
-class RangedReader:
-    """
-    Reads at any offset of one object, from one sequential stream where it
-    can.  The object must not change while it is read: a stream reopened on
-    a different version fails the reads with L{IntegrityError}.
-    """
-
-    def __init__(
-        self,
-        source: IByteSource,
-        reopen: Callable[[int], Deferred[IByteSource]],
-        window: int = 8 * MiB,
-        chunk: int = MiB,
-    ) -> None:
-        """
-        @param source: the stream from offset 0 (or wherever reading starts).
-        @param reopen: opens a new stream at an offset.
-        """
-        self.info = source.info
-        self.size = source.info.size
-        self.window = window
-        self.chunk = chunk
-        self._reopen_at = reopen
-        self._source: Optional[IByteSource] = source
-        self._generation = 0
-        self._reading = False
-        #: Buffered stream bytes: chunks (offset, data), contiguous, ending
-        #: at C{_pos}, the offset of the next byte the stream yields.
-        self._chunks: list[tuple[int, bytes]] = []
-        self._pos = source.offset
-        self._requests: list[_Read] = []
-        #: The end of the furthest read answered: read-ahead runs from here.
-        self._served = source.offset
-        self._failure: Optional[Failure] = None
-        self._closed = False
-
-    @property
-    def _start(self) -> int:
-        return self._chunks[0][0] if self._chunks else self._pos
-
-    def read(self, offset: int, length: int) -> Deferred[bytes]:
-        """
-        @return: Deferred firing with up to C{length} bytes at C{offset}
-            (fewer only at the end of the object; C{b""} at or past it);
-            failing with L{IntegrityError}/L{StoreError} if the stream broke,
-            or L{TransferStopped} after L{close}.
-        """
-        if self._closed:
-            return fail(TransferStopped("the file is closed"))
-        if self._failure is not None:
-            return fail(self._failure)
-        end = min(offset + max(length, 0), self.size)
-        if offset >= end:
-            return succeed(b"")
-        if self._start <= offset and end <= self._pos:
-            data = self._slice(offset, end)
-            self._served = max(self._served, end)
-            self._trim()
-            self._fill()
-            return succeed(data)
-        request = _Read(offset, end)
-        self._requests.append(request)
-        if not (self._start <= offset <= self._pos + self.window):
-            self._move(offset)
-        self._fill()
-        return request.deferred
-
-    def close(self) -> None:
-        """Release the stream; pending reads fail with L{TransferStopped}."""
-        if self._closed:
-            return
-        self._closed = True
-        self._generation += 1
-        if self._source is not None:
-            self._source.close()
-            self._source = None
-        self._chunks.clear()
-        requests, self._requests = self._requests, []
-        for r in requests:
-            r.deferred.errback(TransferStopped("the file is closed"))
-
-    # -- the stream -------------------------------------------------------
-
-    def _slice(self, offset: int, end: int) -> bytes:
-        pieces = []
-        for start, data in self._chunks:
-            stop = start + len(data)
-            if stop <= offset:
-                continue
-            if start >= end:
-                break
-            pieces.append(data[max(offset - start, 0) : min(end, stop) - start])
-        return b"".join(pieces)
-
-    def _trim(self) -> None:
-        """Drop buffered chunks nobody waits for and read-ahead has passed."""
-        behind = max(2 * self.chunk, self.window // 2)
-        low = min([r.offset for r in self._requests] + [self._served - behind])
-        while self._chunks and self._chunks[0][0] + len(self._chunks[0][1]) <= low:
-            self._chunks.pop(0)
-
-    def _move(self, offset: int) -> None:
-        """Reopen the stream at C{offset}; reads it strands go one-shot."""
-        log.debug("reopening {key} at {offset}", key=self.info.key, offset=offset)
-        self._generation += 1
-        if self._source is not None:
-            self._source.close()
-            self._source = None
-        self._reading = True
-        self._chunks.clear()
-        self._pos = self._served = offset
-        stranded = [r for r in self._requests if r.offset < offset]
-        self._requests = [r for r in self._requests if r.offset >= offset]
-        for r in stranded:
-            self._one_shot(r)
-        generation = self._generation
-        d = self._reopen_at(offset)
-        d.addCallbacks(
-            self._opened, self._failed, (generation,), None, (generation,), None
-        )
-
-    def _opened(self, source: IByteSource, generation: int) -> None:
-        if generation != self._generation:
-            source.close()
-            return
-        if not self._same_version(source):
-            source.close()
-            self._failed(
-                Failure(IntegrityError(f"{self.info.key} changed while being read")),
-                generation,
-            )
-            return
-        self._source = source
-        self._reading = False
-        self._fill()
-
-    def _same_version(self, source: IByteSource) -> bool:
-        info = source.info
-        if info.size != self.size:
-            return False
-        if self.info.etag and info.etag and info.etag != self.info.etag:
-            return False
-        return not (
-            self.info.crc64 is not None
-            and info.crc64 is not None
-            and info.crc64 != self.info.crc64
-        )
-
-    def _fill(self) -> None:
-        if self._reading or self._source is None or self._pos >= self.size:
-            return
-        wanted = max([r.end for r in self._requests], default=0)
-        ahead = min(self.size, self._served + self.window)
-        if self._pos >= max(wanted, ahead):
-            return
-        self._reading = True
-        generation = self._generation
-        d = self._source.read(self.chunk)
-        d.addCallbacks(
-            self._got, self._failed, (generation,), None, (generation,), None
-        )
-
-    def _got(self, data: bytes, generation: int) -> None:
-        if generation != self._generation:
-            return
-        self._reading = False
-        if not data:
-            if self._pos < self.size:
-                self._failed(
-                    Failure(IntegrityError(f"{self.info.key} ended early")), generation
-                )
-            return
-        self._chunks.append((self._pos, data))
-        self._pos += len(data)
-        ready = [r for r in self._requests if r.end <= self._pos]
-        self._requests = [r for r in self._requests if r.end > self._pos]
-        for r in ready:
-            self._served = max(self._served, r.end)
-        answers = [(r, self._slice(r.offset, r.end)) for r in ready]
-        self._trim()
-        self._fill()
-        for r, answer in answers:
-            r.deferred.callback(answer)
-
-    def _failed(self, failure: Failure, generation: int) -> None:
-        if generation != self._generation:
-            return
-        self._reading = False
-        self._failure = failure
-        if self._source is not None:
-            self._source.close()
-            self._source = None
-        requests, self._requests = self._requests, []
-        for r in requests:
-            r.deferred.errback(failure)
-
-    def _one_shot(self, request: _Read) -> None:
-        """Answer one read with its own short stream."""
-
-        async def fetch() -> bytes:
-            source = await self._reopen_at(request.offset)
-            try:
-                if not self._same_version(source):
-                    raise IntegrityError(f"{self.info.key} changed while being read")
-                pieces, got = [], 0
-                while got < request.end - request.offset:
-                    data = await source.read(request.end - request.offset - got)
-                    if not data:
-                        raise IntegrityError(f"{self.info.key} ended early")
-                    pieces.append(data)
-                    got += len(data)
-                return b"".join(pieces)[: request.end - request.offset]
-            finally:
-                source.close()
-
-        Deferred.fromCoroutine(fetch()).chainDeferred(request.deferred)
-
-
-# -- the spool ------------------------------------------------------------
-
-
-class Spool:
-    """
-    A temporary file for bytes that cannot go to the store yet, bounded by
-    C{limit} bytes written.  All file I/O runs in the gateway's thread pool
-    (C{runner}), one operation at a time, so writes and reads apply in the
-    order they were asked for.  The file has no name: it vanishes when
-    closed, or with the process.
-    """
-
-    def __init__(
-        self, runner: Optional[Any], directory: Optional[str], limit: int
-    ) -> None:
-        self.runner = runner
-        self.directory = directory
-        self.limit = limit
-        self.used = 0
-        self._file: Optional[Any] = None
-        self._lock = DeferredLock()
-        self._closed = False
-
-    def _call(self, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
-        def run(_: object) -> Deferred[Any]:
-            if self.runner is None:
-                return maybeDeferred(f, *args)
-            return self.runner.run(f, *args)
-
-        return self._lock.run(lambda: succeed(None).addCallback(run))
-
-    def _fd(self) -> int:
-        if self._closed:
-            raise TransferStopped("the spool is closed")
-        if self._file is None:
-            if self.directory:
-                os.makedirs(self.directory, exist_ok=True)
-            self._file = tempfile.TemporaryFile(dir=self.directory)
-        return self._file.fileno()
-
-    def write(self, offset: int, data: bytes) -> Deferred[None]:
-        """@raise SpoolFull: (synchronously) over the limit."""
-        if self.used + len(data) > self.limit:
-            raise SpoolFull(
-                f"out-of-order writes need more than {self.limit} bytes of "
-                "temporary space"
-            )
-        self.used += len(data)
-
-        def put() -> None:
-            fd = self._fd()
-            view = memoryview(data)
-            at = offset
-            while view:
-                n = os.pwrite(fd, view, at)
-                view, at = view[n:], at + n
-
-        return self._call(put)
-
-    def read(self, offset: int, length: int) -> Deferred[bytes]:
-        """Bytes at C{offset}; zeros where nothing was written."""
-
-        def get() -> bytes:
-            fd = self._fd()
-            data = os.pread(fd, length, offset)
-            return data + bytes(length - len(data))
-
-        return self._call(get)
-
-    def truncate(self, size: int) -> Deferred[None]:
-        return self._call(lambda: os.ftruncate(self._fd(), size))
-
-    def close(self) -> None:
-        """Discard the file (after any operation in progress)."""
-        if self._closed:
-            return
-        self._closed = True
-
-        def close() -> None:
-            if self._file is not None:
-                self._file.close()
-                self._file = None
-
-        self._lock.run(lambda: succeed(None).addCallback(lambda _: close()))
-
-
-# -- writing --------------------------------------------------------------
 
 
 class _Intervals:
@@ -592,7 +252,8 @@ class PositionalWriter:
         self._drain()
 
     def stopProducing(self) -> None:
-        self.fail(Failure(TransferStopped("the upload stopped")))
+        """The upload failed (store, quota, size): the file fails with it."""
+        self.fail(self.writer.failure or Failure(TransferStopped("the upload stopped")))
 
     # -- internals ----------------------------------------------------------
 

@@ -1,17 +1,14 @@
 """
-Protocol-independent streaming between a client connection and a store.
+An upload: bytes in from a push producer (the data connection), an object
+out.
 
-Flow control, in one paragraph.  A download is a push producer: it keeps at
-most C{read_ahead} chunks read from the store (one read in flight at a time,
-the store's reads run in threads) and writes them to the consumer (the data
-connection) while the consumer has not paused it.  When the client is slow,
-the transport pauses us, the queue fills and we stop reading: memory stays
-at read_ahead x chunk.  An upload is the mirror image: the data connection is
-a push producer writing into an L{UploadWriter}, which cuts parts of the
-current part size and uploads up to C{parts_in_flight} of them at once; when
-that many are held it pauses the data connection, so TCP pushes back on the
-client.  Memory per upload is therefore bounded by (parts in flight + 1) x
-part size.  Nothing here knows FTP or SFTP.
+The data connection is a push producer writing into an L{UploadWriter},
+which cuts parts of the current part size and uploads up to
+C{parts_in_flight} of them at once; when that many are held it pauses the
+data connection, so TCP pushes back on the client.  Memory per upload is
+therefore bounded by (parts in flight + 1) x part size.  When the upload
+fails on the store's side (a part, the quota, the size limit) the writer
+stops its producer, as a consumer that can take no more does.
 
 Upload state machine (L{UploadState}).  "The final call" is the single PUT
 of a small upload or the CompleteMultipartUpload of a large one.
@@ -41,189 +38,27 @@ the upload is cleaned up as any failed one.
 from __future__ import annotations
 
 import enum
-import math
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.interfaces import IConsumer, IPushProducer
+from twisted.internet.interfaces import IConsumer, IProducer, IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from cosgw.interfaces import (
-    MAX_PART_SIZE,
-    MAX_PARTS,
-    MIN_PART_SIZE,
-    IByteSource,
-    IObjectStore,
-    ObjectInfo,
-    PartInfo,
-    StoreError,
+from cosgw.interfaces import MAX_PARTS, IObjectStore, ObjectInfo, PartInfo
+from cosgw.transfer.errors import QuotaReached, TransferStopped, UploadTooLarge
+from cosgw.transfer.parts import (
+    CopyRange,
+    contiguous_parts,
+    copy_ranges,
+    part_size_for,
 )
+from cosgw.transfer.settings import TransferSettings
 
 log = Logger()
-
-MiB = 1024 * 1024
-
-#: The part number by which an upload of unknown length reaches COS's 5 GiB
-#: part limit.  Growing geometrically until then lets a stream reach about
-#: 44.7 TiB (91% of the 48.82 TiB that 10,000 parts of 5 GiB allow) while an
-#: upload of a few GiB keeps parts small; only a known size can reach the
-#: very last bytes of the limit, and a size hint does.
-PART_GROWTH_SPAN = 1000
-
-
-@dataclass(frozen=True)
-class TransferSettings:
-    """How transfers use memory and the store; built from the config."""
-
-    part_size: int = 8 * MiB
-    parts_in_flight: int = 4
-    read_chunk: int = 4 * 1024 * 1024
-    read_ahead: int = 2
-    max_file_size: Optional[int] = None
-    #: Keep an interrupted upload's stored parts so the client can resume
-    #: it (REST n + STOR, APPE), instead of aborting them at once.
-    resume_uploads: bool = True
-
-
-class TransferStopped(Exception):
-    """The client went away (or was told to) before the transfer finished."""
-
-
-class UploadTooLarge(StoreError):
-    """The upload went over the size the gateway allows for one file."""
-
-
-class QuotaReached(StoreError):
-    """The upload went over the user's quota."""
-
-
-def part_size_for(number: int, base: int, size_hint: Optional[int] = None) -> int:
-    """
-    The size of part C{number} (1-based) of an upload.
-
-    Without a hint, sizes grow geometrically from C{base} so that part
-    L{PART_GROWTH_SPAN} is 5 GiB; each size is rounded to a whole MiB.
-    With a hint of the total size, parts are at least large enough for the
-    whole file to fit in 10,000 of them.
-    """
-    base = min(max(base, MIN_PART_SIZE), MAX_PART_SIZE)
-    ratio = MAX_PART_SIZE / base
-    growth = ratio ** (min(number - 1, PART_GROWTH_SPAN - 1) / (PART_GROWTH_SPAN - 1))
-    size = max(MIN_PART_SIZE, round(base * growth / MiB) * MiB)
-    if size_hint:
-        size = max(size, math.ceil(size_hint / MAX_PARTS / MiB) * MiB)
-    return min(size, MAX_PART_SIZE)
-
-
-def max_stream_size(base: int) -> int:
-    """The largest object an upload of unknown size can make (for the docs)."""
-    return sum(part_size_for(n, base) for n in range(1, MAX_PARTS + 1))
-
-
-# -- downloads ------------------------------------------------------------
-
-
-@implementer(IPushProducer)
-class Download:
-    """
-    Streams an L{IByteSource} into a consumer with read-ahead and
-    backpressure.  Use L{start}; the source is closed when it ends.
-    """
-
-    def __init__(
-        self,
-        source: IByteSource,
-        consumer: IConsumer,
-        chunk_size: int = 256 * 1024,
-        read_ahead: int = 4,
-    ) -> None:
-        self._source = source
-        self._consumer = consumer
-        self._chunk = chunk_size
-        self._read_ahead = max(1, read_ahead)
-        self._queue: deque[bytes] = deque()
-        self._reading = False
-        self._eof = False
-        self._paused = False
-        self._finished = False
-        self._done: Deferred[int] = Deferred()
-        self.sent = 0
-
-    def start(self) -> Deferred[int]:
-        """
-        @return: A Deferred firing with the number of bytes written, after the
-            consumer's C{unregisterProducer}; failing with L{TransferStopped}
-            if the consumer stopped us, or with the store's error (such as
-            L{IntegrityError}) if the stream broke.  On failure the producer
-            is left registered: the caller must drop the connection, so the
-            client cannot take a broken stream for a whole file.
-        """
-        self._consumer.registerProducer(self, True)
-        self._fill()
-        return self._done
-
-    def _fill(self) -> None:
-        if self._finished or self._reading or self._eof:
-            return
-        if len(self._queue) >= self._read_ahead:
-            return
-        self._reading = True
-        d = self._source.read(self._chunk)
-        d.addCallbacks(self._got, self._fail)
-
-    def _got(self, data: bytes) -> None:
-        self._reading = False
-        if self._finished:
-            return
-        if data:
-            self._queue.append(data)
-        else:
-            self._eof = True
-        self._flush()
-        self._fill()
-
-    def _flush(self) -> None:
-        while self._queue and not self._paused and not self._finished:
-            data = self._queue.popleft()
-            self.sent += len(data)
-            self._consumer.write(data)
-        if self._eof and not self._queue and not self._finished:
-            self._finished = True
-            self._source.close()
-            self._consumer.unregisterProducer()
-            self._done.callback(self.sent)
-
-    def _fail(self, failure: Failure) -> None:
-        self._reading = False
-        if self._finished:
-            return
-        self._finished = True
-        self._queue.clear()
-        self._source.close()
-        self._done.errback(failure)
-
-    # IPushProducer
-
-    def pauseProducing(self) -> None:
-        self._paused = True
-
-    def resumeProducing(self) -> None:
-        self._paused = False
-        self._flush()
-        self._fill()
-
-    def stopProducing(self) -> None:
-        if self._finished:
-            return
-        self._fail(Failure(TransferStopped("the client connection closed")))
-
-
-# -- uploads --------------------------------------------------------------
 
 
 class UploadState(enum.Enum):
@@ -233,43 +68,6 @@ class UploadState(enum.Enum):
     FAILED = "failed"
     ABORTED = "aborted"
     SUSPENDED = "suspended"
-
-
-@dataclass(frozen=True)
-class CopyRange:
-    """A part copied server-side from bytes C{first..last} of C{source}."""
-
-    source: str
-    first: int
-    last: int
-
-
-def copy_ranges(length: int) -> list[tuple[int, int]]:
-    """
-    Split the first C{length} bytes of an object into part-copy ranges:
-    each at most 5 GiB and, since more parts follow, at least 1 MiB.
-
-    @param length: At least L{MIN_PART_SIZE}.
-    """
-    ranges = []
-    first = 0
-    while first < length:
-        size = min(MAX_PART_SIZE, length - first)
-        rest = length - first - size
-        if 0 < rest < MIN_PART_SIZE:
-            size -= MIN_PART_SIZE - rest
-        ranges.append((first, first + size - 1))
-        first += size
-    return ranges
-
-
-def contiguous_parts(parts: Sequence[PartInfo]) -> list[PartInfo]:
-    """Parts 1..k of C{parts} with no gap, sorted: what a resume can keep."""
-    by_number = {p.number: p for p in parts}
-    kept = []
-    while len(kept) + 1 in by_number:
-        kept.append(by_number[len(kept) + 1])
-    return kept
 
 
 class UploadRegistry:
@@ -310,7 +108,6 @@ class UploadWriter:
         settings: TransferSettings,
         size_hint: Optional[int] = None,
         metadata: Optional[Mapping[str, str]] = None,
-        on_stop: Optional[Callable[[], None]] = None,
         registry: Optional[UploadRegistry] = None,
         resume: Optional[tuple[str, Sequence[PartInfo]]] = None,
         copy_prefix: Optional[tuple[str, int]] = None,
@@ -337,7 +134,6 @@ class UploadWriter:
         self.state = UploadState.OPEN
         self.received = 0
         self.upload_id: Optional[str] = None
-        self._on_stop = on_stop
         self._producer: Optional[IPushProducer] = None
         self._paused = False
         self._buffer = bytearray()
@@ -398,10 +194,11 @@ class UploadWriter:
 
     # IConsumer
 
-    def registerProducer(self, producer: IPushProducer, streaming: bool) -> None:
-        self._producer = producer
+    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
+        """@raise TypeError: C{producer} is not a push producer."""
+        self._producer = IPushProducer(producer)
         if self._paused:
-            producer.pauseProducing()
+            self._producer.pauseProducing()
 
     def unregisterProducer(self) -> None:
         self._producer = None
@@ -692,8 +489,8 @@ class UploadWriter:
         self._settle(failure)
         # Stop the client sending more; the protocol then sees the end of the
         # stream and asks finish() for the result, which is this failure.
-        if self._on_stop is not None:
-            self._on_stop()
+        if self._producer is not None:
+            self._producer.stopProducing()
         self._cleanup()
 
     def _cleanup(self) -> Deferred[None]:

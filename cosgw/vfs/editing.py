@@ -1,0 +1,515 @@
+"""
+Files opened with POSIX open's flags and then read and written at offsets
+(SFTP's OPEN, READ, WRITE, FSETSTAT, CLOSE), over objects that are written
+once, front to back.
+
+How the flags meet an object store:
+
+  - Opened without a write flag: reads through a L{Reader} (one ranged GET
+    streamed ahead of the client, reopened when a read moves).
+  - A new file, or opened with TRUNC or APPEND: writes stream into a
+    multipart upload at once (L{Upload.write_at}: in-order writes go
+    straight in, out-of-order ones wait in a bounded reorder map or spool).
+  - An existing file opened for writing without TRUNC or APPEND is decided
+    at the first write: a write at the file's end (or at the end of an
+    interrupted upload) appends, with the server-side copy FTP's APPE uses;
+    any other write changes the file in place, which needs a copy of it in
+    a bounded spool (the "image"), uploaded whole at close.  Reads before
+    the first write see the stored file.
+
+The checks (the parent directory, the permissions, what is there) are made
+once per file, each when it is first needed, never again by the upload.
+
+The states of a L{RandomAccessFile}:
+
+    ========== =============================== ==============================
+    state      entered when                    writes go to
+    ========== =============================== ==============================
+    READ       opened without writing          nowhere: refused
+    UNDECIDED  existing file, no TRUNC/APPEND  (decided by the first write)
+    STREAM     new, TRUNC, APPEND, or first    the multipart upload, at
+               write at the end                offsets (L{Upload.write_at})
+    IMAGE      first write anywhere else       a spool holding the whole
+                                               file, uploaded at close
+    FAILED     a write could not be honoured   nowhere: close reports it
+    CLOSED     close or abort                  nowhere
+    ========== =============================== ==============================
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Optional
+
+from twisted.internet.defer import Deferred, ensureDeferred, fail, succeed
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from cosgw.interfaces import Entry, IRandomAccessFile, ObjectInfo
+from cosgw.policy.throttle import PauseGate
+from cosgw.transfer import RandomAccessSettings, Spool
+from cosgw.transfer.settings import MiB
+from cosgw.vfs.errors import (
+    AlreadyExists,
+    IsADirectory,
+    NotFound,
+    NotSupported,
+    PermissionDenied,
+    WriteRefused,
+    translate,
+)
+from cosgw.vfs.names import display
+from cosgw.vfs.rates import ReplyHold
+from cosgw.vfs.reader import Reader
+from cosgw.vfs.resume import Resumable
+from cosgw.vfs.upload import Upload, begin_upload
+
+if TYPE_CHECKING:
+    from cosgw.vfs.filesystem import ObjectFileSystem
+
+log = Logger()
+
+
+@dataclass(frozen=True)
+class OpenFlags:
+    """POSIX open's flags, as SFTP's OPEN carries them."""
+
+    read: bool = False
+    write: bool = False
+    append: bool = False
+    create: bool = False
+    truncate: bool = False
+    exclusive: bool = False
+
+    @property
+    def writes(self) -> bool:
+        return self.write or self.append or self.truncate
+
+
+class FileMode(enum.Enum):
+    """A L{RandomAccessFile}'s state; see the module docstring."""
+
+    READ = "read"
+    UNDECIDED = "undecided"
+    STREAM = "stream"
+    IMAGE = "image"
+    FAILED = "failed"
+    CLOSED = "closed"
+
+
+async def open_file(
+    fs: ObjectFileSystem,
+    segments: Sequence[str],
+    flags: OpenFlags,
+    settings: RandomAccessSettings,
+    producer: Optional[IPushProducer],
+) -> RandomAccessFile:
+    """Open C{segments} as L{ObjectFileSystem.open_file} describes."""
+    path = display(segments)
+    if not flags.writes and not flags.create:
+        reader = await fs._reader(segments, 0, settings)
+        return RandomAccessFile(fs, segments, flags, settings, producer, reader=reader)
+    existing = await fs._stat_or_none(segments)
+    if not flags.writes and existing is not None and not flags.exclusive:
+        # O_CREAT alone on an existing file opens it, as POSIX does.
+        reader = await fs._reader(segments, 0, settings)
+        return RandomAccessFile(fs, segments, flags, settings, producer, reader=reader)
+    fs.require("upload", segments)
+    if existing is not None:
+        if existing.is_dir:
+            raise IsADirectory(path)
+        if flags.create and flags.exclusive:
+            raise AlreadyExists(path)
+        fs.require("overwrite", segments)
+    elif not flags.create:
+        raise NotFound(path)
+    file = RandomAccessFile(fs, segments, flags, settings, producer, existing=existing)
+    if existing is None or flags.truncate:
+        await file.start_stream(append=False)
+    elif flags.append:
+        await file.start_stream(append=True)
+    return file
+
+
+async def set_attributes(
+    fs: ObjectFileSystem,
+    segments: Sequence[str],
+    size: Optional[int],
+    mtime: Optional[float],
+) -> None:
+    """
+    SETSTAT by path: a size is honoured only when it is the current size or
+    0 (an empty upload); a time is kept as MFMT keeps it, when it differs.
+    """
+    entry = await fs._stat(segments)
+    if size is not None and size != entry.size:
+        if entry.is_dir or size != 0:
+            raise NotSupported(
+                display(segments),
+                "a stored file's size can only be changed to 0 "
+                "(upload it again instead)",
+            )
+        upload = await fs.open_upload(segments)
+        await upload.commit()
+    if mtime is not None and not entry.is_dir:
+        if int(mtime) != int(entry.mtime):
+            await fs.set_mtime(segments, float(mtime))
+
+
+@implementer(IRandomAccessFile)
+class RandomAccessFile:
+    """A file open for reads and writes at offsets; see L{FileMode}."""
+
+    def __init__(
+        self,
+        fs: ObjectFileSystem,
+        segments: Sequence[str],
+        flags: OpenFlags,
+        settings: RandomAccessSettings,
+        producer: Optional[IPushProducer],
+        existing: Optional[Entry] = None,
+        reader: Optional[Reader] = None,
+    ) -> None:
+        self.fs = fs
+        self.segments = list(segments)
+        self.path = display(segments)
+        self.flags = flags
+        self.settings = settings
+        self.existing = existing
+        self._producer = producer
+        self.mode = FileMode.READ if reader is not None else FileMode.UNDECIDED
+        #: Reads of a file opened for reading, or before the first write.
+        self._reader = reader
+        self.upload: Optional[Upload] = None
+        self.image: Optional[Spool] = None
+        self.image_size = 0
+        self._image_replies: Optional[ReplyHold] = None
+        self._failure: Optional[Failure] = None
+        self._size: Optional[int] = None
+        self._mtime: Optional[float] = None
+        self._deciding: Optional[Deferred[None]] = None
+        self._waiting: list[Deferred[None]] = []
+
+    @property
+    def writable(self) -> bool:
+        return self.mode is not FileMode.READ
+
+    @property
+    def entry(self) -> Entry:
+        """
+        What a stat of the open file shows: the size as written so far; the
+        time a client set (0.0 when none: now).
+        """
+        if self._reader is not None and self.mode is FileMode.READ:
+            return self._reader.entry
+        if self.mode is FileMode.IMAGE:
+            size = self.image_size
+        elif self.upload is not None:
+            size = self.upload.end
+        else:
+            size = self.existing.size if self.existing else 0
+        return Entry(self.segments[-1], False, size, self._mtime or 0.0)
+
+    # -- starting ---------------------------------------------------------
+
+    async def start_stream(
+        self,
+        append: bool,
+        offset: int = 0,
+        resumable: Optional[Resumable] = None,
+        checked: bool = False,
+    ) -> None:
+        """
+        Begin the upload: from 0, at C{offset} (keeping the first bytes of
+        the existing file or of the interrupted upload C{resumable}), or as
+        an append.
+
+        @param checked: the parent directory is known to exist.
+        """
+        fs = self.fs
+        if not checked and self.segments[:-1]:
+            await fs._require_dir(self.segments[:-1])
+        if append:
+            resumable = await fs._resumable(fs.key(self.segments), self.existing)
+        self.upload = await begin_upload(
+            fs,
+            self.segments,
+            self.existing,
+            resumable,
+            offset,
+            append,
+            random_access=self.settings,
+            append_writes=self.flags.append,
+        )
+        if self._producer is not None:
+            self.upload.registerProducer(self._producer, True)
+        self.mode = FileMode.STREAM
+
+    def _spool(self) -> Spool:
+        settings = self.settings
+        return Spool(self.fs.runner, settings.spool_dir, settings.spool_limit)
+
+    async def _start_image(self) -> None:
+        """Copy the existing file into a spool, to change it in place."""
+        assert self.existing is not None
+        if self.existing.size > self.settings.spool_limit:
+            raise WriteRefused(
+                self.path,
+                f"changing a file of {self.existing.size} bytes in place needs "
+                "more temporary space than this server allows; upload it whole "
+                "instead",
+            )
+        self.fs.require("download", self.segments)
+        spool = self._spool()
+        source = await self.fs._open_source(self.segments, 0)
+        offset = 0
+        try:
+            while chunk := await source.read(MiB):
+                await spool.write(offset, chunk)
+                offset += len(chunk)
+        except BaseException:
+            spool.close()
+            raise
+        finally:
+            source.close()
+        self.image, self.image_size = spool, offset
+        gate = PauseGate(self._producer) if self._producer is not None else None
+        self._image_replies = ReplyHold(self.fs.rates.upload, gate)
+        self.mode = FileMode.IMAGE
+        log.info(
+            "{user}: {path} changed in place: {size} bytes spooled",
+            user=self.fs.user,
+            path=self.path,
+            size=offset,
+        )
+
+    async def _decide_how(self, offset: int) -> None:
+        assert self.existing is not None
+        fs = self.fs
+        if self.segments[:-1]:
+            await fs._require_dir(self.segments[:-1])
+        resumable = await fs._resumable(fs.key(self.segments), self.existing)
+        end = resumable.size if resumable is not None else self.existing.size
+        if offset == end:
+            await self.start_stream(False, offset, resumable, checked=True)
+        else:
+            await self._start_image()
+
+    def _decide(self, offset: int) -> Deferred[None]:
+        """
+        First write to an existing file opened without TRUNC/APPEND: wait
+        until it is decided how the file is written.  Writes that arrive
+        meanwhile wait in order, and go on in that order.
+        """
+        if self._deciding is None:
+
+            def settled(result: object) -> None:
+                self._close_reader()  # the file is being written now
+                if isinstance(result, Failure):
+                    self._fail(translate(result, self.path))
+                waiting, self._waiting = self._waiting, []
+                for w in waiting:
+                    w.callback(None)
+
+            self._deciding = ensureDeferred(self._decide_how(offset))
+            self._deciding.addBoth(settled)
+        d: Deferred[None] = Deferred()
+        if self._deciding.called:
+            d.callback(None)
+        else:
+            self._waiting.append(d)
+        return d
+
+    # -- reads and writes ---------------------------------------------------
+
+    def write(self, offset: int, data: bytes) -> Optional[Deferred[None]]:
+        """
+        Write C{data} at C{offset}, at the user's upload rate.
+
+        @return: None when the write may be acknowledged at once, else a
+            Deferred firing when it may; failing (or raising) with the
+            L{FSError} that failed the file.
+        """
+        if self.mode is FileMode.READ:
+            raise PermissionDenied(self.path, "the file was opened for reading only")
+        if self.mode is FileMode.UNDECIDED:
+            return self._decide(offset).addCallback(lambda _: self.write(offset, data))
+        if self.mode is FileMode.FAILED:
+            assert self._failure is not None
+            return fail(self._failure)
+        if self.mode is FileMode.CLOSED:
+            raise WriteRefused(self.path, "the file is closed")
+        if self.mode is FileMode.IMAGE:
+            return self._write_image(offset, data)
+        assert self.upload is not None
+        try:
+            return self.upload.write_at(offset, data)
+        except Exception:
+            failure = Failure()
+            self._fail(failure)
+            return fail(failure)
+
+    def _write_image(self, offset: int, data: bytes) -> Optional[Deferred[None]]:
+        assert self.image is not None and self._image_replies is not None
+        if self.flags.append:
+            offset = self.image_size
+        self.image_size = max(self.image_size, offset + len(data))
+        try:
+            d = self.image.write(offset, data)
+        except Exception:
+            failure = translate(Failure(), self.path)
+            self._fail(failure)
+            return fail(failure)
+        d.addErrback(self._failed)
+        held = self._image_replies.hold(len(data))
+        if held is not None:
+            d.addCallback(lambda _: held)
+        return d
+
+    def read(self, offset: int, length: int) -> Deferred[bytes]:
+        """
+        Up to C{length} bytes at C{offset}; C{b""} at the end.  A file is
+        readable when opened for reading (before its first write) and while
+        it is changed in place, not while it streams into the store.
+        """
+        if self.mode is FileMode.UNDECIDED and self.flags.read:
+            return ensureDeferred(self._read_existing(offset, length))
+        if self._reader is not None and self.mode is FileMode.READ:
+            return self._reader.read(offset, length)
+        if self.mode is FileMode.IMAGE and self.image is not None:
+            length = max(0, min(length, self.image_size - offset))
+            if not length:
+                return succeed(b"")
+            return self.image.read(offset, length)
+        raise NotSupported(
+            self.path, "reading back a file that is being uploaded is not supported"
+        )
+
+    async def _read_existing(self, offset: int, length: int) -> bytes:
+        """
+        Reads before the first write (a READ|WRITE open) go through one
+        reader, as a read-only file's do, not a GET each.
+        """
+        if self._reader is None:
+            self._reader = await self.fs._reader(self.segments, offset, self.settings)
+        return await self._reader.read(offset, length)
+
+    def _close_reader(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
+    # -- attributes ---------------------------------------------------------
+
+    def set_attributes(
+        self, size: Optional[int] = None, mtime: Optional[float] = None
+    ) -> Deferred[None]:
+        """
+        FSETSTAT: lftp sends {size, atime, mtime} just before CLOSE; the size
+        becomes the file's final size (cutting it or extending it with
+        zeros), the time is stored once the file is.  On a file opened for
+        reading only the time counts, and is stored at once.
+        """
+        if self.mode is FileMode.READ:
+            return self.fs.set_attributes(self.segments, mtime=mtime)
+        if mtime is not None:
+            self._mtime = float(mtime)
+        if size is not None:
+            if self.mode is FileMode.IMAGE and self.image is not None:
+                self.image_size = size
+                return self.image.truncate(size)
+            if self.mode is FileMode.UNDECIDED and self.existing is not None:
+                if size != self.existing.size:
+                    raise NotSupported(
+                        self.path,
+                        "a stored file's size cannot be changed without writing it",
+                    )
+                return succeed(None)
+            if self.upload is not None and size < self.upload.uploaded:
+                raise NotSupported(
+                    self.path,
+                    f"cannot cut the file to {size} bytes: "
+                    f"{self.upload.uploaded} are already uploaded",
+                )
+            self._size = size
+        return succeed(None)
+
+    # -- the end ------------------------------------------------------------
+
+    def close(self) -> Deferred[Optional[ObjectInfo]]:
+        """
+        Store the file (a file opened for reading is just closed).
+
+        @return: Deferred firing once the store confirmed it, with the
+            stored object's L{ObjectInfo} (None when nothing was written);
+            failing with what failed the file.
+        """
+        if self.mode is FileMode.UNDECIDED and self._deciding is not None:
+            # Writes wait for the decision: close after them.
+            return self._decide(0).addCallback(lambda _: self.close())
+        self._close_reader()
+        mode, self.mode = self.mode, FileMode.CLOSED
+        if mode is FileMode.FAILED:
+            assert self._failure is not None
+            return fail(self._failure)
+        if mode in (FileMode.READ, FileMode.UNDECIDED, FileMode.CLOSED):
+            d = self._apply_mtime() if mode is FileMode.UNDECIDED else succeed(None)
+            return d.addCallback(lambda _: None)
+        if mode is FileMode.IMAGE:
+            return ensureDeferred(self._upload_image())
+        return ensureDeferred(self._commit())
+
+    async def _commit(self) -> ObjectInfo:
+        assert self.upload is not None
+        info = await self.upload.commit(self._size)
+        await self._apply_mtime()
+        return info
+
+    async def _upload_image(self) -> ObjectInfo:
+        assert self.image is not None and self.existing is not None
+        image, size = self.image, self.image_size
+        try:
+            upload = await begin_upload(self.fs, self.segments, self.existing, None)
+            info = await upload.commit_spool(image, size)
+        finally:
+            image.close()
+        await self._apply_mtime()
+        return info
+
+    def _apply_mtime(self) -> Deferred[None]:
+        if self._mtime is None:
+            return succeed(None)
+        return self.fs.set_mtime(self.segments, self._mtime)
+
+    def abort(self, reason: str) -> None:
+        """
+        The client went away (a lost session): nothing of this file may
+        remain.  C{reason} is for the log.
+        """
+        self._close_reader()
+        self.mode = FileMode.CLOSED
+        if self.upload is not None:
+            self.upload.abort(reason)
+        if self.image is not None:
+            self.image.close()
+
+    # -- failures -----------------------------------------------------------
+
+    def _failed(self, failure: Failure) -> Failure:
+        failure = translate(failure, self.path)
+        self._fail(failure)
+        return failure
+
+    def _fail(self, failure: Failure) -> None:
+        """Nothing of this file will be stored; close reports C{failure}."""
+        if self.mode is not FileMode.CLOSED and self._failure is None:
+            self._failure = failure
+            self.mode = FileMode.FAILED
+            if self.upload is not None:
+                self.upload.abort()
+            if self.image is not None:
+                self.image.close()

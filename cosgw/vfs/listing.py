@@ -1,0 +1,76 @@
+"""
+Directory listings that arrive page by page, so a frontend can stream them:
+the first entries go out before the last page is fetched, and memory does
+not grow with the directory.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Optional
+
+from twisted.internet.defer import Deferred
+from zope.interface import implementer
+
+from cosgw.interfaces import Entry, IListing
+from cosgw.vfs import mtimes
+from cosgw.vfs.names import MTIME_INDEX
+
+if TYPE_CHECKING:
+    from cosgw.vfs.filesystem import ObjectFileSystem
+
+
+@implementer(IListing)
+class Listing:
+    """A directory listing of one file system, one store page at a time."""
+
+    def __init__(self, fs: ObjectFileSystem, segments: list[str]) -> None:
+        self.fs = fs
+        self.segments = segments
+        self._marker = ""
+        self._done = False
+        self._first = True
+        self._mtimes: mtimes.Index = {}
+
+    def next_page(self) -> Deferred[Optional[list[Entry]]]:
+        """
+        @return: Deferred firing with the next list of entries, or None at
+            the end; the first call fails with L{NotFound} if there is
+            nothing at the path.  A file's listing is the file itself.
+        """
+        return self.fs._run(self.segments, self._next)
+
+    async def _next(self) -> Optional[list[Entry]]:
+        if self._done:
+            return None
+        fs = self.fs
+        prefix = fs.dir_prefix(self.segments)
+        if self._first:
+            self._mtimes = await mtimes.read_index(fs.store, prefix)
+        page = await fs.store.list(prefix, delimiter="/", marker=self._marker)
+        first, self._first = self._first, False
+        entries: list[Entry] = []
+        marker_seen = False
+        for info in page.objects:
+            if info.key == prefix:
+                marker_seen = True
+                continue
+            name = info.key[len(prefix) :]
+            if name in ("", ".", "..", MTIME_INDEX):
+                continue
+            mtime = mtimes.listed_mtime(self._mtimes, name, info)
+            entries.append(Entry(name, False, info.size, mtime))
+        for p in page.prefixes:
+            name = p[len(prefix) :].rstrip("/")
+            if name in ("", ".", "..") or "/" in name:
+                continue
+            entries.append(Entry(name, True, 0, 0.0))
+        entries.sort(key=lambda e: e.name)
+        if page.next_marker is None:
+            self._done = True
+        else:
+            self._marker = page.next_marker
+        if first and self.segments and not entries and not marker_seen and self._done:
+            # Nothing below the prefix: a file, or nothing at all.
+            entry = await fs._stat(self.segments)
+            return [entry] if not entry.is_dir else []
+        return entries
