@@ -100,7 +100,7 @@ class ReplyHold:
             return None
         held: Deferred[None] = self.limit.hold(n)
         if held.called:
-            return held
+            return None
         self._holds += 1
         if self._holds == 1 and self.gate is not None:
             self.gate.pause(RATE)
