@@ -205,9 +205,7 @@ class StreamTests(EditingTestCase):
 
     def test_out_of_order_writes(self) -> None:
         data = pattern(3 * MiB + 100)
-        settings = vfs.RandomAccessSettings(
-            reorder_window=256 * KiB, spool_dir=self.mktemp()
-        )
+        settings = vfs.RandomAccessSettings(reorder_window=256 * KiB)
         file = self.open("f", settings=settings, **WRITE_NEW)
         chunks = list(range(0, len(data), 32 * KiB))
         # The last chunk first: far ahead, it goes to the spool; then groups

@@ -256,7 +256,9 @@ class FTPShell:
     def _ftp(self, d: Deferred[Any], action: str) -> Deferred[Any]:
         return d.addErrback(lambda f: Failure(reply_for(f, action)))
 
-    def _call(self, action: str, f: Callable[..., Deferred[Any]], *args: Any):
+    def _call(
+        self, action: str, f: Callable[..., Deferred[Any]], *args: Any
+    ) -> Deferred[Any]:
         return self._ftp(maybeDeferred(f, *args), action)
 
     def makeDirectory(self, path: Sequence[str]) -> Deferred[None]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import ipaddress
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 from OpenSSL import SSL
 from twisted.internet import error as net_error
@@ -26,6 +26,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from cosgw import vfs
+from cosgw.interfaces import IListing
 from cosgw.tls import session_reused
 
 log = Logger()
@@ -59,9 +60,13 @@ class DataChannel(protocol.Protocol, policies.TimeoutMixin):
     connection's TLS session resumed and the client did not.
     """
 
+    #: A TCP or TLS transport: beyond L{ITransport} it is a producer, and
+    #: has abortConnection and (over TLS) getHandle.
+    transport: Any
+
     def __init__(self) -> None:
         #: None until known; then True, or why the channel cannot be used.
-        self._secured: Optional[object] = None
+        self._secured: Optional[Literal[True] | BaseException] = None
         self._secure_waiters: list[Deferred[None]] = []
         self._early: list[bytes] = []
         self._sending = False
@@ -85,7 +90,8 @@ class DataChannel(protocol.Protocol, policies.TimeoutMixin):
             tcp.SEND_LIMIT = DATA_BUFFER_SIZE
         clock = self.factory.clock
         if clock is not None:
-            self.callLater = clock.callLater
+            # TimeoutMixin's hook for another clock (it is a method there).
+            self.callLater = clock.callLater  # type: ignore[method-assign]
         if not self.factory.tls:
             self.transport.pauseProducing()
             self._set_secured(True)
@@ -110,16 +116,16 @@ class DataChannel(protocol.Protocol, policies.TimeoutMixin):
             return
         self._set_secured(True)
 
-    def _set_secured(self, outcome: object) -> None:
+    def _set_secured(self, outcome: Literal[True] | BaseException) -> None:
         if self._secured is not None:
             return
         self._secured = outcome
         waiters, self._secure_waiters = self._secure_waiters, []
         for d in waiters:
-            if outcome is True:
-                d.callback(None)
-            else:
+            if isinstance(outcome, BaseException):
                 d.errback(outcome)
+            else:
+                d.callback(None)
 
     def ready(self) -> Deferred[None]:
         """
@@ -146,7 +152,7 @@ class DataChannel(protocol.Protocol, policies.TimeoutMixin):
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         self._ended = True
         self.setTimeout(None)
-        self._set_secured(reason.value)
+        self._set_secured(reason.value or net_error.ConnectionDone())
         if reason.check(net_error.ConnectionDone) is None and not self._tls_closed():
             self._end = reason.value
         if self._consumer is not None:
@@ -324,7 +330,7 @@ class DataChannelFactory(protocol.ClientFactory):
 @implementer(IPushProducer)
 class ListingSender:
     """
-    Streams a L{vfs.Listing} into a data channel page by page.  The next
+    Streams a listing (L{IListing}) into a data channel page by page.  The next
     page is fetched while the current one is formatted and sent, and at most
     two pages are held: while the client is slow (the transport paused us)
     no page beyond them is fetched, so memory does not grow with the
@@ -333,7 +339,7 @@ class ListingSender:
 
     def __init__(
         self,
-        listing: vfs.Listing,
+        listing: IListing,
         first: list[vfs.Entry],
         channel: DataChannel,
         format_line: Callable[[vfs.Entry], str],

@@ -159,13 +159,27 @@ class UploadWriter:
         #: Bytes of the object that did not come from this stream (kept
         #: parts of a resumed upload, a copied prefix).
         self.base = 0
+        self._start_from(resume, copy_prefix, initial)
+        self._budget = budget
+        if budget is not None and not budget.grow(self.size):
+            self._fail(Failure(QuotaReached(f"{key}: over the quota")))
+            return
+        self._pump()
+
+    def _start_from(
+        self,
+        resume: Optional[tuple[str, Sequence[PartInfo]]],
+        copy_prefix: Optional[tuple[str, int]],
+        initial: bytes,
+    ) -> None:
+        """What the object starts with, before the stream (see __init__)."""
         if resume is not None:
             self.upload_id, parts = resume
             self._parts = sorted(parts, key=lambda p: p.number)
             self._next_number = len(self._parts) + 1
             self.base = sum(p.size for p in self._parts)
-            if registry is not None:
-                registry.add(self.upload_id)
+            if self._registry is not None:
+                self._registry.add(self.upload_id)
                 self._registered = self.upload_id
         if copy_prefix is not None:
             source, length = copy_prefix
@@ -176,16 +190,11 @@ class UploadWriter:
                 self._next_number += 1
             self.base += length
         self._current_part = part_size_for(
-            self._next_number, settings.part_size, size_hint
+            self._next_number, self.settings.part_size, self.size_hint
         )
         if initial:
             self.base += len(initial)
             self._buffer += initial
-        self._budget = budget
-        if budget is not None and not budget.grow(self.size):
-            self._fail(Failure(QuotaReached(f"{key}: over the quota")))
-            return
-        self._pump()
 
     @property
     def size(self) -> int:
