@@ -26,9 +26,8 @@ from typing import Any, Optional
 
 from twisted.application.service import MultiService, Service
 from twisted.cred.portal import Portal
-from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, succeed
-from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IListeningPort, IProtocolFactory
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
+from twisted.internet.interfaces import IListeningPort
 from twisted.internet.task import LoopingCall
 from twisted.logger import (
     FilteringLogObserver,
@@ -45,6 +44,7 @@ from cosgw.auth.passwd import DEFAULT_USERNAME, ensure_generated_account
 from cosgw.auth.passwords import PasswordChecker
 from cosgw.auth.realm import Realm
 from cosgw.config import ALL_PERMISSIONS, Config, ConfigError, StorageConfig, UserConfig
+from cosgw.frontends.listener import ListenerService
 from cosgw.interfaces import IObjectStore
 from cosgw.policy.accounts import Account, Accounts
 from cosgw.policy.defender import LoginDefender
@@ -197,60 +197,6 @@ class UploadSweeper(Service):
                     age=now - upload.initiated,
                 )
         return aborted
-
-
-class ListenerService(Service):
-    """
-    Listens on one endpoint string.  Unlike StreamServerEndpointService it
-    keeps the port, so the gateway can say where it listens (tcp:0 included).
-    """
-
-    def __init__(self, reactor: Any, description: str, factory: IProtocolFactory):
-        self._reactor = reactor
-        self.description = description
-        self.endpoint = serverFromString(reactor, description)
-        self.factory = factory
-        self.port: Optional[IListeningPort] = None
-        self.listening: Deferred[IListeningPort] = Deferred()
-        self._started = False
-
-    def privilegedStartService(self) -> None:
-        # Bind before twistd drops privileges (ports 21 and 990).
-        super().privilegedStartService()
-        self._listen()
-
-    def startService(self) -> None:
-        super().startService()
-        self._listen()
-
-    def _listen(self) -> None:
-        if self._started:
-            return
-        self._started = True
-        d = self.endpoint.listen(self.factory)
-
-        def listening(port: IListeningPort) -> IListeningPort:
-            self.port = port
-            self.listening.callback(port)
-            return port
-
-        def failed(failure: Any) -> None:
-            log.failure("cannot listen on {where}", failure, where=self.description)
-            self.listening.errback(failure)
-            if self._reactor.running:
-                # A gateway that cannot listen where it was told must not
-                # look healthy.
-                self._reactor.callLater(0, self._reactor.stop)
-
-        d.addCallbacks(listening, failed)
-
-    def stopService(self) -> Deferred[None]:
-        super().stopService()
-        port, self.port = self.port, None
-        self._started = False
-        if port is not None:
-            return port.stopListening()
-        return succeed(None)
 
 
 class GatewayService(MultiService):
