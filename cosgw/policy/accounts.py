@@ -8,7 +8,7 @@ same file system, and meets the same rules, over FTP, FTPS and SFTP.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -135,3 +135,27 @@ class Accounts:
 
     def close_session(self, name: str) -> None:
         self.sessions.logout(name)
+
+    def session(
+        self, name: str, peer: Any
+    ) -> tuple[ObjectFileSystem, Callable[[], None]]:
+        """
+        A session of C{name} from C{peer} begins: its file system, and the
+        logout that ends it.  Every frontend's avatar factory calls this,
+        and the logout may be called more than once (a frontend's own
+        logout and the portal's both end up here): only the first call
+        gives the session back, so the user's session count never drops
+        below what is really open.
+
+        @raise LoginRefused: a rule refuses the session (see
+            L{open_session}).
+        """
+        fs = self.open_session(name, peer)
+        open_ = [True]
+
+        def logout() -> None:
+            if open_:
+                open_.clear()
+                self.close_session(name)
+
+        return fs, logout
