@@ -44,6 +44,7 @@ from cosgw.auth.passwd import DEFAULT_USERNAME, ensure_generated_account
 from cosgw.auth.passwords import PasswordChecker
 from cosgw.auth.realm import Realm
 from cosgw.config import ALL_PERMISSIONS, Config, ConfigError, StorageConfig, UserConfig
+from cosgw.frontends.ftp.tls import ServerTLS, generate_self_signed, load_server_tls
 from cosgw.frontends.listener import ListenerService
 from cosgw.interfaces import IObjectStore
 from cosgw.policy.accounts import Account, Accounts
@@ -52,7 +53,6 @@ from cosgw.policy.limits import ConnectionLimits, NetworkRule, SessionLimits
 from cosgw.policy.quota import Usage
 from cosgw.policy.throttle import RateLimit
 from cosgw.storage._runner import BlockingRunner
-from cosgw.tls import ServerTLS, generate_self_signed, load_server_tls
 from cosgw.transfer import RandomAccessSettings, TransferSettings
 from cosgw.vfs import home_prefix, is_hidden_key
 
@@ -461,7 +461,7 @@ def makeService(config: Config, reactor: Any = None) -> GatewayService:
         reactor = running
     from twisted.protocols.ftp import IFTPShell
 
-    from cosgw.frontends.ftp import FTPShell, GatewayFTPFactory
+    from cosgw.frontends.ftp.protocol import FTPShell, GatewayFTPFactory
 
     for notice in config.notices:
         log.warn("config: {notice}", notice=notice)

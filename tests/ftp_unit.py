@@ -49,8 +49,8 @@ from twisted.trial import unittest
 from cosgw.auth.passwords import PasswordChecker
 from cosgw.auth.realm import Realm
 from cosgw.config import ALL_PERMISSIONS, ServerConfig
-from cosgw.frontends.ftp import EOF_GRACE, FTPShell, GatewayFTPFactory
-from cosgw.frontends.ftp_data import DataChannelFactory
+from cosgw.frontends.ftp.data import DataChannelFactory
+from cosgw.frontends.ftp.protocol import EOF_GRACE, FTPShell, GatewayFTPFactory
 from cosgw.policy.accounts import Account, Accounts
 from cosgw.policy.defender import LoginDefender
 from cosgw.policy.limits import ConnectionLimits, NetworkRule, SessionLimits

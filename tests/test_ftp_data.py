@@ -21,7 +21,7 @@ from twisted.trial import unittest
 from zope.interface import implementer
 
 from cosgw import vfs
-from cosgw.frontends.ftp_data import (
+from cosgw.frontends.ftp.data import (
     DataChannel,
     DataChannelFactory,
     ListingSender,

@@ -15,7 +15,7 @@ import socket
 from twisted.internet import error
 from twisted.internet.address import IPv4Address
 
-from cosgw.frontends.ftp import DATA_CONNECTION_TIMEOUT, MAX_QUEUED_LINES
+from cosgw.frontends.ftp.protocol import DATA_CONNECTION_TIMEOUT, MAX_QUEUED_LINES
 from tests.ftp_unit import (
     ALICE_PASSWORD,
     CLIENT_HOST,

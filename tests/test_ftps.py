@@ -34,7 +34,7 @@ from twisted.internet import defer, reactor
 from twisted.internet.task import deferLater
 from twisted.trial import unittest
 
-from cosgw.tls import generate_self_signed, session_reused
+from cosgw.frontends.ftp.tls import generate_self_signed, session_reused
 from cosgw.vfs import MTIME_INDEX
 from tests.harness import (
     PASSWORD,

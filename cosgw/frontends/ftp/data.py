@@ -26,8 +26,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from cosgw import vfs
+from cosgw.frontends.ftp.tls import session_reused
 from cosgw.interfaces import IListing
-from cosgw.tls import session_reused
 
 log = Logger()
 

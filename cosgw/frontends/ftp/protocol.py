@@ -61,22 +61,22 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from cosgw import vfs
-from cosgw.frontends.ftp_data import (
+from cosgw.frontends.ftp.data import (
     DataChannel,
     DataChannelFactory,
     DataConnectionRefused,
     ListingSender,
     normal_host,
 )
-from cosgw.frontends.ftp_facts import (
+from cosgw.frontends.ftp.facts import (
     COMMAND_HELP,
     DEFAULT_FACTS,
     FACTS,
     SITE_HELP,
     feat_mlst,
     format_facts,
-    format_list_line,
 )
+from cosgw.frontends.listing import format_list_line
 from cosgw.interfaces import IReader, IUpload
 from cosgw.policy.accounts import LoginRefused
 from cosgw.policy.defender import LoginBanned, LoginDefender

@@ -1,0 +1,3 @@
+"""
+The FTP and FTPS frontend.
+"""
