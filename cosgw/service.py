@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from twisted.application.service import MultiService, Service
 from twisted.cred.portal import Portal
@@ -53,8 +53,11 @@ from cosgw.policy.limits import ConnectionLimits, NetworkRule, SessionLimits
 from cosgw.policy.quota import Usage
 from cosgw.policy.throttle import RateLimit
 from cosgw.storage._runner import BlockingRunner
-from cosgw.transfer import RandomAccessSettings, TransferSettings
+from cosgw.transfer import TransferSettings
 from cosgw.vfs import home_prefix, is_hidden_key
+
+if TYPE_CHECKING:
+    from cosgw.frontends.sftp.service import SFTPFrontend
 
 log = Logger()
 
@@ -206,21 +209,12 @@ class GatewayService(MultiService):
         super().__init__()
         self.ftp_listeners: list[ListenerService] = []
         self.ftps_listeners: list[ListenerService] = []
-        self.sftp_listeners: list[ListenerService] = []
         self.stores: dict[str, IObjectStore] = {}
         self.accounts: Optional[Accounts] = None
         self.pool: Optional[ThreadPool] = None
         self.limits: Optional[ConnectionLimits] = None
-        self.sftp_factory: Any = None
+        self.sftp: Optional[SFTPFrontend] = None
         self.defender: Optional[LoginDefender] = None
-
-    def stopService(self) -> Deferred[None]:
-        """Stop listening, then end the SSH sessions still open."""
-        d = super().stopService()
-        factory = self.sftp_factory
-        if factory is not None:
-            d = d.addCallback(lambda _: factory.disconnect_all())
-        return d
 
     def ready(self) -> Deferred[list[IListeningPort]]:
         """Fires with the FTP listening ports once they all listen."""
@@ -318,61 +312,6 @@ def _account(
     )
 
 
-def _add_sftp(
-    service: GatewayService,
-    config: Config,
-    users: dict[str, UserConfig],
-    realm: Realm,
-    session: Callable[[str, Any], tuple[Any, Callable[[], None]]],
-    reactor: Any,
-) -> Any:
-    """
-    The SSH side: host keys (generated at first start when the config
-    names none), the SFTP avatar and the factory; returns the public-key
-    checker for the portal.  Blocking; for start-up.
-    """
-    from twisted.conch.interfaces import IConchUser
-
-    from cosgw.auth.keys import KeyChecker, fingerprint
-    from cosgw.frontends.sftp import FileTransfer, GatewaySFTPServer
-    from cosgw.frontends.ssh import GatewaySSHFactory, SFTPUser, load_host_keys
-
-    server = config.server
-    try:
-        host_keys = load_host_keys(server.ssh_host_keys, server.state_dir)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    for key in host_keys.values():
-        log.info(
-            "SSH host key {type}: {fingerprint}",
-            type=key.sshType().decode("ascii"),
-            fingerprint=fingerprint(key),
-        )
-    sftp_settings = RandomAccessSettings(spool_dir=str(server.state_dir / "spool"))
-
-    def sftp_avatar(avatar_id: str, mind: Any) -> tuple[SFTPUser, Any]:
-        fs, logout = session(avatar_id, mind)
-        avatar = SFTPUser(
-            avatar_id,
-            GatewaySFTPServer(fs, sftp_settings),
-            FileTransfer,
-            on_logout=logout,
-        )
-        return avatar, avatar.logout
-
-    realm.register(IConchUser, sftp_avatar)
-    service.sftp_factory = GatewaySSHFactory(
-        None,  # type: ignore[arg-type]  # the portal is set once it exists
-        host_keys,
-        reactor,
-        login_timeout=server.login_timeout,
-        idle_timeout=server.idle_timeout,
-        admission=service.limits,
-        login_guard=service.defender,
-    )
-    return KeyChecker({name: u.authorized_keys for name, u in users.items()})
-
-
 def _embedded_user(config: Config) -> tuple[UserConfig, Optional[str]]:
     """
     The embedded default's one user: its password is generated at first
@@ -446,7 +385,7 @@ def _announce(service: GatewayService, user: UserConfig, password: Optional[str]
     service.ready().addCallbacks(say, lambda f: None)
     for listener in service.ftps_listeners:
         listener.listening.addCallbacks(say_ftps, lambda f: None)
-    for listener in service.sftp_listeners:
+    for listener in service.sftp.listeners if service.sftp is not None else ():
         listener.listening.addCallbacks(say_sftp, lambda f: None)
 
 
@@ -539,27 +478,19 @@ def makeService(config: Config, reactor: Any = None) -> GatewayService:
     )
     realm = Realm()
 
-    def session(avatar_id: str, mind: Any) -> tuple[Any, Callable[[], None]]:
-        """One session's file system, and its logout (idempotent)."""
-        fs = accounts.open_session(avatar_id, mind)
-        open_ = [True]
-
-        def logout() -> None:
-            if open_:
-                open_.clear()
-                accounts.close_session(avatar_id)
-
-        return fs, logout
-
     def ftp_avatar(avatar_id: str, mind: Any) -> tuple[FTPShell, Any]:
-        fs, logout = session(avatar_id, mind)
+        fs, logout = accounts.session(avatar_id, mind)
         shell = FTPShell(fs, logout)
         return shell, shell.logout
 
     realm.register(IFTPShell, ftp_avatar)
     checkers: list[Any] = [checker]
     if server.sftp_listen:
-        checkers.append(_add_sftp(service, config, users, realm, session, reactor))
+        from cosgw.auth.keys import KeyChecker
+
+        checkers.append(
+            KeyChecker({name: u.authorized_keys for name, u in users.items()})
+        )
     portal = Portal(realm, checkers)
 
     tls = _server_tls(config)
@@ -592,11 +523,18 @@ def makeService(config: Config, reactor: Any = None) -> GatewayService:
         listener.setServiceParent(service)
         service.ftps_listeners.append(listener)
     if server.sftp_listen:
-        service.sftp_factory.portal = portal
-        for description in server.sftp_listen:
-            listener = ListenerService(reactor, description, service.sftp_factory)
-            listener.setServiceParent(service)
-            service.sftp_listeners.append(listener)
+        from cosgw.frontends.sftp.service import SFTPFrontend
+
+        service.sftp = SFTPFrontend(
+            config,
+            portal=portal,
+            realm=realm,
+            accounts=accounts,
+            limits=limits,
+            defender=defender,
+            reactor=reactor,
+        )
+        service.sftp.setServiceParent(service)
 
     if config.embedded:
         _announce(service, users[DEFAULT_USERNAME], generated)

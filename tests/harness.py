@@ -158,7 +158,7 @@ _HOST_KEYS: list[Path] = []
 def host_keys() -> tuple[Path, ...]:
     """SSH host keys generated once per test run (RSA 3072 is slow to make)."""
     if not _HOST_KEYS:
-        from cosgw.frontends.ssh import load_host_keys
+        from cosgw.frontends.sftp.hostkeys import load_host_keys
 
         directory = Path(tempfile.mkdtemp(prefix="cosgw-hostkeys-"))
         load_host_keys((), directory)
@@ -257,8 +257,8 @@ def start_gateway(
     async def ready() -> Gateway:
         ports = await service.ready()
         sftp_port = 0
-        if service.sftp_listeners:
-            listener = service.sftp_listeners[0]
+        if service.sftp is not None:
+            listener = service.sftp.listeners[0]
             await listener.listening
             sftp_port = listener.port.getHost().port
         return Gateway(service, inspector, ports[0].getHost().port, sftp_port)

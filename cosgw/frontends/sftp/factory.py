@@ -1,0 +1,141 @@
+"""
+The SSH factory: builds L{GatewaySSHTransport}s over one portal and one set
+of host keys, keeps the open ones so a stopping service can end them, and
+computes the algorithm lists once instead of once per connection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Optional, cast
+
+from twisted.conch.ssh import keys, transport
+from twisted.conch.ssh.factory import SSHFactory
+from twisted.cred.portal import Portal
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+
+from cosgw.frontends.sftp.algorithms import (
+    host_key_algorithms,
+    load_gex_primes,
+    without_group_exchange,
+)
+from cosgw.frontends.sftp.session import GatewayConnection
+from cosgw.frontends.sftp.transport import GatewaySSHTransport
+from cosgw.frontends.sftp.userauth import GatewayUserAuthServer
+
+__all__ = ["GatewaySSHFactory"]
+
+log = Logger(namespace="cosgw.ssh")
+
+
+class GatewaySSHFactory(SSHFactory):
+    """
+    Builds L{GatewaySSHTransport}s over one portal and one set of host keys.
+    """
+
+    protocol = GatewaySSHTransport
+    services = {
+        b"ssh-userauth": GatewayUserAuthServer,
+        b"ssh-connection": GatewayConnection,
+    }
+
+    #: OpenSSH's DH group-exchange primes; group exchange is offered only
+    #: when this file exists.
+    moduli_path = Path("/etc/ssh/moduli")
+
+    def __init__(
+        self,
+        portal: Portal,
+        host_keys: dict[bytes, keys.Key],
+        reactor: IReactorTime,
+        *,
+        login_timeout: float = 60,
+        idle_timeout: Optional[float] = 600,
+        admission: Any = None,
+        login_guard: Any = None,
+    ) -> None:
+        """
+        @param portal: logs users in; its realm answers for L{IConchUser}.
+        @param host_keys: private keys as L{load_host_keys} returns them.
+        @param reactor: every timer of every connection runs on it.
+        @param login_timeout: seconds from TCP connect to a completed login.
+        @param idle_timeout: seconds without data from an authenticated
+            client before it is disconnected; None for no limit.
+        @param admission: an object with C{open(ip) -> Optional[str]} and
+            C{close(ip)}, such as L{cosgw.policy.limits.ConnectionLimits}; None to
+            admit everyone.
+        @param login_guard: an object with C{guard(ip, user, login)}, such as
+            L{cosgw.policy.defender.LoginDefender}; None for no guard.
+        @raise ValueError: no usable host key, or a non-positive timeout.
+        """
+        if login_timeout <= 0:
+            raise ValueError(f"login_timeout must be positive: {login_timeout!r}")
+        if idle_timeout is not None and idle_timeout <= 0:
+            raise ValueError(f"idle_timeout must be positive or None: {idle_timeout!r}")
+        private = {key_type: key for key_type, key in host_keys.items()}
+        for key_type, key in private.items():
+            if key.isPublic():
+                raise ValueError(f"{key_type.decode('ascii')} host key is not private")
+        if not self._host_key_algorithms(private.values()):
+            raise ValueError("no usable SSH host key (ed25519, ecdsa or RSA)")
+        self.portal = portal
+        self.privateKeys = private
+        self.publicKeys = {key_type: key.public() for key_type, key in private.items()}
+        self.reactor = reactor
+        self.login_timeout = login_timeout
+        self.idle_timeout = idle_timeout
+        self.admission = admission
+        self.login_guard = login_guard
+        #: The transports whose socket is still open.
+        self.connections: set[GatewaySSHTransport] = set()
+        self.primes = self.getPrimes()
+        self._public_key_algorithms = self._host_key_algorithms(private.values())
+        self._key_exchanges = list(self.protocol.supportedKeyExchanges)
+        if not self.primes:
+            self._key_exchanges = without_group_exchange(self._key_exchanges)
+            log.info(
+                "No DH group-exchange primes in {path}; group exchange not offered",
+                path=str(self.moduli_path),
+            )
+
+    def _host_key_algorithms(self, host_keys: Iterable[keys.Key]) -> list[bytes]:
+        """The signature algorithms the host keys allow that we offer."""
+        return host_key_algorithms(host_keys, self.protocol.supportedPublicKeys)
+
+    def getPrimes(self) -> Optional[dict[int, list[tuple[int, int]]]]:
+        """
+        DH group-exchange primes of at least 2048 bits from L{moduli_path},
+        or None (no group exchange) when it is missing or unreadable.
+        """
+        return load_gex_primes(Path(self.moduli_path))
+
+    def buildProtocol(self, addr: Any) -> GatewaySSHTransport:
+        # Not SSHFactory.buildProtocol: it offers every algorithm the host
+        # keys can sign with (ssh-rsa included) and logs a line for every
+        # connection when there are no primes.  The lists are computed once.
+        t = cast(GatewaySSHTransport, Factory.buildProtocol(self, addr))
+        t.supportedPublicKeys = list(self._public_key_algorithms)
+        t.supportedKeyExchanges = list(self._key_exchanges)
+        self.connections.add(t)
+        return t
+
+    def disconnect_all(
+        self, description: str = "server shutting down"
+    ) -> defer.Deferred[None]:
+        """
+        Disconnect every open connection (SSH_DISCONNECT_BY_APPLICATION with
+        C{description}), for a service that stops.
+
+        @return: a L{Deferred} that fires with None once every socket is
+            gone: when each client has closed its side, or after the grace
+            period at the latest.
+        """
+        transports = list(self.connections)
+        for t in transports:
+            t.sendDisconnect(transport.DISCONNECT_BY_APPLICATION, description)
+        done = defer.gatherResults([t.when_lost() for t in transports])
+        return done.addCallback(lambda _: None)

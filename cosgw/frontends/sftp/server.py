@@ -1,0 +1,272 @@
+"""
+SFTP (version 3, draft-ietf-secsh-filexfer-02) over a user's
+L{IFileSystem}: the same home confinement, permissions, transfer code and
+upload rules as FTP, reached through Conch's L{FileTransferServer}.
+
+L{GatewaySFTPServer} turns each request into file-system calls; an OPEN is
+one C{open_file} call whose result a L{FileHandle} adapts.  Errors become
+SFTP status codes in one place, L{status_for}; no traceback reaches a
+client.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from typing import Any, Optional
+
+from twisted.conch.interfaces import ISFTPServer
+from twisted.conch.ssh.common import getNS
+from twisted.conch.ssh.filetransfer import (
+    FX_EOF,
+    FX_FAILURE,
+    FX_NO_SUCH_FILE,
+    FX_OK,
+    FX_OP_UNSUPPORTED,
+    FX_PERMISSION_DENIED,
+    FXF_APPEND,
+    FXF_CREAT,
+    FXF_EXCL,
+    FXF_READ,
+    FXF_TRUNC,
+    FXF_WRITE,
+    SFTPError,
+)
+from twisted.internet.defer import Deferred, ensureDeferred, succeed
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from cosgw import vfs
+from cosgw.frontends.sftp.handles import Directory, FileHandle, InputHold, attributes
+from cosgw.interfaces import IFileSystem
+
+__all__ = ["GatewaySFTPServer", "status_for"]
+
+log = Logger(namespace="cosgw.frontends.sftp")
+
+
+def status_for(failure: Failure, action: str = "request") -> tuple[int, str]:
+    """
+    The one place where errors become SFTP status codes and messages.
+    Version 3 has few codes: what has none (not a directory, not empty,
+    quota) is FX_FAILURE with a message saying exactly what.  Unexpected
+    errors are logged with their traceback and shown as a plain failure.
+    """
+    e = failure.value
+    if isinstance(e, SFTPError):
+        return e.code, str(e.message)
+    if isinstance(e, EOFError):
+        return FX_EOF, "end of file"
+    if isinstance(e, NotImplementedError):
+        return FX_OP_UNSUPPORTED, str(e.args[0]) if e.args else "not supported"
+    if isinstance(e, vfs.NotFound):
+        return FX_NO_SUCH_FILE, f"{e.path}: no such file or directory"
+    if isinstance(e, vfs.PermissionDenied):
+        return FX_PERMISSION_DENIED, f"{e.path}: {e.message}"
+    if isinstance(e, vfs.NotSupported):
+        return FX_OP_UNSUPPORTED, f"{e.path}: {e.message}"
+    if isinstance(e, vfs.StoreFailure):
+        rid = f" (request {e.request_id})" if e.request_id else ""
+        return FX_FAILURE, f"{e.path}: {e.message}; try again later{rid}"
+    if isinstance(e, vfs.FSError):
+        return FX_FAILURE, f"{e.path}: {e.message}"
+    if isinstance(e, vfs.TransferStopped):
+        return FX_FAILURE, "the transfer was stopped"
+    log.failure("unexpected error in SFTP {action}", failure, action=action)
+    return FX_FAILURE, "internal error; the gateway's log has the details"
+
+
+@implementer(ISFTPServer)
+class GatewaySFTPServer:
+    """One session's SFTP requests, over the user's file system."""
+
+    def __init__(
+        self,
+        fs: IFileSystem,
+        settings: Optional[vfs.RandomAccessSettings] = None,
+    ) -> None:
+        """
+        @param settings: the buffers behind reads and writes at offsets.
+        """
+        self.fs = fs
+        self.settings = settings or vfs.RandomAccessSettings()
+        #: ISFTPServer's avatar; this server is built for one, not by
+        #: adapting it, and needs nothing from it.
+        self.avatar: Any = None
+        #: Open file handles, so a lost session can abort their uploads.
+        self.handles: set[Any] = set()
+        #: Set by the protocol: pauses (True) or resumes reading the
+        #: connection while a handle's writes wait.
+        self.pause_input: Callable[[bool], None] = lambda on: None
+        self._paused_by: set[int] = set()
+
+    # -- helpers ------------------------------------------------------------
+
+    def segments(self, path: bytes) -> list[str]:
+        """A client's path (UTF-8 bytes; relative ones start at the home)."""
+        try:
+            text = path.decode("utf-8")
+        except UnicodeDecodeError:
+            raise SFTPError(FX_FAILURE, "the path is not valid UTF-8") from None
+        try:
+            return vfs.resolve([], text)
+        except vfs.InvalidName as e:
+            raise SFTPError(FX_FAILURE, f"{e.path}: {e.message}") from None
+
+    def pressure(self, handle: object, on: bool) -> None:
+        """A handle asks to stop (or resume) reading the connection."""
+        before = bool(self._paused_by)
+        if on:
+            self._paused_by.add(id(handle))
+        else:
+            self._paused_by.discard(id(handle))
+        if bool(self._paused_by) != before:
+            self.pause_input(bool(self._paused_by))
+
+    def connection_lost(self) -> Deferred[None]:
+        """The session is gone: abort every upload still open."""
+        handles, self.handles = list(self.handles), set()
+        for handle in handles:
+            handle.abort()
+        return succeed(None)
+
+    # -- ISFTPServer ------------------------------------------------------
+
+    def gotVersion(self, otherVersion: int, extData: dict) -> dict[bytes, bytes]:
+        return {
+            b"posix-rename@openssh.com": b"1",
+            b"statvfs@openssh.com": b"2",
+        }
+
+    def openFile(self, filename: bytes, flags: int, attrs: dict) -> Deferred[Any]:
+        """SSH_FXP_OPEN: POSIX open's flags, which the file system honours."""
+        segments = self.segments(filename)
+        input = InputHold(self)
+        d = self.fs.open_file(
+            segments,
+            read=bool(flags & FXF_READ),
+            write=bool(flags & FXF_WRITE),
+            append=bool(flags & FXF_APPEND),
+            create=bool(flags & FXF_CREAT),
+            truncate=bool(flags & FXF_TRUNC),
+            exclusive=bool(flags & FXF_EXCL),
+            settings=self.settings,
+            producer=input,
+        )
+        return d.addCallback(lambda file: FileHandle(self, segments, file, input))
+
+    def removeFile(self, filename: bytes) -> Deferred[None]:
+        return self.fs.remove(self.segments(filename))
+
+    def renameFile(self, oldpath: bytes, newpath: bytes) -> Deferred[None]:
+        """
+        SSH_FXP_RENAME: "It is an error if there already exists a file with
+        the name specified by newpath" (draft-02 section 6.5).  OpenSSH's
+        posix-rename extension overwrites; see L{extendedRequest}.
+        """
+        source, target = self.segments(oldpath), self.segments(newpath)
+
+        async def rename() -> None:
+            try:
+                await self.fs.stat(target)
+            except vfs.NotFound:
+                pass
+            else:
+                if target != source:
+                    raise vfs.AlreadyExists(vfs.display(target))
+            await self.fs.rename(source, target)
+
+        return ensureDeferred(rename())
+
+    def makeDirectory(self, path: bytes, attrs: dict) -> Deferred[None]:
+        return self.fs.mkdir(self.segments(path))
+
+    def removeDirectory(self, path: bytes) -> Deferred[None]:
+        return self.fs.rmdir(self.segments(path))
+
+    def openDirectory(self, path: bytes) -> Deferred[Any]:
+        segments = self.segments(path)
+        listing = self.fs.listing(segments)
+
+        async def open_directory() -> Directory:
+            await self.fs.require_directory(segments)
+            return Directory(self, listing)
+
+        return ensureDeferred(open_directory())
+
+    def getAttrs(self, path: bytes, followLinks: bool) -> Deferred[dict]:
+        d = self.fs.stat(self.segments(path))
+        return d.addCallback(attributes, self.fs.permissions)
+
+    def setAttrs(self, path: bytes, attrs: dict) -> Deferred[None]:
+        """
+        Ownership and modes are accepted and ignored (an object has none;
+        scp and WinSCP set them after every upload and an error makes them
+        warn).  A time is kept as MFMT keeps it; a size is honoured only
+        when it is the current size or 0.
+        """
+        size = int(attrs["size"]) if "size" in attrs else None
+        mtime = float(attrs["mtime"]) if "mtime" in attrs else None
+        return self.fs.set_attributes(self.segments(path), size=size, mtime=mtime)
+
+    def readLink(self, path: bytes) -> Any:
+        raise NotImplementedError("this server has no symbolic links")
+
+    def makeLink(self, linkPath: bytes, targetPath: bytes) -> Any:
+        raise NotImplementedError("this server has no symbolic links")
+
+    def realPath(self, path: bytes) -> bytes:
+        return vfs.display(self.segments(path)).encode("utf-8")
+
+    def extendedRequest(self, extendedName: bytes, extendedData: bytes) -> Any:
+        if extendedName == b"posix-rename@openssh.com":
+            oldpath, rest = getNS(extendedData)
+            newpath, _ = getNS(rest)
+            d = self.fs.rename(self.segments(oldpath), self.segments(newpath))
+
+            def done(_: object) -> None:
+                # The extension answers with a STATUS, not an EXTENDED_REPLY:
+                # Conch sends a STATUS for an SFTPError, so OK travels as one.
+                raise SFTPError(FX_OK, "renamed")
+
+            return d.addCallback(done)
+        if extendedName == b"statvfs@openssh.com":
+            path, _ = getNS(extendedData)
+            stat = self.fs.stat(self.segments(path))
+            return stat.addCallback(lambda _: self._statvfs())
+        raise NotImplementedError(
+            f"unsupported extension {extendedName.decode('ascii', 'replace')}"
+        )
+
+    def _statvfs(self) -> bytes:
+        """
+        statvfs@openssh.com: eleven uint64s (bsize, frsize, blocks, bfree,
+        bavail, files, ffree, favail, fsid, flag, namemax).  A bucket has no
+        capacity of its own; report 1 PiB free unless a quota says less.
+        """
+        block = 4096
+        total = 1 << 50
+        free = total
+        quota = getattr(self.fs, "usage", None)
+        if quota is not None and getattr(quota, "max_bytes", None):
+            total = quota.max_bytes
+            free = max(0, total - quota.bytes)
+        blocks, bfree = total // block, free // block
+        files = 1 << 32
+        ffree = files
+        flag = 0 if "upload" in self.fs.permissions else 1  # ST_RDONLY
+        return struct.pack(
+            "!11Q",
+            block,
+            block,
+            blocks,
+            bfree,
+            bfree,
+            files,
+            ffree,
+            ffree,
+            0,
+            flag,
+            255,
+        )

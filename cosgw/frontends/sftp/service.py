@@ -1,0 +1,115 @@
+"""
+The SFTP frontend as one service: everything the gateway serves over SSH,
+built from the config and the parts every frontend shares (the portal,
+realm, accounts, connection limits and login defender), so that
+C{makeService} only composes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import MultiService
+from twisted.conch.interfaces import IConchUser
+from twisted.cred.portal import Portal
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from cosgw.auth.keys import fingerprint
+from cosgw.auth.realm import Realm
+from cosgw.config import Config, ConfigError
+from cosgw.frontends.listener import ListenerService
+from cosgw.frontends.sftp.factory import GatewaySSHFactory
+from cosgw.frontends.sftp.hostkeys import load_host_keys
+from cosgw.frontends.sftp.protocol import FileTransfer
+from cosgw.frontends.sftp.server import GatewaySFTPServer
+from cosgw.frontends.sftp.session import SFTPUser
+from cosgw.policy.accounts import Accounts
+from cosgw.policy.defender import LoginDefender
+from cosgw.policy.limits import ConnectionLimits
+from cosgw.vfs import RandomAccessSettings
+
+__all__ = ["SFTPFrontend"]
+
+log = Logger(namespace="cosgw.ssh")
+
+
+class SFTPFrontend(MultiService):
+    """
+    SFTP on every C{sftp_listen} endpoint: the host keys, the avatar
+    factory registered with the realm for L{IConchUser}, one SSH factory
+    over the shared portal, and a L{ListenerService} per endpoint.
+
+    Stopping it stops listening first, then ends the SSH sessions still
+    open, so no client is left on a gateway that is going away.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        portal: Portal,
+        realm: Realm,
+        accounts: Accounts,
+        limits: ConnectionLimits,
+        defender: LoginDefender,
+        reactor: IReactorTime,
+    ) -> None:
+        """
+        Blocking (host keys are read, or generated at first start); build it
+        before the reactor runs.
+
+        @param portal: logs users in; it must offer the public-key checker
+            for key logins, and reach C{realm} for the avatars.
+        @raise ConfigError: a host key cannot be used.
+        """
+        super().__init__()
+        server = config.server
+        self.accounts = accounts
+        self.settings = RandomAccessSettings(spool_dir=str(server.state_dir / "spool"))
+        try:
+            host_keys = load_host_keys(server.ssh_host_keys, server.state_dir)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        for key in host_keys.values():
+            log.info(
+                "SSH host key {type}: {fingerprint}",
+                type=key.sshType().decode("ascii"),
+                fingerprint=fingerprint(key),
+            )
+        realm.register(IConchUser, self.avatar)
+        self.factory = GatewaySSHFactory(
+            portal,
+            host_keys,
+            reactor,
+            login_timeout=server.login_timeout,
+            idle_timeout=server.idle_timeout,
+            admission=limits,
+            login_guard=defender,
+        )
+        self.listeners: list[ListenerService] = []
+        for description in server.sftp_listen:
+            listener = ListenerService(reactor, description, self.factory)
+            listener.setServiceParent(self)
+            self.listeners.append(listener)
+
+    def avatar(self, avatar_id: str, mind: Any) -> tuple[SFTPUser, Any]:
+        """
+        The realm's factory for L{IConchUser}: the user's session (their
+        file system, or L{cosgw.policy.accounts.LoginRefused}) served over
+        SFTP, and its logout.
+        """
+        fs, logout = self.accounts.session(avatar_id, mind)
+        avatar = SFTPUser(
+            avatar_id,
+            GatewaySFTPServer(fs, self.settings),
+            FileTransfer,
+            on_logout=logout,
+        )
+        return avatar, avatar.logout
+
+    def stopService(self) -> Deferred[None]:
+        """Stop listening, then end the SSH sessions still open."""
+        d = super().stopService()
+        return d.addCallback(lambda _: self.factory.disconnect_all())

@@ -1,0 +1,239 @@
+"""
+After login: the ssh-connection service, the session channel and the
+avatar, L{SFTPUser}, which offers one channel type (C{session}) and one
+subsystem (C{sftp}).
+
+  - A channel type the avatar does not offer (port forwarding, agent or X11
+    forwarding) is refused with a log line; Conch would log a traceback for
+    each (its C{ssh_CHANNEL_OPEN} logs any refusal as a failure).
+  - Sessions.  SSHSession adapts the avatar to L{ISession} for env, pty,
+    shell and exec requests; without an adapter an C{env} request (OpenSSH
+    sends them) logs a "Could not adapt" traceback.  L{SFTPUser} provides a
+    session that accepts env and pty silently and answers shell and exec
+    with one line on stderr and exit status 1 (so C{scp -O} fails cleanly).
+    Once a session object exists, SSHSession hands the client's EOF to it
+    and expects I{it} to close the channel, so L{SFTPSession} closes the
+    channel on EOF itself; otherwise an OpenSSH C{sftp} that sent an env
+    request would hang at exit.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from typing import Any, Optional, cast
+
+from twisted.conch.avatar import ConchUser, SubsystemFactory
+from twisted.conch.interfaces import (
+    IConchUser,
+    ISession,
+    ISessionSetEnv,
+    ISFTPServer,
+)
+from twisted.conch.ssh.common import NS, getNS
+from twisted.conch.ssh.connection import (
+    MSG_CHANNEL_OPEN_FAILURE,
+    OPEN_UNKNOWN_CHANNEL_TYPE,
+    SSHConnection,
+)
+from twisted.conch.ssh.filetransfer import FileTransferServer
+from twisted.conch.ssh.session import SSHSession, SSHSessionProcessProtocol
+from twisted.internet.error import ProcessTerminated
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from cosgw.frontends.sftp.conchlog import ConchLogger
+
+__all__ = [
+    "NOT_SFTP_MESSAGE",
+    "SESSION_WINDOW",
+    "GatewayConnection",
+    "SFTPSession",
+    "SFTPUser",
+]
+
+log = Logger(namespace="cosgw.ssh")
+
+#: OpenSSH's session window: Conch's 128 KiB made a client wait for a
+#: window adjustment every 64 KiB.  Memory stays bounded: the SFTP server
+#: stops reading the connection while its uploads are backed up.
+SESSION_WINDOW = 2 * 1024 * 1024
+
+
+class GatewayConnection(SSHConnection):
+    """ssh-connection that refuses unknown channel types without a traceback."""
+
+    _log = ConchLogger(namespace="twisted.conch.ssh.connection")
+
+    def ssh_CHANNEL_OPEN(self, packet: bytes) -> None:
+        channel_type, rest = getNS(packet)
+        ssh = self.transport
+        lookup = getattr(getattr(ssh, "avatar", None), "channelLookup", None)
+        if ssh is None or lookup is None or channel_type in lookup or len(rest) < 4:
+            super().ssh_CHANNEL_OPEN(packet)
+            return
+        (sender_channel,) = struct.unpack(">L", rest[:4])
+        log.info(
+            "SSH user {user} asked for a {channel_type} channel; refused",
+            user=getattr(ssh, "username", None),
+            channel_type=channel_type[:40].decode("ascii", "replace"),
+        )
+        ssh.sendPacket(
+            MSG_CHANNEL_OPEN_FAILURE,
+            struct.pack(">2L", sender_channel, OPEN_UNKNOWN_CHANNEL_TYPE)
+            + NS(b"unknown channel type")
+            + NS(b""),
+        )
+
+
+#: The one line a shell or exec request gets, on stderr.
+NOT_SFTP_MESSAGE = b"This service offers SFTP only.\r\n"
+
+
+class SFTPSession(SSHSession):
+    """
+    A session channel that closes itself on the client's EOF.
+
+    SSHSession does so only while it has no session object; once an env or
+    pty request made one, it hands EOF to it and expects it to close the
+    channel (RFC 4254 section 5.3 leaves the close to us).
+    """
+
+    _log = ConchLogger(namespace="twisted.conch.ssh.session")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("localWindow", SESSION_WINDOW)
+        super().__init__(*args, **kwargs)
+
+    def eofReceived(self) -> None:
+        if self.client is None or self.conn is None:
+            return
+        if isinstance(self.session, _RefusingSession) and self.session.refusing:
+            return  # it closes the channel once its message is out
+        self.conn.sendClose(self)
+
+
+@implementer(ISession, ISessionSetEnv)
+class _RefusingSession:
+    """
+    What a session channel of an L{SFTPUser} gets instead of a shell: env
+    and pty requests are accepted and ignored, shell and exec are answered
+    with L{NOT_SFTP_MESSAGE} on stderr and exit status 1.
+    """
+
+    def __init__(self, avatar: SFTPUser) -> None:
+        self._avatar = avatar
+        #: A shell or exec request is being refused.
+        self.refusing = False
+
+    def getPty(self, term: bytes, windowSize: Any, modes: Any) -> None:
+        pass
+
+    def setEnv(self, name: bytes, value: bytes) -> None:
+        pass
+
+    def windowChanged(self, newWindowSize: Any) -> None:
+        pass
+
+    def openShell(self, proto: SSHSessionProcessProtocol) -> None:
+        self._refuse(proto, "a shell")
+
+    def execCommand(self, proto: SSHSessionProcessProtocol, command: bytes) -> None:
+        # The program name only: a command line may carry anything.
+        words = command.split(None, 1)
+        program = words[0][:40].decode("utf-8", "replace") if words else ""
+        self._refuse(proto, f"command {program!r}")
+
+    def eofReceived(self) -> None:
+        pass  # SFTPSession closes the channel.
+
+    def closed(self) -> None:
+        pass
+
+    def _refuse(self, proto: SSHSessionProcessProtocol, what: str) -> None:
+        channel = proto.session
+        self.refusing = True
+        log.info(
+            "SSH user {user} asked for {what}; refused (SFTP only)",
+            user=self._avatar.username,
+            what=what,
+        )
+        # After the request's reply, which the connection sends when this
+        # returns: exit-status and CLOSE must not precede it.
+        _clock_of(channel).callLater(0, self._finish, proto)
+
+    @staticmethod
+    def _finish(proto: SSHSessionProcessProtocol) -> None:
+        channel = proto.session
+        conn = channel.conn
+        if conn is None or channel.localClosed or channel.remoteClosed:
+            return  # closed meanwhile
+        proto.errReceived(NOT_SFTP_MESSAGE)
+        proto.processEnded(Failure(ProcessTerminated(exitCode=1)))
+
+
+def _clock_of(channel: SSHSession) -> IReactorTime:
+    """The reactor of the factory that built C{channel}'s SSH transport."""
+    ssh = getattr(channel.conn, "transport", None)
+    clock = getattr(getattr(ssh, "factory", None), "reactor", None)
+    if clock is None:
+        # A plain SSHFactory (not ours) has no injected reactor.
+        from twisted.internet import reactor as global_reactor
+
+        clock = global_reactor
+    return cast(IReactorTime, clock)
+
+
+@implementer(IConchUser)
+class SFTPUser(ConchUser):
+    """
+    A logged-in SSH user: one C{session} channel type, one C{sftp}
+    subsystem served by C{sftp_server}.
+    """
+
+    def __init__(
+        self,
+        username: str,
+        sftp_server: ISFTPServer,
+        subsystem: SubsystemFactory = FileTransferServer,
+        *,
+        on_logout: Optional[Callable[[], Any]] = None,
+    ) -> None:
+        """
+        @param username: the account name, for logs.
+        @param sftp_server: what C{ISFTPServer(avatar)} returns, so the
+            subsystem (which adapts its avatar) serves it.
+        @param subsystem: the protocol class of the C{sftp} subsystem, built
+            as C{subsystem(data, avatar=self)}.
+        @param on_logout: called once by the first L{logout}.
+        """
+        super().__init__()
+        # IConchUser.conn; SSHConnection sets it when the connection starts.
+        self.conn = None
+        self.username = username
+        self.sftp_server = sftp_server
+        self.channelLookup = {b"session": SFTPSession}
+        self.subsystemLookup = {b"sftp": subsystem}
+        self._on_logout = on_logout
+        self._logged_out = False
+
+    def __conform__(self, interface: Any) -> Any:
+        # FileTransferServer does ISFTPServer(avatar), SSHSession does
+        # ISession(avatar).  Conforming here instead of registering global
+        # adapters keeps the answer per avatar (each user's own file system)
+        # and per channel (a new session object for each).
+        if interface is ISFTPServer:
+            return self.sftp_server
+        if interface is ISession:
+            return _RefusingSession(self)
+        return None
+
+    def logout(self) -> None:
+        """End the user's session; only the first call does anything."""
+        if self._logged_out:
+            return
+        self._logged_out = True
+        if self._on_logout is not None:
+            self._on_logout()

@@ -1,0 +1,332 @@
+"""
+The SSH server transport, one per TCP connection, and its life as an
+explicit state table (L{_State}, L{_TRANSITIONS}).
+
+What it changes in Conch's:
+
+  - Algorithms: only those of L{cosgw.frontends.sftp.algorithms}.
+  - server-sig-algs (RFC 8308).  Conch advertises the *host key*
+    algorithms as the algorithms it accepts for *user* keys, so a server
+    with only an Ed25519 host key would tell OpenSSH clients that RSA user
+    keys are unusable.  The transport advertises what
+    L{cosgw.auth.keys.KeyChecker} accepts instead.
+  - The version string names no Twisted version: C{SSH-2.0-cosgw}.
+  - A disconnect closes only our side and reads on until the client closes:
+    Conch closes the socket at once, so a client whose packet was in flight
+    gets a reset and never reads the reason (the refusal of admission, a
+    ban, a timeout).
+  - Time limits.  Conch's login timeout is 10 hours (its comment says 10
+    minutes), starts only when the client asks for C{ssh-userauth}, and runs
+    on the global reactor.  Here the transport owns the login deadline from
+    the moment the TCP connection is made (a client stalled in the version
+    or key exchange is bounded too), an idle deadline after login, and every
+    timer runs on the injected reactor.
+  - Admission.  The transport asks the shared connection limits
+    (L{cosgw.policy.limits.ConnectionLimits}) before anything else and gives
+    the slot back exactly once when the connection ends.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Optional, Union, cast
+
+from twisted.conch.ssh import transport
+from twisted.conch.ssh.common import NS
+from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITCPTransport
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from cosgw.frontends.sftp.algorithms import (
+    CIPHERS,
+    KEY_EXCHANGES,
+    MACS,
+    SIGNATURE_ALGORITHMS,
+    keep,
+)
+from cosgw.frontends.sftp.conchlog import ConchLogger
+
+if TYPE_CHECKING:
+    from cosgw.frontends.sftp.factory import GatewaySSHFactory
+
+__all__ = ["GatewaySSHTransport"]
+
+log = Logger(namespace="cosgw.ssh")
+
+#: Seconds a disconnecting client gets to read our DISCONNECT before the
+#: socket is aborted: a peer that never reads must not hold the connection.
+_DISCONNECT_GRACE = 10.0
+
+
+def _peer_text(address: Any) -> str:
+    """The peer's host as text (its IP for TCP)."""
+    return str(getattr(address, "host", address))
+
+
+class _State(enum.Enum):
+    """
+    A connection's life.  Each state but LOST owns one timer, armed on
+    entry and cancelled on exit.
+    """
+
+    #: Connected and admitted, not yet authenticated; timer: the login
+    #: deadline (from the TCP connection, not from ssh-userauth).
+    LOGGING_IN = "logging in"
+    #: Authenticated; timer: the idle deadline (none if idle_timeout is None).
+    LOGGED_IN = "logged in"
+    #: DISCONNECT sent, our side closed, input discarded; timer: the abort of
+    #: a peer that does not close its side.
+    CLOSING = "closing"
+    #: The socket is gone.
+    LOST = "lost"
+
+
+#: The transitions L{GatewaySSHTransport} may make.
+_TRANSITIONS: dict[_State, frozenset[_State]] = {
+    _State.LOGGING_IN: frozenset({_State.LOGGED_IN, _State.CLOSING, _State.LOST}),
+    _State.LOGGED_IN: frozenset({_State.CLOSING, _State.LOST}),
+    _State.CLOSING: frozenset({_State.LOST}),
+    _State.LOST: frozenset(),
+}
+
+
+class GatewaySSHTransport(transport.SSHServerTransport):
+    """
+    The server transport: modern algorithms only, a version string without a
+    Twisted version, admission, and the login, idle and closing deadlines of
+    L{_State}.
+    """
+
+    _log = ConchLogger(namespace="twisted.conch.ssh.transport")
+
+    factory: GatewaySSHFactory
+
+    version = b"cosgw"
+    comment = b""
+    ourVersionString = (
+        b"SSH-" + transport.SSHServerTransport.protocolVersion + b"-cosgw"
+    )
+
+    supportedCiphers = keep(transport.SSHServerTransport.supportedCiphers, CIPHERS)
+    supportedMACs = keep(transport.SSHServerTransport.supportedMACs, MACS)
+    supportedKeyExchanges = keep(
+        transport.SSHServerTransport.supportedKeyExchanges, KEY_EXCHANGES
+    )
+    supportedPublicKeys = keep(
+        transport.SSHServerTransport.supportedPublicKeys, SIGNATURE_ALGORITHMS
+    )
+    supportedCompressions = [b"none"]
+
+    #: The user-key signature algorithms advertised in server-sig-algs.
+    userKeyAlgorithms: list[bytes] = list(supportedPublicKeys)
+
+    peer = "?"
+    _state = _State.LOGGING_IN
+    _timer: Optional[IDelayedCall] = None
+    _lost_waiters: Optional[list[defer.Deferred[None]]] = None
+    #: Admission counted this connection: close it exactly once.
+    _admitted = False
+    _last_received = 0.0
+
+    @property
+    def _clock(self) -> IReactorTime:
+        return self.factory.reactor
+
+    @property
+    def _socket(self) -> ITCPTransport:
+        # Conch types its transport as an optional ITransport; under this
+        # protocol it is the connection's TCP (or TLS) transport, set from
+        # connectionMade on.
+        return cast(ITCPTransport, self.transport)
+
+    @property
+    def username(self) -> Optional[str]:
+        """The logged-in user's name, or None before login."""
+        return getattr(getattr(self, "avatar", None), "username", None)
+
+    @property
+    def connection_lost(self) -> bool:
+        """The socket is gone."""
+        return self._state is _State.LOST
+
+    def login_allowed(self) -> bool:
+        """A login completing now may take this connection."""
+        return self._state is _State.LOGGING_IN
+
+    def when_lost(self) -> defer.Deferred[None]:
+        """A L{Deferred} that fires with None once the socket is gone."""
+        if self._state is _State.LOST:
+            return defer.succeed(None)
+        if self._lost_waiters is None:
+            self._lost_waiters = []
+        d: defer.Deferred[None] = defer.Deferred()
+        self._lost_waiters.append(d)
+        return d
+
+    def _enter(
+        self,
+        state: _State,
+        delay: Optional[float] = None,
+        action: Optional[Callable[[], Any]] = None,
+    ) -> None:
+        """Move to C{state}, cancelling the old state's timer, arming the new."""
+        if state not in _TRANSITIONS[self._state]:
+            raise RuntimeError(f"SSH transport: {self._state.value} -> {state.value}")
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        self._state = state
+        if delay is not None and action is not None:
+            self._timer = self._clock.callLater(delay, action)
+
+    # -- connection ---------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        self.peer = _peer_text(self._socket.getPeer())
+        super().connectionMade()
+        admission = self.factory.admission
+        if admission is not None:
+            try:
+                refusal = admission.open(self.peer)
+            except Exception:
+                log.failure("Admission check failed for {peer}", peer=self.peer)
+                refusal = "service unavailable"
+            if refusal is not None:
+                # The admission policy logs its refusals.
+                self.sendDisconnect(transport.DISCONNECT_TOO_MANY_CONNECTIONS, refusal)
+                return
+            self._admitted = True
+        log.info("SSH connection from {peer}", peer=self.peer)
+        self._timer = self._clock.callLater(
+            self.factory.login_timeout, self._login_timed_out
+        )
+
+    def connectionLost(self, reason: Optional[Failure] = None) -> None:
+        self._enter(_State.LOST)
+        self.factory.connections.discard(self)
+        try:
+            super().connectionLost(reason)
+        finally:
+            waiters, self._lost_waiters = self._lost_waiters or [], None
+            for d in waiters:
+                d.callback(None)
+            if self._admitted:
+                self._admitted = False
+                try:
+                    self.factory.admission.close(self.peer)
+                except Exception:
+                    log.failure("Admission close failed for {peer}", peer=self.peer)
+            log.info(
+                "SSH connection from {peer} closed (user {user})",
+                peer=self.peer,
+                user=self.username,
+            )
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._state in (_State.CLOSING, _State.LOST):
+            return  # disconnecting: whatever the client still sends is moot
+        self._last_received = self._clock.seconds()
+        super().dataReceived(data)
+
+    def sendDisconnect(self, reason: int, desc: Union[bytes, str]) -> None:
+        """
+        Send DISCONNECT, then close our side only and discard what the client
+        still sends until it closes too; abort the socket if it has not
+        within L{_DISCONNECT_GRACE} seconds.  Every disconnect, Conch's own
+        included, comes through here.
+
+        Conch closes the socket at once instead: the client's next packet
+        (OpenSSH's KEXINIT, sent while ours are in flight) then meets a
+        reset and the client dies of "Broken pipe" without reading the
+        reason.
+        """
+        if self._state in (_State.CLOSING, _State.LOST):
+            return
+        self._enter(_State.CLOSING, _DISCONNECT_GRACE, self._abort)
+        if isinstance(desc, str):
+            # Conch itself passes str in places (its ML-KEM checks).
+            desc = desc.encode("utf-8")
+        self.sendPacket(
+            transport.MSG_DISCONNECT, struct.pack(">L", reason) + NS(desc) + NS(b"")
+        )
+        log.info(
+            "SSH connection from {peer} disconnected: code {code}, {description}",
+            peer=self.peer,
+            code=reason,
+            description=desc.decode("utf-8", "replace"),
+        )
+        half_close = getattr(self.transport, "loseWriteConnection", None)
+        if half_close is not None:
+            half_close()
+        else:
+            self._socket.loseConnection()
+
+    def _abort(self) -> None:
+        self._timer = None
+        log.info(
+            "SSH connection from {peer} did not close after DISCONNECT; aborting",
+            peer=self.peer,
+        )
+        self._socket.abortConnection()
+
+    def sendExtInfo(self, extensions: list[tuple[bytes, bytes]]) -> None:
+        # Conch sends its host-key algorithms as server-sig-algs; the RFC 8308
+        # extension lists the algorithms accepted for user authentication.
+        super().sendExtInfo(
+            [
+                (
+                    name,
+                    b",".join(self.userKeyAlgorithms)
+                    if name == b"server-sig-algs"
+                    else value,
+                )
+                for name, value in extensions
+            ]
+        )
+
+    # -- login and idle deadlines -------------------------------------------
+
+    def setService(self, service: Any) -> None:
+        super().setService(service)
+        if hasattr(self, "avatar") and self._state is _State.LOGGING_IN:
+            # Userauth installed the avatar and started ssh-connection.
+            idle_timeout = self.factory.idle_timeout
+            self._last_received = self._clock.seconds()
+            self._enter(_State.LOGGED_IN, idle_timeout, self._check_idle)
+            log.info(
+                "SSH user {user} logged in from {peer}",
+                user=self.username,
+                peer=self.peer,
+            )
+
+    def _login_timed_out(self) -> None:
+        self._timer = None
+        log.info(
+            "SSH connection from {peer} did not log in within {timeout} s;"
+            " disconnecting",
+            peer=self.peer,
+            timeout=self.factory.login_timeout,
+        )
+        self.sendDisconnect(transport.DISCONNECT_BY_APPLICATION, b"login timeout")
+
+    def _check_idle(self) -> None:
+        # One timer, re-armed for the remainder when data came meanwhile,
+        # instead of a reset on every packet.
+        self._timer = None
+        idle_timeout = self.factory.idle_timeout
+        assert idle_timeout is not None
+        idle = self._clock.seconds() - self._last_received
+        if idle < idle_timeout:
+            self._timer = self._clock.callLater(idle_timeout - idle, self._check_idle)
+            return
+        log.info(
+            "SSH connection from {peer} (user {user}) idle for {idle:.0f} s;"
+            " disconnecting",
+            peer=self.peer,
+            user=self.username,
+            idle=idle,
+        )
+        self.sendDisconnect(transport.DISCONNECT_BY_APPLICATION, b"idle timeout")

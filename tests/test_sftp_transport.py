@@ -1,0 +1,258 @@
+"""
+Tests for L{cosgw.frontends.sftp.transport}: the login, idle and closing
+deadlines on an injected clock, the same over real sockets, and admission.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from typing import Any, Optional
+
+import paramiko
+from twisted.cred.portal import Portal
+from twisted.internet import defer, reactor
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from cosgw.auth.keys import KeyChecker
+from cosgw.auth.realm import Realm
+from cosgw.frontends.sftp.factory import GatewaySSHFactory
+from cosgw.frontends.sftp.session import GatewayConnection, SFTPUser
+from cosgw.frontends.sftp.userauth import GatewayUserAuthServer
+from tests.sshtesting import (
+    NO_OPENSSH,
+    PASSWORD,
+    USER,
+    RootOnlySFTP,
+    SSHServerMixin,
+    ed25519_host_keys,
+    paramiko_transport,
+    parse_disconnect,
+    password_login,
+    raw_server_packets,
+    sftp_realpath,
+    user_key,
+    wait_inactive,
+)
+
+
+class RecordingAdmission:
+    """Admits (or refuses with C{refusal}) and records every call."""
+
+    def __init__(self, refusal: Optional[str] = None) -> None:
+        self.refusal = refusal
+        self.opened: list[str] = []
+        self.closed: list[str] = []
+
+    def open(self, ip: str) -> Optional[str]:
+        self.opened.append(ip)
+        return self.refusal
+
+    def close(self, ip: str) -> None:
+        self.closed.append(ip)
+
+
+class TransportClockTests(SynchronousTestCase):
+    """
+    The transport's deadlines, on a L{Clock} given as the reactor: nothing is
+    scheduled on the global reactor (Conch's userauth would).
+    """
+
+    PEER = IPv4Address("TCP", "192.0.2.7", 50000)
+
+    def build(self, **kwargs: Any) -> tuple[Clock, Any, StringTransport]:
+        clock = Clock()
+        factory = GatewaySSHFactory(
+            Portal(Realm(), [KeyChecker({})]), ed25519_host_keys(), clock, **kwargs
+        )
+        proto = factory.buildProtocol(self.PEER)
+        transport = StringTransport(peerAddress=self.PEER)
+        global_calls = set(reactor.getDelayedCalls())
+        proto.makeConnection(transport)
+        self.assertEqual(set(reactor.getDelayedCalls()), global_calls)
+        return clock, proto, transport
+
+    def last_packet(self, transport: StringTransport) -> bytes:
+        version, _, rest = transport.value().partition(b"\r\n")
+        self.assertEqual(version, b"SSH-2.0-cosgw")
+        payload = b""
+        while len(rest) >= 5:
+            length, padding = struct.unpack(">IB", rest[:5])
+            payload = rest[5 : 4 + length - padding]
+            rest = rest[4 + length :]
+        return payload
+
+    def test_login_deadline_then_abort(self) -> None:
+        clock, proto, transport = self.build(login_timeout=30)
+        self.assertEqual(len(clock.getDelayedCalls()), 1)
+        clock.advance(29.9)
+        self.assertFalse(transport.disconnecting)
+        clock.advance(0.2)
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(
+            parse_disconnect(self.last_packet(transport)), (11, "login timeout")
+        )
+        # Input after DISCONNECT is discarded; a peer that never closes is
+        # aborted after the grace period.
+        proto.dataReceived(b"SSH-2.0-late\r\n")
+        self.assertFalse(transport.disconnected)
+        clock.advance(10)
+        self.assertTrue(transport.disconnected)
+        proto.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_userauth_uses_injected_clock(self) -> None:
+        clock, proto, transport = self.build(login_timeout=30)
+        proto.isEncrypted = lambda direction="out": True
+        global_calls = set(reactor.getDelayedCalls())
+        service = GatewayUserAuthServer()
+        service.transport = proto
+        service.serviceStarted()
+        self.assertIs(service.clock, clock)
+        self.assertEqual(service.supportedAuthentications, [b"publickey"])
+        self.assertEqual(set(reactor.getDelayedCalls()), global_calls)
+        # Conch's own deadline is cancelled: the transport's is the one.
+        self.assertEqual(len(clock.getDelayedCalls()), 1)
+        service.serviceStopped()
+        proto.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_idle_deadline(self) -> None:
+        clock, proto, transport = self.build(login_timeout=30, idle_timeout=100)
+        proto.avatar = SFTPUser(USER, RootOnlySFTP())
+        proto.logoutFunction = proto.avatar.logout
+        proto.setService(GatewayConnection())
+        clock.advance(60)
+        proto.dataReceived(b"")  # activity: the deadline moves
+        clock.advance(99)
+        self.assertFalse(transport.disconnecting)
+        clock.advance(1.5)
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(
+            parse_disconnect(self.last_packet(transport)), (11, "idle timeout")
+        )
+        proto.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_no_idle_deadline(self) -> None:
+        clock, proto, transport = self.build(idle_timeout=None)
+        proto.avatar = SFTPUser(USER, RootOnlySFTP())
+        proto.logoutFunction = proto.avatar.logout
+        proto.setService(GatewayConnection())
+        self.assertEqual(clock.getDelayedCalls(), [])
+        proto.connectionLost(Failure(ConnectionDone()))
+
+
+class TimeoutTests(SSHServerMixin, TestCase):
+    skip = NO_OPENSSH
+
+    @defer.inlineCallbacks
+    def test_login_timeout_silent_client(self) -> Any:
+        """A client that sends nothing at all is disconnected after login_timeout."""
+        port = self.start_server(login_timeout=0.5)
+        seen = yield self.in_thread(raw_server_packets, port, send_version=False)
+        self.assertTrue(seen["closed"])
+        self.assertGreater(seen["elapsed"], 0.4)
+        self.assertLess(seen["elapsed"], 5)
+        self.assertEqual(seen["version"], b"SSH-2.0-cosgw")
+        self.assertEqual(parse_disconnect(seen["packets"][-1]), (11, "login timeout"))
+        self.assertIn("did not log in within 0.5 s", self.log_text())
+
+    @defer.inlineCallbacks
+    def test_login_timeout_after_key_exchange(self) -> Any:
+        """A client that exchanged keys but never authenticates is cut too."""
+        port = self.start_server(login_timeout=0.5)
+
+        def stall() -> bool:
+            with paramiko_transport(port) as t:
+                return wait_inactive(t, 5)
+
+        self.assertTrue((yield self.in_thread(stall)))
+
+    @defer.inlineCallbacks
+    def test_login_timeout_spares_logged_in(self) -> Any:
+        port = self.start_server(login_timeout=0.5, idle_timeout=None)
+
+        def slow() -> str:
+            with paramiko_transport(port) as t:
+                t.auth_password(USER, PASSWORD, fallback=False)
+                time.sleep(1.0)
+                return sftp_realpath(t)
+
+        self.assertEqual((yield self.in_thread(slow)), "/")
+
+    @defer.inlineCallbacks
+    def test_idle_timeout(self) -> Any:
+        port = self.start_server(idle_timeout=0.5)
+
+        def idle() -> tuple[str, bool]:
+            with paramiko_transport(port) as t:
+                t.auth_password(USER, PASSWORD, fallback=False)
+                root = sftp_realpath(t)
+                return root, wait_inactive(t, 5)
+
+        root, ended = yield self.in_thread(idle)
+        self.assertEqual(root, "/")
+        self.assertTrue(ended)
+        self.assertIn("(user alice) idle for", self.log_text())
+        yield self.wait_until(lambda: self.logouts == [USER])
+
+    @defer.inlineCallbacks
+    def test_activity_keeps_connection(self) -> Any:
+        port = self.start_server(idle_timeout=0.8)
+
+        def busy() -> bool:
+            with paramiko_transport(port) as t:
+                t.auth_password(USER, PASSWORD, fallback=False)
+                sftp = paramiko.SFTPClient.from_transport(t)
+                assert sftp is not None
+                for _ in range(8):
+                    sftp.normalize(".")
+                    time.sleep(0.25)
+                return t.is_active()
+
+        self.assertTrue((yield self.in_thread(busy)))
+        self.assertNotIn("idle for", self.log_text())
+
+
+class AdmissionTests(SSHServerMixin, TestCase):
+    skip = NO_OPENSSH
+
+    @defer.inlineCallbacks
+    def test_admitted_then_closed_once(self) -> Any:
+        admission = RecordingAdmission()
+        port = self.start_server(admission=admission)
+        yield self.in_thread(password_login, port, USER, PASSWORD)
+        yield self.wait_until(lambda: admission.closed)
+        yield self.close_all()
+        self.assertEqual(admission.opened, ["127.0.0.1"])
+        self.assertEqual(admission.closed, ["127.0.0.1"])
+
+    @defer.inlineCallbacks
+    def test_refused_with_reason(self) -> Any:
+        reason = "too many connections from your address (1)"
+        admission = RecordingAdmission(reason)
+        port = self.start_server(admission=admission)
+        seen = yield self.in_thread(raw_server_packets, port)
+        self.assertTrue(seen["closed"])
+        self.assertEqual(seen["version"], b"SSH-2.0-cosgw")
+        # SSH_DISCONNECT_TOO_MANY_CONNECTIONS, RFC 4253 section 11.1.
+        self.assertEqual(parse_disconnect(seen["packets"][-1]), (12, reason))
+        yield self.close_all()
+        self.assertEqual(admission.opened, ["127.0.0.1"])
+        self.assertEqual(admission.closed, [])
+
+    @defer.inlineCallbacks
+    def test_refused_openssh_sees_reason(self) -> Any:
+        reason = "your address is not allowed"
+        port = self.start_server(admission=RecordingAdmission(reason))
+        result = yield self.openssh(
+            port, user_key("ed25519"), f"{USER}@127.0.0.1", "true", log_level="INFO"
+        )
+        self.assertEqual(result.returncode, 255)
+        self.assertIn(b":12: " + reason.encode(), result.stderr)
