@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from twisted.application.service import MultiService, Service
 from twisted.cred.portal import Portal
-from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.task import LoopingCall
 from twisted.logger import (
@@ -43,9 +43,7 @@ from twisted.python.threadpool import ThreadPool
 from cosgw.auth.passwd import DEFAULT_USERNAME, ensure_generated_account
 from cosgw.auth.passwords import PasswordChecker
 from cosgw.auth.realm import Realm
-from cosgw.config import ALL_PERMISSIONS, Config, ConfigError, StorageConfig, UserConfig
-from cosgw.frontends.ftp.tls import ServerTLS, generate_self_signed, load_server_tls
-from cosgw.frontends.listener import ListenerService
+from cosgw.config import ALL_PERMISSIONS, Config, StorageConfig, UserConfig
 from cosgw.interfaces import IObjectStore
 from cosgw.policy.accounts import Account, Accounts
 from cosgw.policy.defender import LoginDefender
@@ -57,6 +55,7 @@ from cosgw.transfer import TransferSettings
 from cosgw.vfs import home_prefix, is_hidden_key
 
 if TYPE_CHECKING:
+    from cosgw.frontends.ftp.service import FTPFrontend
     from cosgw.frontends.sftp.service import SFTPFrontend
 
 log = Logger()
@@ -203,12 +202,11 @@ class UploadSweeper(Service):
 
 
 class GatewayService(MultiService):
-    """The running gateway; C{ftp_listeners} say where FTP is served."""
+    """The running gateway; its frontends say where they listen."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.ftp_listeners: list[ListenerService] = []
-        self.ftps_listeners: list[ListenerService] = []
+        self.ftp: Optional[FTPFrontend] = None
         self.stores: dict[str, IObjectStore] = {}
         self.accounts: Optional[Accounts] = None
         self.pool: Optional[ThreadPool] = None
@@ -218,12 +216,8 @@ class GatewayService(MultiService):
 
     def ready(self) -> Deferred[list[IListeningPort]]:
         """Fires with the FTP listening ports once they all listen."""
-        d = DeferredList(
-            [listener.listening for listener in self.ftp_listeners],
-            fireOnOneErrback=True,
-            consumeErrors=True,
-        )
-        return d.addCallback(lambda results: [port for _, port in results])
+        assert self.ftp is not None, "makeService builds the FTP frontend"
+        return self.ftp.ready()
 
 
 def _make_store(
@@ -256,29 +250,6 @@ def _make_store(
         settings["VerifySSL"] = storage.verify_tls
     assert storage.bucket is not None
     return CosStore(storage.bucket, settings, reactor, pool, pool_size=threads)
-
-
-def _server_tls(config: Config) -> ServerTLS:
-    """
-    The certificate from the config, or one generated in the state
-    directory at first start (the embedded default, and any config that
-    names none).  Blocking; for start-up.
-    """
-    server = config.server
-    if server.tls_certificate is not None and server.tls_key is not None:
-        certificate, key = server.tls_certificate, server.tls_key
-    else:
-        certificate, key = generate_self_signed(server.state_dir)
-    try:
-        tls = load_server_tls(certificate, key, server.tls_chain)
-    except ValueError as e:
-        raise ConfigError(f"{certificate}: {e}") from None
-    log.info(
-        "FTPS certificate {path}, SHA-256 fingerprint {fingerprint}",
-        path=certificate,
-        fingerprint=tls.fingerprint,
-    )
-    return tls
 
 
 def _account(
@@ -383,7 +354,8 @@ def _announce(service: GatewayService, user: UserConfig, password: Optional[str]
     say_sftp = say_also("sftp", "SFTP, same password; host key fingerprints above")
 
     service.ready().addCallbacks(say, lambda f: None)
-    for listener in service.ftps_listeners:
+    assert service.ftp is not None
+    for listener in service.ftp.implicit_listeners:
         listener.listening.addCallbacks(say_ftps, lambda f: None)
     for listener in service.sftp.listeners if service.sftp is not None else ():
         listener.listening.addCallbacks(say_sftp, lambda f: None)
@@ -398,9 +370,7 @@ def makeService(config: Config, reactor: Any = None) -> GatewayService:
         from twisted.internet import reactor as running
 
         reactor = running
-    from twisted.protocols.ftp import IFTPShell
-
-    from cosgw.frontends.ftp.protocol import FTPShell, GatewayFTPFactory
+    from cosgw.frontends.ftp.service import FTPFrontend
 
     for notice in config.notices:
         log.warn("config: {notice}", notice=notice)
@@ -477,13 +447,6 @@ def makeService(config: Config, reactor: Any = None) -> GatewayService:
         failure_delay=0,  # the defender delays failed logins
     )
     realm = Realm()
-
-    def ftp_avatar(avatar_id: str, mind: Any) -> tuple[FTPShell, Any]:
-        fs, logout = accounts.session(avatar_id, mind)
-        shell = FTPShell(fs, logout)
-        return shell, shell.logout
-
-    realm.register(IFTPShell, ftp_avatar)
     checkers: list[Any] = [checker]
     if server.sftp_listen:
         from cosgw.auth.keys import KeyChecker
@@ -493,35 +456,16 @@ def makeService(config: Config, reactor: Any = None) -> GatewayService:
         )
     portal = Portal(realm, checkers)
 
-    tls = _server_tls(config)
-    common: dict[str, Any] = {
-        "passive_ports": server.passive_ports,
-        "masquerade_address": server.masquerade_address,
-        "idle_timeout": server.idle_timeout,
-        "login_timeout": server.login_timeout,
-        "stall_timeout": server.data_timeout,
-        "limits": limits,
-        "defender": defender,
-        "tls": tls,
-        "tls_required": server.tls_required,
-        "tls_data_required": server.tls_data_required,
-        "tls_session_reuse": server.tls_session_reuse,
-        "user_tls": {
-            name: (u.tls_required, u.tls_data_required) for name, u in users.items()
-        },
-    }
-    factory = GatewayFTPFactory(portal, reactor, **common)
-    factory.trace_commands = server.log_level == "debug"
-    for description in server.ftp_listen:
-        listener = ListenerService(reactor, description, factory)
-        listener.setServiceParent(service)
-        service.ftp_listeners.append(listener)
-    implicit = GatewayFTPFactory(portal, reactor, implicit=True, **common)
-    implicit.trace_commands = factory.trace_commands
-    for description in server.ftps_listen:
-        listener = ListenerService(reactor, description, tls.wrap(implicit))
-        listener.setServiceParent(service)
-        service.ftps_listeners.append(listener)
+    service.ftp = FTPFrontend(
+        config,
+        portal=portal,
+        realm=realm,
+        accounts=accounts,
+        limits=limits,
+        defender=defender,
+        reactor=reactor,
+    )
+    service.ftp.setServiceParent(service)
     if server.sftp_listen:
         from cosgw.frontends.sftp.service import SFTPFrontend
 

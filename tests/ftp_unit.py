@@ -42,7 +42,6 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IProtocol, IReactorTime
 from twisted.internet.testing import MemoryReactorClock, StringTransport
-from twisted.protocols.ftp import IFTPShell
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
@@ -50,7 +49,9 @@ from cosgw.auth.passwords import PasswordChecker
 from cosgw.auth.realm import Realm
 from cosgw.config import ALL_PERMISSIONS, ServerConfig
 from cosgw.frontends.ftp.data import DataChannelFactory
-from cosgw.frontends.ftp.protocol import EOF_GRACE, FTPShell, GatewayFTPFactory
+from cosgw.frontends.ftp.factory import GatewayFTPFactory
+from cosgw.frontends.ftp.transfers import EOF_GRACE
+from cosgw.interfaces import IFileSystem
 from cosgw.policy.accounts import Account, Accounts
 from cosgw.policy.defender import LoginDefender
 from cosgw.policy.limits import ConnectionLimits, NetworkRule, SessionLimits
@@ -488,36 +489,28 @@ class FTPGateway:
         realm = Realm()
         self.logouts: list[str] = []
 
-        def ftp_avatar(avatar_id: str, mind: Any) -> tuple[FTPShell, Any]:
-            # As makeService's session(): a file system per session, whose
-            # logout releases the session once.
-            fs = self.accounts.open_session(avatar_id, mind)
-            open_ = [True]
+        def session(avatar_id: str, mind: Any) -> tuple[Any, Callable[[], None]]:
+            # The file system of a session, as FTPFrontend registers it;
+            # its logout (which releases the session once) is recorded.
+            fs, logout = self.accounts.session(avatar_id, mind)
+            ended: list[bool] = []
 
-            def logout() -> None:
-                if open_:
-                    open_.clear()
-                    self.accounts.close_session(avatar_id)
+            def recorded_logout() -> None:
+                if not ended:
+                    ended.append(True)
                     self.logouts.append(avatar_id)
+                logout()
 
-            shell = FTPShell(fs, logout)
-            return shell, shell.logout
+            return fs, recorded_logout
 
-        realm.register(IFTPShell, ftp_avatar)
-        self.factory = GatewayFTPFactory(
+        realm.register(IFileSystem, session)
+        self.factory = GatewayFTPFactory.from_config(
+            server,
             Portal(realm, [checker]),
             self.clock,
-            passive_ports=server.passive_ports,
-            masquerade_address=server.masquerade_address,
-            idle_timeout=server.idle_timeout,
-            login_timeout=server.login_timeout,
-            stall_timeout=server.data_timeout,
             limits=self.limits,
             defender=self.defender,
             tls=None,
-            tls_required=server.tls_required,
-            tls_data_required=server.tls_data_required,
-            tls_session_reuse=server.tls_session_reuse,
         )
 
     def pump(self) -> None:

@@ -249,7 +249,7 @@ def start_gateway(
         notices=(),
     )
     service = makeService(config, reactor)
-    for listener in service.ftp_listeners:
+    for listener in service.ftp.listeners:
         listener.factory.data_timeout = data_timeout
     service.startService()
     testcase.addCleanup(lambda: service.running and service.stopService())

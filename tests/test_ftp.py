@@ -432,7 +432,7 @@ class FTPTestsMixin:
     def test_pasv_without_connection_does_not_freeze(self) -> Any:
         # The deadline itself is timed on a clock in test_ftp_protocol.py
         # (PassiveTests.test_data_connection_timeout); here, a short one.
-        for listener in self.gw.service.ftp_listeners:
+        for listener in self.gw.service.ftp.listeners:
             listener.factory.data_timeout = 0.3
 
         def run() -> tuple[str, str, str, str]:

@@ -15,7 +15,8 @@ import socket
 from twisted.internet import error
 from twisted.internet.address import IPv4Address
 
-from cosgw.frontends.ftp.protocol import DATA_CONNECTION_TIMEOUT, MAX_QUEUED_LINES
+from cosgw.frontends.ftp.ports import DATA_CONNECTION_TIMEOUT
+from cosgw.frontends.ftp.protocol import MAX_QUEUED_LINES
 from tests.ftp_unit import (
     ALICE_PASSWORD,
     CLIENT_HOST,

@@ -13,7 +13,7 @@ import os
 
 from twisted.internet import error
 
-from cosgw.frontends.ftp.protocol import EOF_GRACE
+from cosgw.frontends.ftp.transfers import EOF_GRACE
 from cosgw.interfaces import StoreUnavailable
 from tests.ftp_unit import GatewayTestCase, KiB, MiB
 

@@ -63,7 +63,7 @@ class Handshakes:
     def __init__(self, gw: Any) -> None:
         self._seen: dict[int, tuple[str, bool]] = {}
         self._alive: list[SSL.Connection] = []  # keeps the ids unique
-        self.context = gw.service.ftp_listeners[0].factory.tls.options.getContext()
+        self.context = gw.service.ftp.listeners[0].factory.tls.options.getContext()
         self.context.set_info_callback(self._info)
 
     def _info(self, connection: SSL.Connection, where: int, ret: int) -> None:
@@ -123,12 +123,12 @@ class FTPSGatewayMixin:
             ftps_listen=("tcp:0:interface=127.0.0.1",),
             **overrides,
         )
-        listener = self.gw.service.ftps_listeners[0]
+        listener = self.gw.service.ftp.implicit_listeners[0]
         if listener.port is None:
             yield listener.listening
         self.implicit_port = listener.port.getHost().port
         self.handshakes = Handshakes(self.gw)
-        self.explicit_factory = self.gw.service.ftp_listeners[0].factory
+        self.explicit_factory = self.gw.service.ftp.listeners[0].factory
         self.implicit_factory = listener.factory.wrappedFactory
         self.controls: list[Any] = []
         for factory in (self.explicit_factory, self.implicit_factory):
@@ -404,7 +404,7 @@ class FTPSTransferTestsMixin(FTPSGatewayMixin):
         r = yield in_thread(run)
         self.assertTrue(r["auth"].startswith("234"), r["auth"])
         self.assertIn(("IP Address", "127.0.0.1"), r["peer"]["subjectAltName"])
-        factory = self.gw.service.ftp_listeners[0].factory
+        factory = self.gw.service.ftp.listeners[0].factory
         self.assertEqual(fingerprint(r["der"]), factory.tls.fingerprint)
         self.assertTrue(r["login"].startswith("230"), r["login"])
         self.assertTrue(r["prot"].startswith("200"), r["prot"])
@@ -714,7 +714,7 @@ class FTPSPolicyTests(FTPSGatewayMixin, unittest.TestCase):
         PROT P, reader may log in in clear.
         """
         gw = yield self.start("local")
-        factory = gw.service.ftp_listeners[0].factory
+        factory = gw.service.ftp.listeners[0].factory
         factory.user_tls = {"alice": (True, True)}
 
         def run() -> dict[str, str]:

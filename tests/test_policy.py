@@ -1162,7 +1162,7 @@ class TimeoutTests(unittest.TestCase):
         )
 
     def short_ftp_timeouts(self) -> None:
-        for listener in self.gw.service.ftp_listeners:
+        for listener in self.gw.service.ftp.listeners:
             listener.factory.login_timeout = FTP_TIMEOUT
             listener.factory.timeOut = FTP_TIMEOUT
 

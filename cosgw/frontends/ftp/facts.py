@@ -1,6 +1,6 @@
 """
 How FTP describes files to machines: RFC 3659 facts for MLSD and MLST, and
-the command help table.  (``ls -l`` lines, which SFTP shares, are in
+their FEAT line.  (``ls -l`` lines, which SFTP shares, are in
 L{cosgw.frontends.listing}.)
 
 Permissions shown are the user's, not the object's (an object store has no
@@ -86,70 +86,3 @@ def feat_mlst(selected: Iterable[str]) -> str:
     """FEAT's MLST line: every fact offered, the selected ones starred."""
     chosen = set(selected)
     return "MLST " + "".join(f + ("*" if f in chosen else "") + ";" for f in FACTS)
-
-
-#: HELP: the commands and their syntax (RFC 959 4.1.3 HELP, 214 replies).
-COMMAND_HELP = {
-    "ABOR": "ABOR (abort the running transfer)",
-    "AUTH": "AUTH TLS (encrypt the control connection, RFC 4217)",
-    "CCC": "CCC (refused: the control connection stays encrypted)",
-    "PBSZ": "PBSZ 0",
-    "PROT": "PROT C | P (clear or private data connections)",
-    "REIN": "REIN (log out, keep the connection)",
-    "ALLO": "ALLO <size> (announce an upload's size)",
-    "APPE": "APPE <path> (append to a file)",
-    "CDUP": "CDUP (go to the parent directory)",
-    "CLNT": "CLNT <client name>",
-    "CWD": "CWD <path>",
-    "DELE": "DELE <path>",
-    "EPRT": "EPRT |<proto>|<address>|<port>|",
-    "EPSV": "EPSV [<proto> | ALL]",
-    "FEAT": "FEAT (list the features)",
-    "HASH": "HASH <path> (digest of a file, see OPTS HASH and RANG)",
-    "HELP": "HELP [<command>]",
-    "LIST": "LIST [<path>]",
-    "MDTM": "MDTM <path>",
-    "MFMT": "MFMT <YYYYMMDDHHMMSS> <path> (set the modification time)",
-    "MKD": "MKD <path>",
-    "MLSD": "MLSD [<path>]",
-    "MLST": "MLST [<path>]",
-    "MODE": "MODE S",
-    "NLST": "NLST [<path>]",
-    "NOOP": "NOOP",
-    "OPTS": "OPTS UTF8 ON | MLST <facts> | HASH [<algorithm>]",
-    "PASS": "PASS <password>",
-    "PASV": "PASV",
-    "PORT": "PORT <h1,h2,h3,h4,p1,p2>",
-    "PWD": "PWD",
-    "QUIT": "QUIT",
-    "RANG": "RANG <start> <end> (byte range for the next HASH)",
-    "REST": "REST <offset> (restart the next RETR, STOR or APPE)",
-    "RETR": "RETR <path>",
-    "RMD": "RMD <path>",
-    "RNFR": "RNFR <path>",
-    "RNTO": "RNTO <path>",
-    "SITE": "SITE HELP | CHMOD <mode> <path> | CRC64 <path>",
-    "SIZE": "SIZE <path>",
-    "STAT": "STAT [<path>]",
-    "STOR": "STOR <path>",
-    "STOU": "STOU [<name>] (store under a new unique name)",
-    "STRU": "STRU F",
-    "SYST": "SYST",
-    "TYPE": "TYPE I | A",
-    "USER": "USER <name>",
-    "XCRC": "XCRC <path> [<start> <end>] (CRC-32)",
-    "XCUP": "XCUP (CDUP)",
-    "XCWD": "XCWD <path> (CWD)",
-    "XMD5": "XMD5 <path> [<start> <end>]",
-    "XMKD": "XMKD <path> (MKD)",
-    "XPWD": "XPWD (PWD)",
-    "XRMD": "XRMD <path> (RMD)",
-    "XSHA1": "XSHA1 <path> [<start> <end>]",
-    "XSHA256": "XSHA256 <path> [<start> <end>]",
-}
-
-SITE_HELP = {
-    "CHMOD": "SITE CHMOD <mode> <path> (accepted; object storage keeps no modes)",
-    "CRC64": "SITE CRC64 <path> (COS's CRC-64/ECMA of the file, without reading it)",
-    "HELP": "SITE HELP",
-}

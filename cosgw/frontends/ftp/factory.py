@@ -1,0 +1,170 @@
+"""
+The factory of FTP control connections: every setting a connection needs
+from the outside, given once, and the connection limits and login defender
+applied before a connection gets a protocol at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Optional
+
+from twisted.cred.portal import Portal
+from twisted.internet import protocol
+
+from cosgw.config import ServerConfig
+from cosgw.frontends.ftp.ports import DATA_CONNECTION_TIMEOUT
+from cosgw.frontends.ftp.protocol import GatewayFTP
+from cosgw.frontends.ftp.tls import ServerTLS
+from cosgw.frontends.ftp.transfers import EOF_GRACE
+from cosgw.policy.defender import LoginBanned, LoginDefender
+from cosgw.policy.limits import ConnectionLimits
+
+#: Per user: (TLS required on control, PROT P required), where set.
+UserTLS = Mapping[str, tuple[Optional[bool], Optional[bool]]]
+
+
+class _OverflowFTP(protocol.Protocol):
+    """Says why it hangs up when the server is full (RFC 959: 421)."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        text = self.reason[:1].upper() + self.reason[1:]
+        self.transport.write(f"421 {text}\r\n".encode())
+        self.transport.loseConnection()
+
+
+class GatewayFTPFactory(protocol.ServerFactory):
+    """
+    Builds the control connections.  Everything the protocol needs from the
+    outside (reactor, portal, passive ports, NAT address, limits) is given
+    here, never reached for.
+    """
+
+    noisy = False
+
+    def __init__(
+        self,
+        portal: Portal,
+        reactor: Any,
+        passive_ports: tuple[int, int] = (61000, 61999),
+        masquerade_address: Optional[str] = None,
+        idle_timeout: int = 600,
+        max_connections: Optional[int] = None,
+        limits: Optional[ConnectionLimits] = None,
+        defender: Optional[LoginDefender] = None,
+        login_timeout: Optional[float] = 60,
+        stall_timeout: Optional[float] = 120,
+        welcome: str = "cosgw FTP gateway ready",
+        data_timeout: float = DATA_CONNECTION_TIMEOUT,
+        eof_grace: float = EOF_GRACE,
+        tls: Optional[ServerTLS] = None,
+        implicit: bool = False,
+        tls_required: bool = False,
+        tls_data_required: bool = False,
+        tls_session_reuse: bool = False,
+        user_tls: Optional[UserTLS] = None,
+        trace_commands: bool = False,
+    ) -> None:
+        """
+        @param reactor: the reactor: a clock, TCP (passive listeners and
+            active connections) and a resolver (the masquerade address).
+        @param tls: The server's TLS for AUTH TLS and PROT P; None offers
+            no FTPS.
+        @param implicit: Connections arrive already in TLS (implicit FTPS).
+        @param user_tls: Per user, (TLS required, PROT P required) where
+            set, overriding the global policies.
+        @param limits: connection limits shared with the gateway's other
+            listeners; without, C{max_connections} counts this factory's.
+        @param defender: the login defender shared with SFTP.
+        @param stall_timeout: seconds a data connection may stall.
+        @param trace_commands: log every command line (passwords masked),
+            for log_level debug.
+        """
+        self.tls = tls
+        self.implicit = implicit
+        self.tls_required = tls_required
+        self.tls_data_required = tls_data_required
+        self.tls_session_reuse = tls_session_reuse
+        self.user_tls = dict(user_tls or {})
+        self.data_timeout = data_timeout
+        self.eof_grace = eof_grace
+        self.portal = portal
+        self.reactor = reactor
+        self.passive_ports = passive_ports
+        self.masquerade_address = masquerade_address
+        self.timeOut = idle_timeout
+        self.login_timeout = login_timeout
+        self.stall_timeout = stall_timeout
+        self.defender = defender
+        self.limits = limits or ConnectionLimits(max_total=max_connections)
+        self.max_connections = max_connections
+        self.welcomeMessage = welcome
+        self.trace_commands = trace_commands
+        self.connections = 0
+
+    @classmethod
+    def from_config(
+        cls,
+        server: ServerConfig,
+        portal: Portal,
+        reactor: Any,
+        *,
+        limits: ConnectionLimits,
+        defender: LoginDefender,
+        tls: Optional[ServerTLS],
+        implicit: bool = False,
+        user_tls: Optional[UserTLS] = None,
+    ) -> GatewayFTPFactory:
+        """The factory for the server section of the configuration."""
+        return cls(
+            portal,
+            reactor,
+            passive_ports=server.passive_ports,
+            masquerade_address=server.masquerade_address,
+            idle_timeout=server.idle_timeout,
+            login_timeout=server.login_timeout,
+            stall_timeout=server.data_timeout,
+            limits=limits,
+            defender=defender,
+            tls=tls,
+            implicit=implicit,
+            tls_required=server.tls_required,
+            tls_data_required=server.tls_data_required,
+            tls_session_reuse=server.tls_session_reuse,
+            user_tls=user_tls,
+            trace_commands=server.log_level == "debug",
+        )
+
+    def buildProtocol(self, addr: Any) -> Optional[protocol.Protocol]:
+        host = getattr(addr, "host", "")
+        refusal = self.limits.open(host)
+        if refusal is None and self.defender is not None:
+            remaining = self.defender.banned(host)
+            if remaining:
+                self.limits.close(host)
+                refusal = str(LoginBanned(remaining))
+        if refusal is not None:
+            p = _OverflowFTP(refusal)
+            p.factory = self
+            return p
+        self.connections += 1
+        ftp = GatewayFTP()
+        ftp.factory = self
+        return ftp
+
+    def connection_closed(self, host: str) -> None:
+        """A control connection built by this factory has ended."""
+        self.connections -= 1
+        self.limits.close(host)
+
+    def tls_policy(self, user: Optional[str]) -> tuple[bool, bool]:
+        """(TLS required on control, PROT P required) for C{user}."""
+        control, data = self.user_tls.get(user or "", (None, None))
+        return (
+            self.tls_required if control is None else control,
+            self.tls_data_required if data is None else data,
+        )

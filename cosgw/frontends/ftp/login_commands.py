@@ -1,0 +1,155 @@
+"""
+Logging in and out, and FTPS (RFC 4217): USER, PASS, REIN, QUIT, AUTH,
+PBSZ, PROT and CCC.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from twisted.cred import error as cred_error
+from twisted.cred.credentials import UsernamePassword
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from cosgw.frontends.ftp.context import CommandContext
+from cosgw.frontends.ftp.replies import Reply
+from cosgw.frontends.ftp.session import Event
+from cosgw.interfaces import IFileSystem
+from cosgw.policy.accounts import LoginRefused
+from cosgw.policy.defender import LoginBanned
+
+log = Logger()
+
+
+class LoginCommands(CommandContext):
+    """The login sequence and the encryption of the control connection."""
+
+    def tls_policy(self, user: Optional[str] = None) -> tuple[bool, bool]:
+        """(TLS required on control, PROT P required) for this session."""
+        return self.factory.tls_policy(user or self.session.user)
+
+    # -- login --------------------------------------------------------------
+
+    def ftp_USER(self, username: str) -> Reply:
+        if not username:
+            return Reply(501, "USER requires a user name")
+        if not self.session.secure and self.tls_policy(username)[0]:
+            log.info("refused a login in clear text from {peer}", peer=self.peer.host)
+            return Reply(534, "Policy requires TLS: send AUTH TLS first")
+        self.session.name_user(username)
+        return Reply(331, "Password required")
+
+    def ftp_PASS(self, password: str) -> Deferred[Reply]:
+        username = self.session.take_pending_user()
+        # Twisted's stubs want bytes; cosgw's password checker takes the
+        # UTF-8 (RFC 2640) names and passwords as str.
+        credentials = UsernamePassword(username, password)  # type: ignore[arg-type]
+        portal = self.factory.portal
+        defender = self.factory.defender
+
+        def login() -> Deferred[Any]:
+            return portal.login(credentials, self.peer, IFileSystem)
+
+        if defender is not None:
+            d = defender.guard(self.peer.host, username, login)
+        else:
+            d = login()
+        return d.addCallbacks(self._logged_in, self._login_refused)
+
+    def _logged_in(self, result: tuple[Any, IFileSystem, Any]) -> Reply:
+        _, fs, logout = result
+        if self.session.over:
+            logout()
+            return Reply(421, "Connection closed")
+        self.session.log_in(fs, logout)
+        self.setTimeout(self.control_timeout())
+        log.info(
+            "FTP login {user} from {peer}", user=self.session.user, peer=self.peer.host
+        )
+        return Reply(230, "Login successful")
+
+    def _login_refused(self, failure: Failure) -> Reply:
+        failure.trap(
+            cred_error.UnauthorizedLogin,
+            cred_error.UnhandledCredentials,
+            LoginRefused,
+        )
+        self.session.advance(Event.LOGIN_REFUSED)
+        if failure.check(LoginBanned, LoginRefused):
+            # Banned, or a rule refuses this user here or now: say why
+            # and hang up (RFC 959: 421 service closing).
+            self.reactor.callLater(0, self.transport.loseConnection)
+            return Reply(421, str(failure.value))
+        return Reply(530, "Login incorrect")
+
+    def ftp_REIN(self) -> Reply:
+        """
+        RFC 959 REIN: back to a new session (a transfer in progress finishes
+        first: REIN waits its turn).  TLS stays on, since it cannot be
+        stopped, but PBSZ and PROT must be given again.
+        """
+        self.session.reinitialize(implicit_tls=self.factory.implicit)
+        self.data.close()
+        return Reply(220, "Ready for a new user")
+
+    def ftp_QUIT(self) -> None:
+        self.sendLine("221 Goodbye")
+        self.session.advance(Event.QUIT)
+        self.transport.loseConnection()
+        # Keep reading (commands after QUIT are ignored): a TLS close waits
+        # for the client's close_notify, which a paused connection never
+        # reads, so the connection would linger until the idle timeout.
+        self.transport.resumeProducing()
+
+    # -- FTPS (RFC 4217) -----------------------------------------------------
+
+    def ftp_AUTH(self, mechanism: str) -> Optional[Reply]:
+        tls = self.factory.tls
+        if tls is None:
+            return Reply(502, "TLS is not configured")
+        session = self.session
+        if session.secure:
+            return Reply(503, "TLS is already in use")
+        kind = mechanism.strip().upper()
+        if kind not in ("TLS", "TLS-C", "SSL", "TLS-P"):
+            return Reply(504, "Use AUTH TLS")
+        self.sendLine(f"234 AUTH {kind} successful")
+        # Everything after the 234 is TLS (the reply above went in clear).
+        self.transport.startTLS(tls.options)
+        session.secure = True
+        if kind in ("SSL", "TLS-P"):
+            # The historical mechanisms also protect the data connections.
+            session.pbsz, session.prot = True, "P"
+        log.info("FTP connection from {peer} now uses TLS", peer=self.peer.host)
+        return None
+
+    def ftp_PBSZ(self, size: str) -> Reply:
+        if not self.session.secure:
+            return Reply(503, "PBSZ requires AUTH TLS first")
+        if not size.strip().isdigit():
+            return Reply(501, "PBSZ takes a number (0)")
+        self.session.pbsz = True
+        return Reply(200, "PBSZ=0")
+
+    def ftp_PROT(self, level: str) -> Reply:
+        if not self.session.pbsz:
+            return Reply(503, "PROT requires PBSZ first")
+        level = level.strip().upper()
+        if level == "C":
+            if self.tls_policy()[1]:
+                return Reply(534, "Policy requires PROT P")
+            self.session.prot = "C"
+            return Reply(200, "Protection level set to Clear")
+        if level == "P":
+            self.session.prot = "P"
+            return Reply(200, "Protection level set to Private")
+        if level in ("S", "E"):
+            return Reply(536, f"PROT {level} is not supported")
+        return Reply(504, "PROT C or P")
+
+    def ftp_CCC(self) -> Reply:
+        # Going back to clear text would expose the session; Twisted's TLS
+        # transports cannot do it anyway.
+        return Reply(534, "CCC is not allowed")

@@ -1,0 +1,284 @@
+"""
+Setting up data connections: PASV and EPSV (a listener on the passive port
+range), PORT and EPRT (a connection to the client), and the wait for the
+one data connection a transfer gets.
+
+PASV and EPSV answer at once instead of holding the control channel until
+the data connection arrives (Twisted #4819); the transfer command waits for
+it, with a timeout.  A passive listener accepts only the client's own
+address (no port stealing), and PORT/EPRT may only name the client's own
+address and an unprivileged port (no FTP bounce, RFC 2577).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+from typing import TYPE_CHECKING, Any, Optional
+
+from twisted.internet import error as net_error
+from twisted.internet.interfaces import IListeningPort
+from twisted.logger import Logger
+
+from cosgw import vfs
+from cosgw.frontends.ftp.context import CommandContext
+from cosgw.frontends.ftp.data import (
+    DataChannel,
+    DataChannelFactory,
+    DataConnectionRefused,
+    normal_host,
+)
+from cosgw.frontends.ftp.replies import Reply
+
+if TYPE_CHECKING:
+    from cosgw.frontends.ftp.factory import GatewayFTPFactory
+    from cosgw.frontends.ftp.transfers import ActiveTransfer
+
+log = Logger()
+
+#: Seconds a transfer command waits for its data connection.
+DATA_CONNECTION_TIMEOUT = 30
+
+
+def decode_extended_address(address: str) -> tuple[str, str, int]:
+    """
+    RFC 2428 section 2: C{|protocol|address|port|}, any delimiter.
+
+    @raise ValueError, IndexError: the address does not parse.
+    """
+    delimiter = address[0]
+    protocol, host, port, _ = address[1:].split(delimiter)
+    return protocol, host, int(port)
+
+
+class DataConnections:
+    """
+    The data connection one control connection prepared for its next
+    transfer: a passive listener, or the address PORT/EPRT named.  Each
+    serves one transfer only.
+    """
+
+    def __init__(self, factory: GatewayFTPFactory, peer_host: str) -> None:
+        self._factory = factory
+        self._peer_host = peer_host
+        self._pending: Optional[DataChannelFactory] = None
+        self._port: Optional[IListeningPort] = None
+        self._active: Optional[tuple[str, int]] = None
+
+    def close(self) -> None:
+        """Forget what was prepared; stop listening."""
+        port, self._port = self._port, None
+        if port is not None:
+            port.stopListening()
+        self._pending = None
+        self._active = None
+
+    def _new_factory(self, host: str, protect: bool) -> DataChannelFactory:
+        return DataChannelFactory(
+            host,
+            tls=protect,
+            require_reuse=self._factory.tls_session_reuse,
+            clock=self._factory.reactor,
+            stall_timeout=self._factory.stall_timeout,
+        )
+
+    def _wrapped(self, factory: DataChannelFactory) -> Any:
+        """The factory to listen or connect with: TLS around it for PROT P."""
+        if factory.tls:
+            assert self._factory.tls is not None
+            return self._factory.tls.wrap(factory)
+        return factory
+
+    def passive(self, interface: str, protect: bool) -> int:
+        """
+        Listen on a free port of the passive range, on C{interface}.
+
+        @return: the port.
+        @raise Reply: 425, every port of the range is taken.
+        """
+        self.close()
+        factory = self._pending = self._new_factory(self._peer_host, protect)
+        low, high = self._factory.passive_ports
+        count = high - low + 1
+        start = random.randrange(count)
+        reactor = self._factory.reactor
+        for i in range(count):
+            candidate = low + (start + i) % count
+            try:
+                port = reactor.listenTCP(
+                    candidate, self._wrapped(factory), interface=interface
+                )
+            except net_error.CannotListenError:
+                continue
+            self._port = port
+            return port.getHost().port
+        raise Reply(425, "No passive port available; try again")
+
+    def active(self, host: str, port: int) -> None:
+        """Connect to C{host}:C{port} for the next transfer (PORT, EPRT)."""
+        self.close()
+        self._active = (host, port)
+
+    async def open(
+        self, transfer: ActiveTransfer, protect: bool, protection_required: bool
+    ) -> DataChannel:
+        """
+        Wait for the data connection that PASV/EPSV announced, or open the
+        one PORT/EPRT asked for; either way only for this one transfer.  ABOR
+        (or the client leaving) cancels the wait.
+
+        @param protect: PROT P is in force.
+        @param protection_required: the policy wants PROT P.
+        @raise Reply: 521, 425: no data connection.
+        @raise TransferStopped: the transfer was aborted meanwhile.
+        """
+        factory, active, port = self._pending, self._active, self._port
+        self._pending, self._port, self._active = None, None, None
+        if not protect and protection_required:
+            if port is not None:
+                port.stopListening()
+            raise Reply(521, "Data connections must be protected: send PROT P")
+        if factory is None and active is None:
+            raise Reply(425, "Use PASV, EPSV, PORT or EPRT first")
+        if factory is not None and factory.tls != protect:
+            # PROT changed after PASV: the listener speaks the old level.
+            if port is not None:
+                port.stopListening()
+            raise Reply(425, "PROT changed after PASV; send PASV again")
+        settings = self._factory
+        if factory is None:
+            assert active is not None
+            factory = self._new_factory(active[0], protect)
+            settings.reactor.connectTCP(
+                active[0],
+                active[1],
+                self._wrapped(factory),
+                timeout=settings.data_timeout,
+            )
+        d = factory.deferred
+        d.addTimeout(settings.data_timeout, settings.reactor)
+        transfer.waiting = d
+        try:
+            channel = await d
+        except Exception:
+            if transfer.aborted or transfer.client_gone:
+                raise vfs.TransferStopped(
+                    "aborted before the data connection"
+                ) from None
+            raise Reply(425, "Can't open data connection") from None
+        finally:
+            transfer.waiting = None
+            if port is not None:
+                port.stopListening()
+        transfer.channel = channel
+        if transfer.aborted or transfer.client_gone:
+            channel.abort()
+            raise vfs.TransferStopped("aborted")
+        return channel
+
+    async def ready(self, channel: DataChannel) -> None:
+        """
+        After the 150: wait until data may flow (over TLS, the handshake,
+        which clients start only now).  A policy refusal or a failed
+        handshake is the transfer's final reply (522, RFC 4217).
+        """
+        ready = channel.ready()
+        ready.addTimeout(self._factory.data_timeout, self._factory.reactor)
+        try:
+            await ready
+        except DataConnectionRefused as e:
+            channel.abort()
+            raise Reply(int(str(e)[:3]), str(e)[4:]) from None
+        except Exception as e:
+            channel.abort()
+            raise Reply(
+                522, f"TLS negotiation on the data connection failed: {e}"
+            ) from None
+
+
+class PortCommands(CommandContext):
+    """PASV, EPSV, PORT and EPRT."""
+
+    def _passive(self) -> int:
+        interface = self.transport.getHost().host
+        return self.data.passive(interface, protect=self.session.prot == "P")
+
+    async def ftp_PASV(self) -> Reply:
+        if self.session.epsv_all:
+            return Reply(503, "PASV not allowed after EPSV ALL")
+        address = await self._pasv_address()
+        if address is None:
+            return Reply(522, "PASV needs IPv4; use EPSV (1,2)")
+        port = self._passive()
+        numbers = ",".join(address.split(".") + [str(port >> 8), str(port & 0xFF)])
+        return Reply(227, f"Entering Passive Mode ({numbers})")
+
+    async def _pasv_address(self) -> Optional[str]:
+        """
+        The IPv4 address PASV announces: the masquerade address (resolved
+        now, so a dynamic-DNS name follows its changes) or the address the
+        client reached.  None when there is no IPv4 address to give.
+        """
+        name = self.factory.masquerade_address
+        if name is None:
+            name = normal_host(self.transport.getHost().host)
+        try:
+            return str(ipaddress.IPv4Address(name))
+        except ValueError:
+            pass
+        if self.factory.masquerade_address is None:
+            return None
+        try:
+            resolved = await self.reactor.resolve(name, timeout=(2, 5))
+            return str(ipaddress.IPv4Address(resolved))
+        except Exception:
+            log.failure("cannot resolve masquerade_address {name}", name=name)
+            raise Reply(425, "Cannot determine the passive address") from None
+
+    def ftp_EPSV(self, protocol: str) -> Reply:
+        if protocol.upper() == "ALL":
+            self.session.epsv_all = True
+            return Reply(200, "EPSV ALL ok")
+        family = "2" if ":" in normal_host(self.transport.getHost().host) else "1"
+        if protocol and protocol != family:
+            # RFC 2428 3: the listener must use the protocol asked for; this
+            # connection only has the address family it arrived on.
+            return Reply(522, f"Network protocol not supported, use ({family})")
+        port = self._passive()
+        return Reply(229, f"Entering Extended Passive Mode (|||{port}|)")
+
+    def _set_active(self, host: str, port: int) -> Reply:
+        if self.session.epsv_all:
+            return Reply(503, "PORT and EPRT are not allowed after EPSV ALL")
+        if normal_host(host) != normal_host(self.peer.host) or port < 1024:
+            log.warn(
+                "refused PORT to {host}:{port} from {peer}",
+                host=host,
+                port=port,
+                peer=self.peer.host,
+            )
+            return Reply(
+                504, "Data connections go only to your own address and a port >= 1024"
+            )
+        self.data.active(host, port)
+        return Reply(200, "PORT command successful")
+
+    def ftp_PORT(self, address: str) -> Reply:
+        try:
+            numbers = [int(n) for n in address.split(",")]
+            if len(numbers) != 6 or not all(0 <= n <= 255 for n in numbers):
+                raise ValueError(address)
+        except ValueError:
+            return Reply(501, "Syntax error in PORT address")
+        host = ".".join(str(n) for n in numbers[:4])
+        return self._set_active(host, numbers[4] << 8 | numbers[5])
+
+    def ftp_EPRT(self, address: str) -> Reply:
+        try:
+            protocol, host, port = decode_extended_address(address)
+            ipaddress.ip_address(host)
+        except (ValueError, IndexError):
+            return Reply(501, "Syntax error in EPRT address")
+        if protocol not in ("1", "2"):
+            return Reply(522, "Network protocol not supported, use (1,2)")
+        return self._set_active(host, port)

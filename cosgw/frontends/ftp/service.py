@@ -1,0 +1,132 @@
+"""
+The FTP frontend as one service: FTP with explicit FTPS on every
+C{ftp_listen} endpoint and implicit FTPS on every C{ftps_listen} one, built
+from the config and the parts every frontend shares (the portal, realm,
+accounts, connection limits and login defender), so that C{makeService}
+only composes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import MultiService
+from twisted.cred.portal import Portal
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.interfaces import IListeningPort
+from twisted.logger import Logger
+
+from cosgw.auth.realm import Realm
+from cosgw.config import Config, ConfigError
+from cosgw.frontends.ftp.factory import GatewayFTPFactory
+from cosgw.frontends.ftp.tls import ServerTLS, generate_self_signed, load_server_tls
+from cosgw.frontends.listener import ListenerService
+from cosgw.interfaces import IFileSystem
+from cosgw.policy.accounts import Accounts
+from cosgw.policy.defender import LoginDefender
+from cosgw.policy.limits import ConnectionLimits
+
+__all__ = ["FTPFrontend"]
+
+log = Logger()
+
+
+def server_tls(config: Config) -> ServerTLS:
+    """
+    The certificate from the config, or one generated in the state
+    directory at first start (the embedded default, and any config that
+    names none).  Blocking; for start-up.
+
+    @raise ConfigError: the certificate or key cannot be used.
+    """
+    server = config.server
+    if server.tls_certificate is not None and server.tls_key is not None:
+        certificate, key = server.tls_certificate, server.tls_key
+    else:
+        certificate, key = generate_self_signed(server.state_dir)
+    try:
+        tls = load_server_tls(certificate, key, server.tls_chain)
+    except ValueError as e:
+        raise ConfigError(f"{certificate}: {e}") from None
+    log.info(
+        "FTPS certificate {path}, SHA-256 fingerprint {fingerprint}",
+        path=certificate,
+        fingerprint=tls.fingerprint,
+    )
+    return tls
+
+
+class FTPFrontend(MultiService):
+    """
+    FTP and FTPS: the server's TLS, the user's file system registered with
+    the realm as the FTP avatar, one factory for plain connections (which
+    AUTH TLS may encrypt) and one for implicit FTPS, and a
+    L{ListenerService} per endpoint.
+
+    The FTP protocol needs nothing of a logged-in user but their file
+    system, so the avatar it asks the portal for is the L{IFileSystem}
+    itself, with the logout that ends the session.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        portal: Portal,
+        realm: Realm,
+        accounts: Accounts,
+        limits: ConnectionLimits,
+        defender: LoginDefender,
+        reactor: Any,
+    ) -> None:
+        """
+        Blocking (the certificate is read, or generated at first start);
+        build it before the reactor runs.
+
+        @param portal: logs users in; it must reach C{realm} for avatars.
+        @param reactor: a clock, TCP and a resolver (see
+            L{GatewayFTPFactory}).
+        @raise ConfigError: the TLS certificate or key cannot be used.
+        """
+        super().__init__()
+        server = config.server
+        self.tls = server_tls(config)
+        realm.register(IFileSystem, accounts.session)
+        user_tls = {
+            name: (u.tls_required, u.tls_data_required)
+            for name, u in config.users.items()
+        }
+        options: dict[str, Any] = {
+            "limits": limits,
+            "defender": defender,
+            "tls": self.tls,
+            "user_tls": user_tls,
+        }
+        self.factory = GatewayFTPFactory.from_config(server, portal, reactor, **options)
+        self.implicit_factory = GatewayFTPFactory.from_config(
+            server, portal, reactor, implicit=True, **options
+        )
+        #: Where plain FTP (and explicit FTPS) is served.
+        self.listeners = [
+            self._listen(reactor, description, self.factory)
+            for description in server.ftp_listen
+        ]
+        #: Where implicit FTPS is served.
+        self.implicit_listeners = [
+            self._listen(reactor, description, self.tls.wrap(self.implicit_factory))
+            for description in server.ftps_listen
+        ]
+
+    def _listen(self, reactor: Any, description: str, factory: Any) -> ListenerService:
+        listener = ListenerService(reactor, description, factory)
+        listener.setServiceParent(self)
+        return listener
+
+    def ready(self) -> Deferred[list[IListeningPort]]:
+        """Fires with the plain FTP listening ports once they all listen."""
+        d = DeferredList(
+            [listener.listening for listener in self.listeners],
+            fireOnOneErrback=True,
+            consumeErrors=True,
+        )
+        return d.addCallback(lambda results: [port for _, port in results])

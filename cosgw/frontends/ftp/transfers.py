@@ -1,0 +1,326 @@
+"""
+The commands that move data over a data connection: RETR, STOR, APPE,
+STOU, LIST, NLST and MLSD, with REST before them and ABOR during them.
+
+A transfer runs detached from the control connection (see the protocol's
+command queue), as an L{ActiveTransfer} that ABOR, STAT and the loss of
+the control connection act on.  Downloads and uploads stream through the
+file system's readers and uploads (L{cosgw.vfs}) with backpressure and the
+user's rates inside; listings stream page by page, so the first line goes
+out before the last page is fetched.  A client's reset in the middle of an
+upload is an abort (426, no object), never a "226 Transfer complete" of a
+partial file; the 226 of an upload is sent only once the store confirmed.
+TYPE A moves bytes unchanged, as vsftpd does by default: an object store
+holds bytes, and rewriting line ends would make SIZE and REST lie.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, Optional
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+
+from cosgw import vfs
+from cosgw.frontends.ftp.context import CommandContext
+from cosgw.frontends.ftp.data import DataChannel, ListingSender
+from cosgw.frontends.ftp.facts import format_facts
+from cosgw.frontends.ftp.replies import Reply
+from cosgw.frontends.listing import format_list_line
+from cosgw.interfaces import IFileSystem, IUpload
+
+log = Logger()
+
+#: Seconds to wait after an upload's end of file before committing it, for
+#: the control connection of a killed client to show it is gone.
+EOF_GRACE = 0.02
+
+#: Commands that run detached: the control channel keeps reading meanwhile.
+TRANSFER_COMMANDS = frozenset({"RETR", "STOR", "APPE", "STOU", "LIST", "NLST", "MLSD"})
+
+#: Formats one listing entry: (entry, file system, now) -> line.
+LineFormat = Callable[[vfs.Entry, IFileSystem, float], str]
+
+
+class ActiveTransfer:
+    """
+    The transfer a control connection is running.  ABOR, STAT and the loss
+    of the control connection act on it; the transfer's coroutine reads
+    C{aborted} and C{client_gone} to choose its reply and what to keep.
+    """
+
+    def __init__(self, command: str, argument: str, clock: IReactorTime) -> None:
+        self.command = command
+        self.argument = argument
+        self._clock = clock
+        self.started = clock.seconds()
+        self.aborted = False
+        self.client_gone = False
+        self.channel: Optional[DataChannel] = None
+        self.waiting: Optional[Deferred[Any]] = None
+        self.counter: Callable[[], int] = lambda: 0
+        #: Lines sent after the transfer's own reply (ABOR's 226).
+        self.after_reply: list[str] = []
+
+    def elapsed(self) -> float:
+        return self._clock.seconds() - self.started
+
+    def cancel(self, client_gone: bool) -> None:
+        """Stop now: ABOR (C{client_gone} False) or the client went away."""
+        if client_gone:
+            self.client_gone = True
+        else:
+            self.aborted = True
+        if self.waiting is not None and not self.waiting.called:
+            self.waiting.cancel()
+        if self.channel is not None:
+            self.channel.abort()
+
+
+class TransferCommands(CommandContext):
+    """Data transfers, and REST and ABOR that act on them."""
+
+    def _current_transfer(self) -> ActiveTransfer:
+        assert self.transfer is not None, "a transfer command runs as a transfer"
+        return self.transfer
+
+    async def _data_channel(self, transfer: ActiveTransfer) -> DataChannel:
+        return await self.data.open(
+            transfer,
+            protect=self.session.prot == "P",
+            protection_required=self.factory.tls_policy(self.session.user)[1],
+        )
+
+    def ftp_REST(self, position: str) -> Reply:
+        """RFC 3659 REST STREAM: the next RETR, STOR or APPE starts there."""
+        if not position.isdigit():
+            return Reply(501, "REST needs a byte offset")
+        self.session.restart = int(position)
+        return Reply(
+            350, f"Restarting at {self.session.restart}; send RETR, STOR or APPE"
+        )
+
+    def ftp_ABOR(self) -> Optional[Reply]:
+        """
+        RFC 959 ABOR: during a transfer, close its data connection; the
+        transfer replies 426, then ABOR replies 226.  An aborted upload
+        leaves no object and is not kept for a resume.  With nothing
+        running, 225.
+        """
+        transfer = self.transfer
+        if transfer is None:
+            return Reply(225, "No transfer to abort")
+        transfer.after_reply.append("226 ABOR successful")
+        transfer.cancel(client_gone=False)
+        return None
+
+    async def ftp_RETR(self, path: str) -> Reply:
+        transfer = self._current_transfer()
+        fs = self.fs  # the session may end before the transfer does
+        offset = self.session.take_restart()
+        segments = self.resolve(path)
+        try:
+            reader = await fs.open_reader(segments, offset)
+        except Exception:
+            self.data.close()
+            raise
+        try:
+            channel = await self._data_channel(transfer)
+            self.sendLine(
+                f"150 Opening BINARY mode data connection for {path} "
+                f"({reader.length} bytes)"
+            )
+            await self.data.ready(channel)
+            sending = reader.send(channel)
+            transfer.counter = lambda: reader.sent
+            try:
+                sent = await sending
+                end = await channel.closed()
+                if end is not None:
+                    raise vfs.TransferStopped(str(end))
+            except BaseException as e:
+                channel.abort()
+                log.info(
+                    "{user} RETR {path} failed after {sent} bytes: {error}",
+                    user=self.session.user,
+                    path=vfs.display(segments),
+                    sent=reader.sent,
+                    error=str(e),
+                )
+                if transfer.aborted:
+                    raise Reply(426, "Transfer aborted") from None
+                raise
+        finally:
+            reader.close()
+        log.info(
+            "{user} RETR {path} {bytes} bytes from {offset} in {seconds:.2f}s",
+            user=self.session.user,
+            path=vfs.display(segments),
+            bytes=sent,
+            offset=offset,
+            seconds=transfer.elapsed(),
+        )
+        return Reply(226, "Transfer complete")
+
+    def ftp_STOR(self, path: str) -> Awaitable[Reply]:
+        return self._store(path, offset=self.session.take_restart(), append=False)
+
+    def ftp_APPE(self, path: str) -> Awaitable[Reply]:
+        self.session.take_restart()
+        return self._store(path, offset=0, append=True)
+
+    def ftp_STOU(self, path: str) -> Awaitable[Reply]:
+        """RFC 959 / 1123 4.1.2.9: store under a new unique name, told in 150."""
+        self.session.take_restart()
+        name = f"{path or 'file'}.{uuid.uuid4().hex[:12]}"
+        return self._store(name, offset=0, append=False, unique=True)
+
+    async def _store(
+        self, path: str, offset: int, append: bool, unique: bool = False
+    ) -> Reply:
+        transfer = self._current_transfer()
+        fs = self.fs  # the session may end before the transfer does
+        segments = self.resolve(path)
+        try:
+            upload = await fs.open_upload(
+                segments, offset=offset, append=append, size_hint=self.session.allocated
+            )
+        except Exception:
+            self.data.close()
+            raise
+        finally:
+            self.session.allocated = None
+        transfer.counter = lambda: upload.received
+        try:
+            channel = await self._data_channel(transfer)
+            if unique:
+                self.sendLine(f"150 FILE: {vfs.display(segments)}")
+            else:
+                self.sendLine(
+                    f"150 Ok to send data for {path} (from byte {upload.base})"
+                )
+            await self.data.ready(channel)
+        except BaseException:
+            await upload.abort()
+            raise
+        await self._receive(transfer, channel, upload, segments)
+        # After a store failure this raises it, translated.
+        info = await upload.commit()
+        log.info(
+            "{user} STOR {path} {bytes} bytes ({received} sent) in {seconds:.2f}s "
+            "(request {request_id})",
+            user=self.session.user,
+            path=vfs.display(segments),
+            bytes=info.size,
+            received=upload.received,
+            seconds=transfer.elapsed(),
+            request_id=info.request_id,
+        )
+        return Reply(226, "Transfer complete")
+
+    async def _receive(
+        self,
+        transfer: ActiveTransfer,
+        channel: DataChannel,
+        upload: IUpload,
+        segments: list[str],
+    ) -> None:
+        """
+        Feed the data connection into C{upload} until it ends.  Returns when
+        the upload may be committed (or has failed: the commit says how).
+
+        @raise Reply: 426, the transfer was aborted (nothing is stored) or
+            the client went away (what arrived is kept for a resume).
+        """
+        stopped: Optional[vfs.TransferStopped] = None
+        try:
+            # The upload pauses the channel for the store and the user's
+            # rate, and stops it (the reply then says why) if the store fails.
+            await channel.receive(upload)
+        except vfs.TransferStopped as e:
+            stopped = e
+        if stopped is None and not transfer.client_gone:
+            # A client killed mid-upload closes both connections at once, and
+            # its data connection's end looks like an end of file.  Give the
+            # control connection a moment to say whether the client is still
+            # there before making the object visible.
+            await deferLater(self.reactor, self.factory.eof_grace, lambda: None)
+        if upload.failed:
+            return
+        if transfer.aborted:
+            await upload.abort()
+            log.info(
+                "{user} STOR {path} aborted by ABOR after {received} bytes",
+                user=self.session.user,
+                path=vfs.display(segments),
+                received=upload.received,
+            )
+            raise Reply(426, "Transfer aborted; nothing was stored")
+        if stopped is not None or transfer.client_gone:
+            kept = await upload.interrupt()
+            hint = f"; {kept} bytes kept: resume with REST {kept}" if kept else ""
+            raise Reply(426, f"Connection closed; transfer aborted{hint}")
+
+    async def _list(
+        self, path: str, format_line: LineFormat, mlsd: bool = False
+    ) -> Reply:
+        transfer = self._current_transfer()
+        if not mlsd:
+            words = path.split()
+            while words and words[0].startswith("-"):
+                words.pop(0)  # ls options such as -la: ignored
+            path = " ".join(words) if words else ""
+        segments = self.resolve(path)
+        fs = self.fs
+        try:
+            if mlsd and segments:
+                entry = await fs.stat(segments)
+                if not entry.is_dir:
+                    # RFC 3659 7.2.1: MLSD lists directories only.
+                    raise Reply(501, f"{path}: not a directory")
+            listing = fs.listing(segments)
+            first = await listing.next_page()
+        except Exception:
+            self.data.close()
+            raise
+        channel = await self._data_channel(transfer)
+        self.sendLine("150 Here comes the directory listing")
+        await self.data.ready(channel)
+        now = self.reactor.seconds()
+        sender = ListingSender(
+            listing, first or [], channel, lambda e: format_line(e, fs, now)
+        )
+        transfer.counter = lambda: sender.count
+        try:
+            await sender.start()
+            end = await channel.closed()
+            if end is not None:
+                raise vfs.TransferStopped(str(end))
+        except BaseException:
+            channel.abort()
+            if transfer.aborted:
+                raise Reply(426, "Transfer aborted") from None
+            raise
+        return Reply(226, f"Directory send OK ({sender.count} entries)")
+
+    def ftp_LIST(self, path: str) -> Awaitable[Reply]:
+        return self._list(
+            path, lambda e, fs, now: format_list_line(e, fs.permissions, fs.user, now)
+        )
+
+    def ftp_NLST(self, path: str) -> Awaitable[Reply]:
+        return self._list(path, lambda e, fs, now: e.name)
+
+    def ftp_MLSD(self, path: str) -> Awaitable[Reply]:
+        segments = self.resolve(path)
+        facts = set(self.session.facts)
+
+        def line(entry: vfs.Entry, fs: IFileSystem, now: float) -> str:
+            key = fs.dir_prefix(segments) + entry.name + ("/" if entry.is_dir else "")
+            return f"{format_facts(entry, key, fs.permissions, facts)} {entry.name}"
+
+        return self._list(path, line, mlsd=True)
