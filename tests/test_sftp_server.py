@@ -1,0 +1,202 @@
+"""
+Unit tests of L{cosgw.frontends.sftp.server} and
+L{cosgw.frontends.sftp.handles}: the ISFTPServer methods called directly
+over a real file system on a L{cosgw.testing.MemoryStore} (whose Deferreds
+have fired already), and the one mapping from errors to SFTP statuses.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+from twisted.conch.interfaces import ISFTPFile, ISFTPServer
+from twisted.conch.ssh.filetransfer import (
+    FX_EOF,
+    FX_FAILURE,
+    FX_NO_SUCH_FILE,
+    FX_OK,
+    FX_OP_UNSUPPORTED,
+    FX_PERMISSION_DENIED,
+    FXF_CREAT,
+    FXF_READ,
+    FXF_TRUNC,
+    FXF_WRITE,
+    SFTPError,
+)
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
+
+from cosgw import vfs
+from cosgw.config import ALL_PERMISSIONS
+from cosgw.frontends.sftp.handles import MAX_READ, READDIR_BATCH, FileHandle
+from cosgw.frontends.sftp.server import GatewaySFTPServer, status_for
+from cosgw.policy.accounts import Account, Accounts
+from cosgw.testing import MemoryStore
+from cosgw.transfer import TransferSettings
+
+HOME = "users/alice"
+START = 1_700_000_000.0
+
+
+def fail(e: BaseException) -> Failure:
+    try:
+        raise e
+    except BaseException:
+        return Failure()
+
+
+class StatusTests(SynchronousTestCase):
+    """L{status_for}: every error a request can end with, one status each."""
+
+    def test_mapping(self) -> None:
+        cases: list[tuple[BaseException, tuple[int, str]]] = [
+            (SFTPError(FX_OK, "renamed"), (FX_OK, "renamed")),
+            (EOFError(), (FX_EOF, "end of file")),
+            (NotImplementedError("no links"), (FX_OP_UNSUPPORTED, "no links")),
+            (NotImplementedError(), (FX_OP_UNSUPPORTED, "not supported")),
+            (
+                vfs.NotFound("/a"),
+                (FX_NO_SUCH_FILE, "/a: no such file or directory"),
+            ),
+            (
+                vfs.PermissionDenied("/a"),
+                (FX_PERMISSION_DENIED, "/a: permission denied"),
+            ),
+            (vfs.NotSupported("/a", "no"), (FX_OP_UNSUPPORTED, "/a: no")),
+            (
+                vfs.StoreFailure("/a", "store down", "rid-1"),
+                (FX_FAILURE, "/a: store down; try again later (request rid-1)"),
+            ),
+            (
+                vfs.StoreFailure("/a", "store down"),
+                (FX_FAILURE, "/a: store down; try again later"),
+            ),
+            (vfs.NotEmpty("/d"), (FX_FAILURE, "/d: directory not empty")),
+            (vfs.QuotaExceeded("/a"), (FX_FAILURE, "/a: quota exceeded")),
+            (vfs.TransferStopped(), (FX_FAILURE, "the transfer was stopped")),
+        ]
+        for error, expected in cases:
+            self.assertEqual(status_for(fail(error)), expected, repr(error))
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_unexpected_error_logged_not_shown(self) -> None:
+        code, message = status_for(fail(ZeroDivisionError("secret detail")), "open")
+        self.assertEqual(code, FX_FAILURE)
+        self.assertNotIn("secret", message)
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+
+
+class ServerTests(SynchronousTestCase):
+    """L{GatewaySFTPServer} over user alice's file system."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(START)
+        self.store = MemoryStore(self.clock)
+        self.server = self.make_server(ALL_PERMISSIONS)
+
+    def make_server(self, permissions: frozenset[str]) -> GatewaySFTPServer:
+        account = Account(
+            name="alice", store=self.store, home=HOME, permissions=permissions
+        )
+        accounts = Accounts({"alice": account}, TransferSettings())
+        return GatewaySFTPServer(accounts.filesystem("alice"))
+
+    def put(self, path: str, data: bytes) -> None:
+        self.successResultOf(self.store.put(f"{HOME}/{path}", data, None))
+
+    def test_interfaces(self) -> None:
+        verifyObject(ISFTPServer, self.server)
+        self.put("a.txt", b"hello")
+        handle = self.successResultOf(self.server.openFile(b"a.txt", FXF_READ, {}))
+        self.assertIsInstance(handle, FileHandle)
+        verifyObject(ISFTPFile, handle)
+        self.successResultOf(handle.close())
+
+    def test_paths(self) -> None:
+        self.assertEqual(self.server.realPath(b"."), b"/")
+        self.assertEqual(self.server.realPath(b"a/../../b"), b"/b")
+        e = self.assertRaises(SFTPError, self.server.segments, b"\xff")
+        self.assertEqual(e.code, FX_FAILURE)
+
+    def test_read_and_attributes(self) -> None:
+        self.put("a.txt", b"hello world")
+        handle = self.successResultOf(self.server.openFile(b"/a.txt", FXF_READ, {}))
+        self.assertEqual(self.successResultOf(handle.readChunk(6, 100)), b"world")
+        attrs = handle.getAttrs()
+        self.assertEqual(attrs["size"], 11)
+        self.assertEqual(attrs["permissions"] & 0o170000, 0o100000)
+        self.assertEqual(
+            self.successResultOf(self.server.getAttrs(b"a.txt", False))["size"], 11
+        )
+        self.assertRaises(SFTPError, handle.writeChunk, 0, b"x")
+        self.successResultOf(handle.close())
+        self.assertEqual(self.server.handles, set())
+
+    def test_write_commits_on_close(self) -> None:
+        flags = FXF_WRITE | FXF_CREAT | FXF_TRUNC
+        handle = self.successResultOf(self.server.openFile(b"new.txt", flags, {}))
+        self.assertEqual(self.server.handles, {handle})
+        handle.writeChunk(0, b"abc")
+        self.assertNotIn(f"{HOME}/new.txt", self.store.stored_keys())
+        self.successResultOf(handle.close())
+        self.assertEqual(self.store.stored_bytes(f"{HOME}/new.txt"), b"abc")
+
+    def test_lost_session_aborts_uploads(self) -> None:
+        flags = FXF_WRITE | FXF_CREAT | FXF_TRUNC
+        handle = self.successResultOf(self.server.openFile(b"new.txt", flags, {}))
+        handle.writeChunk(0, b"abc")
+        self.successResultOf(self.server.connection_lost())
+        self.assertEqual(self.server.handles, set())
+        self.assertEqual(self.store.stored_keys(), [])
+        self.assertEqual(self.store.stored_uploads(), [])
+
+    def test_rename_refuses_existing_target(self) -> None:
+        """draft-02 section 6.5; posix-rename@openssh.com overwrites."""
+        self.put("a.txt", b"a")
+        self.put("b.txt", b"b")
+        f = self.failureResultOf(self.server.renameFile(b"a.txt", b"b.txt"))
+        self.assertEqual(status_for(f)[0], FX_FAILURE)
+        data = struct.pack("!L", 5) + b"a.txt" + struct.pack("!L", 5) + b"b.txt"
+        f = self.failureResultOf(
+            self.server.extendedRequest(b"posix-rename@openssh.com", data)
+        )
+        self.assertEqual(status_for(f)[0], FX_OK)
+        self.assertEqual(self.store.stored_bytes(f"{HOME}/b.txt"), b"a")
+
+    def test_directory_batches(self) -> None:
+        for i in range(READDIR_BATCH + 1):
+            self.put(f"d/f{i:03}", b"x")
+        directory = self.successResultOf(self.server.openDirectory(b"d"))
+        first = self.successResultOf(directory.next_batch())
+        second = self.successResultOf(directory.next_batch())
+        self.assertEqual(len(first), READDIR_BATCH)
+        self.assertEqual([name for name, _, _ in second], [b"f100"])
+        self.assertTrue(first[0][1].decode().endswith(" f000"))
+        self.failureResultOf(directory.next_batch(), EOFError)
+        f = self.failureResultOf(self.server.openDirectory(b"nope"))
+        self.assertEqual(status_for(f)[0], FX_NO_SUCH_FILE)
+
+    def test_statvfs_read_only(self) -> None:
+        server = self.make_server(frozenset({"list", "download"}))
+        data = struct.pack("!L", 1) + b"/"
+        reply = self.successResultOf(
+            server.extendedRequest(b"statvfs@openssh.com", data)
+        )
+        fields = struct.unpack("!11Q", reply)
+        self.assertEqual(fields[9], 1)  # ST_RDONLY
+        self.assertEqual(fields[10], 255)
+
+    def test_reads_capped(self) -> None:
+        self.put("big", b"x" * (MAX_READ + 10))
+        handle = self.successResultOf(self.server.openFile(b"big", FXF_READ, {}))
+        data: Any = self.successResultOf(handle.readChunk(0, MAX_READ * 2))
+        self.assertEqual(len(data), MAX_READ)
+        self.successResultOf(handle.close())
+
+    def test_no_links(self) -> None:
+        self.assertRaises(NotImplementedError, self.server.readLink, b"a")
+        self.assertRaises(NotImplementedError, self.server.makeLink, b"a", b"b")
