@@ -98,6 +98,17 @@ class CommandQueueTests(GatewayTestCase):
         self.assertEqual(lines[6:], ["211 End of status"])
         self.assertEqual(self.finish_upload(client, data), ["226 Transfer complete"])
 
+    def test_stat_times_the_transfer_on_the_reactor(self) -> None:
+        client = self.login()
+        data = self.start_stor(client, "f.bin")
+        self.gw.advance(2.5)
+        data.send(b"x" * 10)
+        self.assertEqual(
+            client.command("STAT")[5],
+            " Transfer in progress: STOR f.bin: 10 bytes in 2.5s",
+        )
+        self.assertEqual(self.finish_upload(client, data), ["226 Transfer complete"])
+
     def test_queue_is_bounded_then_reading_stops(self) -> None:
         """
         At MAX_QUEUED_LINES queued lines the control connection stops
@@ -161,6 +172,33 @@ class CommandQueueTests(GatewayTestCase):
         client.send_raw(b"NOOP " + b"A" * 20000 + b"\r\n")
         self.assertEqual(client.replies(), ["500 Command line too long"])
         self.assertEqual(client.command("PWD"), ['257 "/" is the current directory'])
+
+    def test_command_after_a_long_line_in_the_same_segment(self) -> None:
+        """What follows an over-long line is answered at once, not when more
+        bytes arrive (LineReceiver is still reading when it reports one)."""
+        client = self.login()
+        client.send_raw(b"NOOP " + b"A" * 20000 + b"\r\nPWD\r\nSYST\r\n")
+        self.assertEqual(
+            client.replies(),
+            [
+                "500 Command line too long",
+                '257 "/" is the current directory',
+                "215 UNIX Type: L8",
+            ],
+        )
+
+    def test_two_long_lines_in_one_segment(self) -> None:
+        client = self.login()
+        long = b"NOOP " + b"A" * 20000 + b"\r\n"
+        client.send_raw(long + long + b"PWD\r\n")
+        self.assertEqual(
+            client.replies(),
+            [
+                "500 Command line too long",
+                "500 Command line too long",
+                '257 "/" is the current directory',
+            ],
+        )
 
     def test_long_line_over_several_segments(self) -> None:
         client = self.login()
