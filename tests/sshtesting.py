@@ -117,6 +117,12 @@ def host_keys() -> dict[bytes, keys.Key]:
     return load_host_keys([], Path(_KEY_DIR.name) / "state")
 
 
+def host_key_files() -> tuple[Path, ...]:
+    """The files of L{host_keys}, for a config's C{ssh_host_keys}."""
+    host_keys()
+    return tuple(sorted((Path(_KEY_DIR.name) / "state").glob("ssh_host_*_key")))
+
+
 def ed25519_host_keys() -> dict[bytes, keys.Key]:
     return {b"ssh-ed25519": host_keys()[b"ssh-ed25519"]}
 
