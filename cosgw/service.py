@@ -302,10 +302,12 @@ def _embedded_user(config: Config) -> tuple[UserConfig, Optional[str]]:
     return user, password
 
 
-def _announce(service: GatewayService, user: UserConfig, password: Optional[str]):
+def _announce(
+    service: GatewayService, user: UserConfig, password: Optional[str]
+) -> None:
     def say(ports: list[IListeningPort]) -> None:
         for port in ports:
-            address = port.getHost()
+            address: Any = port.getHost()  # a TCP port's: it has host and port
             host = (
                 address.host if address.host not in ("0.0.0.0", "::") else "127.0.0.1"
             )
@@ -333,7 +335,7 @@ def _announce(service: GatewayService, user: UserConfig, password: Optional[str]
 
     def say_also(scheme: str, note: str) -> Callable[[IListeningPort], None]:
         def say_it(port: IListeningPort) -> None:
-            address = port.getHost()
+            address: Any = port.getHost()  # a TCP port's: it has host and port
             host = (
                 address.host if address.host not in ("0.0.0.0", "::") else "127.0.0.1"
             )

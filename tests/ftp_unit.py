@@ -3,9 +3,11 @@ The FTP frontend over test doubles, for protocol unit tests that need no
 socket, no thread and no sleep.
 
 Everything between the fakes is the real gateway, composed as
-L{cosgw.service.makeService} composes it: password checker, login defender,
-connection limits, accounts and their file systems, realm, portal and
-L{GatewayFTPFactory}.  Only the edges are fakes:
+L{cosgw.service.makeService} and L{FTPFrontend} compose it: password
+checker, login defender, connection limits, accounts and their file
+systems, the realm (the session's file system registered as the FTP
+avatar), portal and L{GatewayFTPFactory.from_config}.  Only the edges are
+fakes:
 
   - the store is a L{MemoryStore}, whose Deferreds have fired already and
     which counts requests;
@@ -23,8 +25,9 @@ FTPS is not wired (C{tls=None}: AUTH TLS is answered 502): TLS needs real
 handshakes, which the end-to-end tests in tests/test_ftps.py make.
 
 All the construction is in L{FTPGateway.__init__}, so that when the
-frontend moves (a package, an C{FTPFrontend} service) only that method and
-the imports change.
+frontend's composition changes only that method and the imports change.
+(It builds the factory itself rather than an L{FTPFrontend}, which would
+read or generate a certificate and listen on endpoints.)
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """
-Unit tests of FTP data connections (L{cosgw.frontends.ftp_data}): which
+Unit tests of FTP data connections (L{cosgw.frontends.ftp.data}): which
 connection a passive listener accepts, reading only once a consumer is
 attached, telling a clean end from a reset, the stall timeout, and the
 listing producer's bounded read-ahead.  Over the FakeTCP transport and a

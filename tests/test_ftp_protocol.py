@@ -1,8 +1,9 @@
 """
-Unit tests of the FTP control connection (L{cosgw.frontends.ftp}): the
-command queue, login and the defender, the login and idle timeouts, passive
-data connections and their deadline, connection limits; driven through the
-fakes of tests/ftp_unit.py (no socket, no thread, no sleep).  Transfers are
+Unit tests of the FTP control connection (L{cosgw.frontends.ftp.protocol},
+L{cosgw.frontends.ftp.ports}, L{cosgw.frontends.ftp.login_commands}): the
+command queue, login and the defender, the login and idle timeouts,
+passive data connections and their deadline, connection limits; driven
+through the fakes of tests/ftp_unit.py (no socket, no thread, no sleep).  Transfers are
 in tests/test_ftp_protocol_transfers.py; the end-to-end proof with real
 clients in tests/test_ftp*.py and tests/test_policy.py.
 """

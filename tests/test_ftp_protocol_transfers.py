@@ -1,10 +1,11 @@
 """
-Unit tests of FTP transfers on the control connection (L{cosgw.frontends.ftp}):
-RETR and STOR through a passive data connection, ABOR, the client going
-away, REST, APPE and SIZE, listings, and store failures; what the client
-gets (replies, bytes) and what the store holds afterwards.  Driven through
-the fakes of tests/ftp_unit.py (no socket, no thread, no sleep); the
-end-to-end proof with real clients is in tests/test_ftp_transfers.py.
+Unit tests of FTP transfers on the control connection
+(L{cosgw.frontends.ftp.transfers}): RETR and STOR through a passive data
+connection, ABOR, the client going away, REST, APPE and SIZE, listings,
+and store failures; what the client gets (replies, bytes) and what the
+store holds afterwards.  Driven through the fakes of tests/ftp_unit.py (no
+socket, no thread, no sleep); the end-to-end proof with real clients is in
+tests/test_ftp_transfers.py.
 """
 
 from __future__ import annotations
