@@ -125,9 +125,6 @@ class Directory:
         self._done = True
 
 
-# -- files ------------------------------------------------------------------
-
-
 @implementer(IPushProducer)
 class InputHold:
     """

@@ -95,7 +95,7 @@ class GatewaySFTPServer:
         #: adapting it, and needs nothing from it.
         self.avatar: Any = None
         #: Open file handles, so a lost session can abort their uploads.
-        self.handles: set[Any] = set()
+        self.handles: set[FileHandle] = set()
         #: Set by the protocol: pauses (True) or resumes reading the
         #: connection while a handle's writes wait.
         self.pause_input: Callable[[bool], None] = lambda on: None
