@@ -4,20 +4,33 @@ login and rename sequences (L{State}, moved only through L{TRANSITIONS}),
 which commands each state admits (L{ADMISSION}), and the parameters earlier
 commands set for later ones (L{Session}).
 
-The states (Twisted's FTP names the first four UNAUTH, INAUTH, AUTHED and
-RENAMING)::
+Transitions (Twisted's FTP names the first four states UNAUTH, INAUTH,
+AUTHED and RENAMING)::
 
-    CONNECTED --USER--> USER_GIVEN --PASS ok--> LOGGED_IN --RNFR--> RENAMING
-        ^                   |                    |  ^  |              |
-        +----PASS refused---+                    |  |  +----USER------+--> USER_GIVEN
-        +--------------------REIN----------------+  +--RNTO, or any other
-                                                        command (rename ends)
-    any of them --QUIT--> QUITTING;  any state --connection lost--> CLOSED
+    state        event                                    next state
+    CONNECTED    USER accepted                            USER_GIVEN
+    USER_GIVEN   PASS accepted                            LOGGED_IN
+    USER_GIVEN   PASS refused                             CONNECTED
+    LOGGED_IN    USER accepted (a new login)              USER_GIVEN
+    LOGGED_IN    RNFR accepted                            RENAMING
+    RENAMING     RNTO, or any command not RNTO (*)        LOGGED_IN
+    LOGGED_IN    REIN                                     CONNECTED
+    the above    QUIT                                     QUITTING
+    any          connection lost                          CLOSED
 
-Every command has an L{Access} class (its column in L{ADMISSION}); a state
-either runs it or answers with the refusal in its cell.  RFC 959 wants RNTO
-right after RNFR: in RENAMING, any command other than RNTO and the ones
-anyone may send ends the rename before it is admitted (see L{Session.admit}).
+Admission: every command has an L{Access} class, its column here; a state
+runs it or refuses it with the reply in its cell::
+
+                 ANYONE   USER     PASSWORD  RENAME_TARGET  LOGGED_IN
+    CONNECTED    run      run      503       530            530
+    USER_GIVEN   run      503      run       503            503
+    LOGGED_IN    run      run      503       run            run
+    RENAMING     run      (*)      (*)       run            (*)
+
+(*) RFC 959 wants RNTO right after RNFR: in RENAMING, a command other than
+RNTO and the ones anyone may send (NOOP, ...) ends the rename, and is then
+admitted as in LOGGED_IN (L{Session.admit}).  QUITTING and CLOSED read no
+more lines.
 """
 
 from __future__ import annotations
