@@ -13,7 +13,8 @@ from twisted.internet.interfaces import IListeningPort, IProtocolFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-log = Logger()
+# The gateway's start-up lines share the namespace of makeService's.
+log = Logger(namespace="cosgw.service")
 
 
 class ListenerService(Service):

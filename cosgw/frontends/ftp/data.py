@@ -29,7 +29,8 @@ from cosgw import vfs
 from cosgw.frontends.ftp.tls import session_reused
 from cosgw.interfaces import IListing
 
-log = Logger()
+# The namespace these lines had before the FTP package existed.
+log = Logger(namespace="cosgw.frontends.ftp_data")
 
 #: Read size and write-buffer threshold of a data connection.
 DATA_BUFFER_SIZE = 1024 * 1024

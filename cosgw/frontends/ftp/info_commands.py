@@ -16,7 +16,8 @@ from cosgw.frontends.ftp.facts import FACTS, feat_mlst
 from cosgw.frontends.ftp.replies import Reply
 from cosgw.frontends.listing import format_list_line
 
-log = Logger()
+# One namespace for the whole frontend, as when it was one module.
+log = Logger(namespace="cosgw.frontends.ftp")
 
 #: HASH algorithms in FEAT order; the default is SHA-256.
 HASHES = ("SHA-256", "SHA-512", "SHA-1", "MD5", "CRC32")

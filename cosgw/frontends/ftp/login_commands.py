@@ -20,7 +20,8 @@ from cosgw.interfaces import IFileSystem
 from cosgw.policy.accounts import LoginRefused
 from cosgw.policy.defender import LoginBanned
 
-log = Logger()
+# One namespace for the whole frontend, as when it was one module.
+log = Logger(namespace="cosgw.frontends.ftp")
 
 
 class LoginCommands(CommandContext):

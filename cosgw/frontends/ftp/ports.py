@@ -34,7 +34,8 @@ if TYPE_CHECKING:
     from cosgw.frontends.ftp.factory import GatewayFTPFactory
     from cosgw.frontends.ftp.transfers import ActiveTransfer
 
-log = Logger()
+# One namespace for the whole frontend, as when it was one module.
+log = Logger(namespace="cosgw.frontends.ftp")
 
 #: Seconds a transfer command waits for its data connection.
 DATA_CONNECTION_TIMEOUT = 30

@@ -48,7 +48,8 @@ from cosgw.frontends.ftp.transfers import (
 if TYPE_CHECKING:
     from cosgw.frontends.ftp.factory import GatewayFTPFactory
 
-log = Logger()
+# One namespace for the whole frontend, as when it was one module.
+log = Logger(namespace="cosgw.frontends.ftp")
 
 #: Commands answered at once while a transfer runs (RFC 959 4.1.3).
 IMMEDIATE_COMMANDS = frozenset({b"ABOR", b"NOOP", b"STAT"})

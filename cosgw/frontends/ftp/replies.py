@@ -9,7 +9,8 @@ from twisted.python.failure import Failure
 
 from cosgw import vfs
 
-log = Logger()
+# One namespace for the whole frontend, as when it was one module.
+log = Logger(namespace="cosgw.frontends.ftp")
 
 
 class Reply(Exception):

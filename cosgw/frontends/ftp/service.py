@@ -28,7 +28,8 @@ from cosgw.policy.limits import ConnectionLimits
 
 __all__ = ["FTPFrontend"]
 
-log = Logger()
+# The gateway's start-up lines share the namespace of makeService's.
+log = Logger(namespace="cosgw.service")
 
 
 def server_tls(config: Config) -> ServerTLS:

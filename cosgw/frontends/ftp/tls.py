@@ -32,7 +32,8 @@ from twisted.internet import ssl
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
-log = Logger()
+# The namespace these lines had before the FTP package existed.
+log = Logger(namespace="cosgw.tls")
 
 CERT_FILE = "tls-cert.pem"
 KEY_FILE = "tls-key.pem"

@@ -33,7 +33,8 @@ from cosgw.frontends.ftp.replies import Reply
 from cosgw.frontends.listing import format_list_line
 from cosgw.interfaces import IFileSystem, IUpload
 
-log = Logger()
+# One namespace for the whole frontend, as when it was one module.
+log = Logger(namespace="cosgw.frontends.ftp")
 
 #: Seconds to wait after an upload's end of file before committing it, for
 #: the control connection of a killed client to show it is gone.
