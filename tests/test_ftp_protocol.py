@@ -10,7 +10,6 @@ clients in tests/test_ftp*.py and tests/test_policy.py.
 
 from __future__ import annotations
 
-import os
 import socket
 
 from twisted.internet import error
@@ -25,10 +24,7 @@ from tests.ftp_unit import (
     FakeTCP,
     FTPGateway,
     GatewayTestCase,
-    KiB,
 )
-
-DATA = os.urandom(300 * KiB)
 
 
 class CommandQueueTests(GatewayTestCase):
