@@ -17,9 +17,10 @@ from twisted.internet import defer
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
-from cosgw.auth.keys import KeyChecker
+from cosgw.auth.keys import KeyChecker, fingerprint
 from cosgw.auth.realm import Realm
 from cosgw.config import (
     ALL_PERMISSIONS,
@@ -36,7 +37,8 @@ from cosgw.policy.defender import LoginDefender
 from cosgw.policy.limits import ConnectionLimits
 from cosgw.testing import MemoryStore
 from cosgw.transfer import TransferSettings
-from tests.sshtesting import host_key_files, temporary_directory
+from tests.logevents import LogEvents
+from tests.sshtesting import host_key_files, host_keys, temporary_directory
 
 PEER = IPv4Address("TCP", "192.0.2.7", 50000)
 ENDPOINTS = ("tcp:2222:interface=127.0.0.1", "tcp:2223:interface=127.0.0.1")
@@ -149,6 +151,18 @@ class SFTPFrontendTests(SynchronousTestCase):
         logout()
         logout()
         self.assertEqual(self.accounts.sessions.count("alice"), 0)
+
+    def test_host_keys_logged(self) -> None:
+        """Each host key's fingerprint is logged, as cosgw.service did."""
+        events = LogEvents(self, "cosgw.service")
+        self.build()
+        self.assertEqual(
+            sorted(formatEvent(e) for e in events.events),
+            sorted(
+                f"SSH host key {key.sshType().decode()}: {fingerprint(key)}"
+                for key in host_keys().values()
+            ),
+        )
 
     def test_bad_host_key(self) -> None:
         path = self.state / "junk"

@@ -43,6 +43,7 @@ __all__ = [
     "attributes",
 ]
 
+# The namespace these lines had when SFTP was one module.
 log = Logger(namespace="cosgw.frontends.sftp")
 
 #: Entries per READDIR reply (OpenSSH's server sends at most 100; Conch 250).

@@ -27,6 +27,7 @@ from cosgw.frontends.sftp.server import GatewaySFTPServer, status_for
 
 __all__ = ["FileTransfer"]
 
+# The namespace these lines had when SFTP was one module.
 log = Logger(namespace="cosgw.frontends.sftp")
 
 

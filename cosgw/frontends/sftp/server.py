@@ -43,6 +43,7 @@ from cosgw.interfaces import IFileSystem
 
 __all__ = ["GatewaySFTPServer", "status_for"]
 
+# The namespace these lines had when SFTP was one module.
 log = Logger(namespace="cosgw.frontends.sftp")
 
 

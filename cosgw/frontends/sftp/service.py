@@ -32,7 +32,9 @@ from cosgw.vfs import RandomAccessSettings
 
 __all__ = ["SFTPFrontend"]
 
-log = Logger(namespace="cosgw.ssh")
+# The namespace the host-key fingerprints had when cosgw/service.py logged
+# them, so an operator's log filters keep matching.
+log = Logger(namespace="cosgw.service")
 
 
 class SFTPFrontend(MultiService):
