@@ -32,12 +32,13 @@ least 64 KiB) a transfer of a few seconds stays well within 20% of the rate.
 from __future__ import annotations
 
 from collections import deque
-from typing import Optional, TypeVar
+from typing import Optional, TypeVar, cast
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import (
     IConsumer,
     IDelayedCall,
+    IProducer,
     IPushProducer,
     IReactorTime,
 )
@@ -302,7 +303,7 @@ class ThrottledConsumer:
         #: shaping is smooth, but not so small that it costs much.
         self._piece = max(16 * 1024, limit.burst // 4)
 
-    def registerProducer(self, producer: IPushProducer, streaming: bool) -> None:
+    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
         """
         Register C{producer} behind a new L{PauseGate}.
 
@@ -317,7 +318,8 @@ class ThrottledConsumer:
             raise RuntimeError(
                 f"a producer ({self.gate.producer!r}) is already registered"
             )
-        self.gate = PauseGate(producer)
+        # streaming=True: a push producer, whatever IConsumer's signature says.
+        self.gate = PauseGate(cast(IPushProducer, producer))
         self.consumer.registerProducer(self.gate, True)
 
     def unregisterProducer(self) -> None:
