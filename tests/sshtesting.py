@@ -217,10 +217,26 @@ def wait_inactive(t: paramiko.Transport, bound: float) -> bool:
     return not t.is_active()
 
 
-def raw_server_packets(port: int, *, send_version: bool = True) -> dict[str, Any]:
+def _split_packets(data: bytes) -> tuple[bytes, list[bytes]]:
+    """The version line and the whole clear-text packets that follow it."""
+    version, _, rest = data.partition(b"\r\n")
+    packets = []
+    while len(rest) >= 5:
+        length, padding = struct.unpack(">IB", rest[:5])
+        if len(rest) < 4 + length:
+            break  # the rest of this packet has not arrived yet
+        packets.append(rest[5 : 4 + length - padding])
+        rest = rest[4 + length :]
+    return version, packets
+
+
+def raw_server_packets(
+    port: int, *, send_version: bool = True, packets: Optional[int] = None
+) -> dict[str, Any]:
     """
     Speak just enough SSH to read the server's clear-text packets (version
-    line, KEXINIT, maybe DISCONNECT) until it closes or stays silent.
+    line, KEXINIT, maybe DISCONNECT) until it closes or stays silent, or,
+    with C{packets}, until that many whole packets have arrived.
     """
     started = time.monotonic()
     with socket.create_connection(("127.0.0.1", port), timeout=CLIENT_TIMEOUT) as s:
@@ -237,18 +253,15 @@ def raw_server_packets(port: int, *, send_version: bool = True) -> dict[str, Any
                 closed = True
                 break
             data += chunk
+            if packets is not None and len(_split_packets(data)[1]) >= packets:
+                break
             if time.monotonic() - started > CLIENT_TIMEOUT:
                 break
     elapsed = time.monotonic() - started
-    version, _, rest = data.partition(b"\r\n")
-    packets = []
-    while len(rest) >= 5:
-        length, padding = struct.unpack(">IB", rest[:5])
-        packets.append(rest[5 : 4 + length - padding])
-        rest = rest[4 + length :]
+    version, seen = _split_packets(data)
     return {
         "version": version,
-        "packets": packets,
+        "packets": seen,
         "closed": closed,
         "elapsed": elapsed,
     }
