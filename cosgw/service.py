@@ -150,6 +150,7 @@ def makeService(config: Config, reactor: Any = None) -> GatewayService:
         from twisted.internet import reactor as running
 
         reactor = running
+    from cosgw.frontends.frontend import SharedParts
     from cosgw.frontends.ftp.service import FTPFrontend
 
     for notice in config.notices:
@@ -186,20 +187,20 @@ def makeService(config: Config, reactor: Any = None) -> GatewayService:
     service.defender, service.limits = _login_policy(config, reactor)
 
     realm = Realm()
-    shared: dict[str, Any] = {
-        "portal": _portal(config, users, realm, reactor, pool),
-        "realm": realm,
-        "accounts": service.accounts,
-        "limits": service.limits,
-        "defender": service.defender,
-        "reactor": reactor,
-    }
-    service.ftp = FTPFrontend(config, **shared)
+    parts = SharedParts(
+        portal=_portal(config, users, realm, reactor, pool),
+        realm=realm,
+        accounts=service.accounts,
+        limits=service.limits,
+        defender=service.defender,
+        reactor=reactor,
+    )
+    service.ftp = FTPFrontend(config, parts)
     service.ftp.setServiceParent(service)
     if config.server.sftp_listen:
         from cosgw.frontends.sftp.service import SFTPFrontend
 
-        service.sftp = SFTPFrontend(config, **shared)
+        service.sftp = SFTPFrontend(config, parts)
         service.sftp.setServiceParent(service)
 
     if config.embedded:

@@ -28,6 +28,7 @@ from cosgw.config import (
     TransferConfig,
     UserConfig,
 )
+from cosgw.frontends.frontend import SharedParts
 from cosgw.frontends.ftp.service import FTPFrontend
 from cosgw.interfaces import IFileSystem
 from cosgw.policy.accounts import Account, Accounts, LoginRefused
@@ -102,12 +103,14 @@ class FTPFrontendTests(SynchronousTestCase):
         )
         return FTPFrontend(
             config,
-            portal=self.portal,
-            realm=self.realm,
-            accounts=self.accounts,
-            limits=self.limits,
-            defender=self.defender,
-            reactor=self.reactor,
+            SharedParts(
+                portal=self.portal,
+                realm=self.realm,
+                accounts=self.accounts,
+                limits=self.limits,
+                defender=self.defender,
+                reactor=self.reactor,
+            ),
         )
 
     def test_complete_at_construction(self) -> None:

@@ -29,6 +29,7 @@ from cosgw.config import (
     ServerConfig,
     TransferConfig,
 )
+from cosgw.frontends.frontend import SharedParts
 from cosgw.frontends.sftp.server import GatewaySFTPServer
 from cosgw.frontends.sftp.service import SFTPFrontend
 from cosgw.frontends.sftp.session import SFTPUser
@@ -96,12 +97,14 @@ class SFTPFrontendTests(SynchronousTestCase):
         )
         return SFTPFrontend(
             config,
-            portal=self.portal,
-            realm=self.realm,
-            accounts=self.accounts,
-            limits=self.limits,
-            defender=self.defender,
-            reactor=self.reactor,
+            SharedParts(
+                portal=self.portal,
+                realm=self.realm,
+                accounts=self.accounts,
+                limits=self.limits,
+                defender=self.defender,
+                reactor=self.reactor,
+            ),
         )
 
     def test_complete_at_construction(self) -> None:

@@ -10,21 +10,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.application.service import MultiService
-from twisted.cred.portal import Portal
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 
-from cosgw.auth.realm import Realm
 from cosgw.config import Config, ConfigError
+from cosgw.frontends.frontend import Frontend, SharedParts
 from cosgw.frontends.ftp.factory import GatewayFTPFactory
 from cosgw.frontends.ftp.tls import ServerTLS, generate_self_signed, load_server_tls
-from cosgw.frontends.listener import ListenerService
 from cosgw.interfaces import IFileSystem
-from cosgw.policy.accounts import Accounts
-from cosgw.policy.defender import LoginDefender
-from cosgw.policy.limits import ConnectionLimits
 
 __all__ = ["FTPFrontend"]
 
@@ -57,7 +51,7 @@ def server_tls(config: Config) -> ServerTLS:
     return tls
 
 
-class FTPFrontend(MultiService):
+class FTPFrontend(Frontend):
     """
     FTP and FTPS: the server's TLS, the user's file system registered with
     the realm as the FTP avatar, one factory for plain connections (which
@@ -69,59 +63,41 @@ class FTPFrontend(MultiService):
     itself, with the logout that ends the session.
     """
 
-    def __init__(
-        self,
-        config: Config,
-        *,
-        portal: Portal,
-        realm: Realm,
-        accounts: Accounts,
-        limits: ConnectionLimits,
-        defender: LoginDefender,
-        reactor: Any,
-    ) -> None:
+    def __init__(self, config: Config, parts: SharedParts) -> None:
         """
         Blocking (the certificate is read, or generated at first start);
         build it before the reactor runs.
 
-        @param portal: logs users in; it must reach C{realm} for avatars.
-        @param reactor: a clock, TCP and a resolver (see
-            L{GatewayFTPFactory}).
         @raise ConfigError: the TLS certificate or key cannot be used.
         """
-        super().__init__()
+        super().__init__(parts)
         server = config.server
         self.tls = server_tls(config)
-        realm.register(IFileSystem, accounts.session)
+        parts.realm.register(IFileSystem, parts.accounts.session)
         user_tls = {
             name: (u.tls_required, u.tls_data_required)
             for name, u in config.users.items()
         }
         options: dict[str, Any] = {
-            "limits": limits,
-            "defender": defender,
+            "limits": parts.limits,
+            "defender": parts.defender,
             "tls": self.tls,
             "user_tls": user_tls,
         }
+        portal, reactor = parts.portal, parts.reactor
         self.factory = GatewayFTPFactory.from_config(server, portal, reactor, **options)
         self.implicit_factory = GatewayFTPFactory.from_config(
             server, portal, reactor, implicit=True, **options
         )
         #: Where plain FTP (and explicit FTPS) is served.
         self.listeners = [
-            self._listen(reactor, description, self.factory)
-            for description in server.ftp_listen
+            self.listen(description, self.factory) for description in server.ftp_listen
         ]
         #: Where implicit FTPS is served.
         self.implicit_listeners = [
-            self._listen(reactor, description, self.tls.wrap(self.implicit_factory))
+            self.listen(description, self.tls.wrap(self.implicit_factory))
             for description in server.ftps_listen
         ]
-
-    def _listen(self, reactor: Any, description: str, factory: Any) -> ListenerService:
-        listener = ListenerService(reactor, description, factory)
-        listener.setServiceParent(self)
-        return listener
 
     def ready(self) -> Deferred[list[IListeningPort]]:
         """Fires with the plain FTP listening ports once they all listen."""

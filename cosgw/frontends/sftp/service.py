@@ -9,25 +9,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.application.service import MultiService
 from twisted.conch.interfaces import IConchUser
-from twisted.cred.portal import Portal
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from cosgw.auth.keys import fingerprint
-from cosgw.auth.realm import Realm
 from cosgw.config import Config, ConfigError
-from cosgw.frontends.listener import ListenerService
+from cosgw.frontends.frontend import Frontend, SharedParts
 from cosgw.frontends.sftp.factory import GatewaySSHFactory
 from cosgw.frontends.sftp.hostkeys import load_host_keys
 from cosgw.frontends.sftp.protocol import FileTransfer
 from cosgw.frontends.sftp.server import GatewaySFTPServer
 from cosgw.frontends.sftp.session import SFTPUser
-from cosgw.policy.accounts import Accounts
-from cosgw.policy.defender import LoginDefender
-from cosgw.policy.limits import ConnectionLimits
 from cosgw.vfs import RandomAccessSettings
 
 __all__ = ["SFTPFrontend"]
@@ -37,7 +30,7 @@ __all__ = ["SFTPFrontend"]
 log = Logger(namespace="cosgw.service")
 
 
-class SFTPFrontend(MultiService):
+class SFTPFrontend(Frontend):
     """
     SFTP on every C{sftp_listen} endpoint: the host keys, the avatar
     factory registered with the realm for L{IConchUser}, one SSH factory
@@ -47,28 +40,17 @@ class SFTPFrontend(MultiService):
     open, so no client is left on a gateway that is going away.
     """
 
-    def __init__(
-        self,
-        config: Config,
-        *,
-        portal: Portal,
-        realm: Realm,
-        accounts: Accounts,
-        limits: ConnectionLimits,
-        defender: LoginDefender,
-        reactor: IReactorTime,
-    ) -> None:
+    def __init__(self, config: Config, parts: SharedParts) -> None:
         """
         Blocking (host keys are read, or generated at first start); build it
-        before the reactor runs.
+        before the reactor runs.  The portal must offer the public-key
+        checker for key logins.
 
-        @param portal: logs users in; it must offer the public-key checker
-            for key logins, and reach C{realm} for the avatars.
         @raise ConfigError: a host key cannot be used.
         """
-        super().__init__()
+        super().__init__(parts)
         server = config.server
-        self.accounts = accounts
+        self.accounts = parts.accounts
         self.settings = RandomAccessSettings(spool_dir=str(server.state_dir / "spool"))
         try:
             host_keys = load_host_keys(server.ssh_host_keys, server.state_dir)
@@ -80,21 +62,19 @@ class SFTPFrontend(MultiService):
                 type=key.sshType().decode("ascii"),
                 fingerprint=fingerprint(key),
             )
-        realm.register(IConchUser, self.avatar)
+        parts.realm.register(IConchUser, self.avatar)
         self.factory = GatewaySSHFactory(
-            portal,
+            parts.portal,
             host_keys,
-            reactor,
+            parts.reactor,
             login_timeout=server.login_timeout,
             idle_timeout=server.idle_timeout,
-            admission=limits,
-            login_guard=defender,
+            admission=parts.limits,
+            login_guard=parts.defender,
         )
-        self.listeners: list[ListenerService] = []
-        for description in server.sftp_listen:
-            listener = ListenerService(reactor, description, self.factory)
-            listener.setServiceParent(self)
-            self.listeners.append(listener)
+        self.listeners = [
+            self.listen(description, self.factory) for description in server.sftp_listen
+        ]
 
     def avatar(self, avatar_id: str, mind: Any) -> tuple[SFTPUser, Any]:
         """

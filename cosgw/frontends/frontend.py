@@ -1,0 +1,55 @@
+"""
+What every frontend is built from, and the one thing every frontend does
+with it: listen on the endpoints the config names.  A new protocol
+(WebDAV, ...) subclasses L{Frontend} and is composed in
+L{cosgw.service.makeService} like the others.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.application.service import MultiService
+from twisted.cred.portal import Portal
+from twisted.internet.interfaces import IProtocolFactory
+
+from cosgw.auth.realm import Realm
+from cosgw.frontends.listener import ListenerService
+from cosgw.policy.accounts import Accounts
+from cosgw.policy.defender import LoginDefender
+from cosgw.policy.limits import ConnectionLimits
+
+__all__ = ["Frontend", "SharedParts"]
+
+
+@dataclass(frozen=True)
+class SharedParts:
+    """
+    The parts every frontend shares, built once by C{makeService}: one
+    portal and realm (each frontend registers its kind of avatar), the
+    accounts (sessions, quotas, rates), and the connection limits and login
+    defender that hold across every listener and protocol.
+    """
+
+    portal: Portal
+    realm: Realm
+    accounts: Accounts
+    limits: ConnectionLimits
+    defender: LoginDefender
+    #: A clock, TCP and a resolver: injected, never the global reactor.
+    reactor: Any
+
+
+class Frontend(MultiService):
+    """A protocol's service: its listeners are its children."""
+
+    def __init__(self, parts: SharedParts) -> None:
+        super().__init__()
+        self.parts = parts
+
+    def listen(self, description: str, factory: IProtocolFactory) -> ListenerService:
+        """A child L{ListenerService} serving C{factory} on C{description}."""
+        listener = ListenerService(self.parts.reactor, description, factory)
+        listener.setServiceParent(self)
+        return listener
