@@ -3,8 +3,8 @@ The realm: what a logged-in user gets, whichever protocol they logged in
 with.
 
 The realm knows nothing of FTP or SSH: each frontend registers a factory for
-the avatar interface it needs (C{IFileSystem} for FTP, C{IConchUser} for SFTP), and one realm
-then serves every frontend through one portal.
+the avatar interface it needs (C{IFileSystem} for FTP, C{IConchUser} for
+SFTP), and one realm then serves every frontend through one portal.
 """
 
 from __future__ import annotations

@@ -108,6 +108,7 @@ class RateLimit:
             return 0.0
         return -self._tokens / self.rate
 
+    # Without a result T is None; mypy cannot say so of a TypeVar default.
     def hold(self, n: int, result: T = None) -> Deferred[T]:  # type: ignore[assignment]
         """
         Account C{n} bytes and delay an answer by the time L{take} says.
