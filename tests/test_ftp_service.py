@@ -12,32 +12,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from twisted.cred.portal import Portal
 from twisted.internet.address import IPv4Address
-from twisted.internet.task import Clock
-from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import formatEvent
-from twisted.trial.unittest import SynchronousTestCase
 
 from cosgw.auth.realm import Realm
 from cosgw.config import (
     ALL_PERMISSIONS,
-    Config,
     ConfigError,
-    ServerConfig,
-    TransferConfig,
     UserConfig,
 )
-from cosgw.frontends.frontend import SharedParts
 from cosgw.frontends.ftp.service import FTPFrontend
 from cosgw.interfaces import IFileSystem
-from cosgw.policy.accounts import Account, Accounts, LoginRefused
-from cosgw.policy.defender import LoginDefender
-from cosgw.policy.limits import ConnectionLimits
-from cosgw.testing import MemoryStore
-from cosgw.transfer import TransferSettings
+from cosgw.policy.accounts import LoginRefused
+from tests.frontendtesting import FrontendTestCase
 from tests.logevents import LogEvents
-from tests.sshtesting import temporary_directory
 
 PEER = IPv4Address("TCP", "192.0.2.7", 50000)
 PLAIN = ("tcp:2121:interface=127.0.0.1", "tcp:2122:interface=127.0.0.1")
@@ -56,27 +44,7 @@ def user(name: str, **overrides: Any) -> UserConfig:
     )
 
 
-class FTPFrontendTests(SynchronousTestCase):
-    def setUp(self) -> None:
-        self.reactor = MemoryReactorClock()
-        self.state = temporary_directory(self)
-        self.accounts = Accounts(
-            {
-                "alice": Account(
-                    name="alice",
-                    store=MemoryStore(Clock()),
-                    home="users/alice",
-                    permissions=ALL_PERMISSIONS,
-                    max_sessions=1,
-                )
-            },
-            TransferSettings(),
-        )
-        self.realm = Realm()
-        self.portal = Portal(self.realm)
-        self.limits = ConnectionLimits()
-        self.defender = LoginDefender(self.reactor)
-
+class FTPFrontendTests(FrontendTestCase):
     def build(self, **server: Any) -> FTPFrontend:
         settings: dict[str, Any] = {
             "ftp_listen": PLAIN,
@@ -90,28 +58,11 @@ class FTPFrontendTests(SynchronousTestCase):
             "tls_session_reuse": True,
             **server,
         }
-        config = Config(
-            source=None,
-            server=ServerConfig(state_dir=self.state, **settings),
-            transfer=TransferConfig(),
-            storages={},
-            users={
-                "alice": user("alice", tls_data_required=True),
-                "bob": user("bob", tls_required=False),
-            },
-            notices=(),
-        )
-        return FTPFrontend(
-            config,
-            SharedParts(
-                portal=self.portal,
-                realm=self.realm,
-                accounts=self.accounts,
-                limits=self.limits,
-                defender=self.defender,
-                reactor=self.reactor,
-            ),
-        )
+        users = {
+            "alice": user("alice", tls_data_required=True),
+            "bob": user("bob", tls_required=False),
+        }
+        return FTPFrontend(self.config(settings, users), self.parts())
 
     def test_complete_at_construction(self) -> None:
         frontend = self.build()

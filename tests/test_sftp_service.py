@@ -12,34 +12,21 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.conch.interfaces import IConchUser, ISFTPServer
-from twisted.cred.portal import Portal
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address
-from twisted.internet.task import Clock
-from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import formatEvent
-from twisted.trial.unittest import SynchronousTestCase
 
 from cosgw.auth.keys import KeyChecker, fingerprint
-from cosgw.auth.realm import Realm
 from cosgw.config import (
-    ALL_PERMISSIONS,
-    Config,
     ConfigError,
-    ServerConfig,
-    TransferConfig,
 )
-from cosgw.frontends.frontend import SharedParts
 from cosgw.frontends.sftp.server import GatewaySFTPServer
 from cosgw.frontends.sftp.service import SFTPFrontend
 from cosgw.frontends.sftp.session import SFTPUser
-from cosgw.policy.accounts import Account, Accounts, LoginRefused
-from cosgw.policy.defender import LoginDefender
-from cosgw.policy.limits import ConnectionLimits
-from cosgw.testing import MemoryStore
-from cosgw.transfer import TransferSettings
+from cosgw.policy.accounts import LoginRefused
+from tests.frontendtesting import FrontendTestCase
 from tests.logevents import LogEvents
-from tests.sshtesting import host_key_files, host_keys, temporary_directory
+from tests.sshtesting import host_key_files, host_keys
 
 PEER = IPv4Address("TCP", "192.0.2.7", 50000)
 ENDPOINTS = ("tcp:2222:interface=127.0.0.1", "tcp:2223:interface=127.0.0.1")
@@ -58,26 +45,8 @@ class FakeConnection:
         return defer.succeed(None)
 
 
-class SFTPFrontendTests(SynchronousTestCase):
-    def setUp(self) -> None:
-        self.reactor = MemoryReactorClock()
-        self.state = temporary_directory(self)
-        self.accounts = Accounts(
-            {
-                "alice": Account(
-                    name="alice",
-                    store=MemoryStore(Clock()),
-                    home="users/alice",
-                    permissions=ALL_PERMISSIONS,
-                    max_sessions=1,
-                )
-            },
-            TransferSettings(),
-        )
-        self.realm = Realm()
-        self.portal = Portal(self.realm, [KeyChecker({})])
-        self.limits = ConnectionLimits()
-        self.defender = LoginDefender(self.reactor)
+class SFTPFrontendTests(FrontendTestCase):
+    checkers = (KeyChecker({}),)
 
     def build(self, **server: Any) -> SFTPFrontend:
         settings: dict[str, Any] = {
@@ -87,25 +56,7 @@ class SFTPFrontendTests(SynchronousTestCase):
             "idle_timeout": 90,
             **server,
         }
-        config = Config(
-            source=None,
-            server=ServerConfig(state_dir=self.state, **settings),
-            transfer=TransferConfig(),
-            storages={},
-            users={},
-            notices=(),
-        )
-        return SFTPFrontend(
-            config,
-            SharedParts(
-                portal=self.portal,
-                realm=self.realm,
-                accounts=self.accounts,
-                limits=self.limits,
-                defender=self.defender,
-                reactor=self.reactor,
-            ),
-        )
+        return SFTPFrontend(self.config(settings), self.parts())
 
     def test_complete_at_construction(self) -> None:
         frontend = self.build()
