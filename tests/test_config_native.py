@@ -86,7 +86,12 @@ def test_example_ini_loads() -> None:
     server = config.server
     assert server.sftp_listen == ("tcp:2222",)
     assert server.ssh_host_keys == ()
-    assert server.max_connections_per_ip is None
+    assert (server.max_connections_per_ip, server.ipv6_prefix) == (64, 64)
+    assert server.max_handles == 64
+    assert (config.transfer.max_sparse_gap, config.transfer.max_spool_size) == (
+        64 * 1024 * 1024,
+        4 * 1024 * 1024 * 1024,
+    )
     assert (server.login_timeout, server.data_timeout) == (60, 120)
     assert (server.allowed_networks, server.denied_networks) == ((), ())
     assert (
@@ -153,6 +158,8 @@ def test_server_and_transfer_values(tmp_path: Path) -> None:
     threads = 4
     max_file_size = 200G
     read_chunk = 64k
+    max_sparse_gap = 0
+    max_spool_size = 512M
     """
     config = load_config(write(tmp_path, textwrap.dedent(text) + BASE))
     server = config.server
@@ -173,6 +180,7 @@ def test_server_and_transfer_values(tmp_path: Path) -> None:
     assert (transfer.parts_in_flight, transfer.threads) == (2, 4)
     assert transfer.max_file_size == 200 * GIB
     assert transfer.read_chunk == 64 * 1024
+    assert (transfer.max_sparse_gap, transfer.max_spool_size) == (0, 512 * MIB)
 
 
 def test_endpoint_forms(tmp_path: Path) -> None:
@@ -248,12 +256,18 @@ def test_unused_storage_notice(tmp_path: Path) -> None:
 
 
 def test_new_defaults(tmp_path: Path) -> None:
-    """Absent, every new key keeps today's behaviour."""
+    """
+    Absent, every new key keeps today's behaviour, except the limits that
+    keep one client from exhausting the gateway, which are on by default.
+    """
     config = load_config(write(tmp_path, BASE))
     assert config.server == ServerConfig(state_dir=tmp_path / "cosgw-state")
     assert config.server.sftp_listen == ()
     assert config.server.ssh_host_keys == ()
-    assert config.server.max_connections_per_ip is None
+    assert config.server.max_connections_per_ip == 64
+    assert (config.server.ipv6_prefix, config.server.max_handles) == (64, 64)
+    assert config.transfer.max_sparse_gap == 64 * 1024 * 1024
+    assert config.transfer.max_spool_size == 4 * 1024 * 1024 * 1024
     assert (config.server.login_timeout, config.server.data_timeout) == (60, 120)
     assert config.users["alice"] == UserConfig(
         name="alice",
@@ -277,6 +291,8 @@ def test_server_sftp_and_policy_values(tmp_path: Path) -> None:
     ssh_host_keys = keys/host_ed25519, keys/host_rsa
         keys/host_ed25519
     max_connections_per_ip = 8
+    ipv6_prefix = 56
+    max_handles = 10
     login_timeout = 30
     data_timeout = 300
     allowed_networks = 10.1.2.3/8 192.168.0.1, 2001:DB8:0:0::/32
@@ -294,6 +310,7 @@ def test_server_sftp_and_policy_values(tmp_path: Path) -> None:
         tmp_path / "keys" / "host_rsa",
     )
     assert server.max_connections_per_ip == 8
+    assert (server.ipv6_prefix, server.max_handles) == (56, 10)
     assert (server.login_timeout, server.data_timeout) == (30, 300)
     # Normalised (host bits dropped, one address is a /32), each once.
     assert server.allowed_networks == ("10.0.0.0/8", "192.168.0.1/32", "2001:db8::/32")

@@ -168,6 +168,20 @@ COSGW_ERRORS = [
         "server",
         "max_connections_per_ip",
     ),
+    ("ipv6-prefix", "[server]\nipv6_prefix = 16\n" + BASE, "server", "ipv6_prefix"),
+    ("max-handles", "[server]\nmax_handles = 0\n" + BASE, "server", "max_handles"),
+    (
+        "sparse-gap",
+        "[transfer]\nmax_sparse_gap = lots\n" + BASE,
+        "transfer",
+        "max_sparse_gap",
+    ),
+    (
+        "spool-size",
+        "[transfer]\nmax_spool_size = -1\n" + BASE,
+        "transfer",
+        "max_spool_size",
+    ),
     (
         "login-timeout",
         "[server]\nlogin_timeout = 0\n" + BASE,

@@ -152,6 +152,12 @@ class TransferConfig:
     #: Keep the stored parts of an upload whose client went away, so it can
     #: be resumed (until stale_upload_age), instead of aborting them.
     resume_uploads: bool = True
+    #: Largest hole a write may leave beyond the end of a file (SFTP writes
+    #: far ahead, FSETSTAT growth): the zeros would be uploaded and billed.
+    max_sparse_gap: int = 64 * MIB
+    #: Spool disk (state_dir/spool) all out-of-order and in-place SFTP
+    #: writes may hold together, across every user.
+    max_spool_size: int = 4 * GIB
 
 
 @dataclass(frozen=True)
@@ -191,8 +197,17 @@ class ServerConfig:
     #: OpenSSH private host key files; none: Ed25519 and RSA 3072 keys are
     #: generated in state_dir at first start.
     ssh_host_keys: tuple[Path, ...] = ()
-    #: Connections at once from one client address; None: no limit.
-    max_connections_per_ip: int | None = None
+    #: Connections at once from one client address (IPv6: one
+    #: C{ipv6_prefix} network); None: no limit.  On by default so that one
+    #: address cannot take every descriptor, and high enough for an office
+    #: behind one NAT address.
+    max_connections_per_ip: int | None = 64
+    #: IPv6 clients are counted (for C{max_connections_per_ip} and by the
+    #: login defender) per network of this prefix length, since one host
+    #: usually holds a whole /64 and can pick a new address per connection.
+    ipv6_prefix: int = 64
+    #: Open SFTP handles at once in one SFTP session.
+    max_handles: int = 64
     #: Seconds a client has to log in after connecting (FTP and SFTP).
     login_timeout: int = 60
     #: Seconds a data transfer may stall (no bytes either way) before it is

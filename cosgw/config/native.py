@@ -73,6 +73,8 @@ _SERVER_KEYS = (
     "sftp_listen",
     "ssh_host_keys",
     "max_connections_per_ip",
+    "ipv6_prefix",
+    "max_handles",
     "login_timeout",
     "data_timeout",
     "allowed_networks",
@@ -90,6 +92,8 @@ _TRANSFER_KEYS = (
     "read_chunk",
     "stale_upload_age",
     "resume_uploads",
+    "max_sparse_gap",
+    "max_spool_size",
 )
 _LOCAL_KEYS = ("type", "path")
 _COS_KEYS = (
@@ -294,7 +298,14 @@ class CosgwLoader:
         """SFTP listeners and host keys, connections per address, timeouts."""
         sftp_listen = parse_listen(sec, "sftp_listen", ())
         ssh_host_keys = parse_host_keys(sec, "ssh_host_keys", self.base)
-        max_connections_per_ip = sec.integer("max_connections_per_ip", 0, 0) or None
+        max_connections_per_ip = (
+            sec.integer(
+                "max_connections_per_ip", ServerConfig.max_connections_per_ip or 0, 0
+            )
+            or None
+        )
+        ipv6_prefix = sec.integer("ipv6_prefix", ServerConfig.ipv6_prefix, 32, 128)
+        max_handles = sec.integer("max_handles", ServerConfig.max_handles, 1, 100_000)
         login_timeout = sec.integer(
             "login_timeout", ServerConfig.login_timeout, 1, 3600
         )
@@ -306,6 +317,8 @@ class CosgwLoader:
             sftp_listen=sftp_listen,
             ssh_host_keys=ssh_host_keys,
             max_connections_per_ip=max_connections_per_ip,
+            ipv6_prefix=ipv6_prefix,
+            max_handles=max_handles,
             login_timeout=login_timeout,
             data_timeout=data_timeout,
         )
@@ -356,8 +369,15 @@ class CosgwLoader:
             "stale_upload_age", defaults.stale_upload_age, 60, 365 * 86400
         )
         resume_uploads = sec.boolean("resume_uploads", defaults.resume_uploads)
+        max_sparse_gap = sec.size(
+            "max_sparse_gap", defaults.max_sparse_gap, 0, MAX_OBJECT_SIZE
+        )
+        max_spool_size = sec.size(
+            "max_spool_size", defaults.max_spool_size, 0, MAX_OBJECT_SIZE
+        )
         self.finish(sec, _TRANSFER_KEYS)
         assert part_size is not None and read_chunk is not None
+        assert max_sparse_gap is not None and max_spool_size is not None
         return TransferConfig(
             part_size=part_size,
             parts_in_flight=parts_in_flight,
@@ -366,6 +386,8 @@ class CosgwLoader:
             read_chunk=read_chunk,
             stale_upload_age=stale_upload_age,
             resume_uploads=resume_uploads,
+            max_sparse_gap=max_sparse_gap,
+            max_spool_size=max_spool_size,
         )
 
     # -- [storage:NAME] ------------------------------------------------------
