@@ -26,6 +26,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from cosgw import vfs
+from cosgw.escaping import for_reply
 from cosgw.frontends.ftp.tls import session_reused
 from cosgw.interfaces import IListing
 
@@ -368,7 +369,9 @@ class ListingSender:
             self._fetching = True
             self._listing.next_page().addCallbacks(self._got, self._failed)
         while self._ready and not self._paused and not self._stopped:
-            lines = [self._format(e) for e in self._ready.popleft()]
+            # A name from another writer of the bucket may hold CR or LF:
+            # one entry must stay one line.
+            lines = [for_reply(self._format(e)) for e in self._ready.popleft()]
             if lines:
                 self.count += len(lines)
                 self._channel.write(("\r\n".join(lines) + "\r\n").encode("utf-8"))
