@@ -97,6 +97,17 @@ Test control endpoint (same port; Host must not be a bucket host)
 * ``delay``: the next ``count`` requests matching ``op``/``method``/``key``
   sleep ``seconds`` before being answered.
 
+Any fault may carry ``probability`` (0 < p <= 1) and ``seed``: it then
+strikes each matching request with that probability, drawn from its own
+``random.Random(seed)``, and ``count`` counts the strikes (``-1``: no end),
+so ``{"kind": "fail", "op": "*", "count": -1, "probability": 0.25,
+"seed": 7}`` fails a quarter of all requests.  Faults are tried in the
+order they were armed and the first that strikes applies, so several
+probabilistic ones mix kinds (500, 503, drop, reset, ``after=true``); the
+``corrupt-get`` and ``truncate-get`` kinds need no ``key`` when they have a
+probability.  ``GET /__test__/faults`` shows for each fault its ``hits``
+(strikes so far) and ``seen`` (matching requests that rolled the dice).
+
 ``POST /__test__/reset`` clears faults, ``GET /__test__/faults`` lists what is
 left of them, ``GET /__test__/stats`` returns ``{operation: count}`` of COS
 requests that passed authentication, counted before any fault applies
@@ -125,6 +136,7 @@ import http.server
 import io
 import json
 import os
+import random
 import re
 import select
 import socket
@@ -662,6 +674,9 @@ class CosAdapter:
             pass
         self.lock = threading.Lock()
         self.faults: list[dict] = []
+        #: Each probabilistic fault's own random stream, by fault id.
+        self._dice: dict[int, random.Random] = {}
+        self._fault_ids = 0
         self.stats: collections.Counter = collections.Counter()
         self.object_crc: dict[tuple[str, str, str], int] = {}
         self.part_crc: dict[tuple[str, str], dict[int, tuple[int, int]]] = {}
@@ -851,9 +866,16 @@ class CosAdapter:
                 bucket = fault.get("bucket")
                 if bucket is not None and bucket != req.bucket:
                     continue
+                chance = fault.get("probability")
+                if chance is not None:
+                    fault["seen"] += 1
+                    if self._dice[fault["id"]].random() >= chance:
+                        continue
+                fault["hits"] += 1
                 fault["count"] -= 1
                 if fault["count"] == 0:
                     self.faults.remove(fault)
+                    self._dice.pop(fault["id"], None)
                 return dict(fault)
         return None
 
@@ -867,13 +889,23 @@ class CosAdapter:
             raise ValueError("count must be >= 1 or -1")
         if "op" in fault and fault["op"] is not None:
             fault["op"] = _OP_ALIASES.get(fault["op"], fault["op"])
+        chance = fault.get("probability")
+        if chance is not None:
+            chance = fault["probability"] = float(chance)
+            if not 0.0 < chance <= 1.0:
+                raise ValueError("probability must be in (0, 1]")
         if kind in ("corrupt-get", "truncate-get"):
             fault["op"] = "GetObject"
-            if "key" not in fault:
-                raise ValueError(f"{kind} needs a key")
+            if "key" not in fault and chance is None:
+                raise ValueError(f"{kind} needs a key (or a probability)")
         if kind == "delay":
             fault["seconds"] = float(fault.get("seconds", 1.0))
+        fault["hits"] = fault["seen"] = 0
         with self.lock:
+            self._fault_ids += 1
+            fault["id"] = self._fault_ids
+            if chance is not None:
+                self._dice[fault["id"]] = random.Random(fault.get("seed"))
             self.faults.append(fault)
 
     # -- responses ---------------------------------------------------------
@@ -941,6 +973,7 @@ class CosAdapter:
             if path == "/__test__/reset" and method == "POST":
                 with self.lock:
                     self.faults.clear()
+                    self._dice.clear()
                 return reply(200, {"ok": True})
             if path == "/__test__/stats" and method == "GET":
                 with self.lock:

@@ -646,6 +646,121 @@ def test_fault_delay_and_reset(client, bucket, server):
         server.inject("no-such-kind")
 
 
+def _head_outcomes(client, bucket: str, key: str, n: int) -> list[str]:
+    """What each of n HEADs of key met: ok, the COS error code, or client."""
+    outcomes = []
+    for _ in range(n):
+        try:
+            client.head_object(Bucket=bucket, Key=key)
+            outcomes.append("ok")
+        except CosServiceError as e:
+            outcomes.append(str(e.get_status_code()))
+        except CosClientError:
+            outcomes.append("client")
+    return outcomes
+
+
+def test_fault_probability_is_seeded_and_counted(client, bucket, server):
+    """
+    A probabilistic fault strikes about its share of the matching requests,
+    the same ones again for the same seed, and reports what it did.
+    """
+    client.put_object(Bucket=bucket, Key="fault/dice", Body=b"abc")
+    client.put_object(Bucket=bucket, Key="fault/other", Body=b"abc")
+    runs = []
+    for _ in range(2):
+        server.reset_faults()
+        server.inject(
+            "fail",
+            op="HeadObject",
+            key="fault/dice",
+            count=-1,
+            probability=0.25,
+            seed=11,
+            status=503,
+        )
+        outcomes = _head_outcomes(client, bucket, "fault/dice", 200)
+        # Requests the fault does not match do not roll its dice.
+        assert _head_outcomes(client, bucket, "fault/other", 20) == ["ok"] * 20
+        (fault,) = server.faults()
+        assert fault["seen"] == 200
+        assert fault["hits"] == outcomes.count("503")
+        runs.append(outcomes)
+    assert runs[0] == runs[1]
+    assert set(runs[0]) == {"ok", "503"}
+    assert 25 <= runs[0].count("503") <= 75
+
+
+def test_fault_probability_with_a_count(client, bucket, server):
+    """count counts strikes: the fault is gone after that many."""
+    client.put_object(Bucket=bucket, Key="fault/dice3", Body=b"abc")
+    server.inject(
+        "fail", op="HeadObject", key="fault/dice3", count=3, probability=0.5, seed=3
+    )
+    outcomes = _head_outcomes(client, bucket, "fault/dice3", 60)
+    assert outcomes.count("500") == 3
+    assert server.faults() == []
+
+
+def test_probabilistic_faults_mix_kinds(client, bucket, server):
+    """
+    Several probabilistic faults mix kinds: answers 500 and 503, dropped
+    and reset connections, replies lost after the write happened.
+    """
+    kinds = [
+        {"status": 500},
+        {"status": 503},
+        {"drop": True},
+        {"drop": True, "reset": True},
+        {"after": True, "status": 500},
+    ]
+    for seed, extra in enumerate(kinds):
+        server.inject(
+            "fail",
+            op="PutObject",
+            bucket=bucket,
+            count=-1,
+            probability=0.15,
+            seed=seed,
+            **extra,
+        )
+    outcomes = []
+    for n in range(120):
+        key = f"fault/mix/{n}"
+        try:
+            client.put_object(Bucket=bucket, Key=key, Body=b"x")
+            outcomes.append(("ok", key))
+        except CosServiceError as e:
+            outcomes.append((str(e.get_status_code()), key))
+        except CosClientError:
+            outcomes.append(("client", key))
+    faults = server.faults()
+    assert [f["hits"] > 0 for f in faults] == [True] * len(kinds)
+    assert sum(f["hits"] for f in faults) == sum(o != "ok" for o, _ in outcomes)
+    assert {o for o, _ in outcomes} == {"ok", "500", "503", "client"}
+    stored = set(server.keys(bucket, "fault/mix/"))
+    lost = [key for o, key in outcomes if o == "500" and key in stored]
+    assert len(lost) == faults[4]["hits"]
+
+
+def test_probabilistic_get_faults_need_no_key(client, bucket, server):
+    """truncate-get with a probability strikes any GET of the bucket."""
+    data = os.urandom(50_000)
+    client.put_object(Bucket=bucket, Key="fault/anykey", Body=data)
+    with pytest.raises(ValueError):
+        server.inject("truncate-get")
+    with pytest.raises(ValueError):
+        server.inject("fail", probability=0)
+    server.inject(
+        "truncate-get", bucket=bucket, count=-1, probability=1.0, after=10, reset=True
+    )
+    got = client.get_object(Bucket=bucket, Key="fault/anykey")
+    with pytest.raises(Exception) as info:
+        got["Body"].get_raw_stream().read()
+        raise AssertionError("the whole body arrived")
+    assert not isinstance(info.value, AssertionError), info.value
+
+
 def test_stats_count_cos_requests_only(client, bucket, server):
     client.put_object(Bucket=bucket, Key="stats/x", Body=b"x")
     before = server.stats()

@@ -4,19 +4,25 @@ Tencent COS behind the object-store interface, through cos-python-sdk-v5.
 This is the only module that imports C{qcloud_cos}.  The SDK is blocking, so
 every call runs in the gateway's own thread pool (given to the constructor,
 started and stopped by the service), gated by a semaphore so the pool queue
-stays bounded.  Traps of the SDK that this module gets past (see
-reference/twisted-conch-cos-facts.md section f):
+stays bounded.  Reading COS's answers is in L{cosgw.storage.cos_responses},
+what its failures mean in L{cosgw.storage.cos_errors}.  Traps of the SDK
+that this module gets past (see reference/twisted-conch-cos-facts.md
+section f):
 
   - All clients share one class-level HTTP session sized 10/10 unless given
     their own; we pass a C{requests.Session} sized to our pool.
   - Response headers are a plain dict with whatever casing the server used;
     we wrap them in a case-insensitive mapping.
-  - The SDK logs every operation at INFO; we raise its logger to WARNING.
+  - The SDK logs every operation at INFO and network failures with their
+    tracebacks; we silence its logger and log each failed operation once.
+  - The SDK's retries hide whether a failed request ever reached COS; we
+    retry ourselves (L{CosStore._call}), so that a write whose reply was
+    lost is looked for, and one that never left is not.
   - Listing keys are URL-encoded on the wire (C{EncodingType=url}) and
     decoded here, so names with control characters cannot break the XML.
-  - C{StreamBody.read} does not check the length; our source does, and
-    checks COS's CRC-64 when it streams the whole object.
-  - Every upload part and PUT is checked against the CRC-64 COS computed.
+  - Every upload part and PUT is checked against the CRC-64 COS computed,
+    and every completed upload against its parts'; an object that fails
+    the check is deleted.
   - C{upload_part_copy} returns the response headers merged with the parsed
     C{CopyPartResult} (the body's quoted ETag replaces the header's) and,
     unlike C{copy_object}, does not raise on a 200 without an ETag (COS and
@@ -28,9 +34,8 @@ reference/twisted-conch-cos-facts.md section f):
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
-from datetime import datetime
-from email.utils import parsedate_to_datetime
+import time
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Optional
 from urllib.parse import unquote
 
@@ -38,7 +43,6 @@ import requests
 from qcloud_cos import CosConfig, CosS3Client
 from qcloud_cos.cos_exception import CosClientError, CosServiceError
 from requests.structures import CaseInsensitiveDict
-from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorFromThreads
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
@@ -47,7 +51,6 @@ from zope.interface import implementer
 from cosgw.interfaces import (
     MAX_PARTS,
     MAX_PUT_SIZE,
-    IByteSource,
     IntegrityError,
     IObjectStore,
     ListPage,
@@ -60,146 +63,55 @@ from cosgw.interfaces import (
     StoreUnavailable,
 )
 from cosgw.storage._runner import BlockingRunner, ThreadedStore, check_copy_range
-from cosgw.storage.checksum import StreamCheck, crc64, crc64_combine, parse_crc64
+from cosgw.storage.checksum import crc64, crc64_combine, parse_crc64
+from cosgw.storage.cos_errors import (
+    RETRYABLE_CODES,
+    StoreUnreachable,
+    client_error,
+    network_error,
+    service_error,
+)
+from cosgw.storage.cos_responses import (
+    CosSource,
+    RawResponse,
+    http_time,
+    info_from_headers,
+    iso_time,
+    sdk_metadata,
+    string_headers,
+)
 
 log = Logger()
 
-#: User metadata we keep on objects; the SDK wants the full header names.
-META_PREFIX = "x-cos-meta-"
+#: Pauses (seconds) before the second, third... attempt of a request that
+#: failed in a transient way: the SDK's own schedule, which cosgw now runs
+#: itself (see L{CosStore._call}).
+RETRY_DELAYS = (1.0, 2.0)
 
-
-#: Error codes of a failure COS may report in the body of a 200 to a copy,
-#: worth another try.
-_RETRYABLE_CODES = ("InternalError", "ServiceUnavailable", "SlowDown")
+#: Rounds of HEAD (each with its retries) that may be spent finding out
+#: whether a write whose reply was lost was in fact stored.
+VERIFY_ROUNDS = 2
 
 
 def _quiet_sdk_logging() -> None:
-    logging.getLogger("qcloud_cos").setLevel(logging.WARNING)
+    # The SDK logs every request at INFO, each error answer at ERROR and a
+    # network failure with its traceback (logger.exception), to stderr,
+    # which twistd sends to the log.  cosgw logs each failed operation once,
+    # with COS's request id; the SDK's lines would repeat it as noise.
+    logging.getLogger("qcloud_cos").setLevel(logging.CRITICAL)
 
 
 def _error(e: Exception, what: str) -> StoreError:
     """Map an SDK exception to the store errors the layers above understand."""
-    if isinstance(e, CosServiceError):
-        code = e.get_error_code()
-        status = e.get_status_code()
-        request_id = e.get_request_id()
-        message = f"{what}: COS {status} {code}"
-        if code in ("NoSuchKey", "NoSuchResource") or (
-            status == 404 and code not in ("NoSuchUpload", "NoSuchBucket")
-        ):
-            return NoSuchKey(message, request_id)
-        if code == "NoSuchUpload":
-            return NoSuchUpload(message, request_id)
-        if status >= 500 or status in (408, 429):
-            return StoreUnavailable(message, request_id)
-        return StoreError(message, request_id)
-    if isinstance(e, CosClientError):
-        return StoreUnavailable(f"{what}: {e.get_message()}")
-    if isinstance(e, requests.RequestException):
-        return StoreUnavailable(f"{what}: {type(e).__name__}: {e}")
     if isinstance(e, StoreError):
         return e
+    if isinstance(e, CosServiceError):
+        return service_error(what, e.get_status_code(), e.get_digest_msg())
+    if isinstance(e, CosClientError):
+        return client_error(what, str(e), e.__context__)
+    if isinstance(e, requests.RequestException):
+        return network_error(what, e)
     return StoreError(f"{what}: {type(e).__name__}: {e}")
-
-
-def _http_time(value: Optional[str]) -> float:
-    if not value:
-        return 0.0
-    try:
-        return parsedate_to_datetime(value).timestamp()
-    except (TypeError, ValueError):
-        return 0.0
-
-
-def _iso_time(value: Optional[str]) -> float:
-    if not value:
-        return 0.0
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return 0.0
-
-
-def _metadata(headers: Mapping[str, str]) -> dict[str, str]:
-    return {
-        name[len(META_PREFIX) :].lower(): unquote(value)
-        for name, value in headers.items()
-        if name.lower().startswith(META_PREFIX)
-    }
-
-
-def _info_from_headers(key: str, raw: Mapping[str, Any], size: int) -> ObjectInfo:
-    headers = CaseInsensitiveDict({k: v for k, v in raw.items() if isinstance(v, str)})
-    metadata = _metadata(headers)
-    # The store's own time; a client-set time is metadata, read by the vfs.
-    mtime = _http_time(headers.get("Last-Modified"))
-    return ObjectInfo(
-        key=key,
-        size=size,
-        mtime=mtime,
-        etag=(headers.get("ETag") or "").strip('"') or None,
-        crc64=parse_crc64(headers.get("x-cos-hash-crc64ecma")),
-        metadata=metadata,
-        request_id=headers.get("x-cos-request-id"),
-    )
-
-
-def _sdk_metadata(metadata: Optional[Mapping[str, str]]) -> dict[str, Any]:
-    if not metadata:
-        return {}
-    return {"Metadata": {META_PREFIX + k: str(v) for k, v in metadata.items()}}
-
-
-@implementer(IByteSource)
-class _CosSource:
-    """
-    One streaming GET.  Reads run in the pool; the source checks the byte
-    count against Content-Length and, for a whole-object read, the CRC-64.
-    """
-
-    def __init__(
-        self,
-        runner: BlockingRunner,
-        response: Any,
-        info: ObjectInfo,
-        offset: int,
-        length: int,
-    ) -> None:
-        self._runner = runner
-        self._response = response
-        self._raw = response.raw if response is not None else None
-        self.info = info
-        self.offset = offset
-        self.length = length
-        self._check = StreamCheck(info.key, length, info.crc64 if offset == 0 else None)
-
-    def _read(self, size: int) -> bytes:
-        if self._raw is None:
-            if self.length:
-                raise StoreError(f"{self.info.key}: read after close")
-            return b""
-        try:
-            data = self._raw.read(size, decode_content=False)
-        except Exception as e:
-            raise IntegrityError(
-                f"{self.info.key}: stream broke after {self._check.count} bytes: "
-                f"{type(e).__name__}"
-            ) from e
-        return self._check.feed(data)
-
-    def read(self, size: int) -> Deferred[bytes]:
-        return self._runner.run(self._read, size)
-
-    def _close(self, response: Any) -> None:
-        # Closing without reading to the end drops the connection instead of
-        # returning a half-read one to the pool.
-        response.close()
-
-    def close(self) -> Deferred[None]:
-        response, self._response, self._raw = self._response, None, None
-        if response is None:
-            return succeed(None)
-        return self._runner.run(self._close, response)
 
 
 @implementer(IObjectStore)
@@ -217,8 +129,13 @@ class CosStore(ThreadedStore):
         reactor: IReactorFromThreads,
         pool: ThreadPool,
         pool_size: int,
-        retry: int = 2,
+        retry_delays: Sequence[float] = RETRY_DELAYS,
     ) -> None:
+        """
+        @param retry_delays: the pauses before each further attempt of a
+            request that failed in a transient way (5xx, the network); one
+            attempt more than there are delays.
+        """
         _quiet_sdk_logging()
         self.bucket = bucket
         where = settings.get("IP") or settings.get("Endpoint") or settings.get("Region")
@@ -237,21 +154,103 @@ class CosStore(ThreadedStore):
         )
         self._region = settings.get("Region")
         self._endpoint = settings.get("Endpoint")
-        self._client = CosS3Client(config, retry=retry, session=session)
+        # The SDK's retries are off: it cannot say whether a request that
+        # failed ever reached COS, which is what decides if a write whose
+        # reply was lost must be looked for (see _call).
+        self._client = CosS3Client(config, retry=0, session=session)
+        self.retry_delays = tuple(retry_delays)
         self._runner = BlockingRunner(reactor, pool, pool_size * 4)
 
-    def _call(self, what: str, f: Any, **kwargs: Any) -> Any:
+    def _call(self, what: str, f: Callable[..., Any], **kwargs: Any) -> Any:
+        """
+        C{f(Bucket=..., **kwargs)}, tried again after each of
+        C{retry_delays} while it fails in a transient way (in this pool
+        thread, as the SDK would).
+
+        @raise StoreUnreachable: no attempt could even connect, so nothing
+            was delivered.
+        @raise StoreUnavailable: the last attempt failed in a transient way
+            and some attempt may have reached COS.
+        @raise StoreError: a permanent failure (or one of its kinds).
+        """
+        delivered = False
+        for delay in (0.0, *self.retry_delays):
+            if delay:
+                time.sleep(delay)
+            try:
+                return f(Bucket=self.bucket, **kwargs)
+            except Exception as e:
+                error = _error(e, what)
+                cause = e
+            if not isinstance(error, StoreUnavailable):
+                break
+            delivered = delivered or not isinstance(error, StoreUnreachable)
+        if isinstance(error, StoreUnreachable) and delivered:
+            error = StoreUnavailable(str(error), error.request_id)
+        raise error from cause
+
+    def _lost_reply(
+        self, what: str, error: StoreError, key: str, size: int, crc: Optional[int]
+    ) -> ObjectInfo:
+        """
+        A write of C{key} (C{size} bytes, CRC-64 C{crc}) failed with
+        C{error} after it may have been performed (the reply was lost, or a
+        retry found its upload gone).  Only the object can tell: if it holds
+        exactly those bytes, the write succeeded (reference: testing-notes.md,
+        a gateway answered 451 for an object that was complete).
+
+        @return: the stored object's L{ObjectInfo}.
+        @raise StoreError: C{error}, when the object is not those bytes or
+            the store cannot say.
+        """
+        if isinstance(error, StoreUnreachable) or crc is None:
+            raise error
+        for _ in range(VERIFY_ROUNDS):
+            try:
+                info = self._head(key)
+            except NoSuchKey:
+                raise error from None
+            except StoreUnavailable as e:
+                last: StoreError = e
+                continue
+            except StoreError as e:
+                last = e
+                break
+            if info.size == size and info.crc64 == crc:
+                log.info("{what}: reply lost, object found stored", what=what)
+                return info
+            raise error
+        log.warn(
+            "{what}: could not find out whether the store holds the object "
+            "({error}); reported failed",
+            what=what,
+            error=str(last),
+        )
+        raise error
+
+    def _discard_bad(self, key: str, why: str) -> None:
+        """
+        Delete an object COS reports with other bytes than the ones sent, so
+        a failed upload leaves nothing.  A failure to delete is logged: the
+        upload is reported failed either way.
+        """
         try:
-            return f(Bucket=self.bucket, **kwargs)
-        except Exception as e:
-            raise _error(e, what) from e
+            self._delete(key)
+        except StoreError as e:
+            log.error(
+                "{key}: {why}; deleting the bad object failed too: {error}",
+                key=key,
+                why=why,
+                error=str(e),
+                request_id=e.request_id,
+            )
 
     # -- blocking bodies ----------------------------------------------------
 
     def _head(self, key: str) -> ObjectInfo:
         headers = self._call(f"HEAD {key}", self._client.head_object, Key=key)
         size = int(CaseInsensitiveDict(headers).get("Content-Length", 0))
-        return _info_from_headers(key, headers, size)
+        return info_from_headers(key, headers, size)
 
     def _list(
         self, prefix: str, delimiter: str, marker: str, max_keys: int
@@ -269,7 +268,7 @@ class CosStore(ThreadedStore):
             ObjectInfo(
                 key=unquote(item["Key"]),
                 size=int(item.get("Size", 0)),
-                mtime=_iso_time(item.get("LastModified")),
+                mtime=iso_time(item.get("LastModified")),
                 etag=(item.get("ETag") or "").strip('"') or None,
             )
             for item in result.get("Contents", []) or []
@@ -286,24 +285,26 @@ class CosStore(ThreadedStore):
                 next_marker = max([o.key for o in objects] + prefixes)
         return ListPage(objects, prefixes, next_marker)
 
-    def _open(self, key: str, offset: int) -> _CosSource:
-        extra = {"Range": f"bytes={offset}-"} if offset else {}
+    def _get(self, **kwargs: Any) -> Optional[Mapping[str, Any]]:
+        """GET Object, or None for a 416 (an offset at or past the end)."""
         try:
-            response = self._client.get_object(
-                Bucket=self.bucket, Key=key, KeySimplifyCheck=False, **extra
-            )
+            result: Mapping[str, Any] = self._client.get_object(**kwargs)
         except CosServiceError as e:
             if e.get_status_code() == 416:
-                info = self._head(key)
-                return _CosSource(self._runner, None, info, offset, 0)
-            raise _error(e, f"GET {key}") from e
-        except Exception as e:
-            raise _error(e, f"GET {key}") from e
-        body = response["Body"]
-        raw_response = body.get_raw_stream()
-        headers = CaseInsensitiveDict(
-            {k: v for k, v in response.items() if isinstance(v, str)}
+                return None
+            raise
+        return result
+
+    def _open(self, key: str, offset: int) -> CosSource:
+        extra = {"Range": f"bytes={offset}-"} if offset else {}
+        response = self._call(
+            f"GET {key}", self._get, Key=key, KeySimplifyCheck=False, **extra
         )
+        if response is None:
+            info = self._head(key)
+            return CosSource(self._runner, None, info, offset, 0)
+        raw_response = response["Body"].get_raw_stream()
+        headers = string_headers(response)
         length = int(headers.get("Content-Length", 0))
         total = length + offset
         content_range = headers.get("Content-Range")
@@ -312,10 +313,8 @@ class CosStore(ThreadedStore):
                 total = int(content_range.rsplit("/", 1)[1])
             except ValueError:
                 pass
-        info = _info_from_headers(key, response, total)
-        return _CosSource(
-            self._runner, _RawResponse(raw_response), info, offset, length
-        )
+        info = info_from_headers(key, response, total)
+        return CosSource(self._runner, RawResponse(raw_response), info, offset, length)
 
     def _put(
         self, key: str, data: bytes, metadata: Optional[Mapping[str, str]]
@@ -323,27 +322,23 @@ class CosStore(ThreadedStore):
         if len(data) > MAX_PUT_SIZE:
             raise StoreError(f"PUT {key}: {len(data)} bytes is over COS's PUT limit")
         local_crc = crc64(data)
+        what = f"PUT {key}"
         try:
             headers = self._call(
-                f"PUT {key}",
+                what,
                 self._client.put_object,
                 Key=key,
                 Body=data,
-                **_sdk_metadata(metadata),
+                **sdk_metadata(metadata),
             )
-        except StoreUnavailable:
-            if not self._holds(key, len(data), local_crc):
-                raise
-            log.info("PUT {key}: reply lost, object found stored", key=key)
-            headers = {"x-cos-hash-crc64ecma": str(local_crc)}
-        info = _info_from_headers(key, headers, len(data))
+            info = info_from_headers(key, headers, len(data))
+        except StoreUnavailable as e:
+            info = self._lost_reply(what, e, key, len(data), local_crc)
         if info.crc64 is not None and info.crc64 != local_crc:
             # The store holds bytes other than ours: do not leave them there.
-            self._call(f"DELETE {key}", self._client.delete_object, Key=key)
-            raise IntegrityError(
-                f"PUT {key}: CRC-64 mismatch (sent {local_crc}, COS {info.crc64})",
-                info.request_id,
-            )
+            why = f"{what}: CRC-64 mismatch (sent {local_crc}, COS {info.crc64})"
+            self._discard_bad(key, why)
+            raise IntegrityError(why, info.request_id)
         return ObjectInfo(
             key=key,
             size=len(data),
@@ -353,14 +348,6 @@ class CosStore(ThreadedStore):
             metadata=dict(metadata or {}),
             request_id=info.request_id,
         )
-
-    def _holds(self, key: str, size: int, crc: int) -> bool:
-        """Whether the bucket already holds exactly these bytes under C{key}."""
-        try:
-            info = self._head(key)
-        except StoreError:
-            return False
-        return info.size == size and info.crc64 == crc
 
     def _delete(self, key: str) -> None:
         self._call(f"DELETE {key}", self._client.delete_object, Key=key)
@@ -383,7 +370,7 @@ class CosStore(ThreadedStore):
         copy_source = self._copy_source(source)
         extra: dict[str, Any] = {}
         if metadata is not None:
-            extra = {"CopyStatus": "Replaced", **_sdk_metadata(metadata)}
+            extra = {"CopyStatus": "Replaced", **sdk_metadata(metadata)}
         if info.size <= MAX_PUT_SIZE:
             self._call(
                 f"COPY {source} -> {destination}",
@@ -409,7 +396,7 @@ class CosStore(ThreadedStore):
             f"INITIATE {key}",
             self._client.create_multipart_upload,
             Key=key,
-            **_sdk_metadata(metadata),
+            **sdk_metadata(metadata),
         )
         return str(result["UploadId"])
 
@@ -463,16 +450,14 @@ class CosStore(ThreadedStore):
             CopySourceRange=f"bytes={first}-{last}",
             **extra,
         )
-        headers = CaseInsensitiveDict(
-            {k: v for k, v in result.items() if isinstance(v, str)}
-        )
+        headers = string_headers(result)
         request_id = headers.get("x-cos-request-id")
         # The body's ETag (CopyPartResult) has replaced the header's in the
         # merged dict; a 200 without one is an error reported in the body.
         etag = str(result.get("ETag") or "").strip('"')
         if not etag:
             code = result.get("Code")
-            error = StoreUnavailable if code in _RETRYABLE_CODES else StoreError
+            error = StoreUnavailable if code in RETRYABLE_CODES else StoreError
             raise error(
                 f"{what}: COS answered 200 without an ETag ({code})", request_id
             )
@@ -494,9 +479,9 @@ class CosStore(ThreadedStore):
             etag=etag,
             size=size,
             crc64=crc,
-            mtime=_iso_time(headers.get("LastModified"))
-            or _http_time(headers.get("Last-Modified"))
-            or _http_time(headers.get("Date")),
+            mtime=iso_time(headers.get("LastModified"))
+            or http_time(headers.get("Last-Modified"))
+            or http_time(headers.get("Date")),
         )
 
     def _list_parts(self, key: str, upload_id: str) -> list[PartInfo]:
@@ -522,7 +507,7 @@ class CosStore(ThreadedStore):
                     etag=str(part.get("ETag") or "").strip('"'),
                     size=int(part.get("Size") or 0),
                     crc64=parse_crc64(part.get("CRC64")),
-                    mtime=_iso_time(part.get("LastModified")),
+                    mtime=iso_time(part.get("LastModified")),
                 )
             if str(result.get("IsTruncated", "false")).lower() != "true":
                 break
@@ -547,9 +532,10 @@ class CosStore(ThreadedStore):
             for p in ordered:
                 assert p.crc64 is not None  # checked by all() above
                 expected = crc64_combine(expected, p.crc64, p.size)
+        what = f"COMPLETE {key}"
         try:
-            self._call(
-                f"COMPLETE {key}",
+            result = self._call(
+                what,
                 self._client.complete_multipart_upload,
                 Key=key,
                 UploadId=upload_id,
@@ -557,25 +543,32 @@ class CosStore(ThreadedStore):
                     "Part": [{"PartNumber": p.number, "ETag": p.etag} for p in ordered]
                 },
             )
-        except (StoreUnavailable, NoSuchUpload):
+        except (StoreUnavailable, NoSuchUpload) as e:
             # The reply may have been lost after COS completed the object (a
-            # retry then finds no such upload): only the object itself can
-            # say (reference: testing-notes.md).
-            if expected is None or not self._holds(key, expected_size, expected):
-                raise
-            log.info("COMPLETE {key}: reply lost, object found complete", key=key)
-        info = self._head(key)
-        if info.size != expected_size:
-            raise IntegrityError(
-                f"COMPLETE {key}: object has {info.size} bytes, parts {expected_size}",
-                info.request_id,
+            # retry then finds no such upload).
+            return self._lost_reply(what, e, key, expected_size, expected)
+        try:
+            info = self._head(key)
+        except StoreUnavailable:
+            # COS confirmed the object; its answer stands in for the HEAD.
+            headers = string_headers(result)
+            info = ObjectInfo(
+                key=key,
+                size=expected_size,
+                mtime=http_time(headers.get("Date")),
+                etag=str(result.get("ETag") or "").strip('"') or None,
+                crc64=parse_crc64(headers.get("x-cos-hash-crc64ecma")),
+                request_id=headers.get("x-cos-request-id"),
             )
-        if info.crc64 is not None and expected is not None:
-            if expected != info.crc64:
-                raise IntegrityError(
-                    f"COMPLETE {key}: CRC-64 of the object differs from its parts",
-                    info.request_id,
-                )
+        problem = None
+        if info.size != expected_size:
+            problem = f"object has {info.size} bytes, parts {expected_size}"
+        elif info.crc64 is not None and expected is not None and info.crc64 != expected:
+            problem = "CRC-64 of the object differs from its parts"
+        if problem is not None:
+            # As for a PUT: what failed the check must not stay visible.
+            self._discard_bad(key, f"{what}: {problem}")
+            raise IntegrityError(f"{what}: {problem}", info.request_id)
         return info
 
     def _abort(self, key: str, upload_id: str) -> None:
@@ -609,7 +602,7 @@ class CosStore(ThreadedStore):
                     PendingUpload(
                         key=upload["Key"],
                         upload_id=upload["UploadId"],
-                        initiated=_iso_time(upload.get("Initiated")),
+                        initiated=iso_time(upload.get("Initiated")),
                     )
                 )
             if str(result.get("IsTruncated", "false")).lower() != "true":
@@ -619,20 +612,3 @@ class CosStore(ThreadedStore):
             if not key_marker:
                 break
         return found
-
-
-class _RawResponse:
-    """
-    The urllib3 response under the SDK's StreamBody: C{read} on it with
-    C{decode_content=False} gives the stored bytes, and closing it drops the
-    connection rather than draining the rest of a large body.
-    """
-
-    def __init__(self, raw: Any) -> None:
-        self.raw = raw
-
-    def close(self) -> None:
-        try:
-            self.raw.close()
-        except Exception:
-            log.failure("closing a COS response")
