@@ -23,6 +23,7 @@ from cosgw.transfer import (
     TransferSettings,
     UploadWriter,
 )
+from cosgw.transfer.spool import SpoolBudget
 from tests.transfertesting import FakeStore
 
 MiB = 1024 * 1024
@@ -145,6 +146,34 @@ class PositionalWriterTests(SynchronousTestCase):
         positional.write(MiB, b"x" * 64 * KiB)
         with self.assertRaises(SpoolFull):
             positional.write(2 * MiB, b"x" * 64 * KiB)
+
+    def test_tiny_writes_count_their_cost(self) -> None:
+        """
+        A flood of one-byte writes ahead of the stream holds no more memory
+        than the window says (each chunk costs its bookkeeping too): past
+        it they go to the spool, and the file still comes out right.
+        """
+        store, writer, positional = self.make(window=64 * KiB)
+        data = pattern(2001, seed=9)
+        for i in range(1, len(data)):
+            positional.write(i, data[i : i + 1])
+        self.assertGreater(positional.spool.used, 0)  # type: ignore[union-attr]
+        positional.write(0, data[:1])
+        self.assertEqual(self.finish(writer, positional), len(data))
+        self.assertEqual(stored(store), data)
+
+    def test_blocked_by_the_gateway_budget(self) -> None:
+        """
+        A spool whose gateway budget is spent refuses the write before
+        anything reaches the disk; the file fails, loudly.
+        """
+        store, writer, positional = self.make(window=16 * KiB)
+        assert positional.spool is not None
+        positional.spool.budget = SpoolBudget(8 * KiB)
+        positional.write(MiB, b"x" * 8 * KiB)
+        with self.assertRaises(SpoolFull) as caught:
+            positional.write(2 * MiB, b"x")
+        self.assertIn("gateway spool is full", str(caught.exception))
 
     def test_cut_short_by_size(self) -> None:
         store, writer, positional = self.make()

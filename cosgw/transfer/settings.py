@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
+
+from cosgw.transfer.spool import SpoolBudget
 
 MiB = 1024 * 1024
 
@@ -28,9 +30,28 @@ class RandomAccessSettings:
     Per-gateway knobs of reads and writes at offsets (SFTP) over sequential
     streams: the read window of a L{RangedReader}, the reorder window of a
     L{PositionalWriter} and the bounded spool behind it.
+
+    Build one per gateway and share it: its L{spool_budget} is what every
+    open file's spool counts against (a copy made with
+    C{dataclasses.replace} gets a budget of its own).
     """
 
     read_window: int = 8 * MiB
     reorder_window: int = 16 * MiB
+    #: The spool disk one open file may use.
     spool_limit: int = 1024 * MiB
     spool_dir: Optional[str] = None
+    #: The largest hole a write or a size change may leave beyond the end
+    #: of a file (C{max_sparse_gap}): holes are stored, and billed, as zeros.
+    max_sparse_gap: int = 64 * MiB
+    #: The spool disk all open files of the gateway share
+    #: (C{max_spool_size}); None: only C{spool_limit} per file.
+    max_spool_size: Optional[int] = None
+    spool_budget: Optional[SpoolBudget] = field(
+        init=False, default=None, compare=False, repr=False
+    )
+
+    def __post_init__(self) -> None:
+        if self.max_spool_size is not None:
+            # A frozen dataclass sets its derived fields this way.
+            object.__setattr__(self, "spool_budget", SpoolBudget(self.max_spool_size))

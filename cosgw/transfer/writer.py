@@ -40,47 +40,21 @@ from zope.interface import implementer
 from cosgw.interfaces import StoreError
 from cosgw.transfer.errors import RewriteRefused, SpoolFull, TransferStopped
 from cosgw.transfer.settings import MiB
-from cosgw.transfer.spool import Spool
+from cosgw.transfer.spool import Intervals, Spool
 from cosgw.transfer.upload import UploadWriter
 
 log = Logger()
 
 #: Zeros for holes are fed in pieces of this size.
 _ZERO_PIECE = MiB
+#: What a chunk waiting in memory costs beyond its bytes (the dict entry,
+#: the bytes object, its offset), counted against the window so that a
+#: flood of tiny writes cannot hold far more memory than the window says.
+_CHUNK_COST = 128
 
 
-class _Intervals:
-    """A set of disjoint [start, end) ranges, for what the spool holds."""
-
-    def __init__(self) -> None:
-        self.ranges: list[tuple[int, int]] = []
-
-    def add(self, start: int, end: int) -> None:
-        merged = []
-        for a, b in self.ranges:
-            if b < start or a > end:
-                merged.append((a, b))
-            else:
-                start, end = min(a, start), max(b, end)
-        merged.append((start, end))
-        merged.sort()
-        self.ranges = merged
-
-    def drop_below(self, offset: int) -> None:
-        self.ranges = [(max(a, offset), b) for a, b in self.ranges if b > offset]
-
-    def drop_above(self, offset: int) -> None:
-        self.ranges = [(a, min(b, offset)) for a, b in self.ranges if a < offset]
-
-    def covering(self, offset: int) -> Optional[tuple[int, int]]:
-        for a, b in self.ranges:
-            if a <= offset < b:
-                return a, b
-        return None
-
-    def first_after(self, offset: int) -> Optional[int]:
-        starts = [a for a, _ in self.ranges if a >= offset]
-        return min(starts) if starts else None
+def _cost(data: bytes) -> int:
+    return len(data) + _CHUNK_COST
 
 
 @implementer(IPushProducer)
@@ -122,7 +96,7 @@ class PositionalWriter:
         self._offsets: list[int] = []  # sorted starts of the memory chunks
         self._memory: dict[int, bytes] = {}
         self._memory_bytes = 0
-        self._spooled = _Intervals()
+        self._spooled = Intervals()
         self._spooling = False
         self._paused = False
         self._io = False
@@ -175,13 +149,13 @@ class PositionalWriter:
             self.spool is not None
             and (
                 end > self.next + self.window
-                or self._memory_bytes + len(data) > self.window
+                or self._memory_bytes + _cost(data) > self.window
             )
         ):
             self._spool_write(offset, data)
         elif (
             end > self.next + self.window
-            or self._memory_bytes + len(data) > self.window
+            or self._memory_bytes + _cost(data) > self.window
         ):
             raise SpoolFull(
                 f"a write at {offset} is too far ahead of the upload at {self.next}"
@@ -190,7 +164,7 @@ class PositionalWriter:
             self._trim_memory(offset, end)
             bisect.insort(self._offsets, offset)
             self._memory[offset] = data
-            self._memory_bytes += len(data)
+            self._memory_bytes += _cost(data)
             self._drain()
         return self._ack(len(data))
 
@@ -315,7 +289,7 @@ class PositionalWriter:
                 continue
             del self._memory[at]
             del self._offsets[i]
-            self._memory_bytes -= len(data)
+            self._memory_bytes -= _cost(data)
             for keep_at, keep in (
                 (at, data[: max(0, start - at)]),
                 (end, data[max(0, end - at) :] if stop > end else b""),
@@ -324,7 +298,7 @@ class PositionalWriter:
                     j = bisect.bisect_left(self._offsets, keep_at)
                     self._offsets.insert(j, keep_at)
                     self._memory[keep_at] = keep
-                    self._memory_bytes += len(keep)
+                    self._memory_bytes += _cost(keep)
             i = bisect.bisect_left(self._offsets, start)
             if i > 0:
                 i -= 1
@@ -350,7 +324,7 @@ class PositionalWriter:
             if self._offsets and self._offsets[0] <= self.next:
                 at = self._offsets.pop(0)
                 data = self._memory.pop(at)
-                self._memory_bytes -= len(data)
+                self._memory_bytes -= _cost(data)
                 if at + len(data) > self.next:
                     self._feed(data[self.next - at :])
                 continue

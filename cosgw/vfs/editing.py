@@ -20,6 +20,17 @@ How the flags meet an object store:
 The checks (the parent directory, the permissions, what is there) are made
 once per file, each when it is first needed, never again by the upload.
 
+Holes (bytes nobody wrote, below the end of the file) are stored as zeros,
+which are uploaded and billed like any byte: a write, or a size change,
+that would leave a hole larger than C{max_sparse_gap} beyond the end of
+the file is refused.  The spools count against a budget the whole gateway
+shares (see L{cosgw.transfer.spool}); a write that finds it full fails the
+file, and the stored file stays as it was.
+
+The session may go (L{RandomAccessFile.abort}) while the first write's
+decision is in flight: whatever the decision then starts (an upload with
+its quota reservation, a spooled copy) is discarded as soon as it exists.
+
 The states of a L{RandomAccessFile}:
 
     ========== =============================== ==============================
@@ -51,7 +62,7 @@ from zope.interface import implementer
 
 from cosgw.interfaces import Entry, IRandomAccessFile, ObjectInfo
 from cosgw.policy.throttle import PauseGate
-from cosgw.transfer import RandomAccessSettings, Spool
+from cosgw.transfer import RandomAccessSettings, Spool, TransferStopped
 from cosgw.transfer.settings import MiB
 from cosgw.vfs.errors import (
     AlreadyExists,
@@ -193,6 +204,8 @@ class RandomAccessFile:
         self._mtime: Optional[float] = None
         self._deciding: Optional[Deferred[None]] = None
         self._waiting: list[Deferred[None]] = []
+        #: Why the file was aborted, once it was (a lost session).
+        self._aborted: Optional[str] = None
 
     @property
     def writable(self) -> bool:
@@ -245,13 +258,22 @@ class RandomAccessFile:
             random_access=self.settings,
             append_writes=self.flags.append,
         )
+        if self._aborted is not None:
+            # abort() came while the upload was being begun, and found none.
+            self.upload.abort(self._aborted)
+            raise TransferStopped(self._aborted)
         if self._producer is not None:
             self.upload.registerProducer(self._producer, True)
         self.mode = FileMode.STREAM
 
     def _spool(self) -> Spool:
         settings = self.settings
-        return Spool(self.fs.runner, settings.spool_dir, settings.spool_limit)
+        return Spool(
+            self.fs.runner,
+            settings.spool_dir,
+            settings.spool_limit,
+            settings.spool_budget,
+        )
 
     async def _start_image(self) -> None:
         """Copy the existing file into a spool, to change it in place."""
@@ -265,12 +287,21 @@ class RandomAccessFile:
             )
         self.fs.require("download", self.segments)
         spool = self._spool()
-        source = await self.fs._open_source(self.segments, 0)
+        # The whole copy's disk is claimed first, so that of many files
+        # changed at once some fail at once, rather than all midway.
+        spool.reserve(self.existing.size)
+        try:
+            source = await self.fs._open_source(self.segments, 0)
+        except BaseException:
+            spool.close()
+            raise
         offset = 0
         try:
             while chunk := await source.read(MiB):
                 await spool.write(offset, chunk)
                 offset += len(chunk)
+                self._check_not_aborted()
+            self._check_not_aborted()
         except BaseException:
             spool.close()
             raise
@@ -293,11 +324,33 @@ class RandomAccessFile:
         if self.segments[:-1]:
             await fs._require_dir(self.segments[:-1])
         resumable = await fs._resumable(fs.key(self.segments), self.existing)
+        self._check_not_aborted()
         end = resumable.size if resumable is not None else self.existing.size
         if offset == end:
             await self.start_stream(False, offset, resumable, checked=True)
         else:
+            self._check_hole(offset, self.existing.size)
             await self._start_image()
+
+    def _check_not_aborted(self) -> None:
+        """@raise TransferStopped: the file was aborted (a lost session)."""
+        if self._aborted is not None:
+            raise TransferStopped(self._aborted)
+
+    def _check_hole(self, offset: int, end: int, what: str = "a write at") -> None:
+        """
+        @raise WriteRefused: C{offset} leaves a hole beyond C{end}, the end
+            of the file so far, larger than C{max_sparse_gap}.
+        """
+        gap = self.settings.max_sparse_gap
+        if offset - end > gap:
+            raise WriteRefused(
+                self.path,
+                f"{what} {offset} would leave a hole of {offset - end} bytes "
+                f"after the end of the file ({end} bytes); holes over {gap} "
+                "bytes (max_sparse_gap) are refused, as they would be stored, "
+                "and billed, as zeros",
+            )
 
     def _decide(self, offset: int) -> Deferred[None]:
         """
@@ -347,6 +400,8 @@ class RandomAccessFile:
             return self._write_image(offset, data)
         assert self.upload is not None
         try:
+            if not self.flags.append:
+                self._check_hole(offset, self.upload.end)
             return self.upload.write_at(offset, data)
         except Exception:
             failure = Failure()
@@ -357,13 +412,14 @@ class RandomAccessFile:
         assert self.image is not None and self._image_replies is not None
         if self.flags.append:
             offset = self.image_size
-        self.image_size = max(self.image_size, offset + len(data))
         try:
+            self._check_hole(offset, self.image_size)
             d = self.image.write(offset, data)
         except Exception:
             failure = translate(Failure(), self.path)
             self._fail(failure)
             return fail(failure)
+        self.image_size = max(self.image_size, offset + len(data))
         d.addErrback(self._failed)
         held = self._image_replies.hold(len(data))
         if held is not None:
@@ -394,9 +450,16 @@ class RandomAccessFile:
         Reads before the first write (a READ|WRITE open) go through one
         reader, as a read-only file's do, not a GET each.
         """
-        if self._reader is None:
-            self._reader = await self.fs._reader(self.segments, offset, self.settings)
-        return await self._reader.read(offset, length)
+        reader = self._reader
+        if reader is None:
+            reader = await self.fs._reader(self.segments, offset, self.settings)
+            if self.mode is not FileMode.UNDECIDED or self._reader is not None:
+                # Meanwhile the file was written, closed, or another read
+                # made the reader: this one is not needed.
+                reader.close()
+                return await self.read(offset, length)
+            self._reader = reader
+        return await reader.read(offset, length)
 
     def _close_reader(self) -> None:
         if self._reader is not None:
@@ -413,9 +476,19 @@ class RandomAccessFile:
         becomes the file's final size (cutting it or extending it with
         zeros), the time is stored once the file is.  On a file opened for
         reading only the time counts, and is stored at once.
+
+        @raise WriteRefused: the size would extend the file by more than
+            C{max_sparse_gap}; nothing changes (the file stays as written).
         """
         if self.mode is FileMode.READ:
             return self.fs.set_attributes(self.segments, mtime=mtime)
+        if size is not None and self.mode in (FileMode.STREAM, FileMode.IMAGE):
+            end = self.image_size if self.mode is FileMode.IMAGE else self.entry.size
+            try:
+                self._check_hole(size, end, what="a size change to")
+            except WriteRefused as e:
+                self._log_refusal(e)
+                raise
         if mtime is not None:
             self._mtime = float(mtime)
         if size is not None:
@@ -490,6 +563,7 @@ class RandomAccessFile:
         The client went away (a lost session): nothing of this file may
         remain.  C{reason} is for the log.
         """
+        self._aborted = reason
         self._close_reader()
         self.mode = FileMode.CLOSED
         if self.upload is not None:
@@ -507,9 +581,19 @@ class RandomAccessFile:
     def _fail(self, failure: Failure) -> None:
         """Nothing of this file will be stored; close reports C{failure}."""
         if self.mode is not FileMode.CLOSED and self._failure is None:
+            if isinstance(failure.value, WriteRefused):
+                self._log_refusal(failure.value)
             self._failure = failure
             self.mode = FileMode.FAILED
             if self.upload is not None:
                 self.upload.abort()
             if self.image is not None:
                 self.image.close()
+
+    def _log_refusal(self, error: WriteRefused) -> None:
+        log.warn(
+            "{user}: {path}: write refused: {reason}",
+            user=self.fs.user,
+            path=self.path,
+            reason=error.message,
+        )

@@ -87,7 +87,12 @@ class Upload:
         self._replies = ReplyHold(fs.rates.upload, None)
         self._positional: Optional[PositionalWriter] = None
         if random_access is not None:
-            spool = Spool(fs.runner, random_access.spool_dir, random_access.spool_limit)
+            spool = Spool(
+                fs.runner,
+                random_access.spool_dir,
+                random_access.spool_limit,
+                random_access.spool_budget,
+            )
             self._positional = PositionalWriter(
                 writer,
                 window=random_access.reorder_window,

@@ -51,7 +51,12 @@ class SFTPFrontend(Frontend):
         super().__init__(parts)
         server = config.server
         self.accounts = parts.accounts
-        self.settings = RandomAccessSettings(spool_dir=str(server.state_dir / "spool"))
+        # One for the gateway: every session's files share its spool budget.
+        self.settings = RandomAccessSettings(
+            spool_dir=str(server.state_dir / "spool"),
+            max_sparse_gap=config.transfer.max_sparse_gap,
+            max_spool_size=config.transfer.max_spool_size,
+        )
         try:
             host_keys = load_host_keys(server.ssh_host_keys, server.state_dir)
         except ValueError as e:
