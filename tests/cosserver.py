@@ -94,6 +94,12 @@ Test control endpoint (same port; Host must not be a bucket host)
 * ``truncate-get``: the next ``count`` GETs of ``key`` close the connection
   after ``after`` bytes of body (default half of it) while Content-Length
   announces the full size (``reset=true``: RST instead of FIN).
+* ``corrupt-put``: the next ``count`` requests of ``op`` (``UploadPart``,
+  the default, or ``PutObject``), optionally of ``key``, store their body
+  with one byte flipped (at ``offset``, default the middle) while the reply
+  carries the CRC-64 of the bytes sent: a corruption the reply cannot
+  show; HEAD and GET then report the stored bytes' CRC (a completed upload
+  the CRC combined from its stored parts).
 * ``delay``: the next ``count`` requests matching ``op``/``method``/``key``
   sleep ``seconds`` before being answered.
 
@@ -160,6 +166,7 @@ import crcmod
 
 __all__ = [
     "CosTestServer",
+    "closed_port",
     "crc64",
     "crc64_combine",
     "shared_server",
@@ -648,7 +655,12 @@ class _Request:
         "op",
         "resource",
         "body",
+        "claimed_crc",
     )
+
+    def __init__(self) -> None:
+        #: The CRC-64 to announce instead of the stored bytes' (corrupt-put).
+        self.claimed_crc: int | None = None
 
 
 class CosAdapter:
@@ -881,7 +893,7 @@ class CosAdapter:
 
     def _add_fault(self, spec: dict) -> None:
         kind = spec.get("kind")
-        if kind not in ("fail", "corrupt-get", "truncate-get", "delay"):
+        if kind not in ("fail", "corrupt-get", "truncate-get", "corrupt-put", "delay"):
             raise ValueError(f"unknown fault kind {kind!r}")
         fault = dict(spec)
         fault["count"] = int(fault.get("count", 1))
@@ -898,6 +910,10 @@ class CosAdapter:
             fault["op"] = "GetObject"
             if "key" not in fault and chance is None:
                 raise ValueError(f"{kind} needs a key (or a probability)")
+        if kind == "corrupt-put":
+            fault["op"] = fault.get("op") or "UploadPart"
+            if fault["op"] not in ("PutObject", "UploadPart"):
+                raise ValueError("corrupt-put applies to PutObject or UploadPart")
         if kind == "delay":
             fault["seconds"] = float(fault.get("seconds", 1.0))
         fault["hits"] = fault["seen"] = 0
@@ -1028,6 +1044,14 @@ class CosAdapter:
             self.stats[req.op] += 1
 
         req.body = reader.read(length) if length else b""
+        rot = self._take_fault(("corrupt-put",), req) if req.body else None
+        if rot:
+            req.claimed_crc = crc64(req.body)
+            offset = rot.get("offset")
+            offset = len(req.body) // 2 if offset is None else int(offset)
+            offset = max(0, min(offset, len(req.body) - 1))
+            flipped = bytes([req.body[offset] ^ 0x01])
+            req.body = req.body[:offset] + flipped + req.body[offset + 1 :]
 
         delay = self._take_fault(("delay",), req)
         if delay:
@@ -1238,6 +1262,8 @@ class CosAdapter:
             headers = [
                 (n, str(len(body)) if n == "Content-Length" else v) for n, v in headers
             ]
+        if req.claimed_crc is not None and op in ("PutObject", "UploadPart"):
+            crc = req.claimed_crc
         if crc is not None:
             headers.append(("x-cos-hash-crc64ecma", str(crc)))
         return code, headers, body, None
@@ -1798,6 +1824,13 @@ class CosTestServer:
 
     def reset_stats(self) -> None:
         self._control("POST", "/__test__/reset-stats", {})
+
+
+def closed_port() -> int:
+    """A port on 127.0.0.1 nothing listens on: a store that is down."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 _shared: CosTestServer | None = None

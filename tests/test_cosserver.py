@@ -761,6 +761,41 @@ def test_probabilistic_get_faults_need_no_key(client, bucket, server):
     assert not isinstance(info.value, AssertionError), info.value
 
 
+def test_fault_corrupt_put(client, bucket, server):
+    """
+    corrupt-put stores one flipped byte and answers with the CRC of what was
+    sent; the stored object then reports its own bytes' CRC.
+    """
+    data = os.urandom(2 * MiB)
+    server.inject("corrupt-put", op="PutObject", key="fault/rot", offset=7)
+    put = client.put_object(Bucket=bucket, Key="fault/rot", Body=data)
+    assert put["x-cos-hash-crc64ecma"] == str(crc64(data))
+    stored = server.get_bytes(bucket, "fault/rot")
+    assert len(stored) == len(data) and stored[7] == data[7] ^ 1
+    head = client.head_object(Bucket=bucket, Key="fault/rot")
+    assert head["x-cos-hash-crc64ecma"] == str(crc64(stored))
+
+    key = "fault/rot-mp"
+    upload_id = client.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+    server.inject("corrupt-put", key=key)
+    part = client.upload_part(
+        Bucket=bucket, Key=key, Body=data, PartNumber=1, UploadId=upload_id
+    )
+    assert part["x-cos-hash-crc64ecma"] == str(crc64(data))
+    client.complete_multipart_upload(
+        Bucket=bucket,
+        Key=key,
+        UploadId=upload_id,
+        MultipartUpload={"Part": [{"PartNumber": 1, "ETag": part["ETag"]}]},
+    )
+    stored = server.get_bytes(bucket, key)
+    assert stored != data and len(stored) == len(data)
+    head = client.head_object(Bucket=bucket, Key=key)
+    assert head["x-cos-hash-crc64ecma"] == str(crc64(stored))
+    with pytest.raises(ValueError):
+        server.inject("corrupt-put", op="GetObject")
+
+
 def test_stats_count_cos_requests_only(client, bucket, server):
     client.put_object(Bucket=bucket, Key="stats/x", Body=b"x")
     before = server.stats()
