@@ -193,6 +193,7 @@ def start_gateway(
     resume_uploads: bool = True,
     users: Optional[dict[str, UserConfig]] = None,
     storages: Optional[dict[str, StorageConfig]] = None,
+    transfer_overrides: Optional[dict[str, Any]] = None,
     **server_overrides: Any,
 ) -> Deferred[Gateway]:
     """
@@ -243,6 +244,7 @@ def start_gateway(
             parts_in_flight=parts_in_flight,
             threads=8,
             resume_uploads=resume_uploads,
+            **(transfer_overrides or {}),
         ),
         storages={"store": inspector.storage(), **(storages or {})},
         users=users,

@@ -157,7 +157,8 @@ class PositionalWriterTests(SynchronousTestCase):
         data = pattern(2001, seed=9)
         for i in range(1, len(data)):
             positional.write(i, data[i : i + 1])
-        self.assertGreater(positional.spool.used, 0)  # type: ignore[union-attr]
+        assert positional.spool is not None
+        self.assertGreater(positional.spool.used, 0)
         positional.write(0, data[:1])
         self.assertEqual(self.finish(writer, positional), len(data))
         self.assertEqual(stored(store), data)

@@ -41,6 +41,15 @@ class EditingTestCase(DoorTestCase):
         if ack is not None:
             self.ok(ack)
 
+    def refused(
+        self, file: vfs.RandomAccessFile, offset: int, data: bytes
+    ) -> vfs.WriteRefused:
+        """A write whose reply fails with L{vfs.WriteRefused}: the error."""
+        ack = file.write(offset, data)
+        assert ack is not None
+        error: vfs.WriteRefused = self.fails(ack, vfs.WriteRefused)
+        return error
+
 
 class OpenTests(EditingTestCase):
     """What each kind of open costs in store requests, and refuses."""
@@ -80,7 +89,7 @@ class OpenTests(EditingTestCase):
     def test_append(self) -> None:
         """APPEND starts after the file: its bytes are read back (small)."""
         file = self.open("dir/old.bin", write=True, append=True)
-        self.assertRequests(head=2, list=1, list_multipart=1, open=1)
+        self.assertRequests(head=2, list=1, open=1)
         self.write(file, 0, b"tail")  # O_APPEND: the offset does not count
         self.ok(file.close())
         self.assertEqual(self.stored("dir/old.bin"), b"x" * 1000 + b"tail")
@@ -144,8 +153,9 @@ class DecideTests(EditingTestCase):
         self.assertEqual(self.ok(file.read(KiB, 10)), self.data[KiB : KiB + 10])
         self.assertRequests(open=1)
         self.write(file, len(self.data), b"more")
-        # The directory once, the interrupted uploads once, the prefix read.
-        self.assertRequests(head=1, list=1, list_multipart=1, open=1)
+        # The directory once, the prefix read (a visible file has no
+        # interrupted upload to look up).
+        self.assertRequests(head=1, list=1, open=1)
         with self.assertRaises(vfs.NotSupported):
             file.read(0, 10)  # now streaming into the store
         self.ok(file.close())
@@ -157,7 +167,7 @@ class DecideTests(EditingTestCase):
         file = self.open("dir/f", read=True, write=True)
         self.store.reset_requests()
         self.write(file, 1000, b"EDITED")
-        self.assertRequests(head=1, list=1, list_multipart=1, open=1)
+        self.assertRequests(head=1, list=1, open=1)
         self.assertEqual(
             self.ok(file.read(998, 10)),
             self.data[998:1000] + b"EDITED" + self.data[1006:1008],
@@ -303,3 +313,147 @@ class InputTests(EditingTestCase):
             self.write(file, at, data[at : at + 32 * KiB])
         info: Any = self.ok(file.close())
         self.assertEqual(info.size, len(data))
+
+
+class HoleTests(EditingTestCase):
+    """Holes beyond the end of a file are stored as zeros: only small ones."""
+
+    settings = vfs.RandomAccessSettings(max_sparse_gap=MiB)
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.data = pattern(300 * KiB)
+        self.put("old", self.data)
+
+    def test_far_write_refused(self) -> None:
+        """
+        One byte at 300 MiB (the default gap is 64 MiB): refused, the file
+        fails, nothing is stored and nothing was uploaded.
+        """
+        file = self.open("f", **WRITE_NEW)
+        self.write(file, 0, b"head")
+        error = self.refused(file, 300 * MiB, b"x")
+        self.assertIn("max_sparse_gap", error.message)
+        self.assertIn("hole of 314572796 bytes", error.message)
+        self.fails(file.close(), vfs.WriteRefused)
+        self.assertEqual(self.store.stored_keys(), [H + "old"])
+        self.assertNothingLeft()
+        self.assertEqual(self.store.requests["upload_part"], 0)
+
+    def test_holes_up_to_the_gap(self) -> None:
+        """
+        A hole of exactly the gap, then writes behind the end (filling it,
+        in any order) are fine; one byte more is not.
+        """
+        file = self.open("f", settings=self.settings, **WRITE_NEW)
+        self.write(file, MiB, b"b")
+        self.write(file, 10, b"a")
+        self.write(file, 2 * MiB + 1, b"c")
+        self.ok(file.close())
+        expected = bytes(10) + b"a" + bytes(MiB - 11) + b"b" + bytes(MiB) + b"c"
+        self.assertEqual(self.stored("f"), expected)
+        file = self.open("g", settings=self.settings, **WRITE_NEW)
+        self.refused(file, MiB + 1, b"x")
+
+    def test_no_holes(self) -> None:
+        """A gap of 0: writes must come in order (or behind the end)."""
+        settings = vfs.RandomAccessSettings(max_sparse_gap=0)
+        file = self.open("f", settings=settings, **WRITE_NEW)
+        self.write(file, 0, b"ab")
+        self.write(file, 2, b"cd")
+        self.refused(file, 5, b"x")
+        self.fails(file.close(), vfs.WriteRefused)
+        self.assertEqual(self.store.stored_keys(), [H + "old"])
+
+    def test_size_growth(self) -> None:
+        """
+        FSETSTAT growing a file past the gap is refused, and only that: the
+        file goes on and is stored as written; growth within it is zeros.
+        """
+        file = self.open("f", settings=self.settings, **WRITE_NEW)
+        self.write(file, 0, b"hello")
+        with self.assertRaises(vfs.WriteRefused) as caught:
+            file.set_attributes(size=200 * MiB)
+        self.assertIn("a size change to 209715200", caught.exception.message)
+        self.ok(file.close())
+        self.assertEqual(self.stored("f"), b"hello")
+        file = self.open("g", settings=self.settings, **WRITE_NEW)
+        self.write(file, 0, b"hello")
+        self.ok(file.set_attributes(size=MiB + 5))
+        self.ok(file.close())
+        self.assertEqual(self.stored("g"), b"hello" + bytes(MiB))
+
+    def test_in_place(self) -> None:
+        """
+        A file changed in place: a first write far beyond its end is refused
+        before it is copied; size growth and writes measure from its end.
+        """
+        file = self.open("old", settings=self.settings, write=True)
+        self.store.reset_requests()
+        self.refused(file, len(self.data) + MiB + 1, b"x")
+        self.assertEqual(self.store.requests["open"], 0)
+        self.fails(file.close(), vfs.WriteRefused)
+        file = self.open("old", settings=self.settings, write=True)
+        self.write(file, 0, b"X")
+        self.assertRaises(vfs.WriteRefused, file.set_attributes, size=2 * MiB)
+        self.ok(file.set_attributes(size=len(self.data) + 10))
+        self.write(file, len(self.data) + 10 + MiB, b"end")
+        self.ok(file.close())
+        expected = b"X" + self.data[1:] + bytes(10 + MiB) + b"end"
+        self.assertEqual(self.stored("old"), expected)
+
+
+class SpoolBudgetTests(EditingTestCase):
+    """The spool space all files of the gateway share (max_spool_size)."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.data = [pattern(300 * KiB, seed=i) for i in range(3)]
+        for i, data in enumerate(self.data):
+            self.put(f"f{i}", data)
+
+    def test_edits_beyond_the_budget_fail(self) -> None:
+        """
+        Three files changed in place at once with room for two: the third
+        is refused before it is copied; the other two are stored, the
+        third stays as it was, and closing gives the space back.
+        """
+        settings = vfs.RandomAccessSettings(max_spool_size=700 * KiB)
+        budget = settings.spool_budget
+        assert budget is not None
+        files = [self.open(f"f{i}", settings=settings, write=True) for i in range(3)]
+        self.write(files[0], 0, b"A")
+        self.write(files[1], 0, b"B")
+        error = self.refused(files[2], 0, b"C")
+        self.assertIn("gateway spool is full", error.message)
+        self.assertEqual(budget.used, 600 * KiB)
+        self.ok(files[0].close())
+        self.ok(files[1].close())
+        self.fails(files[2].close(), vfs.WriteRefused)
+        self.assertEqual(budget.used, 0)
+        self.assertEqual(self.stored("f0"), b"A" + self.data[0][1:])
+        self.assertEqual(self.stored("f1"), b"B" + self.data[1][1:])
+        self.assertEqual(self.stored("f2"), self.data[2])
+        self.assertNothingLeft()
+        again = self.open("f2", settings=settings, write=True)
+        self.write(again, 0, b"C")
+        self.ok(again.close())
+        self.assertEqual(self.stored("f2"), b"C" + self.data[2][1:])
+
+    def test_writes_out_of_order_share_it(self) -> None:
+        """
+        Writes beyond the reorder window spool against the same budget: a
+        new file that needs more fails, loudly, and stores nothing.
+        """
+        settings = vfs.RandomAccessSettings(
+            reorder_window=64 * KiB, max_spool_size=256 * KiB
+        )
+        file = self.open("new", settings=settings, **WRITE_NEW)
+        self.write(file, 512 * KiB, pattern(200 * KiB))
+        error = self.refused(file, 712 * KiB, pattern(100 * KiB))
+        self.assertIn("gateway spool is full", error.message)
+        self.fails(file.close(), vfs.WriteRefused)
+        self.assertNotIn(H + "new", self.store.stored_keys())
+        assert settings.spool_budget is not None
+        self.assertEqual(settings.spool_budget.used, 0)
+        self.assertNothingLeft()

@@ -75,7 +75,9 @@ class AbortTestCase(DoorTestCase):
 
     def open_existing(self) -> vfs.RandomAccessFile:
         d = self.fs.open_file(["f"], settings=self.settings, read=True, write=True)
-        return self.ok(d)  # type: ignore[return-value]
+        file = self.ok(d)
+        assert isinstance(file, vfs.RandomAccessFile)
+        return file
 
     def assertNothingKept(self) -> None:
         """
