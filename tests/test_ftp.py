@@ -616,7 +616,8 @@ class CosFaultTests(unittest.TestCase):
             self.assertTrue(reply.startswith("451"), (op, reply))
             self.assertNotIn("doomed.bin", self.gw.inspector.keys())
             self.assertEqual(self.gw.inspector.pending_uploads(), [], op)
-        self.assertGreaterEqual(len(self.flushLoggedErrors(StoreUnavailable)), 3)
+        # A store that is down is a warning line, not a traceback.
+        self.assertEqual(self.flushLoggedErrors(StoreUnavailable), [])
 
 
 class ConnectionLimitTests(unittest.TestCase):

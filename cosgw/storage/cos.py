@@ -129,12 +129,12 @@ class CosStore(ThreadedStore):
         reactor: IReactorFromThreads,
         pool: ThreadPool,
         pool_size: int,
-        retry_delays: Sequence[float] = RETRY_DELAYS,
+        retry_delays: Optional[Sequence[float]] = None,
     ) -> None:
         """
         @param retry_delays: the pauses before each further attempt of a
             request that failed in a transient way (5xx, the network); one
-            attempt more than there are delays.
+            attempt more than there are delays.  L{RETRY_DELAYS} by default.
         """
         _quiet_sdk_logging()
         self.bucket = bucket
@@ -158,7 +158,9 @@ class CosStore(ThreadedStore):
         # failed ever reached COS, which is what decides if a write whose
         # reply was lost must be looked for (see _call).
         self._client = CosS3Client(config, retry=0, session=session)
-        self.retry_delays = tuple(retry_delays)
+        self.retry_delays = tuple(
+            RETRY_DELAYS if retry_delays is None else retry_delays
+        )
         self._runner = BlockingRunner(reactor, pool, pool_size * 4)
 
     def _call(self, what: str, f: Callable[..., Any], **kwargs: Any) -> Any:

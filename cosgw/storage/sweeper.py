@@ -16,7 +16,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from cosgw.interfaces import IObjectStore
+from cosgw.interfaces import IObjectStore, StoreUnavailable
 
 log = Logger()
 
@@ -70,7 +70,15 @@ class UploadSweeper(Service):
         d = ensureDeferred(self.sweep())
 
         def failed(failure: Failure) -> int:
-            log.failure("sweeping stale uploads", failure)
+            if failure.check(StoreUnavailable):
+                # The store is down or busy: expected, and the message says
+                # all; the traceback would say nothing more.
+                log.warn(
+                    "sweeping stale uploads: {error}",
+                    error=failure.getErrorMessage(),
+                )
+            else:
+                log.failure("sweeping stale uploads", failure)
             return 0
 
         d.addErrback(failed)
@@ -100,6 +108,14 @@ class UploadSweeper(Service):
                     continue
                 try:
                     await store.abort_multipart(upload.key, upload.upload_id)
+                except StoreUnavailable as e:
+                    log.warn(
+                        "aborting stale upload {upload_id} of {key}: {error}",
+                        upload_id=upload.upload_id,
+                        key=upload.key,
+                        error=str(e),
+                    )
+                    continue
                 except Exception:
                     log.failure(
                         "aborting stale upload {upload_id} of {key}",

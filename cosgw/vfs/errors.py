@@ -140,7 +140,17 @@ def translate(failure: Failure, path: str) -> Failure:
             request_id=request_id,
         )
         return Failure(IntegrityFailure(path, request_id=request_id))
-    if isinstance(e, (StoreUnavailable, StoreError)):
+    if isinstance(e, StoreUnavailable):
+        # Expected when the store is down or busy: the store's message says
+        # what happened; a traceback per request would bury it.
+        log.warn(
+            "store unavailable for {path}: {error} (request {request_id})",
+            path=path,
+            error=str(e),
+            request_id=request_id,
+        )
+        return Failure(StoreFailure(path, "store unavailable", request_id))
+    if isinstance(e, StoreError):
         log.failure(
             "store error on {path} (request {request_id})",
             failure,
