@@ -70,6 +70,16 @@ class Producer:
         self.calls.append("stop")
 
 
+class LingeringTCP(FakeTCP):
+    """
+    A connection whose clean close never completes: the client reads
+    nothing more, or (over TLS) never answers the close_notify.
+    """
+
+    def loseConnection(self) -> None:
+        self.disconnecting = True
+
+
 class ChannelTestCase(unittest.TestCase):
     def setUp(self) -> None:
         self.clock = MemoryReactorClock()
@@ -78,12 +88,15 @@ class ChannelTestCase(unittest.TestCase):
         )
 
     def connect(
-        self, host: str = CLIENT_HOST, send_buffer: Optional[int] = None
+        self,
+        host: str = CLIENT_HOST,
+        send_buffer: Optional[int] = None,
+        kind: type[FakeTCP] = FakeTCP,
     ) -> tuple[DataChannel, FakeTCP]:
         peer = IPv4Address("TCP", host, 40001)
         channel = self.factory.buildProtocol(peer)
         assert channel is not None
-        transport = FakeTCP(
+        transport = kind(
             self.clock, IPv4Address("TCP", SERVER_HOST, 61000), peer, send_buffer
         )
         transport.connect(channel)
@@ -216,6 +229,20 @@ class SendTests(ChannelTestCase):
         self.assertEqual(transport.read(), b"data")
         self.assertIsNone(self.successResultOf(channel.closed()))
         self.assertEqual(producer.calls, [])
+
+    def test_close_that_never_completes_is_dropped(self) -> None:
+        """After the last byte, the close may take the stall time, no more."""
+        channel, transport = self.connect(kind=LingeringTCP)
+        channel.registerProducer(Producer(), True)
+        channel.write(b"data")
+        channel.unregisterProducer()
+        self.clock.advance(STALL - 1)
+        self.assertFalse(transport.ended)
+        self.clock.advance(1)
+        self.assertIsInstance(transport.reason.value, error.ConnectionAborted)
+        self.assertIsInstance(
+            self.successResultOf(channel.closed()), error.ConnectionAborted
+        )
 
     def test_slow_reader_stalls(self) -> None:
         """A client that reads nothing for the stall time loses the download."""

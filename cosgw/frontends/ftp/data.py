@@ -5,7 +5,9 @@ the producer that streams a listing into one.
 A data connection does not read until a consumer is attached (Twisted's DTP
 buffers without limit), tells how it ended (a reset is an abort, never an
 end of file), and a passive one is accepted only from the client's own
-address (no port stealing, RFC 2577).
+address (no port stealing, RFC 2577).  Open data connections are counted
+per control connection, against a small limit, and for the gateway; one
+that does not finish closing within the stall timeout is dropped.
 """
 
 from __future__ import annotations
@@ -39,6 +41,40 @@ DATA_BUFFER_SIZE = 1024 * 1024
 
 class DataConnectionRefused(Exception):
     """A data connection arrived but breaks the policy; the reply says how."""
+
+
+class ChannelCount:
+    """
+    Open data connections: a control connection's, whose limit bounds the
+    descriptors one client holds, adding into the gateway's, which the FTP
+    service reports (so the gateway's count is bounded by the sessions').
+    """
+
+    def __init__(
+        self, limit: Optional[int] = None, parent: Optional[ChannelCount] = None
+    ) -> None:
+        #: Open now, and the most open at once.
+        self.open = 0
+        self.peak = 0
+        self.limit = limit
+        self._parent = parent
+
+    def full(self) -> bool:
+        """Whether one more connection would break a limit."""
+        if self.limit is not None and self.open >= self.limit:
+            return True
+        return self._parent is not None and self._parent.full()
+
+    def opened(self) -> None:
+        self.open += 1
+        self.peak = max(self.peak, self.open)
+        if self._parent is not None:
+            self._parent.opened()
+
+    def closed(self) -> None:
+        self.open -= 1
+        if self._parent is not None:
+            self._parent.closed()
 
 
 def normal_host(host: str) -> str:
@@ -76,6 +112,7 @@ class DataChannel(protocol.Protocol, policies.TimeoutMixin):
         self._ended = False
         self._end: Optional[BaseException] = None
         self._waiters: list[Deferred[Optional[BaseException]]] = []
+        self._counted = False
         self.received = 0
 
     # connection
@@ -99,6 +136,7 @@ class DataChannel(protocol.Protocol, policies.TimeoutMixin):
             self._set_secured(True)
         # Over TLS the handshake must read first (and clients start it only
         # after the 150 reply): see handshakeCompleted.
+        self._counted = True
         self.factory.connected(self)
 
     def handshakeCompleted(self) -> None:
@@ -146,7 +184,8 @@ class DataChannel(protocol.Protocol, policies.TimeoutMixin):
 
     def timeoutConnection(self) -> None:
         log.info(
-            "data connection stalled for {seconds} s: aborted",
+            "data connection from {peer} stalled for {seconds} s: aborted",
+            peer=self.factory.peer_host,
             seconds=self.factory.stall_timeout,
         )
         self.abort()
@@ -154,6 +193,9 @@ class DataChannel(protocol.Protocol, policies.TimeoutMixin):
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         self._ended = True
         self.setTimeout(None)
+        if self._counted:
+            self._counted = False
+            self.factory.lost(self)
         self._set_secured(reason.value or net_error.ConnectionDone())
         if reason.check(net_error.ConnectionDone) is None and not self._tls_closed():
             self._end = reason.value
@@ -260,8 +302,12 @@ class DataChannel(protocol.Protocol, policies.TimeoutMixin):
             self.transport.resumeProducing()
 
     def unregisterProducer(self) -> None:
-        """End of the data: close cleanly once the buffer is flushed."""
-        self.setTimeout(None)  # closing: nothing left that can stall
+        """
+        End of the data: close cleanly once the buffer is flushed.  A
+        client that neither reads the rest nor ends TLS (close_notify)
+        within the stall timeout is dropped rather than kept forever.
+        """
+        self.setTimeout(self.factory.stall_timeout)
         if not self._ended:
             self.transport.unregisterProducer()
             self.transport.loseConnection()
@@ -277,7 +323,8 @@ class DataChannelFactory(protocol.ClientFactory):
     Makes the one data connection of a transfer, passive or active.  For a
     passive one it accepts only a connection from C{peer_host} (the
     client's control-connection address): another host connecting first
-    must not get the data (port stealing).
+    must not get the data (port stealing).  A connection it refuses is
+    closed at once.
     """
 
     protocol = DataChannel
@@ -290,17 +337,21 @@ class DataChannelFactory(protocol.ClientFactory):
         require_reuse: bool = False,
         clock: Optional[Any] = None,
         stall_timeout: Optional[float] = None,
+        count: Optional[ChannelCount] = None,
     ) -> None:
         """
         @param stall_timeout: seconds without a byte either way (while the
             gateway is not itself holding the connection back) after which
             the transfer is aborted.
+        @param count: where the connection is counted; when it is full the
+            connection is refused.
         """
         self.clock = clock
         self.stall_timeout = stall_timeout
         self.peer_host = normal_host(peer_host)
         self.tls = tls
         self.require_reuse = require_reuse
+        self.count = count if count is not None else ChannelCount()
         self.deferred: Deferred[DataChannel] = Deferred()
         self.channel: Optional[DataChannel] = None
 
@@ -315,14 +366,26 @@ class DataChannelFactory(protocol.ClientFactory):
                 peer=self.peer_host,
             )
             return None
+        if self.count.full():
+            log.warn(
+                "refused a data connection from {host}: {open} already open",
+                host=host,
+                open=self.count.open,
+            )
+            return None
         channel = DataChannel()
         channel.factory = self
         self.channel = channel
         return channel
 
     def connected(self, channel: DataChannel) -> None:
+        self.count.opened()
         if not self.deferred.called:
             self.deferred.callback(channel)
+
+    def lost(self, channel: DataChannel) -> None:
+        """A connection this factory made has closed."""
+        self.count.closed()
 
     def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
         if not self.deferred.called:

@@ -13,6 +13,7 @@ from twisted.cred.portal import Portal
 from twisted.internet import protocol
 
 from cosgw.config import ServerConfig
+from cosgw.frontends.ftp.data import ChannelCount
 from cosgw.frontends.ftp.ports import DATA_CONNECTION_TIMEOUT
 from cosgw.frontends.ftp.protocol import GatewayFTP
 from cosgw.frontends.ftp.tls import ServerTLS
@@ -68,6 +69,7 @@ class GatewayFTPFactory(protocol.ServerFactory):
         tls_session_reuse: bool = False,
         user_tls: Optional[UserTLS] = None,
         trace_commands: bool = False,
+        data_connections: Optional[ChannelCount] = None,
     ) -> None:
         """
         @param reactor: the reactor: a clock, TCP (passive listeners and
@@ -80,7 +82,12 @@ class GatewayFTPFactory(protocol.ServerFactory):
         @param limits: connection limits shared with the gateway's other
             listeners; without, C{max_connections} counts this factory's.
         @param defender: the login defender shared with SFTP.
-        @param stall_timeout: seconds a data connection may stall.
+        @param stall_timeout: seconds a data connection may stall, and a
+            passive listener or data connection may wait unused.
+        @param data_timeout: seconds a transfer waits for its data
+            connection, and then for its TLS handshake.
+        @param data_connections: the gateway's count of open data
+            connections, shared with its other FTP factories.
         @param trace_commands: log every command line (passwords masked),
             for log_level debug.
         """
@@ -105,6 +112,9 @@ class GatewayFTPFactory(protocol.ServerFactory):
         self.welcomeMessage = welcome
         self.trace_commands = trace_commands
         self.connections = 0
+        self.data_connections = (
+            data_connections if data_connections is not None else ChannelCount()
+        )
 
     @classmethod
     def from_config(
@@ -118,6 +128,7 @@ class GatewayFTPFactory(protocol.ServerFactory):
         tls: Optional[ServerTLS],
         implicit: bool = False,
         user_tls: Optional[UserTLS] = None,
+        data_connections: Optional[ChannelCount] = None,
     ) -> GatewayFTPFactory:
         """The factory for the server section of the configuration."""
         return cls(
@@ -128,6 +139,7 @@ class GatewayFTPFactory(protocol.ServerFactory):
             idle_timeout=server.idle_timeout,
             login_timeout=server.login_timeout,
             stall_timeout=server.data_timeout,
+            data_timeout=min(server.data_timeout, DATA_CONNECTION_TIMEOUT),
             limits=limits,
             defender=defender,
             tls=tls,
@@ -137,6 +149,7 @@ class GatewayFTPFactory(protocol.ServerFactory):
             tls_session_reuse=server.tls_session_reuse,
             user_tls=user_tls,
             trace_commands=server.log_level == "debug",
+            data_connections=data_connections,
         )
 
     def buildProtocol(self, addr: Any) -> Optional[protocol.Protocol]:

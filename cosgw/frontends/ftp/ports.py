@@ -12,17 +12,19 @@ address and an unprivileged port (no FTP bounce, RFC 2577).
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import random
 from typing import TYPE_CHECKING, Any, Optional
 
 from twisted.internet import error as net_error
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.interfaces import IDelayedCall, IListeningPort
 from twisted.logger import Logger
 
 from cosgw import vfs
 from cosgw.frontends.ftp.context import CommandContext
 from cosgw.frontends.ftp.data import (
+    ChannelCount,
     DataChannel,
     DataChannelFactory,
     DataConnectionRefused,
@@ -37,8 +39,13 @@ if TYPE_CHECKING:
 # One namespace for the whole frontend, as when it was one module.
 log = Logger(namespace="cosgw.frontends.ftp")
 
-#: Seconds a transfer command waits for its data connection.
+#: Seconds a transfer command waits for its data connection, and then for
+#: the TLS handshake on it (PROT P); at most the config's data_timeout.
 DATA_CONNECTION_TIMEOUT = 30
+#: Data connections one control connection may have open at once: the one
+#: its transfer uses, and one more (a new one connecting while the last
+#: one closes).
+MAX_SESSION_DATA_CONNECTIONS = 2
 
 
 def decode_extended_address(address: str) -> tuple[str, str, int]:
@@ -52,11 +59,26 @@ def decode_extended_address(address: str) -> tuple[str, str, int]:
     return protocol, host, int(port)
 
 
+def out_of_descriptors(e: BaseException) -> bool:
+    """Whether a listen or connect failed because descriptors ran out."""
+    cause = getattr(e, "socketError", None)  # CannotListenError
+    number = getattr(cause, "errno", None) or getattr(e, "osError", None)
+    return number in (errno.EMFILE, errno.ENFILE)
+
+
 class DataConnections:
     """
     The data connection one control connection prepared for its next
-    transfer: a passive listener, or the address PORT/EPRT named.  Each
-    serves one transfer only.
+    transfer: a passive listener and the connection it accepted, or the
+    address PORT/EPRT named.  Each serves one transfer only.
+
+    What no transfer takes does not stay open (TLS-wrapped or not, its
+    handshake done or not): the next PASV/EPSV/PORT/EPRT, REIN, QUIT, the
+    loss of the control connection and the unused timeout (the config's
+    C{data_timeout}, from PASV and again from the connection) all close
+    it.  A listener stops once it has its connection, so a session holds
+    at most one listener and one unused connection; its open connections
+    are counted against L{MAX_SESSION_DATA_CONNECTIONS}.
     """
 
     def __init__(self, factory: GatewayFTPFactory, peer_host: str) -> None:
@@ -65,14 +87,56 @@ class DataConnections:
         self._pending: Optional[DataChannelFactory] = None
         self._port: Optional[IListeningPort] = None
         self._active: Optional[tuple[str, int]] = None
+        self._expiry: Optional[IDelayedCall] = None
+        #: This session's open data connections.
+        self.channels = ChannelCount(
+            MAX_SESSION_DATA_CONNECTIONS, parent=factory.data_connections
+        )
 
     def close(self) -> None:
-        """Forget what was prepared; stop listening."""
+        """Forget what was prepared: stop listening, drop an unused connection."""
+        self._cancel_expiry()
+        self._stop_listening()
+        pending, self._pending = self._pending, None
+        self._active = None
+        _discard(pending, None)
+
+    def _stop_listening(self) -> None:
         port, self._port = self._port, None
         if port is not None:
             port.stopListening()
-        self._pending = None
-        self._active = None
+
+    def _cancel_expiry(self) -> None:
+        expiry, self._expiry = self._expiry, None
+        if expiry is not None and expiry.active():
+            expiry.cancel()
+
+    def _expire_later(self) -> None:
+        """(Re)start the unused timeout."""
+        self._cancel_expiry()
+        timeout = self._factory.stall_timeout
+        if timeout is not None:
+            self._expiry = self._factory.reactor.callLater(timeout, self._expired)
+
+    def _expired(self) -> None:
+        self._expiry = None
+        pending = self._pending
+        log.info(
+            "closed the unused passive {what} of {peer} after {seconds} s",
+            what="listener"
+            if pending is None or pending.channel is None
+            else "data connection",
+            peer=self._peer_host,
+            seconds=self._factory.stall_timeout,
+        )
+        self.close()
+
+    def _accepted(self, channel: DataChannel, factory: DataChannelFactory) -> Any:
+        """The passive connection arrived: no more listening for it."""
+        if self._pending is factory:
+            self._stop_listening()
+            self._expire_later()
+        return channel
 
     def _new_factory(self, host: str, protect: bool) -> DataChannelFactory:
         return DataChannelFactory(
@@ -81,13 +145,14 @@ class DataConnections:
             require_reuse=self._factory.tls_session_reuse,
             clock=self._factory.reactor,
             stall_timeout=self._factory.stall_timeout,
+            count=self.channels,
         )
 
     def _wrapped(self, factory: DataChannelFactory) -> Any:
         """The factory to listen or connect with: TLS around it for PROT P."""
         if factory.tls:
             assert self._factory.tls is not None
-            return self._factory.tls.wrap(factory)
+            return self._factory.tls.wrap_data(factory, self._factory.reactor)
         return factory
 
     def passive(self, interface: str, protect: bool) -> int:
@@ -95,10 +160,11 @@ class DataConnections:
         Listen on a free port of the passive range, on C{interface}.
 
         @return: the port.
-        @raise Reply: 425, every port of the range is taken.
+        @raise Reply: 425, no port of the range is free, or the gateway is
+            out of file descriptors.
         """
         self.close()
-        factory = self._pending = self._new_factory(self._peer_host, protect)
+        factory = self._new_factory(self._peer_host, protect)
         low, high = self._factory.passive_ports
         count = high - low + 1
         start = random.randrange(count)
@@ -109,16 +175,62 @@ class DataConnections:
                 port = reactor.listenTCP(
                     candidate, self._wrapped(factory), interface=interface
                 )
-            except net_error.CannotListenError:
+            except net_error.CannotListenError as e:
+                if out_of_descriptors(e):
+                    log.error(
+                        "no passive port for {peer}: out of file descriptors",
+                        peer=self._peer_host,
+                    )
+                    raise Reply(
+                        425, "Can't open passive connection: server busy, try later"
+                    ) from None
                 continue
-            self._port = port
+            self._pending, self._port = factory, port
+            factory.deferred.addCallback(self._accepted, factory)
+            self._expire_later()
             return port.getHost().port
+        log.warn("no free passive port for {peer}", peer=self._peer_host)
         raise Reply(425, "No passive port available; try again")
 
     def active(self, host: str, port: int) -> None:
         """Connect to C{host}:C{port} for the next transfer (PORT, EPRT)."""
         self.close()
         self._active = (host, port)
+
+    def _take(
+        self, protect: bool, protection_required: bool
+    ) -> tuple[DataChannelFactory, Optional[IListeningPort]]:
+        """
+        What PASV/EPSV/PORT/EPRT prepared, now the transfer's: the factory
+        of its connection and the listener, if passive.
+
+        @raise Reply: 521, 425: nothing usable was prepared (and what was
+            is closed).
+        """
+        factory, active, port = self._pending, self._active, self._port
+        self._pending, self._port, self._active = None, None, None
+        self._cancel_expiry()
+        refusal = None
+        if not protect and protection_required:
+            refusal = Reply(521, "Data connections must be protected: send PROT P")
+        elif factory is None and active is None:
+            refusal = Reply(425, "Use PASV, EPSV, PORT or EPRT first")
+        elif factory is not None and factory.tls != protect:
+            # PROT changed after PASV: the listener speaks the old level.
+            refusal = Reply(425, "PROT changed after PASV; send PASV again")
+        if refusal is not None:
+            _discard(factory, port)
+            raise refusal
+        if factory is None:
+            assert active is not None
+            factory = self._new_factory(active[0], protect)
+            self._factory.reactor.connectTCP(
+                active[0],
+                active[1],
+                self._wrapped(factory),
+                timeout=self._factory.data_timeout,
+            )
+        return factory, port
 
     async def open(
         self, transfer: ActiveTransfer, protect: bool, protection_required: bool
@@ -133,39 +245,29 @@ class DataConnections:
         @raise Reply: 521, 425: no data connection.
         @raise TransferStopped: the transfer was aborted meanwhile.
         """
-        factory, active, port = self._pending, self._active, self._port
-        self._pending, self._port, self._active = None, None, None
-        if not protect and protection_required:
-            if port is not None:
-                port.stopListening()
-            raise Reply(521, "Data connections must be protected: send PROT P")
-        if factory is None and active is None:
-            raise Reply(425, "Use PASV, EPSV, PORT or EPRT first")
-        if factory is not None and factory.tls != protect:
-            # PROT changed after PASV: the listener speaks the old level.
-            if port is not None:
-                port.stopListening()
-            raise Reply(425, "PROT changed after PASV; send PASV again")
+        factory, port = self._take(protect, protection_required)
         settings = self._factory
-        if factory is None:
-            assert active is not None
-            factory = self._new_factory(active[0], protect)
-            settings.reactor.connectTCP(
-                active[0],
-                active[1],
-                self._wrapped(factory),
-                timeout=settings.data_timeout,
-            )
         d = factory.deferred
         d.addTimeout(settings.data_timeout, settings.reactor)
         transfer.waiting = d
         try:
             channel = await d
-        except Exception:
+        except Exception as e:
             if transfer.aborted or transfer.client_gone:
                 raise vfs.TransferStopped(
                     "aborted before the data connection"
                 ) from None
+            if out_of_descriptors(e):
+                log.error(
+                    "no data connection to {peer}: out of file descriptors",
+                    peer=self._peer_host,
+                )
+                raise Reply(425, "Can't open data connection: server busy") from None
+            log.info(
+                "no data connection from {peer}: {error}",
+                peer=self._peer_host,
+                error=str(e) or type(e).__name__,
+            )
             raise Reply(425, "Can't open data connection") from None
         finally:
             transfer.waiting = None
@@ -180,8 +282,9 @@ class DataConnections:
     async def ready(self, channel: DataChannel) -> None:
         """
         After the 150: wait until data may flow (over TLS, the handshake,
-        which clients start only now).  A policy refusal or a failed
-        handshake is the transfer's final reply (522, RFC 4217).
+        which clients start only now, within the data connection timeout).
+        A policy refusal or a failed handshake is the transfer's final reply
+        (522, RFC 4217).
         """
         ready = channel.ready()
         ready.addTimeout(self._factory.data_timeout, self._factory.reactor)
@@ -195,6 +298,16 @@ class DataConnections:
             raise Reply(
                 522, f"TLS negotiation on the data connection failed: {e}"
             ) from None
+
+
+def _discard(
+    factory: Optional[DataChannelFactory], port: Optional[IListeningPort]
+) -> None:
+    """Close what was prepared for a transfer that will not use it."""
+    if port is not None:
+        port.stopListening()
+    if factory is not None and factory.channel is not None:
+        factory.channel.abort()
 
 
 class PortCommands(CommandContext):

@@ -8,6 +8,16 @@ connection's TLS session on a data connection; Twisted turns the session
 cache off by default (reference: twisted-conch-cos-facts.md, b).  Protocol
 versions start at TLS 1.2 and the ciphers are the forward-secret AEAD ones.
 
+TLS 1.3 session tickets (RFC 8446 4.6.1) go out on the control connection,
+whose replies every client reads: they are what a data connection resumes
+under TLS 1.3.  A data connection holds its own tickets back until it sends
+something else (see L{_DataTLSTransport}): an uploading client (lftp and
+FileZilla over GnuTLS) never reads its data connection, and closing a
+socket with unread bytes makes the kernel send a reset instead of a FIN,
+which can destroy the upload's last bytes before the gateway reads them.
+OpenSSL's own switch, C{SSL_CTX_set_num_tickets}, is not in pyOpenSSL or
+cryptography's bindings (and would stop TLS 1.3 resumption altogether).
+
 The embedded default has no certificate configured: one is generated at
 first start (ECDSA P-256, self-signed, ten years), kept in the state
 directory, and its SHA-256 fingerprint logged so a client can pin it.
@@ -30,7 +40,7 @@ from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
 from twisted.internet import ssl
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 
 # The namespace these lines had before the FTP package existed.
 log = Logger(namespace="cosgw.tls")
@@ -53,9 +63,23 @@ class ServerTLS:
     options: ssl.CertificateOptions
     fingerprint: str
 
-    def wrap(self, factory: Any) -> TLSMemoryBIOFactory:
-        """A factory whose connections speak TLS (as the server) first."""
-        return _ServerTLSFactory(self.options, False, factory)
+    def wrap(self, factory: Any, clock: Any = None) -> TLSMemoryBIOFactory:
+        """
+        A factory whose connections speak TLS (as the server) first: the
+        control connections of implicit FTPS.
+
+        @param clock: when small writes are flushed; None: the global reactor.
+        """
+        return _ServerTLSFactory(self.options, False, factory, clock)
+
+    def wrap_data(self, factory: Any, clock: Any) -> TLSMemoryBIOFactory:
+        """
+        Like L{wrap}, for PROT P data connections: their TLS 1.3 session
+        tickets wait until the gateway sends something else on them.
+        """
+        wrapped = _ServerTLSFactory(self.options, False, factory, clock)
+        wrapped.protocol = _DataTLSTransport
+        return wrapped
 
 
 class _ServerTLSFactory(TLSMemoryBIOFactory):
@@ -71,6 +95,73 @@ class _ServerTLSFactory(TLSMemoryBIOFactory):
         if inner is None:
             return None
         return self.protocol(self, inner)
+
+
+#: Bytes of post-handshake messages a data connection holds back at most:
+#: its tickets take a few hundred; a client that keeps asking for key
+#: updates gets them sent rather than buffered without limit.
+HELD_TICKETS_LIMIT = 16 * 1024
+
+
+class _DataTLSTransport(TLSMemoryBIOProtocol):
+    """
+    The TLS layer of a PROT P data connection.  Under TLS 1.3 OpenSSL writes
+    the session tickets as soon as the handshake ends; here they are held
+    until the gateway writes data (a download: they precede it, and the
+    client reads them with it) or closes (after an upload: they precede the
+    close_notify, which the client's close_notify has already answered).
+    So an uploading client that never reads has nothing unread when it
+    closes, and its close is a FIN, not a reset.
+
+    No write aggregation (Twisted's BufferingTLSTransport): a data
+    connection writes in large chunks.  This overrides
+    C{TLSMemoryBIOProtocol._flushSendBIO}, the one place where TLS output
+    reaches the socket, and reads C{_handshakeDone} (Twisted 26.10);
+    tests/test_ftps_tickets.py pins the behaviour.
+    """
+
+    #: Still no data written, nor more held than the limit.
+    _may_hold = True
+    _held_size = 0
+
+    def __init__(self, factory: Any, wrappedProtocol: Any) -> None:
+        super().__init__(factory, wrappedProtocol)
+        self._held: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self._may_hold = False
+        super().write(data)
+
+    def writeSequence(self, iovec: Any) -> None:
+        self.write(b"".join(iovec))
+
+    def _holding(self) -> bool:
+        """Whether TLS output now is post-handshake messages to hold back."""
+        connection = self._tlsConnection
+        return (
+            self._may_hold
+            and self._handshakeDone
+            and connection.get_protocol_version() == SSL.TLS1_3_VERSION
+            and not connection.get_shutdown() & SSL.SENT_SHUTDOWN
+        )
+
+    def _flushSendBIO(self) -> None:
+        if self._holding():
+            while True:
+                try:
+                    chunk = self._tlsConnection.bio_read(2**15)
+                except SSL.WantReadError:
+                    break
+                self._held.append(chunk)
+                self._held_size += len(chunk)
+            if self._held_size <= HELD_TICKETS_LIMIT:
+                return
+            self._may_hold = False
+        held, self._held = self._held, []
+        if held:
+            assert self.transport is not None
+            self.transport.write(b"".join(held))
+        super()._flushSendBIO()
 
 
 def generate_self_signed(state_dir: Path) -> tuple[Path, Path]:
