@@ -76,6 +76,9 @@ class FTPFrontendTests(FrontendTestCase):
                 (factory.login_timeout, factory.timeOut, factory.stall_timeout),
                 (30, 90, 45),
             )
+            # The wait for a data connection and its handshake: at most 30 s.
+            self.assertEqual(factory.data_timeout, 30)
+            self.assertIs(factory.data_connections, frontend.data_connections)
             self.assertEqual(factory.passive_ports, (50000, 50009))
             self.assertEqual(factory.masquerade_address, "203.0.113.5")
             self.assertTrue(factory.tls_session_reuse)
@@ -96,6 +99,11 @@ class FTPFrontendTests(FrontendTestCase):
             self.assertIs(listener.factory, frontend.factory)
         (implicit,) = frontend.implicit_listeners
         self.assertIs(implicit.factory.wrappedFactory, frontend.implicit_factory)
+
+    def test_short_data_timeout_bounds_the_data_connection_wait(self) -> None:
+        frontend = self.build(data_timeout=7)
+        for factory in (frontend.factory, frontend.implicit_factory):
+            self.assertEqual((factory.stall_timeout, factory.data_timeout), (7, 7))
 
     def test_debug_traces_commands(self) -> None:
         frontend = self.build(log_level="debug")

@@ -16,6 +16,7 @@ from twisted.logger import Logger
 
 from cosgw.config import Config, ConfigError
 from cosgw.frontends.frontend import Frontend, SharedParts
+from cosgw.frontends.ftp.data import ChannelCount
 from cosgw.frontends.ftp.factory import GatewayFTPFactory
 from cosgw.frontends.ftp.tls import ServerTLS, generate_self_signed, load_server_tls
 from cosgw.interfaces import IFileSystem
@@ -78,7 +79,11 @@ class FTPFrontend(Frontend):
             name: (u.tls_required, u.tls_data_required)
             for name, u in config.users.items()
         }
+        #: The data connections open in all FTP sessions (each session's
+        #: bounded), for the operator.
+        self.data_connections = ChannelCount()
         options: dict[str, Any] = {
+            "data_connections": self.data_connections,
             "limits": parts.limits,
             "defender": parts.defender,
             "tls": self.tls,
@@ -95,7 +100,7 @@ class FTPFrontend(Frontend):
         ]
         #: Where implicit FTPS is served.
         self.implicit_listeners = [
-            self.listen(description, self.tls.wrap(self.implicit_factory))
+            self.listen(description, self.tls.wrap(self.implicit_factory, reactor))
             for description in server.ftps_listen
         ]
 
