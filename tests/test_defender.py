@@ -135,9 +135,10 @@ class DelayTests(SynchronousTestCase):
         self.assertEqual(defender.failed(IP, "alice"), 1.0)
 
     def test_success_is_not_delayed(self) -> None:
-        """A success after failures fires in the same turn."""
+        """A success after failures (their delays over) fires in the same turn."""
         for _ in range(3):
             self.defender.failed(IP, "alice")
+        self.clock.advance(4.0)
         login = _Login("alice")
         d = self.defender.guard(IP, "alice", login)
         self.assertEqual(self.successResultOf(d), "alice")
@@ -148,6 +149,7 @@ class DelayTests(SynchronousTestCase):
         """After a success the next failure waits base_delay again."""
         for _ in range(3):
             self.defender.failed(IP, "alice")
+        self.clock.advance(4.0)
         self.successResultOf(self.defender.guard(IP, "alice", _Login("alice")))
         self.assertEqual(self.defender.tracked, 0)
         self.assertEqual(self.defender.failed(IP, "alice"), 1.0)
@@ -216,6 +218,7 @@ class BanTests(SynchronousTestCase):
         """The failure that bans is still an ordinary delayed failure."""
         self.defender.failed(IP, "alice")
         self.defender.failed(IP, "alice")
+        self.clock.advance(2.0)
         d = self.defender.guard(IP, "alice", _Login(UnauthorizedLogin("no")))
         self.clock.advance(4.0 - EPS)
         self.assertNoResult(d)
@@ -327,6 +330,7 @@ class BanTests(SynchronousTestCase):
         for _ in range(1000):
             defender.failed(IP, "alice")
         self.assertEqual(defender.banned(IP), 0.0)
+        self.clock.advance(16.0)
         login = _Login("alice")
         self.assertEqual(
             self.successResultOf(defender.guard(IP, "alice", login)), "alice"

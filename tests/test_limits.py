@@ -32,6 +32,15 @@ class CanonicalIPTests(SynchronousTestCase):
         self.assertEqual(canonical_ip("/run/cosgw.sock"), "/run/cosgw.sock")
         self.assertEqual(canonical_ip(""), "")
 
+    def test_ipv6_prefix(self) -> None:
+        """IPv6 becomes its network; IPv4 and mapped IPv4 never do."""
+        self.assertEqual(canonical_ip("2001:DB8:1:2:3::4", 64), "2001:db8:1:2::/64")
+        self.assertEqual(canonical_ip("2001:db8:1:2:3::4", 48), "2001:db8:1::/48")
+        self.assertEqual(canonical_ip("2001:db8:1:2:3::4", 128), "2001:db8:1:2:3::4")
+        self.assertEqual(canonical_ip("::ffff:192.0.2.1", 64), "192.0.2.1")
+        self.assertEqual(canonical_ip("192.0.2.1", 64), "192.0.2.1")
+        self.assertEqual(canonical_ip("/run/cosgw.sock", 64), "/run/cosgw.sock")
+
 
 class NetworkRuleTests(SynchronousTestCase):
     def test_empty_rule_allows_all(self) -> None:
@@ -228,10 +237,36 @@ class ConnectionLimitsTests(SynchronousTestCase):
         self.assertEqual(limits._per_ip, {})
         self.assertEqual(limits.total, 0)
 
+    def test_ipv6_counted_per_network(self) -> None:
+        """
+        Every address of one /64 (the default) counts against one limit;
+        another /64 has its own; with ipv6_prefix 128, each address.
+        """
+        events = _Events(self)
+        limits = ConnectionLimits(max_per_ip=2)
+        self.assertIsNone(limits.open("2001:db8:1:2::1"))
+        self.assertIsNone(limits.open("2001:db8:1:2::2"))
+        self.assertEqual(
+            limits.open("2001:db8:1:2:ffff::3"),
+            "too many connections from your address (2)",
+        )
+        self.assertIsNone(limits.open("2001:db8:1:3::1"))
+        self.assertEqual(limits.count("2001:db8:1:2::99"), 2)
+        ((ip, key),) = [(e["ip"], e["counted_as"]) for e in events.at(LogLevel.info)]
+        self.assertEqual((ip, key), ("2001:db8:1:2:ffff::3", "2001:db8:1:2::/64"))
+        limits.close("2001:db8:1:2::1")
+        limits.close("2001:db8:1:2::2")
+        limits.close("2001:db8:1:3::1")
+        self.assertEqual((limits._per_ip, limits.total), ({}, 0))
+        per_address = ConnectionLimits(max_per_ip=1, ipv6_prefix=128)
+        self.assertIsNone(per_address.open("2001:db8:1:2::1"))
+        self.assertIsNone(per_address.open("2001:db8:1:2::2"))
+
     def test_bad_limits(self) -> None:
         """A limit below 1 is an error; None means no limit."""
         self.assertRaises(ValueError, ConnectionLimits, max_total=0)
         self.assertRaises(ValueError, ConnectionLimits, max_per_ip=0)
+        self.assertRaises(ValueError, ConnectionLimits, ipv6_prefix=129)
 
 
 class SessionLimitsTests(SynchronousTestCase):

@@ -2,16 +2,16 @@
 The login defender: slows down and then bans addresses that keep failing to
 log in, for FTP and SFTP alike.
 
-A password guesser gets one guess per failed login.  The defender makes each
-guess cost more than the last and then stops the guessing altogether, per
-client address, while people who type their password right are never
-slowed down:
+Each guess costs more than the last, then the guessing stops, per client
+address; people who type their password right are never slowed down:
 
   - Failed logins are counted per client address within a sliding window of
     C{window} seconds.  The n-th failure within the window is answered after
     C{min(base_delay * 2 ** (n - 1), max_delay)} seconds: 1, 2, 4, 8, 16, 16
-    ... with the defaults.  The delay is a timer on the injected clock
-    (L{twisted.internet.task.deferLater}); nothing sleeps.
+    ... with the defaults.  Until that delay has passed, no further password
+    from the address is verified either: its attempts wait, so parallel
+    connections guess no faster than one.  The delays are timers on the
+    injected clock; nothing sleeps.
   - When an address reaches C{max_failures} failures within the window it
     is banned for C{ban_time} seconds: its logins fail at once with
     L{LoginBanned} and no password is checked, so a banned guesser costs no
@@ -20,14 +20,25 @@ slowed down:
   - A successful login is passed straight through, in the same reactor
     turn, and forgets the address's failures (not its ban: a ban lasts its
     full time, whatever logins were already under way when it fell).
-  - Only L{UnauthorizedLogin} (wrong password, unknown user) is a failed
-    login.  Anything else, say a crash in the checker or
-    L{twisted.cred.error.UnhandledCredentials}, is the gateway's problem,
-    not the client's: it passes through at once and is not counted.
+  - A failed login is an L{UnauthorizedLogin} (wrong password, unknown
+    user), or an attempt the client abandoned while it was being verified
+    (hanging up must not make guesses free).  Anything else (a checker
+    crash, L{twisted.cred.error.UnhandledCredentials}) is the gateway's
+    problem: it passes through at once, uncounted.
+
+The ban and the delay are checked when an attempt is about to be verified,
+not only when it arrives.  Per address at most C{max_in_flight} attempts are
+verified at once; the others wait in a queue of at most C{max_waiting}
+(beyond it they fail at once with L{TooManyLogins}), and the next starts
+only when the address is not banned (else all waiting fail with
+L{LoginBanned}) and its delay has passed.  So one address never holds more
+than C{max_in_flight} places in the gateway's shared verification pool and
+cannot starve other addresses' logins, and every password it gets verified
+is counted: at most C{max_failures + max_in_flight - 1} before its ban.
 
 Per address, the defender remembers an L{_AddressRecord}: the times of the
-failures still within the window and the time the ban ends.  The states
-and their transitions:
+failures still within the window, the time the last failure's delay ends
+and the time the ban ends.  The states and their transitions:
 
   ========  =================================  =============================
   state     record                             becomes
@@ -49,19 +60,17 @@ counted but neither extends the ban nor logs it again.  When a ban ends,
 failures still inside the window count on: with a C{ban_time} shorter than
 the C{window}, one more failure bans again at once.
 
-Memory stays bounded whatever the attacker does.  Failure times older than
-the window are dropped whenever the record is touched, and a record keeps
-at most the failures that can still change an answer (enough to reach
-C{max_failures} and the largest delay).  Records are kept in the order
-their addresses were last seen: records whose failures and ban have all
-expired are dropped from the old end on every call, and beyond
-C{max_tracked} addresses the least recently seen record is forgotten, ban
-and all.
+Memory stays bounded whatever the attacker does: a record keeps only the
+failures within the window that can still change an answer; records whose
+failures, delay and ban have all expired are dropped from the least
+recently seen end on every call; beyond C{max_tracked} addresses the least
+recently seen is forgotten, ban and all.  Queues exist only while an
+address has attempts under way.
 
-IPv4 clients of a dual-stack listener appear as IPv4-mapped IPv6 addresses
-(C{::ffff:192.0.2.1}); they count as their IPv4 address (see
-L{cosgw.policy.limits.canonical_ip}), so switching listeners does not reset the
-count.
+"One address" is L{cosgw.policy.limits.canonical_ip}'s: IPv4-mapped
+addresses count as IPv4, IPv6 per network of C{ipv6_prefix} bits (a /64 by
+default: one host can pick a new address in its /64 for every attempt).
+User names come from the client: they are logged escaped.
 """
 
 from __future__ import annotations
@@ -70,18 +79,20 @@ import math
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar, Union
+from typing import Any, Optional, TypeVar, Union
 
 from twisted.cred.error import UnauthorizedLogin
-from twisted.internet.defer import Deferred, fail, maybeDeferred
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from cosgw.escaping import for_log
 from cosgw.policy.limits import canonical_ip
+from cosgw.policy.turns import Abandoned, Turns
 
-__all__ = ["LoginBanned", "LoginDefender"]
+__all__ = ["LoginBanned", "LoginDefender", "TooManyLogins"]
 
 log = Logger(namespace="cosgw.policy.defender")
 
@@ -99,18 +110,36 @@ class LoginBanned(UnauthorizedLogin):
 
     A subclass of L{UnauthorizedLogin} so that a frontend which knows nothing
     of bans (Twisted's FTP answers any L{UnauthorizedLogin} with C{530})
-    still refuses the login; one that knows can say when to come back.
+    still refuses the login; one that knows says why and hangs up.
     """
 
-    def __init__(self, remaining: float) -> None:
+    def __init__(self, remaining: float, message: Optional[str] = None) -> None:
         """
         @param remaining: seconds until the ban ends.
+        @param message: what the client is told; by default, when to come
+            back.
         """
         super().__init__(
-            "Too many failed logins from this address;"
+            message
+            or "Too many failed logins from this address;"
             f" try again in {math.ceil(remaining)} seconds"
         )
         self.remaining = remaining
+
+
+class TooManyLogins(LoginBanned):
+    """
+    The address already has C{max_waiting} logins waiting to be checked.
+
+    A L{LoginBanned}, so frontends refuse it the same way (FTP: C{421} with
+    this message, then hang up; SSH: disconnect): an address with that many
+    logins at once is flooding, and it was told nothing about its password.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(
+            0.0, "Too many logins at once from this address; try again later"
+        )
 
 
 @dataclass
@@ -123,6 +152,9 @@ class _AddressRecord:
     #: Clock time at which the ban ends; in force while later than now.
     #: 0.0: never banned.
     banned_until: float = field(default=0.0)
+    #: Clock time at which the last failure's delay ends: no password from
+    #: the address is verified before it.
+    quiet_until: float = field(default=0.0)
 
 
 def _failures_to_remember(
@@ -148,12 +180,12 @@ def _failures_to_remember(
 class LoginDefender:
     """
     A login defender shared by FTP and SFTP: growing delays for failed
-    logins and temporary bans, per client address.
+    logins, temporary bans, and a fair share of password verification, per
+    client address.
 
     The frontends call L{guard} around their portal login; L{banned},
-    L{failed} and L{succeeded} are the same policy in pieces, for a frontend
-    whose login flow does not fit one Deferred.  It is not thread-safe: call
-    it on the reactor thread.
+    L{failed} and L{succeeded} are the bookkeeping in pieces.  It is not
+    thread-safe: call it on the reactor thread.
     """
 
     def __init__(
@@ -165,6 +197,9 @@ class LoginDefender:
         base_delay: float = 1.0,
         max_delay: float = 16.0,
         max_tracked: int = 100_000,
+        ipv6_prefix: int = 64,
+        max_in_flight: int = 2,
+        max_waiting: int = 64,
     ) -> None:
         """
         @param clock: tells the time and runs the delays (the reactor, or a
@@ -177,8 +212,53 @@ class LoginDefender:
             each further failure within the window doubles it.
         @param max_delay: the longest delay before a failure is answered.
         @param max_tracked: most addresses remembered at once.
+        @param ipv6_prefix: IPv6 clients count per network of this many
+            bits (128: per address).
+        @param max_in_flight: most logins of one address being verified at
+            once.
+        @param max_waiting: most logins of one address waiting for their
+            turn; more fail at once with L{TooManyLogins}.  The default is
+            the default of C{max_connections_per_ip}.
         @raise ValueError: a parameter is out of range.
         """
+        self._check(max_failures, window, ban_time, base_delay, max_delay)
+        if max_tracked < 1:
+            raise ValueError(f"max_tracked must be at least 1: {max_tracked!r}")
+        if not 0 <= ipv6_prefix <= 128:
+            raise ValueError(f"ipv6_prefix must be 0 to 128: {ipv6_prefix!r}")
+        if max_waiting < 0:
+            raise ValueError(f"max_waiting must be 0 or more: {max_waiting!r}")
+        self._clock = clock
+        self._max_failures = max_failures
+        self._window = window
+        self._ban_time = ban_time
+        self._base_delay = base_delay
+        self._max_delay = max_delay
+        self._max_tracked = max_tracked
+        self._ipv6_prefix = ipv6_prefix
+        self._max_in_flight = max_in_flight
+        self._max_waiting = max_waiting
+        self._remembered = _failures_to_remember(max_failures, base_delay, max_delay)
+        #: Address key -> record, least recently seen first.
+        self._records: OrderedDict[str, _AddressRecord] = OrderedDict()
+        #: Each address's share of password verification.
+        self._turns = Turns(clock, max_in_flight, self._verdict)
+        #: Addresses whose full queue was logged, until it drains: one
+        #: warning per flood.
+        self._overflowing: set[str] = set()
+        #: Whether records are being forgotten for room; logged once per
+        #: episode, so a flood of addresses does not double the log.
+        self._full = False
+
+    @staticmethod
+    def _check(
+        max_failures: int,
+        window: float,
+        ban_time: float,
+        base_delay: float,
+        max_delay: float,
+    ) -> None:
+        """Refuse counting parameters out of range (see C{__init__})."""
         if max_failures < 0:
             raise ValueError(f"max_failures must be 0 or more: {max_failures!r}")
         if not window > 0:
@@ -191,26 +271,15 @@ class LoginDefender:
             raise ValueError(
                 f"delays must be 0 or more: base_delay={base_delay!r}, max_delay={max_delay!r}"
             )
-        if max_tracked < 1:
-            raise ValueError(f"max_tracked must be at least 1: {max_tracked!r}")
-        self._clock = clock
-        self._max_failures = max_failures
-        self._window = window
-        self._ban_time = ban_time
-        self._base_delay = base_delay
-        self._max_delay = max_delay
-        self._max_tracked = max_tracked
-        self._remembered = _failures_to_remember(max_failures, base_delay, max_delay)
-        #: Canonical address -> record, least recently seen first.
-        self._records: OrderedDict[str, _AddressRecord] = OrderedDict()
-        #: Whether records are being forgotten for room; logged once per
-        #: episode, so a flood of addresses does not double the log.
-        self._full = False
 
     @property
     def tracked(self) -> int:
         """How many addresses the defender remembers now."""
         return len(self._records)
+
+    def _key(self, ip: str) -> str:
+        """What C{ip} is counted under (see the module docstring)."""
+        return canonical_ip(ip, self._ipv6_prefix)
 
     def banned(self, ip: str) -> float:
         """
@@ -219,8 +288,9 @@ class LoginDefender:
         Asking counts as seeing the address: a banned address that keeps
         trying stays remembered.
         """
-        now = self._clock.seconds()
-        key = canonical_ip(ip)
+        return self._ban_left(self._key(ip), self._clock.seconds())
+
+    def _ban_left(self, key: str, now: float) -> float:
         record = self._lookup(key, now)
         if record is None:
             return 0.0
@@ -232,10 +302,11 @@ class LoginDefender:
         this failure reaches C{max_failures}.
 
         @param user: the name the client tried, for the log only.
-        @return: the seconds to wait before answering this failure.
+        @return: the seconds to wait before answering this failure; no
+            password from the address is verified before then either.
         """
         now = self._clock.seconds()
-        key = canonical_ip(ip)
+        key = self._key(ip)
         record = self._lookup(key, now)
         if record is None:
             record = _AddressRecord(failures=deque(maxlen=self._remembered))
@@ -244,11 +315,13 @@ class LoginDefender:
         record.failures.append(now)
         count = len(record.failures)
         delay = self._delay(count)
+        record.quiet_until = max(record.quiet_until, now + delay)
         log.info(
             "Login failed for user {user} from {ip}: failure {count} within"
             " {window} seconds, answered in {delay} seconds",
-            user=user,
-            ip=key,
+            user=for_log(user),
+            ip=canonical_ip(ip),
+            key=key,
             count=count,
             window=self._window,
             delay=delay,
@@ -260,10 +333,11 @@ class LoginDefender:
         ):
             record.banned_until = now + self._ban_time
             log.warn(
-                "Banning {ip} for {ban_time} seconds after {failures} failed"
-                " logins within {window} seconds (last tried user {user})",
-                ip=key,
-                user=user,
+                "Banning {key} for {ban_time} seconds after {failures} failed"
+                " logins within {window} seconds (last from {ip}, user {user})",
+                key=key,
+                ip=canonical_ip(ip),
+                user=for_log(user),
                 failures=count,
                 ban_time=self._ban_time,
                 window=self._window,
@@ -272,16 +346,17 @@ class LoginDefender:
 
     def succeeded(self, ip: str) -> None:
         """
-        A login from C{ip} succeeded: forget its failures.  A ban in force
-        stays until it expires.
+        A login from C{ip} succeeded: forget its failures and their delay.
+        A ban in force stays until it expires.
         """
         now = self._clock.seconds()
-        key = canonical_ip(ip)
+        key = self._key(ip)
         record = self._lookup(key, now)
         if record is None:
             return
         if record.banned_until > now:
             record.failures.clear()
+            record.quiet_until = 0.0
         else:
             del self._records[key]
 
@@ -293,28 +368,42 @@ class LoginDefender:
 
         @param user: the name the client offered, for the log only.
         @param login: starts the actual login (typically a C{portal.login}
-            call); not called at all while C{ip} is banned.
+            call); called only when it is the attempt's turn, and not at all
+            while C{ip} is banned.
         @return: a L{Deferred} that fires with C{login}'s result as soon as
             it has one, or fails:
-              - with L{LoginBanned} at once, while C{ip} is banned;
+              - with L{LoginBanned} at once, while C{ip} is banned, and
+                when a ban falls while the attempt waits its turn;
+              - with L{TooManyLogins} at once, when C{max_waiting} attempts
+                of the address are already waiting;
               - with C{login}'s L{UnauthorizedLogin} after the delay
                 L{failed} gives, the failure being counted;
               - with any other failure of C{login} at once, uncounted.
-            Cancelling it during the delay cancels the timer and fails it
-            with L{twisted.internet.defer.CancelledError}, so a client that
-            hangs up leaves no call pending.
+            Cancelling it (a client that hangs up) takes a waiting attempt
+            out of the queue, cancels one being verified (counted as a
+            failure) or cancels the delay's timer, and fails it with
+            L{twisted.internet.defer.CancelledError}: no call is left
+            pending.
         """
+        key = self._key(ip)
         remaining = self.banned(ip)
         if remaining > 0:
-            log.info(
-                "Login for user {user} from {ip} refused unchecked: banned"
-                " for {remaining} more seconds",
-                user=user,
-                ip=canonical_ip(ip),
-                remaining=remaining,
-            )
+            self._refused_banned(ip, user, remaining)
             return fail(LoginBanned(remaining))
-        d = maybeDeferred(login)
+        running, waiting = self._turns.counts(key)
+        if waiting >= self._max_waiting:
+            if key not in self._overflowing:
+                self._overflowing.add(key)
+                log.warn(
+                    "Logins from {key} refused unchecked: {running} being"
+                    " verified and {waiting} waiting (last user {user})",
+                    key=key,
+                    user=for_log(user),
+                    running=running,
+                    waiting=waiting,
+                )
+            return fail(TooManyLogins())
+        d = self._turns.run(key, login)
         d.addCallbacks(
             self._passed,
             self._refused,
@@ -323,21 +412,69 @@ class LoginDefender:
         )
         return d
 
+    def in_flight(self, ip: str) -> tuple[int, int]:
+        """(being verified, waiting) logins from C{ip}'s address now."""
+        return self._turns.counts(self._key(ip))
+
+    def _verdict(self, key: str) -> Union[LoginBanned, float]:
+        """
+        Asked before each verification of C{key}: fail with the ban in
+        force, or wait for the last failure's delay to end.
+        """
+        now = self._clock.seconds()
+        remaining = self._ban_left(key, now)
+        if remaining > 0:
+            return LoginBanned(remaining)
+        record = self._lookup(key, now)
+        return 0.0 if record is None else max(record.quiet_until - now, 0.0)
+
+    def _refused_banned(self, ip: str, user: str, remaining: float) -> None:
+        log.info(
+            "Login for user {user} from {ip} refused unchecked: banned"
+            " for {remaining} more seconds",
+            user=for_log(user),
+            ip=canonical_ip(ip),
+            remaining=remaining,
+        )
+
     def _passed(self, result: T, ip: str) -> T:
         """A login succeeded: forget the failures, pass the result on."""
+        self._drained(ip)
         self.succeeded(ip)
         return result
+
+    def _drained(self, ip: str) -> None:
+        """Once no attempt of C{ip}'s address waits, a full queue may be
+        logged again."""
+        key = self._key(ip)
+        if key in self._overflowing and not self._turns.counts(key)[1]:
+            self._overflowing.discard(key)
 
     def _refused(
         self, failure: Failure, ip: str, user: str
     ) -> Union[Failure, Deferred[Any]]:
         """
         A login failed: count an L{UnauthorizedLogin} and fail after the
-        delay; pass anything else on at once.  A L{LoginBanned} from within
-        C{login} (a nested guard) checked no password, so it is not a
-        failure of this address's guessing and passes on uncounted.
+        delay; count an abandoned one; pass anything else on at once.  A
+        L{LoginBanned} (a ban that fell while it waited, or from a nested
+        guard) checked no password: not counted.
         """
-        if failure.check(LoginBanned) or not failure.check(UnauthorizedLogin):
+        self._drained(ip)
+        if failure.check(Abandoned):
+            log.info(
+                "Login for user {user} from {ip} abandoned while being"
+                " verified: counted as a failure",
+                user=for_log(user),
+                ip=canonical_ip(ip),
+            )
+            self.failed(ip, user)
+            return failure
+        if failure.check(LoginBanned):
+            value = failure.value
+            assert isinstance(value, LoginBanned)
+            self._refused_banned(ip, user, value.remaining)
+            return failure
+        if not failure.check(UnauthorizedLogin):
             return failure
         delay = self.failed(ip, user)
         if delay <= 0:
@@ -378,7 +515,11 @@ class LoginDefender:
     def _idle(self, record: _AddressRecord, now: float) -> bool:
         """Whether nothing in C{record} is in force any more."""
         newest = record.failures[-1] if record.failures else -math.inf
-        return newest <= now - self._window and record.banned_until <= now
+        return (
+            newest <= now - self._window
+            and record.banned_until <= now
+            and record.quiet_until <= now
+        )
 
     def _drop_idle(self, now: float) -> None:
         """

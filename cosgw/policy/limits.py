@@ -23,8 +23,11 @@ Addresses arrive as text from the transport's peer.  An IPv4 client of a
 dual-stack IPv6 listener shows up as an IPv4-mapped IPv6 address
 (C{::ffff:192.0.2.1}, RFC 4291 section 2.5.5.2); it is the same host as
 C{192.0.2.1}, so L{canonical_ip} turns it into the IPv4 form before it is
-counted or matched.  A peer that is not an IP address at all (a UNIX socket
-peer) is counted under its text as given.
+counted or matched.  An IPv6 client is counted per network of
+C{ipv6_prefix} bits (a /64 by default): one host is usually given a whole
+/64 (RFC 6177) and can pick a fresh address for every connection, so
+counting single IPv6 addresses would limit nothing.  A peer that is not an
+IP address at all (a UNIX socket peer) is counted under its text as given.
 
 Nothing here touches the reactor: every call is synchronous and O(1) in the
 number of connections (O(networks) for the network rule).
@@ -67,18 +70,32 @@ def _parse_ip(ip: str) -> Optional[_Address]:
     return address
 
 
-def canonical_ip(ip: str) -> str:
+def canonical_ip(ip: str, ipv6_prefix: int = 128) -> str:
     """
     The key under which C{ip} is counted: the IPv4 form of an IPv4-mapped
-    IPv6 address, the compressed lower-case form of any other IPv6 address
-    (so C{2001:DB8:0::1} and C{2001:db8::1} are one client), and C{ip}
-    unchanged when it is not an IP address at all.
+    IPv6 address; for any other IPv6 address its network of C{ipv6_prefix}
+    bits (C{2001:db8:1:2::/64}), or with 128 the address itself, in the
+    compressed lower-case form (so C{2001:DB8:0::1} and C{2001:db8::1} are
+    one client); and C{ip} unchanged when it is not an IP address at all.
 
     Shared by L{ConnectionLimits} and L{cosgw.policy.defender.LoginDefender} so
-    that both policies agree on what "one address" is.
+    that both policies agree on what "one client" is.
+
+    @param ipv6_prefix: 0 to 128; the config allows 32 to 128.
+    @raise ValueError: C{ipv6_prefix} is out of range.
     """
     address = _parse_ip(ip)
-    return ip if address is None else str(address)
+    if address is None:
+        return ip
+    if isinstance(address, ipaddress.IPv6Address) and ipv6_prefix != 128:
+        return str(ipaddress.IPv6Network((address, ipv6_prefix), strict=False))
+    return str(address)
+
+
+def _check_prefix(ipv6_prefix: int) -> None:
+    """Refuse a prefix length no IPv6 network has."""
+    if not 0 <= ipv6_prefix <= 128:
+        raise ValueError(f"ipv6_prefix must be 0 to 128: {ipv6_prefix!r}")
 
 
 def _parse_network(cidr: str) -> _Network:
@@ -167,17 +184,23 @@ class ConnectionLimits:
         max_total: Optional[int] = None,
         max_per_ip: Optional[int] = None,
         network: Optional[NetworkRule] = None,
+        ipv6_prefix: int = 64,
     ) -> None:
         """
         @param max_total: most connections open at once on the gateway;
             None for no limit.
         @param max_per_ip: most connections open at once from one client
-            address; None for no limit.
+            address (IPv6: from one network of C{ipv6_prefix} bits); None
+            for no limit.
         @param network: which addresses may connect; None allows all.
-        @raise ValueError: a limit is below 1.
+        @param ipv6_prefix: IPv6 clients are counted per network of this
+            many bits (128: per address).
+        @raise ValueError: a limit is below 1, or the prefix out of range.
         """
         _check_limit("max_total", max_total)
         _check_limit("max_per_ip", max_per_ip)
+        _check_prefix(ipv6_prefix)
+        self._ipv6_prefix = ipv6_prefix
         self._max_total = max_total
         self._max_per_ip = max_per_ip
         self._network = network if network is not None else NetworkRule()
@@ -190,8 +213,15 @@ class ConnectionLimits:
         return self._total
 
     def count(self, ip: str) -> int:
-        """Connections admitted from C{ip} and not yet closed."""
-        return self._per_ip.get(canonical_ip(ip), 0)
+        """
+        Connections admitted from C{ip} (from its IPv6 network) and not yet
+        closed.
+        """
+        return self._per_ip.get(self._key(ip), 0)
+
+    def _key(self, ip: str) -> str:
+        """What C{ip} is counted under."""
+        return canonical_ip(ip, self._ipv6_prefix)
 
     def open(self, ip: str) -> Optional[str]:
         """
@@ -206,12 +236,13 @@ class ConnectionLimits:
             sends it in a C{421} reply).  A refusal is logged at info with
             the address and the reason.
         """
-        key = canonical_ip(ip)
+        key = self._key(ip)
         reason = self._refusal(key, ip)
         if reason is not None:
             log.info(
                 "Connection from {ip} refused: {reason}",
-                ip=key,
+                ip=canonical_ip(ip),
+                counted_as=key,
                 reason=reason,
                 total=self._total,
                 from_ip=self._per_ip.get(key, 0),
@@ -243,7 +274,7 @@ class ConnectionLimits:
         logged as a warning and changes nothing, so the counts never go
         negative nor drift below the truth.
         """
-        key = canonical_ip(ip)
+        key = self._key(ip)
         open_here = self._per_ip.get(key, 0)
         if open_here == 0:
             log.warn(
