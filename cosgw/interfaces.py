@@ -404,7 +404,8 @@ class IUpload(IConsumer):
     def interrupt() -> Deferred[int]:
         """
         The client went away mid-upload: keep what is stored for a resume
-        (when the settings allow), else discard it.
+        (when the settings allow and no file is visible under the name),
+        else discard it.
 
         @return: Deferred firing with the bytes kept.
         """
@@ -495,8 +496,9 @@ class IFileSystem(Interface):
 
     def restart_size(segments: Sequence[str]) -> Deferred[int]:
         """
-        The size an upload of the file can resume after (FTP's SIZE): what
-        an interrupted upload stored, else the file's size.
+        The size an upload of the file can resume after (FTP's SIZE): the
+        file's size when one is visible, else what an interrupted upload of
+        the name kept.
         """
 
     def open_reader(segments: Sequence[str], offset: int = 0) -> Deferred[IReader]:

@@ -183,6 +183,7 @@ def makeService(config: Config, reactor: Any = None) -> GatewayService:
         config.transfer.stale_upload_age,
         reactor,
         active=service.accounts.registry,
+        swept=service.accounts.registry.gone,
     ).setServiceParent(service)
     service.defender, service.limits = _login_policy(config, reactor)
 

@@ -19,7 +19,7 @@ from cosgw.config import ALL_PERMISSIONS
 from cosgw.policy.quota import Usage
 from cosgw.policy.throttle import RateLimit
 from cosgw.testing import MemoryStore
-from cosgw.transfer import TransferSettings
+from cosgw.transfer import TransferSettings, UploadRegistry
 
 T = TypeVar("T")
 
@@ -42,6 +42,8 @@ class DoorTestCase(SynchronousTestCase):
         self.clock = Clock()
         self.clock.advance(1_700_000_000)
         self.store = MemoryStore(self.clock)
+        #: The gateway's uploads, shared by every file system of the test.
+        self.registry = UploadRegistry()
         self.fs = self.make_fs()
 
     def make_fs(
@@ -60,6 +62,7 @@ class DoorTestCase(SynchronousTestCase):
             permissions,
             settings or TransferSettings(part_size=MiB, parts_in_flight=2),
             user="alice",
+            registry=self.registry,
             usage=usage,
             upload_limit=(
                 RateLimit(upload_rate, self.clock, burst) if upload_rate else None

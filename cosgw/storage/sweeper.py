@@ -7,7 +7,7 @@ periodically, never touching an upload this gateway is still writing.
 
 from __future__ import annotations
 
-from collections.abc import Container
+from collections.abc import Callable, Container
 from typing import Any, Optional
 
 from twisted.application.service import Service
@@ -37,13 +37,17 @@ class UploadSweeper(Service):
         clock: Any,
         interval: float = 3600,
         active: Optional[Container[str]] = None,
+        swept: Optional[Callable[[str], None]] = None,
     ) -> None:
         """
         @param active: The uploads this gateway is writing (an
             L{UploadRegistry}): never swept, however old (a resumed upload
             keeps the date it was begun).
+        @param swept: called with the id of each upload aborted (the
+            registry's C{gone}), so that quotas stop counting kept parts.
         """
         self.active = active if active is not None else ()
+        self.swept = swept
         self.stores = stores
         self.max_age = max_age
         self.clock = clock
@@ -124,6 +128,8 @@ class UploadSweeper(Service):
                     )
                     continue
                 aborted += 1
+                if self.swept is not None:
+                    self.swept(upload.upload_id)
                 log.info(
                     "storage {name}: aborted the stale upload of {key} started "
                     "{age:.0f}s ago",

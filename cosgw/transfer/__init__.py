@@ -16,6 +16,8 @@ these to the frontends with a user's rules around them.
 
   - L{cosgw.transfer.upload}: the multipart upload writer and its states;
   - L{cosgw.transfer.parts}: part sizes within COS's limits;
+  - L{cosgw.transfer.registry}: the uploads being written and those kept
+    for a resume;
   - L{cosgw.transfer.download}: the download producer;
   - L{cosgw.transfer.reader}, L{cosgw.transfer.writer},
     L{cosgw.transfer.spool}: positional reads and writes;
@@ -38,9 +40,10 @@ from cosgw.transfer.parts import (
     part_size_for,
 )
 from cosgw.transfer.reader import RangedReader
+from cosgw.transfer.registry import UploadRegistry
 from cosgw.transfer.settings import RandomAccessSettings, TransferSettings
 from cosgw.transfer.spool import Spool
-from cosgw.transfer.upload import UploadRegistry, UploadState, UploadWriter
+from cosgw.transfer.upload import UploadState, UploadWriter
 from cosgw.transfer.writer import PositionalWriter
 
 __all__ = [

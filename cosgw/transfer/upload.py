@@ -56,6 +56,7 @@ from cosgw.transfer.parts import (
     copy_ranges,
     part_size_for,
 )
+from cosgw.transfer.registry import UploadRegistry
 from cosgw.transfer.settings import TransferSettings
 
 log = Logger()
@@ -68,26 +69,6 @@ class UploadState(enum.Enum):
     FAILED = "failed"
     ABORTED = "aborted"
     SUSPENDED = "suspended"
-
-
-class UploadRegistry:
-    """
-    The multipart uploads this gateway is writing right now, so that an
-    interrupted upload offered for resume is never one that another session
-    is still feeding.
-    """
-
-    def __init__(self) -> None:
-        self._active: set[str] = set()
-
-    def add(self, upload_id: str) -> None:
-        self._active.add(upload_id)
-
-    def discard(self, upload_id: str) -> None:
-        self._active.discard(upload_id)
-
-    def __contains__(self, upload_id: object) -> bool:
-        return upload_id in self._active
 
 
 @implementer(IConsumer)
@@ -124,7 +105,8 @@ class UploadWriter:
             (a prefix too small for a server-side part copy).
         @param budget: the user's quota reservation (L{cosgw.policy.quota.Reservation}):
             the object's size is claimed as it grows, committed when the
-            object is stored, released when it is not.
+            object is stored, turned into a claim of the kept parts when the
+            upload is suspended with parts kept, released otherwise.
         """
         self.store = store
         self.key = key
@@ -341,10 +323,12 @@ class UploadWriter:
             return
         self._outcome = outcome
         if self._budget is not None:
-            if isinstance(outcome, Failure):
-                self._budget.release()
-            else:
+            if not isinstance(outcome, Failure):
                 self._budget.commit(outcome.size)
+            elif self.state is not UploadState.SUSPENDED:
+                self._budget.release()
+            # Suspended: the claim becomes the kept parts' once they are
+            # known, when nothing is in flight any more (_mark_clean).
         waiters, self._waiters = self._waiters, []
         for d in waiters:
             if isinstance(outcome, Failure):
@@ -547,6 +531,22 @@ class UploadWriter:
             return
         self._mark_clean()
 
+    def _keep(self) -> None:
+        """
+        Suspended and settled: the parts kept for a resume are known to the
+        registry (so a later upload of the name can supersede them) and
+        claimed in the quota, as stored bytes are; nothing kept, nothing
+        claimed.
+        """
+        kept, upload_id = self.kept, self.upload_id
+        if kept and upload_id is not None and self._registry is not None:
+            self._registry.keep(self.store, self.key, upload_id)
+        if self._budget is not None:
+            if kept and upload_id is not None:
+                self._budget.keep(upload_id, kept)
+            else:
+                self._budget.release()
+
     def _release(self) -> None:
         """This session no longer writes the upload: others may resume it."""
         if self._registry is not None and self._registered is not None:
@@ -556,6 +556,8 @@ class UploadWriter:
     def _mark_clean(self) -> None:
         self._clean = True
         self._release()
+        if self.state is UploadState.SUSPENDED:
+            self._keep()
         waiters, self._clean_waiters = self._clean_waiters, []
         for d in waiters:
             d.callback(None)

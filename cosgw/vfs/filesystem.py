@@ -31,12 +31,11 @@ from cosgw.interfaces import (
     IReader,
     IUpload,
     NoSuchKey,
-    ObjectInfo,
 )
 from cosgw.policy.quota import Usage
 from cosgw.policy.throttle import RateLimit
 from cosgw.transfer import RandomAccessSettings, TransferSettings, UploadRegistry
-from cosgw.vfs import editing, mtimes
+from cosgw.vfs import editing, mtimes, renames
 from cosgw.vfs.digests import DIGESTS, digest_source
 from cosgw.vfs.errors import (
     AlreadyExists,
@@ -102,6 +101,9 @@ class ObjectFileSystem:
         #: without one (unit tests) it runs inline.
         self.runner = runner
         self.usage = usage
+        if usage is not None:
+            # Kept uploads the sweeper or a session discards leave the quota.
+            self.registry.listen(usage.forget)
         self.rates = Rates(upload_limit, download_limit, clock)
 
     # -- names ------------------------------------------------------------
@@ -209,29 +211,34 @@ class ObjectFileSystem:
     async def _resumable(
         self, key: str, existing: Optional[Entry]
     ) -> Optional[Resumable]:
-        if not self.settings.resume_uploads:
+        """
+        The kept upload a write to C{key} may continue: none while a file
+        is visible there (C{existing}), which is what APPE, REST and SIZE
+        then see (L{cosgw.vfs.resume}).
+        """
+        if not self.settings.resume_uploads or existing is not None:
             return None
-        return await find_resumable(self.store, key, existing, self.registry)
+        return await find_resumable(self.store, key, self.registry)
 
     async def _restart_size(self, segments: Sequence[str]) -> int:
         key = self.key(segments)
         existing = await self._stat_or_none(segments)
-        if existing is not None and existing.is_dir:
-            raise IsADirectory(display(segments))
-        resumable = await self._resumable(key, existing)
-        if resumable is not None:
-            return resumable.size
-        if existing is None:
+        if existing is not None:
+            if existing.is_dir:
+                raise IsADirectory(display(segments))
+            return existing.size
+        resumable = await self._resumable(key, None)
+        if resumable is None:
             raise NotFound(display(segments))
-        return existing.size
+        return resumable.size
 
     def restart_size(self, segments: Sequence[str]) -> Deferred[int]:
         """
         The size a client should resume an upload after, which is what FTP's
-        SIZE answers: the bytes an interrupted upload of the file has stored
-        (whole parts) when one can be resumed, else the file's size.  As on a
-        disk where an interrupted STOR leaves a short file, except that here
-        the old file stays whole and readable meanwhile.
+        SIZE answers: the file's size when one is visible (as MDTM, MLST and
+        RETR see it); else the bytes an interrupted upload of the name has
+        kept (whole parts), as on a disk where an interrupted STOR leaves a
+        short file.
 
         @return: Deferred firing with the size; fails with L{NotFound} or
             L{IsADirectory}.
@@ -366,11 +373,12 @@ class ObjectFileSystem:
         object stays whole and readable until then.
 
         @param offset: A restart offset (REST n + STOR): the new object
-            keeps the first C{offset} bytes, either of an interrupted upload
-            that stored exactly that many (which is then continued), or of
-            the existing file (copied server-side, never downloaded).
-        @param append: APPE: like an offset at the end of the interrupted
-            upload if there is one, else of the file, else a new file.
+            keeps the first C{offset} bytes of the visible file (copied
+            server-side, never downloaded) or, when there is none, of the
+            interrupted upload that kept exactly that many (which is then
+            continued).
+        @param append: APPE: like an offset at the end of the visible file,
+            else of the kept upload, else a new file.
         @return: Deferred firing with an L{Upload}; fails with L{NotFound}
             (no parent directory), L{IsADirectory}, L{PermissionDenied},
             L{InvalidName}, L{InvalidOffset}.
@@ -506,7 +514,7 @@ class ObjectFileSystem:
             raise
         await self.store.delete(key)
         if self.usage is not None:
-            self.usage.removed(info.size)
+            self.usage.removed(info.size, key)
         await self._keep_directory(segments[:-1])
 
     def remove(self, segments: Sequence[str]) -> Deferred[None]:
@@ -514,80 +522,7 @@ class ObjectFileSystem:
         self.require("delete", segments)
         return self._run(segments, lambda: self._remove(segments))
 
-    async def _rename(self, source: Sequence[str], target: Sequence[str]) -> None:
-        if not source or not target:
-            raise PermissionDenied("/", "cannot rename the home directory")
-        entry = await self._stat(source)
-        if list(target[: len(source)]) == list(source) and entry.is_dir:
-            raise InvalidName(display(target), "cannot move a directory into itself")
-        if target[:-1]:
-            await self._require_dir(target[:-1])
-        existing = await self._stat_or_none(target)
-        if entry.is_dir:
-            if existing is not None:
-                raise AlreadyExists(display(target))
-            await self._rename_tree(source, target)
-        else:
-            if existing is not None:
-                if existing.is_dir:
-                    raise IsADirectory(display(target))
-                self.require("overwrite", target)
-            src_key, dst_key = self.key(source), self.key(target)
-            if src_key == dst_key:
-                return
-            await self.store.copy(src_key, dst_key)
-            await self.store.delete(src_key)
-            if existing is not None and self.usage is not None:
-                self.usage.removed(existing.size)  # the file it replaced
-        await self._keep_directory(source[:-1])
-
-    async def _rename_tree(self, source: Sequence[str], target: Sequence[str]) -> None:
-        """
-        Copy every key below C{source} to C{target}, then delete the sources.
-        If it fails half-way, every source is still in place (deletion only
-        starts after all copies succeeded) and the copies made so far stay
-        under the target: retrying the rename, or removing the target, is
-        safe.
-        """
-        src_prefix, dst_prefix = self.dir_prefix(source), self.dir_prefix(target)
-        copied: list[str] = []
-        marker = ""
-        while True:
-            page = await self.store.list(src_prefix, delimiter="", marker=marker)
-            for info in page.objects:
-                await self._copy_object(info, dst_prefix + info.key[len(src_prefix) :])
-                copied.append(info.key)
-            if page.next_marker is None:
-                break
-            marker = page.next_marker
-            log.info(
-                "{user}: renaming {source}: {count} objects copied",
-                user=self.user,
-                source=display(source),
-                count=len(copied),
-            )
-        if src_prefix not in copied:
-            await self.store.put(dst_prefix, b"")
-        # Contents before their directory markers (reverse key order puts
-        # "a/b" before "a/"), so no directory outlives its files on a store
-        # that keeps directories as real ones.
-        for key in sorted(copied, reverse=True):
-            await self.store.delete(key)
-        log.info(
-            "{user}: renamed {source} to {target} ({count} objects)",
-            user=self.user,
-            source=display(source),
-            target=display(target),
-            count=len(copied),
-        )
-
-    async def _copy_object(self, info: ObjectInfo, destination: str) -> None:
-        if info.key.endswith("/"):
-            await self.store.put(destination, b"")
-        else:
-            await self.store.copy(info.key, destination)
-
     def rename(self, source: Sequence[str], target: Sequence[str]) -> Deferred[None]:
         """Rename a file or a directory tree (server-side copies, then deletes)."""
         self.require("rename", source)
-        return self._run(source, lambda: self._rename(source, target))
+        return self._run(source, lambda: renames.rename(self, source, target))

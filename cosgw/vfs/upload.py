@@ -30,8 +30,11 @@ from cosgw.interfaces import (
     IntegrityError,
     IObjectStore,
     IUpload,
+    NoSuchKey,
     ObjectInfo,
+    StoreError,
 )
+from cosgw.policy.quota import QuotaFull, Reservation
 from cosgw.policy.throttle import PauseGate, ThrottledReceiver
 from cosgw.transfer import (
     PositionalWriter,
@@ -44,7 +47,7 @@ from cosgw.transfer import (
 from cosgw.vfs.errors import InvalidOffset, translate
 from cosgw.vfs.names import display
 from cosgw.vfs.rates import ReplyHold
-from cosgw.vfs.resume import Resumable
+from cosgw.vfs.resume import Resumable, supersede
 
 if TYPE_CHECKING:
     from cosgw.vfs.filesystem import ObjectFileSystem
@@ -71,17 +74,21 @@ class Upload:
         writer: UploadWriter,
         random_access: Optional[RandomAccessSettings] = None,
         append_writes: bool = False,
+        replaces: bool = False,
     ) -> None:
         """
         @param random_access: the buffers of writes at offsets; None for a
             stream.
         @param append_writes: every write at an offset goes to the end (the
             SFTP APPEND flag, as O_APPEND).
+        @param replaces: a file was visible under the name when the upload
+            began: if it is interrupted, nothing is kept (L{interrupt}).
         """
         self._fs = fs
         self.segments = list(segments)
         self.path = display(segments)
         self._writer = writer
+        self._replaces = replaces
         self._gate: Optional[PauseGate] = None
         self._receiver: Optional[ThrottledReceiver] = None
         self._replies = ReplyHold(fs.rates.upload, None)
@@ -204,7 +211,11 @@ class Upload:
             except BaseException:
                 await self._writer.abort()
                 raise
-        return await self._writer.finish()
+        info = await self._writer.finish()
+        # The name is visible now: an upload of it kept meanwhile (a
+        # concurrent one, interrupted) can no longer be resumed.
+        await supersede(self._fs, self._writer.key)
+        return info
 
     def commit(self, size: Optional[int] = None) -> Deferred[ObjectInfo]:
         """
@@ -265,27 +276,69 @@ class Upload:
     def interrupt(self) -> Deferred[int]:
         """
         The client went away in the middle of the upload: keep what is
-        stored for a resume (when the settings allow), else discard it.
-        Nothing appears under the file's name either way.
+        stored for a resume when the settings allow and the name has no
+        visible object, else discard it.  An interrupted overwrite never
+        keeps anything: the old file stays as it was, and SIZE, APPE and
+        REST go on seeing it (L{cosgw.vfs.resume}).  Nothing appears under
+        the file's name either way.
 
         @return: Deferred firing with the bytes kept for a resume.
         """
-        writer = self._writer
-        if not self._fs.settings.resume_uploads:
-            return writer.abort().addCallback(lambda _: 0)
+        return ensureDeferred(self._interrupt())
 
-        def report(kept: int) -> int:
+    async def _interrupt(self) -> int:
+        fs, writer = self._fs, self._writer
+        if not fs.settings.resume_uploads:
+            await writer.abort()
+            return 0
+        why = "it replaced a file, which stays" if self._replaces else None
+        if why is None and await self._name_taken():
+            why = "a file of that name was stored meanwhile"
+        if why is not None:
+            await writer.abort()
             log.info(
                 "{user}: upload of {path} interrupted after {received} bytes; "
-                "{kept} bytes kept for a resume",
-                user=self._fs.user,
+                "nothing kept: {why}",
+                user=fs.user,
                 path=self.path,
                 received=writer.received,
-                kept=kept,
+                why=why,
             )
-            return kept
+            return 0
+        kept = await writer.suspend()
+        log.info(
+            "{user}: upload of {path} interrupted after {received} bytes; "
+            "{kept} bytes kept for a resume",
+            user=fs.user,
+            path=self.path,
+            received=writer.received,
+            kept=kept,
+        )
+        if kept and writer.upload_id is not None:
+            await supersede(fs, writer.key, keep=writer.upload_id)
+        return kept
 
-        return writer.suspend().addCallback(report)
+    async def _name_taken(self) -> bool:
+        """
+        Whether an object appeared under the name of this new file since the
+        upload began (another session's upload of it finished first).  When
+        the store cannot tell, the parts are kept: a kept upload replaces
+        nothing until a client resumes it.
+        """
+        try:
+            await self._fs.store.head(self._writer.key)
+        except NoSuchKey:
+            return False
+        except StoreError as e:
+            log.warn(
+                "{user}: cannot tell whether {path} exists ({error}); "
+                "keeping the interrupted upload",
+                user=self._fs.user,
+                path=self.path,
+                error=str(e),
+            )
+            return False
+        return True
 
 
 async def _read_prefix(store: IObjectStore, key: str, length: int) -> bytes:
@@ -317,52 +370,93 @@ async def begin_upload(
 ) -> Upload:
     """
     Start the upload of a file whose checks are done (L{ObjectFileSystem}'s
-    C{_writable}): C{existing} is what is there, C{resumable} the
-    interrupted upload of it that could be continued (looked up only when
-    C{offset} or C{append} asks for one).
+    C{_writable}): C{existing} is the visible file, C{resumable} the
+    interrupted upload of the name that could be continued (looked up only
+    when C{offset} or C{append} asks for one, and only when no file is
+    visible).  Other kept uploads of the name are discarded: they can no
+    longer be resumed.
 
     @raise InvalidOffset: C{offset} is neither the end of C{resumable} nor
         inside the file.
+    @raise QuotaFull: the user's quota has no room for the upload.
     """
     key = fs.key(segments)
     path = display(segments)
     if append:
-        # APPE: after the interrupted upload a client was told of (SIZE),
-        # else after the whole file.
-        if resumable is not None:
-            offset = resumable.size
-        elif existing is not None:
+        # APPE: after the visible file, else after the interrupted upload a
+        # client was told of (SIZE).
+        if existing is not None:
             offset = existing.size
+        elif resumable is not None:
+            offset = resumable.size
     writer_args: dict[str, Any] = {"size_hint": size_hint, "registry": fs.registry}
-    if offset and resumable is not None and resumable.size == offset:
+    resuming: Optional[str] = None
+    prefix = 0  # bytes of the existing file read back before the stream
+    if offset and existing is not None and existing.size >= offset:
+        # The first `offset` bytes of the existing object stay: copied
+        # server-side when COS allows a part that small, else read.
+        if offset >= MIN_PART_SIZE:
+            writer_args["copy_prefix"] = (key, offset)
+        else:
+            prefix = offset
+    elif offset and resumable is not None and resumable.size == offset:
         log.info(
             "{user}: resuming the upload of {path} after {size} stored bytes",
             user=fs.user,
             path=path,
             size=offset,
         )
-        writer_args["resume"] = (resumable.upload.upload_id, resumable.parts)
-    elif offset and existing is not None and existing.size >= offset:
-        # The first `offset` bytes of the existing object stay: copied
-        # server-side when COS allows a part that small, else read.
-        if offset >= MIN_PART_SIZE:
-            writer_args["copy_prefix"] = (key, offset)
-        else:
-            writer_args["initial"] = await _read_prefix(fs.store, key, offset)
+        resuming = resumable.upload.upload_id
+        writer_args["resume"] = (resuming, resumable.parts)
     elif offset:
         have = (
-            resumable.size
-            if resumable is not None
-            else (existing.size if existing is not None else 0)
+            existing.size
+            if existing is not None
+            else (resumable.size if resumable is not None else 0)
         )
         raise InvalidOffset(
             path, f"cannot restart at {offset}: {have} bytes are stored"
         )
-    if fs.usage is not None:
-        await fs.usage.ensure()
-        writer_args["budget"] = fs.usage.reserve(
-            replacing=existing.size if existing is not None else 0,
-            new_file=existing is None,
-        )
-    writer = UploadWriter(fs.store, key, fs.settings, **writer_args)
-    return Upload(fs, segments, writer, random_access, append_writes)
+    await supersede(fs, key, keep=resuming)
+    budget = await _reserve(fs, key, existing, resuming, offset)
+    try:
+        if prefix:
+            writer_args["initial"] = await _read_prefix(fs.store, key, prefix)
+    except BaseException:
+        if budget is not None:
+            budget.release()
+        raise
+    writer = UploadWriter(fs.store, key, fs.settings, budget=budget, **writer_args)
+    return Upload(
+        fs, segments, writer, random_access, append_writes, existing is not None
+    )
+
+
+async def _reserve(
+    fs: ObjectFileSystem,
+    key: str,
+    existing: Optional[Entry],
+    resuming: Optional[str],
+    start: int,
+) -> Optional[Reservation]:
+    """
+    The upload's quota reservation, already holding the C{start} bytes the
+    object begins with (a resumed upload's kept parts move into it); None
+    without a quota.
+
+    @raise QuotaFull: no room for the upload, or for its first bytes (then
+        a kept upload it would resume stays kept).
+    """
+    if fs.usage is None:
+        return None
+    await fs.usage.ensure()
+    budget = fs.usage.reserve(
+        key,
+        replacing=existing.size if existing is not None else 0,
+        new_file=existing is None,
+        resuming=resuming,
+    )
+    if not budget.grow(start):
+        budget.release()
+        raise QuotaFull(f"disk quota reached ({fs.usage.max_bytes} bytes)")
+    return budget
