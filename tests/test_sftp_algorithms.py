@@ -1,20 +1,22 @@
 """
 Tests for L{cosgw.frontends.sftp.algorithms}: what the server offers, read
-from its clear-text KEXINIT, and group exchange with a moduli file.
+from its clear-text KEXINIT, and group exchange, whose arithmetic on the
+reactor stays small whatever size a client asks for.
 """
 
 from __future__ import annotations
 
 import struct
-from pathlib import Path
-from typing import Any
+import time
+from typing import Any, cast
 
-from twisted.conch.ssh import _kex
 from twisted.internet import defer
 from twisted.trial.unittest import TestCase
 
 from cosgw.auth.keys import fingerprint
+from cosgw.frontends.sftp.transport import GatewaySSHTransport
 from tests.sshtesting import (
+    MESSAGE,
     NO_OPENSSH,
     PASSWORD,
     USER,
@@ -43,11 +45,33 @@ def parse_kexinit(payload: bytes) -> list[list[str]]:
     return lists
 
 
-def group14_moduli(path: Path) -> Path:
-    """A moduli file holding RFC 3526's 2048-bit group."""
-    g, p = _kex.getDHGeneratorAndPrime(b"diffie-hellman-group14-sha1")
-    path.write_text(f"20240101000000 2 6 100 2047 {g} {p:X}\n")
-    return path
+class TimedTransport(GatewaySSHTransport):
+    """
+    Records the group size and the reactor thread's CPU time of each
+    group-exchange step (the GROUP reply and the shared secret), as the
+    factory's C{gex} list of (step, bits, seconds).
+    """
+
+    def ssh_KEX_DH_GEX_REQUEST(self, packet: bytes) -> None:
+        start = time.thread_time()
+        super().ssh_KEX_DH_GEX_REQUEST(packet)
+        self.record("group", time.thread_time() - start)
+
+    def ssh_KEX_DH_GEX_INIT(self, packet: bytes) -> None:
+        start = time.thread_time()
+        super().ssh_KEX_DH_GEX_INIT(packet)
+        self.record("secret", time.thread_time() - start)
+
+    def record(self, step: str, seconds: float) -> None:
+        cast(GEXFactory, self.factory).gex.append((step, self.p.bit_length(), seconds))
+
+
+class GEXFactory(TrackingFactory):
+    protocol = TimedTransport
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.gex: list[tuple[str, int, float]] = []
 
 
 class AlgorithmTests(SSHServerMixin, TestCase):
@@ -81,6 +105,7 @@ class AlgorithmTests(SSHServerMixin, TestCase):
                 "ecdh-sha2-nistp256",
                 "ecdh-sha2-nistp384",
                 "ecdh-sha2-nistp521",
+                "diffie-hellman-group-exchange-sha256",
                 "ext-info-s",
             ],
         )
@@ -131,18 +156,26 @@ class AlgorithmTests(SSHServerMixin, TestCase):
         )
 
     @defer.inlineCallbacks
-    def test_group_exchange_with_moduli(self) -> Any:
-        """With a moduli file, diffie-hellman-group-exchange-sha256 is offered and works."""
-        moduli = group14_moduli(self.workdir / "moduli")
-
-        class Factory(TrackingFactory):
-            moduli_path = moduli
-
-        port = self.start_server(factory_class=Factory)
-        seen = yield self.in_thread(raw_server_packets, port, packets=1)
-        kex = parse_kexinit(seen["packets"][0])[0]
-        self.assertIn("diffie-hellman-group-exchange-sha256", kex)
-        self.assertNotIn("diffie-hellman-group-exchange-sha1", kex)
+    def test_group_exchange_cost_bounded(self) -> Any:
+        """
+        OpenSSH with group exchange only asks for an 8192-bit group: it
+        gets the 4096-bit RFC 3526 group, and each step costs the reactor
+        milliseconds of CPU (a moduli-file group of 4096 bits cost 6.7 s,
+        of 8192 bits 49 s); paramiko asks for 2048 bits and gets them.
+        """
+        port = self.start_server(factory_class=GEXFactory)
+        gex = ["-o", "KexAlgorithms=diffie-hellman-group-exchange-sha256"]
+        result = yield self.openssh(
+            port, user_key("ed25519"), *gex, f"{USER}@127.0.0.1", "true"
+        )
+        self.assertEqual(result.returncode, 1, result.stderr)
+        self.assertIn(MESSAGE.encode(), result.stderr)
+        self.assertEqual(
+            [(step, bits) for step, bits, _ in self.factory.gex],
+            [("group", 4096), ("secret", 4096)],
+        )
+        for step, _, seconds in self.factory.gex:
+            self.assertLess(seconds, 0.1, f"{step} took {seconds:.3f} s of CPU")
 
         def gex_login() -> str:
             with paramiko_transport(
@@ -152,3 +185,4 @@ class AlgorithmTests(SSHServerMixin, TestCase):
                 return sftp_realpath(t)
 
         self.assertEqual((yield self.in_thread(gex_login)), "/")
+        self.assertEqual([bits for _, bits, _ in self.factory.gex[2:]], [2048, 2048])

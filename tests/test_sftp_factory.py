@@ -1,6 +1,6 @@
 """
 Tests for L{cosgw.frontends.sftp.factory}: what the factory refuses, the
-group-exchange primes it reads, and ending every open connection.
+groups group exchange hands out, and ending every open connection.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import threading
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import dsa
-from twisted.conch.ssh import keys
+from twisted.conch.ssh import _kex, keys
 from twisted.cred.portal import Portal
 from twisted.internet import defer, reactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -26,7 +26,6 @@ from tests.sshtesting import (
     paramiko_transport,
     parse_disconnect,
     raw_server_packets,
-    temporary_directory,
     wait_inactive,
 )
 
@@ -48,20 +47,46 @@ class FactoryTests(SynchronousTestCase):
             ValueError, GatewaySSHFactory, portal, {b"ssh-dss": dss}, reactor
         )
 
-    def test_no_moduli_no_group_exchange(self) -> None:
-        class Factory(GatewaySSHFactory):
-            moduli_path = temporary_directory(self) / "moduli"
+    def test_group_exchange_groups(self) -> None:
+        """
+        Group exchange hands out the RFC 3526 groups of 2048, 3072 and 4096
+        bits (generator 2), whose arithmetic is cheap; a client asking for
+        8192 bits, as OpenSSH does, gets 4096, paramiko's 2048 gets 2048.
+        """
+        factory = GatewaySSHFactory(Portal(Realm()), host_keys(), reactor)
+        assert factory.primes is not None
+        self.assertEqual(sorted(factory.primes), [2048, 3072, 4096])
+        for bits, groups in factory.primes.items():
+            self.assertEqual(groups, [(2, rfc3526_prime(bits))])
+        self.assertEqual(factory.getDHPrime(8192), (2, rfc3526_prime(4096)))
+        self.assertEqual(factory.getDHPrime(2048), (2, rfc3526_prime(2048)))
+        self.assertEqual(
+            rfc3526_prime(2048),
+            _kex.getDHGeneratorAndPrime(b"diffie-hellman-group14-sha1")[1],
+        )
 
-        self.assertIsNone(Factory(Portal(Realm()), host_keys(), reactor).primes)
 
-    def test_small_moduli_dropped(self) -> None:
-        path = temporary_directory(self) / "moduli"
-        path.write_text("20240101000000 2 6 100 1023 2 " + "F" * 256 + "\n")
+def rfc3526_prime(bits: int) -> int:
+    """
+    The MODP prime of RFC 3526 from its definition, 2^n - 2^(n-64) - 1 +
+    2^64 * (floor(2^(n-130) * pi) + k), with pi from Machin's formula in
+    integers.
+    """
+    k = {2048: 124476, 3072: 1690314, 4096: 240904}[bits]
+    guard = 64
+    scale = 1 << (bits - 130 + guard)
 
-        class Factory(GatewaySSHFactory):
-            moduli_path = path
+    def arctan_inverse(x: int) -> int:
+        total, term, n, sign = 0, scale // x, 1, 1
+        while term:
+            total += sign * (term // n)
+            term //= x * x
+            n += 2
+            sign = -sign
+        return total
 
-        self.assertIsNone(Factory(Portal(Realm()), host_keys(), reactor).primes)
+    pi_scaled = 4 * (4 * arctan_inverse(5) - arctan_inverse(239))
+    return 2**bits - 2 ** (bits - 64) - 1 + 2**64 * ((pi_scaled >> guard) + k)
 
 
 class DisconnectAllTests(SSHServerMixin, TestCase):

@@ -27,6 +27,6 @@ in the module that owns it:
     L{cosgw.frontends.sftp.service.SFTPFrontend} composes them from the
     config.
 
-Everything that blocks (reading and generating host keys, reading
-/etc/ssh/moduli) happens at construction, before the reactor runs.
+Everything that blocks (reading and generating host keys) happens at
+construction, before the reactor runs.
 """

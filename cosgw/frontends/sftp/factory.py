@@ -1,13 +1,14 @@
 """
 The SSH factory: builds L{GatewaySSHTransport}s over one portal and one set
 of host keys, keeps the open ones so a stopping service can end them, and
-computes the algorithm lists once instead of once per connection.
+computes the algorithm lists once instead of once per connection.  Group
+exchange hands out the fixed groups of L{GEX_GROUPS}, whose cost on the
+reactor is measured and small; it never reads /etc/ssh/moduli.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any, Optional, cast
 
 from twisted.conch.ssh import keys, transport
@@ -16,20 +17,13 @@ from twisted.cred.portal import Portal
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Factory
-from twisted.logger import Logger
 
-from cosgw.frontends.sftp.algorithms import (
-    host_key_algorithms,
-    load_gex_primes,
-    without_group_exchange,
-)
+from cosgw.frontends.sftp.algorithms import GEX_GROUPS, host_key_algorithms
 from cosgw.frontends.sftp.session import GatewayConnection
 from cosgw.frontends.sftp.transport import GatewaySSHTransport
 from cosgw.frontends.sftp.userauth import GatewayUserAuthServer
 
 __all__ = ["GatewaySSHFactory"]
-
-log = Logger(namespace="cosgw.ssh")
 
 
 class GatewaySSHFactory(SSHFactory):
@@ -42,10 +36,6 @@ class GatewaySSHFactory(SSHFactory):
         b"ssh-userauth": GatewayUserAuthServer,
         b"ssh-connection": GatewayConnection,
     }
-
-    #: OpenSSH's DH group-exchange primes; group exchange is offered only
-    #: when this file exists.
-    moduli_path = Path("/etc/ssh/moduli")
 
     def __init__(
         self,
@@ -95,28 +85,21 @@ class GatewaySSHFactory(SSHFactory):
         self.primes = self.getPrimes()
         self._public_key_algorithms = self._host_key_algorithms(private.values())
         self._key_exchanges = list(self.protocol.supportedKeyExchanges)
-        if not self.primes:
-            self._key_exchanges = without_group_exchange(self._key_exchanges)
-            log.info(
-                "No DH group-exchange primes in {path}; group exchange not offered",
-                path=str(self.moduli_path),
-            )
 
     def _host_key_algorithms(self, host_keys: Iterable[keys.Key]) -> list[bytes]:
         """The signature algorithms the host keys allow that we offer."""
         return host_key_algorithms(host_keys, self.protocol.supportedPublicKeys)
 
-    def getPrimes(self) -> Optional[dict[int, list[tuple[int, int]]]]:
+    def getPrimes(self) -> dict[int, list[tuple[int, int]]]:
         """
-        DH group-exchange primes of at least 2048 bits from L{moduli_path},
-        or None (no group exchange) when it is missing or unreadable.
+        The groups group exchange hands out: L{GEX_GROUPS}, never a moduli
+        file's, whose groups cost seconds of reactor time each (see there).
         """
-        return load_gex_primes(Path(self.moduli_path))
+        return {bits: list(groups) for bits, groups in GEX_GROUPS.items()}
 
     def buildProtocol(self, addr: Any) -> GatewaySSHTransport:
         # Not SSHFactory.buildProtocol: it offers every algorithm the host
-        # keys can sign with (ssh-rsa included) and logs a line for every
-        # connection when there are no primes.  The lists are computed once.
+        # keys can sign with (ssh-rsa included).  The lists are computed once.
         t = cast(GatewaySSHTransport, Factory.buildProtocol(self, addr))
         t.supportedPublicKeys = list(self._public_key_algorithms)
         t.supportedKeyExchanges = list(self._key_exchanges)
