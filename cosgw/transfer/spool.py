@@ -197,9 +197,9 @@ class Spool:
                 more=more,
             )
             raise SpoolFull(
-                f"gateway spool is full ({budget.limit} bytes, max_spool_size, "
-                "held by files being written out of order or changed in "
-                "place); try again later"
+                "gateway spool is full: files written out of order or changed "
+                f"in place hold its {budget.limit} bytes (max_spool_size); "
+                "try again later"
             )
         self.used = total
 

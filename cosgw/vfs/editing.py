@@ -266,15 +266,6 @@ class RandomAccessFile:
             self.upload.registerProducer(self._producer, True)
         self.mode = FileMode.STREAM
 
-    def _spool(self) -> Spool:
-        settings = self.settings
-        return Spool(
-            self.fs.runner,
-            settings.spool_dir,
-            settings.spool_limit,
-            settings.spool_budget,
-        )
-
     async def _start_image(self) -> None:
         """Copy the existing file into a spool, to change it in place."""
         assert self.existing is not None
@@ -286,27 +277,31 @@ class RandomAccessFile:
                 "instead",
             )
         self.fs.require("download", self.segments)
-        spool = self._spool()
-        # The whole copy's disk is claimed first, so that of many files
-        # changed at once some fail at once, rather than all midway.
+        settings = self.settings
+        spool = Spool(
+            self.fs.runner,
+            settings.spool_dir,
+            settings.spool_limit,
+            settings.spool_budget,
+        )
+        # The whole copy's disk is claimed first: of many files changed at
+        # once, some fail at once rather than all midway.
         spool.reserve(self.existing.size)
-        try:
-            source = await self.fs._open_source(self.segments, 0)
-        except BaseException:
-            spool.close()
-            raise
+        source = None
         offset = 0
         try:
+            source = await self.fs._open_source(self.segments, 0)
             while chunk := await source.read(MiB):
+                self._check_not_aborted()
                 await spool.write(offset, chunk)
                 offset += len(chunk)
-                self._check_not_aborted()
             self._check_not_aborted()
         except BaseException:
             spool.close()
             raise
         finally:
-            source.close()
+            if source is not None:
+                source.close()
         self.image, self.image_size = spool, offset
         gate = PauseGate(self._producer) if self._producer is not None else None
         self._image_replies = ReplyHold(self.fs.rates.upload, gate)
