@@ -27,6 +27,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from cosgw.auth.text import decode_bytes
+from cosgw.escaping import for_log
 
 __all__ = ["MIN_RSA_BITS", "KeyChecker", "check_key_strength", "fingerprint"]
 
@@ -171,7 +172,7 @@ class KeyChecker:
             return self._refuse(user, "bad signature", query)
         log.info(
             "Public key login succeeded for user {user} ({fingerprint})",
-            user=user,
+            user=for_log(user),
             fingerprint=fingerprint(key),
         )
         return defer.succeed(user)
@@ -180,12 +181,14 @@ class KeyChecker:
         if query:
             # Clients ask about every key they hold; not worth a warning.
             log.debug(
-                "Public key query for user {user}: {reason}", user=user, reason=reason
+                "Public key query for user {user}: {reason}",
+                user=for_log(user),
+                reason=reason,
             )
         else:
             log.warn(
                 "Public key login failed for user {user}: {reason}",
-                user=user,
+                user=for_log(user),
                 reason=reason,
             )
         return defer.fail(UnauthorizedLogin("Login failed"))

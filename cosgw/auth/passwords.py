@@ -6,14 +6,21 @@ credentials, shared by every frontend.
     in the gateway's thread pool, never on the reactor thread.  At most
     C{max_concurrent} verifications run at once and at most C{max_queued}
     wait, so a login flood cannot take every worker away from COS transfers
-    nor grow an unbounded queue.
-  - An unknown user costs one verification against a dummy hash, exactly as a
-    known one does, so user names cannot be enumerated by timing.
+    nor grow an unbounded queue.  A verification the client abandons keeps
+    its place in the pool until its thread is done, so hanging up frees no
+    room for more hashing.  (Sharing the queue fairly between client
+    addresses is the login defender's part.)
+  - Every password tried costs one key derivation, whatever the account:
+    a hashed account's own; the dummy hash's (the default parameters) for
+    an unknown user, a plain-text (V5) password, compared in constant time
+    after it, and a stored hash that cannot be used.  So a user name's
+    existence and its kind of password cannot be told by timing, as long
+    as hashed accounts use the default parameters (C{cosgw-passwd} does).
   - A failed login fails only after C{failure_delay} seconds (the FTP
     protocol has no delay of its own; Conch adds one more on top).
   - Passwords never reach a log line or an exception message.  Log events
-    carry the user name and a reason, on the reactor thread: worker threads
-    never log.
+    carry the user name (escaped: it comes from the client) and a reason, on
+    the reactor thread: worker threads never log.
 
 FTP hands over latin-1-decoded str and SSH raw bytes; both are turned into
 the texts the client may have meant (L{cosgw.auth.text.text_candidates}).
@@ -30,7 +37,7 @@ from typing import NamedTuple, Optional, Union, cast
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import IUsernamePassword
 from twisted.cred.error import UnauthorizedLogin
-from twisted.internet.defer import Deferred, DeferredSemaphore
+from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore
 from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThreadPool
@@ -41,6 +48,7 @@ from zope.interface import implementer
 
 from cosgw.auth.hashes import hash_password, verify_quietly
 from cosgw.auth.text import text_candidates
+from cosgw.escaping import for_log
 
 __all__ = ["PasswordChecker", "StoredPassword", "UserLookup"]
 
@@ -89,27 +97,43 @@ class _Outcome(enum.Enum):
     UNUSABLE_HASH = "stored password hash unusable"
 
 
+def _verify_one(password: str, entry: Optional[tuple[str, bool]]) -> Optional[bool]:
+    """
+    Runs in the thread pool: C{password} against the account's (C{entry}),
+    at the cost of exactly one key derivation whatever the account is.
+    None when the stored hash cannot be used.
+    """
+    if entry is None:
+        verify_quietly(password, _dummy_hash(), True)
+        return False
+    stored, is_hashed = entry
+    if not is_hashed:
+        # The work a hash would cost, then the constant-time comparison.
+        verify_quietly(password, _dummy_hash(), True)
+        return verify_quietly(password, stored, False)
+    result = verify_quietly(password, stored, True)
+    if result is None:
+        # Refused before deriving anything: pay for it anyway.
+        verify_quietly(password, _dummy_hash(), True)
+    return result
+
+
 def _check_in_thread(
     passwords: Sequence[str], entry: Optional[tuple[str, bool]]
 ) -> _Outcome:
     """
     Runs in the thread pool: try each candidate password against the
-    account's, or against the dummy hash for an unknown user (C{entry} is
-    None) so both take the same time.
+    account's (C{entry}; None for an unknown user), each at the cost of one
+    key derivation (see L{_verify_one}).
     """
-    if entry is None:
-        dummy = _dummy_hash()
-        for password in passwords:
-            verify_quietly(password, dummy, True)
-        return _Outcome.UNKNOWN_USER
-    stored, is_hashed = entry
+    outcome = _Outcome.UNKNOWN_USER if entry is None else _Outcome.WRONG_PASSWORD
     for password in passwords:
-        result = verify_quietly(password, stored, is_hashed)
-        if result is None:
-            return _Outcome.UNUSABLE_HASH
+        result = _verify_one(password, entry)
         if result:
             return _Outcome.SUCCESS
-    return _Outcome.WRONG_PASSWORD
+        if result is None:
+            outcome = _Outcome.UNUSABLE_HASH
+    return outcome
 
 
 def _mapping_lookup(
@@ -212,7 +236,7 @@ class PasswordChecker:
         try:
             found = self._find(names)
         except Exception:
-            log.failure("Account lookup failed for user {user}", user=offered)
+            log.failure("Account lookup failed for user {user}", user=for_log(offered))
             return self._fail()
         if found is None:
             user, entry = offered, None
@@ -225,19 +249,12 @@ class PasswordChecker:
             log.warn(
                 "Login for user {user} refused unchecked: {queued} logins"
                 " already waiting for verification",
-                user=user,
+                user=for_log(user),
                 queued=len(semaphore.waiting),
             )
             return self._fail()
 
-        d = semaphore.run(
-            deferToThreadPool,
-            self._reactor,
-            self._pool,
-            _check_in_thread,
-            passwords,
-            entry,
-        )
+        d = self._verify(passwords, entry)
         return d.addCallbacks(
             self._checked,
             self._crashed,
@@ -245,26 +262,77 @@ class PasswordChecker:
             errbackArgs=(user,),
         )
 
+    def _verify(
+        self, passwords: Sequence[str], entry: Optional[tuple[str, bool]]
+    ) -> Deferred[_Outcome]:
+        """
+        L{_check_in_thread} in the pool once one of the C{max_concurrent}
+        slots is free.
+
+        Cancelling the result while it waits for a slot gives the place up.
+        Once in the pool, only the result fails (with L{CancelledError}):
+        the thread cannot be stopped, so it keeps its slot until it is done
+        (L{DeferredSemaphore.run} would release it at once, letting a client
+        that hangs up start hashing after hashing).
+        """
+        semaphore = self._semaphore
+        acquiring = semaphore.acquire()
+        in_pool: list[Deferred[_Outcome]] = []
+
+        def cancel(_: Deferred[_Outcome]) -> None:
+            if not in_pool:
+                acquiring.cancel()
+
+        result: Deferred[_Outcome] = Deferred(cancel)
+
+        def deliver(outcome: Union[_Outcome, Failure]) -> None:
+            if result.called:
+                return  # cancelled
+            if isinstance(outcome, Failure):
+                result.errback(outcome)
+            else:
+                result.callback(outcome)
+
+        def run(_: object) -> None:
+            work = deferToThreadPool(
+                self._reactor, self._pool, _check_in_thread, passwords, entry
+            )
+            in_pool.append(work)
+
+            def done(outcome: Union[_Outcome, Failure]) -> None:
+                semaphore.release()
+                deliver(outcome)
+
+            work.addBoth(done)
+
+        acquiring.addCallbacks(run, deliver)
+        return result
+
     def _checked(self, outcome: _Outcome, user: str) -> Union[str, Deferred[str]]:
         """Log the verdict from the thread pool, on the reactor thread."""
         if outcome is _Outcome.SUCCESS:
-            log.info("Login succeeded for user {user}", user=user)
+            log.info("Login succeeded for user {user}", user=for_log(user))
             return user
         # UNUSABLE_HASH: the stored hash is in an unrecognised or malformed
         # format; the reason says so without quoting it.
         log.warn(
-            "Login failed for user {user}: {reason}", user=user, reason=outcome.value
+            "Login failed for user {user}: {reason}",
+            user=for_log(user),
+            reason=outcome.value,
         )
         return self._fail()
 
-    def _crashed(self, failure: Failure, user: str) -> Deferred[str]:
+    def _crashed(self, failure: Failure, user: str) -> Union[Failure, Deferred[str]]:
         """
         An unexpected error in verification: log its type only, since its
-        message or traceback locals could hold the password, and fail.
+        message or traceback locals could hold the password, and fail.  A
+        cancellation (the client is gone) passes through at once.
         """
+        if failure.check(CancelledError):
+            return failure
         log.error(
             "Login failed for user {user}: verification raised {error_type}",
-            user=user,
+            user=for_log(user),
             error_type=failure.type.__name__ if failure.type else "?",
         )
         return self._fail()
