@@ -523,11 +523,24 @@ class FTPGateway:
     def advance(self, seconds: float) -> None:
         self.clock.advance(seconds)
 
-    def connect(self, host: str = CLIENT_HOST, port: int = 50001) -> ControlClient:
-        """A client connects; its control connection, greeting unread."""
+    def connect(
+        self,
+        host: str = CLIENT_HOST,
+        port: int = 50001,
+        send_buffer: Optional[int] = None,
+        transport_class: type[FakeTCP] = FakeTCP,
+    ) -> ControlClient:
+        """
+        A client connects; its control connection, greeting unread.
+
+        @param send_buffer: replies left unread beyond which the transport
+            pauses the protocol (as TCP's send buffer does); None, never.
+        """
         peer = IPv4Address("TCP", host, port)
         protocol = self.factory.buildProtocol(peer)
-        transport = FakeTCP(self.clock, IPv4Address("TCP", SERVER_HOST, 21), peer)
+        transport = transport_class(
+            self.clock, IPv4Address("TCP", SERVER_HOST, 21), peer, send_buffer
+        )
         transport.connect(protocol)
         self.pump()
         return ControlClient(self, protocol, transport)

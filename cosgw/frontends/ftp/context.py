@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.defer import Deferred
 
 from cosgw import vfs
 from cosgw.frontends.ftp.replies import Reply
@@ -80,12 +81,22 @@ class CommandContext:
     commands: Mapping[str, Command]
 
     if TYPE_CHECKING:
-        # Given by LineReceiver, TimeoutMixin and the protocol itself.
+        # Given by TimeoutMixin and the protocol itself (GatewayFTP).
         def sendLine(self, line: Union[str, bytes]) -> None: ...
 
         def setTimeout(self, period: Optional[float]) -> Optional[float]: ...
 
         def control_timeout(self) -> Optional[float]: ...
+
+        def start_login_deadline(self) -> None: ...
+
+        def logged_in(self) -> None: ...
+
+        def close_control(self) -> None: ...
+
+        def start_tls(self, options: Any) -> None: ...
+
+        def replies_flushed(self) -> Deferred[None]: ...
 
     @property
     def reactor(self) -> Any:

@@ -11,6 +11,7 @@ from typing import Optional
 from twisted.logger import Logger
 
 from cosgw import vfs
+from cosgw.escaping import for_log
 from cosgw.frontends.ftp.context import CommandContext
 from cosgw.frontends.ftp.facts import FACTS, feat_mlst
 from cosgw.frontends.ftp.replies import Reply
@@ -106,7 +107,11 @@ class InfoCommands(CommandContext):
         return Reply(214, "Help OK")
 
     def ftp_CLNT(self, name: str) -> Reply:
-        log.info("client {peer} says it is {name}", peer=self.peer.host, name=name[:80])
+        log.info(
+            "client {peer} says it is {name}",
+            peer=self.peer.host,
+            name=for_log(name[:80]),
+        )
         return Reply(200, "Noted")
 
     def ftp_TYPE(self, kind: str) -> Reply:
@@ -163,7 +168,9 @@ class InfoCommands(CommandContext):
         """
         RFC 959 STAT.  During a transfer: its progress.  Without an argument:
         the session's status.  With a path: its listing, over the control
-        connection (213), streamed page by page like LIST.
+        connection (213), streamed page by page like LIST: the next page is
+        fetched once the client has read enough of this one, so a client
+        that does not read holds at most the send buffer and one page.
         """
         if not path:
             for line in self._status():
@@ -177,9 +184,14 @@ class InfoCommands(CommandContext):
         self.sendLine(f"213-Status of {vfs.display(segments)}:")
         while page is not None:
             for entry in page:
+                # A leading space: no line can pass for a reply code
+                # (RFC 959 4.2); sendLine shows control characters as '?'.
                 self.sendLine(
                     " " + format_list_line(entry, fs.permissions, fs.user, now)
                 )
+            await self.replies_flushed()
+            if self.session.over:
+                return None  # the connection is closing
             page = await listing.next_page()
         return Reply(213, "End of status")
 

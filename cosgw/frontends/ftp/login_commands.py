@@ -13,6 +13,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from cosgw.escaping import for_log
 from cosgw.frontends.ftp.context import CommandContext
 from cosgw.frontends.ftp.replies import Reply
 from cosgw.frontends.ftp.session import Event
@@ -37,8 +38,15 @@ class LoginCommands(CommandContext):
         if not username:
             return Reply(501, "USER requires a user name")
         if not self.session.secure and self.tls_policy(username)[0]:
-            log.info("refused a login in clear text from {peer}", peer=self.peer.host)
+            log.info(
+                "refused a login in clear text for {user} from {peer}",
+                user=for_log(username),
+                peer=self.peer.host,
+            )
             return Reply(534, "Policy requires TLS: send AUTH TLS first")
+        if self.session.logged_in:
+            # A new login: the session is not logged in from now on.
+            self.start_login_deadline()
         self.session.name_user(username)
         return Reply(331, "Password required")
 
@@ -65,9 +73,11 @@ class LoginCommands(CommandContext):
             logout()
             return Reply(421, "Connection closed")
         self.session.log_in(fs, logout)
-        self.setTimeout(self.control_timeout())
+        self.logged_in()
         log.info(
-            "FTP login {user} from {peer}", user=self.session.user, peer=self.peer.host
+            "FTP login {user} from {peer}",
+            user=for_log(str(self.session.user)),
+            peer=self.peer.host,
         )
         return Reply(230, "Login successful")
 
@@ -80,8 +90,10 @@ class LoginCommands(CommandContext):
         self.session.advance(Event.LOGIN_REFUSED)
         if failure.check(LoginBanned, LoginRefused):
             # Banned, or a rule refuses this user here or now: say why
-            # and hang up (RFC 959: 421 service closing).
-            self.reactor.callLater(0, self.transport.loseConnection)
+            # and hang up (RFC 959: 421 service closing), running nothing
+            # the client sent meanwhile.
+            self.session.advance(Event.QUIT)
+            self.reactor.callLater(0, self.close_control)
             return Reply(421, str(failure.value))
         return Reply(530, "Login incorrect")
 
@@ -89,20 +101,17 @@ class LoginCommands(CommandContext):
         """
         RFC 959 REIN: back to a new session (a transfer in progress finishes
         first: REIN waits its turn).  TLS stays on, since it cannot be
-        stopped, but PBSZ and PROT must be given again.
+        stopped, but PBSZ and PROT must be given again.  The login
+        deadline starts again.
         """
         self.session.reinitialize(implicit_tls=self.factory.implicit)
         self.data.close()
+        self.start_login_deadline()
         return Reply(220, "Ready for a new user")
 
     def ftp_QUIT(self) -> None:
         self.sendLine("221 Goodbye")
-        self.session.advance(Event.QUIT)
-        self.transport.loseConnection()
-        # Keep reading (commands after QUIT are ignored): a TLS close waits
-        # for the client's close_notify, which a paused connection never
-        # reads, so the connection would linger until the idle timeout.
-        self.transport.resumeProducing()
+        self.close_control()
 
     # -- FTPS (RFC 4217) -----------------------------------------------------
 
@@ -117,8 +126,9 @@ class LoginCommands(CommandContext):
         if kind not in ("TLS", "TLS-C", "SSL", "TLS-P"):
             return Reply(504, "Use AUTH TLS")
         self.sendLine(f"234 AUTH {kind} successful")
-        # Everything after the 234 is TLS (the reply above went in clear).
-        self.transport.startTLS(tls.options)
+        # Everything after the 234 is TLS (the reply above went in clear);
+        # what the client sent in clear after AUTH is dropped.
+        self.start_tls(tls.options)
         session.secure = True
         if kind in ("SSL", "TLS-P"):
             # The historical mechanisms also protect the data connections.

@@ -24,8 +24,9 @@ class Reply(Exception):
         self.code = code
         self.text = text
 
-    def response(self) -> bytes:
-        return f"{self.code} {self.text}".encode()
+    def response(self) -> str:
+        """The reply line (the protocol escapes and ends it)."""
+        return f"{self.code} {self.text}"
 
 
 def reply_for(failure: Failure, action: str = "") -> Reply:
