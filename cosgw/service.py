@@ -248,11 +248,18 @@ def _login_policy(
         window=server.login_failure_window,
         ban_time=server.login_ban_time,
         base_delay=server.login_failure_delay,
+        # As documented: doubling, at most 16 times the first delay.
+        max_delay=16 * server.login_failure_delay,
+        ipv6_prefix=server.ipv6_prefix,
+        # An address may hold max_connections_per_ip connections, each with
+        # a login under way; more than that waiting is a flood.
+        max_waiting=server.max_connections_per_ip or 64,
     )
     limits = ConnectionLimits(
         max_total=server.max_connections,
         max_per_ip=server.max_connections_per_ip,
         network=NetworkRule(server.allowed_networks, server.denied_networks),
+        ipv6_prefix=server.ipv6_prefix,
     )
     return defender, limits
 

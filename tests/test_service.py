@@ -104,3 +104,36 @@ class UploadSweeperTests(unittest.TestCase):
 
 class CosUploadSweeperTests(UploadSweeperTests):
     kind = "cos"
+
+
+class LoginPolicyWiringTests(unittest.TestCase):
+    """makeService gives the defender and the connection limits the config."""
+
+    @defer.inlineCallbacks
+    def test_ipv6_prefix_delays_and_queue(self) -> Any:
+        """
+        ipv6_prefix groups IPv6 clients for both; the longest delay is 16
+        times login_failure_delay; an address may have as many logins
+        waiting as it may hold connections.
+        """
+        gw = yield start_gateway(
+            self,
+            "local",
+            ipv6_prefix=56,
+            max_connections_per_ip=1,
+            login_failure_delay=0.25,
+            login_max_failures=0,
+        )
+        limits, defender = gw.service.limits, gw.service.defender
+        self.assertIsNone(limits.open("2001:db8:0:1::1"))
+        self.assertEqual(
+            limits.open("2001:db8:0:ff::2"),
+            "too many connections from your address (1)",
+        )
+        self.assertIsNone(limits.open("2001:db8:0:100::1"))
+        limits.close("2001:db8:0:1::1")
+        limits.close("2001:db8:0:100::1")
+        delays = [defender.failed("2001:db8:0:1::1", "a") for _ in range(3)]
+        delays += [defender.failed("2001:db8:0:ff::1", "a") for _ in range(4)]
+        self.assertEqual(delays, [0.25, 0.5, 1.0, 2.0, 4.0, 4.0, 4.0])
+        self.assertEqual(defender._max_waiting, 1)

@@ -48,8 +48,16 @@ class Frontend(MultiService):
         super().__init__()
         self.parts = parts
 
-    def listen(self, description: str, factory: IProtocolFactory) -> ListenerService:
-        """A child L{ListenerService} serving C{factory} on C{description}."""
-        listener = ListenerService(self.parts.reactor, description, factory)
+    def listen(
+        self, description: str, factory: IProtocolFactory, refusal: bytes = b""
+    ) -> ListenerService:
+        """
+        A child L{ListenerService} serving C{factory} on C{description}.
+
+        @param refusal: what a client is sent, before the connection is
+            closed, when the gateway is out of file descriptors (see
+            L{cosgw.frontends.listener}); empty: nothing.
+        """
+        listener = ListenerService(self.parts.reactor, description, factory, refusal)
         listener.setServiceParent(self)
         return listener

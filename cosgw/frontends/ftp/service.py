@@ -19,6 +19,7 @@ from cosgw.frontends.frontend import Frontend, SharedParts
 from cosgw.frontends.ftp.data import ChannelCount
 from cosgw.frontends.ftp.factory import GatewayFTPFactory
 from cosgw.frontends.ftp.tls import ServerTLS, generate_self_signed, load_server_tls
+from cosgw.frontends.listener import FTP_REFUSAL
 from cosgw.interfaces import IFileSystem
 
 __all__ = ["FTPFrontend"]
@@ -96,7 +97,8 @@ class FTPFrontend(Frontend):
         )
         #: Where plain FTP (and explicit FTPS) is served.
         self.listeners = [
-            self.listen(description, self.factory) for description in server.ftp_listen
+            self.listen(description, self.factory, FTP_REFUSAL)
+            for description in server.ftp_listen
         ]
         #: Where implicit FTPS is served.
         self.implicit_listeners = [

@@ -16,6 +16,7 @@ from twisted.logger import Logger
 from cosgw.auth.keys import fingerprint
 from cosgw.config import Config, ConfigError
 from cosgw.frontends.frontend import Frontend, SharedParts
+from cosgw.frontends.listener import ssh_refusal
 from cosgw.frontends.sftp.factory import GatewaySSHFactory
 from cosgw.frontends.sftp.hostkeys import load_host_keys
 from cosgw.frontends.sftp.protocol import FileTransfer
@@ -77,8 +78,14 @@ class SFTPFrontend(Frontend):
             admission=parts.limits,
             login_guard=parts.defender,
         )
+        # Sent when the gateway is out of file descriptors at accept.
+        refusal = ssh_refusal(
+            self.factory.protocol.ourVersionString,
+            b"too many open files, try again later",
+        )
         self.listeners = [
-            self.listen(description, self.factory) for description in server.sftp_listen
+            self.listen(description, self.factory, refusal)
+            for description in server.sftp_listen
         ]
 
     def avatar(self, avatar_id: str, mind: Any) -> tuple[SFTPUser, Any]:
