@@ -54,6 +54,7 @@ from twisted.internet.interfaces import (
     IReactorTime,
     IReadDescriptor,
 )
+from twisted.internet.posixbase import PosixReactorBase
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -378,9 +379,12 @@ class ListenerService(Service):
         """
         self._reactor = reactor
         self.description = description
-        self.endpoint = serverFromString(
-            _ReservingReactor(reactor, refusal), description
-        )
+        # ReservingPort is a tcp.Port: it needs a reactor that watches real
+        # descriptors.  Any other (IOCP on Windows, a test's MemoryReactor)
+        # listens its own way.
+        if isinstance(reactor, PosixReactorBase):
+            reactor = _ReservingReactor(reactor, refusal)
+        self.endpoint = serverFromString(reactor, description)
         self.factory = factory
         self.port: Optional[IListeningPort] = None
         self.listening: Deferred[IListeningPort] = Deferred()
