@@ -231,12 +231,17 @@ def _split_packets(data: bytes) -> tuple[bytes, list[bytes]]:
 
 
 def raw_server_packets(
-    port: int, *, send_version: bool = True, packets: Optional[int] = None
+    port: int,
+    *,
+    send_version: bool = True,
+    packets: Optional[int] = None,
+    after_kexinit: bytes = b"",
 ) -> dict[str, Any]:
     """
     Speak just enough SSH to read the server's clear-text packets (version
     line, KEXINIT, maybe DISCONNECT) until it closes or stays silent, or,
-    with C{packets}, until that many whole packets have arrived.
+    with C{packets}, until that many whole packets have arrived.  With
+    C{after_kexinit}, send those bytes once the server's KEXINIT is in.
     """
     started = time.monotonic()
     with socket.create_connection(("127.0.0.1", port), timeout=CLIENT_TIMEOUT) as s:
@@ -244,7 +249,11 @@ def raw_server_packets(
             s.sendall(b"SSH-2.0-cosgwtest\r\n")
         data = b""
         closed = False
+        pending = after_kexinit
         while True:
+            if pending and _split_packets(data)[1]:
+                s.sendall(pending)
+                pending = b""
             try:
                 chunk = s.recv(65536)
             except TimeoutError:

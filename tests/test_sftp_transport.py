@@ -1,6 +1,7 @@
 """
 Tests for L{cosgw.frontends.sftp.transport}: the login, idle and closing
-deadlines on an injected clock, the same over real sockets, and admission.
+deadlines on an injected clock, the same over real sockets, admission, and
+how packets are taken in (whole, none longer than 256 KiB).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import time
 from typing import Any, Optional
 
 import paramiko
+from twisted.conch.ssh.common import NS
 from twisted.cred.portal import Portal
 from twisted.internet import defer, reactor
 from twisted.internet.address import IPv4Address
@@ -256,3 +258,69 @@ class AdmissionTests(SSHServerMixin, TestCase):
         )
         self.assertEqual(result.returncode, 255)
         self.assertIn(b":12: " + reason.encode(), result.stderr)
+
+
+def kexinit_packet() -> tuple[bytes, bytes]:
+    """A client's clear-text KEXINIT: (its payload, the packet)."""
+    names = [
+        b"curve25519-sha256",
+        b"ssh-ed25519",
+        b"aes128-ctr",
+        b"aes128-ctr",
+        b"hmac-sha2-256",
+        b"hmac-sha2-256",
+        b"none",
+        b"none",
+        b"",
+        b"",
+    ]
+    payload = b"\x14" + bytes(16) + b"".join(NS(n) for n in names) + b"\x00" + bytes(4)
+    padding = 8 - (4 + 1 + len(payload)) % 8
+    if padding < 4:
+        padding += 8
+    body = bytes([padding]) + payload + bytes(padding)
+    return payload, struct.pack(">I", len(body)) + body
+
+
+class PacketTests(SynchronousTestCase):
+    """How the transport takes its input: whole packets, none too long."""
+
+    def test_packet_in_small_pieces_waits_outside_conch(self) -> None:
+        """
+        A packet arriving a byte at a time waits in the transport's queue:
+        Conch's buffer (which it copies whole on every read) holds at most
+        the first cipher block until the packet is complete.
+        """
+        clock = Clock()
+        factory = GatewaySSHFactory(Portal(Realm()), ed25519_host_keys(), clock)
+        proto = factory.buildProtocol(TransportClockTests.PEER)
+        proto.makeConnection(StringTransport(peerAddress=TransportClockTests.PEER))
+        proto.dataReceived(b"SSH-2.0-cosgwtest\r\n")
+        payload, packet = kexinit_packet()
+        sizes = set()
+        for i in range(len(packet) - 1):
+            proto.dataReceived(packet[i : i + 1])
+            sizes.add(len(proto.buf))
+        self.assertEqual(sizes, {0, 8})
+        self.assertIsNone(getattr(proto, "otherKexInitPayload", None))
+        proto.dataReceived(packet[-1:])
+        self.assertEqual(proto.otherKexInitPayload, payload)
+        proto.connectionLost(Failure(ConnectionDone()))
+
+
+class PacketLimitTests(SSHServerMixin, TestCase):
+    @defer.inlineCallbacks
+    def test_oversized_packet_disconnected(self) -> Any:
+        """
+        A packet declaring 300,000 bytes (OpenSSH's limit is 256 KiB, Conch's
+        1 MiB) is refused as soon as its length is in, not buffered.
+        """
+        port = self.start_server()
+        header = struct.pack(">IB", 300_000, 4) + bytes(1000)
+        seen = yield self.in_thread(raw_server_packets, port, after_kexinit=header)
+        self.assertTrue(seen["closed"])
+        self.assertEqual(
+            parse_disconnect(seen["packets"][-1]),
+            (2, "bad packet length 300000 (the limit is 262144)"),
+        )
+        self.assertIn("disconnected: code 2, bad packet length 300000", self.log_text())

@@ -1,13 +1,17 @@
 """
 The C{sftp} subsystem's protocol: Conch's L{FileTransferServer} with what
 cosgw needs changed, over a L{GatewaySFTPServer}.
+
+Requests are read from a L{ChunkQueue} and taken only while the session's
+L{RequestGate} lets them in (see L{cosgw.frontends.sftp.flow}); a packet
+longer than L{MAX_SFTP_PACKET} ends the connection before it is buffered.
 """
 
 from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Optional
 
 from twisted.conch.ssh import filetransfer
 from twisted.conch.ssh.common import NS, getNS
@@ -15,20 +19,39 @@ from twisted.conch.ssh.filetransfer import (
     FX_BAD_MESSAGE,
     FX_FAILURE,
     FX_OP_UNSUPPORTED,
+    FXP_INIT,
     FXP_NAME,
+    FXP_READ,
+    FXP_READDIR,
+    FXP_VERSION,
 )
+from twisted.conch.ssh.transport import DISCONNECT_PROTOCOL_ERROR
 from twisted.internet.defer import maybeDeferred
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from cosgw.escaping import for_log
 from cosgw.frontends.sftp.conchlog import ConchLogger
+from cosgw.frontends.sftp.flow import ChunkQueue, RequestGate
+from cosgw.frontends.sftp.handles import MAX_READ
 from cosgw.frontends.sftp.server import GatewaySFTPServer, status_for
+from cosgw.frontends.sftp.session import SFTPSession
 
-__all__ = ["FileTransfer"]
+__all__ = ["MAX_SFTP_PACKET", "FileTransfer"]
 
 # The namespace these lines had when SFTP was one module.
 log = Logger(namespace="cosgw.frontends.sftp")
+
+#: The longest SFTP packet accepted (its length field), as OpenSSH's
+#: sftp-server (SFTP_MAX_MSG_LENGTH).  Clients write 32 KiB per request.
+MAX_SFTP_PACKET = 256 * 1024
+
+#: What a READDIR reply is reckoned to cost, for the reply bytes promised
+#: (100 entries of ordinary names; long ones cost more).
+_READDIR_PROMISE = 32 * 1024
+#: A DATA reply's bytes beyond the data: length, type, id, data length.
+_DATA_OVERHEAD = 13
 
 
 class FileTransfer(filetransfer.FileTransferServer):
@@ -43,18 +66,152 @@ class FileTransfer(filetransfer.FileTransferServer):
 
     def __init__(self, data: Any = None, avatar: Any = None) -> None:
         super().__init__(data, avatar)
-        server = self.client
-        if isinstance(server, GatewaySFTPServer):
-            server.pause_input = self._pause_input
+        self._input = ChunkQueue()
+        #: Requests in flight and the replies they may still produce.
+        self.gate = RequestGate()
+        self._taking = False
+        self._holding = False
+        self._channel: Optional[SFTPSession] = None
+        self._ssh: Any = None
 
-    def _pause_input(self, on: bool) -> None:
-        transport = _tcp_transport(self)
-        if transport is None:
-            return
-        if on:
-            transport.pauseProducing()
+    def connectionMade(self) -> None:
+        channel = getattr(self.transport, "session", None)
+        if isinstance(channel, SFTPSession):
+            self._channel = channel
+            channel.input_held = lambda: self.input_waiting
+            channel.on_output_sent = self._take_requests
+            self._ssh = getattr(channel.conn, "transport", None)
+        if self._ssh is not None and hasattr(self._ssh, "hold_input"):
+            self._ssh.watch_output(self._take_requests)
+            server = self.client
+            if isinstance(server, GatewaySFTPServer):
+                # Uploads whose writes wait hold the connection's input.
+                ssh = self._ssh
+                server.pause_input = lambda on: ssh.hold_input(server, on)
         else:
-            transport.resumeProducing()
+            self._ssh = None
+
+    # -- requests in ------------------------------------------------------
+
+    @property
+    def input_waiting(self) -> int:
+        """Bytes received and not yet taken as requests."""
+        return len(self._input)
+
+    def dataReceived(self, data: bytes) -> None:
+        self._input.append(data)
+        self._take_requests()
+
+    def _take_requests(self) -> None:
+        """
+        Take the requests received while the gate lets them in; then hold
+        the connection's input or not, and give the client window back for
+        what was taken.
+        """
+        if self._taking:
+            return  # a reply sent by a request being taken; the loop goes on
+        self._taking = True
+        try:
+            while len(self._input) >= 9:
+                header = self._input.peek(9)
+                (length,) = struct.unpack("!L", header[:4])
+                if not 5 <= length <= MAX_SFTP_PACKET:
+                    self._refuse_packet(header, length)
+                    return
+                if len(self._input) < 4 + length or not self._accepting():
+                    break
+                packet = self._input.take(4 + length)
+                self._handle(packet[4], packet[5:])
+        finally:
+            self._taking = False
+        self._hold_input(not self._accepting())
+        if self._channel is not None:
+            self._channel.refill_window()
+
+    def _accepting(self) -> bool:
+        waiting = self._channel.output_waiting if self._channel is not None else 0
+        full = bool(self._ssh is not None and self._ssh.output_full)
+        return self.gate.accepting(waiting, full)
+
+    def _hold_input(self, stopped: bool) -> None:
+        """
+        Stop reading the connection while the session takes no requests,
+        unless replies wait for the client's window: then the client's
+        WINDOW_ADJUST must still get in, and the window (held back by the
+        channel) limits what the client can send meanwhile.
+        """
+        hold = stopped and not (
+            self._channel is not None and self._channel.output_waiting
+        )
+        if hold != self._holding and self._ssh is not None:
+            self._holding = hold
+            self._ssh.hold_input(self, hold)
+
+    def _handle(self, kind: int, payload: bytes) -> None:
+        """
+        Conch's dispatch, except that a request that cannot be parsed is
+        answered (FX_BAD_MESSAGE) rather than logged and left unanswered,
+        which would leave the client waiting forever.
+        """
+        request_id = b"" if kind == FXP_INIT else payload[:4]
+        self.gate.dispatched(request_id, _promise(kind, payload))
+        name = self.packetTypes.get(kind)
+        handler = getattr(self, f"packet_{name}", None) if name else None
+        if handler is None:
+            self._sendStatus(
+                payload[:4], FX_OP_UNSUPPORTED, b"unsupported request type"
+            )
+            return
+        try:
+            handler(payload)
+        except Exception as e:
+            log.info(
+                "bad SFTP {name} request from {user}: {error}",
+                name=name,
+                user=self._user(),
+                error=repr(e),
+            )
+            if kind == FXP_INIT:
+                self.gate.answered(b"")
+            else:
+                self._sendStatus(payload[:4], FX_BAD_MESSAGE, b"bad message")
+
+    def _refuse_packet(self, header: bytes, length: int) -> None:
+        """
+        A packet longer than L{MAX_SFTP_PACKET} (or too short to hold a
+        type and an id): answer BAD_MESSAGE and end the connection, as
+        OpenSSH's sftp-server exits, without reading the packet.
+        """
+        self._input.clear()
+        if header[4] != FXP_INIT:
+            problem = b"packet too long" if length > MAX_SFTP_PACKET else b"bad length"
+            self._sendStatus(header[5:9], FX_BAD_MESSAGE, problem)
+        log.warn(
+            "SFTP packet of {length} bytes from {user} at {peer} (the limit is"
+            " {limit}); disconnecting",
+            length=length,
+            user=self._user(),
+            peer=getattr(self._ssh, "peer", "?"),
+            limit=MAX_SFTP_PACKET,
+        )
+        if self._ssh is not None:
+            self._ssh.sendDisconnect(
+                DISCONNECT_PROTOCOL_ERROR,
+                f"SFTP packet of {length} bytes (the limit is {MAX_SFTP_PACKET})",
+            )
+        elif self.transport is not None:
+            self.transport.loseConnection()
+
+    def _user(self) -> str:
+        return for_log(str(getattr(getattr(self.client, "fs", None), "user", None)))
+
+    # -- replies out ------------------------------------------------------
+
+    def sendPacket(self, kind: int, data: bytes) -> None:
+        """Send a reply; it settles a request in flight (VERSION: INIT)."""
+        super().sendPacket(kind, data)
+        if self.gate.answered(b"" if kind == FXP_VERSION else data[:4]):
+            self._take_requests()
 
     def _ebStatus(self, reason: Failure, requestId: bytes, msg: bytes = b"") -> None:
         code, message = status_for(reason, msg.decode("ascii", "replace") or "request")
@@ -80,37 +237,6 @@ class FileTransfer(filetransfer.FileTransferServer):
         d = maybeDeferred(self.openFiles[handle].writeChunk, offset, write_data)
         d.addCallback(self._cbStatus, requestId, b"write succeeded")
         d.addErrback(self._ebStatus, requestId, b"write failed")
-
-    def dataReceived(self, data: bytes) -> None:
-        """
-        Conch's packet loop, except that a request that cannot be parsed is
-        answered (FX_BAD_MESSAGE) rather than logged and left unanswered,
-        which would leave the client waiting forever.
-        """
-        self.buf += data
-        while len(self.buf) >= 9:
-            length, kind = struct.unpack("!LB", self.buf[:5])
-            if len(self.buf) < 4 + length:
-                return
-            packet, self.buf = self.buf[5 : 4 + length], self.buf[4 + length :]
-            name = self.packetTypes.get(kind)
-            handler = getattr(self, f"packet_{name}", None) if name else None
-            if handler is None:
-                self._sendStatus(
-                    packet[:4], FX_OP_UNSUPPORTED, b"unsupported request type"
-                )
-                continue
-            try:
-                handler(packet)
-            except Exception as e:
-                log.info(
-                    "bad SFTP {name} request from {user}: {error}",
-                    name=name,
-                    user=getattr(getattr(self.client, "fs", None), "user", None),
-                    error=repr(e),
-                )
-                if kind != filetransfer.FXP_INIT:
-                    self._sendStatus(packet[:4], FX_BAD_MESSAGE, b"bad message")
 
     # Conch calls these for a READ or WRITE on an unknown handle but does
     # not define them.
@@ -143,6 +269,13 @@ class FileTransfer(filetransfer.FileTransferServer):
         # Not FileTransferServer.connectionLost: it closes every open file
         # as if it had finished, which would commit half an upload.
         filetransfer.FileTransferBase.connectionLost(self, reason)
+        self._input.clear()
+        self.gate.reset()
+        if self._ssh is not None:
+            self._ssh.unwatch_output(self._take_requests)
+            if self._holding:
+                self._holding = False
+                self._ssh.hold_input(self, False)
         self.openFiles = {}
         for directory, _ in self.openDirs.values():
             directory.close()
@@ -152,9 +285,14 @@ class FileTransfer(filetransfer.FileTransferServer):
             server.connection_lost()
 
 
-def _tcp_transport(protocol: Any) -> Any:
-    """The TCP transport under an SFTP subsystem, to pause reading it."""
-    session = getattr(protocol.transport, "session", None)
-    conn = getattr(session, "conn", None)
-    ssh = getattr(conn, "transport", None)
-    return getattr(ssh, "transport", None)
+def _promise(kind: int, payload: bytes) -> int:
+    """
+    The reply bytes a request may produce: a READ's length (as much as
+    L{MAX_READ}), a reckoning for READDIR, nothing for the short replies.
+    """
+    if kind == FXP_READ and len(payload) >= 4:
+        (length,) = struct.unpack("!L", payload[-4:])
+        return min(length, MAX_READ) + _DATA_OVERHEAD
+    if kind == FXP_READDIR:
+        return _READDIR_PROMISE
+    return 0

@@ -15,6 +15,13 @@ subsystem (C{sftp}).
     and expects I{it} to close the channel, so L{SFTPSession} closes the
     channel on EOF itself; otherwise an OpenSSH C{sftp} that sent an env
     request would hang at exit.
+  - Flow control (see L{cosgw.frontends.sftp.flow}).  Conch refills a
+    channel's window as soon as data arrives and keeps what the client's
+    window does not yet allow in a buffer it copies whole on every write.
+    L{SFTPSession} gives the client window back only for bytes its SFTP
+    server has taken, and keeps its output in a L{ChunkQueue}.  At most
+    L{MAX_CHANNELS} channels are open per connection (OpenSSH's
+    MaxSessions), so the limits of one channel bound the connection.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from twisted.conch.interfaces import (
 from twisted.conch.ssh.common import NS, getNS
 from twisted.conch.ssh.connection import (
     MSG_CHANNEL_OPEN_FAILURE,
+    OPEN_RESOURCE_SHORTAGE,
     OPEN_UNKNOWN_CHANNEL_TYPE,
     SSHConnection,
 )
@@ -44,9 +52,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from cosgw.escaping import for_log
 from cosgw.frontends.sftp.conchlog import ConchLogger
+from cosgw.frontends.sftp.flow import ChunkQueue
 
 __all__ = [
+    "MAX_CHANNELS",
     "NOT_SFTP_MESSAGE",
     "SESSION_WINDOW",
     "GatewayConnection",
@@ -61,9 +72,16 @@ log = Logger(namespace="cosgw.ssh")
 #: stops reading the connection while its uploads are backed up.
 SESSION_WINDOW = 2 * 1024 * 1024
 
+#: Channels one connection may have open at once (OpenSSH's MaxSessions).
+MAX_CHANNELS = 10
+
 
 class GatewayConnection(SSHConnection):
-    """ssh-connection that refuses unknown channel types without a traceback."""
+    """
+    ssh-connection that refuses unknown channel types without a traceback,
+    and more than L{MAX_CHANNELS} channels, and lets an L{SFTPSession} keep
+    its own window.
+    """
 
     _log = ConchLogger(namespace="twisted.conch.ssh.connection")
 
@@ -71,21 +89,51 @@ class GatewayConnection(SSHConnection):
         channel_type, rest = getNS(packet)
         ssh = self.transport
         lookup = getattr(getattr(ssh, "avatar", None), "channelLookup", None)
-        if ssh is None or lookup is None or channel_type in lookup or len(rest) < 4:
+        if ssh is None or lookup is None or len(rest) < 4:
             super().ssh_CHANNEL_OPEN(packet)
             return
+        if channel_type not in lookup:
+            self._refuse_channel(
+                rest, OPEN_UNKNOWN_CHANNEL_TYPE, "unknown channel type", channel_type
+            )
+        elif len(self.channels) >= MAX_CHANNELS:
+            self._refuse_channel(
+                rest,
+                OPEN_RESOURCE_SHORTAGE,
+                f"too many channels (max {MAX_CHANNELS})",
+                channel_type,
+            )
+        else:
+            super().ssh_CHANNEL_OPEN(packet)
+
+    def _refuse_channel(
+        self, rest: bytes, code: int, reason: str, channel_type: bytes
+    ) -> None:
+        ssh = self.transport
+        assert ssh is not None
         (sender_channel,) = struct.unpack(">L", rest[:4])
         log.info(
-            "SSH user {user} asked for a {channel_type} channel; refused",
-            user=getattr(ssh, "username", None),
-            channel_type=channel_type[:40].decode("ascii", "replace"),
+            "SSH user {user} asked for a {channel_type} channel; refused: {reason}",
+            user=for_log(str(getattr(ssh, "username", None))),
+            channel_type=for_log(channel_type[:40].decode("ascii", "replace")),
+            reason=reason,
         )
         ssh.sendPacket(
             MSG_CHANNEL_OPEN_FAILURE,
-            struct.pack(">2L", sender_channel, OPEN_UNKNOWN_CHANNEL_TYPE)
-            + NS(b"unknown channel type")
+            struct.pack(">2L", sender_channel, code)
+            + NS(reason.encode("ascii"))
             + NS(b""),
         )
+
+    def adjustWindow(self, channel: Any, bytesToAdd: int) -> None:
+        """
+        Conch calls this for every channel as data arrives, before the
+        channel has taken it; an L{SFTPSession} gives its window back
+        itself once its reader took the bytes (L{SFTPSession.refill_window}).
+        """
+        if isinstance(channel, SFTPSession):
+            return
+        super().adjustWindow(channel, bytesToAdd)
 
 
 #: The one line a shell or exec request gets, on stderr.
@@ -106,6 +154,96 @@ class SFTPSession(SSHSession):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("localWindow", SESSION_WINDOW)
         super().__init__(*args, **kwargs)
+        self._output = ChunkQueue()
+        #: Bytes the reader (the SFTP server) received and has not taken
+        #: yet; set by the reader.  They count against the client's window.
+        self.input_held: Callable[[], int] = lambda: 0
+        #: Called when output waiting for the client's window was sent.
+        self.on_output_sent: Callable[[], None] = lambda: None
+
+    # -- input: the client's window ---------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        super().dataReceived(data)
+        self.refill_window()
+
+    def window_credit(self) -> int:
+        """
+        How many bytes the client's window may grow by: the window less what
+        the client may still send and what was received but not taken.
+        """
+        held = len(self.buf or b"") + self.input_held()
+        return self.localWindowSize - self.localWindowLeft - held
+
+    def refill_window(self) -> None:
+        """
+        Give the client window back for the bytes taken, in steps of at
+        least a quarter window once less than half is left (as Conch and
+        OpenSSH do), so a reader that takes everything at once sees no
+        difference.
+        """
+        if self.conn is None or self.localClosed:
+            return
+        if self.localWindowLeft >= self.localWindowSize // 2:
+            return
+        credit = self.window_credit()
+        if credit >= self.localWindowSize // 4:
+            SSHConnection.adjustWindow(self.conn, self, credit)
+
+    # -- output: waiting for the client's window --------------------------
+
+    @property
+    def output_waiting(self) -> int:
+        """Bytes written that wait for the client's window."""
+        return len(self._output)
+
+    def write(self, data: bytes) -> None:
+        """
+        Send C{data} as far as the client's window allows; keep the rest in
+        a L{ChunkQueue} (Conch appends to one bytes buffer, copying all of
+        it on every write).
+        """
+        if self.localClosed:
+            return
+        self._output.append(data)
+        self._send_output()
+
+    def addWindowBytes(self, data: int) -> None:
+        # Not SSHChannel's: it would also send self.buf, which SSHSession
+        # uses for *input* received before the subsystem started.
+        self.remoteWindowLeft += data
+        waited = bool(self._output)
+        self._send_output()
+        if self.extBuf:
+            pending, self.extBuf = self.extBuf, []
+            for data_type, chunk in pending:
+                self.writeExtended(data_type, chunk)
+        if waited:
+            self.on_output_sent()
+
+    def _send_output(self) -> None:
+        conn = self.conn
+        assert conn is not None
+        while self._output and self.remoteWindowLeft > 0:
+            piece = self._output.take(
+                min(self.remoteWindowLeft, self.remoteMaxPacket or 32768)
+            )
+            conn.sendData(self, piece)
+            self.remoteWindowLeft -= len(piece)
+        if self.closing and not self._output and not self.extBuf:
+            conn.sendClose(self)
+
+    def loseConnection(self) -> None:
+        # SSHSession's, with the output kept here: close once it is sent.
+        if self.client and self.client.transport:
+            self.client.transport.loseConnection()
+        self.closing = 1
+        if not self._output and not self.extBuf and self.conn is not None:
+            self.conn.sendClose(self)
+
+    def closed(self) -> None:
+        self._output.clear()
+        super().closed()
 
     def eofReceived(self) -> None:
         if self.client is None or self.conn is None:
@@ -157,8 +295,8 @@ class _RefusingSession:
         self.refusing = True
         log.info(
             "SSH user {user} asked for {what}; refused (SFTP only)",
-            user=self._avatar.username,
-            what=what,
+            user=for_log(self._avatar.username),
+            what=for_log(what),
         )
         # After the request's reply, which the connection sends when this
         # returns: exit-status and CLOSE must not precede it.

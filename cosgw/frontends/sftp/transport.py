@@ -24,6 +24,17 @@ What it changes in Conch's:
   - Admission.  The transport asks the shared connection limits
     (L{cosgw.policy.limits.ConnectionLimits}) before anything else and gives
     the slot back exactly once when the connection ends.
+  - Input.  Conch appends every TCP read to its buffer (C{buf = buf +
+    data}), so a packet arriving in small pieces costs its length squared,
+    and it accepts packets of up to 1 MiB.  Here reads wait in a
+    L{ChunkQueue} until Conch's next packet is complete, and a packet
+    longer than L{MAX_PACKET_LENGTH} (OpenSSH's limit) ends the connection
+    as soon as its length is known.
+  - Backpressure.  The SFTP sessions on the connection hold its input
+    (L{GatewaySSHTransport.hold_input}: the socket is not read while any
+    holds it) and learn when the TCP transport's own buffer is over its
+    limit (L{GatewaySSHTransport.output_full}); see
+    L{cosgw.frontends.sftp.flow}.
 """
 
 from __future__ import annotations
@@ -31,15 +42,22 @@ from __future__ import annotations
 import enum
 import struct
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Optional, Union, cast
+from typing import TYPE_CHECKING, Any, Optional, Protocol, Union, cast
 
 from twisted.conch.ssh import transport
 from twisted.conch.ssh.common import NS
 from twisted.internet import defer
-from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITCPTransport
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IPushProducer,
+    IReactorTime,
+    ITCPTransport,
+)
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
+from cosgw.escaping import for_log
 from cosgw.frontends.sftp.algorithms import (
     CIPHERS,
     KEY_EXCHANGES,
@@ -48,17 +66,42 @@ from cosgw.frontends.sftp.algorithms import (
     keep,
 )
 from cosgw.frontends.sftp.conchlog import ConchLogger
+from cosgw.frontends.sftp.flow import ChunkQueue
 
 if TYPE_CHECKING:
     from cosgw.frontends.sftp.factory import GatewaySSHFactory
 
-__all__ = ["GatewaySSHTransport"]
+__all__ = ["MAX_PACKET_LENGTH", "GatewaySSHTransport"]
 
 log = Logger(namespace="cosgw.ssh")
 
 #: Seconds a disconnecting client gets to read our DISCONNECT before the
 #: socket is aborted: a peer that never reads must not hold the connection.
 _DISCONNECT_GRACE = 10.0
+
+#: The longest SSH packet accepted (its packet_length field), as OpenSSH's
+#: PACKET_MAX_SIZE; Conch allows 1 MiB.  Channel data comes in packets of
+#: at most 32 KiB (the maximum packet size we announce), and nothing else
+#: a client sends legitimately is larger than a few KiB.
+MAX_PACKET_LENGTH = 256 * 1024
+
+#: Received bytes are handed to Conch in pieces of at least this size (or
+#: the rest of the packet it waits for): Conch cuts each packet off the
+#: front of its buffer, so a piece holding many small packets costs its
+#: length times their number.
+_FEED = 16 * 1024
+
+
+class _FlowControlled(Protocol):
+    """What a TCP transport offers for flow control (IConsumer, IPushProducer)."""
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None: ...
+
+    def unregisterProducer(self) -> None: ...
+
+    def pauseProducing(self) -> None: ...
+
+    def resumeProducing(self) -> None: ...
 
 
 def _peer_text(address: Any) -> str:
@@ -130,6 +173,10 @@ class GatewaySSHTransport(transport.SSHServerTransport):
     #: Admission counted this connection: close it exactly once.
     _admitted = False
     _last_received = 0.0
+    #: The TCP transport's buffer is over its limit (its producer, the
+    #: L{_OutputWatch}, is paused).
+    output_full = False
+    _write_side: Optional[_OutputWatch] = None
 
     @property
     def _clock(self) -> IReactorTime:
@@ -143,9 +190,23 @@ class GatewaySSHTransport(transport.SSHServerTransport):
         return cast(ITCPTransport, self.transport)
 
     @property
+    def _stream(self) -> _FlowControlled:
+        # The TCP transport as the consumer of our output and the producer
+        # of our input.
+        return cast(_FlowControlled, self.transport)
+
+    @property
     def username(self) -> Optional[str]:
         """The logged-in user's name, or None before login."""
         return getattr(getattr(self, "avatar", None), "username", None)
+
+    @property
+    def input_waiting(self) -> int:
+        """Bytes received and not yet taken as packets."""
+        return len(self._inbox) + len(self.buf)
+
+    def _user_for_log(self) -> str:
+        return for_log(str(self.username))
 
     @property
     def connection_lost(self) -> bool:
@@ -186,7 +247,12 @@ class GatewaySSHTransport(transport.SSHServerTransport):
 
     def connectionMade(self) -> None:
         self.peer = _peer_text(self._socket.getPeer())
+        self._inbox = ChunkQueue()
+        self._input_holds: set[object] = set()
+        self._output_watchers: list[Callable[[], None]] = []
         super().connectionMade()
+        self._write_side = _OutputWatch(self)
+        self._stream.registerProducer(self._write_side, True)
         admission = self.factory.admission
         if admission is not None:
             try:
@@ -207,6 +273,10 @@ class GatewaySSHTransport(transport.SSHServerTransport):
     def connectionLost(self, reason: Optional[Failure] = None) -> None:
         self._enter(_State.LOST)
         self.factory.connections.discard(self)
+        self._inbox.clear()
+        self._input_holds.clear()
+        self._output_watchers = []
+        self._write_side = None
         try:
             super().connectionLost(reason)
         finally:
@@ -222,14 +292,111 @@ class GatewaySSHTransport(transport.SSHServerTransport):
             log.info(
                 "SSH connection from {peer} closed (user {user})",
                 peer=self.peer,
-                user=self.username,
+                user=self._user_for_log(),
             )
 
     def dataReceived(self, data: bytes) -> None:
-        if self._state in (_State.CLOSING, _State.LOST):
+        """
+        Hand Conch whole packets (see L{_FEED}): what arrives waits in a
+        L{ChunkQueue} until the packet Conch is reading is complete.
+        """
+        if self._closing():
             return  # disconnecting: whatever the client still sends is moot
         self._last_received = self._clock.seconds()
-        super().dataReceived(data)
+        if not self.gotVersion:
+            super().dataReceived(data)
+            self._check_packet_length()
+            return
+        self._inbox.append(data)
+        while self._inbox and not self._closing():
+            needed = self._bytes_needed()
+            if len(self._inbox) < needed:
+                return
+            super().dataReceived(self._inbox.take(max(needed, _FEED)))
+            if not self._check_packet_length():
+                return
+
+    def _closing(self) -> bool:
+        return self._state in (_State.CLOSING, _State.LOST)
+
+    def _bytes_needed(self) -> int:
+        """
+        How many more bytes Conch needs to read its next packet: the rest of
+        the first cipher block, or, once it decrypted that block (it keeps
+        it as C{first}), the rest of the packet and its MAC.
+        """
+        have = len(self.buf)
+        encryptions = self.currentEncryptions
+        first = getattr(self, "first", None)
+        if first is None:
+            return max(1, encryptions.decBlockSize - have)
+        (length,) = struct.unpack("!L", first[:4])
+        return max(1, 4 + length + encryptions.verifyDigestSize - have)
+
+    def _check_packet_length(self) -> bool:
+        """
+        Disconnect a client whose next packet is longer than
+        L{MAX_PACKET_LENGTH}, as soon as its length is known, rather than
+        buffer it.
+        """
+        first = getattr(self, "first", None)
+        if first is None or self._closing():
+            return not self._closing()
+        (length,) = struct.unpack("!L", first[:4])
+        if length <= MAX_PACKET_LENGTH:
+            return True
+        self._inbox.clear()
+        self.sendDisconnect(
+            transport.DISCONNECT_PROTOCOL_ERROR,
+            f"bad packet length {length} (the limit is {MAX_PACKET_LENGTH})",
+        )
+        return False
+
+    # -- backpressure ---------------------------------------------------------
+
+    def hold_input(self, holder: object, on: bool) -> None:
+        """
+        C{holder} asks to stop (C{on}) or no longer stop reading the
+        connection; the socket is read while nobody holds it.  Packets
+        already received are still handed on.
+        """
+        if self._closing():
+            return
+        before = bool(self._input_holds)
+        if on:
+            self._input_holds.add(holder)
+        else:
+            self._input_holds.discard(holder)
+        if bool(self._input_holds) != before:
+            if self._input_holds:
+                self._stream.pauseProducing()
+            else:
+                self._stream.resumeProducing()
+
+    def watch_output(self, watcher: Callable[[], None]) -> None:
+        """Call C{watcher} whenever L{output_full} changes."""
+        self._output_watchers.append(watcher)
+
+    def unwatch_output(self, watcher: Callable[[], None]) -> None:
+        if watcher in self._output_watchers:
+            self._output_watchers.remove(watcher)
+
+    def _output_changed(self, full: bool) -> None:
+        if full == self.output_full:
+            return
+        self.output_full = full
+        for watcher in list(self._output_watchers):
+            watcher()
+
+    def _release_write_side(self) -> None:
+        """
+        Stop being the TCP transport's producer.  A transport closing while
+        its producer is paused resumes the producer instead of closing, and
+        then never closes; so this comes before any close.
+        """
+        if self._write_side is not None:
+            self._write_side = None
+            self._stream.unregisterProducer()
 
     def sendDisconnect(self, reason: int, desc: Union[bytes, str]) -> None:
         """
@@ -243,9 +410,14 @@ class GatewaySSHTransport(transport.SSHServerTransport):
         reset and the client dies of "Broken pipe" without reading the
         reason.
         """
-        if self._state in (_State.CLOSING, _State.LOST):
+        if self._closing():
             return
         self._enter(_State.CLOSING, _DISCONNECT_GRACE, self._abort)
+        if self._input_holds:
+            # Read on, to see the client close.
+            self._input_holds.clear()
+            self._stream.resumeProducing()
+        self._release_write_side()
         if isinstance(desc, str):
             # Conch itself passes str in places (its ML-KEM checks).
             desc = desc.encode("utf-8")
@@ -256,7 +428,7 @@ class GatewaySSHTransport(transport.SSHServerTransport):
             "SSH connection from {peer} disconnected: code {code}, {description}",
             peer=self.peer,
             code=reason,
-            description=desc.decode("utf-8", "replace"),
+            description=for_log(desc.decode("utf-8", "replace")),
         )
         half_close = getattr(self.transport, "loseWriteConnection", None)
         if half_close is not None:
@@ -298,7 +470,7 @@ class GatewaySSHTransport(transport.SSHServerTransport):
             self._enter(_State.LOGGED_IN, idle_timeout, self._check_idle)
             log.info(
                 "SSH user {user} logged in from {peer}",
-                user=self.username,
+                user=self._user_for_log(),
                 peer=self.peer,
             )
 
@@ -326,7 +498,34 @@ class GatewaySSHTransport(transport.SSHServerTransport):
             "SSH connection from {peer} (user {user}) idle for {idle:.0f} s;"
             " disconnecting",
             peer=self.peer,
-            user=self.username,
+            user=self._user_for_log(),
             idle=idle,
         )
         self.sendDisconnect(transport.DISCONNECT_BY_APPLICATION, b"idle timeout")
+
+
+@implementer(IPushProducer)
+class _OutputWatch:
+    """
+    The SSH transport's stand-in as its TCP transport's producer: the TCP
+    transport pauses it while its buffer holds more than 64 KiB (Twisted's
+    C{bufferSize}) and resumes it once the buffer is empty, which sets
+    L{GatewaySSHTransport.output_full}.
+    """
+
+    def __init__(self, ssh: GatewaySSHTransport) -> None:
+        self._ssh = ssh
+
+    def pauseProducing(self) -> None:
+        self._ssh._output_changed(True)
+
+    def resumeProducing(self) -> None:
+        if getattr(self._ssh.transport, "disconnecting", False):
+            # Conch closed the socket itself (the client's DISCONNECT): the
+            # socket closes only once it has no producer.
+            self._ssh._release_write_side()
+            return
+        self._ssh._output_changed(False)
+
+    def stopProducing(self) -> None:
+        pass

@@ -27,6 +27,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from cosgw.auth.text import decode_bytes
+from cosgw.escaping import for_log
 from cosgw.policy.accounts import LoginRefused
 
 if TYPE_CHECKING:
@@ -174,7 +175,7 @@ class GatewayUserAuthServer(userauth.SSHUserAuthServer):
             # gone: nobody would ever call this avatar's logout.
             log.info(
                 "SSH login of {user} from {peer} completed too late; logged out",
-                user=getattr(avatar, "username", None),
+                user=for_log(str(getattr(avatar, "username", None))),
                 peer=getattr(transport_, "peer", "?"),
             )
             logout()
@@ -200,7 +201,7 @@ class GatewayUserAuthServer(userauth.SSHUserAuthServer):
             log.info(
                 "SSH login from {peer} refused: {reason}",
                 peer=self.transport.peer,
-                reason=str(reason.value),
+                reason=for_log(str(reason.value)),
             )
             self.transport.sendDisconnect(
                 transport.DISCONNECT_TOO_MANY_CONNECTIONS,

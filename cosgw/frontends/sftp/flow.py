@@ -1,0 +1,196 @@
+"""
+Flow control for SFTP sessions: one client never makes the reactor buffer,
+copy or compute without bound (ARCHITECTURE rule 8).
+
+SFTP has no flow control of its own: a client may send any number of
+requests and leave the replies unread.  Conch would read every request,
+answer each, and keep the answers its client does not take: in its
+channel buffer (C{buf += data}, a quadratic copy) once the client's SSH
+window is closed, and in the TCP transport's buffer while the window is
+open but the client does not read its socket.  So a session's requests
+pass through a L{RequestGate}, and the session stops taking new ones while
+
+  - L{RequestGate.max_requests} requests are in flight (answered by no
+    reply yet), or
+  - the reply bytes it has promised (the lengths of the READs in flight)
+    plus those waiting for the client's SSH window reach
+    L{RequestGate.high_water}, or
+  - the TCP transport's own buffer is full (its producer was paused),
+
+and takes them again once in flight and waiting bytes are back under
+three quarters of the count and L{RequestGate.low_water}.  What a stopped
+session does with its connection depends on why it stopped:
+
+  - replies wait only for the store or the client's socket: the session
+    stops reading the connection (TCP backpressure) until they went;
+  - replies wait for the client's SSH window: the connection must go on
+    being read, or the client's WINDOW_ADJUST would never arrive.  The
+    channel then holds back the client's window instead (SSH's own flow
+    control): requests already received wait unparsed, and the client may
+    send no more than the window (L{cosgw.frontends.sftp.session}).
+
+Every buffer on the way is a L{ChunkQueue}: appending and taking cost what
+they move, never a copy of everything buffered.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+__all__ = ["ChunkQueue", "RequestGate"]
+
+KiB = 1024
+MiB = 1024 * KiB
+
+
+class ChunkQueue:
+    """
+    Bytes in arrival order, kept as the chunks they came in.  Appending is
+    O(1); taking or peeking at n bytes copies n bytes (plus at most one
+    chunk boundary per chunk crossed), however much is queued.  This is
+    what C{buf += data} / C{buf = buf[n:]} are not: both copy the whole
+    buffer, so a packet arriving in many small pieces costs its length
+    squared.
+    """
+
+    def __init__(self) -> None:
+        self._chunks: deque[bytes] = deque()
+        #: Bytes of the first chunk already taken.
+        self._offset = 0
+        self._size = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __bool__(self) -> bool:
+        return self._size > 0
+
+    def append(self, data: bytes) -> None:
+        if data:
+            self._chunks.append(data)
+            self._size += len(data)
+
+    def peek(self, n: int) -> bytes:
+        """The first C{min(n, len(self))} bytes, left in the queue."""
+        n = min(n, self._size)
+        pieces = []
+        offset = self._offset
+        for chunk in self._chunks:
+            if n <= 0:
+                break
+            piece = chunk[offset : offset + n]
+            pieces.append(piece)
+            n -= len(piece)
+            offset = 0
+        return b"".join(pieces)
+
+    def take(self, n: int) -> bytes:
+        """Remove and return the first C{min(n, len(self))} bytes."""
+        n = min(n, self._size)
+        self._size -= n
+        pieces = []
+        while n > 0:
+            chunk = self._chunks[0]
+            available = len(chunk) - self._offset
+            if available <= n:
+                pieces.append(chunk[self._offset :] if self._offset else chunk)
+                self._chunks.popleft()
+                self._offset = 0
+                n -= available
+            else:
+                pieces.append(chunk[self._offset : self._offset + n])
+                self._offset += n
+                n = 0
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+    def clear(self) -> None:
+        self._chunks.clear()
+        self._offset = 0
+        self._size = 0
+
+
+class RequestGate:
+    """
+    One SFTP session's requests in flight and the reply bytes they may
+    still produce, and whether the session may take another request (see
+    the module docstring).  Pure bookkeeping: the protocol tells it what it
+    dispatched and sent, and asks L{accepting}.
+
+    Each request in flight is counted under its request id (a client may
+    reuse ids; each reply settles the oldest request under its id).
+    """
+
+    def __init__(
+        self,
+        max_requests: int = 128,
+        high_water: int = 4 * MiB,
+        low_water: int = 2 * MiB,
+    ) -> None:
+        """
+        @param max_requests: requests in flight at which the session stops
+            taking more (OpenSSH's client keeps 64 in flight, rclone 64).
+        @param high_water: promised plus waiting reply bytes at which it
+            stops (OpenSSH's 64 READs of 32 KiB promise 2 MiB).
+        @param low_water: the bytes under which it takes requests again.
+        """
+        if not 0 < low_water <= high_water or max_requests < 1:
+            raise ValueError("need 0 < low_water <= high_water, max_requests >= 1")
+        self.max_requests = max_requests
+        self.high_water = high_water
+        self.low_water = low_water
+        self._flight: dict[bytes, deque[int]] = {}
+        #: Requests in flight.
+        self.in_flight = 0
+        #: Reply bytes promised to the requests in flight.
+        self.promised = 0
+        self._stopped = False
+
+    def dispatched(self, request_id: bytes, promise: int = 0) -> None:
+        """A request went to its handler; its reply may be C{promise} bytes."""
+        self._flight.setdefault(request_id, deque()).append(promise)
+        self.in_flight += 1
+        self.promised += promise
+
+    def answered(self, request_id: bytes) -> bool:
+        """
+        A reply for C{request_id} was sent: the oldest request under that id
+        is settled.  False if none was in flight (a reply to a request that
+        was never dispatched, such as one refused unparsed).
+        """
+        promises = self._flight.get(request_id)
+        if not promises:
+            return False
+        self.promised -= promises.popleft()
+        self.in_flight -= 1
+        if not promises:
+            del self._flight[request_id]
+        return True
+
+    def accepting(self, waiting: int, output_full: bool = False) -> bool:
+        """
+        May the session take another request, with C{waiting} reply bytes
+        held back by the client's window and C{output_full} when the TCP
+        transport's buffer is over its limit?  Stops at the high marks,
+        starts again under the low ones.
+        """
+        pending = self.promised + waiting
+        if self._stopped:
+            self._stopped = (
+                output_full
+                or self.in_flight > self.max_requests * 3 // 4
+                or pending > self.low_water
+            )
+        else:
+            self._stopped = (
+                output_full
+                or self.in_flight >= self.max_requests
+                or pending >= self.high_water
+            )
+        return not self._stopped
+
+    def reset(self) -> None:
+        """The session is gone: nothing is in flight any more."""
+        self._flight.clear()
+        self.in_flight = 0
+        self.promised = 0
+        self._stopped = False
