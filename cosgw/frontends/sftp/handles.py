@@ -13,6 +13,8 @@ a handle speaks the protocol:
   - A handle whose writes wait (for the store or the user's rate) holds its
     session's input (L{InputHold}), so a client that ignores
     acknowledgements is stopped.
+  - Every handle counts against its session's C{max_handles} from its
+    open to its close (L{GatewaySFTPServer.handles} and C{directories}).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from cosgw import vfs
+from cosgw.escaping import for_log
 from cosgw.frontends.listing import format_list_line, unix_mode
 from cosgw.interfaces import IListing, IRandomAccessFile, ObjectInfo
 
@@ -82,6 +85,7 @@ class Directory:
         self._entries: list[vfs.Entry] = []
         self._done = False
         self._now = time.time()
+        server.directories.add(self)
 
     def __iter__(self) -> Directory:
         # Conch calls iter() on an opened directory; READDIR goes through
@@ -122,6 +126,7 @@ class Directory:
         ]
 
     def close(self) -> None:
+        self.server.directories.discard(self)
         self._entries = []
         self._done = True
 
@@ -195,8 +200,8 @@ class FileHandle:
         if info is not None:
             log.info(
                 "{user}: stored {path} ({size} bytes) over SFTP",
-                user=self.server.fs.user,
-                path=vfs.display(self.segments),
+                user=for_log(self.server.fs.user),
+                path=for_log(vfs.display(self.segments)),
                 size=info.size,
             )
 

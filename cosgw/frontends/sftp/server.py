@@ -6,11 +6,13 @@ upload rules as FTP, reached through Conch's L{FileTransferServer}.
 L{GatewaySFTPServer} turns each request into file-system calls; an OPEN is
 one C{open_file} call whose result a L{FileHandle} adapts.  Errors become
 SFTP status codes in one place, L{status_for}; no traceback reaches a
-client.
+client.  A session holds at most C{max_handles} files and directories open
+(each file may hold a store connection, a download window or spool space).
 """
 
 from __future__ import annotations
 
+import errno
 import struct
 from collections.abc import Callable
 from typing import Any, Optional
@@ -32,12 +34,13 @@ from twisted.conch.ssh.filetransfer import (
     FXF_WRITE,
     SFTPError,
 )
-from twisted.internet.defer import Deferred, ensureDeferred, succeed
+from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from cosgw import vfs
+from cosgw.escaping import for_log
 from cosgw.frontends.sftp.handles import Directory, FileHandle, InputHold, attributes
 from cosgw.interfaces import IFileSystem
 
@@ -55,6 +58,13 @@ def status_for(failure: Failure, action: str = "request") -> tuple[int, str]:
     errors are logged with their traceback and shown as a plain failure.
     """
     e = failure.value
+    if _out_of_descriptors(e):
+        log.error(
+            "SFTP {action} failed: the process has no file descriptor left ({error})",
+            action=action,
+            error=str(e),
+        )
+        return FX_FAILURE, "the server has too many open files; try again later"
     if isinstance(e, SFTPError):
         return e.code, str(e.message)
     if isinstance(e, EOFError):
@@ -78,6 +88,21 @@ def status_for(failure: Failure, action: str = "request") -> tuple[int, str]:
     return FX_FAILURE, "internal error; the gateway's log has the details"
 
 
+def _out_of_descriptors(e: Optional[BaseException]) -> bool:
+    """C{e}, or an error it was raised from, is EMFILE or ENFILE."""
+    seen: set[int] = set()
+    current: Optional[BaseException] = e
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in (
+            errno.EMFILE,
+            errno.ENFILE,
+        ):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
 @implementer(ISFTPServer)
 class GatewaySFTPServer:
     """One session's SFTP requests, over the user's file system."""
@@ -86,17 +111,27 @@ class GatewaySFTPServer:
         self,
         fs: IFileSystem,
         settings: Optional[vfs.RandomAccessSettings] = None,
+        max_handles: int = 64,
     ) -> None:
         """
         @param settings: the buffers behind reads and writes at offsets.
+        @param max_handles: files and directories the session may hold open
+            at once; opening one more fails with FX_FAILURE.
         """
+        if max_handles < 1:
+            raise ValueError(f"max_handles must be positive: {max_handles!r}")
         self.fs = fs
         self.settings = settings or vfs.RandomAccessSettings()
+        self.max_handles = max_handles
         #: ISFTPServer's avatar; this server is built for one, not by
         #: adapting it, and needs nothing from it.
         self.avatar: Any = None
         #: Open file handles, so a lost session can abort their uploads.
         self.handles: set[FileHandle] = set()
+        #: Open directory handles.
+        self.directories: set[Directory] = set()
+        #: Opens under way, each holding a handle's place.
+        self._opening = 0
         #: Set by the protocol: pauses (True) or resumes reading the
         #: connection while a handle's writes wait.
         self.pause_input: Callable[[bool], None] = lambda on: None
@@ -114,6 +149,42 @@ class GatewaySFTPServer:
             return vfs.resolve([], text)
         except vfs.InvalidName as e:
             raise SFTPError(FX_FAILURE, f"{e.path}: {e.message}") from None
+
+    @property
+    def open_handles(self) -> int:
+        """Handles open or being opened."""
+        return len(self.handles) + len(self.directories) + self._opening
+
+    def _opened(self, opening: Deferred[Any]) -> Deferred[Any]:
+        """
+        C{opening}, the open of a handle whose place L{_claim_handle} holds:
+        the place is given back when it fails, and taken over by the handle
+        (in L{handles} or L{directories}) when it succeeds.
+        """
+
+        def settled(result: Any) -> Any:
+            self._opening -= 1
+            return result
+
+        return opening.addBoth(settled)
+
+    def _claim_handle(self) -> None:
+        """
+        Hold a handle's place for an open.
+
+        @raise SFTPError: FX_FAILURE when L{max_handles} are open.
+        """
+        if self.open_handles >= self.max_handles:
+            log.info(
+                "{user}: SFTP open refused, {count} handles open (max {max})",
+                user=for_log(self.fs.user),
+                count=self.open_handles,
+                max=self.max_handles,
+            )
+            raise SFTPError(
+                FX_FAILURE, f"too many open handles (max {self.max_handles})"
+            )
+        self._opening += 1
 
     def pressure(self, handle: object, on: bool) -> None:
         """A handle asks to stop (or resume) reading the connection."""
@@ -144,16 +215,20 @@ class GatewaySFTPServer:
         """SSH_FXP_OPEN: POSIX open's flags, which the file system honours."""
         segments = self.segments(filename)
         input = InputHold(self)
-        d = self.fs.open_file(
-            segments,
-            read=bool(flags & FXF_READ),
-            write=bool(flags & FXF_WRITE),
-            append=bool(flags & FXF_APPEND),
-            create=bool(flags & FXF_CREAT),
-            truncate=bool(flags & FXF_TRUNC),
-            exclusive=bool(flags & FXF_EXCL),
-            settings=self.settings,
-            producer=input,
+        self._claim_handle()
+        d = self._opened(
+            maybeDeferred(
+                self.fs.open_file,
+                segments,
+                read=bool(flags & FXF_READ),
+                write=bool(flags & FXF_WRITE),
+                append=bool(flags & FXF_APPEND),
+                create=bool(flags & FXF_CREAT),
+                truncate=bool(flags & FXF_TRUNC),
+                exclusive=bool(flags & FXF_EXCL),
+                settings=self.settings,
+                producer=input,
+            )
         )
         return d.addCallback(lambda file: FileHandle(self, segments, file, input))
 
@@ -188,13 +263,14 @@ class GatewaySFTPServer:
 
     def openDirectory(self, path: bytes) -> Deferred[Any]:
         segments = self.segments(path)
-        listing = self.fs.listing(segments)
+        self._claim_handle()
 
         async def open_directory() -> Directory:
+            listing = self.fs.listing(segments)
             await self.fs.require_directory(segments)
             return Directory(self, listing)
 
-        return ensureDeferred(open_directory())
+        return self._opened(ensureDeferred(open_directory()))
 
     def getAttrs(self, path: bytes, followLinks: bool) -> Deferred[dict]:
         d = self.fs.stat(self.segments(path))

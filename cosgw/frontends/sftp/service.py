@@ -52,6 +52,7 @@ class SFTPFrontend(Frontend):
         super().__init__(parts)
         server = config.server
         self.accounts = parts.accounts
+        self.max_handles = server.max_handles
         # One for the gateway: every session's files share its spool budget.
         self.settings = RandomAccessSettings(
             spool_dir=str(server.state_dir / "spool"),
@@ -97,7 +98,7 @@ class SFTPFrontend(Frontend):
         fs, logout = self.accounts.session(avatar_id, mind)
         avatar = SFTPUser(
             avatar_id,
-            GatewaySFTPServer(fs, self.settings),
+            GatewaySFTPServer(fs, self.settings, self.max_handles),
             FileTransfer,
             on_logout=logout,
         )
