@@ -90,7 +90,7 @@ RETRY_DELAYS = (1.0, 2.0)
 
 #: Rounds of HEAD (each with its retries) that may be spent finding out
 #: whether a write whose reply was lost was in fact stored.
-VERIFY_ROUNDS = 2
+VERIFY_ROUNDS = 3
 
 
 def _quiet_sdk_logging() -> None:
@@ -212,8 +212,11 @@ class CosStore(ThreadedStore):
                 info = self._head(key)
             except NoSuchKey:
                 raise error from None
-            except StoreUnavailable as e:
+            except StoreUnreachable as e:
                 last: StoreError = e
+                break
+            except StoreUnavailable as e:
+                last = e
                 continue
             except StoreError as e:
                 last = e
