@@ -1,8 +1,8 @@
 """
 End-to-end FTPS tests (RFC 4217): a real gateway on 127.0.0.1 with a
 certificate made for the test, real clients (Python's ftplib, curl over
-OpenSSL, lftp over GnuTLS) verifying that certificate, and the store read
-directly to check what was really stored.
+OpenSSL; lftp over GnuTLS is in tests/test_ftps_lftp.py) verifying that
+certificate, and the store read directly to check what was really stored.
 
 The gateway's TLS context is shared by the control and data connections; an
 info callback on it records every handshake the gateway completes (protocol
@@ -35,7 +35,6 @@ from twisted.internet.task import deferLater
 from twisted.trial import unittest
 
 from cosgw.frontends.ftp.tls import generate_self_signed, session_reused
-from cosgw.vfs import MTIME_INDEX
 from tests.harness import (
     PASSWORD,
     READER_PASSWORD,
@@ -289,68 +288,6 @@ def curl(*args: str) -> subprocess.CompletedProcess:
     )
 
 
-def lftp(
-    gw: Any, cafile: Path, home: Path, priority: str, *commands: str
-) -> subprocess.CompletedProcess:
-    """
-    Run lftp commands against C{gw} with TLS forced on control and data,
-    the certificate verified against C{cafile} (host name included), and
-    the TLS versions limited by the GnuTLS C{priority} string.
-    """
-    script = "; ".join(
-        [
-            "set cmd:fail-exit yes",
-            # Up to 5 retries: a TLS 1.3 upload refused because lftp's reset
-            # (it never reads session tickets) destroyed its last bytes is
-            # retried; the test checks every such failure was a refused STOR.
-            "set net:max-retries 6",
-            "set net:reconnect-interval-base 1",
-            "set net:reconnect-interval-max 1",
-            "set net:timeout 20",
-            "set xfer:log no",
-            "set ftp:ssl-force yes",
-            "set ftp:ssl-protect-data yes",
-            "set ftp:ssl-protect-list yes",
-            "set ssl:verify-certificate yes",
-            "set ssl:check-hostname yes",
-            f'set ssl:ca-file "{cafile}"',
-            f'set ssl:priority "{priority}"',
-            "debug 5",  # the dialogue, on stderr
-            f"open -u alice,{PASSWORD} ftp://{gw.host}:{gw.port}",
-            *commands,
-        ]
-    )
-    return subprocess.run(
-        ["lftp", "-c", script],
-        capture_output=True,
-        timeout=90,
-        env={**os.environ, "HOME": str(home)},
-    )
-
-
-def write_tree(root: Path) -> dict[str, bytes]:
-    """3 directories, 12 files, one of 2 MiB; returns {relative path: bytes}."""
-    files = {
-        "readme.txt": b"top level\n",
-        "empty.dat": b"",
-        "big.bin": random_bytes(2 * MiB),
-        "docs/a.txt": b"alpha\n" * 100,
-        "docs/b.txt": b"beta\n",
-        "docs/odd name.txt": b"spaces in the name\n",
-        "docs/deep/c.bin": random_bytes(70_001),
-        "docs/deep/d.bin": random_bytes(1),
-        "docs/deep/e.txt": b"epsilon\n",
-        "media/f.bin": random_bytes(300_000),
-        "media/g.bin": random_bytes(65_536),
-        "media/h.txt": b"eta\n",
-    }
-    for rel, data in files.items():
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-    return files
-
-
 def read_tree(root: Path) -> tuple[set[str], dict[str, str]]:
     """(directories, {file: sha256}) under C{root}, relative, '/'-separated."""
     directories: set[str] = set()
@@ -517,78 +454,6 @@ class FTPSTransferTestsMixin(FTPSGatewayMixin):
         )
         self.assertEqual(listed.returncode, 0, listed.stderr)
         self.assertEqual(listed.stdout.decode().splitlines(), ["implicit.bin"])
-
-    def lftp_mirror(self, label: str, priority: str, expected: str) -> Any:
-        """
-        mirror -R a tree up, mirror it back into another directory, compare
-        the three (local, store, copy) byte for byte.
-        """
-
-        @defer.inlineCallbacks
-        def run() -> Generator[Any, Any, Any]:
-            source = self.scratch / f"{label}-source"
-            copy = self.scratch / f"{label}-copy"
-            files = write_tree(source)
-            remote = f"tree-{label}"
-            self.handshakes.clear()
-            done = yield in_thread(
-                lftp,
-                self.gw,
-                self.cert,
-                self.scratch,
-                priority,
-                f'mirror -R "{source}" "{remote}"',
-                f'mirror "{remote}" "{copy}"',
-            )
-            dialogue = done.stderr.decode(errors="replace").splitlines()
-            # lftp retries a failed transfer on a new connection and may then
-            # exit 0.  The only failure allowed is an upload refused with 426
-            # because the client's TCP reset (TLS 1.3: lftp never reads the
-            # session tickets, so its close is a reset) destroyed bytes
-            # before the gateway read them: never a short file stored.
-            trouble = []
-            command = ""
-            for line in dialogue:
-                if line.startswith("---> "):
-                    command = line
-                elif line.startswith(("<--- 4", "---- Connecting to")):
-                    trouble.append(f"{command} {line}" if "<---" in line else line)
-            refusals = [t for t in trouble if "<--- 4" in t]
-            for refusal in refusals:
-                self.assertIn("STOR", refusal)
-                self.assertIn("426", refusal)
-            if expected == "TLSv1.2":
-                self.assertEqual(refusals, [])
-            # One connection, plus one more per refused upload that lftp retried.
-            connects = [t for t in trouble if t.startswith("---- Connecting")]
-            self.assertEqual(len(connects), 1 + len(refusals), trouble)
-            self.assertEqual(len(trouble), len(connects) + len(refusals), trouble)
-            said = [x for x in dialogue if not x.startswith(("--->", "<---", "----"))]
-            self.assertEqual(done.returncode, 0, said)
-            stored = [
-                k
-                for k in self.keys(remote + "/")
-                if not k.endswith("/") and k.rsplit("/", 1)[-1] != MTIME_INDEX
-            ]
-            self.assertEqual(sorted(stored), sorted(f"{remote}/{f}" for f in files))
-            for rel, data in files.items():
-                key = f"{remote}/{rel}"
-                self.assertEqual(len(self.gw.inspector.read(key)), len(data), key)
-                self.assertEqual(self.stored_sha(key), sha256(data), key)
-            self.assertEqual(read_tree(copy), read_tree(source))
-            self.assertEqual(read_tree(copy)[0], {"docs", "docs/deep", "media"})
-            self.assertEqual(len(read_tree(copy)[1]), 12)
-            self.assertEqual(self.handshakes.versions(), {expected})
-            # The control connection and at least one per file up and down.
-            self.assertGreater(self.handshakes.count(), 24)
-
-        return run()
-
-    def test_lftp_mirror_tls12(self) -> Any:
-        return self.lftp_mirror("tls12", "NORMAL:-VERS-ALL:+VERS-TLS1.2", "TLSv1.2")
-
-    def test_lftp_mirror_tls13(self) -> Any:
-        return self.lftp_mirror("tls13", "NORMAL:-VERS-ALL:+VERS-TLS1.3", "TLSv1.3")
 
     @defer.inlineCallbacks
     def test_tls_upload_cut_short_leaves_no_object(self) -> Any:
@@ -766,6 +631,40 @@ class FTPSProtocolTests(FTPSGatewayMixin, unittest.TestCase):
 
         error = yield in_thread(run)
         self.assertIn("certificate verify failed", error)
+
+    @defer.inlineCallbacks
+    def test_control_connections_send_at_once(self) -> Any:
+        """
+        TCP_NODELAY on control connections (clear, explicit and implicit
+        FTPS): with Nagle a transfer's 226 waited for the client's delayed
+        ACK of its 150, 40 ms per file.
+        """
+
+        def connect() -> list[Any]:
+            plain = ftplib.FTP(timeout=CLIENT_TIMEOUT)
+            plain.connect(self.gw.host, self.gw.port)
+            explicit = ftps(self.gw, self.cert)
+            secure_login(explicit)
+            raw = socket.create_connection(
+                (self.gw.host, self.implicit_port), CLIENT_TIMEOUT
+            )
+            implicit = client_context(self.cert).wrap_socket(
+                raw, server_hostname=self.gw.host
+            )
+            implicit.recv(100)  # the greeting
+            return [plain, explicit, implicit]
+
+        clients = yield in_thread(connect)
+        delays = []
+        for protocol in self.open_controls():
+            tcp = protocol.transport
+            if not hasattr(tcp, "socket"):  # implicit: TLS above TCP
+                tcp = tcp.transport
+            delays.append(tcp.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+        for client in clients:
+            client.close()
+        self.assertEqual(len(delays), 3)
+        self.assertNotIn(0, delays)
 
     @defer.inlineCallbacks
     def test_command_replies(self) -> Any:

@@ -212,6 +212,11 @@ class GatewayFTP(
         self.callLater = self.reactor.callLater  # type: ignore[method-assign]
         _urgent_data_inline(self.transport)
         _limit_send_buffer(self.transport)
+        if hasattr(self.transport, "setTcpNoDelay"):
+            # Replies are small writes, each answering a command: with Nagle
+            # a 226 waited for the client's delayed ACK of the 150 (40 ms
+            # per transfer).
+            self.transport.setTcpNoDelay(True)
         self.transport.registerProducer(self, True)
         self._producing = True
         self.start_login_deadline()
