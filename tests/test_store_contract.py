@@ -1075,8 +1075,15 @@ class CosStoreContractTests(
         self.server = shared_server()
         self.bucket = self.server.create_bucket(f"contract-{uuid.uuid4().hex[:12]}")
         self.addCleanup(self.server.reset_faults)
+        # Retries after 10 and 20 ms (1 and 2 s in service): the faults below
+        # fail every attempt.
         return CosStore(
-            self.bucket, cos_settings(self.server), self.reactor, self.pool, pool_size=8
+            self.bucket,
+            cos_settings(self.server),
+            self.reactor,
+            self.pool,
+            pool_size=8,
+            retry_delays=(0.01, 0.02),
         )
 
     def stored_keys_blocking(self, prefix: str = "") -> list[str]:

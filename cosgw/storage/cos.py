@@ -161,6 +161,11 @@ class CosStore(ThreadedStore):
         self.retry_delays = tuple(
             RETRY_DELAYS if retry_delays is None else retry_delays
         )
+        # Except in copy() of objects over 5 GB, which runs its part copies
+        # in threads of its own: only its own retries can retry one part.
+        self._copier = CosS3Client(
+            config, retry=len(self.retry_delays), session=session
+        )
         self._runner = BlockingRunner(reactor, pool, pool_size * 4)
 
     def _call(self, what: str, f: Callable[..., Any], **kwargs: Any) -> Any:
@@ -388,7 +393,7 @@ class CosStore(ThreadedStore):
             # copy() switches to UploadPartCopy above 5 GB.
             self._call(
                 f"COPY {source} -> {destination}",
-                self._client.copy,
+                self._copier.copy,
                 Key=destination,
                 CopySource=copy_source,
                 MAXThread=4,
