@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from typing import Any, Optional
 
 from twisted.internet.interfaces import IConsumer, IPushProducer
+from twisted.logger import LogLevel, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
@@ -30,6 +31,7 @@ from cosgw.transfer import (
     part_size_for,
     upload,
 )
+from tests.logevents import LogEvents
 from tests.transfertesting import (
     KEY,
     FakeProducer,
@@ -372,15 +374,29 @@ class UploadWriterTests(UploadWriterTestsMixin, SynchronousTestCase):
     def test_cleanup_failure_is_logged(self) -> None:
         """
         A failed abort_multipart is logged, not raised: abort() still fires
-        with None.
+        with None.  A store that is down is one warning line (the sweeper
+        retries); anything else keeps its traceback.
         """
+        events = LogEvents(self, "cosgw.transfer.upload")
         self.make_writer(auto={"create_multipart", "upload_part"}, part_size=MiB)
         self.feed(random_bytes(MiB + 10))
         cleaned = self.writer.abort()
         [abort] = self.store.calls_to("abort_multipart")
         self.store.fail(abort, StoreUnavailable("ABORT: COS 503"))
         self.assertIsNone(self.successResultOf(cleaned))
-        self.assertEqual(len(self.flushLoggedErrors(StoreUnavailable)), 1)
+        self.assertEqual(self.flushLoggedErrors(StoreUnavailable), [])
+        [warning] = events.at(LogLevel.warn)
+        self.assertIn("ABORT: COS 503", formatEvent(warning))
+        self.assertIn("the sweeper will retry", formatEvent(warning))
+
+    def test_unexpected_cleanup_failure_keeps_its_traceback(self) -> None:
+        self.make_writer(auto={"create_multipart", "upload_part"}, part_size=MiB)
+        self.feed(random_bytes(MiB + 10))
+        cleaned = self.writer.abort()
+        [abort] = self.store.calls_to("abort_multipart")
+        self.store.fail(abort, StoreError("ABORT: access denied"))
+        self.assertIsNone(self.successResultOf(cleaned))
+        self.assertEqual(len(self.flushLoggedErrors(StoreError)), 1)
 
     # limits
 

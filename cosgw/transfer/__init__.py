@@ -31,6 +31,7 @@ from cosgw.transfer.errors import (
     SpoolFull,
     TransferStopped,
     UploadTooLarge,
+    log_cleanup_failure,
 )
 from cosgw.transfer.parts import (
     PART_GROWTH_SPAN,
@@ -58,6 +59,7 @@ __all__ = [
     "SpoolFull",
     "TransferSettings",
     "TransferStopped",
+    "log_cleanup_failure",
     "UploadRegistry",
     "UploadState",
     "UploadTooLarge",

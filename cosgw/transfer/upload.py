@@ -49,7 +49,12 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from cosgw.interfaces import MAX_PARTS, IObjectStore, ObjectInfo, PartInfo
-from cosgw.transfer.errors import QuotaReached, TransferStopped, UploadTooLarge
+from cosgw.transfer.errors import (
+    QuotaReached,
+    TransferStopped,
+    UploadTooLarge,
+    log_cleanup_failure,
+)
 from cosgw.transfer.parts import (
     CopyRange,
     contiguous_parts,
@@ -514,9 +519,10 @@ class UploadWriter:
             upload_id = self.upload_id
             d = self.store.abort_multipart(self.key, upload_id)
             d.addErrback(
-                lambda f: log.failure(
-                    "aborting multipart upload {upload_id} of {key}",
+                lambda f: log_cleanup_failure(
+                    log,
                     f,
+                    "aborting multipart upload {upload_id} of {key}",
                     upload_id=upload_id,
                     key=self.key,
                 )

@@ -22,9 +22,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from cosgw.interfaces import IObjectStore, NoSuchUpload, PartInfo, PendingUpload
-from cosgw.transfer import UploadRegistry, contiguous_parts
+from cosgw.transfer import UploadRegistry, contiguous_parts, log_cleanup_failure
 
 if TYPE_CHECKING:
     from cosgw.vfs.filesystem import ObjectFileSystem
@@ -84,7 +85,9 @@ async def supersede(fs: ObjectFileSystem, key: str, keep: Optional[str] = None) 
         try:
             await fs.store.abort_multipart(key, upload_id)
         except Exception:
-            log.failure(
+            log_cleanup_failure(
+                log,
+                Failure(),
                 "{user}: discarding the kept upload {upload_id} of {key}",
                 user=fs.user,
                 upload_id=upload_id,
