@@ -4,13 +4,15 @@ fail under TLS 1.3 (issue 12, item 16): it never reads an upload's data
 connection, and the session tickets the gateway sent there turned its close
 into a reset that could destroy the last bytes (426; lftp then retried).
 
-Each test mirrors a tree of 50 files (4 to 64 KiB, in three directories) up
-with C{mirror -R} and back down with C{mirror}, five times, with
-C{net:max-retries 1} (no second try), over explicit FTPS (AUTH TLS) or
-implicit FTPS, with GnuTLS limited to TLS 1.2 or to TLS 1.3.  Every run
-must succeed at the first try, with no 4xx reply, one connection, and the
-store's and the downloaded copies' hashes equal to the source's.  curl
-(OpenSSL) uploads under TLS 1.3 are checked in tests/test_ftps.py.
+Each test mirrors a tree of 50 files (two of 2 and 3 MiB, the others of 4
+to 64 KiB, in four directories) up with C{mirror -R} and back down with
+C{mirror}, five times, with C{net:max-retries 1} (no second try), over
+explicit FTPS (AUTH TLS) or implicit FTPS, with GnuTLS limited to TLS 1.2
+or to TLS 1.3.  Every run must succeed at the first try, with no 4xx reply,
+one connection, and the store's and the downloaded copies' hashes equal to
+the source's.  Before the fix, the TLS 1.3 runs failed ("max-retries
+exceeded" after a 426 on a large file).  curl (OpenSSL) uploads under TLS
+1.3 are checked in tests/test_ftps.py.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from twisted.internet import defer
 from twisted.trial import unittest
 
 from cosgw.vfs import MTIME_INDEX
-from tests.harness import PASSWORD, in_thread, sha256
+from tests.harness import PASSWORD, MiB, in_thread, sha256
 from tests.test_ftps import FTPSGatewayMixin, read_tree
 
 RUNS = 5
@@ -38,13 +40,19 @@ TLS13 = ("NORMAL:-VERS-ALL:+VERS-TLS1.3", "TLSv1.3")
 
 
 def write_tree(root: Path, seed: int) -> dict[str, bytes]:
-    """FILES files of 4 to 64 KiB under root, a/, a/b/ and c/."""
+    """
+    FILES files under root, a/, a/b/ and c/: two of 2 and 3 MiB, the rest
+    of 4 to 64 KiB.  The large ones make the gateway pause reading (the
+    store holds the upload back), so that bytes are still unread when the
+    client closes: what a reset destroyed.
+    """
     rng = random.Random(seed)
     directories = ["", "a/", "a/b/", "c/"]
     files = {}
     for i in range(FILES):
         rel = f"{directories[i % len(directories)]}f{i:02d}.bin"
-        files[rel] = rng.randbytes(rng.randint(4 * KiB, 64 * KiB))
+        size = (2 + i) * MiB if i < 2 else rng.randint(4 * KiB, 64 * KiB)
+        files[rel] = rng.randbytes(size)
     for rel, data in files.items():
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
