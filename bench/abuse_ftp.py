@@ -25,9 +25,9 @@ _FINAL_LINE = re.compile(rb"^(\d{3}) ")
 _PASV = re.compile(r"\((\d+),(\d+),(\d+),(\d+),(\d+),(\d+)\)")
 
 
-def hold(deadline: float, stop: threading.Event) -> None:
-    """Keep what the attack opened until C{deadline} (or C{stop})."""
-    stop.wait(max(0.0, deadline - time.monotonic()))
+def hold(deadline: float) -> None:
+    """Keep what the attack opened until C{deadline}: the attack's time."""
+    threading.Event().wait(max(0.0, deadline - time.monotonic()))
 
 
 def help_flood(gateway: Gateway, source: str, seconds: float) -> str:
@@ -79,7 +79,7 @@ def idle_pasv(gateway: Gateway, source: str, seconds: float, count: int = 400) -
     passive data connections (PASV, then connect, and no TLS handshake: the
     case the issue found leaking) and never transfers on any of them, QUITs,
     and keeps the data connections open until the end; reports how many the
-    gateway has closed by then.
+    gateway has closed before the QUIT and by the end.
     """
     deadline = time.monotonic() + seconds
     data: list[socket.socket] = []
@@ -105,13 +105,17 @@ def idle_pasv(gateway: Gateway, source: str, seconds: float, count: int = 400) -
                 data.append(connect_from(source, port, 5))
             except OSError as e:
                 failed, last = failed + 1, f"{type(e).__name__}: {e}"
+            # A round trip before the next PASV, so the gateway has taken
+            # this connection off its listener rather than dropping it
+            # unaccepted with the listener (as a client's keepalive would).
+            control.expect("NOOP", 200, deadline)
         before_quit = sum(1 for s in data if _closed_by_peer(s))
         control.send("QUIT")
         try:
             quit_reply = control.reply(min(deadline, time.monotonic() + 5))[1][:3]
         except (ReplyTimeout, OSError) as e:
             quit_reply = type(e).__name__
-        hold(deadline, threading.Event())
+        hold(deadline)
         closed = sum(1 for s in data if _closed_by_peer(s))
     except (ReplyTimeout, OSError) as e:
         closed, last = sum(1 for s in data if _closed_by_peer(s)), repr(e)
@@ -142,10 +146,13 @@ def _closed_by_peer(sock: socket.socket) -> bool:
 
 @dataclass(eq=False)
 class _Guesser:
-    """One connection of the password attack and where it is in a login."""
+    """One connection of the password attack."""
 
     sock: socket.socket
-    stage: str = "banner"
+    #: Its banner has come; it may guess.
+    greeted: bool = False
+    #: A USER and PASS pair is out and its PASS not answered yet.
+    guessing: bool = False
     buffer: bytes = b""
 
 
@@ -158,8 +165,6 @@ class _Tally:
     #: The first 421 line, to say what refused them.
     refused_as: str = ""
     closed: int = 0
-    #: Every line sent, USER included: bounds a banned address's loop.
-    commands: int = 0
     other: dict[str, int] = field(default_factory=dict)
 
 
@@ -167,18 +172,20 @@ def wrong_passwords(
     gateway: Gateway, source: str, seconds: float, parallel: int = 300
 ) -> str:
     """
-    Item 6: C{parallel} connections from one address each send USER and a
-    wrong PASS, again on the same connection after every 530, and connect
-    again (after 1 s) when the gateway refuses or closes one.  Bounded by
-    time, by C{parallel} x 100 attempts and by C{parallel} x C{seconds}
-    connections.
+    Item 6: C{parallel} connections from one address; once all have their
+    banner (or after a quarter of the time), each sends USER and a wrong
+    PASS in one write, all at once, and again after every 530; one the
+    gateway refuses or closes is replaced after 1 s.  Bounded by time, by
+    C{parallel} x 100 guesses and by C{parallel} x C{seconds} connections.
     """
     deadline = time.monotonic() + seconds
+    go_at = time.monotonic() + seconds / 4
     max_attempts, max_connects = parallel * 100, int(parallel * max(seconds, 1))
     tally = _Tally()
     selector = selectors.DefaultSelector()
     due: list[float] = [time.monotonic()] * parallel
     guessers: set[_Guesser] = set()
+    go = False
     try:
         while (now := time.monotonic()) < deadline:
             while due and due[0] <= now and tally.connects < max_connects:
@@ -187,21 +194,29 @@ def wrong_passwords(
                 tally.connects += 1
             for key, _ in selector.select(timeout=min(0.1, deadline - now)):
                 guesser: _Guesser = key.data
-                if not _advance(guesser, tally, max_attempts):
+                if not _advance(guesser, tally, go and tally.attempts < max_attempts):
                     selector.unregister(guesser.sock)
                     guesser.sock.close()
                     guessers.discard(guesser)
                     due.append(time.monotonic() + 1.0)
-        waiting = sum(1 for g in guessers if g.stage == "pass")
+            if not go and (
+                all(g.greeted for g in guessers) or time.monotonic() >= go_at
+            ):
+                go = True
+                for guesser in [g for g in guessers if g.greeted]:
+                    _guess(guesser, tally)
+        waiting = sum(1 for g in guessers if g.guessing)
+        ungreeted = sum(1 for g in guessers if not g.greeted)
     finally:
         for guesser in guessers:
             guesser.sock.close()
         selector.close()
     others = ", ".join(f"{n} x {c}" for c, n in sorted(tally.other.items()))
     return (
-        f"{tally.attempts} PASS sent on {tally.connects} connections: "
+        f"{tally.attempts} guesses on {tally.connects} connections: "
         f"{tally.rejected} answered 530, {waiting} unanswered at the end; "
-        f"{tally.refused} connections refused ({tally.refused_as[:50]!r}), "
+        f"{ungreeted} connections without a banner at the end; "
+        f"{tally.refused} refused ({tally.refused_as[:50]!r}), "
         f"{tally.closed} closed by the gateway" + (f"; {others}" if others else "")
     )
 
@@ -220,7 +235,19 @@ def _open_guesser(selector: selectors.BaseSelector, source: str, port: int) -> _
     return guesser
 
 
-def _advance(guesser: _Guesser, tally: _Tally, max_attempts: int) -> bool:
+def _guess(guesser: _Guesser, tally: _Tally) -> bool:
+    """Send USER and a wrong PASS together; False when the send fails."""
+    tally.attempts += 1
+    guesser.guessing = True
+    try:
+        guesser.sock.send(f"USER {USER}\r\nPASS wrong-{tally.attempts}\r\n".encode())
+    except OSError:
+        tally.closed += 1
+        return False
+    return True
+
+
+def _advance(guesser: _Guesser, tally: _Tally, may_guess: bool) -> bool:
     """Read what arrived and answer it; False when the connection is done."""
     try:
         data = guesser.sock.recv(65536)
@@ -242,25 +269,15 @@ def _advance(guesser: _Guesser, tally: _Tally, max_attempts: int) -> bool:
             tally.refused += 1
             tally.refused_as = tally.refused_as or line.decode("utf-8", "replace")
             return False
-        if code == "530":
-            tally.rejected += 1
-        elif (guesser.stage, code) not in (("banner", "220"), ("user", "331")):
-            tally.other[code] = tally.other.get(code, 0) + 1
-        if tally.commands >= 2 * max_attempts:
-            return False
-        tally.commands += 1
-        if guesser.stage == "user" and code == "331":
-            if tally.attempts >= max_attempts:
+        if code == "220" and not guesser.greeted:
+            guesser.greeted = True
+            if may_guess and not _guess(guesser, tally):
                 return False
-            tally.attempts += 1
-            guesser.stage = "pass"
-            line_out = f"PASS wrong-{tally.attempts}\r\n"
-        else:
-            guesser.stage = "user"
-            line_out = f"USER {USER}\r\n"
-        try:
-            guesser.sock.send(line_out.encode())
-        except OSError:
-            tally.closed += 1
-            return False
+        elif code == "530" and guesser.guessing:
+            tally.rejected += 1
+            guesser.guessing = False
+            if may_guess and not _guess(guesser, tally):
+                return False
+        elif code != "331":
+            tally.other[code] = tally.other.get(code, 0) + 1
     return True

@@ -273,7 +273,7 @@ def unread_reads(
         sftp.close()
     sender.join(5)
     whole = len(requests[0])
-    note = f"{sender.sent // whole}/{count} READs sent, replies never read"
+    note = f"{sender.sent // whole}/{count} READs written, replies never read"
     if sender.sent < whole * count:
         note += " (the gateway stopped reading)"
     return note + ("; closed by the gateway" if closed else "")
