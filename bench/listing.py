@@ -20,7 +20,9 @@ tests/cosserver.py) and one gateway process (``twistd -n cosftp``):
     first byte of the listing; the number of lines must equal --entries;
 
 and prints the medians of --rounds (interleaved, because these machines are
-noisy), the gateway/store ratios (the target is at most 1.25x for LIST), and
+noisy), the gateway/store ratios (the target is at most 1.25x for LIST), the
+store requests of each listing as the fake COS server counts them (a LIST
+should fetch the same pages the SDK does, and nothing else), and
 the gateway's memory: its RSS before the first listing, after a warm-up
 listing and after each round, and its peak RSS (VmHWM) after all of them,
 which would show a listing that is collected in memory instead of streamed
@@ -42,7 +44,10 @@ straight into moto's in-memory S3 backend (well under a second), then runs
 ``tests/cosserver.py``'s ``main()`` unchanged.  Nothing goes through the
 gateway; how long it took is printed.
 
-    python bench/listing.py [--entries 10000] [--rounds 3]
+--tree runs the gateway of another checkout (e.g. a ``git worktree`` of an
+older commit) against the same store, for before/after tables.
+
+    python bench/listing.py [--entries 10000] [--rounds 3] [--tree PATH]
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ from __future__ import annotations
 import argparse
 import ftplib
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -57,13 +63,31 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from bench._gateway import PASSWORD, USER, memory_mib, start_gateway, stop  # noqa: E402
+from bench._gateway import (  # noqa: E402
+    PASSWORD,
+    USER,
+    free_port,
+    memory_mib,
+    start_gateway,
+    stop,
+)
+from bench._measure import (  # noqa: E402
+    StoreRequests,
+    Target,
+    add_tree_argument,
+    per_item,
+    print_header,
+    print_targets,
+)
 from tests.cosserver import CosTestServer  # noqa: E402
 
 DIRECTORY = "dir"
@@ -124,7 +148,9 @@ def serve_store(argv: list[str]) -> None:
     cosserver.main(rest)
 
 
-def start_store(entries: int, workdir: Path):
+def start_store(
+    entries: int, workdir: Path
+) -> tuple[CosTestServer, subprocess.Popen[bytes], str, float, float]:
     """
     Start the fake COS server with the directory already in it.  Returns
     (server, process, bucket, seconds spent writing the keys, seconds until
@@ -169,6 +195,7 @@ def start_store(entries: int, workdir: Path):
         env=env,
     )
     populated = None
+    assert proc.stdout is not None
     try:
         for raw in proc.stdout:
             word, _, value = raw.decode().strip().partition(" ")
@@ -191,8 +218,9 @@ def start_store(entries: int, workdir: Path):
     return server, proc, bucket, populated, time.perf_counter() - start
 
 
-def stop_store(proc: subprocess.Popen) -> None:
+def stop_store(proc: subprocess.Popen[bytes]) -> None:
     """The server exits when its stdin closes; by PID if it does not."""
+    assert proc.stdin is not None and proc.stdout is not None
     try:
         proc.stdin.close()
     except OSError:
@@ -205,7 +233,7 @@ def stop_store(proc: subprocess.Popen) -> None:
     proc.stdout.close()
 
 
-def store_listing(client, bucket: str) -> tuple[float, float, int]:
+def store_listing(client: Any, bucket: str) -> tuple[float, float, int]:
     """(total seconds, seconds to the first page, entries) paging with the SDK."""
     prefix = f"{DIRECTORY}/"
     marker = ""
@@ -273,6 +301,110 @@ def gateway_listing(port: int, command: str) -> tuple[float, float, int]:
     return total, first or 0.0, len(lines)
 
 
+@dataclass
+class Measured:
+    """Times (seconds), store requests and the gateway's memory, per listing."""
+
+    figures: dict[str, list[float]] = field(default_factory=dict)
+    #: Store requests of the last listing of each kind ("store", "list", "nlst").
+    requests: dict[str, Counter[str]] = field(default_factory=dict)
+    rss_rounds: list[float] = field(default_factory=list)
+    memory: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+def measure(
+    args: argparse.Namespace,
+    server: CosTestServer,
+    bucket: str,
+    gateway: subprocess.Popen[bytes],
+) -> Measured:
+    """
+    One warm-up listing each, then --rounds of: the SDK's paging, LIST and
+    NLST through the gateway, each with its store requests counted.
+    """
+    client = server.cos_client()
+    requests = StoreRequests(server)
+    found = Measured()
+    for kind in ("store", "list", "nlst"):
+        found.figures[kind], found.figures[f"{kind}_first"] = [], []
+    # One warm-up each (connection pools, imports), not counted.
+    store_listing(client, bucket)
+    found.memory["before"] = memory_mib(gateway.pid)
+    gateway_listing(args.port, "NLST")
+    found.memory["warm"] = memory_mib(gateway.pid)
+    for _ in range(args.rounds):
+        for kind in ("store", "list", "nlst"):
+            requests.reset()
+            if kind == "store":
+                total, first, count = store_listing(client, bucket)
+            else:
+                total, first, count = gateway_listing(args.port, kind.upper())
+            found.requests[kind] = requests.take()
+            if count != args.entries:
+                raise SystemExit(f"{kind}: {count} entries, not {args.entries}")
+            found.figures[kind].append(total)
+            found.figures[f"{kind}_first"].append(first)
+        found.rss_rounds.append(memory_mib(gateway.pid)["VmRSS"])
+    found.memory["after"] = memory_mib(gateway.pid)
+    return found
+
+
+def report(args: argparse.Namespace, m: Measured, populated: float, up: float) -> None:
+    med = {k: statistics.median(v) for k, v in m.figures.items()}
+    ms = 1000.0
+    print(
+        f"directory: {args.entries} entries ({SUBDIRS} subdirectories); "
+        f"rounds: {args.rounds} (medians)"
+    )
+    print(
+        f"populating: {populated:.2f} s writing {args.entries + 1} keys into "
+        f"moto in the store process; store up and answering after {up:.2f} s"
+    )
+    print(
+        f"store   SDK list_objects paging  {med['store'] * ms:8.1f} ms   "
+        f"first page {med['store_first'] * ms:7.1f} ms"
+    )
+    for command in ("list", "nlst"):
+        print(
+            f"gateway {command.upper()} dir                 "
+            f"{med[command] * ms:8.1f} ms   first byte "
+            f"{med[command + '_first'] * ms:7.1f} ms   "
+            f"ratio to store {med[command] / med['store']:.2f}x"
+        )
+    print("store requests per listing (COS operation names):")
+    for kind, label in (("store", "SDK paging"), ("list", "LIST"), ("nlst", "NLST")):
+        print(f"  {label:<10} {per_item(m.requests[kind], 1)}")
+    before, warm, after = (m.memory[k] for k in ("before", "warm", "after"))
+    print(
+        f"gateway RSS before listing {before['VmRSS']:.1f} MiB (peak so far "
+        f"{before['VmHWM']:.1f} MiB); after the warm-up listing "
+        f"{warm['VmRSS']:.1f} MiB; after each round "
+        + ", ".join(f"{x:.1f}" for x in m.rss_rounds)
+        + f" MiB; peak (VmHWM) after all {1 + 2 * args.rounds} listings "
+        f"{after['VmHWM']:.1f} MiB"
+    )
+    for k, v in m.figures.items():
+        print(f"  {k}: " + ", ".join(f"{x * ms:.1f}" for x in v))
+    pages = sum(m.requests["store"].values())
+    print_targets(
+        [
+            Target(
+                "LIST x the SDK's paging (earlier issue)",
+                med["list"] / med["store"],
+                1.25,
+                False,
+                "x",
+            ),
+            Target(
+                f"LIST store requests (the SDK's pages: {pages})",
+                sum(m.requests["list"].values()),
+                pages,
+                at_least=False,
+            ),
+        ]
+    )
+
+
 def main() -> None:
     if sys.argv[1:2] == [SERVE_STORE]:
         serve_store(sys.argv[2:])
@@ -280,88 +412,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     parser.add_argument("--entries", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--port", type=int, default=21421)
+    parser.add_argument("--port", type=int, default=0, help="default: a free port")
+    add_tree_argument(parser)
     args = parser.parse_args()
+    if args.entries < 1 or args.rounds < 1:
+        parser.error("--entries and --rounds must be at least 1")
+    args.port = args.port or free_port()
+    print_header(f"listing {args.entries} entries: cosgw against the SDK", args.tree)
 
     workdir = Path(tempfile.mkdtemp(prefix="cosgw-bench-listing-"))
-    server, store, bucket, populated, store_up = start_store(args.entries, workdir)
-    gateway = None
     try:
-        client = server.cos_client()
-        gateway = start_gateway(workdir, server, bucket, args.port)
-
-        # One warm-up each (connection pools, imports), not counted.
-        store_listing(client, bucket)
-        before = memory_mib(gateway.pid)
-        gateway_listing(args.port, "NLST")
-        warm = memory_mib(gateway.pid)
-        rss_rounds = []
-
-        figures: dict[str, list[float]] = {
-            k: []
-            for k in (
-                "store",
-                "store_first",
-                "list",
-                "list_first",
-                "nlst",
-                "nlst_first",
-            )
-        }
-        for _ in range(args.rounds):
-            total, first, count = store_listing(client, bucket)
-            if count != args.entries:
-                raise SystemExit(f"store listed {count} entries, not {args.entries}")
-            figures["store"].append(total)
-            figures["store_first"].append(first)
-            for command in ("LIST", "NLST"):
-                total, first, count = gateway_listing(args.port, command)
-                if count != args.entries:
-                    raise SystemExit(
-                        f"{command} gave {count} lines, not {args.entries}"
-                    )
-                figures[command.lower()].append(total)
-                figures[command.lower() + "_first"].append(first)
-            rss_rounds.append(memory_mib(gateway.pid)["VmRSS"])
-        after = memory_mib(gateway.pid)
-
-        med = {k: statistics.median(v) for k, v in figures.items()}
-        ms = 1000.0
-        print(
-            f"directory: {args.entries} entries ({SUBDIRS} subdirectories); "
-            f"rounds: {args.rounds} (medians)"
-        )
-        print(
-            f"populating: {populated:.2f} s writing {args.entries + 1} keys into "
-            f"moto in the store process; store up and answering after "
-            f"{store_up:.2f} s"
-        )
-        print(
-            f"store   SDK list_objects paging  {med['store'] * ms:8.1f} ms   "
-            f"first page {med['store_first'] * ms:7.1f} ms"
-        )
-        for command in ("list", "nlst"):
-            print(
-                f"gateway {command.upper()} dir                 "
-                f"{med[command] * ms:8.1f} ms   first byte "
-                f"{med[command + '_first'] * ms:7.1f} ms   "
-                f"ratio to store {med[command] / med['store']:.2f}x"
-                + ("  (target <= 1.25x)" if command == "list" else "")
-            )
-        print(
-            f"gateway RSS before listing {before['VmRSS']:.1f} MiB (peak so far "
-            f"{before['VmHWM']:.1f} MiB); after the warm-up listing "
-            f"{warm['VmRSS']:.1f} MiB; after each round "
-            + ", ".join(f"{x:.1f}" for x in rss_rounds)
-            + f" MiB; peak (VmHWM) after all {1 + 2 * args.rounds} listings "
-            f"{after['VmHWM']:.1f} MiB"
-        )
-        for k, v in figures.items():
-            print(f"  {k}: " + ", ".join(f"{x * ms:.1f}" for x in v))
+        server, store, bucket, populated, store_up = start_store(args.entries, workdir)
+        gateway = None
+        try:
+            gateway = start_gateway(workdir, server, bucket, args.port, tree=args.tree)
+            report(args, measure(args, server, bucket, gateway), populated, store_up)
+        finally:
+            if gateway is not None:
+                stop(gateway)
+            stop_store(store)
     finally:
-        if gateway is not None:
-            stop(gateway)
-        stop_store(store)
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":
