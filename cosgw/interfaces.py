@@ -206,12 +206,18 @@ class IObjectStore(Interface):
             entries (objects plus prefixes).
         """
 
-    def open(key: str, offset: int = 0) -> Deferred[IByteSource]:
+    def open(
+        key: str, offset: int = 0, end: Optional[int] = None
+    ) -> Deferred[IByteSource]:
         """
-        Start reading C{key} at C{offset}.
+        Start reading C{key} at C{offset}, up to C{end} (exclusive; above
+        C{offset}) when given: a bounded range, so the store sends, and
+        bills, no more than the reader will take.  None reads to the end of
+        the object, and from offset 0 asks for no range at all.
 
         @return: Deferred firing with an L{IByteSource}; fails with
-            L{NoSuchKey}.  An offset at or past the end gives an empty source.
+            L{NoSuchKey}.  An offset at or past the end gives an empty
+            source; an C{end} past it stops at the object's end.
         """
 
     def put(

@@ -67,7 +67,7 @@ from cosgw.interfaces import (
     StoreError,
     StoreUnavailable,
 )
-from cosgw.storage._runner import check_copy_range
+from cosgw.storage._runner import check_copy_range, check_read_range
 from cosgw.storage.checksum import crc64
 
 __all__ = ["STORE_METHODS", "MemorySource", "MemoryStore"]
@@ -128,14 +128,21 @@ class MemorySource:
     """
 
     def __init__(
-        self, store: MemoryStore, info: ObjectInfo, data: bytes, offset: int
+        self,
+        store: MemoryStore,
+        info: ObjectInfo,
+        data: bytes,
+        offset: int,
+        end: Optional[int] = None,
     ) -> None:
         self._store = store
         self._data = data
         self.info = info
         self.offset = offset
-        self.length = max(0, info.size - offset)
+        stop = info.size if end is None else min(end, info.size)
+        self.length = max(0, stop - offset)
         self._position = min(offset, info.size)
+        self._stop = max(stop, self._position)
         self.closed = False
 
     def read(self, size: int) -> Deferred[bytes]:
@@ -147,7 +154,7 @@ class MemorySource:
             return fail(StoreError(f"{self.info.key}: read after close"))
         if size < 1:
             return fail(StoreError(f"{self.info.key}: read of {size} bytes"))
-        chunk = self._data[self._position : self._position + size]
+        chunk = self._data[self._position : min(self._position + size, self._stop)]
         self._position += len(chunk)
         return succeed(chunk)
 
@@ -165,6 +172,8 @@ class MemoryStore:
 
     @ivar requests: How many times each L{IObjectStore} method was called
         (see L{STORE_METHODS}), failed calls included.
+    @ivar opened: The C{(key, offset, end)} of every L{open} call, in
+        order: the ranges readers ask the store for.
     """
 
     def __init__(
@@ -182,6 +191,7 @@ class MemoryStore:
         """
         self.description = description
         self.requests: Counter[str] = Counter()
+        self.opened: builtins.list[tuple[str, int, Optional[int]]] = []
         self._clock = clock
         self._min_part_size = min_part_size
         self._objects: dict[str, _Object] = {}
@@ -203,6 +213,7 @@ class MemoryStore:
         @return: What had been counted.
         """
         counted, self.requests = self.requests, Counter()
+        self.opened = []
         return counted
 
     def fail_next(self, method: str, count: int = 1) -> None:
@@ -382,15 +393,17 @@ class MemoryStore:
             i += 1
         return ListPage(objects, prefixes, last if truncated else None)
 
-    def open(self, key: str, offset: int = 0) -> Deferred[IByteSource]:
-        return self._request("open", self._open, key, offset)
+    def open(
+        self, key: str, offset: int = 0, end: Optional[int] = None
+    ) -> Deferred[IByteSource]:
+        self.opened.append((key, offset, end))
+        return self._request("open", self._open, key, offset, end)
 
-    def _open(self, key: str, offset: int) -> IByteSource:
-        if offset < 0:
-            raise StoreError(f"{key}: negative offset {offset}")
+    def _open(self, key: str, offset: int, end: Optional[int]) -> IByteSource:
+        check_read_range(key, offset, end)
         stored = self._get(key)
         info = replace(stored.info, request_id=self._request_id)
-        source = MemorySource(self, info, stored.data, offset)
+        source = MemorySource(self, info, stored.data, offset, end)
         self._sources.add(source)
         return source
 

@@ -306,6 +306,25 @@ class IObjectStoreContractMixin:
             yield source.close()
 
     @inlineCallbacks
+    def test_open_bounded_range(self) -> Any:
+        """
+        open() with an end delivers bytes C{offset..end-1} and stops there
+        (at the object's end if that comes first); a range from 0 that is
+        not the whole object is not checked against the object's CRC-64.
+        """
+        data = random_bytes(100_000)
+        yield self.store.put("bounded", data)
+        for offset, end in ((0, 1), (0, 50_000), (4096, 8192), (99_000, 200_000)):
+            source = yield self.store.open("bounded", offset, end)
+            self.assertEqual(
+                (source.offset, source.length, source.info.size),
+                (offset, min(end, len(data)) - offset, len(data)),
+            )
+            chunks = yield read_source(source, 3000)
+            self.assertEqual(b"".join(chunks), data[offset:end], (offset, end))
+        yield self.assertFailure(self.store.open("bounded", 10, 10), StoreError)
+
+    @inlineCallbacks
     def test_read_in_chunks(self) -> Any:
         """
         Reads give at most the size asked for, in order, then C{b""} at the

@@ -33,6 +33,19 @@ from cosgw.interfaces import (
 T = TypeVar("T")
 
 
+def check_read_range(key: str, offset: int, end: Optional[int]) -> None:
+    """
+    Refuse an open() from a negative C{offset}, or of a bounded range that
+    holds no byte (C{end} at or before C{offset}).
+
+    @raise StoreError: the range is not one a GET can ask for.
+    """
+    if offset < 0:
+        raise StoreError(f"{key}: negative offset {offset}")
+    if end is not None and end <= offset:
+        raise StoreError(f"{key}: empty range {offset}-{end}")
+
+
 def check_copy_range(source: str, first: int, last: int, size: int) -> None:
     """
     Refuse a part copy of bytes C{first..last} (inclusive) of a C{size}-byte
@@ -87,8 +100,10 @@ class ThreadedStore:
     ) -> Deferred[ListPage]:
         return self._runner.run(self._list, prefix, delimiter, marker, max_keys)
 
-    def open(self, key: str, offset: int = 0) -> Deferred[IByteSource]:
-        return self._runner.run(self._open, key, offset)
+    def open(
+        self, key: str, offset: int = 0, end: Optional[int] = None
+    ) -> Deferred[IByteSource]:
+        return self._runner.run(self._open, key, offset, end)
 
     def put(
         self, key: str, data: bytes, metadata: Optional[Mapping[str, str]] = None
@@ -149,7 +164,7 @@ class ThreadedStore:
     ) -> ListPage:
         raise NotImplementedError
 
-    def _open(self, key: str, offset: int) -> IByteSource:
+    def _open(self, key: str, offset: int, end: Optional[int]) -> IByteSource:
         raise NotImplementedError
 
     def _put(

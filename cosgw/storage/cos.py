@@ -62,7 +62,12 @@ from cosgw.interfaces import (
     StoreError,
     StoreUnavailable,
 )
-from cosgw.storage._runner import BlockingRunner, ThreadedStore, check_copy_range
+from cosgw.storage._runner import (
+    BlockingRunner,
+    ThreadedStore,
+    check_copy_range,
+    check_read_range,
+)
 from cosgw.storage.checksum import crc64, crc64_combine, parse_crc64
 from cosgw.storage.cos_errors import (
     RETRYABLE_CODES,
@@ -305,8 +310,13 @@ class CosStore(ThreadedStore):
             raise
         return result
 
-    def _open(self, key: str, offset: int) -> CosSource:
-        extra = {"Range": f"bytes={offset}-"} if offset else {}
+    def _open(self, key: str, offset: int, end: Optional[int]) -> CosSource:
+        check_read_range(key, offset, end)
+        extra: dict[str, str] = {}
+        if end is not None:
+            extra = {"Range": f"bytes={offset}-{end - 1}"}
+        elif offset:
+            extra = {"Range": f"bytes={offset}-"}
         response = self._call(
             f"GET {key}", self._get, Key=key, KeySimplifyCheck=False, **extra
         )

@@ -112,7 +112,9 @@ class CosSource:
         self.info = info
         self.offset = offset
         self.length = length
-        self._check = StreamCheck(info.key, length, info.crc64 if offset == 0 else None)
+        # The CRC-64 COS sends is the whole object's, also for a range.
+        whole = offset == 0 and length == info.size
+        self._check = StreamCheck(info.key, length, info.crc64 if whole else None)
 
     def _read(self, size: int) -> bytes:
         if self._raw is None:

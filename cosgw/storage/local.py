@@ -47,7 +47,12 @@ from cosgw.interfaces import (
     PendingUpload,
     StoreError,
 )
-from cosgw.storage._runner import BlockingRunner, ThreadedStore, check_copy_range
+from cosgw.storage._runner import (
+    BlockingRunner,
+    ThreadedStore,
+    check_copy_range,
+    check_read_range,
+)
 from cosgw.storage.checksum import StreamCheck, crc64
 
 #: The hidden directory for temporary files and multipart parts; it is never
@@ -72,19 +77,27 @@ class _FileSource:
     """Reads an open file in the pool; the open descriptor is a snapshot."""
 
     def __init__(
-        self, runner: BlockingRunner, fobj: BinaryIO, info: ObjectInfo, offset: int
+        self,
+        runner: BlockingRunner,
+        fobj: BinaryIO,
+        info: ObjectInfo,
+        offset: int,
+        end: Optional[int],
     ) -> None:
         self._runner = runner
         self._file: Optional[BinaryIO] = fobj
         self.info = info
         self.offset = offset
-        self.length = max(0, info.size - offset)
+        stop = info.size if end is None else min(end, info.size)
+        self.length = max(0, stop - offset)
         self._check = StreamCheck(info.key, self.length, None)
 
     def _read(self, size: int) -> bytes:
         if self._file is None:
             raise StoreError(f"{self.info.key}: read after close")
-        return self._check.feed(self._file.read(size))
+        # A bounded range stops at its end, as a ranged GET does.
+        size = min(size, self.length - self._check.count)
+        return self._check.feed(self._file.read(size) if size > 0 else b"")
 
     def read(self, size: int) -> Deferred[bytes]:
         return self._runner.run(self._read, size)
@@ -217,7 +230,8 @@ class LocalStore(ThreadedStore):
             next_marker=page[-1][0] if more and page else None,
         )
 
-    def _open(self, key: str, offset: int) -> _FileSource:
+    def _open(self, key: str, offset: int, end: Optional[int]) -> _FileSource:
+        check_read_range(key, offset, end)
         info = self._head(key)
         if key.endswith("/"):
             raise NoSuchKey(key)
@@ -226,7 +240,7 @@ class LocalStore(ThreadedStore):
         info = self._info(key, st)
         if offset:
             fobj.seek(min(offset, info.size))
-        return _FileSource(self._runner, fobj, info, offset)
+        return _FileSource(self._runner, fobj, info, offset, end)
 
     def _temp(self) -> Path:
         return self._tmp / f"tmp-{uuid.uuid4().hex}"
