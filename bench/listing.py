@@ -21,8 +21,9 @@ tests/cosserver.py) and one gateway process (``twistd -n cosftp``):
 
 and prints the medians of --rounds (interleaved, because these machines are
 noisy), the gateway/store ratios (the target is at most 1.25x for LIST), the
-store requests of each listing as the fake COS server counts them (a LIST
-should fetch the same pages the SDK does, and nothing else), and
+store requests of each listing as the fake COS server counts them (from
+the command on: a LIST should fetch the same pages the SDK does, and
+nothing else), and
 the gateway's memory: its RSS before the first listing, after a warm-up
 listing and after each round, and its peak RSS (VmHWM) after all of them,
 which would show a listing that is collected in memory instead of streamed
@@ -64,6 +65,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -265,8 +267,14 @@ def store_listing(client: Any, bucket: str) -> tuple[float, float, int]:
     return time.perf_counter() - start, first or 0.0, count
 
 
-def gateway_listing(port: int, command: str) -> tuple[float, float, int]:
-    """(total seconds, seconds to the first byte, lines) of one LIST/NLST."""
+def gateway_listing(
+    port: int, command: str, ready: Callable[[], object] = lambda: None
+) -> tuple[float, float, int]:
+    """
+    (total seconds, seconds to the first byte, lines) of one LIST/NLST;
+    C{ready} runs once the session is logged in and its data connection
+    made, just before the command.
+    """
     ftp = ftplib.FTP(encoding="utf-8")
     ftp.connect("127.0.0.1", port, timeout=120)
     ftp.login(USER, PASSWORD)
@@ -274,6 +282,7 @@ def gateway_listing(port: int, command: str) -> tuple[float, float, int]:
         host, data_port = ftp.makepasv()
         data = socket.create_connection((host, data_port), timeout=120)
         try:
+            ready()
             start = time.perf_counter()
             reply = ftp.sendcmd(f"{command} {DIRECTORY}")
             if not reply.startswith("1"):
@@ -334,11 +343,14 @@ def measure(
     found.memory["warm"] = memory_mib(gateway.pid)
     for _ in range(args.rounds):
         for kind in ("store", "list", "nlst"):
-            requests.reset()
             if kind == "store":
+                requests.reset()
                 total, first, count = store_listing(client, bucket)
             else:
-                total, first, count = gateway_listing(args.port, kind.upper())
+                command = kind.upper()
+                total, first, count = gateway_listing(
+                    args.port, command, requests.reset
+                )
             found.requests[kind] = requests.take()
             if count != args.entries:
                 raise SystemExit(f"{kind}: {count} entries, not {args.entries}")
