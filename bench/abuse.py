@@ -67,16 +67,14 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from bench import abuse_ftp, abuse_ssh  # noqa: E402
+from bench._gateway import cpu_seconds, memory_mib, reset_peak_rss  # noqa: E402
 from bench.abuse_gateway import (  # noqa: E402
     Gateway,
     Monitor,
-    cpu_seconds,
     health_check,
     login_seconds,
     open_files,
-    reset_peak_rss,
     start_gateway,
-    status_mib,
     tree_module_path,
 )
 from bench.abuse_probe import Probe, WindowStats  # noqa: E402
@@ -186,7 +184,7 @@ def run_row(
         label=label,
         probe=probe.stats(start, end),
         rss_peak=rss_peak,
-        hwm=status_mib(gateway.pid)["VmHWM"] if alive else float("nan"),
+        hwm=memory_mib(gateway.pid)["VmHWM"] if alive else float("nan"),
         fds_peak=fds_peak,
         fds_after=open_files(gateway.pid),
         cpu=cpu_seconds(gateway.pid) - cpu0 if alive else float("nan"),

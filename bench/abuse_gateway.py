@@ -31,6 +31,12 @@ from typing import Optional
 
 import paramiko
 
+from bench._gateway import (
+    free_port,
+    memory_mib,
+    tree_environment,
+)
+
 MiB = 1024 * 1024
 USER, PASSWORD = "bench", "abuse-bench-password"
 #: The file the SFTP READ attack reads, written into the storage directly.
@@ -44,13 +50,6 @@ USER_ADDRESS = "127.0.0.1"
 # A gateway that closes an attacker's connection makes paramiko log a
 # traceback from its transport thread; the attack reports it instead.
 logging.getLogger("paramiko").setLevel(logging.CRITICAL)
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def connect_from(source: str, port: int, timeout: float) -> socket.socket:
@@ -104,20 +103,6 @@ class Gateway:
             except subprocess.TimeoutExpired:
                 os.kill(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(timeout=10)
-
-
-def tree_environment(tree: Path) -> dict[str, str]:
-    """
-    The environment that makes Python import C{tree}'s cosgw and find its
-    twisted/plugins: the tree first on PYTHONPATH (twistd finds plugins
-    along sys.path, and the plugin imports C{cosgw} the same way).
-    """
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(tree)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-    )
-    env.pop("PYTHONSTARTUP", None)
-    return env
 
 
 def tree_module_path(tree: Path) -> str:
@@ -250,7 +235,7 @@ class Monitor:
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             try:
-                rss = status_mib(self.pid)["VmRSS"]
+                rss = memory_mib(self.pid)["VmRSS"]
                 fds = len(os.listdir(f"/proc/{self.pid}/fd"))
             except (OSError, KeyError):
                 return
@@ -264,46 +249,12 @@ class Monitor:
         return max(r.rss for r in inside), max(r.fds for r in inside)
 
 
-def status_mib(pid: int) -> dict[str, float]:
-    """VmRSS and VmHWM (the peak RSS) of C{pid}, in MiB."""
-    found = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        name, _, value = line.partition(":")
-        if name in ("VmRSS", "VmHWM"):
-            found[name] = int(value.split()[0]) / 1024
-    return found
-
-
 def open_files(pid: int) -> int:
     """How many descriptors C{pid} holds now (-1 once it is gone)."""
     try:
         return len(os.listdir(f"/proc/{pid}/fd"))
     except OSError:
         return -1
-
-
-def reset_peak_rss(pid: int) -> bool:
-    """
-    Restart C{pid}'s VmHWM from its current RSS (clear_refs "5"), so that
-    each row's VmHWM is the peak of that row alone; False when the kernel
-    does not allow it (the column is then the peak since start).
-    """
-    try:
-        with open(f"/proc/{pid}/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU seconds of C{pid} so far, all its threads."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
 
 
 def login_seconds(gateway: Gateway, timeout: float) -> float:
