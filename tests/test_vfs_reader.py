@@ -6,13 +6,17 @@ read at offsets (SFTP's READ), at the user's download rate.
 
 from __future__ import annotations
 
+from hashlib import sha256
+
+from twisted.logger import LogLevel
 from zope.interface.verify import verifyObject
 
 from cosgw import vfs
 from cosgw.config import ALL_PERMISSIONS
-from cosgw.interfaces import IListing, IReader, StoreUnavailable
-from tests.doortesting import DoorTestCase, KiB, MiB, pattern
-from tests.transfertesting import FakeConsumer
+from cosgw.interfaces import IListing, IReader, ObjectInfo, StoreUnavailable
+from tests.doortesting import DoorTestCase, H, KiB, MiB, pattern
+from tests.logevents import LogEvents
+from tests.transfertesting import FakeConsumer, FakeSource
 
 
 class SendTests(DoorTestCase):
@@ -21,11 +25,34 @@ class SendTests(DoorTestCase):
         self.assertTrue(verifyObject(IReader, self.ok(self.fs.open_reader(["f"]))))
         self.assertTrue(verifyObject(IListing, self.fs.listing([])))
 
+    def test_send_is_one_get(self) -> None:
+        """
+        RETR: the GET that opened the file, with no range, is all: its
+        reply gives the size, CRC-64 and time a HEAD would have.
+        """
+        data = pattern(MiB + 3)
+        self.put("f", data)
+        self.successResultOf(self.store.copy(H + "f", H + "f", {"mtime": "1234"}))
+        self.store.reset_requests()
+        reader = self.ok(self.fs.open_reader(["f"]))
+        consumer = FakeConsumer()
+        self.assertEqual(self.ok(reader.send(consumer)), len(data))
+        self.assertEqual(consumer.received, data)
+        reader.close()
+        self.assertEqual(self.store.opened, [(H + "f", 0, None)])
+        self.assertRequests(open=1)
+        info = self.successResultOf(self.store.head(H + "f"))
+        self.assertEqual(
+            (reader.entry.size, reader.entry.crc64, reader.entry.mtime),
+            (len(data), info.crc64, 1234.0),
+        )
+
     def test_send_from_an_offset(self) -> None:
         """RETR after REST: one GET from the offset, to the end."""
         data = pattern(3 * MiB + 5)
         self.put("f", data)
         reader = self.ok(self.fs.open_reader(["f"], 100))
+        self.assertEqual(self.store.opened, [(H + "f", 100, None)])
         self.assertRequests(open=1)
         self.assertEqual(
             (reader.entry.size, reader.length), (len(data), len(data) - 100)
@@ -90,6 +117,7 @@ class ReadTests(DoorTestCase):
             self.assertEqual(self.ok(reader.read(at, 1000)), data[at : at + 1000])
         self.assertEqual(self.ok(reader.read(len(data) - 3, 10)), data[-3:])
         self.assertEqual(self.ok(reader.read(len(data), 10)), b"")
+        self.assertEqual(self.store.opened, [(H + "f", 0, None)])
         self.assertRequests(open=1)
         reader.close()
         self.fails(reader.read(0, 1), vfs.TransferStopped)
@@ -108,19 +136,56 @@ class ReadTests(DoorTestCase):
         reader.close()
 
     def test_a_moved_stream_reopens_through_the_file_system(self) -> None:
-        """A read behind the stream is a new GET; its failure is translated."""
-        data = pattern(6 * MiB)
+        """
+        A read behind the stream is a new GET of a bounded range (a window
+        from there); its failure is translated.
+        """
+        data = pattern(12 * MiB)
         self.put("f", data)
-        reader = self.ok(self.fs.open_reader(["f"], 5 * MiB))
+        reader = self.ok(self.fs.open_reader(["f"], 11 * MiB))
         self.assertEqual(
-            self.ok(reader.read(5 * MiB, 10)), data[5 * MiB : 5 * MiB + 10]
+            self.ok(reader.read(11 * MiB, 10)), data[11 * MiB : 11 * MiB + 10]
         )
         self.assertEqual(self.ok(reader.read(100, 10)), data[100:110])
+        self.assertEqual(
+            self.store.opened,
+            [(H + "f", 11 * MiB, None), (H + "f", 100, 100 + 8 * MiB)],
+        )
         self.assertRequests(open=2)
         self.store.fail_next("open")
         self.fails(reader.read(0, 10), vfs.StoreFailure)
         # A store that is down is a warning line, not a traceback.
         self.assertEqual(self.flushLoggedErrors(StoreUnavailable), [])
+        reader.close()
+
+    def test_a_digest_of_a_range_is_a_get_of_that_range(self) -> None:
+        data = pattern(MiB)
+        self.put("f", data)
+        digest, first, last = self.ok(self.fs.digest(["f"], "SHA-256", 10, 99))
+        self.assertEqual(
+            (digest, first, last), (sha256(data[10:100]).hexdigest(), 10, 99)
+        )
+        self.assertEqual(self.store.opened, [(H + "f", 10, 100)])
+        self.assertRequests(open=1)
+
+    def test_reads_waiting_on_one_file_are_capped(self) -> None:
+        """
+        Past 1024 reads waiting for the stream (a store slow to answer), a
+        read is refused with a message and a log line; the others are
+        answered.
+        """
+        data = pattern(2 * MiB)
+        source = FakeSource(data, auto=False)
+        source.info = ObjectInfo(key=H + "f", size=len(data), mtime=1.0, etag="e")
+        reader = vfs.Reader(self.fs, ["f"], source, 8 * MiB)
+        events = LogEvents(self, "cosgw.vfs.reader")
+        reads = [reader.read(at, 1024) for at in range(0, 1024 * 1024, 1024)]
+        error = self.fails(reader.read(len(data) - 10, 10), vfs.NotSupported)
+        self.assertEqual(str(error), "/f: more than 1024 reads waiting on one file")
+        self.assertEqual(len(events.at(LogLevel.warn)), 1)
+        while source.waiting is not None:
+            source.answer()
+        self.assertEqual(b"".join(self.ok(d) for d in reads), data[:MiB])
         reader.close()
 
     def test_a_changed_file_fails_the_reads(self) -> None:

@@ -2,16 +2,45 @@
 Positional reads (SFTP's READ, each with an offset) over the sequential
 streams an object store offers.
 
-L{RangedReader} keeps one ranged GET open per file handle and serves every
-read that falls inside a bounded window around it, in any order; OpenSSH
-sends many reads at increasing offsets at once and they are answered as the
-stream reaches them.  A read outside the window moves the stream there (a
-new ranged GET at that offset).  Memory per handle is about
-C{window + chunk}.
+L{RangedReader} keeps one GET open per file handle and answers every read
+from it.  Clients read a whole file in very different ways: paramiko's
+C{get()} sends a READ for every block of the file at once, OpenSSH keeps 64
+in flight, rclone and lftp a window of them; a few seek.  Whatever the
+pattern, a sequential download is one GET:
+
+  - A read ahead of the stream waits for the stream to reach it: it is a
+    small record (an offset, a length, a Deferred), and the reads waiting
+    on one file are capped (L{RangedReader.max_waiting}; the SFTP frontend
+    caps a session's requests in flight well below that).  Reads are
+    answered as the stream passes their last byte, so buffered bytes stay
+    about one read plus C{window} whatever the order the reads came in.
+  - A read is I{reachable} when the stream gets to it without skipping more
+    than C{window} bytes nobody asked for: counted from the stream's
+    position, or from the end of another reachable read (a chain of reads
+    is followed, however long).  The stream reads on while a reachable
+    read waits.
+  - The stream moves (a new GET) only for a real jump: when every read
+    waiting is behind the bytes still buffered or beyond the chain, or
+    when such a read has waited while the stream delivered C{2 x window}
+    bytes to others.  A move strands nothing: the reads it leaves behind
+    keep waiting and are answered by the stream, or by a later move.
+  - A moved stream is a bounded range (C{bytes=a-b}): the reads waiting
+    from there, and at least C{window} bytes.  A reader that goes on in
+    order past its end continues with a new range four times longer, so a
+    download resumed at an offset is a few GETs, not one per window, and
+    a seek costs at most a window of bytes the store sends for nothing.
+    (The first stream, from the file's open, is the whole object.)
+  - Every new stream must be the same version of the object (size, ETag,
+    CRC-64): otherwise the reads fail with L{IntegrityError}, never mixing
+    versions.  A stream that reached the end of its range is read once more,
+    so the store checks its byte count (and the whole object's CRC-64);
+    a read at the end of the file (the client's EOF) waits for that check.
 """
 
 from __future__ import annotations
 
+from bisect import insort
+from collections import deque
 from collections.abc import Callable
 from typing import Optional
 
@@ -19,91 +48,142 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from cosgw.escaping import for_log
 from cosgw.interfaces import IByteSource, IntegrityError
 from cosgw.transfer.errors import TransferStopped
 from cosgw.transfer.settings import MiB
 
 log = Logger()
 
+#: How much longer each range that continues a moved stream is.
+GROWTH = 4
+
+
+class TooManyReads(Exception):
+    """More reads wait on one file than L{RangedReader.max_waiting}."""
+
 
 class _Read:
-    __slots__ = ("offset", "end", "deferred")
+    __slots__ = ("offset", "end", "since", "deferred")
 
-    def __init__(self, offset: int, end: int) -> None:
+    def __init__(self, offset: int, end: int, since: int) -> None:
         self.offset = offset
         self.end = end
+        #: The stream's delivered bytes when the read came: its age.
+        self.since = since
         self.deferred: Deferred[bytes] = Deferred()
 
 
 class RangedReader:
     """
-    Reads at any offset of one object, from one sequential stream where it
-    can.  The object must not change while it is read: a stream reopened on
+    Reads at any offset of one object, from one sequential stream at a
+    time.  The object must not change while it is read: a stream reopened on
     a different version fails the reads with L{IntegrityError}.
     """
 
     def __init__(
         self,
         source: IByteSource,
-        reopen: Callable[[int], Deferred[IByteSource]],
+        reopen: Callable[[int, int], Deferred[IByteSource]],
         window: int = 8 * MiB,
         chunk: int = MiB,
+        max_waiting: int = 1024,
     ) -> None:
         """
-        @param source: the stream from offset 0 (or wherever reading starts).
-        @param reopen: opens a new stream at an offset.
+        @param source: the stream from where reading starts (the file's
+            open), to its own end.
+        @param reopen: opens a stream of bytes C{offset..end-1}.
+        @param window: how far the stream reads ahead of the reads answered,
+            and how far ahead a read still waits for it rather than moving it.
+        @param chunk: the most one read of the stream asks for.
+        @param max_waiting: reads that may wait at once; more fail with
+            L{TooManyReads}.
         """
         self.info = source.info
         self.size = source.info.size
         self.window = window
         self.chunk = chunk
+        self.max_waiting = max_waiting
+        #: GETs this reader opened after the first stream (moves and
+        #: continuations).
+        self.reopened = 0
         self._reopen_at = reopen
         self._source: Optional[IByteSource] = source
         self._generation = 0
-        self._reading = False
+        #: A read or an open of the stream is in flight.
+        self._busy = False
         #: Buffered stream bytes: chunks (offset, data), contiguous, ending
         #: at C{_pos}, the offset of the next byte the stream yields.
-        self._chunks: list[tuple[int, bytes]] = []
+        self._chunks: deque[tuple[int, bytes]] = deque()
         self._pos = source.offset
+        #: Where the current stream's range ends, and whether its end was
+        #: read (and checked by the source).
+        self._stop = source.offset + source.length
+        self._ended = False
+        #: The length of the range that would continue the current one.
+        self._span = GROWTH * window
+        #: Reads waiting, sorted by offset; reads at the end of the file
+        #: waiting for the stream's end to be checked.
         self._requests: list[_Read] = []
+        self._at_eof: list[Deferred[bytes]] = []
         #: The end of the furthest read answered: read-ahead runs from here.
         self._served = source.offset
+        self._delivered = 0
         self._failure: Optional[Failure] = None
         self._closed = False
+        self._pumping = False
+        self._again = False
 
     @property
     def _start(self) -> int:
         return self._chunks[0][0] if self._chunks else self._pos
+
+    @property
+    def waiting(self) -> int:
+        """Reads waiting for the stream."""
+        return len(self._requests) + len(self._at_eof)
+
+    @property
+    def buffered(self) -> int:
+        """Bytes of the stream held in memory for reads."""
+        return sum(len(data) for _, data in self._chunks)
 
     def read(self, offset: int, length: int) -> Deferred[bytes]:
         """
         @return: Deferred firing with up to C{length} bytes at C{offset}
             (fewer only at the end of the object; C{b""} at or past it);
             failing with L{IntegrityError}/L{StoreError} if the stream broke,
-            or L{TransferStopped} after L{close}.
+            L{TooManyReads} when C{max_waiting} reads wait already, or
+            L{TransferStopped} after L{close}.
         """
         if self._closed:
             return fail(TransferStopped("the file is closed"))
         if self._failure is not None:
             return fail(self._failure)
         end = min(offset + max(length, 0), self.size)
-        if offset >= end:
+        at_eof = offset >= end
+        if at_eof and not self._checking_end():
             return succeed(b"")
-        if self._start <= offset and end <= self._pos:
+        if not at_eof and self._start <= offset and end <= self._pos:
             data = self._slice(offset, end)
             self._served = max(self._served, end)
             self._trim()
-            self._fill()
+            self._pump()
             return succeed(data)
-        request = _Read(offset, end)
-        self._requests.append(request)
-        if not (self._start <= offset <= self._pos + self.window):
-            self._move(offset)
-        self._fill()
-        return request.deferred
+        if self.waiting >= self.max_waiting:
+            return fail(TooManyReads(f"more than {self.max_waiting} reads waiting"))
+        if at_eof:
+            d: Deferred[bytes] = Deferred()
+            self._at_eof.append(d)
+        else:
+            request = _Read(offset, end, self._delivered)
+            insort(self._requests, request, key=lambda r: r.offset)
+            d = request.deferred
+        self._pump()
+        return d
 
     def close(self) -> None:
-        """Release the stream; pending reads fail with L{TransferStopped}."""
+        """Release the stream; waiting reads fail with L{TransferStopped}."""
         if self._closed:
             return
         self._closed = True
@@ -112,9 +192,65 @@ class RangedReader:
             self._source.close()
             self._source = None
         self._chunks.clear()
-        requests, self._requests = self._requests, []
-        for r in requests:
-            r.deferred.errback(TransferStopped("the file is closed"))
+        self._answer_all(Failure(TransferStopped("the file is closed")))
+
+    # -- what to do next ---------------------------------------------------
+
+    def _checking_end(self) -> bool:
+        """The stream holds the file's last byte and is about to check its end."""
+        return self._pos == self._stop == self.size and not self._ended
+
+    def _chain(self, low: int, frontier: int) -> tuple[int, list[_Read]]:
+        """
+        The end of the reads the stream reaches from C{frontier} without
+        skipping more than C{window} bytes, leaving out reads before
+        C{low}; and the waiting reads it does not reach.
+        """
+        unreached = []
+        for i, r in enumerate(self._requests):
+            if r.offset < low:
+                unreached.append(r)
+            elif r.offset <= frontier + self.window:
+                frontier = max(frontier, r.end)
+            else:
+                unreached.extend(self._requests[i:])
+                break
+        return frontier, unreached
+
+    def _pump(self) -> None:
+        """Take the next step, and the next while steps complete at once."""
+        if self._pumping:
+            self._again = True
+            return
+        self._pumping = True
+        try:
+            self._again = True
+            while self._again:
+                self._again = False
+                self._step()
+        finally:
+            self._pumping = False
+
+    def _step(self) -> None:
+        if self._busy or self._closed or self._failure is not None:
+            return
+        need, unreached = self._chain(self._start, self._pos)
+        starving = [r for r in unreached if self._delivered - r.since > 2 * self.window]
+        if starving:
+            self._move(min(r.offset for r in starving))
+        elif self._pos == self._stop and not self._ended:
+            self._read_stream()  # the end of the range: the source checks it
+        elif need > self._pos:
+            if self._pos < self._stop:
+                self._read_stream()
+            else:
+                end = min(self.size, max(need, self._pos + self._span))
+                self._span *= GROWTH
+                self._open(self._pos, end, keep=True)
+        elif unreached:
+            self._move(unreached[0].offset)
+        elif self._pos < min(self._stop, self._served + self.window):
+            self._read_stream()
 
     # -- the stream -------------------------------------------------------
 
@@ -130,28 +266,53 @@ class RangedReader:
         return b"".join(pieces)
 
     def _trim(self) -> None:
-        """Drop buffered chunks nobody waits for and read-ahead has passed."""
+        """Drop buffered chunks no waiting read needs and read-ahead has passed."""
         behind = max(2 * self.chunk, self.window // 2)
-        low = min([r.offset for r in self._requests] + [self._served - behind])
+        low = self._served - behind
+        start = self._start
+        for r in self._requests:
+            if r.offset >= start:
+                low = min(low, r.offset)
+                break
         while self._chunks and self._chunks[0][0] + len(self._chunks[0][1]) <= low:
-            self._chunks.pop(0)
+            self._chunks.popleft()
 
     def _move(self, offset: int) -> None:
-        """Reopen the stream at C{offset}; reads it strands go one-shot."""
-        log.debug("reopening {key} at {offset}", key=self.info.key, offset=offset)
+        """A real jump: a new stream at C{offset}, bounded."""
+        need, _ = self._chain(offset, offset)
+        end = min(self.size, max(need, offset + self.window))
+        log.debug(
+            "reading {key} from {offset} to {end}",
+            key=for_log(self.info.key),
+            offset=offset,
+            end=end,
+        )
+        self._chunks.clear()
+        self._served = offset
+        self._span = GROWTH * (end - offset)
+        # Every read left waiting gets a fresh allowance before it counts
+        # as starving, or the reads this move leaves would pull the stream
+        # straight back.
+        for r in self._requests:
+            r.since = self._delivered
+        self._open(offset, end, keep=False)
+
+    def _open(self, offset: int, end: int, keep: bool) -> None:
+        """
+        Replace the stream by one of bytes C{offset..end-1}; C{keep}: it
+        continues the buffered bytes, which stay.
+        """
         self._generation += 1
         if self._source is not None:
             self._source.close()
             self._source = None
-        self._reading = True
-        self._chunks.clear()
-        self._pos = self._served = offset
-        stranded = [r for r in self._requests if r.offset < offset]
-        self._requests = [r for r in self._requests if r.offset >= offset]
-        for r in stranded:
-            self._one_shot(r)
+        if not keep:
+            self._chunks.clear()
+        self._busy = True
+        self._pos, self._stop, self._ended = offset, end, False
+        self.reopened += 1
         generation = self._generation
-        d = self._reopen_at(offset)
+        d = self._reopen_at(offset, end)
         d.addCallbacks(
             self._opened,
             self._failed,
@@ -171,8 +332,8 @@ class RangedReader:
             )
             return
         self._source = source
-        self._reading = False
-        self._fill()
+        self._busy = False
+        self._pump()
 
     def _same_version(self, source: IByteSource) -> bool:
         info = source.info
@@ -186,16 +347,11 @@ class RangedReader:
             and info.crc64 != self.info.crc64
         )
 
-    def _fill(self) -> None:
-        if self._reading or self._source is None or self._pos >= self.size:
-            return
-        wanted = max([r.end for r in self._requests], default=0)
-        ahead = min(self.size, self._served + self.window)
-        if self._pos >= max(wanted, ahead):
-            return
-        self._reading = True
+    def _read_stream(self) -> None:
+        assert self._source is not None, "a stream is open when idle"
+        self._busy = True
         generation = self._generation
-        d = self._source.read(self.chunk)
+        d = self._source.read(max(1, min(self.chunk, self._stop - self._pos)))
         d.addCallbacks(
             self._got,
             self._failed,
@@ -206,54 +362,60 @@ class RangedReader:
     def _got(self, data: bytes, generation: int) -> None:
         if generation != self._generation:
             return
-        self._reading = False
+        self._busy = False
         if not data:
-            if self._pos < self.size:
-                self._failed(
-                    Failure(IntegrityError(f"{self.info.key} ended early")), generation
-                )
+            self._end_of_range()
+            return
+        if self._pos + len(data) > self._stop:
+            self._failed(
+                Failure(IntegrityError(f"{self.info.key}: more bytes than asked")),
+                generation,
+            )
             return
         self._chunks.append((self._pos, data))
         self._pos += len(data)
-        ready = [r for r in self._requests if r.end <= self._pos]
-        self._requests = [r for r in self._requests if r.end > self._pos]
-        for r in ready:
-            self._served = max(self._served, r.end)
+        self._delivered += len(data)
+        start, pos = self._start, self._pos
+        ready: list[_Read] = []
+        waiting: list[_Read] = []
+        for r in self._requests:
+            (ready if start <= r.offset and r.end <= pos else waiting).append(r)
+        if ready:
+            self._requests = waiting
+            self._served = max(self._served, max(r.end for r in ready))
         answers = [(r, self._slice(r.offset, r.end)) for r in ready]
         self._trim()
-        self._fill()
+        self._pump()
         for r, answer in answers:
             r.deferred.callback(answer)
+
+    def _end_of_range(self) -> None:
+        if self._pos < self._stop:
+            self._failed(
+                Failure(IntegrityError(f"{self.info.key} ended early")),
+                self._generation,
+            )
+            return
+        self._ended = True
+        eof, self._at_eof = self._at_eof, []
+        self._pump()
+        for d in eof:
+            d.callback(b"")
 
     def _failed(self, failure: Failure, generation: int) -> None:
         if generation != self._generation:
             return
-        self._reading = False
+        self._busy = False
         self._failure = failure
         if self._source is not None:
             self._source.close()
             self._source = None
+        self._answer_all(failure)
+
+    def _answer_all(self, failure: Failure) -> None:
         requests, self._requests = self._requests, []
+        eof, self._at_eof = self._at_eof, []
         for r in requests:
             r.deferred.errback(failure)
-
-    def _one_shot(self, request: _Read) -> None:
-        """Answer one read with its own short stream."""
-
-        async def fetch() -> bytes:
-            source = await self._reopen_at(request.offset)
-            try:
-                if not self._same_version(source):
-                    raise IntegrityError(f"{self.info.key} changed while being read")
-                pieces, got = [], 0
-                while got < request.end - request.offset:
-                    data = await source.read(request.end - request.offset - got)
-                    if not data:
-                        raise IntegrityError(f"{self.info.key} ended early")
-                    pieces.append(data)
-                    got += len(data)
-                return b"".join(pieces)[: request.end - request.offset]
-            finally:
-                source.close()
-
-        Deferred.fromCoroutine(fetch()).chainDeferred(request.deferred)
+        for d in eof:
+            d.errback(failure)

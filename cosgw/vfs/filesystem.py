@@ -247,12 +247,14 @@ class ObjectFileSystem:
 
     # -- reading ------------------------------------------------------------
 
-    async def _open_source(self, segments: Sequence[str], offset: int) -> IByteSource:
+    async def _open_source(
+        self, segments: Sequence[str], offset: int, end: Optional[int] = None
+    ) -> IByteSource:
         if not segments:
             raise IsADirectory("/")
         key = self.key(segments)
         try:
-            source = await self.store.open(key, offset)
+            source = await self.store.open(key, offset, end)
         except NoSuchKey:
             entry = await self._stat(segments)  # NotFound propagates
             if entry.is_dir:
@@ -266,9 +268,11 @@ class ObjectFileSystem:
             )
         return source
 
-    def _reopen(self, segments: Sequence[str], offset: int) -> Deferred[IByteSource]:
-        """A new stream of an open file at C{offset} (a reader moving)."""
-        return self._run(segments, lambda: self._open_source(segments, offset))
+    def _reopen(
+        self, segments: Sequence[str], offset: int, end: int
+    ) -> Deferred[IByteSource]:
+        """A new stream of bytes C{offset..end-1} of an open file (a reader moving)."""
+        return self._run(segments, lambda: self._open_source(segments, offset, end))
 
     async def _reader(
         self, segments: Sequence[str], offset: int, settings: RandomAccessSettings
@@ -294,7 +298,9 @@ class ObjectFileSystem:
     ) -> tuple[str, int, int]:
         if algorithm not in DIGESTS:
             raise KeyError(algorithm)
-        source = await self._open_source(segments, start)
+        # A digest of a range reads that range: a bounded GET.
+        stop = end + 1 if end is not None and end >= start else None
+        source = await self._open_source(segments, start, stop)
         return await digest_source(
             source,
             algorithm,

@@ -3,7 +3,12 @@ A file opened for reading: what L{ObjectFileSystem.open_reader} hands a
 frontend.  It streams the file into a consumer (FTP's RETR) or answers
 reads at any offset (SFTP's READ), at the user's download rate, with store
 errors already translated, reopening its stream through the file system
-when a read moves.
+when reads jump (see L{cosgw.transfer.reader}).
+
+A file is opened with its GET, whose reply carries what a HEAD would (size,
+CRC-64, times, metadata): a RETR is that one GET (from the REST offset, to
+the end), and a whole-file SFTP download too, whatever the client's pattern
+of READs.
 """
 
 from __future__ import annotations
@@ -13,18 +18,24 @@ from typing import TYPE_CHECKING, Optional
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IConsumer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from cosgw.escaping import for_log
 from cosgw.interfaces import Entry, IByteSource, IReader
 from cosgw.policy.throttle import ThrottledConsumer
 from cosgw.transfer import Download, RangedReader
+from cosgw.transfer.reader import TooManyReads
 from cosgw.transfer.settings import MiB
-from cosgw.vfs.errors import translate
+from cosgw.vfs.errors import NotSupported, translate
 from cosgw.vfs.mtimes import client_mtime
 from cosgw.vfs.names import display
 
 if TYPE_CHECKING:
     from cosgw.vfs.filesystem import ObjectFileSystem
+
+log = Logger()
 
 
 @implementer(IReader)
@@ -106,25 +117,35 @@ class Reader:
     def read(self, offset: int, length: int) -> Deferred[bytes]:
         """
         Up to C{length} bytes at C{offset}, once the user's download rate
-        lets them go; C{b""} at or past the end.  Reads near each other
-        share one ranged stream from the store.
+        lets them go; C{b""} at or past the end.  Reads share one stream
+        from the store, which moves only when they jump.
 
         @return: Deferred failing with L{IntegrityFailure} (the file changed
-            while being read), L{StoreFailure}, or L{TransferStopped} after
+            while being read), L{StoreFailure}, L{NotSupported} when too
+            many reads wait on the file at once, or L{TransferStopped} after
             L{close}.
         """
         if self._ranged is None:
             fs, segments = self._fs, self.segments
             self._ranged = RangedReader(
                 self._take_source(),
-                lambda at: fs._reopen(segments, at),
+                lambda at, end: fs._reopen(segments, at, end),
                 window=self._window,
                 chunk=min(fs.settings.read_chunk, MiB),
             )
         d = self._ranged.read(offset, length)
         d.addCallback(self._fs.rates.hold_read)
+        d.addErrback(self._too_many)
         d.addErrback(translate, self.path)
         return d
+
+    def _too_many(self, failure: Failure) -> Failure:
+        if failure.check(TooManyReads):
+            log.warn(
+                "{path}: {error}", path=for_log(self.path), error=str(failure.value)
+            )
+            return Failure(NotSupported(self.path, f"{failure.value} on one file"))
+        return failure
 
     def close(self) -> None:
         """Release the stream; a rate-limited send stops passing bytes on."""
