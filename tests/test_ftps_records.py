@@ -18,11 +18,12 @@ from __future__ import annotations
 import math
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Optional
 
 from OpenSSL import SSL
-from twisted.internet import error, protocol
+from twisted.internet import defer, error, protocol
 from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.task import Clock
@@ -30,6 +31,8 @@ from twisted.python.failure import Failure
 from twisted.trial import unittest
 from zope.interface import implementer
 
+from cosgw.config.model import TransferConfig
+from cosgw.frontends.ftp.data import DATA_BUFFER_SIZE
 from cosgw.frontends.ftp.tls import (
     RECORD_SIZE,
     WRITE_SLICE,
@@ -37,7 +40,14 @@ from cosgw.frontends.ftp.tls import (
     load_server_tls,
 )
 from tests.ftp_unit import CLIENT_HOST, SERVER_HOST, FakeTCP
-from tests.harness import MiB, random_bytes, sha256
+from tests.harness import MiB, in_thread, random_bytes, sha256
+from tests.test_ftps import (
+    CLIENT_TIMEOUT,
+    FTPSGatewayMixin,
+    ftps,
+    secure_login,
+    wait_until,
+)
 
 #: What TLS adds to a record at most (header, nonce, tag, content type).
 RECORD_OVERHEAD = 64
@@ -305,3 +315,76 @@ class DataTLSTests(unittest.TestCase):
         self.assertGreaterEqual(len(pair.tcp.value()), len(chunk))
         self.assertEqual(sha256(pair.decrypt()), sha256(chunk))
         self.assertFalse(producer.paused)
+
+
+class SlowClientTests(FTPSGatewayMixin, unittest.TestCase):
+    """Through real sockets: a client that does not read its download."""
+
+    def setUp(self) -> Any:
+        return self.start("local")
+
+    def data_channel(self) -> Any:
+        for control in self.open_controls():
+            transfer = getattr(control, "transfer", None)
+            if transfer is not None and transfer.channel is not None:
+                return transfer
+        return None
+
+    @defer.inlineCallbacks
+    def test_download_to_a_client_not_reading(self) -> Any:
+        """
+        While the client reads nothing of a 40 MiB PROT P download, the
+        gateway stops reading the file, and what it holds for the socket
+        (in TLS and TCP) stays under the socket buffer's limit plus one
+        encrypted chunk of the file; when the client reads, the file
+        arrives whole.
+        """
+        data = random_bytes(40 * MiB)
+        self.gw.inspector.root.mkdir(parents=True, exist_ok=True)
+        (self.gw.inspector.root / "big.bin").write_bytes(data)
+        connected, go = threading.Event(), threading.Event()
+
+        def client() -> dict[str, Any]:
+            ftp = ftps(self.gw, self.cert)
+            secure_login(ftp)
+            conn, _ = ftp.ntransfercmd("RETR big.bin")
+            connected.set()
+            go.wait(CLIENT_TIMEOUT)
+            back = bytearray()
+            while chunk := conn.recv(MiB):
+                back += chunk
+            conn.unwrap()
+            conn.close()
+            r = {"back": bytes(back), "retr": ftp.voidresp()}
+            ftp.quit()
+            return r
+
+        done = in_thread(client)
+        chunk = TransferConfig().read_chunk
+        limit = DATA_BUFFER_SIZE + chunk + (chunk // RECORD_SIZE + 1) * RECORD_OVERHEAD
+        seen: list[tuple[int, int, bool]] = []
+
+        def stalled() -> bool:
+            transfer = self.data_channel()
+            if not connected.is_set() or transfer is None:
+                return False
+            tls = transfer.channel.transport
+            tcp = tls.transport
+            held = len(tcp.dataBuffer) - tcp.offset + tcp._tempDataLen  # noqa: SLF001
+            held += sum(map(len, tls._appSendBuffer))  # noqa: SLF001
+            seen.append((transfer.counter(), held, tcp.producerPaused))
+            # Paused, and nothing more taken from the file for 25 polls.
+            recent = seen[-25:]
+            return len(recent) == 25 and all(s == recent[-1] for s in recent)
+
+        try:
+            self.assertTrue((yield wait_until(stalled, 20)), seen[-3:])
+        finally:
+            go.set()
+        r = yield done
+        sent, _, paused = seen[-1]
+        self.assertTrue(paused)
+        self.assertLess(sent, len(data) - 8 * MiB)
+        self.assertLessEqual(max(held for _, held, _ in seen), limit)
+        self.assertTrue(r["retr"].startswith("226"), r["retr"])
+        self.assertEqual(sha256(r["back"]), sha256(data))
