@@ -183,6 +183,12 @@ COSGW_ERRORS = [
         "max_spool_size",
     ),
     (
+        "buffer-budget",
+        "[transfer]\nupload_buffer_budget = 512K\n" + BASE,
+        "transfer",
+        "upload_buffer_budget",
+    ),
+    (
         "login-timeout",
         "[server]\nlogin_timeout = 0\n" + BASE,
         "server",

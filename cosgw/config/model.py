@@ -135,7 +135,8 @@ class TransferConfig:
     """
     How uploads and downloads use memory and threads.
 
-    Memory per upload is bounded by (C{parts_in_flight} + 1) x part size.
+    Memory per upload is bounded by (C{parts_in_flight} + 1) x part size,
+    and the part buffers of all uploads together by C{upload_buffer_budget}.
     C{part_size} is the first part's size: the transfer code grows it as an
     upload grows so that a stream of unknown length stays within COS's
     10,000 parts.
@@ -158,6 +159,9 @@ class TransferConfig:
     #: Spool disk (state_dir/spool) all out-of-order and in-place SFTP
     #: writes may hold together, across every user.
     max_spool_size: int = 4 * GIB
+    #: Memory the part buffers of all uploads share: uploads wait their turn
+    #: for it (paused), they never fail for lack of it.
+    upload_buffer_budget: int = 128 * MIB
 
 
 @dataclass(frozen=True)

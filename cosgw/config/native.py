@@ -94,6 +94,7 @@ _TRANSFER_KEYS = (
     "resume_uploads",
     "max_sparse_gap",
     "max_spool_size",
+    "upload_buffer_budget",
 )
 _LOCAL_KEYS = ("type", "path")
 _COS_KEYS = (
@@ -375,9 +376,16 @@ class CosgwLoader:
         max_spool_size = sec.size(
             "max_spool_size", defaults.max_spool_size, 0, MAX_OBJECT_SIZE
         )
+        upload_buffer_budget = sec.size(
+            "upload_buffer_budget",
+            defaults.upload_buffer_budget,
+            MIN_PART_SIZE,
+            MAX_OBJECT_SIZE,
+        )
         self.finish(sec, _TRANSFER_KEYS)
         assert part_size is not None and read_chunk is not None
         assert max_sparse_gap is not None and max_spool_size is not None
+        assert upload_buffer_budget is not None
         return TransferConfig(
             part_size=part_size,
             parts_in_flight=parts_in_flight,
@@ -388,6 +396,7 @@ class CosgwLoader:
             resume_uploads=resume_uploads,
             max_sparse_gap=max_sparse_gap,
             max_spool_size=max_spool_size,
+            upload_buffer_budget=upload_buffer_budget,
         )
 
     # -- [storage:NAME] ------------------------------------------------------
