@@ -34,9 +34,12 @@ __all__ = [
 # order decides the negotiation, RFC 4253 section 7.1).  Each list is
 # intersected with what this Conch implements.
 
-#: AEAD ciphers first should Conch ever implement them (then it must also
-#: implement strict key exchange, or chacha20 and -etm MACs are open to
-#: Terrapin, CVE-2023-48795; ctr with plain hmac-sha2 is not).
+#: The AEAD ciphers first: one call into cryptography per packet (they are
+#: L{cosgw.frontends.sftp.aead}'s, Conch has none), safe from Terrapin
+#: (CVE-2023-48795) through strict key exchange
+#: (L{cosgw.frontends.sftp.packets}).  The client's order decides: OpenSSH
+#: picks chacha20-poly1305, Go's x/crypto and rclone aes128-gcm, paramiko
+#: aes128-ctr.
 CIPHERS = (
     b"chacha20-poly1305@openssh.com",
     b"aes256-gcm@openssh.com",
@@ -45,6 +48,8 @@ CIPHERS = (
     b"aes192-ctr",
     b"aes128-ctr",
 )
+#: The -etm MACs are kept should Conch ever implement them (strict key
+#: exchange covers them too); with an AEAD cipher no MAC is used.
 MACS = (
     b"hmac-sha2-512-etm@openssh.com",
     b"hmac-sha2-256-etm@openssh.com",

@@ -4,7 +4,9 @@ explicit state table (L{_State}, L{_TRANSITIONS}).
 
 What it changes in Conch's:
 
-  - Algorithms: only those of L{cosgw.frontends.sftp.algorithms}.
+  - Algorithms: only those of L{cosgw.frontends.sftp.algorithms}, with
+    the AEAD ciphers and strict key exchange of
+    L{cosgw.frontends.sftp.packets}.
   - server-sig-algs (RFC 8308).  Conch advertises the *host key*
     algorithms as the algorithms it accepts for *user* keys, so a server
     with only an Ed25519 host key would tell OpenSSH clients that RSA user
@@ -58,6 +60,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from cosgw.escaping import for_log
+from cosgw.frontends.sftp.aead import AEAD_CIPHERS
 from cosgw.frontends.sftp.algorithms import (
     CIPHERS,
     KEY_EXCHANGES,
@@ -67,6 +70,7 @@ from cosgw.frontends.sftp.algorithms import (
 )
 from cosgw.frontends.sftp.conchlog import ConchLogger
 from cosgw.frontends.sftp.flow import ChunkQueue
+from cosgw.frontends.sftp.packets import PacketLayer
 
 if TYPE_CHECKING:
     from cosgw.frontends.sftp.factory import GatewaySSHFactory
@@ -136,10 +140,11 @@ _TRANSITIONS: dict[_State, frozenset[_State]] = {
 }
 
 
-class GatewaySSHTransport(transport.SSHServerTransport):
+class GatewaySSHTransport(PacketLayer, transport.SSHServerTransport):
     """
-    The server transport: modern algorithms only, a version string without a
-    Twisted version, admission, and the login, idle and closing deadlines of
+    The server transport: modern algorithms only (AEAD ciphers and strict
+    key exchange from L{PacketLayer}), a version string without a Twisted
+    version, admission, and the login, idle and closing deadlines of
     L{_State}.
     """
 
@@ -153,7 +158,9 @@ class GatewaySSHTransport(transport.SSHServerTransport):
         b"SSH-" + transport.SSHServerTransport.protocolVersion + b"-cosgw"
     )
 
-    supportedCiphers = keep(transport.SSHServerTransport.supportedCiphers, CIPHERS)
+    supportedCiphers = keep(
+        [*transport.SSHServerTransport.supportedCiphers, *AEAD_CIPHERS], CIPHERS
+    )
     supportedMACs = keep(transport.SSHServerTransport.supportedMACs, MACS)
     supportedKeyExchanges = keep(
         transport.SSHServerTransport.supportedKeyExchanges, KEY_EXCHANGES
@@ -165,6 +172,8 @@ class GatewaySSHTransport(transport.SSHServerTransport):
 
     #: The user-key signature algorithms advertised in server-sig-algs.
     userKeyAlgorithms: list[bytes] = list(supportedPublicKeys)
+
+    max_packet_length = MAX_PACKET_LENGTH
 
     peer = "?"
     _state = _State.LOGGING_IN
@@ -309,7 +318,7 @@ class GatewaySSHTransport(transport.SSHServerTransport):
             return
         self._inbox.append(data)
         while self._inbox and not self._closing():
-            needed = self._bytes_needed()
+            needed = self.bytes_needed()
             if len(self._inbox) < needed:
                 return
             super().dataReceived(self._inbox.take(max(needed, _FEED)))
@@ -319,30 +328,15 @@ class GatewaySSHTransport(transport.SSHServerTransport):
     def _closing(self) -> bool:
         return self._state in (_State.CLOSING, _State.LOST)
 
-    def _bytes_needed(self) -> int:
-        """
-        How many more bytes Conch needs to read its next packet: the rest of
-        the first cipher block, or, once it decrypted that block (it keeps
-        it as C{first}), the rest of the packet and its MAC.
-        """
-        have = len(self.buf)
-        encryptions = self.currentEncryptions
-        first = getattr(self, "first", None)
-        if first is None:
-            return max(1, encryptions.decBlockSize - have)
-        (length,) = struct.unpack("!L", first[:4])
-        return max(1, 4 + length + encryptions.verifyDigestSize - have)
-
     def _check_packet_length(self) -> bool:
         """
         Disconnect a client whose next packet is longer than
         L{MAX_PACKET_LENGTH}, as soon as its length is known, rather than
         buffer it.
         """
-        first = getattr(self, "first", None)
-        if first is None or self._closing():
+        length = self.packet_length()
+        if length is None or self._closing():
             return not self._closing()
-        (length,) = struct.unpack("!L", first[:4])
         if length <= MAX_PACKET_LENGTH:
             return True
         self._inbox.clear()
@@ -459,6 +453,17 @@ class GatewaySSHTransport(transport.SSHServerTransport):
             ]
         )
 
+    def ssh_NEWKEYS(self, packet: bytes) -> None:
+        first = self._initial_kex
+        super().ssh_NEWKEYS(packet)
+        if first and not self._closing():
+            log.info(
+                "SSH connection from {peer}: key exchange {kex}, {algorithms}",
+                peer=self.peer,
+                kex=self.kexAlg.decode("ascii"),
+                algorithms=_describe(self.currentEncryptions, self.strict_kex),
+            )
+
     # -- login and idle deadlines -------------------------------------------
 
     def setService(self, service: Any) -> None:
@@ -502,6 +507,19 @@ class GatewaySSHTransport(transport.SSHServerTransport):
             idle=idle,
         )
         self.sendDisconnect(transport.DISCONNECT_BY_APPLICATION, b"idle timeout")
+
+
+def _describe(ciphers: transport.SSHCiphers, strict: bool) -> str:
+    """The ciphers and MACs in use, for the log: the client's direction
+    first when the two differ."""
+
+    def direction(cipher: bytes, mac: bytes) -> str:
+        return f"cipher {cipher.decode('ascii')} (MAC {mac.decode('ascii')})"
+
+    incoming = direction(ciphers.inCipType, ciphers.inMACType)
+    outgoing = direction(ciphers.outCipType, ciphers.outMACType)
+    text = incoming if incoming == outgoing else f"{incoming} in, {outgoing} out"
+    return text + (", strict key exchange" if strict else "")
 
 
 @implementer(IPushProducer)
