@@ -106,11 +106,23 @@ class AlgorithmTests(SSHServerMixin, TestCase):
                 "ecdh-sha2-nistp384",
                 "ecdh-sha2-nistp521",
                 "diffie-hellman-group-exchange-sha256",
+                # Strict key exchange (first KEXINIT only), RFC 8308.
+                "kex-strict-s-v00@openssh.com",
                 "ext-info-s",
             ],
         )
         self.assertEqual(hostkeys, ["ssh-ed25519", "rsa-sha2-512", "rsa-sha2-256"])
-        self.assertEqual(c2s, ["aes256-ctr", "aes192-ctr", "aes128-ctr"])
+        self.assertEqual(
+            c2s,
+            [
+                "chacha20-poly1305@openssh.com",
+                "aes256-gcm@openssh.com",
+                "aes128-gcm@openssh.com",
+                "aes256-ctr",
+                "aes192-ctr",
+                "aes128-ctr",
+            ],
+        )
         self.assertEqual(s2c, c2s)
         self.assertEqual(mac_c2s, ["hmac-sha2-512", "hmac-sha2-256"])
         self.assertEqual(mac_s2c, mac_c2s)
