@@ -223,10 +223,10 @@ class DataTLSTests(unittest.TestCase):
 
     def test_arrivals_delivered_per_read(self) -> None:
         """
-        What one read from the socket brings (here 1 MiB + 3 in 65 records)
-        reaches the protocol as one piece (Twisted's layer: one per
-        record); records cut across reads are delivered once complete, in
-        order.
+        What one read from the socket brings (here 1 MiB + 3 in 65 records,
+        then 3 MiB) reaches the protocol as one piece (Twisted's layer: one
+        per record); records cut across reads are delivered once complete,
+        in order.
         """
         for maximum, version in VERSIONS:
             pair = self.pair(maximum=maximum)
@@ -235,6 +235,12 @@ class DataTLSTests(unittest.TestCase):
             pair.tcp.receive(pair.encrypt(data))
             self.assertEqual(pair.sizes(), [len(data)], version)
             self.assertEqual(sha256(b"".join(pair.app.deliveries)), sha256(data))
+            pair.app.deliveries.clear()
+            # More than the buffer records are decrypted into: still one.
+            large = random_bytes(3 * MiB)
+            pair.tcp.receive(pair.encrypt(large))
+            self.assertEqual(pair.sizes(), [len(large)], version)
+            self.assertEqual(sha256(pair.app.deliveries[0]), sha256(large))
             pair.app.deliveries.clear()
             wire = pair.encrypt(data)
             cuts = [0, 5, 100_000, len(wire) - 1, len(wire)]

@@ -38,7 +38,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
-from OpenSSL.SSL import _lib
+from OpenSSL.SSL import _ffi, _lib
 from twisted.internet import ssl
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper
@@ -116,6 +116,13 @@ RECORD_SIZE = 2**14
 _RECORD_OVERHEAD = 64
 
 
+#: Where data connections decrypt what one read from the socket brought,
+#: before it is copied out as one piece: one buffer for the gateway, since
+#: TLS runs on the reactor thread only and nothing else runs in between.
+_PLAINTEXT = bytearray(2**20 + 4 * RECORD_SIZE)
+_PLAINTEXT_VIEW = memoryview(_PLAINTEXT)
+
+
 class _DataTLSTransport(TLSMemoryBIOProtocol):
     """
     The TLS layer of a PROT P data connection, built for throughput and for
@@ -129,10 +136,11 @@ class _DataTLSTransport(TLSMemoryBIOProtocol):
     by one call (OpenSSL's partial writes are turned off for the
     connection, so one SSL_write takes the whole slice), and its ciphertext
     read out of the memory BIO and written to the socket at once; what
-    arrives is decrypted record by record but delivered as one piece per
-    read from the socket.  Backpressure is unchanged: the socket's buffer
-    pauses the producer, and a delivery is at most what one read from the
-    socket brought.
+    arrives is decrypted record by record (OpenSSL gives one per call)
+    straight into one buffer, and delivered as one piece per read from the
+    socket.  Backpressure is unchanged: the socket's buffer pauses the
+    producer, and a delivery is at most what one read from the socket
+    brought.
 
     Session tickets: under TLS 1.3 OpenSSL writes them as soon as the
     handshake ends; here they are held until the gateway writes data (a
@@ -147,7 +155,9 @@ class _DataTLSTransport(TLSMemoryBIOProtocol):
     C{TLSMemoryBIOProtocol} (Twisted 26.10): C{_write} (application bytes
     into OpenSSL), C{_flushSendBIO} (TLS output to the socket) and
     C{_flushReceiveBIO} (TLS input to the protocol), and reads
-    C{_handshakeDone}, C{_lostTLSConnection} and C{_aborted};
+    C{_handshakeDone}, C{_lostTLSConnection} and C{_aborted}; of pyOpenSSL
+    (26.4) it uses the binding (C{SSL_clear_mode}, C{SSL_read}), the
+    connection's C{_ssl} and its C{_raise_ssl_error}.
     tests/test_ftps_tickets.py and tests/test_ftps_records.py pin the
     behaviour.
     """
@@ -242,24 +252,42 @@ class _DataTLSTransport(TLSMemoryBIOProtocol):
         """
         Decrypt everything the memory BIO holds and deliver it as one
         piece, then end TLS if the client did (close_notify) or on an error,
-        as Twisted does.
+        as Twisted does.  Records are decrypted straight into L{_PLAINTEXT}
+        (pyOpenSSL's C{recv} allocates, copies and checks for errors once
+        per record) and copied out before anything else runs.
         """
+        connection = self._tlsConnection
         pieces: list[bytes] = []
-        while not self._lostTLSConnection:
-            try:
-                pieces.append(self._tlsConnection.recv(2 * RECORD_SIZE))
-            except SSL.WantReadError:
-                break
-            except SSL.ZeroReturnError:
-                self._deliver(pieces)
-                self._shutdownTLS()
-                # None: the protocol's connectionLost gets the transport's reason.
-                self._tlsShutdownFinished(None)
-            except SSL.Error:
-                failure = Failure()
-                self._deliver(pieces)
-                self._tlsShutdownFinished(failure)
+        closed, failure = False, None
+        if not self._lostTLSConnection:
+            size, filled = len(_PLAINTEXT), 0
+            with _ffi.from_buffer(_PLAINTEXT) as room:
+                while True:
+                    if size - filled < RECORD_SIZE:
+                        pieces.append(bytes(_PLAINTEXT_VIEW[:filled]))
+                        filled = 0
+                    read = _lib.SSL_read(connection._ssl, room + filled, size - filled)  # noqa: SLF001
+                    if read > 0:
+                        filled += read
+                        continue
+                    try:
+                        connection._raise_ssl_error(connection._ssl, read)  # noqa: SLF001
+                    except SSL.WantReadError:
+                        pass
+                    except SSL.ZeroReturnError:
+                        closed = True
+                    except SSL.Error:
+                        failure = Failure()
+                    break
+            if filled:
+                pieces.append(bytes(_PLAINTEXT_VIEW[:filled]))
         self._deliver(pieces)
+        if closed:
+            self._shutdownTLS()
+            # None: the protocol's connectionLost gets the transport's reason.
+            self._tlsShutdownFinished(None)
+        elif failure is not None:
+            self._tlsShutdownFinished(failure)
         self._flushSendBIO()
 
     def _deliver(self, pieces: list[bytes]) -> None:
