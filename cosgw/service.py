@@ -46,7 +46,8 @@ from cosgw.policy.throttle import RateLimit
 from cosgw.runtime import LogFileService, ThreadPoolService
 from cosgw.storage._runner import BlockingRunner
 from cosgw.storage.sweeper import UploadSweeper
-from cosgw.transfer import TransferSettings
+from cosgw.transfer import TransferSettings, UploadBuffers
+from cosgw.transfer.buffers import return_freed_parts
 from cosgw.vfs import home_prefix, is_hidden_key
 
 if TYPE_CHECKING:
@@ -161,6 +162,8 @@ def makeService(config: Config, reactor: Any = None) -> GatewayService:
         LogFileService(config.server.log_dir, config.server.log_level).setServiceParent(
             service
         )
+    # Before the pool's threads exist: their heaps follow the setting.
+    return_freed_parts()
     threads = config.transfer.threads
     pool = ThreadPool(minthreads=0, maxthreads=threads, name="cosgw")
     service.pool = pool
@@ -216,14 +219,19 @@ def _accounts(
     reactor: Any,
     pool: ThreadPool,
 ) -> Accounts:
-    """Every user's account, sharing one upload registry and session count."""
+    """
+    Every user's account, sharing one upload registry and session count,
+    and one budget for the part buffers of every upload.
+    """
     transfer = config.transfer
+    runner = BlockingRunner(reactor, pool, transfer.threads * 2)
     settings = TransferSettings(
         part_size=transfer.part_size,
         parts_in_flight=transfer.parts_in_flight,
         read_chunk=transfer.read_chunk,
         max_file_size=transfer.max_file_size,
         resume_uploads=transfer.resume_uploads,
+        buffers=UploadBuffers(transfer.upload_buffer_budget, runner),
     )
     return Accounts(
         {
@@ -231,7 +239,7 @@ def _accounts(
             for name, user in users.items()
         },
         settings,
-        runner=BlockingRunner(reactor, pool, transfer.threads * 2),
+        runner=runner,
         sessions=SessionLimits(),
         clock=reactor,
     )

@@ -5,12 +5,20 @@ and the stream check both stores' sources use.
 
 from __future__ import annotations
 
+import crcmod
 from twisted.trial.unittest import SynchronousTestCase
 
 from cosgw.interfaces import (
     IntegrityError,
 )
-from cosgw.storage.checksum import StreamCheck, crc64, crc64_combine, parse_crc64
+from cosgw.storage import checksum
+from cosgw.storage.checksum import (
+    SLICE,
+    StreamCheck,
+    crc64,
+    crc64_combine,
+    parse_crc64,
+)
 from tests.transfertesting import (
     MiB,
     random_bytes,
@@ -26,6 +34,33 @@ class ChecksumTests(SynchronousTestCase):
     def test_chaining(self) -> None:
         data = random_bytes(10_000)
         self.assertEqual(crc64(data[3000:], crc64(data[:3000])), crc64(data))
+
+    def test_large_buffers_in_slices(self) -> None:
+        """
+        A buffer larger than L{SLICE} is checksummed a slice per call of
+        anycrc (which holds the GIL while it runs), with the CRC that
+        crcmod, the COS SDK's own implementation, gives for the whole;
+        memoryviews and a chained CRC work the same.
+        """
+        reference = crcmod.mkCrcFun(
+            0x142F0E1EBA9EA3693, initCrc=0, xorOut=0xFFFFFFFFFFFFFFFF, rev=True
+        )
+        model = checksum._MODEL
+        sizes: list[int] = []
+
+        class Recording:
+            def calc(self, data: bytes, *init: int) -> int:
+                sizes.append(len(data))
+                return model.calc(data, *init)
+
+        self.patch(checksum, "_MODEL", Recording())
+        data = random_bytes(3 * SLICE + 1)
+        self.assertEqual(crc64(data), reference(data))
+        self.assertEqual(sizes, [SLICE, SLICE, SLICE, 1])
+        self.assertEqual(crc64(memoryview(data)), reference(data))
+        head = crc64(data[:5])
+        self.assertEqual(crc64(data[5:], head), reference(data))
+        self.assertLessEqual(max(sizes), SLICE)
 
     def test_combine(self) -> None:
         """crc64_combine gives the CRC of a concatenation from its pieces'."""

@@ -69,8 +69,12 @@ class UploadWriterTestsMixin:
         """The bytes the writer holds: parts at the store, queued, buffered."""
         writer = self.writer
         at_store = sum(len(c.args[3]) for c in self.store.unsettled("upload_part"))
-        queued = sum(len(data) for _number, data in writer._pending)
-        return at_store + queued + len(writer._buffer)
+        queued = sum(
+            sum(len(chunk) for chunk in payload)
+            for _number, payload, _held in writer._pending
+            if isinstance(payload, list)
+        )
+        return at_store + queued + writer._fill.size
 
     def check_memory(self) -> None:
         """Memory stays within (parts in flight + 1) x the part size."""
@@ -492,7 +496,7 @@ class UploadWriterTests(UploadWriterTestsMixin, SynchronousTestCase):
         self.store.answer(abort)
         self.assertIsNone(self.successResultOf(cleaned))
         self.assertNotIn("complete_multipart", self.store.names())
-        self.assertEqual(self.writer._buffer, b"")
+        self.assertEqual(self.writer._fill.size, 0)
         self.assertEqual(len(self.writer._pending), 0)
 
     def test_abort_while_creating(self) -> None:

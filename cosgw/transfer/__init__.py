@@ -8,14 +8,17 @@ not paused it; a slow client pauses it and the store stops being read.  An
 upload (L{UploadWriter}) is the mirror image: the data connection is a push
 producer writing into it, paused while C{parts_in_flight} parts are at the
 store, so TCP pushes back on the client; memory per upload is bounded by
-(parts in flight + 1) x part size.  SFTP's reads and writes at offsets go
-through L{RangedReader} and L{PositionalWriter}, which turn them into those
-sequential streams, with a bounded L{Spool} for what cannot wait in memory.
+(parts in flight + 1) x part size, and all uploads share one budget for
+their part buffers (L{UploadBuffers}), waiting their turn, paused, when it
+is spent.  SFTP's reads and writes at offsets go through L{RangedReader}
+and L{PositionalWriter}, which turn them into those sequential streams,
+with a bounded L{Spool} for what cannot wait in memory.
 Nothing here knows FTP or SFTP, permissions or paths: L{cosgw.vfs} hands
 these to the frontends with a user's rules around them.
 
   - L{cosgw.transfer.upload}: the multipart upload writer and its states;
   - L{cosgw.transfer.parts}: part sizes within COS's limits;
+  - L{cosgw.transfer.buffers}: the part buffers' shared budget;
   - L{cosgw.transfer.registry}: the uploads being written and those kept
     for a resume;
   - L{cosgw.transfer.download}: the download producer;
@@ -24,6 +27,7 @@ these to the frontends with a user's rules around them.
   - L{cosgw.transfer.errors}: why a transfer stops short.
 """
 
+from cosgw.transfer.buffers import UploadBuffers
 from cosgw.transfer.download import Download
 from cosgw.transfer.errors import (
     QuotaReached,
@@ -62,6 +66,7 @@ __all__ = [
     "log_cleanup_failure",
     "UploadRegistry",
     "UploadState",
+    "UploadBuffers",
     "UploadTooLarge",
     "UploadWriter",
     "contiguous_parts",

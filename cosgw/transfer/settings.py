@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+from cosgw.transfer.buffers import UploadBuffers
 from cosgw.transfer.spool import SpoolBudget
 
 MiB = 1024 * 1024
@@ -22,6 +23,10 @@ class TransferSettings:
     #: Keep an interrupted upload's stored parts so the client can resume
     #: it (REST n + STOR, APPE), instead of aborting them at once.
     resume_uploads: bool = True
+    #: The part buffers of every upload of the gateway, one budget
+    #: (C{upload_buffer_budget}); None: each upload is bounded only by its
+    #: own parts in flight.  Shared, not copied, by C{dataclasses.replace}.
+    buffers: Optional[UploadBuffers] = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,13 @@ The data connection is a push producer writing into an L{UploadWriter},
 which cuts parts of the current part size and uploads up to
 C{parts_in_flight} of them at once; when that many are held it pauses the
 data connection, so TCP pushes back on the client.  Memory per upload is
-therefore bounded by (parts in flight + 1) x part size.  When the upload
-fails on the store's side (a part, the quota, the size limit) the writer
-stops its producer, as a consumer that can take no more does.
+therefore bounded by (parts in flight + 1) x part size, and all uploads
+together by the gateway's L{UploadBuffers} (C{settings.buffers}): before
+filling a part the writer claims its size there, and while the claim waits
+its turn the data connection is paused too.  The reads that fill a part are
+kept as they came and put together off the reactor (L{PartBuffer}).  When
+the upload fails on the store's side (a part, the quota, the size limit)
+the writer stops its producer, as a consumer that can take no more does.
 
 Upload state machine (L{UploadState}).  "The final call" is the single PUT
 of a small upload or the CompleteMultipartUpload of a large one.
@@ -49,6 +53,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from cosgw.interfaces import MAX_PARTS, IObjectStore, ObjectInfo, PartInfo
+from cosgw.transfer.buffers import UNCLAIMED, Chunk, Held, PartBuffer, join_inline
 from cosgw.transfer.errors import (
     QuotaReached,
     TransferStopped,
@@ -123,9 +128,13 @@ class UploadWriter:
         self.upload_id: Optional[str] = None
         self._producer: Optional[IPushProducer] = None
         self._paused = False
-        self._buffer = bytearray()
+        buffers = settings.buffers
+        self._fill = PartBuffer(buffers, self._advance)
+        self._assemble = buffers.assemble if buffers is not None else join_inline
+        #: The single PUT's hold on the budget, freed when it settles.
+        self._final_held = Held()
         self._next_number = 1
-        self._pending: deque[tuple[int, bytes | CopyRange]] = deque()
+        self._pending: deque[tuple[int, list[Chunk] | CopyRange, Held]] = deque()
         self._in_flight = 0
         self._parts: list[PartInfo] = []
         self._creating: Optional[Deferred[str]] = None
@@ -152,6 +161,7 @@ class UploadWriter:
             self._fail(Failure(QuotaReached(f"{key}: over the quota")))
             return
         self._pump()
+        self._advance()
 
     def _start_from(
         self,
@@ -172,7 +182,7 @@ class UploadWriter:
             source, length = copy_prefix
             for first, last in copy_ranges(length):
                 self._pending.append(
-                    (self._next_number, CopyRange(source, first, last))
+                    (self._next_number, CopyRange(source, first, last), Held())
                 )
                 self._next_number += 1
             self.base += length
@@ -181,7 +191,7 @@ class UploadWriter:
         )
         if initial:
             self.base += len(initial)
-            self._buffer += initial
+            self._fill.add(initial)
 
     @property
     def size(self) -> int:
@@ -210,18 +220,8 @@ class UploadWriter:
         if self._budget is not None and not self._budget.grow(self.size):
             self._fail(Failure(QuotaReached(f"{self.key}: over the quota")))
             return
-        self._buffer += data
-        while (
-            len(self._buffer) >= self._current_part and self.state is UploadState.OPEN
-        ):
-            size = self._current_part
-            part = bytes(self._buffer[:size])
-            del self._buffer[:size]
-            self._queue_part(part)
-            self._current_part = part_size_for(
-                self._next_number, self.settings.part_size, self.size_hint
-            )
-        self._update_flow()
+        self._fill.add(data)
+        self._advance()
 
     # control
 
@@ -241,14 +241,19 @@ class UploadWriter:
                 and self._creating is None
                 and self.upload_id is None
             ):
-                data = bytes(self._buffer)
-                self._buffer = bytearray()
-                self._final_call(self.store.put(self.key, data, self.metadata))
+                chunks, self._final_held = self._fill.take(self._fill.size)
+                self._fill.clear()
+                self._final_call(
+                    self._assemble(chunks).addCallback(
+                        lambda data: self.store.put(self.key, data, self.metadata)
+                    )
+                )
             else:
-                if self._buffer:
-                    part = bytes(self._buffer)
-                    self._buffer = bytearray()
-                    self._queue_part(part)
+                # What is buffered goes now, claimed or not: it is in
+                # memory already, and storing it is what frees it.
+                while self._fill.size and self.state is UploadState.FINISHING:
+                    self._cut(min(self._fill.size, self._current_part))
+                self._fill.clear()
                 self._maybe_complete()
 
         def clean_first(failure: Failure) -> Deferred[ObjectInfo]:
@@ -343,12 +348,45 @@ class UploadWriter:
 
     # parts
 
-    def _queue_part(self, data: bytes) -> None:
+    def _advance(self) -> None:
+        """
+        Cut every whole part the claim allows, claim the budget for the
+        next one (once the stream has begun and while the parts of this
+        upload leave room), then pause or resume the producer.
+        """
+        fill = self._fill
+        while self.state is UploadState.OPEN:
+            if fill.ready and fill.size >= self._current_part:
+                self._cut(self._current_part)
+            elif (
+                fill.buffers is not None
+                and not fill.claiming
+                and self._started
+                and self._in_flight + len(self._pending) < self._max_in_flight()
+            ):
+                if not fill.request(self._current_part):
+                    break
+            else:
+                break
+        self._update_flow()
+
+    @property
+    def _started(self) -> bool:
+        # Whether the upload claims budget yet: not for a small file.
+        return max(self.received, self._fill.size) > UNCLAIMED
+
+    def _cut(self, size: int) -> None:
+        """Queue the next C{size} buffered bytes as a part."""
+        chunks, held = self._fill.take(size)
         if self._next_number > MAX_PARTS:
+            held.free()
             self._fail(Failure(UploadTooLarge(f"{self.key}: over {MAX_PARTS} parts")))
             return
-        self._pending.append((self._next_number, data))
+        self._pending.append((self._next_number, chunks, held))
         self._next_number += 1
+        self._current_part = part_size_for(
+            self._next_number, self.settings.part_size, self.size_hint
+        )
         self._pump()
 
     def _max_in_flight(self) -> int:
@@ -368,7 +406,7 @@ class UploadWriter:
                 self._creating.addCallbacks(self._created, self._create_failed)
             return
         while self._pending and self._in_flight < self._max_in_flight():
-            number, payload = self._pending.popleft()
+            number, payload, held = self._pending.popleft()
             self._in_flight += 1
             if isinstance(payload, CopyRange):
                 d = self.store.upload_part_copy(
@@ -380,8 +418,20 @@ class UploadWriter:
                     payload.last,
                 )
             else:
-                d = self.store.upload_part(self.key, self.upload_id, number, payload)
-            d.addCallbacks(self._part_done, self._part_failed)
+                d = self._assemble(payload).addCallback(self._send_part, number)
+            d.addCallbacks(
+                self._part_done,
+                self._part_failed,
+                callbackArgs=(held,),
+                errbackArgs=(held,),
+            )
+
+    def _send_part(self, data: bytes, number: int) -> Deferred[PartInfo]:
+        if self.state not in (UploadState.OPEN, UploadState.FINISHING):
+            # Ended while the part was put together: it is not sent.
+            raise TransferStopped("upload ended")
+        assert self.upload_id is not None
+        return self.store.upload_part(self.key, self.upload_id, number, data)
 
     def _created(self, upload_id: str) -> None:
         self._create_settled = True
@@ -391,7 +441,7 @@ class UploadWriter:
             self._registered = upload_id
         if self.state in (UploadState.OPEN, UploadState.FINISHING):
             self._pump()
-            self._update_flow()
+            self._advance()
         else:
             self._try_cleanup()
 
@@ -402,7 +452,8 @@ class UploadWriter:
         else:
             self._try_cleanup()
 
-    def _part_done(self, info: PartInfo) -> None:
+    def _part_done(self, info: PartInfo, held: Held) -> None:
+        held.free()  # the part's bytes are gone, stored
         self._in_flight -= 1
         if self.state is UploadState.SUSPENDED:
             self._parts.append(info)  # stored: a resume can keep it
@@ -411,10 +462,11 @@ class UploadWriter:
             return
         self._parts.append(info)
         self._pump()
-        self._update_flow()
+        self._advance()
         self._maybe_complete()
 
-    def _part_failed(self, failure: Failure) -> None:
+    def _part_failed(self, failure: Failure, held: Held) -> None:
+        held.free()
         self._in_flight -= 1
         if self.state in (UploadState.OPEN, UploadState.FINISHING):
             self._fail(failure)
@@ -440,6 +492,7 @@ class UploadWriter:
 
     def _final_done(self, result: ObjectInfo | Failure) -> None:
         self._final = None
+        self._final_held.free()
         if isinstance(result, Failure):
             self._fail(result)
         else:
@@ -456,7 +509,10 @@ class UploadWriter:
         self._try_cleanup()
 
     def _update_flow(self) -> None:
-        should_pause = self._in_flight + len(self._pending) >= self._max_in_flight()
+        busy = self._in_flight + len(self._pending) >= self._max_in_flight()
+        # Waiting for its turn in the budget (L{PartBuffer.request}).
+        waiting = self.state is UploadState.OPEN and self._started
+        should_pause = busy or (waiting and not self._fill.ready)
         if should_pause and not self._paused:
             self._paused = True
             if self._producer is not None:
@@ -469,7 +525,9 @@ class UploadWriter:
     # failure and cleanup
 
     def _discard(self) -> None:
-        self._buffer = bytearray()
+        self._fill.clear()
+        for _number, _payload, held in self._pending:
+            held.free()
         self._pending.clear()
 
     def _fail(self, failure: Failure) -> None:

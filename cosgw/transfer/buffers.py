@@ -1,0 +1,432 @@
+"""
+The memory all uploads of a gateway buffer their parts in
+(C{upload_buffer_budget}), and where a part's bytes are put together.
+
+An upload writer holds a part in memory from its first byte until the
+store has it.  Without a shared limit every upload could hold (parts in
+flight + 1) x part size, and 32 uploads of 8 MiB parts held about 1 GiB.
+L{UploadBuffers} is one budget for all of them: before a writer fills a
+part it claims the part's size (L{UploadBuffers.claim}); while its claim
+waits, its producer (the data connection, the SFTP file) is paused, so TCP
+pushes back on the client.  A claim is given back when the part is stored,
+fails or is discarded.
+
+Fairness and progress, the rules in one place:
+
+  - claims are granted first come, first served (a writer holds one claim
+    waiting at a time, so uploads take turns part by part) and never fail:
+    an upload slows down, it is not refused;
+  - a claim is granted when it fits in what is left of the budget, or when
+    no other claim of its lane is held (so even a part larger than the
+    whole budget is granted in its turn);
+  - parts larger than half the budget (parts grow as a stream grows; the
+    budget may be small) take turns in a lane of their own, one at a time
+    and outside the budget, so they never hold the ordinary parts of every
+    other upload back: memory stays within the budget plus one such part;
+  - an upload claims nothing for its first L{UNCLAIMED} bytes, so a small
+    file (most files) never waits for a turn: a paused connection would
+    not even see the client's end of the file;
+  - bytes held without a claim (those first bytes, a read under way when
+    the producer was paused) are counted (L{UploadBuffers.charge}), and
+    the writer's next grant covers them.
+
+Putting a part together from the reads that brought it (a copy of up to
+5 GiB) happens in the thread pool (L{UploadBuffers.assemble}), where
+C{bytes.join} runs without the GIL: the reactor thread never copies a
+part.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Optional, Protocol, TypeVar, Union
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
+
+log = Logger()
+
+T = TypeVar("T")
+
+#: The bytes an upload holds before it claims its first part.
+UNCLAIMED = 256 * 1024
+#: Parts up to this size are put together on the reactor: a copy no larger
+#: than one read of a data connection costs less than a trip to a thread.
+INLINE_JOIN = 1024 * 1024
+
+
+#: glibc's mallopt parameters (malloc.h).
+_M_MMAP_THRESHOLD = -3
+_M_ARENA_MAX = -8
+#: Allocations this large are mapped on their own and unmapped when freed:
+#: above any read of a connection (1 MiB), below the default part size.
+MMAP_THRESHOLD = 2 * 1024 * 1024
+
+
+def return_freed_parts() -> bool:
+    """
+    Make glibc's malloc give part buffers back to the system once freed,
+    so that the process's memory follows the budget.
+
+    By default glibc raises its mmap threshold to the size of the first
+    large block freed (a part), then serves parts from heaps, one per
+    thread up to 8 per core, and freed parts stay in those heaps: 32
+    concurrent uploads within a 128 MiB budget left a 550 MiB process
+    (measured).  A fixed threshold below the part size maps each part on
+    its own (the page faults of a new part cost about 0.2 s of CPU per GB,
+    in pool threads), and two heaps keep the small blocks' fragmentation
+    in check: about 270 MiB for the same run.  Process-wide, so the
+    service calls it once at start; elsewhere (not glibc) it does nothing.
+
+    @return: Whether malloc took both settings.
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    arenas = mallopt(_M_ARENA_MAX, 2)
+    threshold = mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+    return bool(arenas and threshold)
+
+
+class Runner(Protocol):
+    """Runs a blocking callable off the reactor (L{BlockingRunner})."""
+
+    def run(self, f: Callable[..., T], *args: Any) -> Deferred[T]: ...
+
+
+#: A read, or a piece of one cut at a part boundary (a view: no copy).
+Chunk = Union[bytes, memoryview]
+
+
+def join_inline(chunks: Sequence[Chunk]) -> Deferred[bytes]:
+    """Put a part together at once (no thread pool): for tests and small parts."""
+    if len(chunks) == 1 and isinstance(chunks[0], bytes):
+        return succeed(chunks[0])
+    return succeed(b"".join(chunks))
+
+
+class BufferClaim:
+    """
+    Bytes of part buffer one writer holds, or waits to hold, out of an
+    L{UploadBuffers}.  Give it back with L{release}, whether granted or not.
+    """
+
+    def __init__(
+        self,
+        buffers: UploadBuffers,
+        size: int,
+        big: bool,
+        on_grant: Callable[[BufferClaim], None],
+    ) -> None:
+        self.size = size
+        #: Bytes already charged that the claim will cover once granted
+        #: (its writer's first bytes): they need no more room.
+        self.covers = 0
+        #: Whether the claim holds its bytes (else it waits its turn).
+        self.granted = False
+        self.released = False
+        self.big = big
+        self._buffers = buffers
+        self._on_grant = on_grant
+
+    def release(self) -> None:
+        """Give the bytes back (or stop waiting for them); idempotent."""
+        if not self.released:
+            self.released = True
+            self._buffers._release(self)
+
+    def shrink(self, size: int) -> None:
+        """A granted claim needs only C{size} bytes now (a short last part)."""
+        if not self.granted or self.released or size >= self.size:
+            return
+        self._buffers._shrink(self, size)
+
+
+class UploadBuffers:
+    """
+    The part buffers of every upload, within C{limit} bytes; see the
+    module docstring for the rules.
+
+    @ivar peak: the most bytes held at once (claims granted plus bytes
+        charged), for tests and benchmarks.
+    @ivar waited: how many claims had to wait for their turn.
+    """
+
+    def __init__(self, limit: int, runner: Optional[Runner] = None) -> None:
+        """
+        @param limit: the budget in bytes (at least 1).
+        @param runner: puts parts together in the thread pool; None puts
+            them together at once, on the caller's thread (tests).
+        """
+        self.limit = max(1, limit)
+        self.runner = runner
+        self.peak = 0
+        self.waited = 0
+        #: Bytes held in the ordinary lane: granted claims and charges.
+        self._used = 0
+        #: Bytes of the granted claim of the big-parts lane, if any.
+        self._big_used = 0
+        self._granted = 0  # ordinary claims granted and not released
+        self._big_granted = 0
+        self._waiting: deque[BufferClaim] = deque()
+        self._big_waiting: deque[BufferClaim] = deque()
+        self._granting = False
+
+    @property
+    def used(self) -> int:
+        """Bytes held now: granted claims of both lanes and charged bytes."""
+        return self._used + self._big_used
+
+    @property
+    def waiting(self) -> int:
+        """Claims waiting for their turn."""
+        return len(self._waiting) + len(self._big_waiting)
+
+    def claim(
+        self, size: int, on_grant: Callable[[BufferClaim], None], covers: int = 0
+    ) -> BufferClaim:
+        """
+        Ask for C{size} bytes of part buffer.
+
+        @param covers: bytes the caller has charged that the claim will
+            cover when granted (see L{BufferClaim.covers}).
+        @return: The claim, already granted when it could be at once (then
+            C{on_grant} is not called); else C{on_grant(claim)} is called
+            when its turn comes, unless it was released before.
+        """
+        claim = BufferClaim(self, size, size > self.limit // 2, on_grant)
+        claim.covers = covers
+        queue = self._big_waiting if claim.big else self._waiting
+        if not queue and self._fits(claim):
+            self._hold(claim)
+        else:
+            queue.append(claim)
+            self.waited += 1
+        return claim
+
+    def charge(self, size: int) -> None:
+        """Count C{size} bytes held without a claim (they arrived anyway)."""
+        self._used += size
+        self.peak = max(self.peak, self.used)
+
+    def discharge(self, size: int) -> None:
+        """C{size} charged bytes are gone (stored, discarded, now claimed)."""
+        self._used -= size
+        self._grant_waiting()
+
+    def assemble(self, chunks: Sequence[Chunk]) -> Deferred[bytes]:
+        """
+        One part's bytes from the reads that brought them.
+
+        @return: A Deferred firing with the bytes: at once for a single
+            read or a small part, else from the thread pool.
+        """
+        if (
+            self.runner is None
+            or len(chunks) == 1
+            or sum(len(c) for c in chunks) <= INLINE_JOIN
+        ):
+            return join_inline(chunks)
+        return self.runner.run(b"".join, chunks)
+
+    # -- claims --------------------------------------------------------------
+
+    def _fits(self, claim: BufferClaim) -> bool:
+        if claim.big:
+            return not self._big_granted
+        room = claim.size - min(claim.covers, claim.size)
+        return not self._granted or self._used + room <= self.limit
+
+    def _hold(self, claim: BufferClaim) -> None:
+        claim.granted = True
+        if claim.big:
+            self._big_granted += 1
+            self._big_used += claim.size
+        else:
+            self._granted += 1
+            self._used += claim.size
+        self.peak = max(self.peak, self.used)
+
+    def _release(self, claim: BufferClaim) -> None:
+        if not claim.granted:
+            queue = self._big_waiting if claim.big else self._waiting
+            queue.remove(claim)
+        elif claim.big:
+            self._big_granted -= 1
+            self._big_used -= claim.size
+        else:
+            self._granted -= 1
+            self._used -= claim.size
+        self._grant_waiting()
+
+    def _shrink(self, claim: BufferClaim, size: int) -> None:
+        given_back = claim.size - size
+        claim.size = size
+        if claim.big:
+            self._big_used -= given_back
+        else:
+            self._used -= given_back
+        self._grant_waiting()
+
+    def _next(self) -> Optional[BufferClaim]:
+        """The claim whose turn it is, if it can be granted now."""
+        for queue in (self._waiting, self._big_waiting):
+            if queue and self._fits(queue[0]):
+                return queue.popleft()
+        return None
+
+    def _grant_waiting(self) -> None:
+        """
+        Grant waiting claims in order while they fit.  A writer told of its
+        grant may release or claim at once; those calls come back here and
+        return, and this loop looks again.
+        """
+        if self._granting:
+            return
+        self._granting = True
+        try:
+            while (claim := self._next()) is not None:
+                self._hold(claim)
+                try:
+                    claim._on_grant(claim)
+                except Exception:
+                    log.failure("an upload failed to take its buffer grant")
+        finally:
+            self._granting = False
+
+
+@dataclass
+class Held:
+    """What one part holds of the budget: a claim, bytes charged, or both."""
+
+    buffers: Optional[UploadBuffers] = None
+    claim: Optional[BufferClaim] = None
+    charged: int = 0
+
+    def free(self) -> None:
+        """The part's bytes are gone (stored, failed, discarded); idempotent."""
+        if self.claim is not None:
+            self.claim.release()
+            self.claim = None
+        if self.charged and self.buffers is not None:
+            self.buffers.discharge(self.charged)
+        self.charged = 0
+
+
+class PartBuffer:
+    """
+    The part an upload writer is filling: the reads that brought its bytes
+    (kept as they came, never copied on the reactor) and its share of the
+    budget.  Its bytes are covered by its claim once granted; until then,
+    and beyond the claim's size, they are charged.
+
+    Without an L{UploadBuffers} it only keeps the reads, and is always
+    L{ready}.
+    """
+
+    def __init__(
+        self, buffers: Optional[UploadBuffers], on_grant: Callable[[], None]
+    ) -> None:
+        self.buffers = buffers
+        self.chunks: list[Chunk] = []
+        #: Bytes buffered.
+        self.size = 0
+        self._claim: Optional[BufferClaim] = None
+        self._charged = 0
+        self._on_grant = on_grant
+
+    @property
+    def ready(self) -> bool:
+        """Whether bytes may be cut into a part: its claim is granted."""
+        return self.buffers is None or (self._claim is not None and self._claim.granted)
+
+    @property
+    def claiming(self) -> bool:
+        """Whether a claim is held or waiting."""
+        return self._claim is not None
+
+    def add(self, data: bytes) -> None:
+        """Keep C{data} (no copy) and count what the claim does not cover."""
+        self.chunks.append(data)
+        self.size += len(data)
+        self._sync()
+
+    def request(self, size: int) -> bool:
+        """
+        Claim C{size} bytes for the part (call only when not L{claiming}).
+
+        @return: Whether the claim was granted at once; else the writer's
+            C{on_grant} is called when it is.
+        """
+        assert self.buffers is not None and self._claim is None
+        self._claim = self.buffers.claim(size, self._granted, self._charged)
+        if self._claim.granted:
+            self._sync()
+            return True
+        return False
+
+    def take(self, size: int) -> tuple[list[Chunk], Held]:
+        """
+        Cut the first C{size} bytes (at most L{size}) into a part: its
+        reads, and what it holds of the budget (the granted claim, shrunk
+        to C{size} if larger, and charges for the rest).  A claim still
+        waiting stays with the buffer.
+        """
+        count = total = 0
+        while count < len(self.chunks) and total + len(self.chunks[count]) <= size:
+            total += len(self.chunks[count])
+            count += 1
+        taken, self.chunks = self.chunks[:count], self.chunks[count:]
+        if total < size:
+            # The boundary falls inside a read: two views of it, no copy.
+            view = memoryview(self.chunks[0])
+            taken.append(view[: size - total])
+            self.chunks[0] = view[size - total :]
+        claim = self._claim if self.ready else None
+        covered = 0
+        if claim is not None:
+            claim.shrink(size)
+            covered = claim.size
+            self._claim = None
+        held = Held(self.buffers, claim, size - covered)
+        # The part's charges move with it; the rest are counted again.
+        self._charged -= held.charged
+        self.size -= size
+        self._sync()
+        return taken, held
+
+    def clear(self) -> None:
+        """Drop the bytes and give back the claim and the charges."""
+        self.chunks = []
+        self.size = 0
+        if self._claim is not None:
+            self._claim.release()
+            self._claim = None
+        self._sync()
+
+    def _covered(self) -> int:
+        if self._claim is None or not self._claim.granted:
+            return 0
+        return min(self.size, self._claim.size)
+
+    def _sync(self) -> None:
+        """Charge exactly the bytes the claim does not cover."""
+        if self.buffers is None:
+            return
+        want = self.size - self._covered()
+        if want > self._charged:
+            self.buffers.charge(want - self._charged)
+        elif want < self._charged:
+            self.buffers.discharge(self._charged - want)
+        self._charged = want
+        if self._claim is not None and not self._claim.granted:
+            self._claim.covers = want
+
+    def _granted(self, claim: BufferClaim) -> None:
+        self._sync()
+        self._on_grant()

@@ -1,0 +1,444 @@
+"""
+Unit tests of L{cosgw.transfer.buffers}: the budget all uploads share for
+their part buffers (turns, lanes, charges), and upload writers sharing one
+over a L{MemoryStore} whose parts take time on a L{MemoryReactorClock}.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Optional
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.testing import MemoryReactorClock
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+
+from cosgw.interfaces import PartInfo
+from cosgw.testing import MemoryStore
+from cosgw.transfer import (
+    TransferSettings,
+    TransferStopped,
+    UploadBuffers,
+    UploadState,
+    UploadWriter,
+)
+from cosgw.transfer.buffers import INLINE_JOIN, UNCLAIMED, BufferClaim
+from tests.transfertesting import KEY, FakeStore, MiB, random_bytes
+
+
+class Grants:
+    """Records the order in which claims are granted."""
+
+    def __init__(self, buffers: UploadBuffers) -> None:
+        self.buffers = buffers
+        self.order: list[str] = []
+        self.claims: dict[str, BufferClaim] = {}
+
+    def claim(self, name: str, size: int) -> BufferClaim:
+        claim = self.buffers.claim(size, lambda c: self.order.append(name))
+        if claim.granted:
+            self.order.append(name)
+        self.claims[name] = claim
+        return claim
+
+
+class UploadBuffersTests(SynchronousTestCase):
+    def test_first_come_first_served(self) -> None:
+        """
+        Claims are granted at once while they fit, then in the order they
+        were made as bytes are given back; a larger claim at the head is
+        not overtaken by a smaller one behind it that would fit.
+        """
+        grants = Grants(UploadBuffers(4 * MiB))
+        for name in "abcd":
+            self.assertTrue(grants.claim(name, MiB).granted)
+        grants.claim("big", 2 * MiB)
+        grants.claim("e", MiB)
+        grants.claim("f", MiB)
+        self.assertEqual(grants.buffers.waiting, 3)
+        grants.claims["a"].release()
+        self.assertEqual(grants.order, list("abcd"))  # big needs 2 MiB
+        grants.claims["b"].release()
+        grants.claims["c"].release()
+        self.assertEqual(grants.order, list("abcd") + ["big", "e"])
+        grants.claims["d"].release()
+        self.assertEqual(grants.order, list("abcd") + ["big", "e", "f"])
+        self.assertEqual(grants.buffers.used, 4 * MiB)
+        self.assertEqual(grants.buffers.peak, 4 * MiB)
+        self.assertEqual(grants.buffers.waited, 3)
+
+    def test_release_while_waiting(self) -> None:
+        """A waiting claim released leaves the queue; it is never granted."""
+        grants = Grants(UploadBuffers(MiB))
+        grants.claim("a", MiB)
+        grants.claim("b", MiB)
+        grants.claim("c", MiB)
+        grants.claims["b"].release()
+        grants.claims["b"].release()  # idempotent
+        grants.claims["a"].release()
+        self.assertEqual(grants.order, ["a", "c"])
+        self.assertEqual(grants.buffers.used, MiB)
+
+    def test_shrink(self) -> None:
+        """A granted claim shrunk gives its surplus to the next in line."""
+        grants = Grants(UploadBuffers(2 * MiB))
+        grants.claim("a", 2 * MiB // 2 + MiB // 2)
+        grants.claim("b", MiB)
+        grants.claims["a"].shrink(MiB // 2)
+        self.assertEqual(grants.order, ["a", "b"])
+        self.assertEqual(grants.buffers.used, MiB + MiB // 2)
+
+    def test_big_parts_lane(self) -> None:
+        """
+        Claims over half the budget (even over all of it) take turns one
+        at a time outside it: they never wait for the ordinary claims, nor
+        hold them back; memory is the budget plus one such part.
+        """
+        grants = Grants(UploadBuffers(4 * MiB))
+        grants.claim("a", 3 * MiB)
+        grants.claim("b", 10 * MiB)
+        grants.claim("c", 4 * MiB)
+        for name in ("d", "e", "f", "g"):
+            grants.claim(name, MiB)
+        self.assertEqual(grants.order, ["a", "d", "e", "f", "g"])
+        self.assertEqual(grants.buffers.used, 7 * MiB)
+        grants.claims["a"].release()
+        self.assertEqual(grants.order[-1], "b")
+        self.assertEqual(grants.buffers.peak, 14 * MiB)
+        grants.claims["b"].release()
+        self.assertEqual(grants.order[-1], "c")
+
+    def test_charges_never_block_progress(self) -> None:
+        """
+        Bytes held without a claim (arrived anyway) count against the
+        budget, but never stop the claim at the head from being granted
+        once no ordinary claim is held: some upload can always go on.
+        """
+        buffers = UploadBuffers(2 * MiB)
+        grants = Grants(buffers)
+        buffers.charge(3 * MiB)
+        self.assertEqual(buffers.peak, 3 * MiB)
+        grants.claim("a", MiB)  # nothing else held: granted
+        grants.claim("b", MiB)  # would not fit: waits
+        self.assertEqual(grants.order, ["a"])
+        grants.claims["a"].release()
+        self.assertEqual(grants.order, ["a", "b"])
+        buffers.discharge(3 * MiB)
+        self.assertEqual(buffers.used, MiB)
+
+    def test_callbacks_may_claim_and_release(self) -> None:
+        """
+        A writer told of its grant may release or claim at once (a part
+        stored at once); the budget stays consistent and grants in order.
+        """
+        buffers = UploadBuffers(MiB)
+        order: list[str] = []
+        first = buffers.claim(MiB, lambda c: None)
+
+        def second_granted(claim: BufferClaim) -> None:
+            order.append("b")
+            claim.release()
+            buffers.claim(MiB, lambda c: order.append("d"))
+
+        buffers.claim(MiB, second_granted)
+        buffers.claim(MiB, lambda c: order.append("c"))
+        first.release()
+        self.assertEqual(order, ["b", "c"])
+        self.assertEqual((buffers.used, buffers.waiting), (MiB, 1))
+
+    def test_failing_callback_logged(self) -> None:
+        """A writer that fails on its grant is logged; the others go on."""
+        buffers = UploadBuffers(MiB)
+        first = buffers.claim(MiB, lambda c: None)
+
+        def broken(claim: BufferClaim) -> None:
+            claim.release()
+            raise ZeroDivisionError()
+
+        buffers.claim(MiB, broken)
+        later = buffers.claim(MiB, lambda c: None)
+        first.release()
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        self.assertTrue(later.granted)
+
+    def test_assemble(self) -> None:
+        """
+        One read is a part as it is (no copy); small parts are joined at
+        once; larger ones in the runner (the thread pool), never inline.
+        """
+        ran: list[Any] = []
+
+        class Runner:
+            def run(self, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
+                ran.append(f)
+                return succeed(f(*args))
+
+        buffers = UploadBuffers(4 * MiB, Runner())
+        one = random_bytes(2 * MiB)
+        self.assertIs(self.successResultOf(buffers.assemble([one])), one)
+        small = [b"a" * 1000, memoryview(b"b" * 1000)]
+        self.assertEqual(self.successResultOf(buffers.assemble(small)), b"".join(small))
+        self.assertEqual(ran, [])
+        view = memoryview(one)
+        self.assertEqual(self.successResultOf(buffers.assemble([view[:10]])), one[:10])
+        large = [one[: INLINE_JOIN // 2], view[INLINE_JOIN // 2 :]]
+        self.assertEqual(self.successResultOf(buffers.assemble(large)), one)
+        self.assertEqual(len(ran), 1)
+
+
+class SlowParts(MemoryStore):
+    """
+    A memory store whose parts take C{delay} seconds on C{clock}, as a
+    store across a network does (everything else answers at once).
+    """
+
+    def __init__(self, clock: MemoryReactorClock, delay: float) -> None:
+        super().__init__(clock, min_part_size=MiB)
+        self.clock = clock
+        self.delay = delay
+        self.in_flight = 0
+
+    def upload_part(
+        self, key: str, upload_id: str, number: int, data: bytes
+    ) -> Deferred[PartInfo]:
+        self.in_flight += 1
+        d: Deferred[PartInfo] = Deferred()
+
+        def answer() -> None:
+            self.in_flight -= 1
+            super(SlowParts, self).upload_part(
+                key, upload_id, number, data
+            ).chainDeferred(d)
+
+        self.clock.callLater(self.delay, answer)
+        return d
+
+
+@implementer(IPushProducer)
+class Client:
+    """
+    A data connection: sends C{data} in C{chunk}s, one per tick, only while
+    not paused (a producer that honours a pause at once).
+    """
+
+    def __init__(self, writer: UploadWriter, data: bytes, chunk: int) -> None:
+        self.writer = writer
+        self.data = data
+        self.chunk = chunk
+        self.sent = 0
+        self.paused = False
+        self.pauses = 0
+        self.result: Optional[Deferred[Any]] = None
+        writer.registerProducer(self, True)
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+        self.pauses += 1
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+
+    def stopProducing(self) -> None:
+        raise AssertionError("no upload may fail for lack of budget")
+
+    def tick(self) -> None:
+        if self.paused or self.result is not None:
+            return
+        if self.sent < len(self.data):
+            self.writer.write(self.data[self.sent : self.sent + self.chunk])
+            self.sent = min(len(self.data), self.sent + self.chunk)
+        else:
+            self.result = self.writer.finish()
+
+
+class SharedBudgetTests(SynchronousTestCase):
+    CHUNK = 256 * 1024
+
+    def uploads(
+        self,
+        count: int,
+        size: int,
+        limit: int,
+        part_size: int = MiB,
+        size_hints: tuple[Optional[int], ...] = (),
+    ) -> tuple[UploadBuffers, SlowParts, list[Client]]:
+        self.clock = MemoryReactorClock()
+        buffers = UploadBuffers(limit)
+        store = SlowParts(self.clock, 0.1)
+        settings = TransferSettings(
+            part_size=part_size, parts_in_flight=4, buffers=buffers
+        )
+        clients = []
+        for i in range(count):
+            hint = size_hints[i] if i < len(size_hints) else None
+            writer = UploadWriter(store, f"file{i}", settings, size_hint=hint)
+            clients.append(Client(writer, random_bytes(size), self.CHUNK))
+        return buffers, store, clients
+
+    def run_all(
+        self,
+        buffers: UploadBuffers,
+        clients: list[Client],
+        check: Callable[[], None] = lambda: None,
+        settled: bool = True,
+    ) -> None:
+        """
+        Tick until every upload is stored (bounded), checking each tick;
+        then, if C{settled}, the budget is empty.
+        """
+        for _ in range(100_000):
+            for client in clients:
+                client.tick()
+            check()
+            # Every waiting claim is a writer whose client is paused.
+            self.assertLessEqual(buffers.waiting, sum(c.paused for c in clients))
+            if all(c.result is not None and c.result.called for c in clients):
+                break
+            self.clock.advance(0.01)
+        for client in clients:
+            info = self.successResultOf(client.result)
+            self.assertEqual(info.size, len(client.data))
+        if settled:
+            self.assertEqual((buffers.used, buffers.waiting), (0, 0))
+
+    def test_fair_turns_within_budget(self) -> None:
+        """
+        Eight uploads share a budget of three parts (fewer than one part
+        each): all are stored whole, none fails; memory never exceeds the
+        budget plus what each writer holds before its first claim (its
+        first L{UNCLAIMED} bytes and the read that passes them); the
+        writers take turns, so none gets more than two parts ahead of
+        another while all are sending.
+        """
+        buffers, store, clients = self.uploads(8, 6 * MiB + 123, 3 * MiB)
+        bound = 3 * MiB + 8 * (UNCLAIMED + self.CHUNK)
+        spread = []
+
+        def check() -> None:
+            self.assertLessEqual(buffers.used, bound)
+            if all(c.sent < len(c.data) for c in clients):
+                sent = [c.sent for c in clients]
+                spread.append(max(sent) - min(sent))
+
+        self.run_all(buffers, clients, check)
+        for i, client in enumerate(clients):
+            self.assertEqual(store.stored_bytes(f"file{i}"), client.data)
+            self.assertGreater(client.pauses, 0)
+        self.assertGreater(buffers.waited, 8)
+        self.assertLessEqual(max(spread), 2 * MiB + self.CHUNK)
+        self.assertGreater(buffers.peak, 3 * MiB)
+        self.assertLessEqual(buffers.peak, bound)
+
+    def test_parts_larger_than_the_budget(self) -> None:
+        """
+        Parts of 3 MiB with a 2 MiB budget: each upload in its turn gets a
+        whole part (outside the budget, one at a time) and all complete;
+        memory stays within the budget plus one part.
+        """
+        buffers, store, clients = self.uploads(3, 7 * MiB, 2 * MiB, part_size=3 * MiB)
+
+        def check() -> None:
+            # The budget, one part outside it, and what two others hold
+            # before their first claim.
+            self.assertLessEqual(
+                buffers.used, 2 * MiB + 3 * MiB + 2 * (UNCLAIMED + self.CHUNK)
+            )
+            self.assertLessEqual(store.in_flight, 1)
+
+        self.run_all(buffers, clients, check)
+        for i, client in enumerate(clients):
+            self.assertEqual(store.stored_bytes(f"file{i}"), client.data)
+
+    def test_big_parts_hold_nobody_back(self) -> None:
+        """
+        One upload whose parts are over half the budget (a large size
+        hint) stalls while filling its part: the ordinary uploads beside it
+        go on and finish.
+        """
+        hint = 10_000 * 3 * MiB  # parts of 3 MiB
+        buffers, store, clients = self.uploads(3, 4 * MiB, 4 * MiB, size_hints=(hint,))
+        big, others = clients[0], clients[1:]
+        big.tick()  # its first read; its big claim is granted
+        self.assertFalse(big.paused)
+        big.paused = True  # its client stops sending, part unfinished
+        self.run_all(buffers, others, settled=False)
+        for i in (1, 2):
+            self.assertEqual(store.stored_bytes(f"file{i}"), clients[i].data)
+        big.paused = False
+        self.run_all(buffers, [big])
+        self.assertEqual(store.stored_bytes("file0"), big.data)
+
+    def test_small_file_never_waits(self) -> None:
+        """
+        With the budget spent by others, a file that comes in one read and
+        ends is stored at once: its writer never claims a turn.
+        """
+        buffers, store, clients = self.uploads(2, 4 * MiB, 2 * MiB)
+        for client in clients:
+            client.tick()
+        self.assertEqual(buffers.waiting, 0)
+        for _ in range(8):
+            clients[0].tick()
+        self.assertTrue(clients[0].paused)
+        self.assertEqual(buffers.waiting, 1)
+        small = UploadWriter(store, "small", clients[0].writer.settings)
+        producer = Client(small, b"x" * 1000, self.CHUNK)
+        producer.tick()
+        info = self.successResultOf(small.finish())
+        self.assertEqual((info.size, producer.pauses), (1000, 0))
+        self.assertEqual(store.stored_bytes("small"), b"x" * 1000)
+
+    def test_abort_and_finish_while_waiting(self) -> None:
+        """
+        A writer aborted while its claim waits gives its turn to the next;
+        one that finishes while waiting stores what it holds at once; the
+        budget ends empty.
+        """
+        buffers, store, clients = self.uploads(3, 3 * MiB, MiB)
+        for client in clients * 2:
+            client.tick()
+        first, second, third = clients
+        self.assertEqual(buffers.waiting, 2)
+        self.assertEqual([c.paused for c in clients], [False, True, True])
+        self.successResultOf(second.writer.abort())
+        self.assertIs(second.writer.state, UploadState.ABORTED)
+        self.failureResultOf(second.writer.finish(), TransferStopped)
+        third.data = third.data[: third.sent]  # the client ends the stream
+        third.paused = False
+        second.result = succeed(None)
+        self.run_all(buffers, [first, third])
+        self.assertEqual(store.stored_bytes("file2"), third.data)
+        self.assertEqual(store.stored_bytes("file0"), first.data)
+        self.assertNotIn("file1", store.stored_keys())
+        self.assertEqual(store.stored_uploads(), [])
+
+    def test_parts_joined_off_the_writer(self) -> None:
+        """
+        Parts made of many reads are handed to the runner as the reads
+        themselves and joined there (the last, of 1 MiB, is small enough to
+        join at once); the store gets the joined bytes.
+        """
+        joined: list[int] = []
+
+        class Runner:
+            def run(self, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
+                (chunks,) = args
+                joined.append(len(chunks))
+                return succeed(f(*args))
+
+        store = FakeStore({"create_multipart", "upload_part", "complete_multipart"})
+        buffers = UploadBuffers(8 * MiB, Runner())
+        writer = UploadWriter(
+            store, KEY, TransferSettings(part_size=2 * MiB, buffers=buffers)
+        )
+        data = random_bytes(5 * MiB)
+        for i in range(0, len(data), 100_000):
+            writer.write(data[i : i + 100_000])
+        self.successResultOf(writer.finish())
+        parts = [c.args[3] for c in store.calls_to("upload_part")]
+        self.assertEqual(b"".join(parts), data)
+        self.assertEqual([len(p) for p in parts], [2 * MiB, 2 * MiB, MiB])
+        self.assertEqual(joined, [21, 22])
+        self.assertEqual(buffers.used, 0)
