@@ -48,7 +48,6 @@ from cosgw.frontends.sftp.session import SFTPUser
 USER = "alice"
 PASSWORD = "wonderland-Passw0rd"
 MESSAGE = "This service offers SFTP only."
-BANNED = "too many failed logins; try again later"
 
 SSH_KEYGEN = shutil.which("ssh-keygen")
 SSH = shutil.which("ssh")

@@ -8,7 +8,8 @@ have fired already), and the one mapping from errors to SFTP statuses.
 from __future__ import annotations
 
 import struct
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Optional
 
 from twisted.conch.interfaces import ISFTPFile, ISFTPServer
 from twisted.conch.ssh.filetransfer import (
@@ -24,6 +25,7 @@ from twisted.conch.ssh.filetransfer import (
     FXF_WRITE,
     SFTPError,
 )
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
@@ -34,10 +36,12 @@ from cosgw.config import ALL_PERMISSIONS
 from cosgw.frontends.sftp.handles import MAX_READ, READDIR_BATCH, FileHandle
 from cosgw.frontends.sftp.server import GatewaySFTPServer, status_for
 from cosgw.policy.accounts import Account, Accounts
+from cosgw.policy.quota import Usage
 from cosgw.testing import MemoryStore
 from cosgw.transfer import TransferSettings
 
 HOME = "users/alice"
+MiB = 1024 * 1024
 START = 1_700_000_000.0
 
 
@@ -89,6 +93,30 @@ class StatusTests(SynchronousTestCase):
         self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
 
 
+class HeldStore(MemoryStore):
+    """A memory store whose requests wait, while L{holding}, for L{release}."""
+
+    holding = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.waiting: list[Deferred[None]] = []
+
+    def _request(self, method: str, body: Callable[..., Any], *args: Any) -> Any:
+        if not self.holding:
+            return super()._request(method, body, *args)
+        gate: Deferred[None] = Deferred()
+        self.waiting.append(gate)
+        return gate.addCallback(
+            lambda _: super(HeldStore, self)._request(method, body, *args)
+        )
+
+    def release(self) -> None:
+        self.holding = False
+        while self.waiting:
+            self.waiting.pop(0).callback(None)
+
+
 class ServerTests(SynchronousTestCase):
     """L{GatewaySFTPServer} over user alice's file system."""
 
@@ -98,12 +126,22 @@ class ServerTests(SynchronousTestCase):
         self.store = MemoryStore(self.clock)
         self.server = self.make_server(ALL_PERMISSIONS)
 
-    def make_server(self, permissions: frozenset[str]) -> GatewaySFTPServer:
+    def make_server(
+        self,
+        permissions: frozenset[str],
+        usage: Optional[Usage] = None,
+        store: Optional[MemoryStore] = None,
+        max_handles: int = 64,
+    ) -> GatewaySFTPServer:
         account = Account(
-            name="alice", store=self.store, home=HOME, permissions=permissions
+            name="alice",
+            store=store or self.store,
+            home=HOME,
+            permissions=permissions,
+            usage=usage,
         )
         accounts = Accounts({"alice": account}, TransferSettings())
-        return GatewaySFTPServer(accounts.filesystem("alice"))
+        return GatewaySFTPServer(accounts.filesystem("alice"), max_handles=max_handles)
 
     def put(self, path: str, data: bytes) -> None:
         self.successResultOf(self.store.put(f"{HOME}/{path}", data, None))
@@ -189,6 +227,63 @@ class ServerTests(SynchronousTestCase):
         fields = struct.unpack("!11Q", reply)
         self.assertEqual(fields[9], 1)  # ST_RDONLY
         self.assertEqual(fields[10], 255)
+
+    def test_statvfs_counts_uploads_in_progress(self) -> None:
+        """
+        Free space under a quota is its room: the bytes stored, those an
+        upload in progress has claimed and parts kept for a resume all
+        count (the bytes stored alone said 9 MiB here).
+        """
+        usage = Usage(self.store, HOME + "/", max_bytes=10 * MiB, max_files=None)
+        self.put("old.bin", bytes(MiB))
+        server = self.make_server(ALL_PERMISSIONS, usage=usage)
+        flags = FXF_WRITE | FXF_CREAT | FXF_TRUNC
+        handle = self.successResultOf(server.openFile(b"new.bin", flags, {}))
+        handle.writeChunk(0, bytes(3 * MiB))
+        data = struct.pack("!L", 1) + b"/"
+        reply = self.successResultOf(
+            server.extendedRequest(b"statvfs@openssh.com", data)
+        )
+        block, _, blocks, bfree, bavail = struct.unpack("!11Q", reply)[:5]
+        self.assertEqual((block * blocks, block * bfree), (10 * MiB, 6 * MiB))
+        self.assertEqual(bavail, bfree)
+        self.successResultOf(handle.close())
+
+    def test_limits(self) -> None:
+        """
+        limits@openssh.com: 256 KiB packets, reads and writes of 255 KiB
+        (OpenSSH's client then asks for those instead of 32 KiB), and the
+        session's handle limit.
+        """
+        server = self.make_server(ALL_PERMISSIONS, max_handles=5)
+        self.assertEqual(server.gotVersion(3, {})[b"limits@openssh.com"], b"1")
+        reply = server.extendedRequest(b"limits@openssh.com", b"")
+        self.assertEqual(
+            struct.unpack("!4Q", reply), (256 * 1024, 255 * 1024, 255 * 1024, 5)
+        )
+
+    def test_session_lost_during_open(self) -> None:
+        """
+        A session lost while an OPEN that begins an upload waits for the
+        store: once the open completes, the upload is aborted (its quota
+        claim released, nothing in the store) and the OPEN fails.
+        """
+        store = HeldStore(self.clock)
+        usage = Usage(store, HOME + "/", max_bytes=10 * MiB, max_files=None)
+        server = self.make_server(ALL_PERMISSIONS, usage=usage, store=store)
+        store.holding = True
+        flags = FXF_WRITE | FXF_CREAT | FXF_TRUNC
+        opening = server.openFile(b"new.bin", flags, {})
+        self.assertNoResult(opening)
+        self.successResultOf(server.connection_lost())
+        store.release()
+        failure = self.failureResultOf(opening, SFTPError)
+        self.assertEqual(status_for(failure), (FX_FAILURE, "the SFTP session was lost"))
+        self.assertEqual(server.handles, set())
+        self.assertEqual(server.open_handles, 0)
+        self.assertEqual((usage.reserved, usage.pending_files), (0, 0))
+        self.assertEqual(store.stored_uploads(), [])
+        self.assertEqual(store.stored_keys(), [])
 
     def test_reads_capped(self) -> None:
         self.put("big", b"x" * (MAX_READ + 10))

@@ -5,20 +5,17 @@ with paramiko and OpenSSH, and the login guard in front of them.
 
 from __future__ import annotations
 
-import sys
 import time
-import types
 from collections.abc import Callable
 from typing import Any
 
 import paramiko
-from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer
 from twisted.logger import formatEvent
 from twisted.trial.unittest import TestCase
 
+from cosgw.policy.defender import LoginBanned, TooManyLogins
 from tests.sshtesting import (
-    BANNED,
     MESSAGE,
     NO_OPENSSH,
     PASSWORD,
@@ -47,15 +44,15 @@ class RecordingGuard:
 
 
 class BanningGuard(RecordingGuard):
-    """Every guarded attempt fails at once: the address is banned."""
+    """Every guarded attempt fails at once with C{refusal()}."""
 
-    def __init__(self, banned: type) -> None:
+    def __init__(self, refusal: Callable[[], LoginBanned]) -> None:
         super().__init__()
-        self.banned = banned
+        self.refusal = refusal
 
     def guard(self, ip: str, user: str, login: Callable[[], Any]) -> Any:
         self.calls.append((ip, user))
-        return defer.fail(self.banned(60))
+        return defer.fail(self.refusal())
 
 
 class HoldingGuard(RecordingGuard):
@@ -71,27 +68,6 @@ class HoldingGuard(RecordingGuard):
         d: defer.Deferred = defer.Deferred(lambda d: self.cancelled.append(user))
         self.held.append((login, d))
         return d
-
-
-def login_banned_type(testcase: TestCase) -> type:
-    """
-    L{cosgw.policy.defender.LoginBanned}; while the defender is not in this tree, a
-    stand-in module with the same name and base class for the test's length.
-    """
-    try:
-        from cosgw.policy.defender import LoginBanned
-    except ImportError:
-        module = types.ModuleType("cosgw.policy.defender")
-
-        class LoginBanned(UnauthorizedLogin):  # type: ignore[no-redef]
-            def __init__(self, remaining: float) -> None:
-                super().__init__(f"banned for {remaining} s")
-                self.remaining = remaining
-
-        module.LoginBanned = LoginBanned  # type: ignore[attr-defined]
-        sys.modules["cosgw.policy.defender"] = module
-        testcase.addCleanup(sys.modules.pop, "cosgw.policy.defender", None)
-    return LoginBanned
 
 
 class LoginTests(SSHServerMixin, TestCase):
@@ -247,14 +223,18 @@ class LoginGuardTests(SSHServerMixin, TestCase):
 
     @defer.inlineCallbacks
     def test_banned_disconnected(self) -> Any:
-        guard = BanningGuard(login_banned_type(self))
+        """A banned address is told when to come back, then disconnected."""
+        guard = BanningGuard(lambda: LoginBanned(60))
         port = self.start_server(login_guard=guard)
         result = yield self.openssh(
             port, user_key("ed25519"), f"{USER}@127.0.0.1", "true", log_level="INFO"
         )
         self.assertEqual(result.returncode, 255)
         # SSH_DISCONNECT_NO_MORE_AUTH_METHODS_AVAILABLE
-        self.assertIn(b":14: " + BANNED.encode(), result.stderr)
+        self.assertIn(
+            b":14: Too many failed logins from this address; try again in 60 seconds",
+            result.stderr,
+        )
         self.assertEqual(guard.calls, [("127.0.0.1", USER)])
 
         def password_attempts() -> tuple[bool, bool]:
@@ -268,6 +248,27 @@ class LoginGuardTests(SSHServerMixin, TestCase):
                 return refused, wait_inactive(t, 5)
 
         self.assertEqual((yield self.in_thread(password_attempts)), (True, True))
+        self.assertEqual(self.avatars, [])
+
+    @defer.inlineCallbacks
+    def test_too_many_logins_at_once(self) -> Any:
+        """
+        An address with too many logins waiting is told so (not that its
+        logins failed) and disconnected.
+        """
+        port = self.start_server(login_guard=BanningGuard(TooManyLogins))
+        result = yield self.openssh(
+            port, user_key("ed25519"), f"{USER}@127.0.0.1", "true", log_level="INFO"
+        )
+        self.assertEqual(result.returncode, 255)
+        self.assertIn(
+            b":14: Too many logins at once from this address; try again later",
+            result.stderr,
+        )
+        self.assertNotIn(b"failed logins", result.stderr)
+        self.assertIn(
+            "refused: Too many logins at once from this address", self.log_text()
+        )
         self.assertEqual(self.avatars, [])
 
     @defer.inlineCallbacks

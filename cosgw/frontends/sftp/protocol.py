@@ -35,17 +35,13 @@ from cosgw.escaping import for_log
 from cosgw.frontends.sftp.conchlog import ConchLogger
 from cosgw.frontends.sftp.flow import ChunkQueue, RequestGate
 from cosgw.frontends.sftp.handles import MAX_READ
-from cosgw.frontends.sftp.server import GatewaySFTPServer, status_for
+from cosgw.frontends.sftp.server import MAX_SFTP_PACKET, GatewaySFTPServer, status_for
 from cosgw.frontends.sftp.session import SFTPSession
 
 __all__ = ["MAX_SFTP_PACKET", "FileTransfer"]
 
 # The namespace these lines had when SFTP was one module.
 log = Logger(namespace="cosgw.frontends.sftp")
-
-#: The longest SFTP packet accepted (its length field), as OpenSSH's
-#: sftp-server (SFTP_MAX_MSG_LENGTH).  Clients write 32 KiB per request.
-MAX_SFTP_PACKET = 256 * 1024
 
 #: What a READDIR reply is reckoned to cost, for the reply bytes promised
 #: (100 entries of ordinary names; long ones cost more).

@@ -42,12 +42,21 @@ from zope.interface import implementer
 from cosgw import vfs
 from cosgw.escaping import for_log
 from cosgw.frontends.sftp.handles import Directory, FileHandle, InputHold, attributes
-from cosgw.interfaces import IFileSystem
+from cosgw.interfaces import IFileSystem, IRandomAccessFile
 
-__all__ = ["GatewaySFTPServer", "status_for"]
+__all__ = ["MAX_SFTP_PACKET", "MAX_TRANSFER", "GatewaySFTPServer", "status_for"]
 
 # The namespace these lines had when SFTP was one module.
 log = Logger(namespace="cosgw.frontends.sftp")
+
+#: The longest SFTP packet accepted (its length field), as OpenSSH's
+#: sftp-server (SFTP_MAX_MSG_LENGTH).
+MAX_SFTP_PACKET = 256 * 1024
+#: The longest READ and WRITE data advertised in limits@openssh.com, as
+#: OpenSSH's sftp-server: a packet's length less room for its header.
+#: OpenSSH's client then asks for reads and writes of this size instead of
+#: 32 KiB, eight times fewer requests and replies per byte.
+MAX_TRANSFER = MAX_SFTP_PACKET - 1024
 
 
 def status_for(failure: Failure, action: str = "request") -> tuple[int, str]:
@@ -136,6 +145,8 @@ class GatewaySFTPServer:
         #: connection while a handle's writes wait.
         self.pause_input: Callable[[bool], None] = lambda on: None
         self._paused_by: set[int] = set()
+        #: The session is gone (L{connection_lost}).
+        self.lost = False
 
     # -- helpers ------------------------------------------------------------
 
@@ -197,7 +208,11 @@ class GatewaySFTPServer:
             self.pause_input(bool(self._paused_by))
 
     def connection_lost(self) -> Deferred[None]:
-        """The session is gone: abort every upload still open."""
+        """
+        The session is gone: abort every upload still open, and those whose
+        open completes later (L{openFile}).
+        """
+        self.lost = True
         handles, self.handles = list(self.handles), set()
         for handle in handles:
             handle.abort()
@@ -209,6 +224,7 @@ class GatewaySFTPServer:
         return {
             b"posix-rename@openssh.com": b"1",
             b"statvfs@openssh.com": b"2",
+            b"limits@openssh.com": b"1",
         }
 
     def openFile(self, filename: bytes, flags: int, attrs: dict) -> Deferred[Any]:
@@ -230,7 +246,20 @@ class GatewaySFTPServer:
                 producer=input,
             )
         )
-        return d.addCallback(lambda file: FileHandle(self, segments, file, input))
+        return d.addCallback(self._file_opened, segments, input)
+
+    def _file_opened(
+        self, file: IRandomAccessFile, segments: list[str], input: InputHold
+    ) -> FileHandle:
+        """
+        An open completed: its handle, unless the session was lost
+        meanwhile; then nothing may remain of the file (an upload it began
+        holds a quota reservation) and the request fails.
+        """
+        if self.lost:
+            file.abort("the SFTP session was lost")
+            raise SFTPError(FX_FAILURE, "the SFTP session was lost")
+        return FileHandle(self, segments, file, input)
 
     def removeFile(self, filename: bytes) -> Deferred[None]:
         return self.fs.remove(self.segments(filename))
@@ -310,25 +339,34 @@ class GatewaySFTPServer:
             return d.addCallback(done)
         if extendedName == b"statvfs@openssh.com":
             path, _ = getNS(extendedData)
-            stat = self.fs.stat(self.segments(path))
-            return stat.addCallback(lambda _: self._statvfs())
+            return ensureDeferred(self._statvfs(self.segments(path)))
+        if extendedName == b"limits@openssh.com":
+            # max-packet-length, max-read-length, max-write-length,
+            # max-open-handles (OpenSSH's PROTOCOL section 4.8).
+            return struct.pack(
+                "!4Q", MAX_SFTP_PACKET, MAX_TRANSFER, MAX_TRANSFER, self.max_handles
+            )
         raise NotImplementedError(
             f"unsupported extension {extendedName.decode('ascii', 'replace')}"
         )
 
-    def _statvfs(self) -> bytes:
+    async def _statvfs(self, segments: list[str]) -> bytes:
         """
         statvfs@openssh.com: eleven uint64s (bsize, frsize, blocks, bfree,
         bavail, files, ffree, favail, fsid, flag, namemax).  A bucket has no
-        capacity of its own; report 1 PiB free unless a quota says less.
+        capacity of its own; report 1 PiB free unless a quota says less,
+        and then its room: what uploads in progress and parts kept for a
+        resume have not claimed yet.
         """
+        await self.fs.stat(segments)
         block = 4096
         total = 1 << 50
         free = total
-        quota = getattr(self.fs, "usage", None)
-        if quota is not None and getattr(quota, "max_bytes", None):
+        quota = self.fs.usage
+        if quota is not None and quota.max_bytes is not None:
+            await quota.ensure()
             total = quota.max_bytes
-            free = max(0, total - quota.bytes)
+            free = quota.room
         blocks, bfree = total // block, free // block
         files = 1 << 32
         ffree = files

@@ -17,7 +17,7 @@ the login defender in front of every attempt that can guess a secret.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 from twisted.conch.ssh import transport, userauth
 from twisted.cred.credentials import ISSHPrivateKey, IUsernamePassword
@@ -29,29 +29,14 @@ from twisted.python.failure import Failure
 from cosgw.auth.text import decode_bytes
 from cosgw.escaping import for_log
 from cosgw.policy.accounts import LoginRefused
+from cosgw.policy.defender import LoginBanned
 
 if TYPE_CHECKING:
     from cosgw.frontends.sftp.transport import GatewaySSHTransport
 
-__all__ = ["BANNED_MESSAGE", "GatewayUserAuthServer"]
+__all__ = ["GatewayUserAuthServer"]
 
 log = Logger(namespace="cosgw.ssh")
-
-#: What a banned address is told before it is disconnected.
-BANNED_MESSAGE = b"too many failed logins; try again later"
-
-
-def _banned_type() -> Optional[type]:
-    """
-    L{cosgw.policy.defender.LoginBanned}, or None if this build has no defender.
-
-    Imported when needed: the defender is optional for this module.
-    """
-    try:
-        from cosgw.policy.defender import LoginBanned
-    except ImportError:
-        return None
-    return LoginBanned
 
 
 def _is_key_query(credentials: Any) -> bool:
@@ -185,14 +170,17 @@ class GatewayUserAuthServer(userauth.SSHUserAuthServer):
     def _ebBadAuth(self, reason: Failure) -> None:
         if reason.check(defer.CancelledError) and not self._connected():
             return  # cancelled by serviceStopped: the client is gone
-        banned = _banned_type()
-        if banned is not None and reason.check(banned):
+        if reason.check(LoginBanned):
+            # A ban (when to come back) or too many logins at once: the
+            # defender's own words, as FTP's 421 says them.
             log.info(
-                "SSH login from {peer} refused: address banned",
+                "SSH login from {peer} refused: {reason}",
                 peer=self.transport.peer,
+                reason=for_log(str(reason.value)),
             )
             self.transport.sendDisconnect(
-                transport.DISCONNECT_NO_MORE_AUTH_METHODS_AVAILABLE, BANNED_MESSAGE
+                transport.DISCONNECT_NO_MORE_AUTH_METHODS_AVAILABLE,
+                str(reason.value).encode("utf-8"),
             )
             return
         if reason.check(LoginRefused):
