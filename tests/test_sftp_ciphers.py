@@ -86,7 +86,7 @@ class CipherTestsBase(unittest.TestCase):
             [
                 "sftp",
                 *openssh_options(gw.sftp_port),
-                "-vv",
+                "-vvv",
                 "-c",
                 cipher,
                 "-o",
@@ -120,6 +120,10 @@ class OpenSSHCipherTests(CipherTestsBase):
         debug = yield self.openssh_round_trip(cipher)
         for direction in ("client->server", "server->client"):
             self.assertIn(f"kex: {direction} cipher: {cipher} MAC: <implicit>", debug)
+        # limits@openssh.com: requests of 255 KiB, not 32 KiB.
+        self.assertRegex(
+            debug, r"server upload/download buffer sizes \d+ / \d+; using 261120 / 261120"
+        )
         # Several key exchanges each way, each with the cipher.
         self.assertGreaterEqual(debug.count("SSH2_MSG_NEWKEYS received"), 4)
         # OpenSSH (9.6, and Debian's 9.2 since its Terrapin fix) offers
