@@ -117,8 +117,8 @@ _V5_IGNORED = {
     "log_rotate_when": "ignored: rotate cosgw's log with twistd or logrotate",
     "log_backup_count": "ignored: rotate cosgw's log with twistd or logrotate",
     "config_check_enable": (
-        "ignored: cosgw bounds memory per transfer ((parts_in_flight + 1) x"
-        " part_size) and needs no start-up memory check"
+        "ignored: cosgw bounds the memory of all uploads together"
+        " (upload_buffer_budget) and needs no start-up memory check"
     ),
 }
 
