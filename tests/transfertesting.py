@@ -153,7 +153,7 @@ class FakeStore:
     ) -> Any:
         raise AssertionError("the writer called list()")
 
-    def open(self, key: str, offset: int = 0) -> Any:
+    def open(self, key: str, offset: int = 0, end: Optional[int] = None) -> Any:
         raise AssertionError("the writer called open()")
 
     def copy(self, source: str, destination: str, metadata: Any = None) -> Any:
