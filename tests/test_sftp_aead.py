@@ -91,7 +91,7 @@ class GCMVectorTests(SynchronousTestCase):
             for n, size in enumerate((16, 32, 32784)):
                 body = os.urandom(size)
                 # The sequence number plays no part: the counter does.
-                sealed = sealer.seal(1000 + 7 * n, body)
+                sealed = b"".join(sealer.seal(1000 + 7 * n, body))
                 self.assertEqual(sealed, self.expected(key, counter + n, body))
 
     def test_counter_wraps_at_64_bits(self) -> None:
@@ -102,7 +102,7 @@ class GCMVectorTests(SynchronousTestCase):
         nonce = iv[:4] + bytes(8)
         head = struct.pack(">L", 32)
         self.assertEqual(
-            sealer.seal(1, body),
+            b"".join(sealer.seal(1, body)),
             head + AESGCM(self.key[:16]).encrypt(nonce, body, head),
         )
 
@@ -110,7 +110,7 @@ class GCMVectorTests(SynchronousTestCase):
         sealer = AESGCMPacket(self.key, self.iv)
         opener = AESGCMPacket(self.key, self.iv)
         bodies = [os.urandom(48), os.urandom(16)]
-        packets = [sealer.seal(i, b) for i, b in enumerate(bodies)]
+        packets = [b"".join(sealer.seal(i, b)) for i, b in enumerate(bodies)]
         self.assertEqual(opener.length(0, packets[0][:4]), 48)
         self.assertEqual(opener.open(0, packets[0]), bodies[0])
         forged = bytearray(packets[1])
@@ -143,19 +143,21 @@ class ChaChaVectorTests(SynchronousTestCase):
         sealer = ChaChaPolyPacket(self.main + self.header + b"more")
         for sequence, size in ((0, 8), (1, 16), (2**31 + 3, 32776)):
             body = os.urandom(size)
-            self.assertEqual(sealer.seal(sequence, body), self.expected(sequence, body))
+            self.assertEqual(
+                b"".join(sealer.seal(sequence, body)), self.expected(sequence, body)
+            )
 
     def test_sequence_is_32_bits(self) -> None:
         """OpenSSH's sequence numbers are 32 bits: 2**32 + 5 is 5."""
         sealer = ChaChaPolyPacket(self.main + self.header)
         body = bytes(16)
-        self.assertEqual(sealer.seal(2**32 + 5, body), self.expected(5, body))
+        self.assertEqual(b"".join(sealer.seal(2**32 + 5, body)), self.expected(5, body))
 
     def test_length_open_and_forgery(self) -> None:
         key = self.main + self.header
         sealer, opener = ChaChaPolyPacket(key), ChaChaPolyPacket(key)
         body = os.urandom(40)
-        packet = sealer.seal(9, body)
+        packet = b"".join(sealer.seal(9, body))
         self.assertEqual(opener.length(9, packet[:4]), 40)
         self.assertNotEqual(opener.length(8, packet[:4]), 40)
         self.assertEqual(opener.open(9, packet), body)
@@ -395,10 +397,9 @@ class PairTests(SynchronousTestCase):
             server, pump = make_pair(client, [cipher])
             body = b"\x04\x02" + NS(b"hi") + bytes(4)
             body += bytes(-len(body) % 16)
+            sealer = client.currentEncryptions.sealer
             sealed = bytearray(
-                client.currentEncryptions.sealer.seal(
-                    client.outgoingPacketSequence, body
-                )
+                b"".join(sealer.seal(client.outgoingPacketSequence, body))
             )
             sealed[-1] ^= 1
             server.dataReceived(bytes(sealed))

@@ -10,6 +10,7 @@ test_sftp_abuse.
 from __future__ import annotations
 
 import struct
+from types import SimpleNamespace
 from typing import Any, Optional
 
 from twisted.conch.interfaces import ISFTPFile, ISFTPServer
@@ -21,6 +22,7 @@ from twisted.conch.ssh.connection import (
 )
 from twisted.conch.ssh.filetransfer import FX_BAD_MESSAGE, FXP_DATA, FXP_STATUS
 from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
@@ -60,6 +62,18 @@ class ChunkQueueTests(SynchronousTestCase):
         q.append(b"tail")
         self.assertIs(q.take(len(big)), big)
         self.assertEqual(q.take(4), b"tail")
+
+    def test_take_views_copies_nothing(self) -> None:
+        queue = ChunkQueue()
+        first, second = b"abcdef", b"ghij"
+        queue.append(first)
+        queue.append(memoryview(second))
+        queue.take(1)
+        views = queue.take_views(7)
+        self.assertEqual([bytes(v) for v in views], [b"bcdef", b"gh"])
+        self.assertIs(views[0].obj, first)
+        self.assertIs(views[1].obj, second)
+        self.assertEqual((len(queue), queue.take(10)), (2, b"ij"))
 
     def test_many_small_takes_of_one_chunk(self) -> None:
         data = bytes(range(256)) * 64
@@ -127,6 +141,10 @@ class RecordingSSH:
         self.watchers: list[Any] = []
         self.disconnects: list[tuple[int, Any]] = []
         self.peer = "192.0.2.7"
+        #: The reactor of the channel's timers: the end of a turn, when a
+        #: DATA reply's last packet held back (to fill it) is sent.
+        self.clock = Clock()
+        self.factory = SimpleNamespace(reactor=self.clock)
 
     def sendPacket(self, kind: int, payload: bytes) -> None:
         self.packets.append((kind, payload))
@@ -152,7 +170,11 @@ class RecordingSSH:
             watcher()
 
     def take(self, kind: int) -> list[bytes]:
-        """The payloads of the packets of C{kind} sent since the last take."""
+        """
+        The payloads of the packets of C{kind} sent since the last take, at
+        the end of this reactor turn.
+        """
+        self.clock.advance(0)
         found = [p for k, p in self.packets if k == kind]
         self.packets = [(k, p) for k, p in self.packets if k != kind]
         return found
@@ -267,6 +289,39 @@ class ChannelTests(SessionTestsMixin, SynchronousTestCase):
         data = [len(getNS(p[4:])[0]) for p in ssh.take(MSG_CHANNEL_DATA)]
         self.assertEqual(data, [50, 40])
         self.assertEqual(len(ssh.take(MSG_CHANNEL_CLOSE)), 1)
+
+    def test_read_replies_fill_packets(self) -> None:
+        """
+        Four 32 KiB READs answered in one turn: their replies (13 bytes
+        over 32 KiB each) go out in four full packets of the client's
+        maximum size and, at the end of the turn, one of 52 bytes; not in
+        eight.  A reply alone still goes out whole by the end of its turn.
+        """
+        server = HeldReads()
+        ssh, conn, channel = self.build(server=server)
+        handle = self.start_sftp(ssh, conn)
+        self.client_sends(conn, b"".join(read_request(i, handle) for i in range(4)))
+        for n, (d, length) in enumerate(server.reads):
+            d.callback(bytes([n]) * length)
+
+        def sizes() -> list[int]:
+            return [
+                len(getNS(p[4:])[0]) for k, p in ssh.packets if k == MSG_CHANNEL_DATA
+            ]
+
+        self.assertEqual(sizes(), [32 * KiB] * 4)
+        ssh.clock.advance(0)
+        self.assertEqual(sizes(), [32 * KiB] * 4 + [52])
+        replies = replies_in(ssh)
+        self.assertEqual(
+            [(k, body[:4], body[8:]) for k, body in replies],
+            [(FXP_DATA, struct.pack("!L", n), bytes([n]) * 32 * KiB) for n in range(4)],
+        )
+        self.client_sends(conn, read_request(9, handle))
+        server.reads[-1][0].callback(b"z" * 32 * KiB)
+        self.assertEqual(sizes(), [32 * KiB])
+        ssh.clock.advance(0)
+        self.assertEqual(sizes(), [32 * KiB, 13])
 
     def test_window_refilled_for_bytes_taken(self) -> None:
         """Without a reader, received bytes hold the window; taken, they refill it."""

@@ -81,9 +81,10 @@ class PacketCipher(Protocol):
         """The packet_length field of the packet C{sequence} begins with
         C{head} (its first 4 bytes as received)."""
 
-    def seal(self, sequence: int, body: bytes) -> bytes:
-        """The packet C{sequence} on the wire: its length field, C{body}
-        (padding length, payload, padding) encrypted, the tag."""
+    def seal(self, sequence: int, body: bytes) -> list[bytes]:
+        """The packet C{sequence} on the wire, in pieces (written as they
+        are, not joined): its length field, C{body} (padding length,
+        payload, padding) encrypted, the tag."""
 
     def open(self, sequence: int, packet: Buffer) -> Optional[bytes]:
         """C{body} of the packet C{sequence} (C{packet} as received, tag
@@ -112,9 +113,9 @@ class AESGCMPacket:
         (length,) = _LENGTH.unpack(head[:4])
         return int(length)
 
-    def seal(self, sequence: int, body: bytes) -> bytes:
+    def seal(self, sequence: int, body: bytes) -> list[bytes]:
         head = _LENGTH.pack(len(body))
-        return head + self._aead.encrypt(self._nonce(), body, head)
+        return [head, self._aead.encrypt(self._nonce(), body, head)]
 
     def open(self, sequence: int, packet: Buffer) -> Optional[bytes]:
         view = memoryview(packet)
@@ -150,7 +151,7 @@ class ChaChaPolyPacket:
         (length,) = _LENGTH.unpack(clear)
         return int(length)
 
-    def seal(self, sequence: int, body: bytes) -> bytes:
+    def seal(self, sequence: int, body: bytes) -> list[bytes]:
         head = (
             self._stream(self._header, sequence)
             .encryptor()
@@ -161,7 +162,7 @@ class ChaChaPolyPacket:
         encrypted = stream.update(body)
         mac.update(head)
         mac.update(encrypted)
-        return b"".join((head, encrypted, mac.finalize()))
+        return [head, encrypted, mac.finalize()]
 
     def open(self, sequence: int, packet: Buffer) -> Optional[bytes]:
         view = memoryview(packet)

@@ -36,6 +36,7 @@ they move, never a copy of everything buffered.
 from __future__ import annotations
 
 from collections import deque
+from typing import Union
 
 __all__ = ["ChunkQueue", "RequestGate"]
 
@@ -54,7 +55,7 @@ class ChunkQueue:
     """
 
     def __init__(self) -> None:
-        self._chunks: deque[bytes] = deque()
+        self._chunks: deque[Union[bytes, memoryview]] = deque()
         #: Bytes of the first chunk already taken.
         self._offset = 0
         self._size = 0
@@ -65,7 +66,7 @@ class ChunkQueue:
     def __bool__(self) -> bool:
         return self._size > 0
 
-    def append(self, data: bytes) -> None:
+    def append(self, data: Union[bytes, memoryview]) -> None:
         if data:
             self._chunks.append(data)
             self._size += len(data)
@@ -101,7 +102,33 @@ class ChunkQueue:
                 pieces.append(chunk[self._offset : self._offset + n])
                 self._offset += n
                 n = 0
-        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        first = pieces[0] if pieces else b""
+        if len(pieces) == 1 and isinstance(first, bytes):
+            return first
+        return b"".join(pieces)
+
+    def take_views(self, n: int) -> list[memoryview]:
+        """
+        Remove the first C{min(n, len(self))} bytes, as views of the chunks
+        they are in: nothing is copied (the caller joins them once, into
+        the packet that carries them).
+        """
+        n = min(n, self._size)
+        self._size -= n
+        views = []
+        while n > 0:
+            chunk = memoryview(self._chunks[0])
+            available = len(chunk) - self._offset
+            if available <= n:
+                views.append(chunk[self._offset :])
+                self._chunks.popleft()
+                self._offset = 0
+                n -= available
+            else:
+                views.append(chunk[self._offset : self._offset + n])
+                self._offset += n
+                n = 0
+        return views
 
     def clear(self) -> None:
         self._chunks.clear()

@@ -19,6 +19,7 @@ from twisted.conch.ssh.filetransfer import (
     FX_BAD_MESSAGE,
     FX_FAILURE,
     FX_OP_UNSUPPORTED,
+    FXP_DATA,
     FXP_INIT,
     FXP_NAME,
     FXP_READ,
@@ -137,7 +138,7 @@ class FileTransfer(filetransfer.FileTransferServer):
         channel) limits what the client can send meanwhile.
         """
         hold = stopped and not (
-            self._channel is not None and self._channel.output_waiting
+            self._channel is not None and self._channel.window_closed
         )
         if hold != self._holding and self._ssh is not None:
             self._holding = hold
@@ -205,9 +206,35 @@ class FileTransfer(filetransfer.FileTransferServer):
 
     def sendPacket(self, kind: int, data: bytes) -> None:
         """Send a reply; it settles a request in flight (VERSION: INIT)."""
-        super().sendPacket(kind, data)
-        if self.gate.answered(b"" if kind == FXP_VERSION else data[:4]):
+        self._reply(kind, data[:4], [struct.pack("!LB", len(data) + 1, kind), data])
+
+    def _reply(
+        self, kind: int, request_id: bytes, parts: list[bytes], more_soon: bool = False
+    ) -> None:
+        """
+        Write a reply, C{parts} joined (by the channel, into the packets
+        that carry them), and settle its request.
+        """
+        if self._channel is not None:
+            self._channel.write_parts(parts, more_soon)
+        else:
+            assert self.transport is not None
+            self.transport.write(b"".join(parts))
+        if self.gate.answered(b"" if kind == FXP_VERSION else request_id):
             self._take_requests()
+
+    def _cbRead(self, result: bytes, requestId: bytes) -> None:
+        """
+        A READ's DATA, as Conch's, without copying the data into the reply
+        (Conch copies it three times), and letting its last packet wait for
+        the replies that follow it this turn (L{SFTPSession.write_parts}).
+        """
+        if not result:
+            raise EOFError()
+        header = struct.pack(
+            "!LB4sL", 9 + len(result), FXP_DATA, requestId, len(result)
+        )
+        self._reply(FXP_DATA, requestId, [header, result], more_soon=True)
 
     def _ebStatus(self, reason: Failure, requestId: bytes, msg: bytes = b"") -> None:
         code, message = status_for(reason, msg.decode("ascii", "replace") or "request")

@@ -27,8 +27,8 @@ subsystem (C{sftp}).
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
-from typing import Any, Optional, cast
+from collections.abc import Callable, Sequence
+from typing import Any, Optional, Union, cast
 
 from twisted.conch.avatar import ConchUser, SubsystemFactory
 from twisted.conch.interfaces import (
@@ -39,6 +39,7 @@ from twisted.conch.interfaces import (
 )
 from twisted.conch.ssh.common import NS, getNS
 from twisted.conch.ssh.connection import (
+    MSG_CHANNEL_DATA,
     MSG_CHANNEL_OPEN_FAILURE,
     OPEN_RESOURCE_SHORTAGE,
     OPEN_UNKNOWN_CHANNEL_TYPE,
@@ -47,7 +48,7 @@ from twisted.conch.ssh.connection import (
 from twisted.conch.ssh.filetransfer import FileTransferServer
 from twisted.conch.ssh.session import SSHSession, SSHSessionProcessProtocol
 from twisted.internet.error import ProcessTerminated
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -125,6 +126,27 @@ class GatewayConnection(SSHConnection):
             + NS(b""),
         )
 
+    def send_channel_data(
+        self, channel: Any, parts: Sequence[Union[bytes, memoryview]]
+    ) -> None:
+        """
+        L{sendData} of C{parts} joined, joined only once, into the packet
+        (Conch copies the data twice on the way, the transport twice more).
+        """
+        if channel.localClosed:
+            return
+        header = struct.pack(
+            ">2L",
+            self.channelsToRemoteChannel[channel],
+            sum(len(part) for part in parts),
+        )
+        send_parts = getattr(self.transport, "send_parts", None)
+        if send_parts is not None:
+            send_parts(MSG_CHANNEL_DATA, [header, *parts])
+        else:
+            assert self.transport is not None
+            self.transport.sendPacket(MSG_CHANNEL_DATA, header + b"".join(parts))
+
     def adjustWindow(self, channel: Any, bytesToAdd: int) -> None:
         """
         Conch calls this for every channel as data arrives, before the
@@ -160,6 +182,7 @@ class SFTPSession(SSHSession):
         self.input_held: Callable[[], int] = lambda: 0
         #: Called when output waiting for the client's window was sent.
         self.on_output_sent: Callable[[], None] = lambda: None
+        self._flush: Optional[IDelayedCall] = None
 
     # -- input: the client's window ---------------------------------------
 
@@ -194,8 +217,13 @@ class SFTPSession(SSHSession):
 
     @property
     def output_waiting(self) -> int:
-        """Bytes written that wait for the client's window."""
+        """Bytes written and not sent yet (most wait for the client's window)."""
         return len(self._output)
+
+    @property
+    def window_closed(self) -> bool:
+        """Output waits for the client's window to open."""
+        return bool(self._output) and self.remoteWindowLeft <= 0
 
     def write(self, data: bytes) -> None:
         """
@@ -203,10 +231,24 @@ class SFTPSession(SSHSession):
         a L{ChunkQueue} (Conch appends to one bytes buffer, copying all of
         it on every write).
         """
+        self.write_parts((data,))
+
+    def write_parts(self, parts: Sequence[bytes], more_soon: bool = False) -> None:
+        """
+        Write C{parts} one after the other, without joining them.
+
+        @param more_soon: more output is likely this reactor turn (a READ
+            reply: the reader often answers several at once).  The last
+            packet, if it would be short of the client's maximum packet
+            size, then waits for the end of the turn, so that replies fill
+            whole packets: a 32 KiB read's reply is 13 bytes over 32 KiB,
+            and on its own takes two packets.
+        """
         if self.localClosed:
             return
-        self._output.append(data)
-        self._send_output()
+        for part in parts:
+            self._output.append(part)
+        self._send_output(hold_tail=more_soon)
 
     def addWindowBytes(self, data: int) -> None:
         # Not SSHChannel's: it would also send self.buf, which SSHSession
@@ -221,17 +263,36 @@ class SFTPSession(SSHSession):
         if waited:
             self.on_output_sent()
 
-    def _send_output(self) -> None:
+    def _send_output(self, hold_tail: bool = False) -> None:
         conn = self.conn
         assert conn is not None
+        packet = self.remoteMaxPacket or 32768
         while self._output and self.remoteWindowLeft > 0:
-            piece = self._output.take(
-                min(self.remoteWindowLeft, self.remoteMaxPacket or 32768)
-            )
-            conn.sendData(self, piece)
-            self.remoteWindowLeft -= len(piece)
+            size = min(self.remoteWindowLeft, packet, len(self._output))
+            if hold_tail and size == len(self._output) < min(
+                packet, self.remoteWindowLeft
+            ):
+                self._flush_soon()
+                break
+            pieces = self._output.take_views(size)
+            if isinstance(conn, GatewayConnection):
+                conn.send_channel_data(self, pieces)
+            else:
+                conn.sendData(self, b"".join(pieces))
+            self.remoteWindowLeft -= size
         if self.closing and not self._output and not self.extBuf:
             conn.sendClose(self)
+
+    def _flush_soon(self) -> None:
+        """Send what L{_send_output} held back at the end of this turn."""
+        if self._flush is None or not self._flush.active():
+            self._flush = _clock_of(self).callLater(0, self._flush_held)
+
+    def _flush_held(self) -> None:
+        self._flush = None
+        if self.conn is not None and not self.localClosed:
+            self._send_output()
+            self.on_output_sent()
 
     def loseConnection(self) -> None:
         # SSHSession's, with the output kept here: close once it is sent.
@@ -243,6 +304,9 @@ class SFTPSession(SSHSession):
 
     def closed(self) -> None:
         self._output.clear()
+        if self._flush is not None and self._flush.active():
+            self._flush.cancel()
+        self._flush = None
         super().closed()
 
     def eofReceived(self) -> None:
