@@ -34,10 +34,16 @@ import struct
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Optional, Union
 
-from twisted.conch.ssh import transport
+from twisted.conch.ssh import connection, transport
 from twisted.conch.ssh.common import NS, ffs, getNS
 
-from cosgw.frontends.sftp.aead import AEAD_CIPHERS, TAG_LENGTH, GatewayCiphers
+from cosgw.frontends.sftp.aead import (
+    AEAD_CIPHERS,
+    TAG_LENGTH,
+    GatewayCiphers,
+    PacketCipher,
+)
+from cosgw.frontends.sftp.flow import ChunkQueue
 
 __all__ = ["STRICT_KEX_CLIENT", "STRICT_KEX_SERVER", "PacketLayer"]
 
@@ -160,7 +166,9 @@ class PacketLayer(_Transport):
         if self.strict_kex:
             self.incomingPacketSequence = 0
 
-    def dispatchMessage(self, messageNum: int, payload: bytes) -> None:
+    def dispatchMessage(
+        self, messageNum: int, payload: Union[bytes, memoryview]
+    ) -> None:
         if self.strict_kex and self._initial_kex and not _exchange_message(messageNum):
             self.sendDisconnect(
                 transport.DISCONNECT_PROTOCOL_ERROR,
@@ -255,22 +263,9 @@ class PacketLayer(_Transport):
             return super().getPacket()
         if len(self.buf) < 4:
             return None
-        sequence = self.incomingPacketSequence
-        length = self._aead_length
+        length = self._sealed_length(opener, self.buf[:4])
         if length is None:
-            length = opener.length(sequence, self.buf[:4])
-            problem = None
-            if length > self.max_packet_length:
-                problem = f"(the limit is {self.max_packet_length})"
-            elif length % opener.block_size or length < opener.block_size:
-                problem = f"(not a multiple of {opener.block_size})"
-            if problem is not None:
-                self.sendDisconnect(
-                    transport.DISCONNECT_PROTOCOL_ERROR,
-                    f"bad packet length {length} {problem}".encode(),
-                )
-                return None
-            self._aead_length = length
+            return None
         end = 4 + length + TAG_LENGTH
         if len(self.buf) < end:
             return None
@@ -279,8 +274,64 @@ class PacketLayer(_Transport):
             if len(self.buf) == end
             else (self.buf[:end], self.buf[end:])
         )
+        payload = self._open_sealed(opener, packet, views=False)
+        return None if payload is None else bytes(payload)
+
+    def read_sealed(
+        self, opener: PacketCipher, queue: ChunkQueue
+    ) -> Union[None, bytes, memoryview]:
+        """
+        The next packet's payload from C{queue} (bytes received, none of
+        them fed to Conch) when the incoming cipher is C{opener} (the
+        current L{GatewayCiphers.opener}) and the packet is complete; None
+        when it is not complete yet, or the connection was ended (a bad
+        length, tag or padding).
+
+        This is Conch's C{dataReceived} and C{getPacket} without their
+        copies: the packet is taken from the queue once and decrypted; the
+        payload of channel data is a view of the decrypted packet.
+        """
+        if len(queue) < 4:
+            return None
+        length = self._sealed_length(opener, queue.peek(4))
+        if length is None or len(queue) < 4 + length + TAG_LENGTH:
+            return None
+        return self._open_sealed(opener, queue.take(4 + length + TAG_LENGTH))
+
+    def _sealed_length(self, opener: PacketCipher, head: bytes) -> Optional[int]:
+        """
+        The packet_length of the AEAD packet beginning with C{head},
+        decrypted once per packet; None if the connection was ended for it.
+        """
+        length = self._aead_length
+        if length is not None:
+            return length
+        length = opener.length(self.incomingPacketSequence, head)
+        problem = None
+        if length > self.max_packet_length:
+            problem = f"(the limit is {self.max_packet_length})"
+        elif length % opener.block_size or length < opener.block_size:
+            problem = f"(not a multiple of {opener.block_size})"
+        if problem is not None:
+            self.sendDisconnect(
+                transport.DISCONNECT_PROTOCOL_ERROR,
+                f"bad packet length {length} {problem}".encode(),
+            )
+            return None
+        self._aead_length = length
+        return length
+
+    def _open_sealed(
+        self, opener: PacketCipher, packet: bytes, views: bool = True
+    ) -> Union[None, bytes, memoryview]:
+        """
+        The payload of a whole AEAD packet, or None if the connection was
+        ended for it (a forged tag, bad padding).  With C{views}, channel
+        data comes as a view of the decrypted packet (its handlers take
+        views); anything else as bytes.
+        """
         self._aead_length = None
-        body = opener.open(sequence, packet)
+        body = opener.open(self.incomingPacketSequence, packet)
         if body is None:
             self.sendDisconnect(transport.DISCONNECT_MAC_ERROR, b"bad MAC")
             return None
@@ -289,4 +340,7 @@ class PacketLayer(_Transport):
             self.sendDisconnect(transport.DISCONNECT_PROTOCOL_ERROR, b"bad padding")
             return None
         self.incomingPacketSequence += 1
-        return body[1 : len(body) - padding]
+        end = len(body) - padding
+        if views and body[1] == connection.MSG_CHANNEL_DATA:
+            return memoryview(body)[1:end]
+        return body[1:end]

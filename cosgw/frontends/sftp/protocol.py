@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from twisted.conch.ssh import filetransfer
 from twisted.conch.ssh.common import NS, getNS
@@ -25,6 +25,7 @@ from twisted.conch.ssh.filetransfer import (
     FXP_READ,
     FXP_READDIR,
     FXP_VERSION,
+    FXP_WRITE,
 )
 from twisted.conch.ssh.transport import DISCONNECT_PROTOCOL_ERROR
 from twisted.internet.defer import maybeDeferred
@@ -118,7 +119,11 @@ class FileTransfer(filetransfer.FileTransferServer):
                 if len(self._input) < 4 + length or not self._accepting():
                     break
                 packet = self._input.take(4 + length)
-                self._handle(packet[4], packet[5:])
+                kind = packet[4]
+                # A WRITE is parsed from a view: its data is copied once.
+                self._handle(
+                    kind, memoryview(packet)[5:] if kind == FXP_WRITE else packet[5:]
+                )
         finally:
             self._taking = False
         self._hold_input(not self._accepting())
@@ -144,20 +149,18 @@ class FileTransfer(filetransfer.FileTransferServer):
             self._holding = hold
             self._ssh.hold_input(self, hold)
 
-    def _handle(self, kind: int, payload: bytes) -> None:
+    def _handle(self, kind: int, payload: Union[bytes, memoryview]) -> None:
         """
         Conch's dispatch, except that a request that cannot be parsed is
         answered (FX_BAD_MESSAGE) rather than logged and left unanswered,
         which would leave the client waiting forever.
         """
-        request_id = b"" if kind == FXP_INIT else payload[:4]
+        request_id = b"" if kind == FXP_INIT else bytes(payload[:4])
         self.gate.dispatched(request_id, _promise(kind, payload))
         name = self.packetTypes.get(kind)
         handler = getattr(self, f"packet_{name}", None) if name else None
         if handler is None:
-            self._sendStatus(
-                payload[:4], FX_OP_UNSUPPORTED, b"unsupported request type"
-            )
+            self._sendStatus(request_id, FX_OP_UNSUPPORTED, b"unsupported request type")
             return
         try:
             handler(payload)
@@ -171,7 +174,7 @@ class FileTransfer(filetransfer.FileTransferServer):
             if kind == FXP_INIT:
                 self.gate.answered(b"")
             else:
-                self._sendStatus(payload[:4], FX_BAD_MESSAGE, b"bad message")
+                self._sendStatus(request_id, FX_BAD_MESSAGE, b"bad message")
 
     def _refuse_packet(self, header: bytes, length: int) -> None:
         """
@@ -240,24 +243,27 @@ class FileTransfer(filetransfer.FileTransferServer):
         code, message = status_for(reason, msg.decode("ascii", "replace") or "request")
         self._sendStatus(requestId, code, message.encode("utf-8"))
 
-    def packet_WRITE(self, data: bytes) -> None:
+    def packet_WRITE(self, data: Union[bytes, memoryview]) -> None:
         """
         As Conch's, but bytes after the write's data are ignored instead of
         failing an assertion: rclone 1.60 (pkg/sftp 1.13) sends a short
         write in a packet as long as its whole buffer (OpenSSH's server
         ignores the rest too); and data shorter than its declared length is
-        a bad message, not a short write acknowledged as whole.
+        a bad message, not a short write acknowledged as whole.  Parsed
+        from a view: the data is copied once (Conch copies it three times).
         """
-        requestId = data[:4]
-        handle, rest = getNS(data[4:])
-        (offset, length) = struct.unpack("!QL", rest[:12])
-        write_data = rest[12 : 12 + length]
+        view = memoryview(data)
+        requestId = bytes(view[:4])
+        (size,) = struct.unpack_from("!L", view, 4)
+        handle = bytes(view[8 : 8 + size])
+        offset, length = struct.unpack_from("!QL", view, 8 + size)
+        write_data = view[20 + size : 20 + size + length]
         if len(write_data) != length:
             raise ValueError("the WRITE's data is shorter than its length")
         if handle not in self.openFiles:
             self._ebWrite(Failure(KeyError(handle)), requestId)
             return
-        d = maybeDeferred(self.openFiles[handle].writeChunk, offset, write_data)
+        d = maybeDeferred(self.openFiles[handle].writeChunk, offset, bytes(write_data))
         d.addCallback(self._cbStatus, requestId, b"write succeeded")
         d.addErrback(self._ebStatus, requestId, b"write failed")
 
@@ -308,7 +314,7 @@ class FileTransfer(filetransfer.FileTransferServer):
             server.connection_lost()
 
 
-def _promise(kind: int, payload: bytes) -> int:
+def _promise(kind: int, payload: Union[bytes, memoryview]) -> int:
     """
     The reply bytes a request may produce: a READ's length (as much as
     L{MAX_READ}), a reckoning for READDIR, nothing for the short replies.

@@ -147,6 +147,27 @@ class GatewayConnection(SSHConnection):
             assert self.transport is not None
             self.transport.sendPacket(MSG_CHANNEL_DATA, header + b"".join(parts))
 
+    def ssh_CHANNEL_DATA(self, packet: Union[bytes, memoryview]) -> None:
+        """
+        Conch's, handing an L{SFTPSession} a view of the data, not a copy
+        (Conch copies it twice): C{packet} is a view of the decrypted
+        packet when the cipher is AEAD (L{PacketLayer.read_sealed}).
+        """
+        local, length = struct.unpack(">2L", packet[:8])
+        channel = self.channels[local]
+        if length > channel.localWindowLeft or length > channel.localMaxPacket:
+            # More than the window or the maximum packet size allow.
+            self._log.error("too much data")
+            self.sendClose(channel)
+            return
+        data = memoryview(packet)[8 : 8 + length]
+        channel.localWindowLeft -= length
+        if channel.localWindowLeft < channel.localWindowSize // 2:
+            self.adjustWindow(
+                channel, channel.localWindowSize - channel.localWindowLeft
+            )
+        channel.dataReceived(data if isinstance(channel, SFTPSession) else bytes(data))
+
     def adjustWindow(self, channel: Any, bytesToAdd: int) -> None:
         """
         Conch calls this for every channel as data arrives, before the

@@ -307,7 +307,9 @@ class GatewaySSHTransport(PacketLayer, transport.SSHServerTransport):
     def dataReceived(self, data: bytes) -> None:
         """
         Hand Conch whole packets (see L{_FEED}): what arrives waits in a
-        L{ChunkQueue} until the packet Conch is reading is complete.
+        L{ChunkQueue} until the packet Conch is reading is complete.  With
+        an AEAD cipher (once Conch's own buffer is empty), packets are read
+        from the queue and dispatched here instead.
         """
         if self._closing():
             return  # disconnecting: whatever the client still sends is moot
@@ -318,6 +320,16 @@ class GatewaySSHTransport(PacketLayer, transport.SSHServerTransport):
             return
         self._inbox.append(data)
         while self._inbox and not self._closing():
+            opener = getattr(self.currentEncryptions, "opener", None)
+            if opener is not None and not self.buf:
+                # AEAD: packets straight from the queue (L{read_sealed}).
+                payload = self.read_sealed(opener, self._inbox)
+                if payload is None:
+                    if self._closing():
+                        self._inbox.clear()
+                    return
+                self.dispatchMessage(payload[0], payload[1:])
+                continue
             needed = self.bytes_needed()
             if len(self._inbox) < needed:
                 return
