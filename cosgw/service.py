@@ -47,7 +47,7 @@ from cosgw.runtime import LogFileService, ThreadPoolService
 from cosgw.storage._runner import BlockingRunner
 from cosgw.storage.sweeper import UploadSweeper
 from cosgw.transfer import TransferSettings, UploadBuffers
-from cosgw.transfer.buffers import return_freed_parts
+from cosgw.transfer.buffers import limit_malloc_arenas
 from cosgw.vfs import home_prefix, is_hidden_key
 
 if TYPE_CHECKING:
@@ -162,8 +162,8 @@ def makeService(config: Config, reactor: Any = None) -> GatewayService:
         LogFileService(config.server.log_dir, config.server.log_level).setServiceParent(
             service
         )
-    # Before the pool's threads exist: their heaps follow the setting.
-    return_freed_parts()
+    # Before the pool's threads exist: they share the one heap.
+    limit_malloc_arenas()
     threads = config.transfer.threads
     pool = ThreadPool(minthreads=0, maxthreads=threads, name="cosgw")
     service.pool = pool

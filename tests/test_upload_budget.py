@@ -6,6 +6,7 @@ over a L{MemoryStore} whose parts take time on a L{MemoryReactorClock}.
 
 from __future__ import annotations
 
+import platform
 from collections.abc import Callable
 from typing import Any, Optional
 
@@ -24,7 +25,12 @@ from cosgw.transfer import (
     UploadState,
     UploadWriter,
 )
-from cosgw.transfer.buffers import INLINE_JOIN, UNCLAIMED, BufferClaim
+from cosgw.transfer.buffers import (
+    INLINE_JOIN,
+    UNCLAIMED,
+    BufferClaim,
+    limit_malloc_arenas,
+)
 from tests.transfertesting import KEY, FakeStore, MiB, random_bytes
 
 
@@ -186,6 +192,10 @@ class UploadBuffersTests(SynchronousTestCase):
         large = [one[: INLINE_JOIN // 2], view[INLINE_JOIN // 2 :]]
         self.assertEqual(self.successResultOf(buffers.assemble(large)), one)
         self.assertEqual(len(ran), 1)
+
+    def test_malloc_arenas(self) -> None:
+        """glibc takes the one-heap setting; other C libraries are left alone."""
+        self.assertEqual(limit_malloc_arenas(), platform.libc_ver()[0] == "glibc")
 
 
 class SlowParts(MemoryStore):

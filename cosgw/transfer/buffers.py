@@ -58,39 +58,34 @@ UNCLAIMED = 256 * 1024
 INLINE_JOIN = 1024 * 1024
 
 
-#: glibc's mallopt parameters (malloc.h).
-_M_MMAP_THRESHOLD = -3
+#: glibc's mallopt parameter (malloc.h): how many heaps threads share.
 _M_ARENA_MAX = -8
-#: Allocations this large are mapped on their own and unmapped when freed:
-#: above any read of a connection (1 MiB), below the default part size.
-MMAP_THRESHOLD = 2 * 1024 * 1024
 
 
-def return_freed_parts() -> bool:
+def limit_malloc_arenas() -> bool:
     """
-    Make glibc's malloc give part buffers back to the system once freed,
-    so that the process's memory follows the budget.
+    Make all threads allocate from one glibc heap, so that part buffers a
+    pool thread frees are reused by the reactor thread's next reads, and
+    the process's memory follows the budget.
 
-    By default glibc raises its mmap threshold to the size of the first
-    large block freed (a part), then serves parts from heaps, one per
-    thread up to 8 per core, and freed parts stay in those heaps: 32
-    concurrent uploads within a 128 MiB budget left a 550 MiB process
-    (measured).  A fixed threshold below the part size maps each part on
-    its own (the page faults of a new part cost about 0.2 s of CPU per GB,
-    in pool threads), and two heaps keep the small blocks' fragmentation
-    in check: about 270 MiB for the same run.  Process-wide, so the
-    service calls it once at start; elsewhere (not glibc) it does nothing.
+    By default glibc gives threads up to 8 heaps per core, and parts freed
+    in one heap stay there while another grows: 32 concurrent 32 MiB
+    uploads within a 128 MiB budget peaked at 520 MiB of RSS, and at
+    290 MiB with one heap, at the same speed and CPU (measured here; a
+    fixed mmap threshold that unmaps each freed part reached the same RSS
+    but its page faults cost 0.2 s of CPU per GB).  Large blocks are few,
+    so one heap's lock costs nothing measurable.  Process-wide, so the
+    service calls it once, before its threads start; elsewhere (not glibc)
+    it does nothing.
 
-    @return: Whether malloc took both settings.
+    @return: Whether malloc took the setting.
     """
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
         return False
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-    arenas = mallopt(_M_ARENA_MAX, 2)
-    threshold = mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
-    return bool(arenas and threshold)
+    return bool(mallopt(_M_ARENA_MAX, 1))
 
 
 class Runner(Protocol):
