@@ -32,8 +32,8 @@ Fairness and progress, the rules in one place:
 
 Putting a part together from the reads that brought it (a copy of up to
 5 GiB) happens in the thread pool (L{UploadBuffers.assemble}), where
-C{bytes.join} runs without the GIL: the reactor thread never copies a
-part.
+C{bytes.join} runs without the GIL: the reactor thread copies no more than
+one read's worth (L{INLINE_JOIN}), for a small part.
 """
 
 from __future__ import annotations
