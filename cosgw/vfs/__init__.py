@@ -11,8 +11,9 @@ lives here once.
     objects a frontend reads and writes files through, with the user's
     rules inside;
   - L{cosgw.vfs.listing}, L{cosgw.vfs.mtimes}, L{cosgw.vfs.digests},
-    L{cosgw.vfs.resume}, L{cosgw.vfs.renames}, L{cosgw.vfs.rates}: what
-    they are made of;
+    L{cosgw.vfs.resume}, L{cosgw.vfs.renames}, L{cosgw.vfs.rates},
+    L{cosgw.vfs.directories} (what a name is in one request, and the
+    directories a session knows): what they are made of;
   - L{cosgw.vfs.errors}: the L{FSError}s every frontend maps to its
     replies in one place.
 """

@@ -124,7 +124,8 @@ async def open_file(
     if not flags.writes and not flags.create:
         reader = await fs._reader(segments, 0, settings)
         return RandomAccessFile(fs, segments, flags, settings, producer, reader=reader)
-    existing = await fs._stat_or_none(segments)
+    # What is there (one LIST) and, for a write, its directory at once.
+    existing = await (fs._before_write if flags.writes else fs._probe)(segments)
     if not flags.writes and existing is not None and not flags.exclusive:
         # O_CREAT alone on an existing file opens it, as POSIX does.
         reader = await fs._reader(segments, 0, settings)
@@ -140,9 +141,9 @@ async def open_file(
         raise NotFound(path)
     file = RandomAccessFile(fs, segments, flags, settings, producer, existing=existing)
     if existing is None or flags.truncate:
-        await file.start_stream(append=False)
+        await file.start_stream(append=False, checked=flags.writes)
     elif flags.append:
-        await file.start_stream(append=True)
+        await file.start_stream(append=True, checked=True)
     return file
 
 

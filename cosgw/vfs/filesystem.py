@@ -37,6 +37,7 @@ from cosgw.policy.throttle import RateLimit
 from cosgw.transfer import RandomAccessSettings, TransferSettings, UploadRegistry
 from cosgw.vfs import editing, mtimes, renames
 from cosgw.vfs.digests import DIGESTS, digest_source
+from cosgw.vfs.directories import KnownDirectories, probe, together
 from cosgw.vfs.errors import (
     AlreadyExists,
     InvalidName,
@@ -105,6 +106,8 @@ class ObjectFileSystem:
             # Kept uploads the sweeper or a session discards leave the quota.
             self.registry.listen(usage.forget)
         self.rates = Rates(upload_limit, download_limit, clock)
+        #: The directories this session saw exist, for a short while.
+        self.directories = KnownDirectories(clock)
 
     # -- names ------------------------------------------------------------
 
@@ -147,20 +150,29 @@ class ObjectFileSystem:
 
     # -- queries ----------------------------------------------------------
 
+    async def _head_entry(self, segments: Sequence[str]) -> Entry:
+        """The file at C{segments}, by its HEAD; fails with L{NoSuchKey}."""
+        info = await self.store.head(self.key(segments))
+        return Entry(
+            segments[-1], False, info.size, mtimes.client_mtime(info), info.crc64
+        )
+
+    async def _has_contents(self, prefix: str) -> bool:
+        """Whether anything is below C{prefix} (a directory there)."""
+        page = await self.store.list(prefix, delimiter="/", max_keys=1)
+        return bool(page.objects or page.prefixes)
+
     async def _stat(self, segments: Sequence[str]) -> Entry:
         if not segments:
             return Entry("/", True, 0, 0.0)
         key = self.key(segments)
         try:
-            info = await self.store.head(key)
+            return await self._head_entry(segments)
         except NoSuchKey:
             pass
-        else:
-            return Entry(
-                segments[-1], False, info.size, mtimes.client_mtime(info), info.crc64
-            )
         page = await self.store.list(key + "/", delimiter="/", max_keys=1)
         if page.objects or page.prefixes:
+            self.directories.saw(segments)
             mtime = page.objects[0].mtime if page.objects else 0.0
             if page.objects and page.objects[0].key != key + "/":
                 mtime = 0.0
@@ -177,14 +189,52 @@ class ObjectFileSystem:
         """@return: Deferred firing with an L{Entry}; fails with L{NotFound}."""
         return self._run(segments, lambda: self._stat(segments))
 
-    async def _require_dir(self, segments: Sequence[str]) -> None:
-        entry = await self._stat(segments)
+    async def _probe(self, segments: Sequence[str]) -> Optional[Entry]:
+        """
+        What is at C{segments}, in one LIST (L{probe}): enough to write
+        there, not a stat (no client time, no CRC for a file).
+        """
+        if not segments:
+            return Entry("/", True, 0, 0.0)
+        entry = await probe(self.store, self.key(segments), segments[-1])
+        if entry is not None and entry.is_dir:
+            self.directories.saw(segments)
+        return entry
+
+    async def _require_dir(self, segments: Sequence[str], ask: bool = False) -> None:
+        """
+        The directory at C{segments} exists: known to this session (see
+        L{KnownDirectories}), else probed, or always probed when C{ask}.
+        """
+        if not ask and segments in self.directories:
+            return
+        entry = await self._probe(segments)
+        if entry is None:
+            raise NotFound(display(segments))
         if not entry.is_dir:
             raise NotADirectory(display(segments))
 
     def require_directory(self, segments: Sequence[str]) -> Deferred[None]:
-        """For CWD: fails with L{NotFound} or L{NotADirectory}."""
-        return self._run(segments, lambda: self._require_dir(segments))
+        """
+        For CWD: fails with L{NotFound} or L{NotADirectory}.  Always asks
+        the store (one LIST); the directory is then known to the session.
+        """
+        return self._run(segments, lambda: self._require_dir(segments, ask=True))
+
+    async def _before_write(self, segments: Sequence[str]) -> Optional[Entry]:
+        """
+        What is at C{segments} (L{_probe}), which is about to be written,
+        and whether its directory exists: two LISTs at once, or one when
+        the session knows the directory.
+
+        @raise NotFound: no directory to write in; L{NotADirectory}, a file
+            is where it should be.
+        """
+        self.key(segments)  # InvalidName, before any request
+        _, existing = await together(
+            self._require_dir(segments[:-1]), self._probe(segments)
+        )
+        return existing
 
     def listing(self, segments: Sequence[str]) -> IListing:
         """
@@ -222,7 +272,9 @@ class ObjectFileSystem:
 
     async def _restart_size(self, segments: Sequence[str]) -> int:
         key = self.key(segments)
-        existing = await self._stat_or_none(segments)
+        # One LIST says file, directory or nothing (a HEAD could not tell
+        # the last two apart), and a file's size: the same as its HEAD's.
+        existing = await self._probe(segments)
         if existing is not None:
             if existing.is_dir:
                 raise IsADirectory(display(segments))
@@ -256,8 +308,8 @@ class ObjectFileSystem:
         try:
             source = await self.store.open(key, offset, end)
         except NoSuchKey:
-            entry = await self._stat(segments)  # NotFound propagates
-            if entry.is_dir:
+            # No file: a directory, or nothing (the GET said so; no HEAD).
+            if await self._has_contents(key + "/"):
                 raise IsADirectory(display(segments)) from None
             raise
         if offset > source.info.size:
@@ -334,17 +386,15 @@ class ObjectFileSystem:
 
     async def _writable(self, segments: Sequence[str]) -> Optional[Entry]:
         """
-        The checks before a file is written: its directory exists, it is
-        not itself a directory, the user may replace it.
+        The checks before a file is written (L{_before_write}): its
+        directory exists, it is not itself a directory, the user may
+        replace it.
 
         @return: the file's entry, None when it is new.
         """
         if not segments:
             raise IsADirectory("/")
-        self.key(segments)  # InvalidName
-        if segments[:-1]:
-            await self._require_dir(segments[:-1])
-        existing = await self._stat_or_none(segments)
+        existing = await self._before_write(segments)
         if existing is not None:
             if existing.is_dir:
                 raise IsADirectory(display(segments))
@@ -441,11 +491,19 @@ class ObjectFileSystem:
         )
 
     async def _set_mtime(self, segments: Sequence[str], when: float) -> None:
-        entry = await self._stat(segments)
-        if entry.is_dir:
-            raise IsADirectory(display(segments))
+        if not segments:
+            raise IsADirectory("/")
         key = self.key(segments)
-        await mtimes.set_mtime(self.store, key, self.dir_prefix(segments[:-1]), when)
+        try:
+            # Its first request, the copy, fails if there is no file: no
+            # HEAD before it.
+            await mtimes.set_mtime(
+                self.store, key, self.dir_prefix(segments[:-1]), when
+            )
+        except NoSuchKey:
+            if await self._has_contents(key + "/"):
+                raise IsADirectory(display(segments)) from None
+            raise
 
     def set_mtime(self, segments: Sequence[str], when: float) -> Deferred[None]:
         """
@@ -461,11 +519,10 @@ class ObjectFileSystem:
         if not segments:
             raise AlreadyExists("/")
         key = self.key(segments)
-        if segments[:-1]:
-            await self._require_dir(segments[:-1])
-        if await self._stat_or_none(segments) is not None:
+        if await self._before_write(segments) is not None:
             raise AlreadyExists(display(segments))
         await self.store.put(key + "/", b"")
+        self.directories.saw(segments)
 
     def mkdir(self, segments: Sequence[str]) -> Deferred[None]:
         self.require("mkdir", segments)
@@ -479,8 +536,7 @@ class ObjectFileSystem:
         if not segments:
             return
         prefix = self.dir_prefix(segments)
-        page = await self.store.list(prefix, delimiter="/", max_keys=1)
-        if not page.objects and not page.prefixes:
+        if not await self._has_contents(prefix):
             await self.store.put(prefix, b"")
 
     async def _rmdir(self, segments: Sequence[str]) -> None:
@@ -494,12 +550,13 @@ class ObjectFileSystem:
         if others:
             raise NotEmpty(display(segments))
         if not page.objects:
-            entry = await self._stat(segments)  # NotFound propagates
-            if not entry.is_dir:
-                raise NotADirectory(display(segments))
+            # Nothing below the prefix: a file, or nothing (no second LIST).
+            await self._head_entry(segments)  # NoSuchKey: not found
+            raise NotADirectory(display(segments))
         if any(o.key == prefix + MTIME_INDEX for o in page.objects):
             await self.store.delete(prefix + MTIME_INDEX)
         await self.store.delete(prefix)
+        self.directories.forget(segments)
         await self._keep_directory(segments[:-1])
 
     def rmdir(self, segments: Sequence[str]) -> Deferred[None]:
@@ -514,8 +571,8 @@ class ObjectFileSystem:
         try:
             info = await self.store.head(key)
         except NoSuchKey:
-            entry = await self._stat(segments)
-            if entry.is_dir:
+            # No file: a directory, or nothing (the HEAD said so already).
+            if await self._has_contents(key + "/"):
                 raise IsADirectory(display(segments)) from None
             raise
         await self.store.delete(key)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Optional
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
-from cosgw.interfaces import Entry, IListing
+from cosgw.interfaces import Entry, IListing, ListPage
 from cosgw.vfs import mtimes
 from cosgw.vfs.names import MTIME_INDEX
 
@@ -44,19 +44,15 @@ class Listing:
             return None
         fs = self.fs
         prefix = fs.dir_prefix(self.segments)
-        if self._first:
-            self._mtimes = await mtimes.read_index(fs.store, prefix)
         page = await fs.store.list(prefix, delimiter="/", marker=self._marker)
         first, self._first = self._first, False
+        if first and _may_hold_index(page, prefix + MTIME_INDEX):
+            self._mtimes = await mtimes.read_index(fs.store, prefix)
         entries: list[Entry] = []
-        marker_seen = False
         for info in page.objects:
-            if info.key == prefix:
-                marker_seen = True
-                continue
             name = info.key[len(prefix) :]
             if name in ("", ".", "..", MTIME_INDEX):
-                continue
+                continue  # the directory's own marker, odd keys, the index
             mtime = mtimes.listed_mtime(self._mtimes, name, info)
             entries.append(Entry(name, False, info.size, mtime))
         for p in page.prefixes:
@@ -69,8 +65,22 @@ class Listing:
             self._done = True
         else:
             self._marker = page.next_marker
-        if first and self.segments and not entries and not marker_seen and self._done:
-            # Nothing below the prefix: a file, or nothing at all.
-            entry = await fs._stat(self.segments)
-            return [entry] if not entry.is_dir else []
+        if first and self.segments:
+            if page.objects or page.prefixes:
+                fs.directories.saw(self.segments)
+            else:
+                # Nothing below the prefix: a file (its HEAD), or nothing
+                # at all (NoSuchKey, which is NotFound).
+                return [await fs._head_entry(self.segments)]
         return entries
+
+
+def _may_hold_index(page: ListPage, index: str) -> bool:
+    """
+    Whether the directory may have an index of client times (a GET to read
+    it): it is on this first page, or may be on a later one.  Most
+    directories have none, and their listing is one LIST.
+    """
+    if any(info.key == index for info in page.objects):
+        return True
+    return page.next_marker is not None and page.next_marker < index

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from twisted.logger import Logger
 
 from cosgw.interfaces import ObjectInfo
+from cosgw.vfs.directories import together
 from cosgw.vfs.errors import AlreadyExists, InvalidName, IsADirectory, PermissionDenied
 from cosgw.vfs.names import display
 from cosgw.vfs.resume import supersede
@@ -34,16 +35,16 @@ async def rename(
     """
     if not source or not target:
         raise PermissionDenied("/", "cannot rename the home directory")
-    entry = await fs._stat(source)
+    # The source's stat and the target's checks at once.
+    entry, existing = await together(fs._stat(source), fs._before_write(target))
     if list(target[: len(source)]) == list(source) and entry.is_dir:
         raise InvalidName(display(target), "cannot move a directory into itself")
-    if target[:-1]:
-        await fs._require_dir(target[:-1])
-    existing = await fs._stat_or_none(target)
     if entry.is_dir:
         if existing is not None:
             raise AlreadyExists(display(target))
         await rename_tree(fs, source, target)
+        fs.directories.forget(source)
+        fs.directories.saw(target)
     else:
         if existing is not None:
             if existing.is_dir:

@@ -212,6 +212,7 @@ class Upload:
                 await self._writer.abort()
                 raise
         info = await self._writer.finish()
+        self._fs.directories.saw(self.segments[:-1])
         # The name is visible now: an upload of it kept meanwhile (a
         # concurrent one, interrupted) can no longer be resumed.
         await supersede(self._fs, self._writer.key)
@@ -241,7 +242,9 @@ class Upload:
         except BaseException:
             await self._writer.abort()
             raise
-        return await self._writer.finish()
+        info = await self._writer.finish()
+        self._fs.directories.saw(self.segments[:-1])
+        return info
 
     def commit_spool(self, spool: Spool, size: int) -> Deferred[ObjectInfo]:
         """
