@@ -16,14 +16,16 @@ holds bytes, and rewriting line ends would make SIZE and REST lie.
 
 from __future__ import annotations
 
+import socket
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, Optional
 
-from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IConsumer, IProducer, IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from cosgw import vfs
 from cosgw.frontends.ftp.context import CommandContext
@@ -36,9 +38,77 @@ from cosgw.interfaces import IFileSystem, IUpload
 # One namespace for the whole frontend, as when it was one module.
 log = Logger(namespace="cosgw.frontends.ftp")
 
-#: Seconds to wait after an upload's end of file before committing it, for
-#: the control connection of a killed client to show it is gone.
+#: Seconds to wait, after an upload's end of file, for the control
+#: connection of a killed client to show it is gone, when there is reason
+#: to doubt the end (see L{TransferCommands._client_left}).
 EOF_GRACE = 0.02
+
+#: Seconds to wait after any other end of file that does not already show
+#: the client gone, before asking the kernel again.
+EOF_CHECK = 0.005
+
+#: An upload whose data connection was quiet this long (seconds) before it
+#: ended is in doubt: a client that finishes its file closes the connection
+#: right after the last bytes (measured: 57 us median, 0.44 ms at most over
+#: 200 ftplib uploads on a loaded machine); a killed one may have been
+#: quiet for any time before.
+EOF_QUIET = 0.002
+
+#: Linux's TCP_ESTABLISHED (include/net/tcp_states.h), the first byte of
+#: TCP_INFO: any other state means the peer's FIN or RST has arrived.
+_TCP_ESTABLISHED = 1
+
+
+def control_closed(transport: Any) -> Optional[bool]:
+    """
+    Whether the kernel holds the end (FIN or RST) of the connection under
+    C{transport}, whether or not the reactor has read it yet: its TCP state
+    (Linux's TCP_INFO), through a TLS layer if there is one.
+
+    @return: True when the peer ended the connection (or it is gone),
+        False while it is established, None when this cannot be told (not
+        a TCP socket, not Linux).
+    """
+    info = getattr(socket, "TCP_INFO", None)
+    for layer in (transport, getattr(transport, "transport", None)):
+        get_handle = getattr(layer, "getHandle", None)
+        if get_handle is None:
+            continue
+        try:
+            handle = get_handle()
+        except AttributeError:
+            return True  # Twisted's TCP transport drops its socket when lost
+        if not isinstance(handle, socket.socket):
+            continue
+        if info is None:
+            return None
+        try:
+            state = handle.getsockopt(socket.IPPROTO_TCP, info, 1)[0]
+        except OSError:
+            return True  # closed under us
+        return state != _TCP_ESTABLISHED
+    return None
+
+
+@implementer(IConsumer)
+class _Arrivals:
+    """An upload, and when the client's bytes last arrived for it."""
+
+    def __init__(self, upload: IUpload, clock: IReactorTime) -> None:
+        self._upload = upload
+        self._clock = clock
+        self.last = clock.seconds()
+
+    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
+        self._upload.registerProducer(producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        self._upload.unregisterProducer()
+
+    def write(self, data: bytes) -> None:
+        self.last = self._clock.seconds()
+        self._upload.write(data)
+
 
 #: Commands that run detached: the control channel keeps reading meanwhile.
 TRANSFER_COMMANDS = frozenset({"RETR", "STOR", "APPE", "STOU", "LIST", "NLST", "MLSD"})
@@ -238,18 +308,17 @@ class TransferCommands(CommandContext):
             the client went away (what arrived is kept for a resume).
         """
         stopped: Optional[vfs.TransferStopped] = None
+        arrivals = _Arrivals(upload, self.reactor)
         try:
             # The upload pauses the channel for the store and the user's
             # rate, and stops it (the reply then says why) if the store fails.
-            await channel.receive(upload)
+            await channel.receive(arrivals)
         except vfs.TransferStopped as e:
             stopped = e
         if stopped is None and not transfer.client_gone:
-            # A client killed mid-upload closes both connections at once, and
-            # its data connection's end looks like an end of file.  Give the
-            # control connection a moment to say whether the client is still
-            # there before making the object visible.
-            await deferLater(self.reactor, self.factory.eof_grace, lambda: None)
+            quiet = self.reactor.seconds() - arrivals.last
+            if await self._client_left(transfer, quiet):
+                transfer.client_gone = True
         if upload.failed:
             return
         if transfer.aborted:
@@ -265,6 +334,50 @@ class TransferCommands(CommandContext):
             kept = await upload.interrupt()
             hint = f"; {kept} bytes kept: resume with REST {kept}" if kept else ""
             raise Reply(426, f"Connection closed; transfer aborted{hint}")
+
+    async def _client_left(self, transfer: ActiveTransfer, quiet: float) -> bool:
+        """
+        Whether the client is gone although its data connection ended
+        cleanly: a client killed mid-upload closes both its connections,
+        and the data connection's end looks like an end of file.
+
+        The kernel's state of the control connection (L{control_closed})
+        holds a killed client's FIN whether or not the reactor has read it.
+        Measured on a loaded 2-core machine: ftplib clients killed while
+        sending, 60 of 60 had the control connection's end read or in the
+        kernel at the data's end (the data's end queues behind unsent
+        bytes); clients killed while idle, and lftp killed in the middle of
+        a rate-limited upload, close the data connection first (a process's
+        descriptors close last first), and the control connection's end
+        followed 0 to 4.8 ms later (a quarter to a half of them already in
+        the kernel at the data's end; 7 ms at worst in 60 runs).  So:
+
+          - an end the kernel or the reactor shows gone: gone, at once;
+          - an end in doubt (the data connection quiet for over
+            C{eof_quiet} before it ended, as an idle killed client's is),
+            or one the kernel cannot be asked about: C{eof_grace} (20 ms),
+            then ask again;
+          - any other: C{eof_check} (5 ms), then ask again.
+
+        A control connection's end arriving meanwhile ends the wait at once
+        (the reactor reads it).  The 20 ms every upload used to wait is 5 ms
+        now; a killed client whose control connection ends later than that
+        is committed with the bytes it sent, as a disk FTP server keeps
+        them, and resumes from there (SIZE, REST, APPE).
+        """
+        closed = control_closed(self.transport)
+        if not closed and not transfer.client_gone:
+            doubt = closed is None or quiet > self.factory.eof_quiet
+            wait = self.factory.eof_grace if doubt else self.factory.eof_check
+            transfer.waiting = deferLater(self.reactor, wait, lambda: None)
+            try:
+                await transfer.waiting
+            except CancelledError:
+                pass  # the control connection ended: cancel() says so
+            finally:
+                transfer.waiting = None
+            closed = control_closed(self.transport)
+        return bool(closed) or transfer.client_gone
 
     async def _list(
         self, path: str, format_line: LineFormat, mlsd: bool = False
