@@ -6,6 +6,7 @@ how packets are taken in (whole, none longer than 256 KiB).
 
 from __future__ import annotations
 
+import socket
 import struct
 import time
 from typing import Any, Optional
@@ -27,6 +28,7 @@ from cosgw.frontends.sftp.factory import GatewaySSHFactory
 from cosgw.frontends.sftp.session import GatewayConnection, SFTPUser
 from cosgw.frontends.sftp.userauth import GatewayUserAuthServer
 from tests.sshtesting import (
+    CLIENT_TIMEOUT,
     NO_OPENSSH,
     PASSWORD,
     USER,
@@ -324,3 +326,19 @@ class PacketLimitTests(SSHServerMixin, TestCase):
             (2, "bad packet length 300000 (the limit is 262144)"),
         )
         self.assertIn("disconnected: code 2, bad packet length 300000", self.log_text())
+
+
+class SocketTests(SSHServerMixin, TestCase):
+    @defer.inlineCallbacks
+    def test_no_delay(self) -> Any:
+        """
+        The SSH connection's socket sends without Nagle's delay: a WRITE's
+        short STATUS reply otherwise waited for the client's delayed ACK of
+        the previous one, and uploads stalled.
+        """
+        port = self.start_server()
+        client = socket.create_connection(("127.0.0.1", port), timeout=CLIENT_TIMEOUT)
+        self.addCleanup(client.close)
+        yield self.wait_until(lambda: bool(self.factory.transports))
+        handle = self.factory.transports[0].transport.getHandle()
+        self.assertTrue(handle.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
