@@ -14,8 +14,11 @@ tests/test_sftp_aead.py):
     the negotiated names become a L{GatewayCiphers} (C{nextEncryptions},
     which Conch's C{_keySetup} keys).
   - C{sendPacket} and C{getPacket}: a direction whose current cipher is
-    AEAD is framed here (the rest is Conch's).  Conch's key-exchange gate
-    (messages other than the exchange's own wait in
+    AEAD is framed here (the rest is Conch's), copying less:
+    L{PacketLayer.send_parts} joins a payload's parts once, into the
+    packet, and L{PacketLayer.read_sealed} reads packets from the
+    transport's own queue rather than Conch's buffer.  Conch's
+    key-exchange gate (messages other than the exchange's own wait in
     C{_blockedByKeyExchange} until NEWKEYS) is kept.
   - Strict key exchange (OpenSSH's PROTOCOL section 1.10, the answer to
     Terrapin, CVE-2023-48795, which breaks chacha20-poly1305 and
