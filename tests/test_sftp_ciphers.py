@@ -4,9 +4,8 @@ local store: OpenSSH's sftp and lftp (which runs OpenSSH's ssh) with each
 cipher forced (``-c``), rekeying every MiB so that new keys, and strict key
 exchange's sequence numbers starting again, are crossed mid-transfer;
 paramiko with AES-GCM (it has no chacha20-poly1305); rclone (Go), which
-picks aes128-gcm@openssh.com itself (1.60 has no cipher option).  curl's
-libssh2 1.10 has neither GCM nor chacha20 (tests/test_sftp_clients.py
-covers it with aes-ctr).  Every transfer is checked by SHA-256 in the
+picks aes128-gcm@openssh.com itself (1.60 has no cipher option); curl,
+whose libssh2 1.10 has neither GCM nor chacha20 and gets aes-ctr.  Every transfer is checked by SHA-256 in the
 downloaded file and in the store.
 """
 
@@ -34,7 +33,7 @@ AEAD = (
     "aes256-gcm@openssh.com",
     "aes128-gcm@openssh.com",
 )
-TOOLS = ("sftp", "ssh", "ssh-keygen", "lftp", "rclone")
+TOOLS = ("sftp", "ssh", "ssh-keygen", "lftp", "rclone", "curl")
 MISSING = [t for t in TOOLS if shutil.which(t) is None]
 
 
@@ -122,7 +121,8 @@ class OpenSSHCipherTests(CipherTestsBase):
             self.assertIn(f"kex: {direction} cipher: {cipher} MAC: <implicit>", debug)
         # limits@openssh.com: requests of 255 KiB, not 32 KiB.
         self.assertRegex(
-            debug, r"server upload/download buffer sizes \d+ / \d+; using 261120 / 261120"
+            debug,
+            r"server upload/download buffer sizes \d+ / \d+; using 261120 / 261120",
         )
         # Several key exchanges each way, each with the cipher.
         self.assertGreaterEqual(debug.count("SSH2_MSG_NEWKEYS received"), 4)
@@ -322,3 +322,23 @@ class RcloneCipherTests(CipherTestsBase):
             re.search(r"cipher aes128-gcm@openssh\.com", self.log_text()),
             self.log_text()[-2000:],
         )
+
+
+class CurlCipherTests(CipherTestsBase):
+    """curl's libssh2 (1.10 here) has no AEAD cipher: it gets aes-ctr."""
+
+    @defer.inlineCallbacks
+    def test_curl_round_trip(self) -> Any:
+        gw = yield start_gateway(self, "local")
+        data = random_bytes(2 * MiB + 3)
+        source = self.file("curl.bin", data)
+        url = f"sftp://127.0.0.1:{gw.sftp_port}/curl.bin"
+        base = ["curl", "-sS", "--insecure", "-u", f"alice:{PASSWORD}"]
+        result = yield run([*base, "-T", str(source), url], self.env, self.work)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        result = yield run([*base, url], self.env, self.work)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(sha256(result.stdout), sha256(data))
+        stored = yield in_thread(gw.inspector.read, "curl.bin")
+        self.assertEqual(sha256(stored), sha256(data))
+        self.assertRegex(self.log_text(), r"cipher aes\d+-ctr \(MAC hmac-sha2-\d+\)")
