@@ -22,6 +22,12 @@ subsystem (C{sftp}).
     server has taken, and keeps its output in a L{ChunkQueue}.  At most
     L{MAX_CHANNELS} channels are open per connection (OpenSSH's
     MaxSessions), so the limits of one channel bound the connection.
+  - Copies.  Channel data goes out as views of what was written, joined
+    once into its SSH packet (L{GatewayConnection.send_channel_data}), and
+    comes in as a view of the decrypted packet
+    (L{GatewayConnection.ssh_CHANNEL_DATA}); the last short packet of a
+    READ reply waits for the end of the reactor turn so that replies
+    answered together fill whole packets (L{SFTPSession.write_parts}).
 """
 
 from __future__ import annotations
