@@ -323,6 +323,21 @@ class ChannelTests(SessionTestsMixin, SynchronousTestCase):
         ssh.clock.advance(0)
         self.assertEqual(sizes(), [32 * KiB, 13])
 
+    def test_held_packet_sent_before_close_on_eof(self) -> None:
+        """The client's EOF closes the channel after a held packet, not over it."""
+        server = HeldReads()
+        ssh, conn, channel = self.build(server=server)
+        handle = self.start_sftp(ssh, conn)
+        self.client_sends(conn, read_request(1, handle))
+        server.reads[0][0].callback(b"e" * 32 * KiB)
+        conn.ssh_CHANNEL_EOF(struct.pack(">L", 0))
+        kinds = [
+            k for k, _ in ssh.packets if k in (MSG_CHANNEL_DATA, MSG_CHANNEL_CLOSE)
+        ]
+        self.assertEqual(kinds, [MSG_CHANNEL_DATA, MSG_CHANNEL_DATA, MSG_CHANNEL_CLOSE])
+        [(kind, body)] = replies_in(ssh)
+        self.assertEqual((kind, body[8:]), (FXP_DATA, b"e" * 32 * KiB))
+
     def test_window_refilled_for_bytes_taken(self) -> None:
         """Without a reader, received bytes hold the window; taken, they refill it."""
         ssh, conn, channel = self.build()

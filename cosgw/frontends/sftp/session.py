@@ -341,6 +341,8 @@ class SFTPSession(SSHSession):
             return
         if isinstance(self.session, _RefusingSession) and self.session.refusing:
             return  # it closes the channel once its message is out
+        # A reply's last packet held for the end of the turn goes first.
+        self._send_output()
         self.conn.sendClose(self)
 
 
