@@ -513,6 +513,22 @@ class StrictKexTests(SSHServerMixin, TestCase):
         )
 
     @defer.inlineCallbacks
+    def test_malformed_client_key(self) -> Any:
+        """
+        A curve25519 public value of the wrong length is the client's error:
+        a KEY_EXCHANGE_FAILED disconnect and a warning, no traceback (Conch
+        let cryptography's ValueError drop the connection).
+        """
+        kexdh = clear_packet(bytes((transport.MSG_KEXDH_INIT,)) + NS(b"\x01\x02\x03"))
+        reason = yield self.disconnect_reason(kexinit(strict=True) + kexdh)
+        self.assertEqual(
+            reason,
+            (transport.DISCONNECT_KEY_EXCHANGE_FAILED, "bad key exchange value"),
+        )
+        self.assertIn("bad key exchange value", self.log_text())
+        self.assertCleanLog()
+
+    @defer.inlineCallbacks
     def test_not_strict_without_the_client_marker(self) -> Any:
         """
         Without the client's marker an IGNORE before KEXINIT is allowed:

@@ -483,6 +483,31 @@ class GatewaySSHTransport(PacketLayer, transport.SSHServerTransport):
                 algorithms=_describe(self.currentEncryptions, self.strict_kex),
             )
 
+    # Conch computes the shared secret from the client's public value without
+    # catching what cryptography raises for a malformed one (a curve25519 key
+    # of the wrong length, a DH value out of range): the connection dropped
+    # with a traceback.  A bad value is the client's error: say so and go.
+
+    def ssh_KEX_DH_GEX_REQUEST_OLD(self, packet: bytes) -> None:
+        self._checked_kex(super().ssh_KEX_DH_GEX_REQUEST_OLD, packet)
+
+    def ssh_KEX_DH_GEX_INIT(self, packet: bytes) -> None:
+        self._checked_kex(super().ssh_KEX_DH_GEX_INIT, packet)
+
+    def _checked_kex(self, step: Callable[[bytes], None], packet: bytes) -> None:
+        try:
+            step(packet)
+        except (ValueError, struct.error) as e:
+            log.warn(
+                "SSH connection from {peer}: bad key exchange value: {error}",
+                peer=self.peer,
+                error=for_log(str(e)),
+            )
+            self.sendDisconnect(
+                transport.DISCONNECT_KEY_EXCHANGE_FAILED,
+                b"bad key exchange value",
+            )
+
     # -- login and idle deadlines -------------------------------------------
 
     def setService(self, service: Any) -> None:
