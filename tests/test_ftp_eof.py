@@ -161,9 +161,9 @@ class EndOfFileTests(unittest.TestCase):
     def test_finished_upload_waits_no_grace(self) -> Any:
         """
         A client that closes its data connection after its last bytes and
-        waits for the reply gets its 226 after the short check (5 ms), not
-        the grace of an end in doubt: with a grace of a minute, 20 uploads
-        would take 20 minutes.
+        waits for the reply gets its 226 at once, without the grace of an
+        end in doubt: with a grace of a minute, 20 uploads would take 20
+        minutes.
         """
         self.factory.eof_grace = NEVER
         self.factory.eof_quiet = 1.0  # a loaded machine is never this slow
@@ -191,7 +191,7 @@ class EndOfFileTests(unittest.TestCase):
         ends right after its last bytes: the upload is not committed, and
         nothing is waited for.
         """
-        self.factory.eof_grace = self.factory.eof_check = NEVER
+        self.factory.eof_grace = NEVER
         self.factory.eof_quiet = 1.0
 
         def start() -> tuple[ftplib.FTP, socket.socket]:

@@ -17,7 +17,7 @@ from cosgw.frontends.ftp.data import ChannelCount
 from cosgw.frontends.ftp.ports import DATA_CONNECTION_TIMEOUT
 from cosgw.frontends.ftp.protocol import GatewayFTP
 from cosgw.frontends.ftp.tls import ServerTLS
-from cosgw.frontends.ftp.transfers import EOF_CHECK, EOF_GRACE, EOF_QUIET
+from cosgw.frontends.ftp.transfers import EOF_GRACE, EOF_QUIET
 from cosgw.policy.defender import LoginBanned, LoginDefender
 from cosgw.policy.limits import ConnectionLimits
 
@@ -62,7 +62,6 @@ class GatewayFTPFactory(protocol.ServerFactory):
         welcome: str = "cosgw FTP gateway ready",
         data_timeout: float = DATA_CONNECTION_TIMEOUT,
         eof_grace: float = EOF_GRACE,
-        eof_check: float = EOF_CHECK,
         eof_quiet: float = EOF_QUIET,
         tls: Optional[ServerTLS] = None,
         implicit: bool = False,
@@ -92,8 +91,8 @@ class GatewayFTPFactory(protocol.ServerFactory):
             connections, shared with its other FTP factories.
         @param trace_commands: log every command line (passwords masked),
             for log_level debug.
-        @param eof_grace: with C{eof_check} and C{eof_quiet}, how long an
-            upload's end of file waits to tell a killed client (see
+        @param eof_grace: with C{eof_quiet}, when and how long an upload's
+            end of file waits to tell a killed client (see
             C{TransferCommands._client_left}).
         """
         self.tls = tls
@@ -104,7 +103,6 @@ class GatewayFTPFactory(protocol.ServerFactory):
         self.user_tls = dict(user_tls or {})
         self.data_timeout = data_timeout
         self.eof_grace = eof_grace
-        self.eof_check = eof_check
         self.eof_quiet = eof_quiet
         self.portal = portal
         self.reactor = reactor

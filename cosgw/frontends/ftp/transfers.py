@@ -43,16 +43,13 @@ log = Logger(namespace="cosgw.frontends.ftp")
 #: to doubt the end (see L{TransferCommands._client_left}).
 EOF_GRACE = 0.02
 
-#: Seconds to wait after any other end of file that does not already show
-#: the client gone, before asking the kernel again.
-EOF_CHECK = 0.005
-
 #: An upload whose data connection was quiet this long (seconds) before it
 #: ended is in doubt: a client that finishes its file closes the connection
-#: right after the last bytes (measured: 57 us median, 0.44 ms at most over
-#: 200 ftplib uploads on a loaded machine); a killed one may have been
-#: quiet for any time before.
-EOF_QUIET = 0.002
+#: right after its last bytes (measured over 200 ftplib uploads each: 0.1 ms
+#: at most on a quiet machine, 0.44 ms with a load of 3 on its 2 cores); a
+#: killed one may have been quiet for any time before (lftp at 1 MB/s writes
+#: every 0.5 to 1 ms).
+EOF_QUIET = 0.0005
 
 #: Linux's TCP_ESTABLISHED (include/net/tcp_states.h), the first byte of
 #: TCP_INFO: any other state means the peer's FIN or RST has arrived.
@@ -343,33 +340,36 @@ class TransferCommands(CommandContext):
 
         The kernel's state of the control connection (L{control_closed})
         holds a killed client's FIN whether or not the reactor has read it.
-        Measured on a loaded 2-core machine: ftplib clients killed while
-        sending, 60 of 60 had the control connection's end read or in the
-        kernel at the data's end (the data's end queues behind unsent
-        bytes); clients killed while idle, and lftp killed in the middle of
-        a rate-limited upload, close the data connection first (a process's
-        descriptors close last first), and the control connection's end
-        followed 0 to 4.8 ms later (a quarter to a half of them already in
-        the kernel at the data's end; 7 ms at worst in 60 runs).  So:
+        An end in doubt (the data connection quiet for over C{eof_quiet}
+        before it ended: a client that finishes its file closes right after
+        its last bytes), or one the kernel cannot be asked about (not
+        Linux), waits C{eof_grace} (20 ms) and asks again; a control
+        connection lost meanwhile cuts the wait short.  Any other end is
+        committed at once: every upload used to wait the 20 ms.
 
-          - an end the kernel or the reactor shows gone: gone, at once;
-          - an end in doubt (the data connection quiet for over
-            C{eof_quiet} before it ended, as an idle killed client's is),
-            or one the kernel cannot be asked about: C{eof_grace} (20 ms),
-            then ask again;
-          - any other: C{eof_check} (5 ms), then ask again.
-
-        A control connection's end arriving meanwhile ends the wait at once
-        (the reactor reads it).  The 20 ms every upload used to wait is 5 ms
-        now; a killed client whose control connection ends later than that
-        is committed with the bytes it sent, as a disk FTP server keeps
-        them, and resumes from there (SIZE, REST, APPE).
+        Measured on this project's 2-core machine, at a load of 5 from
+        other test runs, then with two more processes spinning: of ftplib
+        clients killed while sending, killed after 50 ms idle, and lftp
+        killed in the middle of a 1 MB/s upload (30 each), none was
+        committed.  Killed while sending, the control connection's end is
+        read or in the kernel by the data's end (which queues behind the
+        unsent bytes).  Killed while idle, the data connection usually ends
+        first (a dying process closes its descriptors last first; the
+        gateway, woken by that end, may hold the CPU the dying process
+        needs to close the other), and the control connection's end came
+        up to 33 ms later under load: the doubt's wait lets it.  What is
+        not recognised (a client killed within C{eof_quiet} of its last
+        bytes, with none left unsent, and its control connection's end
+        late) is committed with the bytes it sent, as a disk FTP server
+        keeps them, to be resumed (SIZE, REST, APPE).
         """
         closed = control_closed(self.transport)
-        if not closed and not transfer.client_gone:
-            doubt = closed is None or quiet > self.factory.eof_quiet
-            wait = self.factory.eof_grace if doubt else self.factory.eof_check
-            transfer.waiting = deferLater(self.reactor, wait, lambda: None)
+        if closed or transfer.client_gone:
+            return True
+        if closed is None or quiet > self.factory.eof_quiet:
+            transfer.waiting = deferLater(
+                self.reactor, self.factory.eof_grace, lambda: None
+            )
             try:
                 await transfer.waiting
             except CancelledError:
