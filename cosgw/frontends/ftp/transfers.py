@@ -46,10 +46,10 @@ EOF_GRACE = 0.02
 #: An upload whose data connection was quiet this long (seconds) before it
 #: ended is in doubt: a client that finishes its file closes the connection
 #: right after its last bytes (measured over 200 ftplib uploads each: 0.1 ms
-#: at most on a quiet machine, 0.44 ms with a load of 3 on its 2 cores); a
-#: killed one may have been quiet for any time before (lftp at 1 MB/s writes
-#: every 0.5 to 1 ms).
-EOF_QUIET = 0.0005
+#: at most on a quiet machine; with a load of 3 on its 2 cores, 0.12 ms for
+#: 90% of them, 0.44 ms at most); a killed one may have been quiet for any
+#: time before (lftp at 1 MB/s writes every 0.2 to 1 ms).
+EOF_QUIET = 0.00025
 
 #: Linux's TCP_ESTABLISHED (include/net/tcp_states.h), the first byte of
 #: TCP_INFO: any other state means the peer's FIN or RST has arrived.
@@ -347,21 +347,22 @@ class TransferCommands(CommandContext):
         connection lost meanwhile cuts the wait short.  Any other end is
         committed at once: every upload used to wait the 20 ms.
 
-        Measured on this project's 2-core machine, at a load of 5 from
-        other test runs, then with two more processes spinning: of ftplib
-        clients killed while sending, killed after 50 ms idle, and lftp
-        killed in the middle of a 1 MB/s upload (30 each), none was
-        committed.  Killed while sending, the control connection's end is
-        read or in the kernel by the data's end (which queues behind the
-        unsent bytes).  Killed while idle, the data connection usually ends
-        first (a dying process closes its descriptors last first; the
-        gateway, woken by that end, may hold the CPU the dying process
-        needs to close the other), and the control connection's end came
-        up to 33 ms later under load: the doubt's wait lets it.  What is
-        not recognised (a client killed within C{eof_quiet} of its last
-        bytes, with none left unsent, and its control connection's end
-        late) is committed with the bytes it sent, as a disk FTP server
-        keeps them, to be resumed (SIZE, REST, APPE).
+        Measured on this project's 2-core machine, idle and with two more
+        processes spinning on its cores: of ftplib clients killed while
+        sending, killed after 50 ms idle (30 of each), and lftp killed in
+        the middle of a 1 MB/s upload (180), none was committed.  Killed
+        while sending, the control connection's end is read or in the
+        kernel by the data's end (which queues behind the unsent bytes).
+        Killed while idle, the data connection usually ends first (a dying
+        process closes its descriptors last first; the gateway, woken by
+        that end, may hold the CPU the dying process needs to close the
+        other), and the control connection's end came up to 33 ms later
+        under load: the doubt's wait lets it.  (With doubt from 0.5 ms of
+        quiet, 4 lftp runs in 120 were missed.)  What is not recognised, a
+        client killed within C{eof_quiet} of its last bytes with none left
+        unsent and its control connection's end late, is committed with
+        the bytes it sent, as a disk FTP server keeps them, to be resumed
+        (SIZE, REST, APPE).
         """
         closed = control_closed(self.transport)
         if closed or transfer.client_gone:
