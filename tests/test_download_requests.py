@@ -25,7 +25,7 @@ from twisted.internet import defer
 from twisted.trial import unittest
 
 from tests.harness import PASSWORD, MiB, in_thread, random_bytes, sha256
-from tests.test_sftp_clients import ClientTestsBase, run
+from tests.test_sftp_clients import ClientTestsBase, lftp_sftp, run
 
 KiB = 1024
 #: Three read windows and an odd tail.
@@ -147,28 +147,8 @@ class DownloadRequestTests(ClientTestsBase, unittest.TestCase):
     def test_lftp_get(self) -> Any:
         data = random_bytes(SIZE)
         gw = yield self.upload(data)
-        connect = (
-            "ssh -a -x -F /dev/null -o StrictHostKeyChecking=no "
-            "-o UserKnownHostsFile=/dev/null -o IdentityAgent=none "
-            "-o PubkeyAuthentication=no"
-        )
-        script = (
-            "set sftp:auto-confirm yes; "
-            f'set sftp:connect-program "{connect}"; '
-            "set cmd:fail-exit yes; set net:max-retries 1; set net:timeout 15; "
-            f"get big.bin -o {self.fetched}; bye"
-        )
-        result = yield run(
-            [
-                "lftp",
-                "-u",
-                f"alice,{PASSWORD}",
-                "-e",
-                script,
-                f"sftp://127.0.0.1:{gw.sftp_port}",
-            ],
-            self.env,
-            self.work,
+        result = yield lftp_sftp(
+            gw.sftp_port, f"get big.bin -o {self.fetched}", self.env, self.work
         )
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertFetched(data)

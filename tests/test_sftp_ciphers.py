@@ -26,7 +26,7 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
 from tests.harness import PASSWORD, MiB, in_thread, random_bytes, sha256, start_gateway
-from tests.test_sftp_clients import openssh_options, run
+from tests.test_sftp_clients import lftp_sftp, openssh_options, run
 
 AEAD = (
     "chacha20-poly1305@openssh.com",
@@ -189,28 +189,12 @@ class LftpCipherTests(CipherTestsBase):
         for name, data in files.items():
             (root / name).write_bytes(data)
         down = self.work / "down"
-        connect = (
-            f"ssh -a -x -c {cipher} -F /dev/null -o StrictHostKeyChecking=no "
-            "-o UserKnownHostsFile=/dev/null -o IdentityAgent=none "
-            "-o PubkeyAuthentication=no"
-        )
-        script = (
-            "set sftp:auto-confirm yes; "
-            f'set sftp:connect-program "{connect}"; '
-            "set cmd:fail-exit yes; set net:max-retries 1; set net:timeout 15; "
-            f"mirror -R {root} /m; mirror /m {down}; bye"
-        )
-        result = yield run(
-            [
-                "lftp",
-                "-u",
-                f"alice,{PASSWORD}",
-                "-e",
-                script,
-                f"sftp://127.0.0.1:{gw.sftp_port}",
-            ],
+        result = yield lftp_sftp(
+            gw.sftp_port,
+            f"mirror -R {root} /m; mirror /m {down}",
             self.env,
             self.work,
+            ssh_options=f"-c {cipher}",
         )
         self.assertEqual(result.returncode, 0, result.stderr)
         for name, data in files.items():

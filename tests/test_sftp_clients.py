@@ -84,6 +84,37 @@ def run(
     return in_thread(bounded)
 
 
+def lftp_sftp(
+    port: int,
+    commands: str,
+    env: dict[str, str],
+    cwd: Path,
+    ssh_options: str = "",
+) -> defer.Deferred[subprocess.CompletedProcess]:
+    """
+    Run lftp's C{commands} over sftp:// as alice with her password, through
+    OpenSSH (lftp's sftp is an ssh subprocess) told to trust nothing on the
+    host and to try nothing but the password; C{ssh_options} add to it
+    (e.g. C{-c CIPHER}).  One retry at most, so a failure shows.
+    """
+    connect = (
+        f"ssh -a -x {ssh_options} -F /dev/null -o StrictHostKeyChecking=no "
+        "-o UserKnownHostsFile=/dev/null -o IdentityAgent=none "
+        "-o PubkeyAuthentication=no"
+    )
+    script = (
+        "set sftp:auto-confirm yes; "
+        f'set sftp:connect-program "{connect}"; '
+        "set cmd:fail-exit yes; set net:max-retries 1; set net:timeout 15; "
+        f"{commands}; bye"
+    )
+    return run(
+        ["lftp", "-u", f"alice,{PASSWORD}", "-e", script, f"sftp://127.0.0.1:{port}"],
+        env,
+        cwd,
+    )
+
+
 def openssh_options(port: int) -> list[str]:
     """No user config, agent or known_hosts for OpenSSH's clients."""
     return [
@@ -591,26 +622,9 @@ class LocalOnlyTestsMixin(ClientTestsBase):
             path.write_bytes(random_bytes(size))
         local = tree_files(root)
         down = self.work / "down"
-        connect = (
-            "ssh -a -x -F /dev/null -o StrictHostKeyChecking=no "
-            "-o UserKnownHostsFile=/dev/null -o IdentityAgent=none "
-            "-o PubkeyAuthentication=no"
-        )
-        script = (
-            "set sftp:auto-confirm yes; "
-            f'set sftp:connect-program "{connect}"; '
-            "set cmd:fail-exit yes; set net:max-retries 1; set net:timeout 15; "
-            f"mirror -R {root} /mirrored; mirror /mirrored {down}; bye"
-        )
-        result = yield run(
-            [
-                "lftp",
-                "-u",
-                f"alice,{PASSWORD}",
-                "-e",
-                script,
-                f"sftp://127.0.0.1:{gw.sftp_port}",
-            ],
+        result = yield lftp_sftp(
+            gw.sftp_port,
+            f"mirror -R {root} /mirrored; mirror /mirrored {down}",
             self.env,
             self.work,
         )
