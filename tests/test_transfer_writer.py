@@ -11,9 +11,11 @@ import random
 from typing import Optional
 
 from twisted.internet.defer import Deferred
+from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
-from cosgw.interfaces import StoreUnavailable
+from cosgw.interfaces import ObjectInfo, PartInfo, StoreUnavailable
+from cosgw.testing import MemoryStore
 from cosgw.transfer import (
     PositionalWriter,
     QuotaReached,
@@ -21,6 +23,7 @@ from cosgw.transfer import (
     Spool,
     SpoolFull,
     TransferSettings,
+    UploadBuffers,
     UploadWriter,
 )
 from cosgw.transfer.spool import SpoolBudget
@@ -265,3 +268,108 @@ class PositionalWriterTests(SynchronousTestCase):
             positional.write(101, b"z")
         self.assertIsInstance(writer.failure.value, QuotaReached)  # type: ignore[union-attr]
         self.failureResultOf(positional.finish(), QuotaReached)
+
+
+class SlowParts(MemoryStore):
+    """A memory store whose parts take C{delay} seconds on C{clock}."""
+
+    def __init__(self, clock: MemoryReactorClock, delay: float) -> None:
+        super().__init__(clock, min_part_size=MiB)
+        self.clock = clock
+        self.delay = delay
+
+    def upload_part(
+        self, key: str, upload_id: str, number: int, data: bytes
+    ) -> Deferred[PartInfo]:
+        d: Deferred[PartInfo] = Deferred()
+        parent = super()
+
+        def answer() -> None:
+            parent.upload_part(key, upload_id, number, data).chainDeferred(d)
+
+        self.clock.callLater(self.delay, answer)
+        return d
+
+
+class SFTPClient:
+    """
+    OpenSSH's sftp uploading one file: writes of C{chunk} in order, at most
+    C{in_flight} unacknowledged, none while the session stopped reading
+    (the positional writer's pressure).
+    """
+
+    def __init__(self, store: SlowParts, key: str, settings: TransferSettings) -> None:
+        self.data = pattern(6 * MiB + 4321, seed=len(key))
+        self.pressure = False
+        self.writer = UploadWriter(store, key, settings)
+        self.positional = PositionalWriter(
+            self.writer,
+            window=256 * KiB,
+            on_pressure=self.pressed,
+            paused_hold_limit=512 * KiB,
+        )
+        self.sent = 0
+        self.unacked = 0
+        self.result: Optional[Deferred[object]] = None
+        self.stored: Optional[ObjectInfo] = None
+
+    def pressed(self, on: bool) -> None:
+        self.pressure = on
+
+    def acked(self, _: object, size: int) -> None:
+        self.unacked -= size
+
+    def tick(self, chunk: int = 64 * KiB, in_flight: int = 64) -> None:
+        while (
+            not self.pressure
+            and self.sent < len(self.data)
+            and self.unacked < in_flight * chunk
+        ):
+            data = self.data[self.sent : self.sent + chunk]
+            d = self.positional.write(self.sent, data)
+            self.sent += len(data)
+            if d is not None:
+                self.unacked += len(data)
+                d.addCallback(self.acked, len(data))
+        if self.sent == len(self.data) and self.result is None:
+            self.result = self.positional.finish().addCallback(
+                lambda _: self.writer.finish()
+            )
+            self.result.addCallback(self.done)
+
+    def done(self, info: ObjectInfo) -> ObjectInfo:
+        self.stored = info
+        return info
+
+
+class PausedHoldTests(SynchronousTestCase):
+    def test_budget_exhausted_bounds_held_bytes(self) -> None:
+        """
+        Eight SFTP uploads (64 writes of 64 KiB in flight each, 4 MiB)
+        share a budget of two parts: while an upload waits for its turn
+        its acknowledgements are held and, past C{paused_hold_limit}, the
+        session stops reading, so no file holds more than that plus one
+        write outside the budget; every file arrives whole once the budget
+        frees.
+        """
+        clock = MemoryReactorClock()
+        store = SlowParts(clock, 0.1)
+        buffers = UploadBuffers(2 * MiB)
+        settings = TransferSettings(part_size=MiB, parts_in_flight=4, buffers=buffers)
+        clients = [SFTPClient(store, f"file{i}", settings) for i in range(8)]
+        peak = 0
+        for _ in range(20_000):
+            for client in clients:
+                client.tick()
+                peak = max(peak, client.positional._held_bytes)
+            if all(c.stored is not None for c in clients):
+                break
+            clock.advance(0.01)
+        self.assertGreater(buffers.waited, 8)
+        self.assertGreater(peak, 0)
+        self.assertLessEqual(peak, 512 * KiB + 64 * KiB)
+        for i, client in enumerate(clients):
+            assert client.stored is not None
+            self.assertEqual(client.stored.size, len(client.data))
+            self.assertEqual(store.stored_bytes(f"file{i}"), client.data)
+        self.assertEqual((buffers.used, buffers.waiting), (0, 0))

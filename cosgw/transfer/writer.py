@@ -17,12 +17,17 @@ L{PositionalWriter} turns writes at offsets into that order:
     silently wrong object.
 
 Backpressure: the writer pauses this object (its producer) while its parts
-in flight are full.  Acknowledgements of writes are then held back, which
-is all the flow control SFTP has (the client stops at its in-flight
-limit); C{on_pressure} tells the protocol when held bytes pass
-C{hold_limit}, so it can stop reading the connection altogether against a
-client that ignores acknowledgements.  When the upload fails in the store
-it stops this producer, which fails the file with the upload's error.
+in flight are full or it waits for its turn in the upload buffer budget.
+Acknowledgements of writes are then held back, which is all the flow
+control SFTP has (the client stops at its in-flight limit); C{on_pressure}
+tells the protocol when held bytes pass C{hold_limit}, so it can stop
+reading the connection altogether against a client that ignores
+acknowledgements.  While paused the limit is C{paused_hold_limit}: the
+bytes taken then reach the upload writer outside any budget claim, and
+OpenSSH keeps 64 writes of 255 KiB (16 MiB) in flight per file, so 32
+paused uploads held 512 MiB beside the budget without this bound.  When
+the upload fails in the store it stops this producer, which fails the
+file with the upload's error.
 """
 
 from __future__ import annotations
@@ -74,6 +79,7 @@ class PositionalWriter:
         hold_limit: int = 16 * MiB,
         on_pressure: Optional[Callable[[bool], None]] = None,
         append: bool = False,
+        paused_hold_limit: int = 2 * MiB,
     ) -> None:
         """
         @param spool: where writes beyond the memory window go; without one
@@ -82,11 +88,14 @@ class PositionalWriter:
             bytes wait for acknowledgement, False when they no longer do.
         @param append: every write goes to the end, whatever its offset (the
             SFTP APPEND flag, as O_APPEND).
+        @param paused_hold_limit: the lower C{hold_limit} while the upload
+            writer has paused this producer.
         """
         self.writer = writer
         self.window = window
         self.spool = spool
         self.hold_limit = hold_limit
+        self.paused_hold_limit = min(hold_limit, paused_hold_limit)
         self.on_pressure = on_pressure
         self.append = append
         #: The offset of the next byte the upload takes.
@@ -219,6 +228,8 @@ class PositionalWriter:
 
     def pauseProducing(self) -> None:
         self._paused = True
+        if self._held_bytes > self.paused_hold_limit:
+            self._set_pressure(True)
 
     def resumeProducing(self) -> None:
         self._paused = False
@@ -246,7 +257,8 @@ class PositionalWriter:
         d: Deferred[None] = Deferred()
         self._held.append((size, d))
         self._held_bytes += size
-        if self._held_bytes > self.hold_limit:
+        limit = self.paused_hold_limit if self._paused else self.hold_limit
+        if self._held_bytes > limit:
             self._set_pressure(True)
         return d
 
