@@ -173,30 +173,23 @@ class GatewayUserAuthServer(userauth.SSHUserAuthServer):
         if reason.check(LoginBanned):
             # A ban (when to come back) or too many logins at once: the
             # defender's own words, as FTP's 421 says them.
-            log.info(
-                "SSH login from {peer} refused: {reason}",
-                peer=self.transport.peer,
-                reason=for_log(str(reason.value)),
-            )
-            self.transport.sendDisconnect(
-                transport.DISCONNECT_NO_MORE_AUTH_METHODS_AVAILABLE,
-                str(reason.value).encode("utf-8"),
-            )
+            self._refuse(transport.DISCONNECT_NO_MORE_AUTH_METHODS_AVAILABLE, reason)
             return
         if reason.check(LoginRefused):
             # The right secret, but a rule (the user's networks or session
             # limit) refuses the session: say why and hang up, as FTP's 421.
-            log.info(
-                "SSH login from {peer} refused: {reason}",
-                peer=self.transport.peer,
-                reason=for_log(str(reason.value)),
-            )
-            self.transport.sendDisconnect(
-                transport.DISCONNECT_TOO_MANY_CONNECTIONS,
-                str(reason.value).encode("utf-8"),
-            )
+            self._refuse(transport.DISCONNECT_TOO_MANY_CONNECTIONS, reason)
             return
         super()._ebBadAuth(reason)
+
+    def _refuse(self, code: int, reason: Failure) -> None:
+        """Log why a login is refused and tell the client in its disconnect."""
+        log.info(
+            "SSH login from {peer} refused: {reason}",
+            peer=self.transport.peer,
+            reason=for_log(str(reason.value)),
+        )
+        self.transport.sendDisconnect(code, str(reason.value).encode("utf-8"))
 
     def _connected(self) -> bool:
         login_allowed = getattr(self.transport, "login_allowed", None)
