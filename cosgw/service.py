@@ -32,6 +32,7 @@ from twisted.logger import (
 )
 from twisted.python.threadpool import ThreadPool
 
+from cosgw.audit import SessionTable
 from cosgw.auth.passwd import DEFAULT_USERNAME
 from cosgw.auth.passwords import PasswordChecker
 from cosgw.auth.realm import Realm
@@ -69,6 +70,7 @@ class GatewayService(MultiService):
         self.limits: Optional[ConnectionLimits] = None
         self.sftp: Optional[SFTPFrontend] = None
         self.defender: Optional[LoginDefender] = None
+        self.sessions: Optional[SessionTable] = None
 
     def ready(self) -> Deferred[list[IListeningPort]]:
         """Fires with the FTP listening ports once they all listen."""
@@ -191,6 +193,7 @@ def makeService(config: Config, reactor: Any = None) -> GatewayService:
     service.defender, service.limits = _login_policy(config, reactor)
 
     realm = Realm()
+    service.sessions = SessionTable(reactor)
     parts = SharedParts(
         portal=_portal(config, users, realm, reactor, pool),
         realm=realm,
@@ -198,6 +201,7 @@ def makeService(config: Config, reactor: Any = None) -> GatewayService:
         limits=service.limits,
         defender=service.defender,
         reactor=reactor,
+        sessions=service.sessions,
     )
     service.ftp = FTPFrontend(config, parts)
     service.ftp.setServiceParent(service)

@@ -14,6 +14,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
+from cosgw.audit import SessionTable
 from cosgw.auth.realm import Realm
 from cosgw.config import (
     ALL_PERMISSIONS,
@@ -65,6 +66,7 @@ class FrontendTestCase(SynchronousTestCase):
             limits=self.limits,
             defender=self.defender,
             reactor=self.reactor,
+            sessions=SessionTable(self.reactor),
         )
 
     def config(

@@ -21,7 +21,9 @@ from cosgw.config.ini import Section
 from cosgw.config.model import (
     EPHEMERAL_PORTS,
     HASH_PREFIXES,
+    LOG_FORMATS,
     LOG_LEVELS,
+    ConfigError,
     ServerConfig,
     StorageConfig,
 )
@@ -275,6 +277,79 @@ def parse_log_level(sec: Section, key: str, default: str) -> str:
     if level not in LOG_LEVELS:
         sec.fail(key, "one of " + ", ".join(LOG_LEVELS), value)
     return level
+
+
+def parse_log_format(sec: Section, key: str) -> str:
+    value = (sec.text(key) or "text").lower()
+    if value not in LOG_FORMATS:
+        sec.fail(key, "one of " + ", ".join(LOG_FORMATS), value)
+    return value
+
+
+def parse_admin_listen(sec: Section, key: str, default: str) -> str:
+    """
+    One endpoint string; C{default} when the key is absent, and the empty
+    string (no admin listener) when it is present but empty: an operator
+    turns the listener off by writing C{admin_listen =}.
+    """
+    raw = sec.raw(key)
+    if raw is None:
+        return default
+    if not raw:
+        return ""
+    endpoints = parse_listen(sec, key, ())
+    if len(endpoints) != 1:
+        sec.fail(key, "one endpoint string, or nothing to disable it", raw)
+    return endpoints[0]
+
+
+def is_loopback_endpoint(description: str) -> bool:
+    """
+    Whether an endpoint string listens only where this host alone can
+    connect: a UNIX socket, or TCP on a loopback interface.  A TCP endpoint
+    with no C{interface=} listens on every interface.
+    """
+    fields = re.split(r"(?<!\\):", description)
+    while fields and fields[0].lower() == "haproxy":
+        fields = fields[1:]
+    if fields and fields[0].lower() == "unix":
+        return True
+    for arg in fields[1:]:
+        if arg.startswith("interface="):
+            address = arg[len("interface=") :].replace("\\:", ":")
+            try:
+                return ipaddress.ip_address(address).is_loopback
+            except ValueError:
+                return address == "localhost"
+    return False
+
+
+def check_admin(label: str, server: ServerConfig, users: Mapping[str, object]) -> None:
+    """
+    The admin listener's users must exist, and a listener other hosts can
+    reach must ask for one of them: it can kick any session.
+    """
+    for name in server.admin_users:
+        if name not in users:
+            raise ConfigError(
+                f"{label}: [server] admin_users: no [user:{name}] section",
+                path=label,
+                section="server",
+                key="admin_users",
+            )
+    if (
+        server.admin_listen
+        and not server.admin_users
+        and not is_loopback_endpoint(server.admin_listen)
+    ):
+        raise ConfigError(
+            f"{label}: [server] admin_listen: {server.admin_listen!r} is"
+            " reachable from other hosts; set admin_users, or listen on"
+            " interface=127.0.0.1",
+            path=label,
+            section="server",
+            key="admin_listen",
+        )
 
 
 def size_limit(sec: Section, key: str, minimum: int, maximum: int) -> int | None:

@@ -164,6 +164,13 @@ class TransferConfig:
     upload_buffer_budget: int = 128 * MIB
 
 
+#: Where the admin listener listens unless told otherwise: this host only.
+DEFAULT_ADMIN_LISTEN = "tcp:9121:interface=127.0.0.1"
+
+#: The values of [server] log_format.
+LOG_FORMATS = ("text", "json")
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     """
@@ -230,6 +237,18 @@ class ServerConfig:
     login_failure_window: int = 600
     login_ban_time: int = 1800
     login_failure_delay: float = 1.0
+    #: How log lines are written, to standard output and log_dir alike:
+    #: "text" (one readable line each) or "json" (one object per line, every
+    #: audit field its own key).
+    log_format: str = "text"
+    #: A wu-ftpd/vsftpd xferlog file, one line per transfer; None: none.
+    xferlog: Path | None = None
+    #: The admin listener (metrics, health, status page, JSON API), an
+    #: endpoint string; empty: none.
+    admin_listen: str = DEFAULT_ADMIN_LISTEN
+    #: Users (from the config) whose passwords open the admin listener;
+    #: empty: no authentication, allowed only on a loopback interface.
+    admin_users: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -19,12 +19,15 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from cosgw.config.fields import (
+    check_admin,
     check_password,
     check_user_name,
     load_cos_storage,
+    parse_admin_listen,
     parse_host,
     parse_host_keys,
     parse_listen,
+    parse_log_format,
     parse_log_level,
     parse_networks,
     parse_passive_ports,
@@ -83,6 +86,10 @@ _SERVER_KEYS = (
     "login_failure_window",
     "login_ban_time",
     "login_failure_delay",
+    "log_format",
+    "xferlog",
+    "admin_listen",
+    "admin_users",
 )
 _TRANSFER_KEYS = (
     "part_size",
@@ -203,6 +210,7 @@ class CosgwLoader:
                     f"{self.label}: [storage:{name}]: no user uses this storage"
                 )
         storages.update(own_storages)
+        check_admin(self.label, server, users)
         if not server.sftp_listen:
             for user in users.values():
                 if user.password is None:
@@ -261,6 +269,12 @@ class CosgwLoader:
         log_level = parse_log_level(sec, "log_level", "info")
         log_dir = sec.path("log_dir", self.base)
         return ServerConfig(
+            log_format=parse_log_format(sec, "log_format"),
+            xferlog=sec.path("xferlog", self.base),
+            admin_listen=parse_admin_listen(
+                sec, "admin_listen", ServerConfig.admin_listen
+            ),
+            admin_users=tuple(sec.words("admin_users")),
             state_dir=state_dir,
             ftp_listen=ftp_listen,
             passive_ports=passive,

@@ -14,6 +14,7 @@ from twisted.application.service import MultiService
 from twisted.cred.portal import Portal
 from twisted.internet.interfaces import IProtocolFactory
 
+from cosgw.audit import SessionTable
 from cosgw.auth.realm import Realm
 from cosgw.frontends.listener import ListenerService
 from cosgw.policy.accounts import Accounts
@@ -39,6 +40,9 @@ class SharedParts:
     defender: LoginDefender
     #: A clock, TCP and a resolver: injected, never the global reactor.
     reactor: Any
+    #: Every live session and transfer, across protocols (audit events, the
+    #: status page, kicks).
+    sessions: SessionTable
 
 
 class Frontend(MultiService):
