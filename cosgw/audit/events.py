@@ -48,8 +48,10 @@ EVENTS: Mapping[str, str] = {
     "session-close": "{protocol} session {session} of {user} from {client} closed"
     " after {duration}s: {reason}",
     "login": "{protocol} login of {user} from {client} (session {session})",
-    "login-failed": "{protocol} failed login for user {user} from {client_ip}"
-    " (session {session}): {error}",
+    # The address before anything the client chose (the user name), so a
+    # log watcher's pattern cannot be fooled by a crafted name.
+    "login-failed": "{protocol} login failed from {client_ip} port"
+    " {client_port} for user {user} (session {session}): {error}",
     "upload": "{protocol} upload of {path} by {user} from {client}: {outcome},"
     " {bytes} bytes in {duration}s",
     "download": "{protocol} download of {path} by {user} from {client}:"
