@@ -20,6 +20,7 @@ Embedding::
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Optional
 
 from twisted.application.service import MultiService
@@ -78,9 +79,23 @@ class GatewayService(MultiService):
         return self.ftp.ready()
 
 
-def _make_store(
-    storage: StorageConfig, reactor: Any, pool: ThreadPool, threads: int
+def make_store(
+    storage: StorageConfig,
+    reactor: Any,
+    pool: ThreadPool,
+    threads: int,
+    timeout: Optional[float] = None,
+    retry_delays: Optional[Sequence[float]] = None,
 ) -> IObjectStore:
+    """
+    The object store for C{storage}, its blocking work run in C{pool}: the
+    gateway's, and the C{cosgw} command's (which probes and lists uploads
+    with the very classes the gateway uses).
+
+    @param timeout: seconds a COS request may wait to connect and for each
+        read; None: the SDK's default.
+    @param retry_delays: as L{CosStore}'s; None: its default schedule.
+    """
     if storage.kind == "local":
         from cosgw.storage.local import LocalStore
 
@@ -106,8 +121,17 @@ def _make_store(
         settings.setdefault("Region", storage.region or "ap-guangzhou")
     if storage.scheme == "https":
         settings["VerifySSL"] = storage.verify_tls
+    if timeout is not None:
+        settings["Timeout"] = timeout
     assert storage.bucket is not None
-    return CosStore(storage.bucket, settings, reactor, pool, pool_size=threads)
+    return CosStore(
+        storage.bucket,
+        settings,
+        reactor,
+        pool,
+        pool_size=threads,
+        retry_delays=retry_delays,
+    )
 
 
 def _account(
@@ -178,7 +202,7 @@ def makeService(config: Config, reactor: Any = None) -> GatewayService:
         users[user.name] = user
 
     for name, storage in config.storages.items():
-        service.stores[name] = _make_store(storage, reactor, pool, threads)
+        service.stores[name] = make_store(storage, reactor, pool, threads)
         log.info(
             "storage {name}: {where}", name=name, where=service.stores[name].description
         )

@@ -27,9 +27,11 @@ from cosgw.auth.hashes import hash_password
 __all__ = [
     "DEFAULT_USERNAME",
     "PASSWD_FILENAME",
+    "add_arguments",
     "ensure_generated_account",
     "load_passwd_file",
     "main",
+    "run",
 ]
 
 PASSWD_FILENAME = "users.passwd"
@@ -51,31 +53,30 @@ def _read_stdin_password() -> str:
     return line
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """
-    The C{cosgw-passwd} console script (also C{python -m cosgw.auth}).
-
-    Asks for a password twice on the terminal, or reads one line from stdin
-    with C{--stdin} for provisioning scripts, and prints its hash on stdout,
-    to paste as C{password = <hash>} in the config.  The password itself is
-    never echoed or printed.
-
-    @return: the exit status: 0 on success, 1 if the password is empty, the
-        two entries differ or input ended.
-    """
-    parser = argparse.ArgumentParser(
-        prog="cosgw-passwd",
-        description=(
-            "Hash a password for the cosgw config. Paste the printed line as"
-            " 'password = <hash>'."
-        ),
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of C{cosgw-passwd}, for its parser and C{cosgw passwd}'s."""
+    parser.description = (
+        "Hash a password for the cosgw config. Paste the printed line as"
+        " 'password = <hash>'."
     )
     parser.add_argument(
         "--stdin",
         action="store_true",
         help="read the password from the first line of stdin (for scripts)",
     )
-    args = parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace, prog: str) -> int:
+    """
+    Asks for a password twice on the terminal, or reads one line from stdin
+    with C{--stdin} for provisioning scripts, and prints its hash on stdout,
+    to paste as C{password = <hash>} in the config.  The password itself is
+    never echoed or printed.
+
+    @param prog: the command's name, for its error messages.
+    @return: the exit status: 0 on success, 1 if the password is empty, the
+        two entries differ or input ended.
+    """
     try:
         if args.stdin:
             password = _read_stdin_password()
@@ -83,16 +84,28 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             password = getpass.getpass("Password: ")
             again = getpass.getpass("Password (again): ")
             if password != again:
-                print("cosgw-passwd: the passwords do not match", file=sys.stderr)
+                print(f"{prog}: the passwords do not match", file=sys.stderr)
                 return 1
     except (EOFError, KeyboardInterrupt):
-        print("cosgw-passwd: no password read", file=sys.stderr)
+        print(f"{prog}: no password read", file=sys.stderr)
         return 1
     if not password:
-        print("cosgw-passwd: refusing an empty password", file=sys.stderr)
+        print(f"{prog}: refusing an empty password", file=sys.stderr)
         return 1
     print(hash_password(password))
     return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """
+    The C{cosgw-passwd} console script (also C{python -m cosgw.auth}); the
+    C{cosgw passwd} command is the same L{run}.
+
+    @return: the exit status (see L{run}).
+    """
+    parser = argparse.ArgumentParser(prog="cosgw-passwd")
+    add_arguments(parser)
+    return run(parser.parse_args(argv), "cosgw-passwd")
 
 
 # --------------------------------------------------------------------------
