@@ -20,6 +20,7 @@ Embedding::
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -28,9 +29,7 @@ from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.portal import Portal
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IListeningPort
-from twisted.logger import (
-    Logger,
-)
+from twisted.logger import ILogObserver, Logger
 from twisted.python.threadpool import ThreadPool
 
 from cosgw.audit import SessionTable
@@ -40,12 +39,14 @@ from cosgw.auth.realm import Realm
 from cosgw.config import Config, StorageConfig, UserConfig
 from cosgw.embedded import announce, embedded_user
 from cosgw.interfaces import IObjectStore
+from cosgw.logs import output_observer
+from cosgw.logs.twistd import offer_log_observer
 from cosgw.policy.accounts import Account, Accounts
 from cosgw.policy.defender import LoginDefender
 from cosgw.policy.limits import ConnectionLimits, NetworkRule, SessionLimits
 from cosgw.policy.quota import Usage
 from cosgw.policy.throttle import RateLimit
-from cosgw.runtime import LogFileService, ThreadPoolService
+from cosgw.runtime import LogFileService, ThreadPoolService, XferlogService
 from cosgw.storage._runner import BlockingRunner
 from cosgw.storage.sweeper import UploadSweeper
 from cosgw.transfer import TransferSettings, UploadBuffers
@@ -72,6 +73,17 @@ class GatewayService(MultiService):
         self.sftp: Optional[SFTPFrontend] = None
         self.defender: Optional[LoginDefender] = None
         self.sessions: Optional[SessionTable] = None
+        #: The observer for the log of the program that runs the gateway
+        #: (twistd's standard output or log file), in log_format from
+        #: log_level; None: leave that log as it is.
+        self.log_output: Optional[ILogObserver] = None
+
+    def setServiceParent(self, parent: Any) -> None:
+        # twistd begins logging with its Application's ILogObserver
+        # component (set here, unless a .tac set its own), which is how
+        # log_format and log_level reach twistd's output.
+        offer_log_observer(parent, self.log_output)
+        super().setServiceParent(parent)
 
     def ready(self) -> Deferred[list[IListeningPort]]:
         """Fires with the FTP listening ports once they all listen."""
@@ -184,10 +196,7 @@ def makeService(config: Config, reactor: Any = None) -> GatewayService:
         log.warn("config: {notice}", notice=notice)
 
     service = GatewayService()
-    if config.server.log_dir is not None:
-        LogFileService(config.server.log_dir, config.server.log_level).setServiceParent(
-            service
-        )
+    _log_outputs(service, config)
     # Before the pool's threads exist: they share the one heap.
     limit_malloc_arenas()
     threads = config.transfer.threads
@@ -238,6 +247,20 @@ def makeService(config: Config, reactor: Any = None) -> GatewayService:
     if config.embedded:
         announce(service, users[DEFAULT_USERNAME], generated)
     return service
+
+
+def _log_outputs(service: GatewayService, config: Config) -> None:
+    """The log outputs: standard output, log_dir's daily file, the xferlog."""
+    server = config.server
+    service.log_output = output_observer(
+        sys.stdout, server.log_format, server.log_level
+    )
+    if server.log_dir is not None:
+        LogFileService(
+            server.log_dir, server.log_level, server.log_format
+        ).setServiceParent(service)
+    if server.xferlog is not None:
+        XferlogService(server.xferlog).setServiceParent(service)
 
 
 def _accounts(

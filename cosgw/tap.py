@@ -3,6 +3,8 @@ Options and service maker for ``twistd cosftp``.
 
 The config is loaded in C{postOptions}, so a bad file stops twistd with one
 line naming the file, section and key (a UsageError), never a traceback.
+The service's log observer is built for the destination twistd's own
+options name (L{cosgw.logs.twistd}).
 """
 
 from __future__ import annotations
@@ -39,10 +41,18 @@ class Options(usage.Options):
 
 
 def makeService(options: Options) -> Any:
+    from cosgw.logs.twistd import twistd_observer
     from cosgw.service import makeService as make
 
     try:
-        return make(options.config)
+        service = make(options.config)
     except ConfigError as e:
         # A certificate that cannot be read, found only when it is loaded.
         raise SystemExit(f"cosftp: {e}") from None
+    # twistd's own options (-n, --logfile, --syslog, --logger) say where its
+    # log goes; the gateway's observer goes there, in log_format from
+    # log_level, instead of twistd's plain text of every level.
+    twistd = getattr(options, "parent", None)
+    if twistd is not None:
+        service.log_output = twistd_observer(twistd, options.config.server)
+    return service

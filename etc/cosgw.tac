@@ -1,6 +1,14 @@
 # Run with:  twistd -ny etc/cosgw.tac
 # COSGW_CONFIG names the config file; without it, the embedded default
 # (./cosgw-data over FTP on port 2121) is served.
+#
+# The gateway logs to standard output in [server] log_format, from
+# log_level up: setServiceParent gives the Application that log observer
+# (its ILogObserver component), which twistd then logs with instead of its
+# own, so twistd's --logfile does not apply; use log_dir for a file.  To log
+# elsewhere, set the component before adding the service, e.g.
+#     application.setComponent(ILogObserver, output_observer(stream, "json", "info"))
+# with output_observer from cosgw.logs.
 import os
 
 from twisted.application import service
