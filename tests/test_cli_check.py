@@ -30,6 +30,7 @@ def fields(output: str) -> list[str]:
     """The lines of C{output}, each with its runs of blanks made one space."""
     return [" ".join(line.split()) for line in output.splitlines()]
 
+
 GOOD = f"""
     [server]
     ftp_listen = tcp:2121

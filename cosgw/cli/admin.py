@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import errno
 import getpass
 import json
 import os
@@ -30,6 +31,7 @@ from urllib.parse import quote
 
 from cosgw.cli.text import format_address, format_duration, format_time, table
 from cosgw.config import ConfigError, load_config
+from cosgw.escaping import for_reply
 
 #: Where the admin listener listens unless the config says otherwise.
 DEFAULT_ADMIN_URL = "http://127.0.0.1:9121"
@@ -43,7 +45,8 @@ EXIT_OK = 0
 EXIT_ERROR = 1
 #: The admin listener cannot be reached (refused, no answer in time).
 EXIT_UNREACHABLE = 3
-#: The listener refused the credentials (HTTP 401 or 403).
+#: The listener refused: no or wrong credentials (401), not allowed from
+#: here (403), too many failed logins (429).
 EXIT_DENIED = 4
 #: No such session (HTTP 404).
 EXIT_NOT_FOUND = 5
@@ -260,6 +263,9 @@ def _request(args: argparse.Namespace, method: str, path: str) -> dict[str, Any]
         reason = getattr(e, "reason", e)
         if isinstance(reason, TimeoutError):
             reason = f"no answer in {args.timeout:g} s"
+        elif isinstance(reason, OSError) and reason.errno and reason.strerror:
+            name = errno.errorcode.get(reason.errno, str(reason.errno))
+            reason = f"{reason.strerror.lower()} ({name})"
         raise AdminError(
             f"cannot reach the admin listener at {base}: {reason}", EXIT_UNREACHABLE
         ) from None
@@ -277,18 +283,38 @@ def _request(args: argparse.Namespace, method: str, path: str) -> dict[str, Any]
 def _refusal(
     e: urllib.error.HTTPError, base: str, path: str, args: argparse.Namespace
 ) -> AdminError:
-    """The error to report for an HTTP error answer."""
-    if e.code in (401, 403):
+    """The error to report for an HTTP error answer, in the listener's words."""
+    reason = _reason(e)
+    if e.code == 401:
         if args.user:
-            why = f"the admin listener refused user {args.user!r} ({e.code})"
+            why = f"the admin listener refused user {args.user!r} (401)"
         else:
             why = (
-                f"the admin listener asks for a user ({e.code}): give --user NAME"
+                "the admin listener asks for a user (401): give --user NAME"
                 f" (password from ${PASSWORD_VARIABLE} or a prompt)"
             )
         return AdminError(why, EXIT_DENIED)
+    if e.code in (403, 429):
+        retry = e.headers.get("Retry-After")
+        later = f"; try again in {retry} s" if retry else ""
+        return AdminError(f"refused ({e.code}): {reason}{later}", EXIT_DENIED)
     if e.code == 404:
         if getattr(args, "session", None) is not None:
             return AdminError(f"no session {args.session!r}", EXIT_NOT_FOUND)
         return AdminError(f"{base}{path}: not found (404)", EXIT_NOT_FOUND)
-    return AdminError(f"{base}{path}: HTTP {e.code} {e.reason}", EXIT_ERROR)
+    return AdminError(f"{base}{path}: HTTP {e.code}: {reason}", EXIT_ERROR)
+
+
+def _reason(e: urllib.error.HTTPError) -> str:
+    """What an error answer says: its JSON C{error}, its text, or the status."""
+    try:
+        body = e.read(1000).decode("utf-8", "replace").strip()
+    except OSError:
+        body = ""
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        answer = None
+    if isinstance(answer, dict) and isinstance(answer.get("error"), str):
+        body = answer["error"]
+    return for_reply(body.splitlines()[0] if body else str(e.reason))

@@ -125,7 +125,7 @@ def command(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_REFUSED
-    if args.action == "abort" and args.upload_id is None:
+    if args.action == "abort" and args.key is not None and args.upload_id is None:
         print("cosgw uploads abort: KEY needs its UPLOAD_ID", file=sys.stderr)
         return EXIT_REFUSED
     try:
@@ -236,7 +236,7 @@ async def list_command(
 ) -> int:
     uploads, errors = await find(stores, reactor)
     if args.older_than is not None:
-        uploads = [u for u in uploads if u.age > args.older_than]
+        uploads = [u for u in uploads if u.age >= args.older_than]
     if args.json:
         print(
             json.dumps(
@@ -264,7 +264,7 @@ async def abort_command(
         ]
     else:
         uploads, errors = await find(stores, reactor)
-        uploads = [u for u in uploads if u.age > args.older_than]
+        uploads = [u for u in uploads if u.age >= args.older_than]
     _report_errors(errors)
     if not uploads:
         if args.key is not None and not errors:
@@ -299,4 +299,6 @@ async def _confirm(uploads: list[Upload], reactor: Any) -> bool:
     except EOFError:
         print()
         return False
+    if not sys.stdin.isatty():
+        print(answer)  # what a terminal would have echoed
     return str(answer).strip().lower() in ("y", "yes")
