@@ -212,3 +212,21 @@ class LocalUploadsTests(TestCase):
         self.assertEqual(
             [(u.key, u.upload_id) for u in pending], [("fresh/file", fresh)]
         )
+
+    def test_no_directory_yet(self) -> None:
+        """
+        A local storage the gateway has not created yet has no uploads, and
+        the command does not create it (run as root, it would leave a
+        directory the gateway's user cannot write).
+        """
+        root = temporary_directory(self)
+        config = write_config(
+            root,
+            f"[storage:disk]\ntype = local\npath = data\n"
+            f"[user:u]\npassword = {PASSWORD}\nstorage = disk\n",
+        )
+        result = cosgw("uploads", "list", "--config", str(config))
+        self.assertEqual(
+            (result.returncode, result.stdout), (0, "no unfinished uploads\n")
+        )
+        self.assertFalse((root / "data").exists())

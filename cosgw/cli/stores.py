@@ -52,14 +52,33 @@ def pick_storages(config: Config, name: str | None) -> list[str]:
     return [name]
 
 
+def with_uploads_area(config: Config, names: list[str]) -> list[str]:
+    """
+    Those of C{names} that can hold unfinished uploads: every COS storage,
+    and the local ones whose upload area exists.  Blocking (it looks at the
+    disk): call it before the reactor runs.  A command must not create a
+    local storage's directories, as the gateway does at start: run as
+    root, it would leave them root's, and the gateway's user could not
+    write there.
+    """
+    from cosgw.storage.local import TMP_DIR
+
+    found = []
+    for name in names:
+        path = config.storages[name].path
+        if path is None or (path / TMP_DIR).is_dir():
+            found.append(name)
+    return found
+
+
 def open_stores(
     config: Config, names: list[str], reactor: Any, timeout: float
 ) -> Mapping[str, IObjectStore]:
     """
     A store for each of C{names}, each request tried once and waiting at
     most C{timeout} seconds to connect and for each read.  Building a store
-    makes no request (a local one creates its directory, as the gateway
-    would at start).
+    makes no request; a local one creates its directories when missing (see
+    L{with_uploads_area}).
     """
     from cosgw.service import make_store
 

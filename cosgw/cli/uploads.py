@@ -29,6 +29,7 @@ from cosgw.cli.stores import (
     open_stores,
     pick_storages,
     run,
+    with_uploads_area,
 )
 from cosgw.cli.text import (
     format_bytes,
@@ -130,7 +131,7 @@ def command(args: argparse.Namespace) -> int:
         return EXIT_REFUSED
     try:
         config = load_config(args.config)
-        names = pick_storages(config, args.storage)
+        names = with_uploads_area(config, pick_storages(config, args.storage))
     except ConfigError as e:
         print(f"cosgw uploads: {e}", file=sys.stderr)
         return EXIT_REFUSED
