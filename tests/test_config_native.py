@@ -448,3 +448,48 @@ def test_own_bucket_secrets_not_in_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(path)
     assert_one_line_error(caught.value, path, "user:alice", "region")
+
+
+# --------------------------------------------------------------------------
+# Log outputs
+# --------------------------------------------------------------------------
+
+
+def test_log_outputs_default(tmp_path: Path) -> None:
+    """No log_format: text lines; no xferlog: none is written."""
+    server = load_config(write(tmp_path, BASE)).server
+    assert (server.log_format, server.xferlog) == ("text", None)
+
+
+def test_log_format_and_xferlog(tmp_path: Path) -> None:
+    """Any case of json; xferlog relative to the config file's directory."""
+    text = "[server]\nlog_format = JSON\nxferlog = logs/xferlog\n"
+    server = load_config(write(tmp_path, text + BASE)).server
+    assert server.log_format == "json"
+    assert server.xferlog == tmp_path / "logs" / "xferlog"
+    text = "[server]\nlog_format = text\nxferlog = /var/log/cosgw/xferlog\n"
+    server = load_config(write(tmp_path, text + BASE)).server
+    assert server.log_format == "text"
+    assert server.xferlog == Path("/var/log/cosgw/xferlog")
+
+
+@pytest.mark.parametrize("value", ["yaml", "syslog", "1"])
+def test_log_format_refused(tmp_path: Path, value: str) -> None:
+    path = write(tmp_path, f"[server]\nlog_format = {value}\n" + BASE)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert_one_line_error(caught.value, path, "server", "log_format")
+    assert "text, json" in str(caught.value)
+
+
+def test_example_documents_log_outputs() -> None:
+    """etc/cosgw.ini shows the log keys at their defaults."""
+    server = load_config(EXAMPLE).server
+    assert (server.log_format, server.xferlog, server.log_level) == (
+        "text",
+        None,
+        "info",
+    )
+    text = EXAMPLE.read_text(encoding="utf-8")
+    for key in ("log_format", "xferlog", "etc/fail2ban"):
+        assert key in text
