@@ -29,6 +29,7 @@ from cosgw.logs import AtLevel, LineObserver
 from cosgw.logs.twistd import offer_log_observer, twistd_observer
 
 PASSWORD = "plain-text-on-purpose"
+TAC = Path(__file__).resolve().parent.parent / "etc" / "cosgw.tac"
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 
 
@@ -123,8 +124,13 @@ class RealTwistdTests(SynchronousTestCase):
         self.addCleanup(shutil.rmtree, directory, True)
         return directory
 
-    def start(self, directory: Path, *args: str, **keys: str) -> subprocess.Popen:
-        """twistd -n cosftp on a free port, once it listens."""
+    def start(
+        self, directory: Path, *args: str, tac: bool = False, **keys: str
+    ) -> subprocess.Popen:
+        """
+        twistd -n cosftp (or, with C{tac}, etc/cosgw.tac) on a free port,
+        once it listens.
+        """
         self.port = free_port()
         (directory / "data").mkdir(exist_ok=True)
         settings = {
@@ -142,9 +148,14 @@ class RealTwistdTests(SynchronousTestCase):
         )
         out = open(directory / "stdout", "wb")  # noqa: SIM115
         self.addCleanup(out.close)
-        command = [TWISTD, "--nodaemon", "--pidfile=", *args, "cosftp"]
+        command = [TWISTD, "--nodaemon", "--pidfile=", *args]
+        if tac:
+            command += ["--python", str(TAC)]
+        else:
+            command += ["cosftp", "--config", str(config)]
         proc = subprocess.Popen(
-            [*command, "--config", str(config)],
+            command,
+            env={**os.environ, "COSGW_CONFIG": str(config)},
             cwd=directory,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -219,3 +230,15 @@ class RealTwistdTests(SynchronousTestCase):
         self.assertNotIn("Login succeeded", text)
         # Nothing went to standard output: twistd logged to its file.
         self.assertEqual(self.output(directory), "")
+
+    def test_tac_standard_output(self) -> None:
+        """etc/cosgw.tac: the service gives the Application its observer."""
+        directory = self.tempdir()
+        proc = self.start(directory, tac=True, log_format="json", log_level="warn")
+        self.login()
+        self.stop(proc)
+        records = [json.loads(line) for line in self.output(directory).splitlines()]
+        self.assertEqual(
+            {r["level"] for r in records} - {"warn", "error", "critical"}, set()
+        )
+        self.assertIn("plain-text password", " ".join(r["message"] for r in records))
