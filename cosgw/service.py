@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from twisted.application.service import MultiService
 from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.credentials import IUsernamePassword
 from twisted.cred.portal import Portal
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IListeningPort
@@ -54,6 +55,7 @@ from cosgw.transfer.buffers import limit_malloc_arenas
 from cosgw.vfs import home_prefix, is_hidden_key
 
 if TYPE_CHECKING:
+    from cosgw.admin import AdminService
     from cosgw.frontends.ftp.service import FTPFrontend
     from cosgw.frontends.sftp.service import SFTPFrontend
 
@@ -73,6 +75,8 @@ class GatewayService(MultiService):
         self.sftp: Optional[SFTPFrontend] = None
         self.defender: Optional[LoginDefender] = None
         self.sessions: Optional[SessionTable] = None
+        #: The admin listener; None when admin_listen is empty.
+        self.admin: Optional[AdminService] = None
         #: The observer for the log of the program that runs the gateway
         #: (twistd's standard output or log file), in log_format from
         #: log_level; None: leave that log as it is.
@@ -243,9 +247,17 @@ def makeService(config: Config, reactor: Any = None) -> GatewayService:
 
         service.sftp = SFTPFrontend(config, parts)
         service.sftp.setServiceParent(service)
+    if config.server.admin_listen:
+        _admin(config, service, parts, reactor)
 
     if config.embedded:
         announce(service, users[DEFAULT_USERNAME], generated)
+    # Last, so it is stopped first: STOPPING=1 before anything stops.
+    from cosgw.systemd import SystemdNotifier
+
+    notifier = SystemdNotifier.from_environment(reactor)
+    if notifier is not None:
+        notifier.setServiceParent(service)
     return service
 
 
@@ -261,6 +273,30 @@ def _log_outputs(service: GatewayService, config: Config) -> None:
         ).setServiceParent(service)
     if server.xferlog is not None:
         XferlogService(server.xferlog).setServiceParent(service)
+
+
+def _admin(config: Config, service: GatewayService, parts: Any, reactor: Any) -> None:
+    """
+    The admin listener, last: it watches the listeners and stores built
+    before it, and, stopped first, stops counting before they go.
+    """
+    from cosgw.admin import AdminService
+
+    assert service.accounts is not None and service.pool is not None
+    assert service.defender is not None and service.sessions is not None
+    service.admin = AdminService(
+        config.server.admin_listen,
+        service,
+        service.sessions,
+        service.accounts,
+        service.pool,
+        service.defender,
+        service.stores,
+        reactor,
+        users=config.server.admin_users,
+        checker=parts.portal.checkers.get(IUsernamePassword),
+    )
+    service.admin.setServiceParent(service)
 
 
 def _accounts(

@@ -177,6 +177,8 @@ class Gateway:
         self.port = port
         self.sftp_port = sftp_port
         self.host = "127.0.0.1"
+        #: The admin listener's port, when the test asked for one.
+        self.admin_port = 0
 
     @property
     def store(self) -> Any:
@@ -233,6 +235,8 @@ def start_gateway(
         # unless a test asks for them.
         "login_failure_delay": 0.0,
         "login_max_failures": 0,
+        # Never the default 127.0.0.1:9121; admin tests ask for tcp:0.
+        "admin_listen": "",
         **server_overrides,
     }
     server = ServerConfig(state_dir=state, **server_settings)
@@ -263,7 +267,11 @@ def start_gateway(
             listener = service.sftp.listeners[0]
             await listener.listening
             sftp_port = listener.port.getHost().port
-        return Gateway(service, inspector, ports[0].getHost().port, sftp_port)
+        gateway = Gateway(service, inspector, ports[0].getHost().port, sftp_port)
+        if service.admin is not None:
+            admin = await service.admin.listening
+            gateway.admin_port = admin.getHost().port
+        return gateway
 
     return Deferred.fromCoroutine(ready())
 

@@ -82,7 +82,7 @@ class _Child:
             f"sftp_listen = tcp:{self.sftp_port}:interface=127.0.0.1\n"
             f"ssh_host_keys =\n    {keys}\n"
             "passive_ports = 62000-62999\nmax_connections_per_ip = 0\n"
-            "login_failure_delay = 0\nlogin_max_failures = 0\n"
+            "login_failure_delay = 0\nlogin_max_failures = 0\nadmin_listen =\n"
             f"[storage:s]\ntype = local\npath = {self.dir}/data\n"
             f"[user:bob]\npassword = {PASSWORD}\nstorage = s\npermissions = all\n"
         )

@@ -249,6 +249,8 @@ class LoginDefender:
         #: Whether records are being forgotten for room; logged once per
         #: episode, so a flood of addresses does not double the log.
         self._full = False
+        #: Bans imposed since start (the admin listener's metrics).
+        self.bans = 0
 
     @staticmethod
     def _check(
@@ -332,6 +334,7 @@ class LoginDefender:
             and record.banned_until <= now
         ):
             record.banned_until = now + self._ban_time
+            self.bans += 1
             log.warn(
                 "Banning {key} for {ban_time} seconds after {failures} failed"
                 " logins within {window} seconds (last from {ip}, user {user})",
