@@ -86,7 +86,7 @@ def emit(fields: Mapping[str, Any], level: LogLevel = LogLevel.info) -> None:
     if fields.get("outcome") == "error" and "{error}" not in template:
         template += " ({error})"
     values = dict(fields)
-    values.setdefault("user", "")
+    values["user"] = fields.get("user") or "-"
     values["client"] = f"{fields.get('client_ip')}:{fields.get('client_port')}"
     text = template.format_map(_Escaped(values))
     _log.emit(level, "{audit_text}", audit_text=text, **{AUDIT_KEY: dict(fields)})
