@@ -493,3 +493,77 @@ def test_example_documents_log_outputs() -> None:
     text = EXAMPLE.read_text(encoding="utf-8")
     for key in ("log_format", "xferlog", "etc/fail2ban"):
         assert key in text
+
+
+# --------------------------------------------------------------------------
+# Admin listener
+# --------------------------------------------------------------------------
+
+
+def test_admin_defaults(tmp_path: Path) -> None:
+    """No admin keys: this host only, on 9121, no password."""
+    server = load_config(write(tmp_path, BASE)).server
+    assert server.admin_listen == "tcp:9121:interface=127.0.0.1"
+    assert server.admin_users == ()
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "tcp:9200:interface=127.0.0.1",
+        "tcp6:9200:interface=\\:\\:1",
+        "tcp:9200:interface=localhost",
+        "unix:/run/cosgw/admin.sock",
+        "haproxy:tcp:9200:interface=127.0.0.1",
+    ],
+)
+def test_admin_listen_loopback_needs_no_users(tmp_path: Path, value: str) -> None:
+    text = f"[server]\nadmin_listen = {value}\n" + BASE
+    assert load_config(write(tmp_path, text)).server.admin_listen == value
+
+
+def test_admin_listen_empty_disables(tmp_path: Path) -> None:
+    text = "[server]\nadmin_listen =\n" + BASE
+    assert load_config(write(tmp_path, text)).server.admin_listen == ""
+
+
+@pytest.mark.parametrize(
+    "value", ["tcp:9121", "tcp:9121:interface=0.0.0.0", "tcp6:9121:interface=\\:\\:"]
+)
+def test_admin_listen_reachable_needs_users(tmp_path: Path, value: str) -> None:
+    path = write(tmp_path, f"[server]\nadmin_listen = {value}\n" + BASE)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert_one_line_error(caught.value, path, "server", "admin_listen")
+    assert "other hosts can reach" in str(caught.value)
+    text = f"[server]\nadmin_listen = {value}\nadmin_users = alice\n" + BASE
+    server = load_config(write(tmp_path, text)).server
+    assert (server.admin_listen, server.admin_users) == (value, ("alice",))
+
+
+def test_admin_listen_one_endpoint(tmp_path: Path) -> None:
+    text = "[server]\nadmin_listen = tcp:1:interface=127.0.0.1 tcp:2\n" + BASE
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert_one_line_error(caught.value, path, "server", "admin_listen")
+
+
+def test_admin_users_must_be_users(tmp_path: Path) -> None:
+    path = write(tmp_path, "[server]\nadmin_users = alice, mallory\n" + BASE)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert_one_line_error(caught.value, path, "server", "admin_users")
+    assert "'mallory'" in str(caught.value)
+
+
+def test_example_documents_admin_keys() -> None:
+    """etc/cosgw.ini shows the admin keys at their defaults."""
+    server = load_config(EXAMPLE).server
+    assert (server.admin_listen, server.admin_users) == (
+        "tcp:9121:interface=127.0.0.1",
+        (),
+    )
+    text = EXAMPLE.read_text(encoding="utf-8")
+    for needle in ("admin_listen", "admin_users", "/metrics", "/readyz"):
+        assert needle in text

@@ -11,6 +11,7 @@ key differently, the caller passes the file's name for it.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,6 +24,7 @@ from cosgw.config.model import (
     HASH_PREFIXES,
     LOG_FORMATS,
     LOG_LEVELS,
+    STATE_DIR_NAME,
     ConfigError,
     ServerConfig,
     StorageConfig,
@@ -332,7 +334,8 @@ def check_admin(label: str, server: ServerConfig, users: Mapping[str, object]) -
     for name in server.admin_users:
         if name not in users:
             raise ConfigError(
-                f"{label}: [server] admin_users: no [user:{name}] section",
+                f"{label}: [server] admin_users: expected names of [user:NAME]"
+                f" sections, got {name!r}, which has none",
                 path=label,
                 section="server",
                 key="admin_users",
@@ -343,9 +346,9 @@ def check_admin(label: str, server: ServerConfig, users: Mapping[str, object]) -
         and not is_loopback_endpoint(server.admin_listen)
     ):
         raise ConfigError(
-            f"{label}: [server] admin_listen: {server.admin_listen!r} is"
-            " reachable from other hosts; set admin_users, or listen on"
-            " interface=127.0.0.1",
+            f"{label}: [server] admin_listen: expected a loopback interface"
+            " (interface=127.0.0.1) or a UNIX socket without admin_users, got"
+            f" {server.admin_listen!r}, which other hosts can reach",
             path=label,
             section="server",
             key="admin_listen",
@@ -394,6 +397,17 @@ def parse_networks(sec: Section, key: str) -> tuple[str, ...]:
         if network not in networks:
             networks.append(network)
     return tuple(networks)
+
+
+def default_state_dir(base: Path) -> Path:
+    """
+    The state directory of a config that names none: systemd's
+    C{$STATE_DIRECTORY} (C{StateDirectory=}; the first of several) when it
+    starts the gateway, as the config's own directory is read-only there
+    (C{ProtectSystem=strict}); otherwise C{cosgw-state} beside the config.
+    """
+    given = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    return Path(given) if given else base / STATE_DIR_NAME
 
 
 def parse_host_keys(sec: Section, key: str, base: Path) -> tuple[Path, ...]:
