@@ -58,6 +58,9 @@ class ObjectInfo:
     crc64: Optional[int] = None
     metadata: Mapping[str, str] = field(default_factory=dict)
     request_id: Optional[str] = None
+    #: Attempts the store made beyond the first to get this answer (its
+    #: own retries of a transient failure); for the transfer's audit record.
+    retries: int = 0
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,8 @@ class PartInfo:
     size: int
     crc64: Optional[int] = None
     mtime: float = 0.0
+    #: Attempts the store made beyond the first to store the part.
+    retries: int = 0
 
 
 @dataclass(frozen=True)
@@ -332,6 +337,14 @@ class IListing(Interface):
             the path.  A file's listing is the file itself.
         """
 
+    def close(error: Optional[BaseException] = None) -> None:
+        """
+        The frontend stops reading the listing before its end (the client
+        went away, an ABOR: C{error} says why); after the end, or more than
+        once, it does nothing.  The listing's audit event then says it was
+        cut short.
+        """
+
 
 class IReader(Interface):
     """
@@ -367,8 +380,14 @@ class IReader(Interface):
             closed.
         """
 
-    def close() -> None:
-        """Release the stream (any time, more than once)."""
+    def close(error: Optional[BaseException] = None) -> None:
+        """
+        Release the stream (any time, more than once).  C{error}: why the
+        frontend ends the download although the file system saw nothing
+        wrong (its data connection failed after every byte was handed on,
+        the client went away); the download is then recorded as
+        interrupted, not complete.
+        """
 
 
 class IUpload(IConsumer):

@@ -15,6 +15,7 @@ from typing import Any, Optional
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from cosgw.audit import Session
 from cosgw.interfaces import IObjectStore
 from cosgw.policy.limits import NetworkRule, SessionLimits
 from cosgw.policy.quota import Usage
@@ -82,9 +83,13 @@ class Accounts:
         self.sessions = sessions if sessions is not None else SessionLimits()
         self.clock = clock
 
-    def filesystem(self, name: str) -> ObjectFileSystem:
+    def filesystem(
+        self, name: str, session: Optional[Session] = None
+    ) -> ObjectFileSystem:
         """
-        A new file system for one session of user C{name}.
+        A new file system for one session of user C{name}; with the
+        client's C{session}, it emits that session's audit events and keeps
+        its live transfers.
 
         @raise KeyError: no such account (the checker should have refused).
         """
@@ -101,14 +106,17 @@ class Accounts:
             upload_limit=account.upload_limit,
             download_limit=account.download_limit,
             clock=self.clock,
+            session=session,
         )
 
     def open_session(self, name: str, peer: Any) -> ObjectFileSystem:
         """
-        A session of C{name} from C{peer} (an address with C{.host}, or
-        None) begins: check the user's networks and session limit.  Call
-        L{close_session} when it ends.
+        A session of C{name} from C{peer} begins: check the user's networks
+        and session limit.  Call L{close_session} when it ends.
 
+        @param peer: the client's L{Session} (the frontends' avatar mind):
+            it is then the user's, and the file system records its events
+            and transfers in it; or just an address with C{.host}; or None.
         @raise LoginRefused: a rule refuses the session.
         """
         account = self.accounts[name]
@@ -131,6 +139,9 @@ class Accounts:
                 f"too many sessions for {name} ({account.max_sessions}); "
                 "try again later"
             )
+        if isinstance(peer, Session):
+            peer.user = name
+            return self.filesystem(name, peer)
         return self.filesystem(name)
 
     def close_session(self, name: str) -> None:

@@ -155,6 +155,10 @@ class UploadWriter:
         #: Bytes of the object that did not come from this stream (kept
         #: parts of a resumed upload, a copied prefix).
         self.base = 0
+        #: Parts this writer stored, and the store's retries for them (for
+        #: the transfer's audit record).
+        self.parts_stored = 0
+        self.retries = 0
         self._start_from(resume, copy_prefix, initial)
         self._budget = budget
         if budget is not None and not budget.grow(self.size):
@@ -455,6 +459,8 @@ class UploadWriter:
     def _part_done(self, info: PartInfo, held: Held) -> None:
         held.free()  # the part's bytes are gone, stored
         self._in_flight -= 1
+        self.parts_stored += 1
+        self.retries += info.retries
         if self.state is UploadState.SUSPENDED:
             self._parts.append(info)  # stored: a resume can keep it
         if self.state not in (UploadState.OPEN, UploadState.FINISHING):

@@ -10,10 +10,14 @@ lives here once.
   - L{cosgw.vfs.reader}, L{cosgw.vfs.upload}, L{cosgw.vfs.editing}: the
     objects a frontend reads and writes files through, with the user's
     rules inside;
+  - L{cosgw.vfs.opening}: SFTP's OPEN, its flags and checks;
   - L{cosgw.vfs.listing}, L{cosgw.vfs.mtimes}, L{cosgw.vfs.digests},
-    L{cosgw.vfs.resume}, L{cosgw.vfs.renames}, L{cosgw.vfs.rates},
-    L{cosgw.vfs.directories} (what a name is in one request, and the
-    directories a session knows): what they are made of;
+    L{cosgw.vfs.resume}, L{cosgw.vfs.renames}, L{cosgw.vfs.changes},
+    L{cosgw.vfs.rates}, L{cosgw.vfs.directories} (what a name is in one
+    request, and the directories a session knows): what they are made of;
+  - L{cosgw.vfs.auditing}, L{cosgw.vfs.metering}: the session's audit
+    events of every action, and the live record of every transfer handed
+    out, emitted here so that no frontend can forget one;
   - L{cosgw.vfs.errors}: the L{FSError}s every frontend maps to its
     replies in one place.
 """

@@ -31,6 +31,15 @@ The session may go (L{RandomAccessFile.abort}) while the first write's
 decision is in flight: whatever the decision then starts (an upload with
 its quota reservation, a spooled copy) is discarded as soon as it exists.
 
+What is recorded (the session's live transfers and their events, see
+L{cosgw.vfs.metering}): a download for the reads from the stored file (a
+file opened for reading, or reads before the first write of a file opened
+for both), and an upload for the writes that store the file (from the
+open for a new file, TRUNC or APPEND; from the first write otherwise).  A
+file opened for both that is read and written is both; one that writes
+nothing stores nothing and records no upload; reads of a file changed in
+place come from its spool and are not a download.
+
 The states of a L{RandomAccessFile}:
 
     ========== =============================== ==============================
@@ -65,14 +74,12 @@ from cosgw.policy.throttle import PauseGate
 from cosgw.transfer import RandomAccessSettings, Spool, TransferStopped
 from cosgw.transfer.settings import MiB
 from cosgw.vfs.errors import (
-    AlreadyExists,
-    IsADirectory,
-    NotFound,
     NotSupported,
     PermissionDenied,
     WriteRefused,
     translate,
 )
+from cosgw.vfs.metering import Meter
 from cosgw.vfs.names import display
 from cosgw.vfs.rates import ReplyHold
 from cosgw.vfs.reader import Reader
@@ -112,66 +119,6 @@ class FileMode(enum.Enum):
     CLOSED = "closed"
 
 
-async def open_file(
-    fs: ObjectFileSystem,
-    segments: Sequence[str],
-    flags: OpenFlags,
-    settings: RandomAccessSettings,
-    producer: Optional[IPushProducer],
-) -> RandomAccessFile:
-    """Open C{segments} as L{ObjectFileSystem.open_file} describes."""
-    path = display(segments)
-    if not flags.writes and not flags.create:
-        reader = await fs._reader(segments, 0, settings)
-        return RandomAccessFile(fs, segments, flags, settings, producer, reader=reader)
-    # What is there (one LIST) and, for a write, its directory at once.
-    existing = await (fs._before_write if flags.writes else fs._probe)(segments)
-    if not flags.writes and existing is not None and not flags.exclusive:
-        # O_CREAT alone on an existing file opens it, as POSIX does.
-        reader = await fs._reader(segments, 0, settings)
-        return RandomAccessFile(fs, segments, flags, settings, producer, reader=reader)
-    fs.require("upload", segments)
-    if existing is not None:
-        if existing.is_dir:
-            raise IsADirectory(path)
-        if flags.create and flags.exclusive:
-            raise AlreadyExists(path)
-        fs.require("overwrite", segments)
-    elif not flags.create:
-        raise NotFound(path)
-    file = RandomAccessFile(fs, segments, flags, settings, producer, existing=existing)
-    if existing is None or flags.truncate:
-        await file.start_stream(append=False, checked=flags.writes)
-    elif flags.append:
-        await file.start_stream(append=True, checked=True)
-    return file
-
-
-async def set_attributes(
-    fs: ObjectFileSystem,
-    segments: Sequence[str],
-    size: Optional[int],
-    mtime: Optional[float],
-) -> None:
-    """
-    SETSTAT by path: a size is honoured only when it is the current size or
-    0 (an empty upload); a time is kept as MFMT keeps it, when it differs.
-    """
-    entry = await fs._stat(segments)
-    if size is not None and size != entry.size:
-        if entry.is_dir or size != 0:
-            raise NotSupported(
-                display(segments),
-                "a stored file's size can only be changed to 0 "
-                "(upload it again instead)",
-            )
-        upload = await fs.open_upload(segments)
-        await upload.commit()
-    if mtime is not None and not entry.is_dir:
-        if int(mtime) != int(entry.mtime):
-            await fs.set_mtime(segments, float(mtime))
-
-
 @implementer(IRandomAccessFile)
 class RandomAccessFile:
     """A file open for reads and writes at offsets; see L{FileMode}."""
@@ -207,6 +154,8 @@ class RandomAccessFile:
         self._waiting: list[Deferred[None]] = []
         #: Why the file was aborted, once it was (a lost session).
         self._aborted: Optional[str] = None
+        #: The upload's record, once writes store the file.
+        self._upload_meter: Optional[Meter] = None
 
     @property
     def writable(self) -> bool:
@@ -236,6 +185,7 @@ class RandomAccessFile:
         offset: int = 0,
         resumable: Optional[Resumable] = None,
         checked: bool = False,
+        since: float = 0.0,
     ) -> None:
         """
         Begin the upload: from 0, at C{offset} (keeping the first bytes of
@@ -243,6 +193,8 @@ class RandomAccessFile:
         an append.
 
         @param checked: the parent directory is known to exist.
+        @param since: when the open (or the first write) began: the
+            upload's record starts then.
         """
         fs = self.fs
         if not checked and self.segments[:-1]:
@@ -265,9 +217,13 @@ class RandomAccessFile:
             raise TransferStopped(self._aborted)
         if self._producer is not None:
             self.upload.registerProducer(self._producer, True)
+        self._upload_meter = fs.meter(
+            "upload", self.segments, None, self.upload.base, since
+        )
+        self.upload.metered(self._upload_meter)
         self.mode = FileMode.STREAM
 
-    async def _start_image(self) -> None:
+    async def _start_image(self, since: float) -> None:
         """Copy the existing file into a spool, to change it in place."""
         assert self.existing is not None
         if self.existing.size > self.settings.spool_limit:
@@ -306,6 +262,7 @@ class RandomAccessFile:
         self.image, self.image_size = spool, offset
         gate = PauseGate(self._producer) if self._producer is not None else None
         self._image_replies = ReplyHold(self.fs.rates.upload, gate)
+        self._upload_meter = self.fs.meter("upload", self.segments, since=since)
         self.mode = FileMode.IMAGE
         log.info(
             "{user}: {path} changed in place: {size} bytes spooled",
@@ -314,7 +271,7 @@ class RandomAccessFile:
             size=offset,
         )
 
-    async def _decide_how(self, offset: int) -> None:
+    async def _decide_how(self, offset: int, since: float) -> None:
         assert self.existing is not None
         fs = self.fs
         if self.segments[:-1]:
@@ -323,10 +280,10 @@ class RandomAccessFile:
         self._check_not_aborted()
         end = resumable.size if resumable is not None else self.existing.size
         if offset == end:
-            await self.start_stream(False, offset, resumable, checked=True)
+            await self.start_stream(False, offset, resumable, True, since)
         else:
             self._check_hole(offset, self.existing.size)
-            await self._start_image()
+            await self._start_image(since)
 
     def _check_not_aborted(self) -> None:
         """@raise TransferStopped: the file was aborted (a lost session)."""
@@ -355,16 +312,22 @@ class RandomAccessFile:
         meanwhile wait in order, and go on in that order.
         """
         if self._deciding is None:
+            since = self.fs.now()
 
             def settled(result: object) -> None:
                 self._close_reader()  # the file is being written now
                 if isinstance(result, Failure):
-                    self._fail(translate(result, self.path))
+                    failure = translate(result, self.path)
+                    # The upload never began: its one event.
+                    self.fs.failed_transfer(
+                        "upload", self.segments, failure.value, since
+                    )
+                    self._fail(failure)
                 waiting, self._waiting = self._waiting, []
                 for w in waiting:
                     w.callback(None)
 
-            self._deciding = ensureDeferred(self._decide_how(offset))
+            self._deciding = ensureDeferred(self._decide_how(offset, since))
             self._deciding.addBoth(settled)
         d: Deferred[None] = Deferred()
         if self._deciding.called:
@@ -416,6 +379,8 @@ class RandomAccessFile:
             self._fail(failure)
             return fail(failure)
         self.image_size = max(self.image_size, offset + len(data))
+        if self._upload_meter is not None:
+            self._upload_meter.progress(len(data))
         d.addErrback(self._failed)
         held = self._image_replies.hold(len(data))
         if held is not None:
@@ -448,7 +413,8 @@ class RandomAccessFile:
         """
         reader = self._reader
         if reader is None:
-            reader = await self.fs._reader(self.segments, offset, self.settings)
+            since = self.fs.now()
+            reader = await self.fs._reader(self.segments, offset, self.settings, since)
             if self.mode is not FileMode.UNDECIDED or self._reader is not None:
                 # Meanwhile the file was written, closed, or another read
                 # made the reader: this one is not needed.
@@ -457,9 +423,9 @@ class RandomAccessFile:
             self._reader = reader
         return await reader.read(offset, length)
 
-    def _close_reader(self) -> None:
+    def _close_reader(self, error: Optional[BaseException] = None) -> None:
         if self._reader is not None:
-            self._reader.close()
+            self._reader.close(error)
             self._reader = None
 
     # -- attributes ---------------------------------------------------------
@@ -505,6 +471,8 @@ class RandomAccessFile:
                     f"{self.upload.uploaded} are already uploaded",
                 )
             self._size = size
+            if self._upload_meter is not None:
+                self._upload_meter.update(size=size)
         return succeed(None)
 
     # -- the end ------------------------------------------------------------
@@ -529,7 +497,10 @@ class RandomAccessFile:
             d = self._apply_mtime() if mode is FileMode.UNDECIDED else succeed(None)
             return d.addCallback(lambda _: None)
         if mode is FileMode.IMAGE:
-            return ensureDeferred(self._upload_image())
+            stored: Deferred[Optional[ObjectInfo]] = ensureDeferred(
+                self._upload_image()
+            )
+            return stored.addErrback(translate, self.path)
         return ensureDeferred(self._commit())
 
     async def _commit(self) -> ObjectInfo:
@@ -541,8 +512,17 @@ class RandomAccessFile:
     async def _upload_image(self) -> ObjectInfo:
         assert self.image is not None and self.existing is not None
         image, size = self.image, self.image_size
+        meter = self._upload_meter
+        assert meter is not None
         try:
-            upload = await begin_upload(self.fs, self.segments, self.existing, None)
+            try:
+                upload = await begin_upload(self.fs, self.segments, self.existing, None)
+            except Exception:
+                failure = translate(Failure(), self.path)  # translated once
+                meter.finish(failure.value)
+                failure.raiseException()
+            upload.metered(meter)
+            self.upload = upload  # an abort now goes through it
             info = await upload.commit_spool(image, size)
         finally:
             image.close()
@@ -560,10 +540,13 @@ class RandomAccessFile:
         remain.  C{reason} is for the log.
         """
         self._aborted = reason
-        self._close_reader()
+        stopped = TransferStopped(reason)
+        self._close_reader(stopped)
         self.mode = FileMode.CLOSED
         if self.upload is not None:
-            self.upload.abort(reason)
+            self.upload.abort(reason)  # its record too, unless it is committing
+        elif self._upload_meter is not None:
+            self._upload_meter.finish(stopped)
         if self.image is not None:
             self.image.close()
 
@@ -581,6 +564,8 @@ class RandomAccessFile:
                 self._log_refusal(failure.value)
             self._failure = failure
             self.mode = FileMode.FAILED
+            if self._upload_meter is not None:
+                self._upload_meter.finish(failure.value)
             if self.upload is not None:
                 self.upload.abort()
             if self.image is not None:

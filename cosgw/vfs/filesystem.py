@@ -8,6 +8,13 @@ directory does not vanish under a client that is in it.  Reads and uploads
 are handed out as objects (L{Reader}, L{Upload}, L{RandomAccessFile}) with
 the user's permissions, quota, size limit, rates and error translation
 already inside, so a frontend only speaks its protocol.
+
+Every action is one audit event of the session (L{cosgw.audit.Session}),
+emitted here once the store answered, with its outcome: delete, rename,
+mkdir, rmdir, mtime, list (L{Listing}), resume; and every upload and
+download handed out is a live transfer record that ends in its event
+(L{cosgw.vfs.metering}).  Paths in events are as the client sees them,
+from its home.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from cosgw.audit import Session
 from cosgw.interfaces import (
     MAX_KEY_BYTES,
     Entry,
@@ -35,22 +43,22 @@ from cosgw.interfaces import (
 from cosgw.policy.quota import Usage
 from cosgw.policy.throttle import RateLimit
 from cosgw.transfer import RandomAccessSettings, TransferSettings, UploadRegistry
-from cosgw.vfs import editing, mtimes, renames
+from cosgw.vfs import changes, editing, mtimes, opening, renames
+from cosgw.vfs.auditing import Auditing
 from cosgw.vfs.digests import DIGESTS, digest_source
 from cosgw.vfs.directories import KnownDirectories, probe, together
 from cosgw.vfs.errors import (
-    AlreadyExists,
+    FSError,
     InvalidName,
     InvalidOffset,
     IsADirectory,
     NotADirectory,
-    NotEmpty,
     NotFound,
     PermissionDenied,
     translate,
 )
 from cosgw.vfs.listing import Listing
-from cosgw.vfs.names import MTIME_INDEX, check_name, display, home_prefix
+from cosgw.vfs.names import check_name, display, home_prefix
 from cosgw.vfs.rates import Rates
 from cosgw.vfs.reader import Reader
 from cosgw.vfs.resume import Resumable, find_resumable
@@ -62,7 +70,7 @@ T = TypeVar("T")
 
 
 @implementer(IFileSystem)
-class ObjectFileSystem:
+class ObjectFileSystem(Auditing):
     """
     One user's view of a store: a home prefix, permissions, transfer
     settings and limits.  All methods return Deferreds failing with
@@ -82,6 +90,7 @@ class ObjectFileSystem:
         upload_limit: Optional[RateLimit] = None,
         download_limit: Optional[RateLimit] = None,
         clock: Optional[IReactorTime] = None,
+        session: Optional[Session] = None,
     ) -> None:
         """
         @param usage: the user's quota usage, shared by all their sessions
@@ -91,8 +100,11 @@ class ObjectFileSystem:
             it.  C{download_limit} likewise for bytes they receive.
         @param clock: times the pauses of rate-limited streams; needed when
             there is a limit.
+        @param session: the client session this file system serves: its
+            audit events and live transfers (None: none are recorded).
         """
         self.store = store
+        self.session = session
         self.prefix = home_prefix(home)
         self.permissions = frozenset(permissions)
         self.settings = settings
@@ -241,7 +253,11 @@ class ObjectFileSystem:
         A paged listing of the directory (or the single file) at C{segments};
         see L{Listing}.  Needs the C{list} permission.
         """
-        self.require("list", segments)
+        try:
+            self.require("list", segments)
+        except FSError as e:
+            self.emit("list", segments, e, entries=0)
+            raise
         return Listing(self, list(segments))
 
     async def _list_all(self, segments: Sequence[str]) -> list[Entry]:
@@ -327,23 +343,41 @@ class ObjectFileSystem:
         return self._run(segments, lambda: self._open_source(segments, offset, end))
 
     async def _reader(
-        self, segments: Sequence[str], offset: int, settings: RandomAccessSettings
+        self,
+        segments: Sequence[str],
+        offset: int,
+        settings: RandomAccessSettings,
+        since: Optional[float] = None,
+        whole: bool = False,
     ) -> Reader:
+        """
+        A reader; recorded as a download begun at C{since} (when the open
+        began) unless that is None; C{whole}: see L{Reader.metered}.
+        """
         self.require("download", segments)
         source = await self._open_source(segments, offset)
-        return Reader(self, segments, source, settings.read_window)
+        reader = Reader(self, segments, source, settings.read_window)
+        if since is not None and self.session is not None:
+            meter = self.meter("download", segments, reader.size, reader.offset, since)
+            reader.metered(meter, whole)
+        return reader
 
     def open_reader(
         self, segments: Sequence[str], offset: int = 0
     ) -> Deferred[IReader]:
         """
-        Open a file for reading from C{offset}.
+        Open a file for reading from C{offset}: a download, recorded until
+        the reader is closed.
 
         @return: Deferred firing with a L{Reader}; fails with L{NotFound},
             L{IsADirectory}, L{PermissionDenied}, L{InvalidOffset}.
         """
+        since = self.now()
         settings = RandomAccessSettings()
-        return self._run(segments, lambda: self._reader(segments, offset, settings))
+        d: Deferred[IReader] = self._run(
+            segments, lambda: self._reader(segments, offset, settings, since, True)
+        )
+        return self._handing_out(d, "download", segments, since)
 
     async def _digest(
         self, segments: Sequence[str], algorithm: str, start: int, end: Optional[int]
@@ -407,14 +441,17 @@ class ObjectFileSystem:
         offset: int,
         append: bool,
         size_hint: Optional[int],
+        since: float,
     ) -> Upload:
         existing = await self._writable(segments)
         resumable = None
         if offset or append:
             resumable = await self._resumable(self.key(segments), existing)
-        return await begin_upload(
+        upload = await begin_upload(
             self, segments, existing, resumable, offset, append, size_hint
         )
+        upload.metered(self.meter("upload", segments, size_hint, upload.base, since))
+        return upload
 
     def open_upload(
         self,
@@ -435,15 +472,24 @@ class ObjectFileSystem:
             continued).
         @param append: APPE: like an offset at the end of the visible file,
             else of the kept upload, else a new file.
-        @return: Deferred firing with an L{Upload}; fails with L{NotFound}
-            (no parent directory), L{IsADirectory}, L{PermissionDenied},
-            L{InvalidName}, L{InvalidOffset}.
+        @param size_hint: the file's size, when the client said (FTP's
+            ALLO): part sizes, and the transfer record's size.
+        @return: Deferred firing with an L{Upload}, recorded as an upload
+            until it is committed, interrupted or aborted; fails with
+            L{NotFound} (no parent directory), L{IsADirectory},
+            L{PermissionDenied}, L{InvalidName}, L{InvalidOffset}.
         """
-        self.require("upload", segments)
-        return self._run(
+        since = self.now()
+        try:
+            self.require("upload", segments)
+        except FSError as e:
+            self.failed_transfer("upload", segments, e, since)
+            raise
+        d: Deferred[IUpload] = self._run(
             segments,
-            lambda: self._open_upload(segments, offset, append, size_hint),
+            lambda: self._open_upload(segments, offset, append, size_hint, since),
         )
+        return self._handing_out(d, "upload", segments, since)
 
     def open_file(
         self,
@@ -469,12 +515,20 @@ class ObjectFileSystem:
             L{PermissionDenied}, L{InvalidName}.
         """
         flags = editing.OpenFlags(read, write, append, create, truncate, exclusive)
-        return self._run(
+        since = self.now()
+        d: Deferred[IRandomAccessFile] = self._run(
             segments,
-            lambda: editing.open_file(
-                self, segments, flags, settings or RandomAccessSettings(), producer
+            lambda: opening.open_file(
+                self,
+                segments,
+                flags,
+                settings or RandomAccessSettings(),
+                producer,
+                since,
             ),
         )
+        direction = "upload" if flags.writes or flags.create else "download"
+        return self._handing_out(d, direction, segments, since)
 
     def set_attributes(
         self,
@@ -484,108 +538,52 @@ class ObjectFileSystem:
     ) -> Deferred[None]:
         """
         Change a file's size or time (SFTP's SETSTAT); see
-        L{editing.set_attributes}.
+        L{changes.set_attributes}.  With a time, one C{mtime} event.
         """
-        return self._run(
-            segments, lambda: editing.set_attributes(self, segments, size, mtime)
+        d = self._run(
+            segments, lambda: changes.set_attributes(self, segments, size, mtime)
         )
-
-    async def _set_mtime(self, segments: Sequence[str], when: float) -> None:
-        if not segments:
-            raise IsADirectory("/")
-        key = self.key(segments)
-        try:
-            # Its first request, the copy, fails if there is no file: no
-            # HEAD before it.
-            await mtimes.set_mtime(
-                self.store, key, self.dir_prefix(segments[:-1]), when
-            )
-        except NoSuchKey:
-            if await self._has_contents(key + "/"):
-                raise IsADirectory(display(segments)) from None
-            raise
+        if mtime is None:
+            return d
+        return self._emitting(d, "mtime", segments)
 
     def set_mtime(self, segments: Sequence[str], when: float) -> Deferred[None]:
         """
         Set a file's modification time (FTP's MFMT, SFTP's setstat): kept as
         the object's metadata, which MDTM, MLST and stat report.
         """
-        self.require("overwrite", segments)
-        return self._run(segments, lambda: self._set_mtime(segments, when))
+        return self._action(
+            "mtime",
+            segments,
+            "overwrite",
+            lambda: changes.set_mtime(self, segments, when),
+        )
 
     # -- changes ----------------------------------------------------------
 
-    async def _mkdir(self, segments: Sequence[str]) -> None:
-        if not segments:
-            raise AlreadyExists("/")
-        key = self.key(segments)
-        if await self._before_write(segments) is not None:
-            raise AlreadyExists(display(segments))
-        await self.store.put(key + "/", b"")
-        self.directories.saw(segments)
-
     def mkdir(self, segments: Sequence[str]) -> Deferred[None]:
-        self.require("mkdir", segments)
-        return self._run(segments, lambda: self._mkdir(segments))
-
-    async def _keep_directory(self, segments: Sequence[str]) -> None:
-        """
-        Write the marker of the directory at C{segments} if nothing else
-        keeps it in existence any more.
-        """
-        if not segments:
-            return
-        prefix = self.dir_prefix(segments)
-        if not await self._has_contents(prefix):
-            await self.store.put(prefix, b"")
-
-    async def _rmdir(self, segments: Sequence[str]) -> None:
-        if not segments:
-            raise PermissionDenied("/", "cannot remove the home directory")
-        prefix = self.dir_prefix(segments)
-        # The marker and the mtime index are not contents.
-        page = await self.store.list(prefix, delimiter="/", max_keys=3)
-        hidden = (prefix, prefix + MTIME_INDEX)
-        others = [o for o in page.objects if o.key not in hidden] + list(page.prefixes)
-        if others:
-            raise NotEmpty(display(segments))
-        if not page.objects:
-            # Nothing below the prefix: a file, or nothing (no second LIST).
-            await self._head_entry(segments)  # NoSuchKey: not found
-            raise NotADirectory(display(segments))
-        if any(o.key == prefix + MTIME_INDEX for o in page.objects):
-            await self.store.delete(prefix + MTIME_INDEX)
-        await self.store.delete(prefix)
-        self.directories.forget(segments)
-        await self._keep_directory(segments[:-1])
+        return self._action(
+            "mkdir", segments, "mkdir", lambda: changes.mkdir(self, segments)
+        )
 
     def rmdir(self, segments: Sequence[str]) -> Deferred[None]:
         """Remove an empty directory; fails with L{NotEmpty} otherwise."""
-        self.require("rmdir", segments)
-        return self._run(segments, lambda: self._rmdir(segments))
-
-    async def _remove(self, segments: Sequence[str]) -> None:
-        if not segments:
-            raise IsADirectory("/")
-        key = self.key(segments)
-        try:
-            info = await self.store.head(key)
-        except NoSuchKey:
-            # No file: a directory, or nothing (the HEAD said so already).
-            if await self._has_contents(key + "/"):
-                raise IsADirectory(display(segments)) from None
-            raise
-        await self.store.delete(key)
-        if self.usage is not None:
-            self.usage.removed(info.size, key)
-        await self._keep_directory(segments[:-1])
+        return self._action(
+            "rmdir", segments, "rmdir", lambda: changes.rmdir(self, segments)
+        )
 
     def remove(self, segments: Sequence[str]) -> Deferred[None]:
         """Remove a file; fails with L{IsADirectory} for a directory."""
-        self.require("delete", segments)
-        return self._run(segments, lambda: self._remove(segments))
+        return self._action(
+            "delete", segments, "delete", lambda: changes.remove(self, segments)
+        )
 
     def rename(self, source: Sequence[str], target: Sequence[str]) -> Deferred[None]:
         """Rename a file or a directory tree (server-side copies, then deletes)."""
-        self.require("rename", source)
-        return self._run(source, lambda: renames.rename(self, source, target))
+        return self._action(
+            "rename",
+            source,
+            "rename",
+            lambda: renames.rename(self, source, target),
+            path_to=display(target),
+        )

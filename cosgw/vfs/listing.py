@@ -2,16 +2,22 @@
 Directory listings that arrive page by page, so a frontend can stream them:
 the first entries go out before the last page is fetched, and memory does
 not grow with the directory.
+
+A listing is one audit event (C{list}, with its C{entries}), emitted once
+when it ends: at its last page, at a page that failed, or when the frontend
+L{closes <Listing.close>} it before the end.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from cosgw.interfaces import Entry, IListing, ListPage
+from cosgw.transfer import TransferStopped
 from cosgw.vfs import mtimes
 from cosgw.vfs.names import MTIME_INDEX
 
@@ -30,6 +36,9 @@ class Listing:
         self._done = False
         self._first = True
         self._mtimes: mtimes.Index = {}
+        #: Entries handed out so far, and whether the event was emitted.
+        self.count = 0
+        self._emitted = False
 
     def next_page(self) -> Deferred[Optional[list[Entry]]]:
         """
@@ -37,7 +46,32 @@ class Listing:
             the end; the first call fails with L{NotFound} if there is
             nothing at the path.  A file's listing is the file itself.
         """
-        return self.fs._run(self.segments, self._next)
+        d = self.fs._run(self.segments, self._next)
+        if self.fs.session is not None:
+            d.addBoth(self._counted)
+        return d
+
+    def _counted(self, result: Any) -> Any:
+        if isinstance(result, Failure):
+            self._emit(result.value)
+        elif result is None:
+            self._emit(None)
+        else:
+            self.count += len(result)
+        return result
+
+    def _emit(self, error: Optional[BaseException]) -> None:
+        if not self._emitted:
+            self._emitted = True
+            self.fs.emit("list", self.segments, error, entries=self.count)
+
+    def close(self, error: Optional[BaseException] = None) -> None:
+        """
+        The frontend stops before the end: the listing's event says so,
+        with C{error} or L{TransferStopped}.  Nothing after the end.
+        """
+        if self.fs.session is not None:
+            self._emit(error or TransferStopped("the listing was not read to its end"))
 
     async def _next(self) -> Optional[list[Entry]]:
         if self._done:

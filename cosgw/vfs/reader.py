@@ -9,12 +9,18 @@ A file is opened with its GET, whose reply carries what a HEAD would (size,
 CRC-64, times, metadata): a RETR is that one GET (from the REST offset, to
 the end), and a whole-file SFTP download too, whatever the client's pattern
 of READs.
+
+A reader the file system handed out is a download in the session's live
+transfers (L{Reader.metered}) until it is closed: complete when every byte
+of the file from its offset was handed on (a RETR) or, for a file read at
+offsets, unless a read failed; failed with a store error; interrupted when
+the consumer went or the frontend closes it early, or with an error.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IConsumer
@@ -25,10 +31,11 @@ from zope.interface import implementer
 from cosgw.escaping import for_log
 from cosgw.interfaces import Entry, IByteSource, IReader
 from cosgw.policy.throttle import ThrottledConsumer
-from cosgw.transfer import Download, RangedReader
+from cosgw.transfer import Download, RangedReader, TransferStopped
 from cosgw.transfer.reader import TooManyReads
 from cosgw.transfer.settings import MiB
 from cosgw.vfs.errors import NotSupported, translate
+from cosgw.vfs.metering import READ, Meter, SendMeter
 from cosgw.vfs.mtimes import client_mtime
 from cosgw.vfs.names import display
 
@@ -63,6 +70,7 @@ class Reader:
         self.entry = Entry(
             self.segments[-1], False, info.size, client_mtime(info), info.crc64
         )
+        self._info = info
         self.offset: int = source.offset
         self.length: int = source.length
         self._source: Optional[IByteSource] = source
@@ -70,6 +78,25 @@ class Reader:
         self._download: Optional[Download] = None
         self._throttle: Optional[ThrottledConsumer] = None
         self._ranged: Optional[RangedReader] = None
+        self._meter = Meter(None, "download", self.path)
+        #: How the download went: its first failure; whether a stream
+        #: handed on its last byte; reads at offsets waiting for the store.
+        self._failure: Optional[Failure] = None
+        self._complete = False
+        self._whole = False
+        self._waiting = 0
+
+    def metered(self, meter: Meter, whole: bool = False) -> None:
+        """
+        Record this reader as the download C{meter}; see the module.
+
+        @param whole: the download is every byte from the offset (a RETR):
+            closed before they were all handed on, it was cut short.
+        """
+        self._meter = meter
+        self._whole = whole
+        meter.request_id(self._info.request_id)
+        meter.counted(retries=self._info.retries)
 
     @property
     def size(self) -> int:
@@ -103,16 +130,30 @@ class Reader:
         """
         source = self._take_source()
         self._throttle = self._fs.rates.sending(consumer)
+        target: IConsumer = self._throttle or consumer
+        if self._meter.recording:
+            # Counts the bytes and times the store reads the client waited
+            # for; not there when nothing is recorded.
+            meter = SendMeter(target, self._meter)
+            source, target = meter.source(source), meter
         settings = self._fs.settings
         self._download = Download(
-            source,
-            self._throttle or consumer,
-            settings.read_chunk,
-            settings.read_ahead,
+            source, target, settings.read_chunk, settings.read_ahead
         )
         d = self._download.start()
         d.addErrback(translate, self.path)
+        d.addCallbacks(self._sent_all, self._broke)
         return d
+
+    def _sent_all(self, count: int) -> int:
+        self._complete = True
+        return count
+
+    def _broke(self, failure: Failure) -> Failure:
+        """The stream failed or the consumer went: the download's end."""
+        self._failure = failure
+        self._meter.finish(failure.value)
+        return failure
 
     def read(self, offset: int, length: int) -> Deferred[bytes]:
         """
@@ -126,18 +167,44 @@ class Reader:
             L{close}.
         """
         if self._ranged is None:
-            fs, segments = self._fs, self.segments
+            fs, segments, meter = self._fs, self.segments, self._meter
+
+            def reopen(at: int, end: int) -> Deferred[IByteSource]:
+                return fs._reopen(segments, at, end).addCallback(_record, meter)
+
             self._ranged = RangedReader(
                 self._take_source(),
-                lambda at, end: fs._reopen(segments, at, end),
+                reopen,
                 window=self._window,
                 chunk=min(fs.settings.read_chunk, MiB),
             )
         d = self._ranged.read(offset, length)
+        if not d.called and self._meter.recording:
+            self._waiting += 1
+            self._meter.wait_start(READ)
+            d.addBoth(self._answered)
         d.addCallback(self._fs.rates.hold_read)
         d.addErrback(self._too_many)
         d.addErrback(translate, self.path)
+        if self._meter.recording:
+            d.addCallbacks(self._delivered, self._read_failed)
         return d
+
+    def _answered(self, result: Any) -> Any:
+        """A read that waited for the stream has its bytes (or failed)."""
+        self._waiting -= 1
+        if not self._waiting:
+            self._meter.wait_end(READ)
+        return result
+
+    def _delivered(self, data: bytes) -> bytes:
+        self._meter.progress(len(data))
+        return data
+
+    def _read_failed(self, failure: Failure) -> Failure:
+        if self._failure is None and not failure.check(TransferStopped):
+            self._failure = failure
+        return failure
 
     def _too_many(self, failure: Failure) -> Failure:
         if failure.check(TooManyReads):
@@ -147,8 +214,12 @@ class Reader:
             return Failure(NotSupported(self.path, f"{failure.value} on one file"))
         return failure
 
-    def close(self) -> None:
-        """Release the stream; a rate-limited send stops passing bytes on."""
+    def close(self, error: Optional[BaseException] = None) -> None:
+        """
+        Release the stream; a rate-limited send stops passing bytes on.
+        The download ends here (see the module); C{error}: the frontend
+        ends it early for that reason, an interruption.
+        """
         if self._throttle is not None:
             self._throttle.stop()
         if self._ranged is not None:
@@ -156,3 +227,20 @@ class Reader:
         if self._source is not None:
             self._source.close()
             self._source = None
+        if error is not None:
+            self._meter.finish(error, interrupted=True)
+        elif self._failure is not None:
+            self._meter.finish(self._failure.value)
+        elif self._whole and not self._complete:
+            self._meter.finish(
+                TransferStopped("closed before the end of the file"), interrupted=True
+            )
+        else:
+            self._meter.finish(None)
+
+
+def _record(source: IByteSource, meter: Meter) -> IByteSource:
+    """A new stream of a file being read: its GET is the download's too."""
+    meter.request_id(source.info.request_id)
+    meter.counted(retries=source.info.retries)
+    return source

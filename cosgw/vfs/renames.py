@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from twisted.logger import Logger
 
 from cosgw.interfaces import ObjectInfo
+from cosgw.vfs import changes
 from cosgw.vfs.directories import together
 from cosgw.vfs.errors import AlreadyExists, InvalidName, IsADirectory, PermissionDenied
 from cosgw.vfs.names import display
@@ -60,7 +61,7 @@ async def rename(
                 fs.usage.removed(existing.size)  # the file it replaced
             fs.usage.moved(src_key, dst_key, entry.size)
         await supersede(fs, dst_key)
-    await fs._keep_directory(source[:-1])
+    await changes.keep_directory(fs, source[:-1])
 
 
 async def rename_tree(

@@ -11,6 +11,13 @@ the store's side, so the client stops sending.  As a file written at
 offsets (SFTP's WRITE) it takes L{Upload.write_at}; the registered producer
 (the client's input) is then paused when too many replies are held back.
 Either way nothing is visible until L{Upload.commit}.
+
+An upload the file system handed out is an upload in the session's live
+transfers (L{Upload.metered}) that ends exactly once: committed (after the
+store confirmed it) or failed, at L{Upload.commit}; interrupted at
+L{Upload.interrupt} (with C{kept} when its parts were kept for a resume)
+or L{Upload.abort}, unless a commit is under way, whose outcome then
+stands.
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ from cosgw.transfer import (
     UploadWriter,
 )
 from cosgw.vfs.errors import InvalidOffset, translate
+from cosgw.vfs.metering import COMMIT, Meter, StoreHold
 from cosgw.vfs.names import display
 from cosgw.vfs.rates import ReplyHold
 from cosgw.vfs.resume import Resumable, supersede
@@ -93,6 +101,9 @@ class Upload:
         self._receiver: Optional[ThrottledReceiver] = None
         self._replies = ReplyHold(fs.rates.upload, None)
         self._positional: Optional[PositionalWriter] = None
+        self._meter = Meter(None, "upload", self.path)
+        self._progress = self._meter.progress
+        self._committing = False
         if random_access is not None:
             spool = Spool(
                 fs.runner,
@@ -107,6 +118,19 @@ class Upload:
                 on_pressure=self._pressure,
                 append=append_writes,
             )
+
+    def metered(self, meter: Meter) -> None:
+        """Record this upload as the transfer C{meter}; see the module."""
+        self._meter = meter
+        self._progress = meter.progress
+        if self._positional is not None and meter.recording:
+            # The positional writer is what the upload writer holds back.
+            self._writer.registerProducer(StoreHold(self._positional, meter), True)
+
+    @property
+    def meter(self) -> Meter:
+        """This upload's transfer record."""
+        return self._meter
 
     @property
     def received(self) -> int:
@@ -149,7 +173,10 @@ class Upload:
         self._gate = gate
         self._replies = ReplyHold(self._fs.rates.upload, gate)
         if self._positional is None:
-            self._writer.registerProducer(gate, True)
+            held: IPushProducer = gate
+            if self._meter.recording:
+                held = StoreHold(gate, self._meter)
+            self._writer.registerProducer(held, True)
             self._receiver = self._fs.rates.receiving(gate)
 
     def unregisterProducer(self) -> None:
@@ -165,6 +192,7 @@ class Upload:
         if self._positional is not None:
             raise RuntimeError(f"{self.path} takes writes at offsets")
         self._writer.write(data)
+        self._progress(len(data))
         if self._receiver is not None:
             self._receiver.received(len(data))
 
@@ -187,6 +215,7 @@ class Upload:
             ack = self._positional.write(offset, data)
         except Exception:
             translate(Failure(), self.path).raiseException()
+        self._progress(len(data))
         held = self._replies.hold(len(data))
         if ack is None:
             return held
@@ -230,9 +259,27 @@ class Upload:
             L{IntegrityFailure}, L{FileTooLarge}, L{QuotaExceeded} or
             L{WriteRefused} (nothing is then left in the store).
         """
-        d = ensureDeferred(self._commit(size))
+        return self._committed(ensureDeferred(self._commit(size)))
+
+    def _committed(self, d: Deferred[ObjectInfo]) -> Deferred[ObjectInfo]:
+        """C{d}, a commit: its outcome is the transfer's end."""
+        self._committing = True
+        self._meter.wait_start(COMMIT)
         d.addErrback(translate, self.path)
-        return d
+
+        def ended(result: ObjectInfo | Failure) -> ObjectInfo | Failure:
+            meter = self._meter
+            meter.wait_end(COMMIT)
+            meter.counted(parts=self._writer.parts_stored, retries=self._writer.retries)
+            if isinstance(result, Failure):
+                meter.finish(result.value)
+            else:
+                meter.request_id(result.request_id)
+                meter.counted(retries=result.retries)
+                meter.finish(None)
+            return result
+
+        return d.addBoth(ended)
 
     async def _commit_spool(self, spool: Spool, size: int) -> ObjectInfo:
         positional = PositionalWriter(self._writer, window=0, spool=spool)
@@ -252,9 +299,7 @@ class Upload:
         changed in place); as L{commit}.  Only for a stream nothing was
         written to.
         """
-        d = ensureDeferred(self._commit_spool(spool, size))
-        d.addErrback(translate, self.path)
-        return d
+        return self._committed(ensureDeferred(self._commit_spool(spool, size)))
 
     def abort(self, reason: Optional[str] = None) -> Deferred[None]:
         """
@@ -274,7 +319,18 @@ class Upload:
                 reason=reason,
                 received=self.received,
             )
+        if not self._committing:
+            self._ended(TransferStopped(reason or "upload aborted"), kept=False)
         return self._writer.abort()
+
+    def _ended(self, error: BaseException, kept: bool) -> None:
+        """Interrupted: the transfer's end, with what it stored."""
+        if self._meter.finished:
+            return
+        self._meter.counted(
+            parts=self._writer.parts_stored, retries=self._writer.retries
+        )
+        self._meter.finish(error, interrupted=True, kept=kept)
 
     def interrupt(self) -> Deferred[int]:
         """
@@ -287,7 +343,15 @@ class Upload:
 
         @return: Deferred firing with the bytes kept for a resume.
         """
-        return ensureDeferred(self._interrupt())
+        d = ensureDeferred(self._interrupt())
+
+        def ended(result: int | Failure) -> int | Failure:
+            if not self._committing:
+                kept = isinstance(result, int) and result > 0
+                self._ended(TransferStopped("the client went away"), kept=kept)
+            return result
+
+        return d.addBoth(ended)
 
     async def _interrupt(self) -> int:
         fs, writer = self._fs, self._writer
@@ -430,6 +494,8 @@ async def begin_upload(
             budget.release()
         raise
     writer = UploadWriter(fs.store, key, fs.settings, budget=budget, **writer_args)
+    if resuming is not None:
+        fs.emit("resume", segments, offset=offset)
     return Upload(
         fs, segments, writer, random_access, append_writes, existing is not None
     )
