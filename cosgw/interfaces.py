@@ -585,5 +585,10 @@ class IFileSystem(Interface):
     def remove(segments: Sequence[str]) -> Deferred[None]:
         """Remove a file."""
 
-    def rename(source: Sequence[str], target: Sequence[str]) -> Deferred[None]:
-        """Rename a file or a directory tree."""
+    def rename(
+        source: Sequence[str], target: Sequence[str], replace: bool = True
+    ) -> Deferred[None]:
+        """
+        Rename a file or a directory tree; with C{replace} False, fails
+        with C{AlreadyExists} when the target exists (SFTP's RENAME).
+        """

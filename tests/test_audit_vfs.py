@@ -103,6 +103,21 @@ class ActionTests(AuditTestCase):
         self.fails(self.fs.rename(p("/a"), p("/d")), vfs.IsADirectory)
         self.one("rename", path="/a", path_to="/d", status="IsADirectory")
 
+    def test_rename_without_replacing(self) -> None:
+        """
+        SFTP's RENAME onto an existing file: refused by the rename's own
+        checks (no stat first), and that refusal is the rename's event.
+        """
+        self.put("a", b"1")
+        self.put("b", b"2")
+        self.fails(self.fs.rename(p("/a"), p("/b"), replace=False), vfs.AlreadyExists)
+        self.one("rename", path="/a", path_to="/b", status="AlreadyExists")
+        self.assertEqual(self.store.stored_bytes(H + "b"), b"2")
+        self.assertEqual(self.store.requests["copy"], 0)
+        self.ok(self.fs.rename(p("/a"), p("/a"), replace=False))
+        self.ok(self.fs.rename(p("/a"), p("/c"), replace=False))
+        self.assertEqual(self.store.stored_bytes(H + "c"), b"1")
+
     def test_mkdir_rmdir(self) -> None:
         self.ok(self.fs.mkdir(p("/new")))
         self.fails(self.fs.mkdir(p("/new")), vfs.AlreadyExists)

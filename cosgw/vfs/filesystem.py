@@ -578,12 +578,19 @@ class ObjectFileSystem(Auditing):
             "delete", segments, "delete", lambda: changes.remove(self, segments)
         )
 
-    def rename(self, source: Sequence[str], target: Sequence[str]) -> Deferred[None]:
-        """Rename a file or a directory tree (server-side copies, then deletes)."""
+    def rename(
+        self, source: Sequence[str], target: Sequence[str], replace: bool = True
+    ) -> Deferred[None]:
+        """
+        Rename a file or a directory tree (server-side copies, then
+        deletes).  C{replace} False: a target that exists is refused with
+        L{AlreadyExists} (SFTP's RENAME), from the checks the rename makes
+        anyway (no stat first), and the refusal is the rename's event.
+        """
         return self._action(
             "rename",
             source,
             "rename",
-            lambda: renames.rename(self, source, target),
+            lambda: renames.rename(self, source, target, replace),
             path_to=display(target),
         )

@@ -26,11 +26,15 @@ log = Logger()
 
 
 async def rename(
-    fs: ObjectFileSystem, source: Sequence[str], target: Sequence[str]
+    fs: ObjectFileSystem,
+    source: Sequence[str],
+    target: Sequence[str],
+    replace: bool = True,
 ) -> None:
     """
     Rename the file or directory at C{source} to C{target}; a file replaces
-    a file there (with the C{overwrite} permission), never a directory.
+    a file there (with the C{overwrite} permission, and unless C{replace}
+    is False), never a directory.
     The quota follows, and an upload kept for a resume of the target's
     name is discarded: the name now has a visible object.
     """
@@ -40,6 +44,8 @@ async def rename(
     entry, existing = await together(fs._stat(source), fs._before_write(target))
     if list(target[: len(source)]) == list(source) and entry.is_dir:
         raise InvalidName(display(target), "cannot move a directory into itself")
+    if existing is not None and not replace and list(target) != list(source):
+        raise AlreadyExists(display(target))
     if entry.is_dir:
         if existing is not None:
             raise AlreadyExists(display(target))
