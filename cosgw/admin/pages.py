@@ -113,8 +113,8 @@ class MetricsPage(Resource):
     """
     The registry in the format the scraper asks for (Prometheus text, or
     OpenMetrics).  Rendered on the reactor thread: the live gauges read
-    state only that thread may touch, and a render of a few hundred
-    samples takes about a millisecond.
+    state only that thread may touch, and a render is short (4.7 ms for
+    455 lines with 300 sessions open, on a loaded 2-core machine).
     """
 
     isLeaf = True
