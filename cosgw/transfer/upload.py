@@ -155,10 +155,8 @@ class UploadWriter:
         #: Bytes of the object that did not come from this stream (kept
         #: parts of a resumed upload, a copied prefix).
         self.base = 0
-        #: Parts this writer stored, and the store's retries for them (for
-        #: the transfer's audit record).
-        self.parts_stored = 0
-        self.retries = 0
+        #: Parts stored, and the store's retries of them (for the audit).
+        self.parts_stored = self.retries = 0
         self._start_from(resume, copy_prefix, initial)
         self._budget = budget
         if budget is not None and not budget.grow(self.size):

@@ -87,7 +87,6 @@ class Meter:
         @param since: when the open began (the clock's seconds): the
             record's start, and store wait until now.
         """
-        self.direction = direction
         self.finished = False
         self.record: Optional[Transfer] = None
         self.progress: Callable[[int], None] = _ignore
@@ -172,8 +171,8 @@ class Meter:
             return
         self.finished = True
         self.wait_end()
-        if self.record is None:
-            return
+        if self.record is None or self.record.finished:
+            return  # nothing recorded, or the session's close ended it
         if error is not None:
             self.request_id(getattr(error, "request_id", None))
         interrupted = interrupted or isinstance(error, TransferStopped)
