@@ -22,7 +22,7 @@ from twisted.python.failure import Failure
 from cosgw.config import Config, ConfigError
 from cosgw.interfaces import IObjectStore
 
-#: Where the systemd unit (etc/cosgw.service) has the gateway read its
+#: Where the systemd unit (etc/systemd/cosgw.service) has the gateway read its
 #: config: what a command reads unless told otherwise.
 DEFAULT_CONFIG = "/etc/cosgw/cosgw.ini"
 

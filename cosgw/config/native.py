@@ -22,6 +22,7 @@ from cosgw.config.fields import (
     check_admin,
     check_password,
     check_user_name,
+    default_state_dir,
     load_cos_storage,
     parse_admin_listen,
     parse_host,
@@ -43,7 +44,6 @@ from cosgw.config.model import (
     MAX_PART_SIZE,
     MIB,
     MIN_PART_SIZE,
-    STATE_DIR_NAME,
     TIB,
     Config,
     ConfigError,
@@ -255,7 +255,7 @@ class CosgwLoader:
 
     def server_ftp(self, sec: Section) -> ServerConfig:
         """State directory, FTP listeners and passive ports, connections, logs."""
-        state_dir = sec.path("state_dir", self.base) or self.base / STATE_DIR_NAME
+        state_dir = sec.path("state_dir", self.base) or default_state_dir(self.base)
         ftp_listen = parse_listen(sec, "ftp_listen", ServerConfig.ftp_listen)
         passive = parse_passive_ports(sec, "passive_ports")
         notice = passive_notice(self.label, "[server] passive_ports", *passive)

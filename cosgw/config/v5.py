@@ -66,6 +66,7 @@ from pathlib import Path
 from cosgw.config.fields import (
     check_password,
     check_user_name,
+    default_state_dir,
     load_cos_storage,
     passive_notice,
     plain_password_notice,
@@ -77,7 +78,6 @@ from cosgw.config.model import (
     MAX_OBJECT_SIZE,
     MAX_PART_SIZE,
     MIN_PART_SIZE,
-    STATE_DIR_NAME,
     Config,
     ConfigError,
     ServerConfig,
@@ -357,7 +357,7 @@ class V5Loader:
                 log_level = "info"
         log_dir = opt.path("log_dir", self.base)
         return ServerConfig(
-            state_dir=self.base / STATE_DIR_NAME,
+            state_dir=default_state_dir(self.base),
             ftp_listen=(f"tcp:{port}",),
             passive_ports=passive,
             masquerade_address=masquerade,
