@@ -8,6 +8,7 @@ the gateway's password checker under the login defender.
 from __future__ import annotations
 
 import ftplib
+from pathlib import Path
 from typing import Any
 
 from twisted.internet import defer
@@ -149,3 +150,14 @@ class BasicAuthTests(unittest.TestCase):
 
         reply = yield in_thread(ftp_banner)
         self.assertTrue(reply.startswith("421 Too many failed logins"), reply)
+
+
+class EmbeddedDefaultTests(unittest.SynchronousTestCase):
+    def test_no_admin_listener(self) -> None:
+        """
+        A trial run (twistd cosftp with no config) takes no admin port: an
+        installed gateway's 9121 stays its own.
+        """
+        from cosgw.config import embedded_config
+
+        self.assertEqual(embedded_config(Path("/nonexistent")).server.admin_listen, "")

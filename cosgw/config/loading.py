@@ -52,6 +52,7 @@ def embedded_config(base: Path | None = None) -> Config:
     (C{base} defaults to the current directory).  It serves FTP on 2121,
     implicit FTPS on 2990 and SFTP on 2222 (host keys generated in the state
     directory at first start).
+    It has no admin listener.
 
     It has no users: the service creates the generated user C{"cosgw"} with
     all permissions on C{"default"} (see
@@ -66,6 +67,9 @@ def embedded_config(base: Path | None = None) -> Config:
             state_dir=base / STATE_DIR_NAME,
             ftps_listen=(f"tcp:{DEFAULT_FTPS_PORT}",),
             sftp_listen=(f"tcp:{DEFAULT_SFTP_PORT}",),
+            # A trial run must not take (or fail on) the admin port of a
+            # gateway installed on the same host.
+            admin_listen="",
         ),
         transfer=TransferConfig(),
         storages=MappingProxyType({storage.name: storage}),
