@@ -42,13 +42,22 @@ class Options(usage.Options):
 
 def makeService(options: Options) -> Any:
     from cosgw.logs.twistd import twistd_observer
+    from cosgw.privileges import PrivilegeError, creating_as, running_as, twistd_user
     from cosgw.service import makeService as make
 
     try:
-        service = make(options.config)
-    except ConfigError as e:
+        # Files are created as the user twistd drops to (cosgw.privileges).
+        with creating_as(twistd_user(options)):
+            service = make(options.config)
+    except (ConfigError, PrivilegeError) as e:
         # A certificate that cannot be read, found only when it is loaded.
         raise SystemExit(f"cosftp: {e}") from None
+    except OSError as e:
+        # A directory or file the gateway's user cannot create or read.
+        if e.filename is None:
+            raise
+        who = running_as(options)
+        raise SystemExit(f"cosftp: {e.filename}: {e.strerror} ({who})") from None
     # twistd's own options (-n, --logfile, --syslog, --logger) say where its
     # log goes; the gateway's observer goes there, in log_format from
     # log_level, instead of twistd's plain text of every level.

@@ -8,10 +8,12 @@ tests.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -19,6 +21,13 @@ from typing import Any, Optional
 
 ROOT = Path(__file__).resolve().parent.parent
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
+
+
+def scratch(testcase: Any, prefix: str = "cosgw-test-") -> Path:
+    """A new directory under the system's temporary one, removed after the test."""
+    directory = Path(tempfile.mkdtemp(prefix=prefix))
+    testcase.addCleanup(shutil.rmtree, directory, True)
+    return directory
 
 
 def poll(predicate: Callable[[], Any], bound: float, what: str) -> Any:

@@ -37,7 +37,7 @@ from cosgw.frontends.listener import ListenerService
 from cosgw.systemd import Notifier, SystemdNotifier, notify_address
 from tests.configtesting import v5, v5_account
 from tests.logevents import LogEvents
-from tests.processtesting import ROOT, TWISTD, Child, free_port, poll
+from tests.processtesting import ROOT, TWISTD, Child, free_port, poll, scratch
 
 UNITS = ROOT / "etc" / "systemd"
 PASSWORD = "systemd-pw"
@@ -55,10 +55,9 @@ class Listening:
             self.socket.bind(b"\0" + name.encode())
             self.env = f"@{name}"
         else:
-            path = Path(testcase.mktemp())
-            path.parent.mkdir(parents=True, exist_ok=True)
+            path = scratch(testcase) / "notify"
             self.socket.bind(str(path))
-            self.env = str(path.absolute())
+            self.env = str(path)
 
     def message(self, bound: float = TIMEOUT) -> dict[str, str]:
         """The next message, as its KEY=value fields; fails after C{bound} s."""
@@ -118,7 +117,7 @@ class NotifierTests(unittest.SynchronousTestCase):
 
     def test_nobody_listening_is_one_warning(self) -> None:
         events = LogEvents(self, "cosgw.service")
-        notifier = Notifier(str(Path(self.mktemp()).absolute()))
+        notifier = Notifier(str(scratch(self) / "nobody-listens"))
         self.addCleanup(notifier.close)
         self.assertFalse(notifier.send("READY=1"))
         self.assertFalse(notifier.send("WATCHDOG=1"))
@@ -222,8 +221,7 @@ def _login_and_upload(port: int) -> None:
 
 class NotifyProcessTests(unittest.SynchronousTestCase):
     def test_ready_watchdog_and_stopping_from_twistd(self) -> None:
-        directory = Path(self.mktemp()).absolute()
-        directory.mkdir(parents=True)
+        directory = scratch(self)
         listening = Listening(self, abstract=True)
         port = free_port()
         config = _config(directory, f"tcp:{port}:interface=127.0.0.1")
@@ -258,8 +256,7 @@ class SocketActivationTests(unittest.SynchronousTestCase):
     """systemd-socket-activate binds, twistd adopts; ftplib logs in."""
 
     def activate(self, listen: str, ftp_listen: str, port: int, fdname: str) -> None:
-        directory = Path(self.mktemp()).absolute()
-        directory.mkdir(parents=True)
+        directory = scratch(self)
         config = _config(directory, ftp_listen)
         argv = ["systemd-socket-activate", "-l", listen, "--fdname", fdname]
         argv += ["-E", "PYTHONPATH", TWISTD, "-n", "--pidfile=", "--logfile=-"]

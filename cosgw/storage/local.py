@@ -24,6 +24,7 @@ import os
 import re
 import shutil
 import stat
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -47,6 +48,7 @@ from cosgw.interfaces import (
     PendingUpload,
     StoreError,
 )
+from cosgw.privileges import as_gateway_user
 from cosgw.storage._runner import (
     BlockingRunner,
     ThreadedStore,
@@ -131,9 +133,29 @@ class LocalStore(ThreadedStore):
     # -- helpers (run in pool threads) -------------------------------------
 
     def prepare(self) -> None:
-        """Create the root and the temporary area; blocking, for start-up."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        self._tmp.mkdir(exist_ok=True)
+        """
+        Create the root and the temporary area, and write a file there:
+        blocking, for start-up.  It runs as the gateway's user (see
+        L{cosgw.privileges}), so what it creates is that user's, and a root
+        or C{.cosgw-tmp} that user cannot write (left by a start as root,
+        owned by someone else, on a read-only file system) stops the start
+        here, instead of failing every upload with 451.
+
+        @raise OSError: naming the directory that cannot be created or
+            written.
+        """
+        with as_gateway_user():
+            self.root.mkdir(parents=True, exist_ok=True)
+            self._tmp.mkdir(exist_ok=True)
+            for directory in (self.root, self._tmp):
+                try:
+                    tempfile.TemporaryFile(dir=directory).close()
+                except OSError as e:
+                    raise OSError(
+                        e.errno,
+                        f"cannot write files here: {e.strerror}",
+                        str(directory),
+                    ) from None
 
     def _path(self, key: str) -> Path:
         """

@@ -168,7 +168,9 @@ class Spool:
             raise TransferStopped("the spool is closed")
         if self._file is None:
             if self.directory:
-                os.makedirs(self.directory, exist_ok=True)
+                # Created by the gateway's user, after twistd dropped to
+                # it; other users have no business with unfinished files.
+                os.makedirs(self.directory, mode=0o700, exist_ok=True)
             self._file = tempfile.TemporaryFile(dir=self.directory)
         return self._file.fileno()
 

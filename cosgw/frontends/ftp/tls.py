@@ -45,6 +45,8 @@ from twisted.protocols.policies import ProtocolWrapper
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 
+from cosgw.privileges import as_gateway_user, private_directory
+
 # The namespace these lines had before the FTP package existed.
 log = Logger(namespace="cosgw.tls")
 
@@ -300,13 +302,14 @@ class _DataTLSTransport(TLSMemoryBIOProtocol):
 
 def generate_self_signed(state_dir: Path) -> tuple[Path, Path]:
     """
-    Make a self-signed certificate and key in C{state_dir} (key 0600),
-    unless both are already there.  Blocking; for start-up.
+    Make a self-signed certificate and key in C{state_dir} (0700; key
+    0600), unless both are already there.  They belong to whoever runs this:
+    the gateway's user (L{cosgw.privileges}).  Blocking; for start-up.
     """
+    state_dir = private_directory(state_dir)
     cert_path, key_path = state_dir / CERT_FILE, state_dir / KEY_FILE
     if cert_path.exists() and key_path.exists():
         return cert_path, key_path
-    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "cosgw")])
     hosts = {socket.gethostname(), "localhost"}
@@ -333,12 +336,14 @@ def generate_self_signed(state_dir: Path) -> tuple[Path, Path]:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
+    cert_bytes = certificate.public_bytes(serialization.Encoding.PEM)
     temp = key_path.with_suffix(".tmp")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(key_bytes)
-    os.replace(temp, key_path)
-    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    with as_gateway_user():
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(key_bytes)
+        os.replace(temp, key_path)
+        cert_path.write_bytes(cert_bytes)
     log.info("generated a self-signed TLS certificate in {path}", path=cert_path)
     return cert_path, key_path
 

@@ -20,6 +20,7 @@ from twisted.logger import Logger
 
 from cosgw.auth.files import create_exclusively
 from cosgw.auth.keys import check_key_strength, fingerprint
+from cosgw.privileges import as_gateway_user, private_directory
 
 __all__ = ["GENERATED_HOST_KEYS", "load_host_keys"]
 
@@ -89,14 +90,15 @@ def _generated_host_key(
     """
     path = state_dir / name
     if not path.exists():
-        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         private = make()
         text = private.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.OpenSSH,
             serialization.NoEncryption(),
         ).decode("ascii")
-        if create_exclusively(path, text):
+        with as_gateway_user():
+            created = create_exclusively(path, text)
+        if created:
             key = keys.Key(private)
             log.info(
                 "Generated SSH host key {path} ({fingerprint})",
@@ -113,8 +115,10 @@ def load_host_keys(paths: Sequence[Path], state_dir: Path) -> dict[bytes, keys.K
 
     With C{paths}, each file is loaded.  Without, the keys of
     L{GENERATED_HOST_KEYS} in C{state_dir} are used, generated at the first
-    start (Ed25519 and RSA 3072, OpenSSH private format, mode 0600) and the
-    same ones on every later start, so clients' known_hosts stay valid.
+    start (Ed25519 and RSA 3072, OpenSSH private format, mode 0600, in a
+    state directory of mode 0700) and the same ones on every later start, so
+    clients' known_hosts stay valid.  They belong to whoever runs this: the
+    gateway's user (L{cosgw.privileges}).
 
     This blocks (file I/O, RSA generation): call it at start-up, before the
     reactor runs.
@@ -129,7 +133,7 @@ def load_host_keys(paths: Sequence[Path], state_dir: Path) -> dict[bytes, keys.K
             path = Path(p)
             loaded.append((path, _load_host_key(path)))
     else:
-        state_dir = Path(state_dir)
+        state_dir = private_directory(Path(state_dir))
         for name, make in GENERATED_HOST_KEYS:
             loaded.append(
                 (state_dir / name, _generated_host_key(state_dir, name, make))
