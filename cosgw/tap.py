@@ -21,7 +21,8 @@ class Options(usage.Options):
     synopsis = "[--config PATH]"
     longdesc = (
         "Serve Tencent COS buckets (or a local directory) over FTP.  With no "
-        "--config, serve ./cosgw-data on port 2121 for the user 'cosgw', whose "
+        "--config, serve ./cosgw-data on port 2121 of 127.0.0.1 (of every "
+        "interface with --listen-all) for the user 'cosgw', whose "
         "password is generated at first start and shown once in the log.  "
         "--config takes cosgw's INI format or a COS FTP Server V5 "
         "conf/vsftpd.conf unchanged."
@@ -29,13 +30,25 @@ class Options(usage.Options):
     optParameters = [
         ["config", "c", None, "Path to a cosgw INI file or a V5 vsftpd.conf."],
     ]
+    optFlags = [
+        [
+            "listen-all",
+            None,
+            "With no --config: listen on every interface, not only 127.0.0.1.",
+        ],
+    ]
 
     def postOptions(self) -> None:
         try:
+            if self["config"] and self["listen-all"]:
+                raise ConfigError(
+                    "--listen-all is for the embedded default; with --config,"
+                    " the config's *_listen keys say where to listen"
+                )
             if self["config"]:
                 self.config = load_config(self["config"])
             else:
-                self.config = embedded_config(Path.cwd())
+                self.config = embedded_config(Path.cwd(), self["listen-all"])
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
 

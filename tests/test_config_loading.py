@@ -25,15 +25,26 @@ def test_embedded_config(tmp_path: Path) -> None:
     assert config.source is None
     assert config.users == {}
     assert config.server.state_dir == tmp_path / "cosgw-state"
-    assert config.server.ftps_listen == ("tcp:2990",)
+    # On loopback only: --listen-all (listen_all) opens it to the network.
+    assert config.server.ftp_listen == ("tcp:2121:interface=127.0.0.1",)
+    assert config.server.ftps_listen == ("tcp:2990:interface=127.0.0.1",)
     # The embedded default serves SFTP on 2222, as it serves FTPS on 2990.
-    assert config.server.sftp_listen == ("tcp:2222",)
+    assert config.server.sftp_listen == ("tcp:2222:interface=127.0.0.1",)
     assert config.server.ssh_host_keys == ()
     (storage,) = config.storages.values()
     assert (storage.name, storage.kind, storage.path) == (
         "default",
         "local",
         tmp_path / "cosgw-data",
+    )
+
+
+def test_embedded_config_listen_all(tmp_path: Path) -> None:
+    server = embedded_config(tmp_path, listen_all=True).server
+    assert (server.ftp_listen, server.ftps_listen, server.sftp_listen) == (
+        ("tcp:2121",),
+        ("tcp:2990",),
+        ("tcp:2222",),
     )
 
 

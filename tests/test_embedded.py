@@ -6,11 +6,14 @@ The gateway runs as a child process, stopped by its PID.
 
 from __future__ import annotations
 
+import fcntl
 import ftplib
 import io
 import os
 import re
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -18,6 +21,8 @@ import time
 from pathlib import Path
 
 from twisted.trial import unittest
+
+from tests.processtesting import TWISTD, Child, accepts, poll, scratch
 
 LINE = re.compile(
     r"log in at ftp://(?P<user>\w+)@(?P<host>[\d.]+):(?P<port>\d+)/ with password "
@@ -95,3 +100,84 @@ class EmbeddedDefaultTests(unittest.SynchronousTestCase):
         self.assertTrue(ftp.login("cosgw", match["password"]).startswith("230"))
         ftp.quit()
         self.assertNotIn(match["password"], (directory / "twistd.log").read_text())
+
+
+def other_address() -> str:
+    """
+    An IPv4 address of this host other than 127.0.0.1: an interface's
+    (SIOCGIFADDR), or else 127.0.0.2, which Linux's loopback also answers
+    but a socket bound to 127.0.0.1 does not.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for _, name in socket.if_nameindex():
+            request = struct.pack("256s", name.encode()[:15])
+            try:
+                packed = fcntl.ioctl(s.fileno(), 0x8915, request)[20:24]  # SIOCGIFADDR
+            except OSError:
+                continue  # no IPv4 address
+            address = socket.inet_ntoa(packed)
+            if not address.startswith("127."):
+                return address
+    return "127.0.0.2"
+
+
+class EmbeddedListenersTests(unittest.SynchronousTestCase):
+    """Where the embedded default listens, and what its log says of it."""
+
+    def start(self, *options: str) -> tuple[Child, str]:
+        directory = scratch(self, "cosgw-embedded-")
+        child = Child(self, [TWISTD, "-n", "--pidfile=", "cosftp", *options], directory)
+        poll(lambda: child.running() and LINE.search(child.text()), 30, "login line")
+        for port in (2121, 2990, 2222):
+            poll(
+                lambda p=port: (
+                    "listening on" in child.text() and f":{p} " in child.text()
+                ),
+                30,
+                str(port),
+            )
+        return child, child.text()
+
+    def test_loopback_only_by_default(self) -> None:
+        child, text = self.start()
+        for port, what in ((2121, "FTP"), (2990, "implicit FTPS"), (2222, "SFTP")):
+            self.assertIn(f"listening on 127.0.0.1:{port} for {what}", text)
+        self.assertNotIn("0.0.0.0", text)
+        self.assertTrue(accepts("127.0.0.1", 2121))
+        elsewhere = other_address()
+        for port in (2121, 2990, 2222):
+            with self.assertRaises(ConnectionRefusedError):
+                socket.create_connection((elsewhere, port), timeout=10).close()
+
+    def test_listen_all(self) -> None:
+        child, text = self.start("--listen-all")
+        for port in (2121, 2990, 2222):
+            self.assertIn(f"listening on 0.0.0.0:{port} (every IPv4 interface)", text)
+        # The URL to log in at is one that works from this machine.
+        self.assertRegex(
+            text, r"log in at ftp://cosgw@127\.0\.0\.1:2121/ with password"
+        )
+        with socket.create_connection((other_address(), 2121), timeout=10) as s:
+            self.assertTrue(s.recv(100).startswith(b"220 "))
+
+    def test_listen_all_is_for_the_embedded_default(self) -> None:
+        directory = scratch(self, "cosgw-embedded-")
+        config = directory / "cosgw.ini"
+        config.write_text(
+            "[storage:s]\ntype = local\npath = d\n[user:u]\npassword = p\n"
+        )
+        child = Child(
+            self,
+            [
+                TWISTD,
+                "-n",
+                "--pidfile=",
+                "cosftp",
+                "--listen-all",
+                "--config",
+                str(config),
+            ],
+            directory,
+        )
+        self.assertEqual(child.wait(30), 1)
+        self.assertIn("--listen-all is for the embedded default", child.text())

@@ -12,6 +12,7 @@ from types import MappingProxyType
 from cosgw.config.ini import looks_like_v5, read_text
 from cosgw.config.model import (
     DATA_DIR_NAME,
+    DEFAULT_FTP_PORT,
     DEFAULT_FTPS_PORT,
     DEFAULT_SFTP_PORT,
     STATE_DIR_NAME,
@@ -45,13 +46,14 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     return CosgwLoader(source, label, text).load()
 
 
-def embedded_config(base: Path | None = None) -> Config:
+def embedded_config(base: Path | None = None, listen_all: bool = False) -> Config:
     """
     The configuration used when there is no file: a local storage
     C{"default"} at C{base/cosgw-data} and state in C{base/cosgw-state}
     (C{base} defaults to the current directory).  It serves FTP on 2121,
     implicit FTPS on 2990 and SFTP on 2222 (host keys generated in the state
-    directory at first start).
+    directory at first start), on 127.0.0.1 only unless C{listen_all}: a
+    password shown in a log is no way to open a machine to its network.
     It has no admin listener.
 
     It has no users: the service creates the generated user C{"cosgw"} with
@@ -61,12 +63,14 @@ def embedded_config(base: Path | None = None) -> Config:
     """
     base = Path.cwd() if base is None else Path(base).absolute()
     storage = StorageConfig(name="default", kind="local", path=base / DATA_DIR_NAME)
+    where = "" if listen_all else ":interface=127.0.0.1"
     return Config(
         source=None,
         server=ServerConfig(
             state_dir=base / STATE_DIR_NAME,
-            ftps_listen=(f"tcp:{DEFAULT_FTPS_PORT}",),
-            sftp_listen=(f"tcp:{DEFAULT_SFTP_PORT}",),
+            ftp_listen=(f"tcp:{DEFAULT_FTP_PORT}{where}",),
+            ftps_listen=(f"tcp:{DEFAULT_FTPS_PORT}{where}",),
+            sftp_listen=(f"tcp:{DEFAULT_SFTP_PORT}{where}",),
             # A trial run must not take (or fail on) the admin port of a
             # gateway installed on the same host.
             admin_listen="",
