@@ -7,16 +7,23 @@ the gateway's password checker under the login defender.
 
 from __future__ import annotations
 
+import base64
 import ftplib
 from pathlib import Path
 from typing import Any
 
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.credentials import IUsernamePassword
+from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 from twisted.web.resource import Resource
 from twisted.web.test.requesthelper import DummyRequest
+from twisted.web.util import DeferredResource
+from zope.interface import implementer
 
 from cosgw.admin.access import AdminAccess, Refusal
 from cosgw.policy.defender import LoginDefender
@@ -77,6 +84,60 @@ class LoopbackRuleTests(unittest.SynchronousTestCase):
                 (answer.code, answer.text),
                 (403, "ask for the admin listener by IP address"),
             )
+
+
+@implementer(ICredentialsChecker)
+class _Checker:
+    """The password checker's part: alice's password is "right"."""
+
+    credentialInterfaces = (IUsernamePassword,)
+
+    def __init__(self) -> None:
+        self.asked: list[bytes] = []
+
+    def requestAvatarId(self, credentials: Any) -> Deferred[str]:
+        self.asked.append(credentials.username)
+        if (credentials.username, credentials.password) == (b"alice", b"right"):
+            return succeed("alice")
+        return fail(UnauthorizedLogin())
+
+
+class RememberTests(unittest.SynchronousTestCase):
+    """A verified user and password are not checked again for 60 s."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.checker = _Checker()
+        self.root = Resource()
+        self.page = _Page()
+        self.root.putChild(b"metrics", self.page)
+        self.access = AdminAccess(
+            ("alice",),
+            self.checker,
+            LoginDefender(self.clock, base_delay=0),
+            self.clock,
+        )
+
+    def admit(self, password: bytes) -> Any:
+        req = _request(IPv4Address("TCP", "192.0.2.5", 5000))
+        req.prepath = [b"metrics"]
+        req.postpath = []
+        token = base64.b64encode(b"alice:" + password)
+        req.requestHeaders.setRawHeaders(b"authorization", [b"Basic " + token])
+        return self.access.admit(req, self.root, b"metrics")
+
+    def test_remembered(self) -> None:
+        self.assertIsInstance(self.admit(b"right"), DeferredResource)
+        self.assertIs(self.admit(b"right"), self.root)
+        self.assertEqual(self.checker.asked, [b"alice"])
+        self.clock.advance(61)
+        self.assertIsInstance(self.admit(b"right"), DeferredResource)
+        self.assertEqual(self.checker.asked, [b"alice", b"alice"])
+
+    def test_failures_not_remembered(self) -> None:
+        for _ in range(3):
+            self.assertIsInstance(self.admit(b"wrong"), DeferredResource)
+        self.assertEqual(len(self.checker.asked), 3)
 
 
 class BasicAuthTests(unittest.TestCase):
