@@ -34,7 +34,7 @@ from cosgw.privileges import (
     twistd_user,
 )
 from tests.logevents import LogEvents
-from tests.processtesting import TWISTD, Child, free_port, scratch
+from tests.processtesting import ROOT, TWISTD, Child, free_port, scratch
 
 ROOT_USER = os.geteuid() == 0
 PASSWORD = "privileges-pw"
@@ -86,6 +86,13 @@ class GatewayFilesTests(unittest.SynchronousTestCase):
     """The real gateway, as root dropping to nobody or as its own user."""
 
     def start(self, base: Path, user: RunAs) -> tuple[Child, int, int]:
+        for directory in (ROOT, *ROOT.parents):
+            st = directory.stat()
+            if not (st.st_mode & 0o001 or st.st_uid == user.uid):
+                self.fail(
+                    f"{directory} cannot be entered by uid {user.uid}: the gateway"
+                    " could not import its own modules once it dropped privileges"
+                )
         ftp_port, sftp_port = free_port(), free_port()
         config = write_config(base, ftp_port, sftp_port)
         argv = [TWISTD, "-n", "--pidfile=", "--logfile=-", *identity_options(user)]

@@ -41,7 +41,7 @@ from tests.processtesting import ROOT, TWISTD, Child, free_port, poll, scratch
 
 UNITS = ROOT / "etc" / "systemd"
 PASSWORD = "systemd-pw"
-TIMEOUT = 20
+TIMEOUT = 30
 
 
 class Listening:
