@@ -118,7 +118,7 @@ class TurnTests(SynchronousTestCase):
         banned = [r for r in results if r.check(LoginBanned)]
         self.assertEqual(len(banned), 10 - self.logins.calls)
         self.assertEqual(
-            len(self.events.at(LogLevel.info)) - len(banned),
+            len(self.events.at(LogLevel.debug)) - len(banned),
             self.logins.calls,  # one "Login failed" line per verification
         )
         self.assertGreater(self.defender.banned(IP), 0)

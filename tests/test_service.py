@@ -40,8 +40,9 @@ class LogFileTests(unittest.TestCase):
         yield in_thread(run)
         yield gw.service.stopService()
         text = (logs / "cosgw.log").read_text()
-        self.assertIn("FTP login alice from 127.0.0.1", text)
-        self.assertIn("STOR /logged.txt 1000 bytes", text)
+        self.assertIn("ftp login of alice from 127.0.0.1:", text)
+        self.assertIn("ftp upload of /logged.txt by alice from 127.0.0.1:", text)
+        self.assertIn(": ok, 1000 bytes in", text)
         self.assertIn("alice", text)
         for secret in (PASSWORD, "not-the-password", gw.inspector.server.secret_key):
             self.assertNotIn(secret, text)

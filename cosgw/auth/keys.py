@@ -170,7 +170,8 @@ class KeyChecker:
             good = False
         if not good:
             return self._refuse(user, "bad signature", query)
-        log.info(
+        # Debug: the frontend's audit event is the login's line at info.
+        log.debug(
             "Public key login succeeded for user {user} ({fingerprint})",
             user=for_log(user),
             fingerprint=fingerprint(key),
@@ -186,9 +187,11 @@ class KeyChecker:
                 reason=reason,
             )
         else:
-            log.warn(
+            # The frontend's login-failed audit event, with the client's
+            # address and this reason, is the line at info.
+            log.debug(
                 "Public key login failed for user {user}: {reason}",
                 user=for_log(user),
                 reason=reason,
             )
-        return defer.fail(UnauthorizedLogin("Login failed"))
+        return defer.fail(UnauthorizedLogin(reason))

@@ -41,7 +41,7 @@ from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore
 from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThreadPool
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
@@ -310,17 +310,22 @@ class PasswordChecker:
 
     def _checked(self, outcome: _Outcome, user: str) -> Union[str, Deferred[str]]:
         """Log the verdict from the thread pool, on the reactor thread."""
+        # Debug: the frontends' audit event (login, login-failed, with the
+        # client's address and the reason given here) is the line at info.
         if outcome is _Outcome.SUCCESS:
-            log.info("Login succeeded for user {user}", user=for_log(user))
+            log.debug("Login succeeded for user {user}", user=for_log(user))
             return user
-        # UNUSABLE_HASH: the stored hash is in an unrecognised or malformed
-        # format; the reason says so without quoting it.
-        log.warn(
+        # UNUSABLE_HASH (the stored hash is in an unrecognised or malformed
+        # format; the reason says so without quoting it) is the operator's
+        # to fix: a warning.
+        level = LogLevel.warn if outcome is _Outcome.UNUSABLE_HASH else LogLevel.debug
+        log.emit(
+            level,
             "Login failed for user {user}: {reason}",
             user=for_log(user),
             reason=outcome.value,
         )
-        return self._fail()
+        return self._fail(outcome.value)
 
     def _crashed(self, failure: Failure, user: str) -> Union[Failure, Deferred[str]]:
         """
@@ -337,10 +342,13 @@ class PasswordChecker:
         )
         return self._fail()
 
-    def _fail(self) -> Deferred[str]:
-        """Fail with L{UnauthorizedLogin} after the failure delay."""
+    def _fail(self, reason: str = "login failed") -> Deferred[str]:
+        """
+        Fail with L{UnauthorizedLogin} after the failure delay; its message,
+        C{reason}, is for the log (clients are never told it).
+        """
 
         def unauthorized() -> str:
-            raise UnauthorizedLogin("Login failed")
+            raise UnauthorizedLogin(reason)
 
         return deferLater(self._clock, self._failure_delay, unauthorized)

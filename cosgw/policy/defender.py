@@ -67,6 +67,13 @@ recently seen end on every call; beyond C{max_tracked} addresses the least
 recently seen is forgotten, ban and all.  Queues exist only while an
 address has attempts under way.
 
+Given the client's audit session, L{LoginDefender.guard} emits each
+attempt's outcome in it, exactly once, as soon as it is known: C{login},
+or C{login-failed} with why (the checker's reason, the ban, the full
+queue, the rule that refused the session, an attempt the client
+abandoned).  That event is the one line a failed login gets at C{info};
+the defender's own bookkeeping lines are C{debug}, but for a ban.
+
 "One address" is L{cosgw.policy.limits.canonical_ip}'s: IPv4-mapped
 addresses count as IPv4, IPv6 per network of C{ipv6_prefix} bits (a /64 by
 default: one host can pick a new address in its /64 for every attempt).
@@ -79,10 +86,10 @@ import math
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Optional, TypeVar, Union
+from typing import TYPE_CHECKING, Any, Optional, TypeVar, Union
 
 from twisted.cred.error import UnauthorizedLogin
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
@@ -91,6 +98,9 @@ from twisted.python.failure import Failure
 from cosgw.escaping import for_log
 from cosgw.policy.limits import canonical_ip
 from cosgw.policy.turns import Abandoned, Turns
+
+if TYPE_CHECKING:
+    from cosgw.audit import Session
 
 __all__ = ["LoginBanned", "LoginDefender", "TooManyLogins"]
 
@@ -318,7 +328,7 @@ class LoginDefender:
         count = len(record.failures)
         delay = self._delay(count)
         record.quiet_until = max(record.quiet_until, now + delay)
-        log.info(
+        log.debug(
             "Login failed for user {user} from {ip}: failure {count} within"
             " {window} seconds, answered in {delay} seconds",
             user=for_log(user),
@@ -364,7 +374,11 @@ class LoginDefender:
             del self._records[key]
 
     def guard(
-        self, ip: str, user: str, login: Callable[[], Deferred[T]]
+        self,
+        ip: str,
+        user: str,
+        login: Callable[[], Deferred[T]],
+        session: Optional[Session] = None,
     ) -> Deferred[T]:
         """
         Run C{login} for a client at C{ip} under the defender's policy.
@@ -373,6 +387,8 @@ class LoginDefender:
         @param login: starts the actual login (typically a C{portal.login}
             call); called only when it is the attempt's turn, and not at all
             while C{ip} is banned.
+        @param session: the client's audit session, where the outcome is
+            emitted once (C{login} or C{login-failed}); None: not audited.
         @return: a L{Deferred} that fires with C{login}'s result as soon as
             it has one, or fails:
               - with L{LoginBanned} at once, while C{ip} is banned, and
@@ -392,7 +408,7 @@ class LoginDefender:
         remaining = self.banned(ip)
         if remaining > 0:
             self._refused_banned(ip, user, remaining)
-            return fail(LoginBanned(remaining))
+            return fail(_reported(LoginBanned(remaining), session, user))
         running, waiting = self._turns.counts(key)
         if waiting >= self._max_waiting:
             if key not in self._overflowing:
@@ -405,13 +421,13 @@ class LoginDefender:
                     running=running,
                     waiting=waiting,
                 )
-            return fail(TooManyLogins())
+            return fail(_reported(TooManyLogins(), session, user))
         d = self._turns.run(key, login)
         d.addCallbacks(
             self._passed,
             self._refused,
-            callbackArgs=(ip,),
-            errbackArgs=(ip, user),
+            callbackArgs=(ip, user, session),
+            errbackArgs=(ip, user, session),
         )
         return d
 
@@ -432,7 +448,7 @@ class LoginDefender:
         return 0.0 if record is None else max(record.quiet_until - now, 0.0)
 
     def _refused_banned(self, ip: str, user: str, remaining: float) -> None:
-        log.info(
+        log.debug(
             "Login for user {user} from {ip} refused unchecked: banned"
             " for {remaining} more seconds",
             user=for_log(user),
@@ -440,10 +456,13 @@ class LoginDefender:
             remaining=remaining,
         )
 
-    def _passed(self, result: T, ip: str) -> T:
+    def _passed(self, result: T, ip: str, user: str, session: Optional[Session]) -> T:
         """A login succeeded: forget the failures, pass the result on."""
         self._drained(ip)
         self.succeeded(ip)
+        if session is not None:
+            # The account's name once the realm has named the session.
+            session.emit("login", user=session.user or user)
         return result
 
     def _drained(self, ip: str) -> None:
@@ -454,7 +473,7 @@ class LoginDefender:
             self._overflowing.discard(key)
 
     def _refused(
-        self, failure: Failure, ip: str, user: str
+        self, failure: Failure, ip: str, user: str, session: Optional[Session]
     ) -> Union[Failure, Deferred[Any]]:
         """
         A login failed: count an L{UnauthorizedLogin} and fail after the
@@ -463,8 +482,10 @@ class LoginDefender:
         guard) checked no password: not counted.
         """
         self._drained(ip)
+        if failure.value is not None:
+            _reported(failure.value, session, user)
         if failure.check(Abandoned):
-            log.info(
+            log.debug(
                 "Login for user {user} from {ip} abandoned while being"
                 " verified: counted as a failure",
                 user=for_log(user),
@@ -553,3 +574,17 @@ class LoginDefender:
             )
         while len(records) > self._max_tracked:
             records.popitem(last=False)
+
+
+_E = TypeVar("_E", bound=BaseException)
+
+
+def _reported(error: _E, session: Optional[Session], user: str) -> _E:
+    """Emit C{login-failed} for C{error} in C{session}, if any."""
+    if session is not None:
+        shown: BaseException = error
+        if isinstance(error, CancelledError) and not str(error):
+            stage = " while being verified" if isinstance(error, Abandoned) else ""
+            shown = type(error)(f"abandoned by the client{stage}")
+        session.emit("login-failed", shown, user=user)
+    return error

@@ -20,6 +20,7 @@ from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
 
 from cosgw import vfs
+from cosgw.audit import Session as AuditSession
 from cosgw.frontends.ftp.replies import Reply
 from cosgw.frontends.ftp.session import Access, Session
 from cosgw.interfaces import IFileSystem
@@ -68,7 +69,9 @@ class CommandContext:
 
     factory: GatewayFTPFactory
     session: Session
-    #: The client's address (the mind given to the portal).
+    #: The audit session of this connection (see L{AuditedSession}).
+    audit: AuditSession
+    #: The client's address.
     peer: Peer
     #: A TCP or TLS transport: beyond ITransport, a producer with
     #: startTLS (explicit FTPS) and getHost.
@@ -93,6 +96,8 @@ class CommandContext:
         def logged_in(self) -> None: ...
 
         def close_control(self) -> None: ...
+
+        def end_reason(self, reason: str) -> None: ...
 
         def start_tls(self, options: Any) -> None: ...
 

@@ -12,6 +12,7 @@ from typing import Any, Optional
 from twisted.cred.portal import Portal
 from twisted.internet import protocol
 
+from cosgw.audit import SessionTable
 from cosgw.config import ServerConfig
 from cosgw.frontends.ftp.data import ChannelCount
 from cosgw.frontends.ftp.ports import DATA_CONNECTION_TIMEOUT
@@ -71,6 +72,7 @@ class GatewayFTPFactory(protocol.ServerFactory):
         user_tls: Optional[UserTLS] = None,
         trace_commands: bool = False,
         data_connections: Optional[ChannelCount] = None,
+        sessions: Optional[SessionTable] = None,
     ) -> None:
         """
         @param reactor: the reactor: a clock, TCP (passive listeners and
@@ -94,6 +96,8 @@ class GatewayFTPFactory(protocol.ServerFactory):
         @param eof_grace: with C{eof_quiet}, when and how long an upload's
             end of file waits to tell a killed client (see
             C{TransferCommands._client_left}).
+        @param sessions: the gateway's live sessions, where every control
+            connection opens its own; by default a table of this factory's.
         """
         self.tls = tls
         self.implicit = implicit
@@ -120,6 +124,7 @@ class GatewayFTPFactory(protocol.ServerFactory):
         self.data_connections = (
             data_connections if data_connections is not None else ChannelCount()
         )
+        self.sessions = sessions if sessions is not None else SessionTable(reactor)
 
     @classmethod
     def from_config(
@@ -134,6 +139,7 @@ class GatewayFTPFactory(protocol.ServerFactory):
         implicit: bool = False,
         user_tls: Optional[UserTLS] = None,
         data_connections: Optional[ChannelCount] = None,
+        sessions: Optional[SessionTable] = None,
     ) -> GatewayFTPFactory:
         """The factory for the server section of the configuration."""
         return cls(
@@ -155,6 +161,7 @@ class GatewayFTPFactory(protocol.ServerFactory):
             user_tls=user_tls,
             trace_commands=server.log_level == "debug",
             data_connections=data_connections,
+            sessions=sessions,
         )
 
     def buildProtocol(self, addr: Any) -> Optional[protocol.Protocol]:

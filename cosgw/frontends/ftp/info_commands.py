@@ -191,7 +191,9 @@ class InfoCommands(CommandContext):
                 )
             await self.replies_flushed()
             if self.session.over:
-                return None  # the connection is closing
+                # The connection is closing: the listing is cut short.
+                listing.close(ConnectionError("the connection closed"))
+                return None
             page = await listing.next_page()
         return Reply(213, "End of status")
 

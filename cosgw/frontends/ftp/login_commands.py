@@ -15,11 +15,10 @@ from twisted.python.failure import Failure
 
 from cosgw.escaping import for_log
 from cosgw.frontends.ftp.context import CommandContext
-from cosgw.frontends.ftp.replies import Reply
+from cosgw.frontends.ftp.replies import Reply, reply_for
 from cosgw.frontends.ftp.session import Event
 from cosgw.interfaces import IFileSystem
 from cosgw.policy.accounts import LoginRefused
-from cosgw.policy.defender import LoginBanned
 
 # One namespace for the whole frontend, as when it was one module.
 log = Logger(namespace="cosgw.frontends.ftp")
@@ -58,11 +57,15 @@ class LoginCommands(CommandContext):
         portal = self.factory.portal
         defender = self.factory.defender
 
+        # The mind is the audit session: the realm's rules see the client's
+        # address in it, and the user's file system emits its events in it.
+        session = self.audit
+
         def login() -> Deferred[Any]:
-            return portal.login(credentials, self.peer, IFileSystem)
+            return portal.login(credentials, session, IFileSystem)
 
         if defender is not None:
-            d = defender.guard(self.peer.host, username, login)
+            d = defender.guard(self.peer.host, username, login, session)
         else:
             d = login()
         return d.addCallbacks(self._logged_in, self._login_refused)
@@ -74,11 +77,6 @@ class LoginCommands(CommandContext):
             return Reply(421, "Connection closed")
         self.session.log_in(fs, logout)
         self.logged_in()
-        log.info(
-            "FTP login {user} from {peer}",
-            user=for_log(str(self.session.user)),
-            peer=self.peer.host,
-        )
         return Reply(230, "Login successful")
 
     def _login_refused(self, failure: Failure) -> Reply:
@@ -88,14 +86,15 @@ class LoginCommands(CommandContext):
             LoginRefused,
         )
         self.session.advance(Event.LOGIN_REFUSED)
-        if failure.check(LoginBanned, LoginRefused):
+        reply = reply_for(failure, "PASS")
+        if reply.code == 421:
             # Banned, or a rule refuses this user here or now: say why
             # and hang up (RFC 959: 421 service closing), running nothing
             # the client sent meanwhile.
             self.session.advance(Event.QUIT)
+            self.end_reason(f"login refused: {reply.text}")
             self.reactor.callLater(0, self.close_control)
-            return Reply(421, str(failure.value))
-        return Reply(530, "Login incorrect")
+        return reply
 
     def ftp_REIN(self) -> Reply:
         """
@@ -110,6 +109,7 @@ class LoginCommands(CommandContext):
         return Reply(220, "Ready for a new user")
 
     def ftp_QUIT(self) -> None:
+        self.end_reason("client quit")
         self.sendLine("221 Goodbye")
         self.close_control()
 
@@ -130,10 +130,10 @@ class LoginCommands(CommandContext):
         # what the client sent in clear after AUTH is dropped.
         self.start_tls(tls.options)
         session.secure = True
+        self.audit.protocol = "ftps"
         if kind in ("SSL", "TLS-P"):
             # The historical mechanisms also protect the data connections.
             session.pbsz, session.prot = True, "P"
-        log.info("FTP connection from {peer} now uses TLS", peer=self.peer.host)
         return None
 
     def ftp_PBSZ(self, size: str) -> Reply:

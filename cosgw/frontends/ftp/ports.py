@@ -18,8 +18,11 @@ import random
 from typing import TYPE_CHECKING, Any, Optional
 
 from twisted.internet import error as net_error
+from twisted.internet import tcp
 from twisted.internet.interfaces import IDelayedCall, IListeningPort
-from twisted.logger import Logger
+from twisted.internet.posixbase import PosixReactorBase
+from twisted.logger import Logger, LogLevel
+from twisted.python import log as legacy_log
 
 from cosgw import vfs
 from cosgw.frontends.ftp.context import CommandContext
@@ -46,6 +49,40 @@ DATA_CONNECTION_TIMEOUT = 30
 #: its transfer uses, and one more (a new one connecting while the last
 #: one closes).
 MAX_SESSION_DATA_CONNECTIONS = 2
+
+
+class QuietPort(tcp.Port):
+    """
+    A passive data port: one per transfer, so Twisted's lines for each
+    ("DataChannelFactory starting on N", "(TCP Port N Closed)") are debug.
+    """
+
+    def startListening(self) -> None:
+        # tcp.Port logs its start through the legacy log, whose context
+        # gives the event its level.
+        legacy_log.callWithContext(
+            {"log_level": LogLevel.debug, "log_namespace": log.namespace},
+            super().startListening,
+        )
+
+    def _logConnectionLostMsg(self) -> None:
+        log.debug("passive port {port} closed", port=self._realPortNumber)
+
+
+def listen_passive(reactor: Any, port: int, factory: Any, interface: str) -> Any:
+    """
+    Listen on C{port} for a data connection: a L{QuietPort} on a reactor
+    that watches real descriptors, the reactor's own port on any other (a
+    test's MemoryReactor).
+
+    @return: the L{IListeningPort}.
+    @raise CannotListenError: the port cannot be had.
+    """
+    if not isinstance(reactor, PosixReactorBase):
+        return reactor.listenTCP(port, factory, interface=interface)
+    quiet = QuietPort(port, factory, interface=interface, reactor=reactor)
+    quiet.startListening()
+    return quiet
 
 
 def decode_extended_address(address: str) -> tuple[str, str, int]:
@@ -172,8 +209,8 @@ class DataConnections:
         for i in range(count):
             candidate = low + (start + i) % count
             try:
-                port = reactor.listenTCP(
-                    candidate, self._wrapped(factory), interface=interface
+                port = listen_passive(
+                    reactor, candidate, self._wrapped(factory), interface
                 )
             except net_error.CannotListenError as e:
                 if out_of_descriptors(e):

@@ -52,6 +52,7 @@ from collections import deque
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Optional, Union
 
+from twisted.internet import error as net_error
 from twisted.internet import protocol
 from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IHandshakeListener, IPushProducer
@@ -61,6 +62,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from cosgw.escaping import for_log, for_reply
+from cosgw.frontends.ftp.audited import AuditedSession
 from cosgw.frontends.ftp.commands import COMMANDS
 from cosgw.frontends.ftp.context import Arg, Command
 from cosgw.frontends.ftp.file_commands import FileCommands
@@ -152,6 +154,7 @@ def _limit_send_buffer(transport: Any) -> None:
 
 @implementer(IPushProducer, IHandshakeListener)
 class GatewayFTP(
+    AuditedSession,
     LoginCommands,
     FileCommands,
     InfoCommands,
@@ -221,7 +224,7 @@ class GatewayFTP(
         self._producing = True
         self.start_login_deadline()
         self.sendLine(f"220 {self.factory.welcomeMessage}")
-        log.info("FTP connection from {peer}", peer=self.peer.host)
+        self.open_audit()
 
     def handshakeCompleted(self) -> None:
         self._handshaking = False
@@ -243,19 +246,22 @@ class GatewayFTP(
         self._login_deadline = self._cut_off = None
         self._wake_flush_waiters()
         self.session.end_login()
-        log.info(
-            "FTP connection from {peer} closed (user {user})",
-            peer=self.peer.host,
-            user=self.session.user,
-        )
+        lost = "connection lost"
+        if reason.check(net_error.ConnectionDone):
+            lost = "connection closed by the client"
+        self.close_audit(lost)
 
     def sendLine(self, line: Union[str, bytes]) -> None:
         """
         Send one reply line.  Control characters are shown as C{?}: a line
         is one line, whatever name it carries.
         """
+        if self.kicked:
+            return  # the 421 of the kick was the last word
         if isinstance(line, bytes):
             line = line.decode("utf-8", "replace")
+        if line[:3].isdigit():
+            self.last_code = line[:3]
         self.transport.write(for_reply(line).encode("utf-8") + b"\r\n")
 
     def close_control(self) -> None:
@@ -324,21 +330,12 @@ class GatewayFTP(
         self._login_deadline = None
         if self.session.logged_in or self.session.over:
             return
-        log.info(
-            "FTP connection from {peer} did not log in within {seconds} s: closed",
-            peer=self.peer.host,
-            seconds=self.factory.login_timeout,
-        )
+        self.end_reason(f"login timeout ({self.factory.login_timeout} s)")
         self.sendLine("421 Login timeout: closing the connection")
         self.close_control()
 
     def timeoutConnection(self) -> None:
-        log.info(
-            "FTP session of {user} from {peer} idle for {seconds} s: closed",
-            user=self.session.user,
-            peer=self.peer.host,
-            seconds=self.factory.timeOut,
-        )
+        self.end_reason(f"idle timeout ({self.factory.timeOut} s)")
         self.sendLine("421 Idle timeout: closing the connection")
         self.close_control()
 
@@ -477,6 +474,7 @@ class GatewayFTP(
 
     def _line_received(self, line: bytes) -> None:
         self.resetTimeout()
+        self.audit.touch()
         line = strip_telnet(line)
         if self.transfer is None or _immediate(line):
             self._execute(line)
@@ -507,6 +505,7 @@ class GatewayFTP(
             self.setTimeout(None)
         else:
             self.busy = True
+            self.command = command
         d = maybeDeferred(self._dispatch, command, argument, " " in text)
         d.addCallbacks(self._send_result, self._send_failure, errbackArgs=(command,))
         d.addErrback(lambda f: log.failure("replying to {command}", f, command=command))
@@ -527,6 +526,7 @@ class GatewayFTP(
 
     def _command_done(self) -> None:
         self.busy = False
+        self.command = None
         self._pump()
 
     def _dispatch(self, name: str, argument: str, has_argument: bool) -> Any:

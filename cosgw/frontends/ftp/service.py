@@ -89,6 +89,7 @@ class FTPFrontend(Frontend):
             "defender": parts.defender,
             "tls": self.tls,
             "user_tls": user_tls,
+            "sessions": parts.sessions,
         }
         portal, reactor = parts.portal, parts.reactor
         self.factory = GatewayFTPFactory.from_config(server, portal, reactor, **options)

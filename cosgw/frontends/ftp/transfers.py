@@ -33,7 +33,7 @@ from cosgw.frontends.ftp.data import DataChannel, ListingSender
 from cosgw.frontends.ftp.facts import format_facts
 from cosgw.frontends.ftp.replies import Reply
 from cosgw.frontends.listing import format_list_line
-from cosgw.interfaces import IFileSystem, IUpload
+from cosgw.interfaces import IFileSystem, IListing, IUpload
 
 # One namespace for the whole frontend, as when it was one module.
 log = Logger(namespace="cosgw.frontends.ftp")
@@ -196,6 +196,9 @@ class TransferCommands(CommandContext):
         except Exception:
             self.data.close()
             raise
+        # Why the download ended early, for its audit event (the file
+        # system's own errors it knows already).
+        stopped: Optional[BaseException] = None
         try:
             channel = await self._data_channel(transfer)
             self.sendLine(
@@ -206,32 +209,21 @@ class TransferCommands(CommandContext):
             sending = reader.send(channel)
             transfer.counter = lambda: reader.sent
             try:
-                sent = await sending
+                await sending
                 end = await channel.closed()
                 if end is not None:
                     raise vfs.TransferStopped(str(end))
             except BaseException as e:
                 channel.abort()
-                log.info(
-                    "{user} RETR {path} failed after {sent} bytes: {error}",
-                    user=self.session.user,
-                    path=vfs.display(segments),
-                    sent=reader.sent,
-                    error=str(e),
-                )
+                stopped = e
                 if transfer.aborted:
                     raise Reply(426, "Transfer aborted") from None
                 raise
+        except BaseException as e:
+            stopped = stopped or e
+            raise
         finally:
-            reader.close()
-        log.info(
-            "{user} RETR {path} {bytes} bytes from {offset} in {seconds:.2f}s",
-            user=self.session.user,
-            path=vfs.display(segments),
-            bytes=sent,
-            offset=offset,
-            seconds=transfer.elapsed(),
-        )
+            reader.close(stopped)
         return Reply(226, "Transfer complete")
 
     def ftp_STOR(self, path: str) -> Awaitable[Reply]:
@@ -275,19 +267,9 @@ class TransferCommands(CommandContext):
         except BaseException:
             await upload.abort()
             raise
-        await self._receive(transfer, channel, upload, segments)
+        await self._receive(transfer, channel, upload)
         # After a store failure this raises it, translated.
-        info = await upload.commit()
-        log.info(
-            "{user} STOR {path} {bytes} bytes ({received} sent) in {seconds:.2f}s "
-            "(request {request_id})",
-            user=self.session.user,
-            path=vfs.display(segments),
-            bytes=info.size,
-            received=upload.received,
-            seconds=transfer.elapsed(),
-            request_id=info.request_id,
-        )
+        await upload.commit()
         return Reply(226, "Transfer complete")
 
     async def _receive(
@@ -295,7 +277,6 @@ class TransferCommands(CommandContext):
         transfer: ActiveTransfer,
         channel: DataChannel,
         upload: IUpload,
-        segments: list[str],
     ) -> None:
         """
         Feed the data connection into C{upload} until it ends.  Returns when
@@ -320,12 +301,6 @@ class TransferCommands(CommandContext):
             return
         if transfer.aborted:
             await upload.abort()
-            log.info(
-                "{user} STOR {path} aborted by ABOR after {received} bytes",
-                user=self.session.user,
-                path=vfs.display(segments),
-                received=upload.received,
-            )
             raise Reply(426, "Transfer aborted; nothing was stored")
         if stopped is not None or transfer.client_gone:
             kept = await upload.interrupt()
@@ -402,6 +377,24 @@ class TransferCommands(CommandContext):
         except Exception:
             self.data.close()
             raise
+        try:
+            count = await self._send_listing(transfer, listing, first, format_line)
+        except BaseException as e:
+            # Cut short: its audit event says so (after its last page, this
+            # does nothing).
+            listing.close(e)
+            raise
+        return Reply(226, f"Directory send OK ({count} entries)")
+
+    async def _send_listing(
+        self,
+        transfer: ActiveTransfer,
+        listing: IListing,
+        first: Optional[list[vfs.Entry]],
+        format_line: LineFormat,
+    ) -> int:
+        """Send C{listing} (its C{first} page read) over the data connection."""
+        fs = self.fs
         channel = await self._data_channel(transfer)
         self.sendLine("150 Here comes the directory listing")
         await self.data.ready(channel)
@@ -420,7 +413,7 @@ class TransferCommands(CommandContext):
             if transfer.aborted:
                 raise Reply(426, "Transfer aborted") from None
             raise
-        return Reply(226, f"Directory send OK ({sender.count} entries)")
+        return sender.count
 
     def ftp_LIST(self, path: str) -> Awaitable[Reply]:
         return self._list(

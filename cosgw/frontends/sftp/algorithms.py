@@ -17,6 +17,7 @@ L{GEX_GROUPS}, never those of OpenSSH's moduli file (see there why).
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from twisted.conch.ssh import keys
 
@@ -26,6 +27,7 @@ __all__ = [
     "KEY_EXCHANGES",
     "MACS",
     "SIGNATURE_ALGORITHMS",
+    "describe",
     "host_key_algorithms",
     "keep",
 ]
@@ -177,3 +179,18 @@ GEX_GROUPS: dict[int, list[tuple[int, int]]] = {
     3072: [(2, _MODP_3072)],
     4096: [(2, _MODP_4096)],
 }
+
+
+def describe(ciphers: Any, strict: bool) -> str:
+    """
+    The ciphers and MACs in use (a Conch C{SSHCiphers}), for the log: the
+    client's direction first when the two differ.
+    """
+
+    def direction(cipher: bytes, mac: bytes) -> str:
+        return f"cipher {cipher.decode('ascii')} (MAC {mac.decode('ascii')})"
+
+    incoming = direction(ciphers.inCipType, ciphers.inMACType)
+    outgoing = direction(ciphers.outCipType, ciphers.outMACType)
+    text = incoming if incoming == outgoing else f"{incoming} in, {outgoing} out"
+    return text + (", strict key exchange" if strict else "")

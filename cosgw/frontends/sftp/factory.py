@@ -18,6 +18,7 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Factory
 
+from cosgw.audit import SessionTable
 from cosgw.frontends.sftp.algorithms import GEX_GROUPS, host_key_algorithms
 from cosgw.frontends.sftp.session import GatewayConnection
 from cosgw.frontends.sftp.transport import GatewaySSHTransport
@@ -32,6 +33,8 @@ class GatewaySSHFactory(SSHFactory):
     """
 
     protocol = GatewaySSHTransport
+    # No "Starting factory" line: the listener is the gateway's to report.
+    noisy = False
     services = {
         b"ssh-userauth": GatewayUserAuthServer,
         b"ssh-connection": GatewayConnection,
@@ -47,6 +50,7 @@ class GatewaySSHFactory(SSHFactory):
         idle_timeout: Optional[float] = 600,
         admission: Any = None,
         login_guard: Any = None,
+        sessions: Optional[SessionTable] = None,
     ) -> None:
         """
         @param portal: logs users in; its realm answers for L{IConchUser}.
@@ -58,8 +62,11 @@ class GatewaySSHFactory(SSHFactory):
         @param admission: an object with C{open(ip) -> Optional[str]} and
             C{close(ip)}, such as L{cosgw.policy.limits.ConnectionLimits}; None to
             admit everyone.
-        @param login_guard: an object with C{guard(ip, user, login)}, such as
-            L{cosgw.policy.defender.LoginDefender}; None for no guard.
+        @param login_guard: an object with C{guard(ip, user, login,
+            session)}, such as L{cosgw.policy.defender.LoginDefender}; None
+            for no guard.
+        @param sessions: the gateway's live sessions, where every admitted
+            connection opens its own; by default a table of this factory's.
         @raise ValueError: no usable host key, or a non-positive timeout.
         """
         if login_timeout <= 0:
@@ -80,6 +87,7 @@ class GatewaySSHFactory(SSHFactory):
         self.idle_timeout = idle_timeout
         self.admission = admission
         self.login_guard = login_guard
+        self.sessions = sessions if sessions is not None else SessionTable(reactor)
         #: The transports whose socket is still open.
         self.connections: set[GatewaySSHTransport] = set()
         self.primes = self.getPrimes()

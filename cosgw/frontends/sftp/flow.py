@@ -36,9 +36,12 @@ they move, never a copy of everything buffered.
 from __future__ import annotations
 
 from collections import deque
-from typing import Union
+from typing import Any, Protocol, Union
 
-__all__ = ["ChunkQueue", "RequestGate"]
+from twisted.internet.interfaces import IPushProducer
+from zope.interface import implementer
+
+__all__ = ["ChunkQueue", "OutputWatch", "RequestGate"]
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -221,3 +224,41 @@ class RequestGate:
         self.in_flight = 0
         self.promised = 0
         self._stopped = False
+
+
+class _Watched(Protocol):
+    """What L{OutputWatch} needs of the SSH transport."""
+
+    #: The TCP transport under it.
+    transport: Any
+
+    def output_changed(self, full: bool) -> None: ...
+
+    def release_write_side(self) -> None: ...
+
+
+@implementer(IPushProducer)
+class OutputWatch:
+    """
+    The SSH transport's stand-in as its TCP transport's producer: the TCP
+    transport pauses it while its buffer holds more than 64 KiB (Twisted's
+    C{bufferSize}) and resumes it once the buffer is empty, which sets the
+    SSH transport's C{output_full}.
+    """
+
+    def __init__(self, ssh: _Watched) -> None:
+        self._ssh = ssh
+
+    def pauseProducing(self) -> None:
+        self._ssh.output_changed(True)
+
+    def resumeProducing(self) -> None:
+        if getattr(self._ssh.transport, "disconnecting", False):
+            # Conch closed the socket itself (the client's DISCONNECT): the
+            # socket closes only once it has no producer.
+            self._ssh.release_write_side()
+            return
+        self._ssh.output_changed(False)
+
+    def stopProducing(self) -> None:
+        pass

@@ -33,6 +33,7 @@ from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from cosgw.audit import Session
 from cosgw.escaping import for_log
 from cosgw.frontends.sftp.conchlog import ConchLogger
 from cosgw.frontends.sftp.flow import ChunkQueue, RequestGate
@@ -71,6 +72,8 @@ class FileTransfer(filetransfer.FileTransferServer):
         self._holding = False
         self._channel: Optional[SFTPSession] = None
         self._ssh: Any = None
+        #: The connection's audit session: each request touches it.
+        self._audit: Optional[Session] = None
 
     def connectionMade(self) -> None:
         channel = getattr(self.transport, "session", None)
@@ -79,6 +82,7 @@ class FileTransfer(filetransfer.FileTransferServer):
             channel.input_held = lambda: self.input_waiting
             channel.on_output_sent = self._take_requests
             self._ssh = getattr(channel.conn, "transport", None)
+            self._audit = getattr(self._ssh, "audit", None)
         if self._ssh is not None and hasattr(self._ssh, "hold_input"):
             self._ssh.watch_output(self._take_requests)
             server = self.client
@@ -156,6 +160,8 @@ class FileTransfer(filetransfer.FileTransferServer):
         which would leave the client waiting forever.
         """
         request_id = b"" if kind == FXP_INIT else bytes(payload[:4])
+        if self._audit is not None:
+            self._audit.touch()
         self.gate.dispatched(request_id, _promise(kind, payload))
         name = self.packetTypes.get(kind)
         handler = getattr(self, f"packet_{name}", None) if name else None

@@ -35,7 +35,7 @@ from twisted.conch.ssh.filetransfer import (
     SFTPError,
 )
 from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred, succeed
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -59,16 +59,20 @@ MAX_SFTP_PACKET = 256 * 1024
 MAX_TRANSFER = MAX_SFTP_PACKET - 1024
 
 
-def status_for(failure: Failure, action: str = "request") -> tuple[int, str]:
+def status_for(
+    failure: Failure, action: str = "request", quiet: bool = False
+) -> tuple[int, str]:
     """
     The one place where errors become SFTP status codes and messages.
     Version 3 has few codes: what has none (not a directory, not empty,
     quota) is FX_FAILURE with a message saying exactly what.  Unexpected
-    errors are logged with their traceback and shown as a plain failure.
+    errors are logged with their traceback and shown as a plain failure;
+    C{quiet} (an audit event's status) logs nothing.
     """
     e = failure.value
     if _out_of_descriptors(e):
-        log.error(
+        log.emit(
+            LogLevel.debug if quiet else LogLevel.error,
             "SFTP {action} failed: the process has no file descriptor left ({error})",
             action=action,
             error=str(e),
@@ -93,7 +97,8 @@ def status_for(failure: Failure, action: str = "request") -> tuple[int, str]:
         return FX_FAILURE, f"{e.path}: {e.message}"
     if isinstance(e, vfs.TransferStopped):
         return FX_FAILURE, "the transfer was stopped"
-    log.failure("unexpected error in SFTP {action}", failure, action=action)
+    if not quiet:
+        log.failure("unexpected error in SFTP {action}", failure, action=action)
     return FX_FAILURE, "internal error; the gateway's log has the details"
 
 

@@ -17,6 +17,7 @@ from cosgw.auth.keys import fingerprint
 from cosgw.config import Config, ConfigError
 from cosgw.frontends.frontend import Frontend, SharedParts
 from cosgw.frontends.listener import ssh_refusal
+from cosgw.frontends.sftp.conchlog import set_conch_verbose
 from cosgw.frontends.sftp.factory import GatewaySSHFactory
 from cosgw.frontends.sftp.hostkeys import load_host_keys
 from cosgw.frontends.sftp.protocol import FileTransfer
@@ -51,6 +52,7 @@ class SFTPFrontend(Frontend):
         """
         super().__init__(parts)
         server = config.server
+        set_conch_verbose(server.log_level == "debug")
         self.accounts = parts.accounts
         self.max_handles = server.max_handles
         # One for the gateway: every session's files share its spool budget.
@@ -78,6 +80,7 @@ class SFTPFrontend(Frontend):
             idle_timeout=server.idle_timeout,
             admission=parts.limits,
             login_guard=parts.defender,
+            sessions=parts.sessions,
         )
         # Sent when the gateway is out of file descriptors at accept.
         refusal = ssh_refusal(

@@ -424,6 +424,8 @@ class SFTPUser(ConchUser):
     subsystem served by C{sftp_server}.
     """
 
+    _log = ConchLogger(namespace="twisted.conch.avatar")
+
     def __init__(
         self,
         username: str,

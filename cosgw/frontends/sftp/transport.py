@@ -50,15 +50,10 @@ from typing import TYPE_CHECKING, Any, Optional, Protocol, Union, cast
 from twisted.conch.ssh import transport
 from twisted.conch.ssh.common import NS
 from twisted.internet import defer
-from twisted.internet.interfaces import (
-    IDelayedCall,
-    IPushProducer,
-    IReactorTime,
-    ITCPTransport,
-)
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITCPTransport
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from cosgw.escaping import for_log
 from cosgw.frontends.sftp.aead import AEAD_CIPHERS
@@ -67,13 +62,16 @@ from cosgw.frontends.sftp.algorithms import (
     KEY_EXCHANGES,
     MACS,
     SIGNATURE_ALGORITHMS,
+    describe,
     keep,
 )
+from cosgw.frontends.sftp.audited import session_status
 from cosgw.frontends.sftp.conchlog import ConchLogger
-from cosgw.frontends.sftp.flow import ChunkQueue
+from cosgw.frontends.sftp.flow import ChunkQueue, OutputWatch
 from cosgw.frontends.sftp.packets import PacketLayer
 
 if TYPE_CHECKING:
+    from cosgw.audit import Session
     from cosgw.frontends.sftp.factory import GatewaySSHFactory
 
 __all__ = ["MAX_PACKET_LENGTH", "GatewaySSHTransport"]
@@ -184,9 +182,13 @@ class GatewaySSHTransport(PacketLayer, transport.SSHServerTransport):
     _admitted = False
     _last_received = 0.0
     #: The TCP transport's buffer is over its limit (its producer, the
-    #: L{_OutputWatch}, is paused).
+    #: L{OutputWatch}, is paused).
     output_full = False
-    _write_side: Optional[_OutputWatch] = None
+    _write_side: Optional[OutputWatch] = None
+    #: The connection's audit session, once admitted.
+    audit: Optional[Session] = None
+    #: Why the connection ends, once known; the first reason given stands.
+    close_reason: Optional[str] = None
 
     @property
     def _clock(self) -> IReactorTime:
@@ -214,9 +216,6 @@ class GatewaySSHTransport(PacketLayer, transport.SSHServerTransport):
     def input_waiting(self) -> int:
         """Bytes received and not yet taken as packets."""
         return len(self._inbox) + len(self.buf)
-
-    def _user_for_log(self) -> str:
-        return for_log(str(self.username))
 
     @property
     def connection_lost(self) -> bool:
@@ -261,7 +260,7 @@ class GatewaySSHTransport(PacketLayer, transport.SSHServerTransport):
         self._input_holds: set[object] = set()
         self._output_watchers: list[Callable[[], None]] = []
         super().connectionMade()
-        self._write_side = _OutputWatch(self)
+        self._write_side = OutputWatch(self)
         self._stream.registerProducer(self._write_side, True)
         if hasattr(self.transport, "setTcpNoDelay"):
             # SFTP's replies to writes are small packets: with Nagle one
@@ -281,7 +280,9 @@ class GatewaySSHTransport(PacketLayer, transport.SSHServerTransport):
                 self.sendDisconnect(transport.DISCONNECT_TOO_MANY_CONNECTIONS, refusal)
                 return
             self._admitted = True
-        log.info("SSH connection from {peer}", peer=self.peer)
+        port = getattr(self._socket.getPeer(), "port", 0)
+        self.audit = self.factory.sessions.open("sftp", self.peer, port, self.kick)
+        self.audit.status_of = session_status
         self._timer = self._clock.callLater(
             self.factory.login_timeout, self._login_timed_out
         )
@@ -305,11 +306,11 @@ class GatewaySSHTransport(PacketLayer, transport.SSHServerTransport):
                     self.factory.admission.close(self.peer)
                 except Exception:
                     log.failure("Admission close failed for {peer}", peer=self.peer)
-            log.info(
-                "SSH connection from {peer} closed (user {user})",
-                peer=self.peer,
-                user=self._user_for_log(),
-            )
+            if self.audit is not None:
+                lost = "connection lost"
+                if reason is not None and reason.check(ConnectionDone):
+                    lost = "connection closed by the client"
+                self.factory.sessions.close(self.audit, self.close_reason or lost)
 
     def dataReceived(self, data: bytes) -> None:
         """
@@ -394,14 +395,15 @@ class GatewaySSHTransport(PacketLayer, transport.SSHServerTransport):
         if watcher in self._output_watchers:
             self._output_watchers.remove(watcher)
 
-    def _output_changed(self, full: bool) -> None:
+    def output_changed(self, full: bool) -> None:
+        """The TCP transport's buffer went over its limit, or emptied."""
         if full == self.output_full:
             return
         self.output_full = full
         for watcher in list(self._output_watchers):
             watcher()
 
-    def _release_write_side(self) -> None:
+    def release_write_side(self) -> None:
         """
         Stop being the TCP transport's producer.  A transport closing while
         its producer is paused resumes the producer instead of closing, and
@@ -430,14 +432,16 @@ class GatewaySSHTransport(PacketLayer, transport.SSHServerTransport):
             # Read on, to see the client close.
             self._input_holds.clear()
             self._stream.resumeProducing()
-        self._release_write_side()
+        self.release_write_side()
         if isinstance(desc, str):
             # Conch itself passes str in places (its ML-KEM checks).
             desc = desc.encode("utf-8")
         self.sendPacket(
             transport.MSG_DISCONNECT, struct.pack(">L", reason) + NS(desc) + NS(b"")
         )
-        log.info(
+        self.end_reason(_text(desc))
+        # The session-close audit event says why, at info.
+        log.debug(
             "SSH connection from {peer} disconnected: code {code}, {description}",
             peer=self.peer,
             code=reason,
@@ -476,11 +480,11 @@ class GatewaySSHTransport(PacketLayer, transport.SSHServerTransport):
         first = self._initial_kex
         super().ssh_NEWKEYS(packet)
         if first and not self._closing():
-            log.info(
+            log.debug(
                 "SSH connection from {peer}: key exchange {kex}, {algorithms}",
                 peer=self.peer,
                 kex=self.kexAlg.decode("ascii"),
-                algorithms=_describe(self.currentEncryptions, self.strict_kex),
+                algorithms=describe(self.currentEncryptions, self.strict_kex),
             )
 
     # Conch computes the shared secret from the client's public value without
@@ -517,20 +521,10 @@ class GatewaySSHTransport(PacketLayer, transport.SSHServerTransport):
             idle_timeout = self.factory.idle_timeout
             self._last_received = self._clock.seconds()
             self._enter(_State.LOGGED_IN, idle_timeout, self._check_idle)
-            log.info(
-                "SSH user {user} logged in from {peer}",
-                user=self._user_for_log(),
-                peer=self.peer,
-            )
 
     def _login_timed_out(self) -> None:
         self._timer = None
-        log.info(
-            "SSH connection from {peer} did not log in within {timeout} s;"
-            " disconnecting",
-            peer=self.peer,
-            timeout=self.factory.login_timeout,
-        )
+        self.end_reason(f"login timeout ({self.factory.login_timeout} s)")
         self.sendDisconnect(transport.DISCONNECT_BY_APPLICATION, b"login timeout")
 
     def _check_idle(self) -> None:
@@ -543,51 +537,44 @@ class GatewaySSHTransport(PacketLayer, transport.SSHServerTransport):
         if idle < idle_timeout:
             self._timer = self._clock.callLater(idle_timeout - idle, self._check_idle)
             return
-        log.info(
-            "SSH connection from {peer} (user {user}) idle for {idle:.0f} s;"
-            " disconnecting",
-            peer=self.peer,
-            user=self._user_for_log(),
-            idle=idle,
-        )
+        self.end_reason(f"idle timeout ({idle:.0f} s)")
         self.sendDisconnect(transport.DISCONNECT_BY_APPLICATION, b"idle timeout")
 
+    # -- the audit session ----------------------------------------------------
 
-def _describe(ciphers: transport.SSHCiphers, strict: bool) -> str:
-    """The ciphers and MACs in use, for the log: the client's direction
-    first when the two differ."""
+    def end_reason(self, reason: str) -> None:
+        """Why the connection is about to end (the first reason stands)."""
+        if self.close_reason is None:
+            self.close_reason = reason
 
-    def direction(cipher: bytes, mac: bytes) -> str:
-        return f"cipher {cipher.decode('ascii')} (MAC {mac.decode('ascii')})"
+    def kick(self, reason: str) -> None:
+        """
+        End the session now (the admin API): DISCONNECT with C{reason}, then
+        the close; uploads in progress are aborted as for any lost session.
+        """
+        self.end_reason(f"kicked: {reason}")
+        self.sendDisconnect(transport.DISCONNECT_BY_APPLICATION, reason)
 
-    incoming = direction(ciphers.inCipType, ciphers.inMACType)
-    outgoing = direction(ciphers.outCipType, ciphers.outMACType)
-    text = incoming if incoming == outgoing else f"{incoming} in, {outgoing} out"
-    return text + (", strict key exchange" if strict else "")
-
-
-@implementer(IPushProducer)
-class _OutputWatch:
-    """
-    The SSH transport's stand-in as its TCP transport's producer: the TCP
-    transport pauses it while its buffer holds more than 64 KiB (Twisted's
-    C{bufferSize}) and resumes it once the buffer is empty, which sets
-    L{GatewaySSHTransport.output_full}.
-    """
-
-    def __init__(self, ssh: GatewaySSHTransport) -> None:
-        self._ssh = ssh
-
-    def pauseProducing(self) -> None:
-        self._ssh._output_changed(True)
-
-    def resumeProducing(self) -> None:
-        if getattr(self._ssh.transport, "disconnecting", False):
-            # Conch closed the socket itself (the client's DISCONNECT): the
-            # socket closes only once it has no producer.
-            self._ssh._release_write_side()
+    def receiveError(self, reasonCode: int, description: bytes) -> None:
+        """
+        The client's DISCONNECT.  Conch logs every one as an error; the
+        normal logout (OpenSSH's "disconnected by user", code 11) is the
+        session's end, which its session-close event says at info.  Any
+        other code reports a problem on the client's side: a warning.
+        """
+        text = _text(description)
+        if reasonCode == transport.DISCONNECT_BY_APPLICATION:
+            self.end_reason(f"client quit ({text})")
             return
-        self._ssh._output_changed(False)
+        self.end_reason(f"client disconnected: code {reasonCode}, {text}")
+        log.warn(
+            "SSH client at {peer} disconnected: code {code}, {description}",
+            peer=self.peer,
+            code=reasonCode,
+            description=for_log(text),
+        )
 
-    def stopProducing(self) -> None:
-        pass
+
+def _text(description: bytes) -> str:
+    """A disconnect's description as text, cut to a line's length."""
+    return description[:200].decode("utf-8", "replace")

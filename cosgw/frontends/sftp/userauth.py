@@ -17,7 +17,7 @@ the login defender in front of every attempt that can guess a secret.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Optional
 
 from twisted.conch.ssh import transport, userauth
 from twisted.cred.credentials import ISSHPrivateKey, IUsernamePassword
@@ -28,13 +28,15 @@ from twisted.python.failure import Failure
 
 from cosgw.auth.text import decode_bytes
 from cosgw.escaping import for_log
+from cosgw.frontends.sftp.conchlog import ConchLogger
 from cosgw.policy.accounts import LoginRefused
 from cosgw.policy.defender import LoginBanned
 
 if TYPE_CHECKING:
+    from cosgw.audit import Session
     from cosgw.frontends.sftp.transport import GatewaySSHTransport
 
-__all__ = ["GatewayUserAuthServer"]
+__all__ = ["GatewayUserAuthServer", "refusal_code"]
 
 log = Logger(namespace="cosgw.ssh")
 
@@ -51,24 +53,40 @@ def _is_key_query(credentials: Any) -> bool:
     )
 
 
+def refusal_code(error: BaseException) -> Optional[int]:
+    """
+    The disconnect that answers a login error which ends the connection
+    (a ban, too many logins at once, a rule refusing the session), or None
+    for one that leaves the client its next attempt (USERAUTH_FAILURE).
+    """
+    if isinstance(error, LoginBanned):
+        return transport.DISCONNECT_NO_MORE_AUTH_METHODS_AVAILABLE
+    if isinstance(error, LoginRefused):
+        return transport.DISCONNECT_TOO_MANY_CONNECTIONS
+    return None
+
+
 class _AttemptPortal:
     """
     The portal as userauth sees it: every login that can guess a secret (a
-    password, a signed key) goes through C{guard.guard(ip, user, login)}
-    when there is a guard, and every attempt under way can be cancelled
-    when the client goes.
+    password, a signed key) goes through C{guard.guard(ip, user, login,
+    session)} when there is a guard, and every attempt under way can be
+    cancelled when the client goes.
     """
 
-    def __init__(self, portal: Portal, guard: Any, ip: str, peer: Any = None) -> None:
+    def __init__(
+        self, portal: Portal, guard: Any, ip: str, session: Optional[Session] = None
+    ) -> None:
         """
-        @param peer: the client's address, given to the realm as the mind
-            (Conch passes None), so per-user network rules see it as they
-            do over FTP.
+        @param session: the connection's audit session, given to the realm
+            as the mind (Conch passes None): per-user network rules see the
+            client's address in it, as over FTP, and the user's file system
+            emits its events in it; the guard emits the login's outcome.
         """
         self._portal = portal
         self._guard = guard
         self._ip = ip
-        self._peer = peer
+        self._session = session
         self._pending: set[defer.Deferred] = set()
 
     def listCredentialsInterfaces(self) -> list[Any]:
@@ -76,7 +94,7 @@ class _AttemptPortal:
 
     def login(self, credentials: Any, mind: Any, *interfaces: Any) -> defer.Deferred:
         if mind is None:
-            mind = self._peer
+            mind = self._session
 
         def login() -> defer.Deferred:
             return self._portal.login(credentials, mind, *interfaces)
@@ -86,7 +104,7 @@ class _AttemptPortal:
         else:
             username = credentials.username
             user = decode_bytes(username) if isinstance(username, bytes) else username
-            d = self._guard.guard(self._ip, user, login)
+            d = self._guard.guard(self._ip, user, login, self._session)
         self._pending.add(d)
 
         def done(result: Any) -> Any:
@@ -114,6 +132,9 @@ class GatewayUserAuthServer(userauth.SSHUserAuthServer):
 
     transport: GatewaySSHTransport
 
+    # Conch's per-attempt debug lines, quiet unless log_level is debug.
+    _log = ConchLogger(namespace="twisted.conch.ssh.userauth")
+
     interfaceToMethod = {
         ISSHPrivateKey: b"publickey",
         IUsernamePassword: b"password",
@@ -132,12 +153,11 @@ class GatewayUserAuthServer(userauth.SSHUserAuthServer):
             self._cancelLoginTimeout.cancel()
             # Conch sets None here too; its inferred type omits it.
             self._cancelLoginTimeout = None  # type: ignore[assignment]
-        tcp = getattr(self.transport, "transport", None)
         self.portal = _AttemptPortal(
             self.portal,
             factory.login_guard,
             self.transport.peer,
-            tcp.getPeer() if tcp is not None else None,
+            getattr(self.transport, "audit", None),
         )
 
     def serviceStopped(self) -> None:
@@ -170,26 +190,18 @@ class GatewayUserAuthServer(userauth.SSHUserAuthServer):
     def _ebBadAuth(self, reason: Failure) -> None:
         if reason.check(defer.CancelledError) and not self._connected():
             return  # cancelled by serviceStopped: the client is gone
-        if reason.check(LoginBanned):
-            # A ban (when to come back) or too many logins at once: the
-            # defender's own words, as FTP's 421 says them.
-            self._refuse(transport.DISCONNECT_NO_MORE_AUTH_METHODS_AVAILABLE, reason)
-            return
-        if reason.check(LoginRefused):
-            # The right secret, but a rule (the user's networks or session
-            # limit) refuses the session: say why and hang up, as FTP's 421.
-            self._refuse(transport.DISCONNECT_TOO_MANY_CONNECTIONS, reason)
+        code = refusal_code(reason.value) if reason.value is not None else None
+        if code is not None:
+            # A ban (when to come back), too many logins at once, or the
+            # right secret but a rule (the user's networks or session limit)
+            # refusing the session: the defender's or the rule's own words,
+            # as FTP's 421 says them, and hang up.  The guard's login-failed
+            # event is the log line.
+            text = str(reason.value)
+            self.transport.end_reason(f"login refused: {text}")
+            self.transport.sendDisconnect(code, text.encode("utf-8"))
             return
         super()._ebBadAuth(reason)
-
-    def _refuse(self, code: int, reason: Failure) -> None:
-        """Log why a login is refused and tell the client in its disconnect."""
-        log.info(
-            "SSH login from {peer} refused: {reason}",
-            peer=self.transport.peer,
-            reason=for_log(str(reason.value)),
-        )
-        self.transport.sendDisconnect(code, str(reason.value).encode("utf-8"))
 
     def _connected(self) -> bool:
         login_allowed = getattr(self.transport, "login_allowed", None)

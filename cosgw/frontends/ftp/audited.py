@@ -1,0 +1,89 @@
+"""
+An FTP control connection as an audited session (L{cosgw.audit.Session}):
+opened as soon as the client connects (a client that never logs in is a
+session too), closed with the reason when the connection ends, its
+protocol C{ftps} once the control connection is encrypted, and the status
+its events carry taken from the frontend's one mapping of errors to
+replies (L{reply_of}).
+
+A kick (the admin API) ends the session as a server ends an FTP session:
+C{421} with the reason, then the close.  An upload in progress is aborted
+as ABOR aborts it (nothing is stored, nothing is kept for a resume: an
+operator cut it, the client did not lose its connection), and nothing is
+sent after the 421.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from cosgw.frontends.ftp.context import CommandContext
+from cosgw.frontends.ftp.replies import LOCAL_ERROR, SUCCESS_CODES, reply_of
+
+__all__ = ["AuditedSession"]
+
+
+class AuditedSession(CommandContext):
+    """The control connection's audit session, its statuses and its kick."""
+
+    #: The command running (a transfer aside), whose reply a success event
+    #: names.
+    command: Optional[str] = None
+    #: The code of the last reply sent: what a success event names when no
+    #: command runs (220 at the session's start, 221 after QUIT, ...).
+    last_code = ""
+    #: Why the connection ends, once known; the first reason given stands.
+    close_reason: Optional[str] = None
+    #: The session was kicked: its 421 was the last thing sent.
+    kicked = False
+
+    def open_audit(self) -> None:
+        """The client connected: its session begins (C{session-open})."""
+        protocol = "ftps" if self.factory.implicit else "ftp"
+        self.audit = self.factory.sessions.open(
+            protocol, self.peer.host, self.peer.port, self.kick
+        )
+        self.audit.status_of = self.status_of
+
+    def end_reason(self, reason: str) -> None:
+        """Why the connection is about to end (the first reason stands)."""
+        if self.close_reason is None:
+            self.close_reason = reason
+
+    def close_audit(self, lost: str) -> None:
+        """The connection is gone (C{session-close}); C{lost}: the reason
+        when no other was given."""
+        self.factory.sessions.close(self.audit, self.close_reason or lost)
+
+    def status_of(self, error: Optional[BaseException]) -> str:
+        """
+        The reply code the client gets for an event's outcome: for an
+        error, its reply (L{reply_of}); for a success, the reply of the
+        command running, else the last reply sent.  A transfer that the
+        end of the session cut short gets 426, as RFC 959 names a closed
+        connection.
+        """
+        if error is None:
+            transfer = self.transfer
+            command = transfer.command if transfer is not None else self.command
+            code = SUCCESS_CODES.get(command or "")
+            return str(code) if code is not None else self.last_code
+        if isinstance(error, ConnectionError):
+            return "426"
+        return str((reply_of(error) or LOCAL_ERROR).code)
+
+    def kick(self, reason: str) -> None:
+        """
+        End the session now: an upload in progress is aborted, the client
+        gets C{421 reason} and the connection closes.  A connection already
+        closing (its last replies unread) is cut off.
+        """
+        self.end_reason(f"kicked: {reason}")
+        if self.session.over:
+            self.transport.abortConnection()
+            return
+        if self.transfer is not None:
+            self.transfer.cancel(client_gone=False)
+        self.sendLine(f"421 {reason}")
+        self.kicked = True
+        self.close_control()
