@@ -25,6 +25,7 @@ from twisted.logger import LogLevel, formatEvent
 from twisted.scripts.twistd import ServerOptions
 from twisted.trial import unittest
 
+from cosgw.frontends.ftp.tls import generate_self_signed
 from cosgw.privileges import (
     PrivilegeError,
     RunAs,
@@ -33,6 +34,7 @@ from cosgw.privileges import (
     private_directory,
     twistd_user,
 )
+from tests.harness import host_keys
 from tests.logevents import LogEvents
 from tests.processtesting import ROOT, TWISTD, Child, free_port, scratch
 
@@ -67,10 +69,10 @@ def workspace(testcase: unittest.TestCase, user: RunAs) -> Path:
     return base
 
 
-def write_config(base: Path, ftp_port: int, sftp_port: int) -> Path:
+def write_config(base: Path, ftp_port: int, sftp_port: int, more: str = "") -> Path:
     config = base / "cosgw.ini"
     config.write_text(
-        "[server]\n"
+        f"[server]\n{more}"
         f"state_dir = {base}/state\n"
         f"ftp_listen = tcp:{ftp_port}:interface=127.0.0.1\n"
         f"sftp_listen = tcp:{sftp_port}:interface=127.0.0.1\n"
@@ -261,3 +263,32 @@ class PrivateDirectoryTests(unittest.SynchronousTestCase):
         before = path.stat().st_mode
         private_directory(path)
         self.assertEqual(path.stat().st_mode, before)
+
+    def test_a_state_directory_it_cannot_write_stops_the_start(self) -> None:
+        """
+        A state directory the user cannot write (made by an older gateway
+        as root) failed, with keys and certificate configured elsewhere,
+        only the SFTP writes that need the spool, at their close; the start
+        fails instead, on one line naming the spool.
+        """
+        user = target()
+        base = workspace(self, user)
+        certificate, key = generate_self_signed(scratch(self))
+        keys = "\n    ".join(str(k) for k in host_keys())
+        state = base / "state"
+        state.mkdir(mode=0o700)
+        if not ROOT_USER:
+            os.chmod(state, 0o500)  # ours, but read-only
+            self.addCleanup(os.chmod, state, 0o700)
+        more = (
+            f"tls_certificate = {certificate}\ntls_key = {key}\n"
+            f"ssh_host_keys =\n    {keys}\n"
+        )
+        config = write_config(base, free_port(), free_port(), more)
+        argv = [TWISTD, "-n", "--pidfile=", "--logfile=-", *identity_options(user)]
+        child = Child(self, [*argv, "cosftp", "--config", str(config)], base)
+        self.assertEqual(child.wait(TIMEOUT), 1)
+        lines = child.text().splitlines()
+        self.assertEqual(len(lines), 1, lines)
+        self.assertTrue(lines[0].startswith(f"cosftp: {state}/spool: "), lines[0])
+        self.assertIn(": Permission denied (the gateway runs as user ", lines[0])

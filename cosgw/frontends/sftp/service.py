@@ -23,6 +23,7 @@ from cosgw.frontends.sftp.hostkeys import load_host_keys
 from cosgw.frontends.sftp.protocol import FileTransfer
 from cosgw.frontends.sftp.server import GatewaySFTPServer
 from cosgw.frontends.sftp.session import SFTPUser
+from cosgw.privileges import private_directory
 from cosgw.vfs import RandomAccessSettings
 
 __all__ = ["SFTPFrontend"]
@@ -56,8 +57,12 @@ class SFTPFrontend(Frontend):
         self.accounts = parts.accounts
         self.max_handles = server.max_handles
         # One for the gateway: every session's files share its spool budget.
+        # Made now by the gateway's user (0700), so that a state directory
+        # it cannot write stops the start rather than an SFTP close.
+        private_directory(server.state_dir)
+        spool = private_directory(server.state_dir / "spool")
         self.settings = RandomAccessSettings(
-            spool_dir=str(server.state_dir / "spool"),
+            spool_dir=str(spool),
             max_sparse_gap=config.transfer.max_sparse_gap,
             max_spool_size=config.transfer.max_spool_size,
         )
