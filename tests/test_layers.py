@@ -139,3 +139,19 @@ class LayerTests(SynchronousTestCase):
             if (lines := len(path.read_text(encoding="utf-8").splitlines())) > 650
         ]
         self.assertEqual(big, [])
+
+
+class PackagingTests(SynchronousTestCase):
+    def test_every_package_is_installed(self) -> None:
+        """
+        setup.cfg lists packages one by one: a new package left out works
+        in an editable install and vanishes from a real one.
+        """
+        setup = (PACKAGE.parent / "setup.cfg").read_text(encoding="utf-8")
+        listed = set(setup.split("packages =", 1)[1].split("\n\n")[0].split())
+        listed = {name for name in listed if name.startswith("cosgw")}
+        packages = {
+            ".".join(init.parent.relative_to(PACKAGE.parent).parts)
+            for init in PACKAGE.rglob("__init__.py")
+        }
+        self.assertEqual(packages - listed, set())
