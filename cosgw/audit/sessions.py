@@ -13,6 +13,7 @@ them.
 
 from __future__ import annotations
 
+import ipaddress
 import secrets
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -26,6 +27,21 @@ __all__ = ["Session", "SessionTable", "Transfer"]
 
 #: How many finished transfers the status page keeps.
 FINISHED_KEPT = 100
+
+
+def client_address(host: str) -> str:
+    """
+    The address as logs and ban tools should see it: an IPv4 client of a
+    dual-stack socket (C{::ffff:192.0.2.1}, as systemd's sockets give) in
+    its IPv4 form, so one client has one address whatever the listener.
+    """
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        return str(address.ipv4_mapped)
+    return host
 
 
 def _reply_unknown(error: Optional[BaseException]) -> str:
@@ -58,7 +74,7 @@ class Session:
         self.table = table
         self.id = secrets.token_hex(6)
         self.protocol = protocol
-        self.host = host
+        self.host = client_address(host)
         self.port = port
         self.user = ""
         self.kick = kick
@@ -244,10 +260,20 @@ class SessionTable:
         self.finished: deque[dict[str, Any]] = deque(maxlen=FINISHED_KEPT)
 
     def open(
-        self, protocol: str, host: str, port: int, kick: Callable[[str], None]
+        self,
+        protocol: str,
+        host: str,
+        port: int,
+        kick: Callable[[str], None],
+        status_of: Optional[Callable[[Optional[BaseException]], str]] = None,
     ) -> Session:
-        """A client connected; emits C{session-open}."""
+        """
+        A client connected; emits C{session-open}, whose status comes from
+        C{status_of} (the session's L{Session.status_of}) when given.
+        """
         session = Session(self, protocol, host, port, kick)
+        if status_of is not None:
+            session.status_of = status_of
         self.sessions[session.id] = session
         session.emit("session-open")
         return session
