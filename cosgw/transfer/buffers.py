@@ -345,6 +345,11 @@ class PartBuffer:
         """Whether a claim is held or waiting."""
         return self._claim is not None
 
+    @property
+    def holding(self) -> bool:
+        """Whether a granted claim waits for the bytes of its part."""
+        return self._claim is not None and self._claim.granted
+
     def add(self, data: bytes) -> None:
         """Keep C{data} (no copy) and count what the claim does not cover."""
         self.chunks.append(data)

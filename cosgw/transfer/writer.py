@@ -33,6 +33,7 @@ file with the upload's error.
 from __future__ import annotations
 
 import bisect
+from collections import deque
 from collections.abc import Callable
 from typing import Optional
 
@@ -109,8 +110,9 @@ class PositionalWriter:
         self._spooling = False
         self._paused = False
         self._io = False
-        self._held: list[tuple[int, Deferred[None]]] = []
+        self._held: deque[tuple[int, Deferred[None]]] = deque()
         self._held_bytes = 0
+        self._releasing = False
         self._pressure = False
         self._failure: Optional[Failure] = None
         self._final: Optional[int] = None
@@ -212,7 +214,7 @@ class PositionalWriter:
         if self._failure is not None:
             return
         self._failure = failure
-        held, self._held = self._held, []
+        held, self._held = self._held, deque()
         self._held_bytes = 0
         self._set_pressure(False)
         for _, d in held:
@@ -252,7 +254,10 @@ class PositionalWriter:
         return error
 
     def _ack(self, size: int) -> Optional[Deferred[None]]:
-        if not self._paused and not self._io:
+        # Behind acknowledgements still held (being released: a reply sent
+        # may make the protocol take the next write at once), this one
+        # waits its turn: clients such as paramiko need them in order.
+        if not self._paused and not self._io and not self._held:
             return None
         d: Deferred[None] = Deferred()
         self._held.append((size, d))
@@ -263,13 +268,19 @@ class PositionalWriter:
         return d
 
     def _release(self) -> None:
-        if self._paused:
+        """Acknowledge the writes held, in order, while not paused."""
+        if self._releasing:
             return
-        held, self._held = self._held, []
-        self._held_bytes = 0
-        self._set_pressure(False)
-        for _, d in held:
-            d.callback(None)
+        self._releasing = True
+        try:
+            while self._held and not self._paused:
+                size, d = self._held.popleft()
+                self._held_bytes -= size
+                d.callback(None)
+        finally:
+            self._releasing = False
+        if not self._held:
+            self._set_pressure(False)
 
     def _set_pressure(self, on: bool) -> None:
         if on != self._pressure:

@@ -178,6 +178,11 @@ class Upload:
                 held = StoreHold(gate, self._meter)
             self._writer.registerProducer(held, True)
             self._receiver = self._fs.rates.receiving(gate)
+        else:
+            # An SFTP handle's input: told while the upload holds its turn
+            # in the upload buffer budget, so its connection keeps being
+            # read whatever other files on it wait for (UploadWriter.hungry).
+            self._writer.on_hunger = getattr(producer, "hunger", None)
 
     def unregisterProducer(self) -> None:
         if self._receiver is not None:

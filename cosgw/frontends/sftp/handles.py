@@ -136,11 +136,16 @@ class InputHold:
     """
     One handle's hold on its session's input: the file system pauses it
     while the handle's writes wait for the store or for the user's rate,
-    and the session stops reading the connection while any handle holds it.
+    and the session stops reading the connection while any handle holds it,
+    unless a handle's upload holds its turn in the upload buffer budget
+    (L{hunger}): that upload needs the connection's bytes to free it.
     """
 
     def __init__(self, server: GatewaySFTPServer) -> None:
         self.server = server
+
+    def hunger(self, on: bool) -> None:
+        self.server.hunger(self, on)
 
     def pauseProducing(self) -> None:
         self.server.pressure(self, True)

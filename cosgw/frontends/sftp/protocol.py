@@ -87,9 +87,11 @@ class FileTransfer(filetransfer.FileTransferServer):
             self._ssh.watch_output(self._take_requests)
             server = self.client
             if isinstance(server, GatewaySFTPServer):
-                # Uploads whose writes wait hold the connection's input.
+                # Uploads whose writes wait hold the connection's input;
+                # one holding its turn in the upload buffer budget feeds it.
                 ssh = self._ssh
                 server.pause_input = lambda on: ssh.hold_input(server, on)
+                server.feed_input = lambda on: ssh.feed_input(server, on)
         else:
             self._ssh = None
 

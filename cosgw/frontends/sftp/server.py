@@ -147,9 +147,15 @@ class GatewaySFTPServer:
         #: Opens under way, each holding a handle's place.
         self._opening = 0
         #: Set by the protocol: pauses (True) or resumes reading the
-        #: connection while a handle's writes wait.
+        #: connection while a handle's writes wait, unless a handle's
+        #: upload holds its turn in the upload buffer budget.
         self.pause_input: Callable[[bool], None] = lambda on: None
+        #: Set by the protocol: the connection must be read (True) while
+        #: such an upload waits for its bytes, whatever else holds it.
+        self.feed_input: Callable[[bool], None] = lambda on: None
         self._paused_by: set[int] = set()
+        self._hungry: set[int] = set()
+        self._input = (False, False)  # (paused, fed) as last told
         #: The session is gone (L{connection_lost}).
         self.lost = False
 
@@ -204,13 +210,29 @@ class GatewaySFTPServer:
 
     def pressure(self, handle: object, on: bool) -> None:
         """A handle asks to stop (or resume) reading the connection."""
-        before = bool(self._paused_by)
-        if on:
-            self._paused_by.add(id(handle))
-        else:
-            self._paused_by.discard(id(handle))
-        if bool(self._paused_by) != before:
-            self.pause_input(bool(self._paused_by))
+        (self._paused_by.add if on else self._paused_by.discard)(id(handle))
+        self._update_input()
+
+    def hunger(self, handle: object, on: bool) -> None:
+        """
+        A handle's upload holds (or no longer holds) its turn in the upload
+        buffer budget, waiting for the client's bytes: the connection stays
+        read whatever the other handles (of any channel: one server serves
+        the connection) wait for; uploads waiting for the budget wait for
+        this one, and would stall with it.
+        """
+        (self._hungry.add if on else self._hungry.discard)(id(handle))
+        self._update_input()
+
+    def _update_input(self) -> None:
+        fed = bool(self._hungry)
+        paused = bool(self._paused_by) and not fed
+        was_paused, was_fed = self._input
+        self._input = (paused, fed)
+        if fed != was_fed:
+            self.feed_input(fed)
+        if paused != was_paused:
+            self.pause_input(paused)
 
     def connection_lost(self) -> Deferred[None]:
         """

@@ -258,6 +258,7 @@ class GatewaySSHTransport(PacketLayer, transport.SSHServerTransport):
         self.peer = _peer_text(self._socket.getPeer())
         self._inbox = ChunkQueue()
         self._input_holds: set[object] = set()
+        self._input_feeds: set[object] = set()
         self._output_watchers: list[Callable[[], None]] = []
         super().connectionMade()
         self._write_side = OutputWatch(self)
@@ -371,18 +372,34 @@ class GatewaySSHTransport(PacketLayer, transport.SSHServerTransport):
     def hold_input(self, holder: object, on: bool) -> None:
         """
         C{holder} asks to stop (C{on}) or no longer stop reading the
-        connection; the socket is read while nobody holds it.  Packets
-        already received are still handed on.
+        connection; the socket is read while nobody holds it, or somebody
+        feeds it (L{feed_input}).  Packets already received are still
+        handed on.
         """
+        self._input_change(self._input_holds, holder, on)
+
+    def feed_input(self, feeder: object, on: bool) -> None:
+        """
+        C{feeder} needs the connection read (C{on}) whatever others hold: an
+        upload of one of its files holds its turn in the upload buffer
+        budget and waits for its bytes, which another file's hold would keep
+        out for ever (that file waits for the budget).  A channel whose
+        session takes no more requests meanwhile gives its client no more
+        window, which bounds what that client sends.
+        """
+        self._input_change(self._input_feeds, feeder, on)
+
+    def _input_change(self, which: set[object], who: object, on: bool) -> None:
         if self._closing():
             return
-        before = bool(self._input_holds)
+        before = bool(self._input_holds) and not self._input_feeds
         if on:
-            self._input_holds.add(holder)
+            which.add(who)
         else:
-            self._input_holds.discard(holder)
-        if bool(self._input_holds) != before:
-            if self._input_holds:
+            which.discard(who)
+        stopped = bool(self._input_holds) and not self._input_feeds
+        if stopped != before:
+            if stopped:
                 self._stream.pauseProducing()
             else:
                 self._stream.resumeProducing()
