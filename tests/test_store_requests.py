@@ -1,19 +1,29 @@
 """
 Store requests per operation, end to end (house rule 10, issue 11): real
-clients (ftplib, paramiko) against a gateway on the COS test server, whose
-C{/__test__/stats} counts the COS requests the gateway makes for each
-command.  On COS each request is billed and costs a round trip; the
-targets are a PUT and at most one check for an upload of a new file (in a
-directory the session knows), one request for SIZE, MDTM, CWD and a
-listing.  The same counts, and why, over a memory store:
-tests/test_vfs_directories.py and tests/test_vfs.py.
+clients (ftplib, paramiko, OpenSSH's sftp, lftp, rclone) against a gateway
+on the COS test server, whose C{/__test__/stats} counts the COS requests
+the gateway makes for each command.  On COS each request is billed and
+costs a round trip; the targets are at most two requests for an upload of
+a new small file (one check and the PUT, or the PUT alone where the
+session knows the name is free) and one GET for a download.
+
+What a session saw in the last second answers its stats and checks
+(L{cosgw.vfs.knowledge}); these tests stretch that second to a minute, so
+a loaded machine cannot change a count.  The same counts, and why, over a
+memory store: tests/test_vfs_directories.py, tests/test_vfs_knowledge.py
+and tests/test_vfs.py.
 """
 
 from __future__ import annotations
 
 import ftplib
 import io
+import os
+import shutil
+import tempfile
+from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import paramiko
@@ -21,9 +31,18 @@ from twisted.internet import defer
 from twisted.trial import unittest
 
 from cosgw.storage.sweeper import UploadSweeper
+from cosgw.vfs import knowledge
 from tests.harness import PASSWORD, Gateway, in_thread, start_gateway
+from tests.test_sftp_clients import ClientTestsBase, lftp_sftp, run
 
 SMALL = b"x" * (16 * 1024)
+#: What setting a file's time costs after its upload: the COPY onto itself
+#: (with a HEAD of the source and of the copy, in the COS store) and the
+#: directory's index of times (its GET and PUT).
+WITH_TIME = {"HeadObject": 2, "CopyObject": 1, "GetObject": 1, "PutObject": 1}
+#: An old time for the files clients upload, which they then set: never
+#: the second of the upload, so setting it always costs what it costs.
+OLD = 1_600_000_000
 
 
 def ftp_login(gw: Gateway) -> ftplib.FTP:
@@ -34,29 +53,60 @@ def ftp_login(gw: Gateway) -> ftplib.FTP:
     return ftp
 
 
-class StoreRequestTests(unittest.TestCase):
-    """Each client command, and the COS requests it costs."""
+def paramiko_session(gw: Gateway) -> tuple[paramiko.Transport, paramiko.SFTPClient]:
+    transport = paramiko.Transport((gw.host, gw.sftp_port))
+    transport.connect(username="alice", password=PASSWORD)
+    sftp = paramiko.SFTPClient.from_transport(transport)
+    assert sftp is not None
+    return transport, sftp
 
-    maxDiff = None
+
+def requests_of(server: Any) -> Counter[str]:
+    """The COS requests counted so far (without the adapter's own counters)."""
+    return Counter({k: v for k, v in server.stats().items() if not k.startswith("_")})
+
+
+class Counting:
+    """A gateway on the COS test server, and its requests per action."""
+
+    gw: Gateway
+
+    def long_knowledge(self) -> None:
+        """What a session saw stays known for the whole test (see the module)."""
+        self.patch(knowledge, "NAME_TTL", 60.0)  # type: ignore[attr-defined]
 
     @defer.inlineCallbacks
-    def setUp(self) -> Any:
-        self.gw = yield start_gateway(self, "cos")
-        [sweeper] = [s for s in self.gw.service if isinstance(s, UploadSweeper)]
-        yield sweeper.last_sweep  # its LIST of uploads is not the commands'
-        self.server = self.gw.inspector.server
+    def swept(self, gw: Gateway) -> Any:
+        """Wait for the sweeper's first LIST of uploads, which is not a command's."""
+        [sweeper] = [s for s in gw.service if isinstance(s, UploadSweeper)]
+        yield sweeper.last_sweep
 
     def counted(self, action: Callable[[], Any]) -> dict[str, int]:
         """
         The COS requests made while C{action} ran (in this thread); a
         refusal (FTP's 5xx) is counted as well.
         """
-        self.server.reset_stats()
+        server = self.gw.inspector.server
+        server.reset_stats()
         try:
             action()
         except ftplib.error_perm:
             pass
-        return {k: v for k, v in self.server.stats().items() if not k.startswith("_")}
+        return dict(requests_of(server))
+
+
+class StoreRequestTests(Counting, unittest.TestCase):
+    """FTP commands and paramiko, each action counted on its own."""
+
+    maxDiff = None
+
+    @defer.inlineCallbacks
+    def setUp(self) -> Any:
+        self.long_knowledge()
+        self.work = Path(tempfile.mkdtemp(prefix="cosgw-requests-"))
+        self.addCleanup(shutil.rmtree, self.work, True)
+        self.gw = yield start_gateway(self, "cos")
+        yield self.swept(self.gw)
 
     def ftp_counts(self, ftp: ftplib.FTP, *commands: str) -> list[dict[str, int]]:
         """Requests per command; C{STOR name} sends L{SMALL}."""
@@ -74,10 +124,11 @@ class StoreRequestTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_ftp_uploads(self) -> Any:
         """
-        A new file at the home, or in a directory the session made, went
-        into or listed: one LIST and the PUT; the first upload into a
-        directory the session has not seen adds one LIST, at the same time;
-        an overwrite costs the same as a new file.
+        The first upload at the home or into a directory the session made:
+        one LIST (of the name, and the names after it) and the PUT; the
+        next new names there, and overwrites of the session's own files:
+        the PUT alone.  Into a directory the session knows is not there:
+        the name's LIST, which was on its way, and a 550.
         """
 
         def run() -> list[dict[str, int]]:
@@ -97,17 +148,17 @@ class StoreRequestTests(unittest.TestCase):
                 ftp.close()
 
         one_check = {"ListObjects": 1, "PutObject": 1}
+        put = {"PutObject": 1}
         counts = yield in_thread(run)
-        self.assertEqual(counts, [one_check] * 6 + [{"ListObjects": 2}])
+        self.assertEqual(counts, [one_check, one_check, one_check, put, put, put, {}])
         self.assertEqual(self.gw.inspector.read("made/b.bin"), SMALL)
 
     @defer.inlineCallbacks
     def test_ftp_commands(self) -> Any:
         """
-        STOR into a directory the session has not seen (two LISTs at once),
-        the next one (one), CWD, LIST, SIZE, MDTM, DELE, RMD.
+        STOR into a directory another session made (two LISTs at once), the
+        next one (the PUT), CWD, LIST, SIZE, MDTM, DELE, RMD.
         """
-        self.server.reset_stats()
 
         def setup() -> None:
             ftp = ftp_login(self.gw)
@@ -140,11 +191,11 @@ class StoreRequestTests(unittest.TestCase):
             counts,
             [
                 {"ListObjects": 2, "PutObject": 1},  # STOR, d not seen yet
-                {"ListObjects": 1, "PutObject": 1},  # STOR, d known
-                {"ListObjects": 1},  # CWD d
+                {"PutObject": 1},  # STOR: the first one's LIST showed no second
+                {"ListObjects": 1},  # CWD d: always asked
                 {"ListObjects": 1},  # LIST: no index of times, no GET
-                {"ListObjects": 1},  # SIZE: file, directory or nothing
-                {"HeadObject": 1},  # MDTM
+                {},  # SIZE: the session wrote it
+                {},  # MDTM: likewise (the PUT's reply gave its time)
                 # DELE: its size (quota), the delete, is the directory kept?
                 {"HeadObject": 1, "DeleteObject": 1, "ListObjects": 1},
                 {"HeadObject": 1, "DeleteObject": 1, "ListObjects": 1},
@@ -154,33 +205,269 @@ class StoreRequestTests(unittest.TestCase):
         )
 
     @defer.inlineCallbacks
-    def test_sftp_put(self) -> Any:
+    def test_paramiko(self) -> Any:
         """
-        SFTP's upload of a new file (OPEN with CREAT|TRUNC, WRITE, CLOSE) at
-        the home or in a directory the session listed: one LIST, the PUT.
+        paramiko's put (OPEN with CREAT|TRUNC, WRITE, CLOSE, then a STAT
+        to check the size, answered by what the session just stored) and
+        get (STAT, OPEN, READs).
         """
-        self.server.reset_stats()
 
-        def run() -> list[dict[str, int]]:
-            transport = paramiko.Transport((self.gw.host, self.gw.sftp_port))
+        def setup() -> None:
+            transport, sftp = paramiko_session(self.gw)
             try:
-                transport.connect(username="alice", password=PASSWORD)
-                sftp = paramiko.SFTPClient.from_transport(transport)
-                assert sftp is not None
-
-                def put(path: str) -> None:
-                    with sftp.open(path, "wb") as f:
-                        f.write(SMALL)
-
-                counts = [self.counted(lambda: put("s.bin"))]
-                counts.append(self.counted(lambda: sftp.mkdir("sd")))
-                counts.append(self.counted(lambda: put("sd/a.bin")))
-                counts.append(self.counted(lambda: put("sd/b.bin")))
-                return counts
+                sftp.mkdir("pre")
+                with sftp.open("theirs.bin", "wb") as f:
+                    f.write(SMALL)
             finally:
                 transport.close()
 
-        one_check = {"ListObjects": 1, "PutObject": 1}
+        yield in_thread(setup)
+        fetched: list[bytes] = []
+
+        def run() -> list[dict[str, int]]:
+            transport, sftp = paramiko_session(self.gw)
+            local = str(self.work / "local.bin")
+            Path(local).write_bytes(SMALL)
+
+            def get(path: str) -> None:
+                sftp.get(path, local + ".got")
+                fetched.append(Path(local + ".got").read_bytes())
+
+            try:
+                return [
+                    self.counted(action)
+                    for action in (
+                        lambda: sftp.put(local, "s.bin"),
+                        lambda: sftp.put(local, "s2.bin"),
+                        lambda: sftp.mkdir("sd"),
+                        lambda: sftp.put(local, "sd/a.bin"),
+                        lambda: sftp.put(local, "sd/b.bin"),
+                        lambda: get("s.bin"),
+                        lambda: get("theirs.bin"),
+                        lambda: sftp.put(local, "pre/x.bin"),
+                    )
+                ]
+            finally:
+                transport.close()
+
         counts = yield in_thread(run)
-        self.assertEqual(counts, [one_check] * 4)
-        self.assertEqual(self.gw.inspector.read("sd/b.bin"), SMALL)
+        one_check = {"ListObjects": 1, "PutObject": 1}
+        self.assertEqual(
+            counts,
+            [
+                one_check,  # the first upload: the name's LIST, the PUT
+                {"PutObject": 1},  # that LIST showed s2.bin free
+                {"PutObject": 1},  # ...and sd: MKD is its marker
+                one_check,  # the first upload into sd/
+                {"PutObject": 1},
+                {"GetObject": 1},  # the session wrote it: the GET alone
+                {"HeadObject": 1, "GetObject": 1},  # another session's file
+                # A directory the session has not seen: it and the name.
+                {"ListObjects": 2, "PutObject": 1},
+            ],
+        )
+        self.assertEqual(fetched, [SMALL, SMALL])
+        self.assertEqual(self.gw.inspector.read("pre/x.bin"), SMALL)
+
+
+class ClientStoreRequestTests(Counting, ClientTestsBase, unittest.TestCase):
+    """
+    OpenSSH's sftp, lftp and rclone: each run is a session of its own.  A
+    command's requests are those of a run of the commands up to it less
+    those of a run of the commands before it (the names each run uploads
+    are its own, so every run starts from the same state).
+    """
+
+    kind = "cos"
+    timeout = 120
+    maxDiff = None
+
+    @defer.inlineCallbacks
+    def begin(self) -> Any:
+        """A gateway with d/ (holding have.bin) and a/, made by another session."""
+        self.long_knowledge()
+        self.gw = yield self.start()
+        yield self.swept(self.gw)
+        self.source = self.file("source.bin", SMALL)
+        os.utime(self.source, (OLD, OLD))
+        cos = self.gw.inspector.server.cos_client()
+        for key, body in (("d/", b""), ("d/have.bin", SMALL), ("a/", b"")):
+            yield in_thread(
+                cos.put_object, Bucket=self.gw.inspector.bucket, Key=key, Body=body
+            )
+
+    @defer.inlineCallbacks
+    def per_command(
+        self,
+        session: Callable[[list[str]], Any],
+        prefix: list[str],
+        commands: list[str],
+    ) -> Any:
+        """
+        The requests of each of C{commands} (format strings: C{{n}} is the
+        run's number, C{{src}} the local file, C{{out}} a local name), run
+        after C{prefix} in a session started by C{session(commands)}.
+        """
+        server = self.gw.inspector.server
+        totals = []
+        for n in range(len(commands) + 1):
+            lines = [
+                c.format(n=n, src=self.source, out=self.work / f"out-{n}-{i}")
+                for i, c in enumerate(prefix + commands[:n])
+            ]
+            yield in_thread(server.reset_stats)
+            result = yield session(lines)
+            self.assertEqual(result.returncode, 0, result.stderr)
+            totals.append((yield in_thread(requests_of, server)))
+        return [dict(b - a) for a, b in zip(totals, totals[1:])]
+
+    @defer.inlineCallbacks
+    def test_openssh_sftp(self) -> Any:
+        """
+        OpenSSH's put STATs the name first, its get LSTATs and STATs it:
+        the STAT's HEAD finds no file, the LIST that tells the name is no
+        directory shows the names after it too, and the OPEN's checks are
+        answered by them.  A get of a file the session just wrote is the
+        GET alone.
+        """
+        yield self.begin()
+        counts = yield self.per_command(
+            lambda lines: self.password_sftp(self.gw, "\n".join(lines) + "\n"),
+            ["cd /d"],
+            [
+                "put {src} n1-{n}.bin",
+                "put {src} n2-{n}.bin",
+                "get n1-{n}.bin {out}",
+                "get have.bin {out}",
+                "put {src} /a/x-{n}.bin",
+            ],
+        )
+        self.assertEqual(
+            counts,
+            [
+                # The first upload of the session in a directory it entered.
+                {"HeadObject": 1, "ListObjects": 1, "PutObject": 1},
+                {"HeadObject": 1, "PutObject": 1},  # the next ones
+                {"GetObject": 1},  # the session's own file
+                {"HeadObject": 1, "GetObject": 1},  # another session's file
+                # A directory the session has not seen: it, and the name.
+                {"HeadObject": 1, "ListObjects": 2, "PutObject": 1},
+            ],
+        )
+        self.assertEqual((self.work / "out-5-3").read_bytes(), SMALL)
+        self.assertEqual(self.gw.inspector.read("a/x-5.bin"), SMALL)
+
+    @defer.inlineCallbacks
+    def test_lftp(self) -> Any:
+        """
+        lftp opens without a STAT, and sets the file's time (FSETSTAT)
+        before CLOSE: the PUT, then the time (L{WITH_TIME}).  lftp's get
+        opens at once: the GET alone.
+        """
+        yield self.begin()
+        counts = yield self.per_command(
+            lambda lines: lftp_sftp(
+                self.gw.sftp_port, "; ".join(lines), self.env, self.work
+            ),
+            ["cd d"],
+            [
+                "put {src} -o n1-{n}.bin",
+                "put {src} -o n2-{n}.bin",
+                "get n1-{n}.bin -o {out}",
+                "get have.bin -o {out}",
+                "put {src} -o /a/x-{n}.bin",
+            ],
+        )
+        put = Counter({"PutObject": 1}) + Counter(WITH_TIME)
+        self.assertEqual(
+            counts,
+            [
+                {"ListObjects": 1, **put},  # the name and those after it
+                dict(put),
+                {"GetObject": 1},
+                {"GetObject": 1},
+                {"ListObjects": 2, **put},  # a directory not seen
+            ],
+        )
+        self.assertEqual((self.work / "out-4-3").read_bytes(), SMALL)
+        self.assertEqual(self.gw.inspector.read("a/x-5.bin"), SMALL)
+
+    def rclone(self, obscured: str, *args: str) -> Any:
+        return run(
+            [
+                "rclone",
+                *args,
+                "--sftp-disable-hashcheck",
+                "--sftp-shell-type",
+                "none",
+                "--transfers",
+                "1",
+                "--checkers",
+                "1",
+                "--retries",
+                "1",
+                "--low-level-retries",
+                "1",
+                "--contimeout",
+                "15s",
+                "--timeout",
+                "15s",
+            ],
+            {
+                **self.env,
+                "RCLONE_SFTP_HOST": "127.0.0.1",
+                "RCLONE_SFTP_PORT": str(self.gw.sftp_port),
+                "RCLONE_SFTP_USER": "alice",
+                "RCLONE_SFTP_PASS": obscured,
+            },
+            self.work,
+        )
+
+    @defer.inlineCallbacks
+    def test_rclone(self) -> Any:
+        """
+        rclone copyto of one file (a session that knows nothing: STATs of
+        the directory and the name, the PUT, the time set, a STAT to check
+        answered by the session), of two files into a directory (which it
+        lists, so their names are known free), and back (STAT, OPEN).
+        """
+        yield self.begin()
+        result = yield run(["rclone", "obscure", PASSWORD], self.env, self.work)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        obscured = result.stdout.decode().strip()
+        tree = self.work / "tree"
+        tree.mkdir()
+        for name in ("t1.bin", "t2.bin"):
+            (tree / name).write_bytes(SMALL)
+            os.utime(tree / name, (OLD, OLD))
+        fetched = self.work / "fetched.bin"
+        server = self.gw.inspector.server
+        counts = []
+        for args in (
+            ("copyto", str(self.source), ":sftp:d/r.bin"),
+            ("copy", str(tree), ":sftp:d"),
+            ("copyto", ":sftp:d/r.bin", str(fetched)),
+        ):
+            yield in_thread(server.reset_stats)
+            result = yield self.rclone(obscured, *args)
+            self.assertEqual(result.returncode, 0, result.stderr)
+            counts.append(dict((yield in_thread(requests_of, server))))
+        put = Counter({"PutObject": 1}) + Counter(WITH_TIME)
+        self.assertEqual(
+            counts,
+            [
+                # STAT d and STAT d/r.bin (a HEAD and a LIST each), the PUT
+                # and the time; the STATs after are answered.
+                dict(Counter({"HeadObject": 2, "ListObjects": 2}) + put),
+                # STAT d, its listing (and the index of times it now has),
+                # then per file the PUT and the time.
+                dict(
+                    Counter({"HeadObject": 1, "ListObjects": 2, "GetObject": 1})
+                    + put
+                    + put
+                ),
+                {"HeadObject": 1, "GetObject": 1},
+            ],
+        )
+        self.assertEqual(fetched.read_bytes(), SMALL)
+        self.assertEqual(self.gw.inspector.read("d/t2.bin"), SMALL)

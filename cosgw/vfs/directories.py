@@ -1,17 +1,25 @@
 """
-What a name is, in one store request, and the directories one session
-knows exist: what lets an upload into a directory the session has just
-seen cost one check and the PUT (house rule 10: never ask the store what
-is already known).
+What a name is, in one store request or none, and the directories one
+session knows exist: what lets an upload into a directory the session has
+just seen cost the PUT and at most one check (house rule 10: never ask the
+store what is already known).
 
-L{probe} answers "file, directory or nothing?" with one LIST of the name
-itself as a prefix (C{dir/name}, delimiter C{/}): the object C{dir/name}
-sorts first if it exists, and the common prefix C{dir/name/} follows the
+L{probe} answers "file, directory or nothing?" for the write checks.  What
+the session knows of the name (L{cosgw.vfs.knowledge}: what it saw in the
+last seconds, and its own changes) answers first; else one LIST of the
+directory from just before the name (delimiter C{/}): the object C{dir/name}
+comes first if it exists, and the common prefix C{dir/name/} follows the
 few siblings whose names extend C{name} with a character below C{/}
-(C{name.txt}, C{name-2}).  A HEAD would need a second request, a LIST of
-C{name/}, to rule out a directory.  The listing carries no user metadata
-and no CRC: an entry it gives is for the write checks (is it there, is it
-a directory, its size), not for MDTM or MLST, which HEAD.
+(C{name.txt}, C{name-2}).  The names after it come along, so the session
+then knows them too: the next uploads of a sequence of new names need no
+check at all.  A HEAD would need a second request, a LIST of C{name/}, to
+rule out a directory.  The listing carries no user metadata and no CRC: an
+entry it gives is for the write checks (is it there, is it a directory, its
+size), not for a stat.
+
+L{stat_entry} answers a stat: from what the session knows exactly (a file
+it read or wrote, a directory, nothing), else with a HEAD, and when that
+finds no file, with the same LIST as L{probe}.
 
 L{KnownDirectories} remembers, per session, the directories the session
 saw exist (CWD, a listing, a probe, its own MKD and uploads) for
@@ -21,22 +29,30 @@ directory removed elsewhere within the TTL comes back when this session
 uploads into it (a key implies its prefixes), and one replaced by a file
 of the same name then holds the file and the new key side by side, as COS
 allows.  Both are the race every check-then-write already has (the check
-of an upload has always come before its whole transfer); the checks that
-keep data safe are never cached: the name written is probed every time,
-so an upload never lands on a directory and never replaces a file without
-the overwrite permission, and the resume rules see the name as it is.
+of an upload has always come before its whole transfer).  The name written
+is checked every time, from what the session saw of it within the last
+L{cosgw.vfs.knowledge.NAME_TTL} seconds or with a request, so an upload
+never lands on a directory and never replaces a file without the overwrite
+permission, but for a change another writer made within those seconds.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Coroutine, Sequence
-from typing import Any, Optional, TypeVar
+from typing import TYPE_CHECKING, Any, Optional, TypeVar
 
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
 
-from cosgw.interfaces import Entry, IObjectStore
+from cosgw.interfaces import Entry, IObjectStore, NoSuchKey
+from cosgw.vfs.errors import NotFound
+from cosgw.vfs.knowing import knowledge_of
+from cosgw.vfs.names import display
+
+if TYPE_CHECKING:
+    from cosgw.vfs.filesystem import ObjectFileSystem
 
 #: Seconds a directory stays known after the session last saw it exist.
 #: Each upload into it, and each listing of it, sees it again.
@@ -59,9 +75,17 @@ async def together(
 ) -> tuple[T, U]:
     """
     Run two checks at once (two store requests in flight, one round trip):
-    both results, or the first one's error when both fail.
+    both results, or the first one's error when both fail.  When the first
+    fails at once (the session knew the answer), the second is not begun.
     """
-    checks: list[Deferred[Any]] = [ensureDeferred(first), ensureDeferred(second)]
+    early = ensureDeferred(first)
+    refused: list[Failure] = []
+    if early.called:
+        early.addErrback(refused.append)
+        if refused:
+            second.close()
+            refused[0].raiseException()
+    checks: list[Deferred[Any]] = [early, ensureDeferred(second)]
     done = await DeferredList(checks, consumeErrors=True)
     for ok, value in done:
         if not ok:
@@ -69,17 +93,39 @@ async def together(
     return done[0][1], done[1][1]
 
 
-async def probe(store: IObjectStore, key: str, name: str) -> Optional[Entry]:
+async def probe(
+    store: IObjectStore, key: str, name: str, ask: bool = False
+) -> Optional[Entry]:
     """
     What is at C{key}: a file (its size and the store's time, no metadata,
     no CRC), a directory (a prefix C{key/} with something below it), or
     None.  A key that is both an object and a prefix is a file, as a stat
-    (HEAD first) sees it.  One LIST; two when more than L{PROBE_KEYS}
+    (HEAD first) sees it.  What the session knows (the store is its
+    L{cosgw.vfs.knowledge.KnowingStore}) answers without a request; else
+    one LIST from just before the name, two when more than L{PROBE_KEYS}
     siblings sort between C{key} and C{key/}.
 
     @param name: the entry's name (the last segment).
+    @param ask: ask the store, whatever the session knows.
     """
-    page = await store.list(key, delimiter="/", max_keys=PROBE_KEYS)
+    known = None if ask else knowledge_of(store)
+    sighting = known.lookup(key) if known is not None else None
+    if sighting is not None:
+        return sighting.entry
+    prefix = key[: len(key) - len(name)]
+    page = await store.list(
+        prefix, delimiter="/", marker=prefix + _just_before(name), max_keys=PROBE_KEYS
+    )
+    if page.next_marker is not None and page.next_marker < key:
+        # Odd names filled the page before this one: ask for it alone.
+        page = await store.list(key, delimiter="/", max_keys=PROBE_KEYS)
+    return await _found(store, page, key, name)
+
+
+async def _found(
+    store: IObjectStore, page: Any, key: str, name: str
+) -> Optional[Entry]:
+    """What C{page}, a LIST that reached C{key}, says is there."""
     for info in page.objects:
         if info.key == key:
             return Entry(name, False, info.size, info.mtime)
@@ -89,6 +135,56 @@ async def probe(store: IObjectStore, key: str, name: str) -> Optional[Entry]:
         rest = await store.list(below, delimiter="/", max_keys=1)
         is_dir = bool(rest.objects or rest.prefixes)
     return Entry(name, True, 0, 0.0) if is_dir else None
+
+
+def _just_before(name: str) -> str:
+    """
+    A marker below C{name} and above any other name (but those that extend
+    C{name}'s first characters with the one just below its last, then a
+    character beyond U+FFFF): a LIST from it starts at C{name}.
+    """
+    code = ord(name[-1]) - 1
+    if code < 0x20 or 0xD800 <= code <= 0xDFFF:
+        return name[:-1]
+    return name[:-1] + chr(code) + "\uffff"
+
+
+async def stat_entry(fs: ObjectFileSystem, segments: Sequence[str]) -> Entry:
+    """
+    A stat of C{segments}: what the session knows exactly (a file it read
+    or wrote in the last second, a directory, a name it removed or found
+    missing); else the file's HEAD; else what L{probe} finds, a directory
+    (whose time is unknown, 0.0, as in a listing) or nothing.  A name that
+    only a listing showed missing is asked for with a HEAD all the same:
+    another session may have just made it (rclone sets a file's time over
+    another connection than the upload's).
+
+    @raise NotFound: nothing is there.
+    """
+    if not segments:
+        return Entry("/", True, 0, 0.0)
+    key = fs.key(segments)
+    known = knowledge_of(fs.store)
+    sighting = known.lookup(key) if known is not None else None
+    if sighting is not None and sighting.exact:
+        entry = sighting.entry
+    else:
+        at = known.stamp() if known is not None else None
+        try:
+            return await fs._head_entry(segments)
+        except NoSuchKey:
+            pass
+        entry = await probe(fs.store, key, segments[-1])
+        if entry is not None and not entry.is_dir:
+            # A file came between the HEAD and the LIST (or a listing saw
+            # one): its HEAD says what it is.
+            return await fs._head_entry(segments)
+        if entry is None and known is not None and at is not None:
+            known.learn(key, None, True, at)
+    if entry is None:
+        raise NotFound(display(segments))
+    fs.directories.saw(segments)
+    return entry
 
 
 class KnownDirectories:

@@ -46,7 +46,7 @@ from cosgw.transfer import RandomAccessSettings, TransferSettings, UploadRegistr
 from cosgw.vfs import changes, editing, mtimes, opening, renames
 from cosgw.vfs.auditing import Auditing
 from cosgw.vfs.digests import DIGESTS, digest_source
-from cosgw.vfs.directories import KnownDirectories, probe, together
+from cosgw.vfs.directories import KnownDirectories, probe, stat_entry, together
 from cosgw.vfs.errors import (
     FSError,
     InvalidName,
@@ -57,6 +57,8 @@ from cosgw.vfs.errors import (
     PermissionDenied,
     translate,
 )
+from cosgw.vfs.knowing import KnowingStore
+from cosgw.vfs.knowledge import SessionKnowledge
 from cosgw.vfs.listing import Listing
 from cosgw.vfs.names import check_name, display, home_prefix
 from cosgw.vfs.rates import Rates
@@ -103,7 +105,9 @@ class ObjectFileSystem(Auditing):
         @param session: the client session this file system serves: its
             audit events and live transfers (None: none are recorded).
         """
-        self.store = store
+        #: What this session knows of names, taught by each of its requests.
+        self.known = SessionKnowledge(clock)
+        self.store: IObjectStore = KnowingStore(store, self.known)
         self.session = session
         self.prefix = home_prefix(home)
         self.permissions = frozenset(permissions)
@@ -175,21 +179,7 @@ class ObjectFileSystem(Auditing):
         return bool(page.objects or page.prefixes)
 
     async def _stat(self, segments: Sequence[str]) -> Entry:
-        if not segments:
-            return Entry("/", True, 0, 0.0)
-        key = self.key(segments)
-        try:
-            return await self._head_entry(segments)
-        except NoSuchKey:
-            pass
-        page = await self.store.list(key + "/", delimiter="/", max_keys=1)
-        if page.objects or page.prefixes:
-            self.directories.saw(segments)
-            mtime = page.objects[0].mtime if page.objects else 0.0
-            if page.objects and page.objects[0].key != key + "/":
-                mtime = 0.0
-            return Entry(segments[-1], True, 0, mtime)
-        raise NotFound(display(segments))
+        return await stat_entry(self, segments)
 
     async def _stat_or_none(self, segments: Sequence[str]) -> Optional[Entry]:
         try:
@@ -201,14 +191,17 @@ class ObjectFileSystem(Auditing):
         """@return: Deferred firing with an L{Entry}; fails with L{NotFound}."""
         return self._run(segments, lambda: self._stat(segments))
 
-    async def _probe(self, segments: Sequence[str]) -> Optional[Entry]:
+    async def _probe(
+        self, segments: Sequence[str], ask: bool = False
+    ) -> Optional[Entry]:
         """
-        What is at C{segments}, in one LIST (L{probe}): enough to write
-        there, not a stat (no client time, no CRC for a file).
+        What is at C{segments}, known or in one LIST (L{probe}; C{ask}: in
+        one LIST): enough to write there, not a stat (no client time, no
+        CRC for a file).
         """
         if not segments:
             return Entry("/", True, 0, 0.0)
-        entry = await probe(self.store, self.key(segments), segments[-1])
+        entry = await probe(self.store, self.key(segments), segments[-1], ask)
         if entry is not None and entry.is_dir:
             self.directories.saw(segments)
         return entry
@@ -220,7 +213,7 @@ class ObjectFileSystem(Auditing):
         """
         if not ask and segments in self.directories:
             return
-        entry = await self._probe(segments)
+        entry = await self._probe(segments, ask)
         if entry is None:
             raise NotFound(display(segments))
         if not entry.is_dir:

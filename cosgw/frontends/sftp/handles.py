@@ -20,6 +20,7 @@ a handle speaks the protocol:
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Optional
 
 from twisted.conch.interfaces import ISFTPFile
@@ -79,10 +80,16 @@ def attributes(entry: vfs.Entry, permissions: frozenset[str]) -> dict[str, int]:
 class Directory:
     """An open directory: the listing's pages, sent in batches."""
 
-    def __init__(self, server: GatewaySFTPServer, listing: IListing) -> None:
+    def __init__(
+        self,
+        server: GatewaySFTPServer,
+        listing: IListing,
+        first: Sequence[vfs.Entry] = (),
+    ) -> None:
+        """@param first: the listing's first page, when already read."""
         self.server = server
         self.listing = listing
-        self._entries: list[vfs.Entry] = []
+        self._entries: list[vfs.Entry] = list(first)
         self._done = False
         self._now = time.time()
         server.directories.add(self)

@@ -323,8 +323,14 @@ class GatewaySFTPServer:
 
         async def open_directory() -> Directory:
             listing = self.fs.listing(segments)
-            await self.fs.require_directory(segments)
-            return Directory(self, listing)
+            # Its first page shows a directory, which the session then
+            # knows, so the stat asks nothing: one LIST in all.
+            first = await listing.next_page()
+            if not (await self.fs.stat(segments)).is_dir:
+                error = vfs.NotADirectory(vfs.display(segments))
+                listing.close(error)
+                raise error
+            return Directory(self, listing, first or [])
 
         return self._opened(ensureDeferred(open_directory()))
 
