@@ -41,9 +41,8 @@ class AuditedSession(CommandContext):
         """The client connected: its session begins (C{session-open})."""
         protocol = "ftps" if self.factory.implicit else "ftp"
         self.audit = self.factory.sessions.open(
-            protocol, self.peer.host, self.peer.port, self.kick
+            protocol, self.peer.host, self.peer.port, self.kick, self.status_of
         )
-        self.audit.status_of = self.status_of
 
     def end_reason(self, reason: str) -> None:
         """Why the connection is about to end (the first reason stands)."""

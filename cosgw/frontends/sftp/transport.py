@@ -282,8 +282,9 @@ class GatewaySSHTransport(PacketLayer, transport.SSHServerTransport):
                 return
             self._admitted = True
         port = getattr(self._socket.getPeer(), "port", 0)
-        self.audit = self.factory.sessions.open("sftp", self.peer, port, self.kick)
-        self.audit.status_of = session_status
+        self.audit = self.factory.sessions.open(
+            "sftp", self.peer, port, self.kick, session_status
+        )
         self._timer = self._clock.callLater(
             self.factory.login_timeout, self._login_timed_out
         )
