@@ -146,16 +146,30 @@ class GatewayCase(unittest.TestCase):
 
 
 class FTPActionTests(GatewayCase):
-    @defer.inlineCallbacks
     def test_every_ftp_action(self) -> Any:
-        gw = yield self.start(part_size=MiB)
+        return self.every_action(tls=False)
+
+    def test_every_ftps_action(self) -> Any:
+        """The same over FTP_TLS with private data connections."""
+        return self.every_action(tls=True)
+
+    @defer.inlineCallbacks
+    def every_action(self, tls: bool) -> Any:
+        cert, key = generate_self_signed(self.mktemp_dir())
+        gw = yield self.start(part_size=MiB, tls_certificate=cert, tls_key=key)
         small, big = random_bytes(5000), random_bytes(3 * MiB + 777)
 
         def run() -> tuple[int, int]:
-            ftp = ftplib.FTP(encoding="utf-8")
+            context = ssl.create_default_context(cafile=str(cert))
+            ftp = ftplib.FTP_TLS(context=context) if tls else ftplib.FTP()
             ftp.connect(gw.host, gw.port, timeout=BOUND)
             port = ftp.sock.getsockname()[1]
-            ftp.login("alice", PASSWORD)
+            if isinstance(ftp, ftplib.FTP_TLS):
+                ftp.auth()
+                ftp.login("alice", PASSWORD)
+                ftp.prot_p()
+            else:
+                ftp.login("alice", PASSWORD)
             ftp.voidcmd("TYPE I")
             ftp.storbinary("STOR a.bin", io.BytesIO(small))
             ftp.retrbinary("RETR a.bin", io.BytesIO().write)
@@ -205,7 +219,9 @@ class FTPActionTests(GatewayCase):
         self.assertEqual([e.get("path_to") for e in events][5], "/d/b.bin")
         self.assertEqual([e.get("offset") for e in events][12], kept)
         self.assertEqual(events[-1]["reason"], "client quit")
-        self.assertEqual(events[0]["protocol"], "ftp")
+        protocols = [e["protocol"] for e in events]
+        self.assertEqual(protocols[0], "ftp")
+        self.assertEqual(set(protocols[1:]), {"ftps" if tls else "ftp"})
         self.assertEqual(gw.inspector.read("big.bin"), big)
 
     @defer.inlineCallbacks

@@ -3,7 +3,7 @@ Quiet by default: normal sessions (FTP with several transfers, passive and
 active, clear and TLS; SFTP with paramiko and with OpenSSH's sftp) leave at
 info level nothing but their audit events: no line per data connection or
 passive port, no factory start or stop, none of Conch's chatter, no error
-for a client's normal logout.  With log_level = debug, Conch's chatter is
+for a client's normal logout, one line per failed login.  With log_level = debug, Conch's chatter is
 there, at debug.
 """
 
@@ -34,6 +34,7 @@ from tests.test_audit_protocols import BOUND, sftp_client, until
 EXPECTED = {
     "session-open",
     "login",
+    "login-failed",
     "upload",
     "download",
     "list",
@@ -50,6 +51,10 @@ def ftp_session(gw: Any, cert: Path) -> None:
     data = random_bytes(200_000)
     ftp = ftplib.FTP(timeout=BOUND)
     ftp.connect(gw.host, gw.port)
+    try:
+        ftp.login("alice", "not-the-password")
+    except ftplib.error_perm:
+        pass  # its one line is the login-failed event
     ftp.login("alice", PASSWORD)
     ftp.voidcmd("TYPE I")
     for n in range(3):
@@ -79,6 +84,13 @@ def ftp_session(gw: Any, cert: Path) -> None:
 
 
 def paramiko_session(gw: Any) -> None:
+    wrong = paramiko.Transport(("127.0.0.1", gw.sftp_port))
+    try:
+        wrong.connect(username="alice", password="not-the-password")
+    except paramiko.AuthenticationException:
+        pass  # its one line is the login-failed event
+    finally:
+        wrong.close()
     t = sftp_client(gw.sftp_port)
     s = paramiko.SFTPClient.from_transport(t)
     assert s is not None
@@ -154,7 +166,7 @@ class QuietLogTests(unittest.TestCase):
                 and kind(e) == "session-close"
             )
 
-        yield until(lambda: closed() == 4, "four sessions closed")
+        yield until(lambda: closed() == 5, "five sessions closed")
         yield until(lambda: gw.service.limits.total == 0, "connections closed")
         return events
 
@@ -173,6 +185,8 @@ class QuietLogTests(unittest.TestCase):
         }
         self.assertIn("client quit (disconnected by user)", reasons)
         self.assertIn("client quit", reasons)
+        failed = [e for e in loud if kind(e) == "login-failed"]
+        self.assertEqual(len(failed), 2)
 
     @defer.inlineCallbacks
     def test_conch_chatter_at_debug_only_when_asked(self) -> Any:
