@@ -7,13 +7,16 @@ hook, gauges of live state.
 
 from __future__ import annotations
 
+import io
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from prometheus_client.exposition import generate_latest
 from twisted.internet import defer, reactor
-from twisted.internet.task import Clock
+from twisted.internet.task import Clock, deferLater
 from twisted.logger import globalLogPublisher
 from twisted.python.threadpool import ThreadPool
 from twisted.trial import unittest
@@ -29,11 +32,26 @@ from cosgw.policy.quota import Usage
 from cosgw.storage.local import LocalStore
 from cosgw.testing import MemoryStore
 from cosgw.transfer import TransferSettings, UploadBuffers
-from tests.admintesting import samples, value
+from tests.admintesting import request, samples, value
+from tests.harness import in_thread, random_bytes, start_gateway
+from tests.test_ftp import connect
 
 
 def scrape(metrics: GatewayMetrics) -> dict[Any, float]:
     return samples(generate_latest(metrics.registry).decode())
+
+
+async def _poll(condition: Callable[[], bool], seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not true within {seconds} s")
+        await deferLater(reactor, 0.02, lambda: None)
+
+
+def _until(condition: Callable[[], bool], seconds: float = 15) -> defer.Deferred[None]:
+    """Poll C{condition} on the reactor; fail after C{seconds}."""
+    return defer.Deferred.fromCoroutine(_poll(condition, seconds))
 
 
 class AuditCounterTests(unittest.SynchronousTestCase):
@@ -338,3 +356,89 @@ class RegistryTests(unittest.SynchronousTestCase):
         from prometheus_client import REGISTRY
 
         self.assertIsNone(REGISTRY.get_sample_value("cosgw_transfer_bytes_total"))
+
+
+class GatewayMetricsTests(unittest.TestCase):
+    """A real gateway's /metrics after real FTP and SFTP transfers."""
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def setUp(self) -> Any:
+        self.gw = yield start_gateway(
+            self, "cos", admin_listen="tcp:0:interface=127.0.0.1"
+        )
+
+    @defer.inlineCallbacks
+    def scrape(self) -> Any:
+        answer = yield in_thread(request, self.gw.admin_port, "/metrics")
+        self.assertEqual(answer.status, 200)
+        self.assertTrue(answer.headers["Content-Type"].startswith("text/plain"))
+        return samples(answer.text)
+
+    @defer.inlineCallbacks
+    def test_byte_counters_rise_by_the_sizes_moved(self) -> Any:
+        before = yield self.scrape()
+        up, down = random_bytes(1_234_567), random_bytes(345_678)
+        self.gw.inspector.server.boto3_client().put_object(
+            Bucket=self.gw.inspector.bucket, Key="down.bin", Body=down
+        )
+
+        def ftp_session() -> bytes:
+            ftp = connect(self.gw)
+            ftp.storbinary("STOR up.bin", io.BytesIO(up))
+            got = io.BytesIO()
+            ftp.retrbinary("RETR down.bin", got.write)
+            ftp.quit()
+            return got.getvalue()
+
+        self.assertEqual((yield in_thread(ftp_session)), down)
+        self.assertEqual(self.gw.inspector.read("up.bin"), up)
+        # The session's end is seen by the gateway after QUIT's reply.
+        yield _until(lambda: not self.gw.service.sessions.sessions)
+        after = yield self.scrape()
+
+        def rise(name: str, **labels: str) -> float:
+            return value(after, name, **labels) - value(before, name, **labels)
+
+        self.assertEqual(
+            rise("cosgw_transfer_bytes_total", protocol="ftp", direction="upload"),
+            len(up),
+        )
+        self.assertEqual(
+            rise("cosgw_transfer_bytes_total", protocol="ftp", direction="download"),
+            len(down),
+        )
+        for direction in ("upload", "download"):
+            self.assertEqual(
+                rise(
+                    "cosgw_transfers_total",
+                    protocol="ftp",
+                    direction=direction,
+                    outcome="ok",
+                ),
+                1,
+            )
+            self.assertEqual(
+                rise(
+                    "cosgw_transfer_duration_seconds_count",
+                    protocol="ftp",
+                    direction=direction,
+                ),
+                1,
+            )
+        self.assertEqual(rise("cosgw_logins_total", protocol="ftp", outcome="ok"), 1)
+        self.assertEqual(rise("cosgw_sessions_opened_total", protocol="ftp"), 1)
+        self.assertEqual(value(after, "cosgw_sessions", protocol="ftp"), 0)
+        # The upload's parts (1 MiB) and the download's GET reached the store.
+        for operation in ("upload_part", "complete_multipart", "open"):
+            self.assertGreaterEqual(
+                rise(
+                    "cosgw_store_request_seconds_count",
+                    store="store",
+                    operation=operation,
+                ),
+                1,
+                operation,
+            )
+        self.assertEqual(value(after, "cosgw_store_up", store="store"), 1)
