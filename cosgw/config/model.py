@@ -249,6 +249,9 @@ class ServerConfig:
     #: Users (from the config) whose passwords open the admin listener;
     #: empty: no authentication, allowed only on a loopback interface.
     admin_users: tuple[str, ...] = ()
+    #: Seconds transfers in progress get to finish after SIGTERM (or
+    #: ``cosgw stop``) before they are interrupted.
+    drain_timeout: int = 60
 
 
 @dataclass(frozen=True)

@@ -90,6 +90,7 @@ _SERVER_KEYS = (
     "xferlog",
     "admin_listen",
     "admin_users",
+    "drain_timeout",
 )
 _TRANSFER_KEYS = (
     "part_size",
@@ -275,6 +276,9 @@ class CosgwLoader:
                 sec, "admin_listen", ServerConfig.admin_listen
             ),
             admin_users=tuple(sec.words("admin_users")),
+            drain_timeout=sec.integer(
+                "drain_timeout", ServerConfig.drain_timeout, 0, 24 * 3600
+            ),
             state_dir=state_dir,
             ftp_listen=ftp_listen,
             passive_ports=passive,
