@@ -97,6 +97,10 @@ RETRY_DELAYS = (1.0, 2.0)
 #: whether a write whose reply was lost was in fact stored.
 VERIFY_ROUNDS = 3
 
+#: A body this small is read whole with its GET, in the same pool call (see
+#: L{CosSource.prefetch}); no bigger than a read takes at once anyway.
+SMALL_BODY = 1024 * 1024
+
 
 def _quiet_sdk_logging() -> None:
     # The SDK logs every request at INFO, each error answer at ERROR and a
@@ -334,7 +338,12 @@ class CosStore(ThreadedStore):
             except ValueError:
                 pass
         info = info_from_headers(key, response, total)
-        return CosSource(self._runner, RawResponse(raw_response), info, offset, length)
+        source = CosSource(
+            self._runner, RawResponse(raw_response), info, offset, length
+        )
+        if length <= SMALL_BODY:
+            source.prefetch()
+        return source
 
     def _put(
         self, key: str, data: bytes, metadata: Optional[Mapping[str, str]]
