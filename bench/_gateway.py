@@ -131,6 +131,7 @@ def start_gateway(
         f"""[server]
 state_dir = {workdir / "state"}
 ftp_listen = tcp:{port}:interface=127.0.0.1
+admin_listen =
 {sftp}
 [storage:cos]
 type = cos
