@@ -659,7 +659,7 @@ class KickTests(GatewayCase):
 
         told, abort = yield self.kick_during_upload(client)
         self.assertEqual(told, f"421 {self.reason}")
-        self.assertEqual(abort["status"], "426")
+        self.assertEqual(abort["status"], "421")
 
     @defer.inlineCallbacks
     def test_sftp(self) -> Any:
@@ -695,3 +695,4 @@ class KickTests(GatewayCase):
         told, abort = yield self.kick_during_upload(client)
         self.assertNotEqual(told, "not disconnected")
         self.assertIn(f"Disconnect (code 11): {self.reason}", disconnects)
+        self.assertEqual(abort["status"], "DISCONNECT_BY_APPLICATION")

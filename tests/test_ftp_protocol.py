@@ -15,6 +15,7 @@ import socket
 from twisted.internet import error
 from twisted.internet.address import IPv4Address
 
+from cosgw.audit import AUDIT_NAMESPACE, audit_fields
 from cosgw.frontends.ftp.protocol import MAX_QUEUED_LINES
 from tests.ftp_unit import (
     ALICE_PASSWORD,
@@ -24,7 +25,9 @@ from tests.ftp_unit import (
     FakeTCP,
     FTPGateway,
     GatewayTestCase,
+    MiB,
 )
+from tests.logevents import LogEvents
 
 
 class CommandQueueTests(GatewayTestCase):
@@ -390,3 +393,82 @@ class ConnectionLimitTests(GatewayTestCase):
         first.command("QUIT")
         third = self.gw.connect(port=50003)
         self.assertEqual(third.replies(), ["220 cosgw FTP gateway ready"])
+
+
+class AuditTests(GatewayTestCase):
+    """
+    The connection's audit session (L{cosgw.frontends.ftp.audited}): its
+    events carry the replies the client got, it ends with why, and a kick
+    ends it with 421 and nothing after.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.log = LogEvents(self, AUDIT_NAMESPACE)
+
+    def events(self) -> list[tuple[str, str, str]]:
+        """(event, status, reason or error) of every audit event so far."""
+        found = [dict(audit_fields(e) or {}) for e in self.log.events]
+        return [
+            (e["event"], e["status"], e.get("reason") or e.get("error", ""))
+            for e in found
+        ]
+
+    def test_statuses_are_the_replies(self) -> None:
+        client = self.gw.connect()
+        self.assertEqual(self.events(), [("session-open", "220", "")])
+        self.assertEqual(len(self.gw.factory.sessions.sessions), 1)
+        client.replies()
+        client.login()
+        client.command("MKD d")
+        client.command("DELE missing")
+        client.command("QUIT")
+        self.assertEqual(
+            self.events(),
+            [
+                ("session-open", "220", ""),
+                ("login", "230", ""),
+                ("mkdir", "257", ""),
+                ("delete", "550", "/missing: no such file or directory"),
+                ("session-close", "221", "client quit"),
+            ],
+        )
+        self.assertEqual(self.gw.factory.sessions.sessions, {})
+
+    def test_timeouts_and_a_lost_connection_say_why(self) -> None:
+        self.gw.connect()
+        self.gw.advance(60)
+        self.gw.login().transport.peer_close()
+        self.gw.login().transport.peer_reset()
+        closes = [e for e in self.events() if e[0] == "session-close"]
+        self.assertEqual(
+            closes,
+            [
+                ("session-close", "421", "login timeout (60 s)"),
+                ("session-close", "230", "connection closed by the client"),
+                ("session-close", "230", "connection lost"),
+            ],
+        )
+
+    def test_kick_during_an_upload(self) -> None:
+        """
+        421 with the reason, then the close; the upload is aborted (nothing
+        stored, nothing kept for a resume) and no 426 follows the 421.
+        """
+        client = self.login()
+        data = self.start_stor(client, "f.bin")
+        data.send(b"x" * (2 * MiB))
+        self.gw.pump()
+        [session] = self.gw.factory.sessions.sessions.values()
+        session.kick("maintenance")
+        self.gw.pump()
+        self.assertEqual(client.replies(), ["421 maintenance"])
+        self.assertTrue(client.ended)
+        self.assertTrue(data.ended)
+        self.assertNotIn("f.bin", self.store.stored_keys())
+        self.assertNothingLeft()
+        self.assertEqual(
+            [e[:2] for e in self.events()][-2:],
+            [("abort", "421"), ("session-close", "421")],
+        )
+        self.assertEqual(self.events()[-1][2], "kicked: maintenance")

@@ -19,11 +19,14 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.logger import LogLevel, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from cosgw.audit import AUDIT_NAMESPACE, audit_fields
 from cosgw.auth.keys import KeyChecker
 from cosgw.auth.realm import Realm
+from cosgw.frontends.sftp.conchlog import ConchLogger, set_conch_verbose
 from cosgw.frontends.sftp.factory import GatewaySSHFactory
 from cosgw.frontends.sftp.session import GatewayConnection, SFTPUser
 from cosgw.frontends.sftp.userauth import GatewayUserAuthServer
@@ -150,6 +153,100 @@ class TransportClockTests(SynchronousTestCase):
         proto.setService(GatewayConnection())
         self.assertEqual(clock.getDelayedCalls(), [])
         proto.connectionLost(Failure(ConnectionDone()))
+
+
+class AuditTests(SynchronousTestCase):
+    """
+    The connection's audit session: opened once admitted, closed with why;
+    a client's normal logout is no error; a kick is a DISCONNECT; Conch's
+    chatter is dropped unless asked for.
+    """
+
+    PEER = TransportClockTests.PEER
+    build = TransportClockTests.build
+    last_packet = TransportClockTests.last_packet
+
+    def setUp(self) -> None:
+        self.events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    def audit(self) -> list[tuple[str, str, str]]:
+        """(event, status, reason) of every audit event so far."""
+        found = [
+            dict(audit_fields(e) or {})
+            for e in self.events
+            if e.get("log_namespace") == AUDIT_NAMESPACE
+        ]
+        return [(e["event"], e["status"], e.get("reason", "")) for e in found]
+
+    def loud(self) -> list[str]:
+        """The log lines at warn or above."""
+        return [
+            str(e.get("log_format"))
+            for e in self.events
+            if e["log_level"] >= LogLevel.warn
+        ]
+
+    def test_opened_once_admitted(self) -> None:
+        _, refused, _ = self.build(admission=RecordingAdmission("full"))
+        self.assertEqual((self.audit(), refused.factory.sessions.sessions), ([], {}))
+        _, proto, _ = self.build(admission=RecordingAdmission())
+        [session] = proto.factory.sessions.sessions.values()
+        self.assertEqual(
+            (session.protocol, session.host, session.port),
+            ("sftp", "192.0.2.7", 50000),
+        )
+        self.assertEqual(self.audit(), [("session-open", "FX_OK", "")])
+
+    def test_client_logout_is_no_error(self) -> None:
+        _, proto, _ = self.build()
+        proto.receiveError(11, b"disconnected by user")
+        proto.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.loud(), [])
+        self.assertEqual(
+            self.audit()[-1],
+            ("session-close", "FX_OK", "client quit (disconnected by user)"),
+        )
+
+    def test_other_client_disconnect_is_a_warning(self) -> None:
+        _, proto, _ = self.build()
+        proto.receiveError(2, b"bad packet")
+        proto.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(
+            self.loud(),
+            ["SSH client at {peer} disconnected: code {code}, {description}"],
+        )
+        self.assertEqual(self.audit()[-1][2], "client disconnected: code 2, bad packet")
+
+    def test_kick(self) -> None:
+        clock, proto, transport = self.build()
+        [session] = proto.factory.sessions.sessions.values()
+        session.kick("maintenance")
+        self.assertEqual(
+            parse_disconnect(self.last_packet(transport)), (11, "maintenance")
+        )
+        self.assertTrue(transport.disconnecting)
+        proto.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(
+            self.audit()[-1],
+            ("session-close", "DISCONNECT_BY_APPLICATION", "kicked: maintenance"),
+        )
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_conch_chatter_only_when_verbose(self) -> None:
+        self.addCleanup(set_conch_verbose, False)
+        logger = ConchLogger(namespace="twisted.conch.test")
+        set_conch_verbose(False)
+        logger.info("chatter")
+        logger.debug("chatter")
+        logger.warn("trouble")
+        set_conch_verbose(True)
+        logger.info("chatter")
+        self.assertEqual(
+            [(e["log_level"], e["log_format"]) for e in self.events],
+            [(LogLevel.warn, "trouble"), (LogLevel.debug, "chatter")],
+        )
 
 
 class TimeoutTests(SSHServerMixin, TestCase):

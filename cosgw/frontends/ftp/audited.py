@@ -60,8 +60,10 @@ class AuditedSession(CommandContext):
         error, its reply (L{reply_of}); for a success, the reply of the
         command running, else the last reply sent.  A transfer that the
         end of the session cut short gets 426, as RFC 959 names a closed
-        connection.
+        connection.  After a kick, the client was told 421 and nothing else.
         """
+        if self.kicked:
+            return "421"
         if error is None:
             transfer = self.transfer
             command = transfer.command if transfer is not None else self.command

@@ -65,7 +65,7 @@ from cosgw.frontends.sftp.algorithms import (
     describe,
     keep,
 )
-from cosgw.frontends.sftp.audited import session_status
+from cosgw.frontends.sftp.audited import AuditedConnection, disconnect_text
 from cosgw.frontends.sftp.conchlog import ConchLogger
 from cosgw.frontends.sftp.flow import ChunkQueue, OutputWatch
 from cosgw.frontends.sftp.packets import PacketLayer
@@ -139,7 +139,7 @@ _TRANSITIONS: dict[_State, frozenset[_State]] = {
 }
 
 
-class GatewaySSHTransport(PacketLayer, transport.SSHServerTransport):
+class GatewaySSHTransport(AuditedConnection, PacketLayer, transport.SSHServerTransport):
     """
     The server transport: modern algorithms only (AEAD ciphers and strict
     key exchange from L{PacketLayer}), a version string without a Twisted
@@ -187,8 +187,6 @@ class GatewaySSHTransport(PacketLayer, transport.SSHServerTransport):
     _write_side: Optional[OutputWatch] = None
     #: The connection's audit session, once admitted.
     audit: Optional[Session] = None
-    #: Why the connection ends, once known; the first reason given stands.
-    close_reason: Optional[str] = None
 
     @property
     def _clock(self) -> IReactorTime:
@@ -283,7 +281,7 @@ class GatewaySSHTransport(PacketLayer, transport.SSHServerTransport):
             self._admitted = True
         port = getattr(self._socket.getPeer(), "port", 0)
         self.audit = self.factory.sessions.open(
-            "sftp", self.peer, port, self.kick, session_status
+            "sftp", self.peer, port, self.kick, self.status_of
         )
         self._timer = self._clock.callLater(
             self.factory.login_timeout, self._login_timed_out
@@ -457,7 +455,8 @@ class GatewaySSHTransport(PacketLayer, transport.SSHServerTransport):
         self.sendPacket(
             transport.MSG_DISCONNECT, struct.pack(">L", reason) + NS(desc) + NS(b"")
         )
-        self.end_reason(_text(desc))
+        self.end_reason(disconnect_text(desc))
+        self.disconnect_sent = reason
         # The session-close audit event says why, at info.
         log.debug(
             "SSH connection from {peer} disconnected: code {code}, {description}",
@@ -557,42 +556,3 @@ class GatewaySSHTransport(PacketLayer, transport.SSHServerTransport):
             return
         self.end_reason(f"idle timeout ({idle:.0f} s)")
         self.sendDisconnect(transport.DISCONNECT_BY_APPLICATION, b"idle timeout")
-
-    # -- the audit session ----------------------------------------------------
-
-    def end_reason(self, reason: str) -> None:
-        """Why the connection is about to end (the first reason stands)."""
-        if self.close_reason is None:
-            self.close_reason = reason
-
-    def kick(self, reason: str) -> None:
-        """
-        End the session now (the admin API): DISCONNECT with C{reason}, then
-        the close; uploads in progress are aborted as for any lost session.
-        """
-        self.end_reason(f"kicked: {reason}")
-        self.sendDisconnect(transport.DISCONNECT_BY_APPLICATION, reason)
-
-    def receiveError(self, reasonCode: int, description: bytes) -> None:
-        """
-        The client's DISCONNECT.  Conch logs every one as an error; the
-        normal logout (OpenSSH's "disconnected by user", code 11) is the
-        session's end, which its session-close event says at info.  Any
-        other code reports a problem on the client's side: a warning.
-        """
-        text = _text(description)
-        if reasonCode == transport.DISCONNECT_BY_APPLICATION:
-            self.end_reason(f"client quit ({text})")
-            return
-        self.end_reason(f"client disconnected: code {reasonCode}, {text}")
-        log.warn(
-            "SSH client at {peer} disconnected: code {code}, {description}",
-            peer=self.peer,
-            code=reasonCode,
-            description=for_log(text),
-        )
-
-
-def _text(description: bytes) -> str:
-    """A disconnect's description as text, cut to a line's length."""
-    return description[:200].decode("utf-8", "replace")
