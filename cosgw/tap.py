@@ -1,17 +1,35 @@
 """
 Options and service maker for ``twistd cosftp``.
 
-The config is loaded in C{postOptions}, so a bad file stops twistd with one
-line naming the file, section and key (a UsageError), never a traceback.
+A start that cannot succeed stops in its first seconds with one line naming
+the config key and the reason, exit status 1, never a traceback:
+
+  - the config is loaded in C{postOptions}: a bad file is one line naming
+    the file, section and key on standard error.  C{SystemExit}, not
+    twistd's C{UsageError}, whose handler prints all of twistd's usage
+    text first: the options were right, the file was not;
+  - makeService's own failures (a certificate or host key that cannot be
+    used, a directory the gateway's user cannot create) likewise;
+  - a listener that cannot listen raises L{ListenFailed} from twistd's
+    C{privilegedStartService}, after twistd began logging and wrote its
+    PID file, before the reactor runs.  twistd removes the PID file (and
+    tells a daemon's parent) and lets it through; the hook set here logs
+    it as one critical line where the log goes (standard output with
+    C{-n}, C{--logfile}, syslog) instead of Python's traceback, and the
+    process exits 1.
+
 The service's log observer is built for the destination twistd's own
 options name (L{cosgw.logs.twistd}).
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import Any, Optional
 
+from twisted.logger import Logger
 from twisted.python import usage
 
 from cosgw.config import ConfigError, embedded_config, load_config
@@ -50,7 +68,30 @@ class Options(usage.Options):
             else:
                 self.config = embedded_config(Path.cwd(), self["listen-all"])
         except ConfigError as e:
-            raise usage.UsageError(str(e)) from None
+            raise SystemExit(f"cosftp: {e}") from None
+
+
+def _start_failure_hook() -> None:
+    """
+    Make an uncaught L{ListenFailed} one critical log line (see the module
+    docstring); any other exception keeps Python's report.
+    """
+    from cosgw.frontends.listener import ListenFailed
+
+    previous = sys.excepthook
+    log = Logger(namespace="cosgw.service")
+
+    def hook(
+        kind: type[BaseException],
+        value: BaseException,
+        traceback: Optional[TracebackType],
+    ) -> None:
+        if isinstance(value, ListenFailed):
+            log.critical("cosftp: {error}", error=str(value))
+        else:
+            previous(kind, value, traceback)
+
+    sys.excepthook = hook
 
 
 def makeService(options: Options) -> Any:
@@ -77,4 +118,5 @@ def makeService(options: Options) -> Any:
     twistd = getattr(options, "parent", None)
     if twistd is not None:
         service.log_output = twistd_observer(twistd, options.config.server)
+        _start_failure_hook()
     return service

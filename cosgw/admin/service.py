@@ -117,7 +117,9 @@ class AdminService(MultiService):
             self.readiness, self._stores, reactor, check_interval, check_timeout
         )
         self.checks.setServiceParent(self)
-        self.listener = ListenerService(reactor, description, site)
+        self.listener = ListenerService(
+            reactor, description, site, key="[server] admin_listen"
+        )
         self.listener.setServiceParent(self)
 
     @property

@@ -20,8 +20,10 @@ are collected in L{Config.notices} for the service to log once at start.
 
 This package imports only the standard library: the twistd plugin and the
 command-line tools import it cheaply, and it must never install a reactor.
-The one exception is checking a user's SSH public keys, which imports
-C{twisted.conch.ssh.keys} (no reactor) when a file has keys, at load time.
+The exceptions are checking a user's SSH public keys, which imports
+C{twisted.conch.ssh.keys} (no reactor) when a file has keys, and checking
+endpoint strings, which imports C{twisted.internet.endpoints} (no reactor)
+when a file names one, at load time.
 
 The modules, from the bottom up:
 
@@ -33,6 +35,8 @@ The modules, from the bottom up:
     a bad value into the one-line error.
   - C{fields} and C{sshkeys}: one key of a section read into a checked
     value, shared by both formats.
+  - C{endpoints}: server endpoint strings parsed by Twisted without
+    listening (and why Twisted refused one, for the listeners' errors).
   - C{native} and C{v5}: the two formats' loaders.
   - C{loading}: L{load_config} and L{embedded_config}.
 
@@ -40,6 +44,7 @@ Code outside the package imports from C{cosgw.config} only; the modules are
 its private seams.
 """
 
+from cosgw.config.endpoints import endpoint_error
 from cosgw.config.loading import embedded_config, load_config
 from cosgw.config.model import (
     ALL_PERMISSIONS,
@@ -68,6 +73,7 @@ __all__ = [
     "UserConfig",
     "authority_permissions",
     "embedded_config",
+    "endpoint_error",
     "load_config",
     "normalize_home",
     "parse_bool",

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Optional
 from urllib.parse import urlsplit
 
+from cosgw.config.endpoints import endpoint_problem
 from cosgw.config.ini import Section
 from cosgw.config.model import (
     EPHEMERAL_PORTS,
@@ -210,9 +211,10 @@ def parse_listen(sec: Section, key: str, default: tuple[str, ...]) -> tuple[str,
     """
     Read one or more Twisted server endpoint strings separated by blanks or
     new lines; C{default} when the key is absent or empty.  A bare port
-    number means C{tcp:PORT}.  Only the port of C{tcp:}, C{tcp6:} and
-    C{ssl:} endpoints (possibly inside C{haproxy:}) is checked here; Twisted
-    checks the rest when the service starts.
+    number means C{tcp:PORT}.  The port of C{tcp:}, C{tcp6:} and C{ssl:}
+    endpoints (possibly inside C{haproxy:}) is checked here, then Twisted
+    parses each string without listening (L{cosgw.config.endpoints}), so a
+    bad type or argument is this one-line error, not a failed start.
     """
     value = sec.text(key)
     if value is None:
@@ -226,6 +228,9 @@ def parse_listen(sec: Section, key: str, default: tuple[str, ...]) -> tuple[str,
         port = _endpoint_port(word)
         if port is not None and not (port.isdigit() and 0 <= int(port) <= 65535):
             sec.fail(key, "endpoint strings with a port from 0 to 65535", word)
+        problem = endpoint_problem(word)
+        if problem is not None:
+            sec.fail(key, problem, word)
         endpoints.append(word)
     return tuple(endpoints)
 

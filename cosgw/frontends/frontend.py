@@ -53,7 +53,11 @@ class Frontend(MultiService):
         self.parts = parts
 
     def listen(
-        self, description: str, factory: IProtocolFactory, refusal: bytes = b""
+        self,
+        description: str,
+        factory: IProtocolFactory,
+        refusal: bytes = b"",
+        key: str | None = None,
     ) -> ListenerService:
         """
         A child L{ListenerService} serving C{factory} on C{description}.
@@ -61,7 +65,11 @@ class Frontend(MultiService):
         @param refusal: what a client is sent, before the connection is
             closed, when the gateway is out of file descriptors (see
             L{cosgw.frontends.listener}); empty: nothing.
+        @param key: the config key naming C{description}, for the one-line
+            error when it cannot listen.
         """
-        listener = ListenerService(self.parts.reactor, description, factory, refusal)
+        listener = ListenerService(
+            self.parts.reactor, description, factory, refusal, key
+        )
         listener.setServiceParent(self)
         return listener

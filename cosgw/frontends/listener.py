@@ -32,6 +32,13 @@ Endpoint strings are still parsed by Twisted (C{tcp:}, C{tcp6:},
 C{haproxy:tcp:} ...); only the reactor that the endpoints see is adapted, so
 that C{listenTCP} builds our port.  Other kinds (C{unix:}, C{systemd:})
 keep Twisted's own behaviour.
+
+A listener that cannot listen stops the start: L{ListenerService} listens
+in C{privilegedStartService} (twistd binds there, before it drops
+privileges and before the reactor runs, so nothing could stop a reactor
+that is not running yet) and raises L{ListenFailed}, one line naming the
+config key, the endpoint and the reason; C{twistd cosftp} prints that line
+and exits 1 (L{cosgw.tap}).
 """
 
 from __future__ import annotations
@@ -59,7 +66,16 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-__all__ = ["FTP_REFUSAL", "ListenerService", "ReservingPort", "ssh_refusal"]
+from cosgw.config import ConfigError, endpoint_error
+
+__all__ = [
+    "FTP_REFUSAL",
+    "ListenFailed",
+    "ListenerService",
+    "ReservingPort",
+    "listen_reason",
+    "ssh_refusal",
+]
 
 # The gateway's start-up lines share the namespace of makeService's.
 log = Logger(namespace="cosgw.service")
@@ -358,6 +374,38 @@ class _ReservingReactor:
         return getattr(self._reactor, name)
 
 
+def listen_reason(error: BaseException) -> str:
+    """
+    Why a listen failed, in the system's words: C{"Address already in
+    use"}, not Twisted's C{CannotListenError} repr.
+    """
+    cause = getattr(error, "socketError", None)  # CannotListenError
+    if isinstance(cause, BaseException):
+        error = cause
+    if isinstance(error, OSError) and error.strerror:
+        if error.errno in (errno.EACCES, errno.EPERM):
+            return (
+                f"{error.strerror} (a port below 1024 needs root with"
+                " --uid/--gid, or CAP_NET_BIND_SERVICE)"
+            )
+        return error.strerror
+    return str(error) or type(error).__name__
+
+
+class ListenFailed(Exception):
+    """
+    A listener (or the passive range) cannot listen where the config says.
+    C{str(e)} is one line: the config key, what could not listen and why,
+    e.g. C{"[server] ftp_listen: cannot listen on tcp:2121: Address
+    already in use"}.
+    """
+
+    def __init__(self, key: Optional[str], what: str, reason: str) -> None:
+        prefix = f"{key}: " if key else ""
+        super().__init__(f"{prefix}cannot listen on {what}: {reason}")
+        self.key = key
+
+
 class ListenerService(Service):
     """
     Listens on one endpoint string.  Unlike StreamServerEndpointService it
@@ -370,55 +418,93 @@ class ListenerService(Service):
         description: str,
         factory: IProtocolFactory,
         refusal: bytes = b"",
+        key: Optional[str] = None,
     ) -> None:
         """
         @param refusal: sent to a client the gateway has no descriptor for,
             before closing the connection (L{FTP_REFUSAL}, L{ssh_refusal});
             empty: close without a word (implicit TLS, where plain text
             would be noise).
+        @param key: the config key that named C{description}, such as
+            C{"[server] ftp_listen"}, for the errors.
+        @raise ConfigError: Twisted cannot use C{description} here (the
+            config checked its form; a C{systemd:} socket may still be
+            missing).
         """
         self._reactor = reactor
         self.description = description
+        self.key = key
         # ReservingPort is a tcp.Port: it needs a reactor that watches real
         # descriptors.  Any other (IOCP on Windows, a test's MemoryReactor)
         # listens its own way.
         if isinstance(reactor, PosixReactorBase):
             reactor = _ReservingReactor(reactor, refusal)
-        self.endpoint = serverFromString(reactor, description)
+        try:
+            self.endpoint = serverFromString(reactor, description)
+        except Exception as e:
+            prefix = f"{key}: " if key else ""
+            raise ConfigError(
+                f"{prefix}cannot use {description}: {endpoint_error(description, e)}"
+            ) from None
         self.factory = factory
         self.port: Optional[IListeningPort] = None
+        #: Fires with the port once it listens; fails with L{ListenFailed}
+        #: only when the endpoint fails after the start returned (a start
+        #: that fails at once raises it instead).
         self.listening: Deferred[IListeningPort] = Deferred()
         self._started = False
 
     def privilegedStartService(self) -> None:
-        # Bind before twistd drops privileges (ports 21 and 990).
+        """
+        Bind before twistd drops privileges (ports 21 and 990).
+
+        @raise ListenFailed: the endpoint cannot listen.
+        """
         super().privilegedStartService()
         self._listen()
 
     def startService(self) -> None:
-        super().startService()
+        """
+        Listen, unless C{privilegedStartService} did.
+
+        @raise ListenFailed: the endpoint cannot listen.
+        """
         self._listen()
+        super().startService()
 
     def _listen(self) -> None:
         if self._started:
             return
         self._started = True
-        d = self.endpoint.listen(self.factory)
+        starting = True
+        failed: list[ListenFailed] = []
 
         def listening(port: IListeningPort) -> IListeningPort:
             self.port = port
             self.listening.callback(port)
             return port
 
-        def failed(failure: Failure) -> None:
-            log.failure("cannot listen on {where}", failure, where=self.description)
-            self.listening.errback(failure)
-            if self._reactor.running:
-                # A gateway that cannot listen where it was told must not
-                # look healthy.
-                self._reactor.callLater(0, self._reactor.stop)
+        def cannot(failure: Failure) -> None:
+            assert failure.value is not None
+            reason = listen_reason(failure.value)
+            error = ListenFailed(self.key, self.description, reason)
+            if starting:
+                # Raised to the caller instead: a failed Deferred nobody
+                # waits on would be logged again, with a traceback, when
+                # it is collected as the process exits.
+                failed.append(error)
+                return
+            # An endpoint that fails later (a plugin's; Twisted's own fail
+            # at once): a gateway that cannot listen where it was told must
+            # not look healthy.
+            log.critical("{error}", error=str(error))
+            self.listening.errback(error)
+            self._reactor.callWhenRunning(self._reactor.stop)
 
-        d.addCallbacks(listening, failed)
+        self.endpoint.listen(self.factory).addCallbacks(listening, cannot)
+        starting = False
+        if failed:
+            raise failed[0]
 
     def stopService(self) -> Deferred[None]:
         super().stopService()

@@ -15,10 +15,13 @@ from __future__ import annotations
 import errno
 import ipaddress
 import random
+import socket
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Optional
 
 from twisted.internet import error as net_error
 from twisted.internet import tcp
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IDelayedCall, IListeningPort
 from twisted.internet.posixbase import PosixReactorBase
 from twisted.logger import Logger, LogLevel
@@ -34,6 +37,7 @@ from cosgw.frontends.ftp.data import (
     normal_host,
 )
 from cosgw.frontends.ftp.replies import Reply
+from cosgw.frontends.listener import ListenerService, ListenFailed, listen_reason
 
 if TYPE_CHECKING:
     from cosgw.frontends.ftp.factory import GatewayFTPFactory
@@ -83,6 +87,47 @@ def listen_passive(reactor: Any, port: int, factory: Any, interface: str) -> Any
     quiet = QuietPort(port, factory, interface=interface, reactor=reactor)
     quiet.startListening()
     return quiet
+
+
+def check_passive_range(
+    reactor: Any, ports: tuple[int, int], listeners: Iterable[ListenerService]
+) -> None:
+    """
+    At start: that some port of the passive range C{ports} can be listened
+    on, on each address the FTP C{listeners} listen on (where PASV
+    listens), so that a range that is all taken stops the start instead of
+    failing every PASV with 425.  Each port is bound as Twisted binds it
+    (SO_REUSEADDR) and let go at once: at most one bind per port.  Not on
+    a reactor without real sockets (a test's).
+
+    @raise ListenFailed: no port of the range can be had on an address.
+    """
+    if not isinstance(reactor, PosixReactorBase):
+        return
+    hosts: set[str] = set()
+    for listener in listeners:
+        address = listener.port.getHost() if listener.port is not None else None
+        if isinstance(address, (IPv4Address, IPv6Address)):
+            hosts.add(address.host)
+    low, high = ports
+    for host in sorted(hosts):
+        reason = "no port in the range"
+        for port in range(low, high + 1):
+            try:
+                family, kind, _, _, where = socket.getaddrinfo(
+                    host, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST
+                )[0]
+                with socket.socket(family, kind) as probe:
+                    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    probe.bind(where)
+            except OSError as e:
+                reason = listen_reason(e)
+                continue
+            break
+        else:
+            raise ListenFailed(
+                "[server] passive_ports", f"any port of {low}-{high} on {host}", reason
+            )
 
 
 def decode_extended_address(address: str) -> tuple[str, str, int]:

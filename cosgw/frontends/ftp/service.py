@@ -18,7 +18,13 @@ from cosgw.config import Config, ConfigError
 from cosgw.frontends.frontend import Frontend, SharedParts
 from cosgw.frontends.ftp.data import ChannelCount
 from cosgw.frontends.ftp.factory import GatewayFTPFactory
-from cosgw.frontends.ftp.tls import ServerTLS, generate_self_signed, load_server_tls
+from cosgw.frontends.ftp.ports import check_passive_range
+from cosgw.frontends.ftp.tls import (
+    ServerTLS,
+    TLSFileError,
+    generate_self_signed,
+    load_server_tls,
+)
 from cosgw.frontends.listener import FTP_REFUSAL
 from cosgw.interfaces import IFileSystem
 
@@ -34,17 +40,21 @@ def server_tls(config: Config) -> ServerTLS:
     directory at first start (the embedded default, and any config that
     names none).  Blocking; for start-up.
 
-    @raise ConfigError: the certificate or key cannot be used.
+    @raise ConfigError: the certificate or key cannot be used; one line
+        naming the config key.
     """
     server = config.server
+    generated = False
     if server.tls_certificate is not None and server.tls_key is not None:
         certificate, key = server.tls_certificate, server.tls_key
     else:
         certificate, key = generate_self_signed(server.state_dir)
+        generated = True
     try:
         tls = load_server_tls(certificate, key, server.tls_chain)
-    except ValueError as e:
-        raise ConfigError(f"{certificate}: {e}") from None
+    except TLSFileError as e:
+        name = "state_dir" if generated and e.which != "chain" else f"tls_{e.which}"
+        raise ConfigError(f"[server] {name}: {e}") from None
     log.info(
         "FTPS certificate {path}, SHA-256 fingerprint {fingerprint}",
         path=certificate,
@@ -98,14 +108,41 @@ class FTPFrontend(Frontend):
         )
         #: Where plain FTP (and explicit FTPS) is served.
         self.listeners = [
-            self.listen(description, self.factory, FTP_REFUSAL)
+            self.listen(description, self.factory, FTP_REFUSAL, "[server] ftp_listen")
             for description in server.ftp_listen
         ]
         #: Where implicit FTPS is served.
         self.implicit_listeners = [
-            self.listen(description, self.tls.wrap(self.implicit_factory, reactor))
+            self.listen(
+                description,
+                self.tls.wrap(self.implicit_factory, reactor),
+                key="[server] ftps_listen",
+            )
             for description in server.ftps_listen
         ]
+
+    def privilegedStartService(self) -> None:
+        """
+        Listen, then check the passive range where the listeners listen:
+        twistd's start, before any service started threads that would keep
+        a failed process alive.
+
+        @raise ListenFailed: a listener, or every passive port, is taken.
+        """
+        super().privilegedStartService()
+        self._check_passive_range()
+
+    def startService(self) -> None:
+        """As C{privilegedStartService}, for a start that skipped it."""
+        super().startService()
+        self._check_passive_range()
+
+    def _check_passive_range(self) -> None:
+        check_passive_range(
+            self.parts.reactor,
+            self.factory.passive_ports,
+            self.listeners + self.implicit_listeners,
+        )
 
     def ready(self) -> Deferred[list[IListeningPort]]:
         """Fires with the plain FTP listening ports once they all listen."""

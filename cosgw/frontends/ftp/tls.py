@@ -29,9 +29,10 @@ import datetime
 import ipaddress
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -348,6 +349,32 @@ def generate_self_signed(state_dir: Path) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
+class TLSFileError(ValueError):
+    """
+    A TLS file that cannot be used; C{which} says which of the files
+    (C{"certificate"}, C{"key"} or C{"chain"}), for the config key.
+    """
+
+    def __init__(self, which: str, message: str) -> None:
+        super().__init__(message)
+        self.which = which
+
+
+_Parsed = TypeVar("_Parsed")
+
+
+def _load(path: Path, which: str, parse: Callable[[bytes], _Parsed]) -> _Parsed:
+    """C{parse} of the PEM file C{path}, the TLS C{which} file."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise TLSFileError(which, f"cannot read {path}: {e.strerror or e}") from None
+    try:
+        return parse(data)
+    except (ValueError, TypeError) as e:
+        raise TLSFileError(which, f"{path}: not a PEM {which} ({e})") from None
+
+
 def load_server_tls(
     certificate: Path, key: Path, chain: Optional[Path] = None
 ) -> ServerTLS:
@@ -355,18 +382,17 @@ def load_server_tls(
     Read a PEM certificate, its key and an optional chain into the one
     context control and data connections share.
 
-    @raise ValueError: a file is unreadable or the key does not match.
+    @raise TLSFileError: a file is unreadable or the key does not match.
     """
-    try:
-        cert = x509.load_pem_x509_certificate(certificate.read_bytes())
-        pkey = serialization.load_pem_private_key(key.read_bytes(), password=None)
-        extra = (
-            x509.load_pem_x509_certificates(chain.read_bytes())
-            if chain is not None
-            else []
-        )
-    except (OSError, ValueError, TypeError) as e:
-        raise ValueError(f"cannot read the TLS certificate or key: {e}") from None
+    cert = _load(certificate, "certificate", x509.load_pem_x509_certificate)
+    pkey = _load(
+        key, "key", lambda data: serialization.load_pem_private_key(data, None)
+    )
+    extra = (
+        _load(chain, "chain", x509.load_pem_x509_certificates)
+        if chain is not None
+        else []
+    )
     # Twisted's stubs name pyOpenSSL's PKey/X509, but CertificateOptions
     # takes cryptography's key and certificate objects as well (pyOpenSSL
     # deprecated its own); converting would only add work.
@@ -381,7 +407,9 @@ def load_server_tls(
     try:
         options.getContext()  # fails now, not at the first client, on a mismatch
     except SSL.Error as e:
-        raise ValueError(f"the TLS key does not match the certificate: {e}") from None
+        raise TLSFileError(
+            "key", f"{key}: does not match the certificate {certificate}: {e}"
+        ) from None
     digest = cert.fingerprint(hashes.SHA256())
     fingerprint = ":".join(f"{b:02X}" for b in digest)
     return ServerTLS(options, fingerprint)

@@ -69,7 +69,8 @@ class SFTPFrontend(Frontend):
         try:
             host_keys = load_host_keys(server.ssh_host_keys, server.state_dir)
         except ValueError as e:
-            raise ConfigError(str(e)) from None
+            name = "ssh_host_keys" if server.ssh_host_keys else "state_dir"
+            raise ConfigError(f"[server] {name}: {e}") from None
         for key in host_keys.values():
             log.info(
                 "SSH host key {type}: {fingerprint}",
@@ -93,7 +94,7 @@ class SFTPFrontend(Frontend):
             b"too many open files, try again later",
         )
         self.listeners = [
-            self.listen(description, self.factory, refusal)
+            self.listen(description, self.factory, refusal, "[server] sftp_listen")
             for description in server.sftp_listen
         ]
 
