@@ -123,6 +123,19 @@ def _error(e: Exception, what: str) -> StoreError:
     return StoreError(f"{what}: {type(e).__name__}: {e}")
 
 
+def _environment_once(session: requests.Session, url: str) -> None:
+    """
+    Read what the environment says of requests to C{url} (proxies and
+    their exceptions, a CA bundle) once, into C{session}: requests reads
+    it again on every request otherwise, scanning the whole environment
+    twice (0.13 ms of the 0.7 ms of CPU a HEAD costs here).
+    """
+    settings = session.merge_environment_settings(url, {}, None, None, None)
+    session.proxies.update(settings["proxies"])
+    session.verify = settings["verify"]
+    session.trust_env = False
+
+
 @implementer(IObjectStore)
 class CosStore(ThreadedStore):
     """
@@ -167,6 +180,7 @@ class CosStore(ThreadedStore):
         # failed ever reached COS, which is what decides if a write whose
         # reply was lost must be looked for (see _call).
         self._client = CosS3Client(config, retry=0, session=session)
+        _environment_once(session, config.uri(bucket=bucket))
         self.retry_delays = tuple(
             RETRY_DELAYS if retry_delays is None else retry_delays
         )
