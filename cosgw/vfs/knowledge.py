@@ -308,6 +308,24 @@ class SessionKnowledge:
         order, seen = at
         first = marker[len(prefix) :] + "\0" if marker else ""
         until = page.next_marker[len(prefix) :] if page.next_marker else None
+        if prefix and (page.objects or page.prefixes):
+            # Something is below the prefix: the directory is there.
+            folder = prefix[:-1]
+            directory = Entry(split_key(folder)[1], True, 0, 0.0)
+            self.learn(folder, directory, True, at)
+        old = self._spans.pop(prefix, None)
+        if old is not None and not self._fresh(old.seen):
+            old = None
+        if (
+            old is not None
+            and len(old.entries) >= MAX_SPAN_ENTRIES
+            and old.until is not None
+            and first > old.until
+        ):
+            # The next page of a long listing: past a full span, it would be
+            # cut off again (a listing's cost must not grow with this).
+            self._spans[prefix] = old
+            return
         span = _Span(first, until, order, seen)
         for info in page.objects:
             name = info.key[len(prefix) :]
@@ -316,13 +334,7 @@ class SessionKnowledge:
         for p in page.prefixes:
             name = p[len(prefix) :]
             span.entries[name] = Entry(name.rstrip("/"), True, 0, 0.0)
-        if prefix and (page.objects or page.prefixes):
-            # Something is below the prefix: the directory is there.
-            folder = prefix[:-1]
-            directory = Entry(split_key(folder)[1], True, 0, 0.0)
-            self.learn(folder, directory, True, at)
-        old = self._spans.pop(prefix, None)
-        if old is not None and self._fresh(old.seen) and old.touches(span):
+        if old is not None and old.touches(span):
             span = self._merge(old, span)
         self._spans[prefix] = span
         self._bound()
