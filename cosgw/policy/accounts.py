@@ -122,14 +122,14 @@ class Accounts:
         account = self.accounts[name]
         host = getattr(peer, "host", None)
         if account.network and (host is None or not account.network.allows(host)):
-            log.info(
+            log.debug(
                 "login of {user} from {peer} refused: address not allowed",
                 user=name,
                 peer=host,
             )
             raise LoginRefused(f"user {name} may not log in from this address")
         if not self.sessions.login(name, account.max_sessions):
-            log.info(
+            log.debug(
                 "login of {user} from {peer} refused: {count} sessions open",
                 user=name,
                 peer=host,
