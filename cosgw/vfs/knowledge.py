@@ -156,15 +156,21 @@ class Changes:
         self._changed: OrderedDict[str, tuple[int, float]] = OrderedDict()
         #: Knowledge ordered before this is void (the record overflowed).
         self.floor = 0
+        self._ttl = 0.0
 
     def stamp(self) -> int:
         return next(self._orders)
 
     def record(self, key: str, order: int, when: float, ttl: float) -> None:
-        """C{key} (and so each directory above it) changed, as of C{order}."""
+        """
+        C{key} (and so each directory above it) changed, as of C{order};
+        changes older than the longest knowledge of the sessions (C{ttl})
+        can void nothing any more.
+        """
+        self._ttl = max(self._ttl, ttl)
         while self._changed:
             oldest = next(iter(self._changed.values()))
-            if when - oldest[1] <= ttl:
+            if when - oldest[1] <= self._ttl:
                 break
             self._changed.popitem(last=False)
         name = key
