@@ -13,9 +13,12 @@ import io
 from typing import Any
 
 from twisted.internet import defer
+from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from cosgw import vfs
+from cosgw.testing import MemoryStore
+from cosgw.transfer import TransferSettings
 from tests.harness import in_thread, start_gateway
 from tests.test_ftp import connect
 
@@ -40,7 +43,9 @@ class ResolveTests(unittest.SynchronousTestCase):
                 vfs.resolve([], bad)
 
     def test_key_length_limit(self) -> None:
-        fs = vfs.ObjectFileSystem(None, "home", frozenset(), None)  # type: ignore[arg-type]
+        fs = vfs.ObjectFileSystem(
+            MemoryStore(Clock()), "home", frozenset(), TransferSettings()
+        )
         self.assertEqual(fs.key(["a", "b"]), "home/a/b")
         with self.assertRaises(vfs.InvalidName):
             fs.key(["x" * 900])
