@@ -58,6 +58,7 @@ if TYPE_CHECKING:
     from cosgw.admin import AdminService
     from cosgw.frontends.ftp.service import FTPFrontend
     from cosgw.frontends.sftp.service import SFTPFrontend
+    from cosgw.lifecycle.drain import Drain
 
 log = Logger()
 
@@ -77,6 +78,8 @@ class GatewayService(MultiService):
         self.sessions: Optional[SessionTable] = None
         #: The admin listener; None when admin_listen is empty.
         self.admin: Optional[AdminService] = None
+        #: What stopService does first (L{cosgw.lifecycle.drain}).
+        self.drain: Optional[Drain] = None
         #: The observer for the log of the program that runs the gateway
         #: (twistd's standard output or log file), in log_format from
         #: log_level; None: leave that log as it is.
@@ -88,6 +91,20 @@ class GatewayService(MultiService):
         # log_format and log_level reach twistd's output.
         offer_log_observer(parent, self.log_output)
         super().setServiceParent(parent)
+
+    def stopService(self) -> Deferred[Any]:
+        """
+        Drain first (new connections refused, transfers given drain_timeout
+        to finish, L{cosgw.lifecycle.drain}), then stop every service: the
+        same for twistd (whose shutdown waits for this Deferred) and for a
+        program that embeds the gateway.
+        """
+        if self.drain is None:
+            return super().stopService()
+        drained = self.drain.begin("the service was stopped")
+        return drained.addCallback(
+            lambda _: MultiService.stopService(self) if self.running else None
+        )
 
     def ready(self) -> Deferred[list[IListeningPort]]:
         """Fires with the FTP listening ports once they all listen."""
@@ -258,6 +275,11 @@ def makeService(config: Config, reactor: Any = None) -> GatewayService:
     notifier = SystemdNotifier.from_environment(reactor)
     if notifier is not None:
         notifier.setServiceParent(service)
+    from cosgw.lifecycle.drain import gateway_drain
+
+    service.drain = gateway_drain(
+        service, config.server.drain_timeout, reactor, notifier
+    )
     return service
 
 

@@ -131,6 +131,7 @@ class SystemdNotifier(Service):
         self.notifier = notifier
         self._reactor = reactor
         self._watchdog: Optional[LoopingCall] = None
+        self._stopping = False
         if watchdog is not None:
             self._watchdog = LoopingCall(self.notifier.send, "WATCHDOG=1")
             self._watchdog.clock = reactor
@@ -183,11 +184,18 @@ class SystemdNotifier(Service):
         # sees the process end without READY.
         waiting.addCallbacks(ready, lambda failure: None)
 
+    def stopping(self, status: str = "stopping") -> None:
+        """
+        Say C{STOPPING=1} (once), with C{status}: the drain says it as it
+        begins (L{cosgw.lifecycle.drain}), before any service stops.  The
+        watchdog keeps ticking: a drain may outlast C{WatchdogSec}, and
+        the process is alive until the reactor stops, which ends the ticks.
+        """
+        if not self._stopping:
+            self._stopping = True
+            self.notifier.send("STOPPING=1", f"STATUS={status}")
+
     def stopService(self) -> None:
-        """
-        Say C{STOPPING=1}.  The watchdog keeps ticking: a stop that drains
-        transfers may outlast C{WatchdogSec}, and the process is alive
-        until the reactor stops, which ends the ticks.
-        """
+        """Say C{STOPPING=1}, unless the drain said it."""
         super().stopService()
-        self.notifier.send("STOPPING=1", "STATUS=stopping")
+        self.stopping()

@@ -119,4 +119,11 @@ def makeService(options: Options) -> Any:
     if twistd is not None:
         service.log_output = twistd_observer(twistd, options.config.server)
         _start_failure_hook()
+        # SIGTERM and SIGINT drain; twistd then exits 0 (cosgw.lifecycle.drain).
+        from twisted.internet import reactor
+
+        from cosgw.lifecycle.drain import install_signal_handlers
+
+        if service.drain is not None:
+            install_signal_handlers(service.drain, reactor)
     return service

@@ -12,6 +12,11 @@ C{cosgw kick} commands:
     404 for no such session, 405 for any other method.  A POST that a
     browser sent from another site's page (its Origin is not this
     listener) is refused.
+  - C{POST /api/drain}: begins the gateway's drain and stop, as SIGTERM
+    does (C{cosgw stop}); answers 202 with what the drain found
+    (C{{"draining": true, "sessions": N, "transfers": N, "timeout": S}});
+    405 for any other method, 404 for a gateway that cannot be stopped
+    from here.
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ def api_resource(sessions: SessionTable, readiness: Readiness) -> Resource:
     api.putChild(b"sessions", _Sessions(sessions))
     api.putChild(b"transfers", _Transfers(sessions))
     api.putChild(b"stores", _Stores(readiness))
+    api.putChild(b"drain", _Drain(readiness))
     return api
 
 
@@ -117,6 +123,28 @@ class _Kick(Resource):
         )
         session.kick(KICK_REASON)
         return json_body(request, {"kicked": session.id})
+
+
+class _Drain(Resource):
+    isLeaf = True
+
+    def __init__(self, readiness: Readiness) -> None:
+        super().__init__()
+        self._readiness = readiness
+
+    def render(self, request: IRequest) -> bytes:
+        if request.method != b"POST":
+            request.setHeader(b"allow", b"POST")
+            return json_body(request, {"error": "drain with POST"}, 405)
+        if not _same_origin(request):
+            return json_body(request, {"error": "cross-site request refused"}, 403)
+        stop = self._readiness.stop
+        if stop is None:
+            return json_body(request, {"error": "this gateway has no drain"}, 404)
+        admin = for_log((request.getUser() or b"-").decode("utf-8", "replace"))
+        where = client_host(request) or "local"
+        found = stop(f"cosgw stop by admin {admin} from {where}")
+        return json_body(request, found, 202)
 
 
 def _same_origin(request: IRequest) -> bool:

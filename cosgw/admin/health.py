@@ -67,6 +67,9 @@ class Readiness:
 
     @ivar draining: empty, or why the gateway no longer takes clients;
         while it is set the gateway is not ready.
+    @ivar stop: begins the gateway's drain and stop (C{POST /api/drain});
+        given who asked, it returns what the drain found (JSON-ready).
+        None: this gateway cannot be stopped from its admin listener.
     """
 
     def __init__(
@@ -80,6 +83,7 @@ class Readiness:
         self._listeners = listeners
         self.stores = {name: StoreHealth() for name in stores}
         self.draining = ""
+        self.stop: Optional[Callable[[str], dict[str, Any]]] = None
 
     def problems(self) -> list[str]:
         """Why the gateway is not ready, one reason each; empty: ready."""

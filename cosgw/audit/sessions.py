@@ -19,6 +19,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any, Optional
 
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 
 from cosgw.audit.events import emit
@@ -61,6 +62,11 @@ class Session:
         in the events it emits.
     @ivar kick: ends the session as its protocol does (FTP: 421 and close;
         SFTP: a disconnect message); takes the reason.
+    @ivar drain: ends the session as the gateway stops
+        (L{cosgw.lifecycle.drain}), given the reason and C{now}: without
+        C{now}, once no transfer runs (at once if none does); with it, at
+        once, a transfer in progress interrupted as if the connection were
+        lost.  Set by the frontend; by default a kick when idle or C{now}.
     """
 
     def __init__(
@@ -83,6 +89,11 @@ class Session:
         self.last_active = self.started
         self.transfers: dict[str, Transfer] = {}
         self.closed = False
+        self.drain: Callable[[str, bool], None] = self._kick_when_idle
+
+    def _kick_when_idle(self, reason: str, now: bool) -> None:
+        if now or not self.transfers:
+            self.kick(reason)
 
     def touch(self) -> None:
         """The client did something: the session is not idle."""
@@ -258,6 +269,7 @@ class SessionTable:
         self.clock = clock
         self.sessions: dict[str, Session] = {}
         self.finished: deque[dict[str, Any]] = deque(maxlen=FINISHED_KEPT)
+        self._empty_waiters: list[Deferred[None]] = []
 
     def open(
         self,
@@ -292,6 +304,18 @@ class SessionTable:
         self.sessions.pop(session.id, None)
         duration = round(self.clock.seconds() - session.started, 3)
         session.emit("session-close", reason=reason, duration=duration)
+        if not self.sessions:
+            waiters, self._empty_waiters = self._empty_waiters, []
+            for d in waiters:
+                d.callback(None)
+
+    def when_empty(self) -> Deferred[None]:
+        """Fires with None once no session is open (at once if none is)."""
+        if not self.sessions:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._empty_waiters.append(d)
+        return d
 
     def get(self, session_id: str) -> Optional[Session]:
         return self.sessions.get(session_id)

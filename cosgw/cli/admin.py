@@ -79,37 +79,45 @@ def add_parsers(commands: Any) -> None:
     )
     kick.add_argument("session", metavar="ID", help="as `cosgw sessions` shows")
     for parser in (sessions, kick):
-        where = parser.add_mutually_exclusive_group()
-        where.add_argument(
-            "--admin",
-            metavar="URL",
-            help=f"the admin listener (default {DEFAULT_ADMIN_URL})",
-        )
-        where.add_argument(
-            "--config",
-            metavar="FILE",
-            help="find the admin listener from admin_listen in FILE",
-        )
-        parser.add_argument(
-            "--user",
-            metavar="NAME",
-            help=f"an admin user; the password from ${PASSWORD_VARIABLE} or a prompt",
-        )
-        parser.add_argument("--json", action="store_true", help="JSON for scripts")
-        parser.add_argument(
-            "--timeout",
-            type=float,
-            default=TIMEOUT,
-            metavar="SECONDS",
-            help=f"to connect and for the answer (default {TIMEOUT:g})",
-        )
+        admin_options(parser, parser.add_mutually_exclusive_group())
     sessions.set_defaults(handler=sessions_command)
     kick.set_defaults(handler=kick_command)
 
 
+def admin_options(parser: Any, where: Any) -> None:
+    """
+    The options of a command that asks the admin API: C{--admin} and
+    C{--config} in C{where} (a group of C{parser}'s that may hold more
+    ways to find the gateway), C{--user}, C{--json}, C{--timeout}.
+    """
+    where.add_argument(
+        "--admin",
+        metavar="URL",
+        help=f"the admin listener (default {DEFAULT_ADMIN_URL})",
+    )
+    where.add_argument(
+        "--config",
+        metavar="FILE",
+        help="find the admin listener from admin_listen in FILE",
+    )
+    parser.add_argument(
+        "--user",
+        metavar="NAME",
+        help=f"an admin user; the password from ${PASSWORD_VARIABLE} or a prompt",
+    )
+    parser.add_argument("--json", action="store_true", help="JSON for scripts")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=TIMEOUT,
+        metavar="SECONDS",
+        help=f"to connect and for the answer (default {TIMEOUT:g})",
+    )
+
+
 def sessions_command(args: argparse.Namespace) -> int:
     try:
-        answer = _request(args, "GET", "/api/sessions")
+        answer = api_request(args, "GET", "/api/sessions")
         sessions = answer["sessions"]
     except AdminError as e:
         print(f"cosgw sessions: {e}", file=sys.stderr)
@@ -150,7 +158,7 @@ def sessions_table(sessions: list[dict[str, Any]], now: float) -> str:
 def kick_command(args: argparse.Namespace) -> int:
     path = f"/api/sessions/{quote(args.session, safe='')}/kick"
     try:
-        answer = _request(args, "POST", path)
+        answer = api_request(args, "POST", path)
     except AdminError as e:
         print(f"cosgw kick: {e}", file=sys.stderr)
         return e.status
@@ -239,7 +247,7 @@ def _credentials(args: argparse.Namespace) -> Optional[str]:
     return f"Basic {token}"
 
 
-def _request(args: argparse.Namespace, method: str, path: str) -> dict[str, Any]:
+def api_request(args: argparse.Namespace, method: str, path: str) -> dict[str, Any]:
     """
     One request to the admin API.
 

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Optional
 
 from cosgw.auth import passwd
-from cosgw.cli import admin, check, uploads
+from cosgw.cli import admin, check, lifecycle, uploads
 
 
 def parser() -> argparse.ArgumentParser:
@@ -19,7 +19,8 @@ def parser() -> argparse.ArgumentParser:
         prog="cosgw",
         description=(
             "Operate a cosgw gateway: check its config and stores, hash"
-            " passwords, see and end sessions, clean up unfinished uploads."
+            " passwords, see and end sessions, stop it gracefully, clean up"
+            " unfinished uploads."
         ),
     )
     commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -30,6 +31,7 @@ def parser() -> argparse.ArgumentParser:
     passwd.add_arguments(hashing)
     hashing.set_defaults(handler=lambda args: passwd.run(args, "cosgw passwd"))
     admin.add_parsers(commands)
+    lifecycle.add_parsers(commands)
     uploads.add_parser(commands)
     return top
 

@@ -51,6 +51,24 @@ class Frontend(MultiService):
     def __init__(self, parts: SharedParts) -> None:
         super().__init__()
         self.parts = parts
+        #: The protocol factories of its listeners, each with C{refusing}
+        #: (why new connections are refused, or None) and C{refused}.
+        self.factories: list[Any] = []
+
+    def refuse_new(self, reason: str) -> None:
+        """
+        From now on every new connection is told C{reason} and closed (the
+        gateway drains).  The listening sockets stay open: a client gets
+        the reason instead of a refused connection, and nothing else may
+        take the port while the gateway stops.
+        """
+        for factory in self.factories:
+            factory.refusing = reason
+
+    @property
+    def refused(self) -> int:
+        """New connections refused so far (see L{refuse_new})."""
+        return sum(factory.refused for factory in self.factories)
 
     def listen(
         self,

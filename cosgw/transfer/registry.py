@@ -45,6 +45,11 @@ class UploadRegistry:
     def __contains__(self, upload_id: object) -> bool:
         return upload_id in self._active
 
+    @property
+    def writing(self) -> int:
+        """How many uploads this gateway writes now (a stop waits for none)."""
+        return len(self._active)
+
     # -- kept for a resume --------------------------------------------------------
 
     def keep(self, store: object, key: str, upload_id: str) -> None:

@@ -11,6 +11,13 @@ C{421} with the reason, then the close.  An upload in progress is aborted
 as ABOR aborts it (nothing is stored, nothing is kept for a resume: an
 operator cut it, the client did not lose its connection), and nothing is
 sent after the 421.
+
+A drain (the gateway stopping, L{cosgw.lifecycle.drain}) ends the session
+when it is idle: at once when no command or transfer runs, else right
+after the transfer's reply (its 226), with C{421 Shutting down}; no command
+starts meanwhile.  At the drain's timeout a transfer still running is
+interrupted as when its client is lost (an upload is kept for a resume and
+its 426 says where to resume), then the 421.
 """
 
 from __future__ import annotations
@@ -36,6 +43,10 @@ class AuditedSession(CommandContext):
     close_reason: Optional[str] = None
     #: The session was kicked: its 421 was the last thing sent.
     kicked = False
+    #: The gateway drains: why (the 421's text), else None.
+    draining: Optional[str] = None
+    #: A command other than a transfer is running (the protocol's).
+    busy: bool
 
     def open_audit(self) -> None:
         """The client connected: its session begins (C{session-open})."""
@@ -43,6 +54,7 @@ class AuditedSession(CommandContext):
         self.audit = self.factory.sessions.open(
             protocol, self.peer.host, self.peer.port, self.kick, self.status_of
         )
+        self.audit.drain = self.drain
 
     def end_reason(self, reason: str) -> None:
         """Why the connection is about to end (the first reason stands)."""
@@ -87,4 +99,31 @@ class AuditedSession(CommandContext):
             self.transfer.cancel(client_gone=False)
         self.sendLine(f"421 {reason}")
         self.kicked = True
+        self.close_control()
+
+    def drain(self, reason: str, now: bool = False) -> None:
+        """
+        The gateway stops: no command starts any more, and the session ends
+        with C{421 reason} once the command or transfer running has replied
+        (at once if none runs).  C{now}: a transfer running is interrupted
+        as when the client is lost (an upload is kept for a resume), a
+        command running is not waited for.
+        """
+        self.end_reason(reason)
+        self.draining = reason
+        if self.session.over:
+            return
+        if self.transfer is not None:
+            if now:
+                self.transfer.cancel(client_gone=True)
+            return
+        if now or not self.busy:
+            self.drained()
+
+    def drained(self) -> None:
+        """Draining and idle: C{421} with the drain's reason, then close."""
+        if self.session.over or self.draining is None:
+            return
+        self.sendLine(f"421 {self.draining[:1].upper()}{self.draining[1:]}")
+        self.kicked = True  # the 421 is the last word
         self.close_control()

@@ -125,6 +125,10 @@ class GatewayFTPFactory(protocol.ServerFactory):
             data_connections if data_connections is not None else ChannelCount()
         )
         self.sessions = sessions if sessions is not None else SessionTable(reactor)
+        #: Why new connections are refused (the gateway drains), else None.
+        self.refusing: Optional[str] = None
+        #: Connections refused for that reason.
+        self.refused = 0
 
     @classmethod
     def from_config(
@@ -165,6 +169,13 @@ class GatewayFTPFactory(protocol.ServerFactory):
         )
 
     def buildProtocol(self, addr: Any) -> Optional[protocol.Protocol]:
+        if self.refusing is not None:
+            # The gateway drains: 421 with the reason (through TLS for
+            # implicit FTPS), the listening socket still open.
+            self.refused += 1
+            refused = _OverflowFTP(self.refusing)
+            refused.factory = self
+            return refused
         host = getattr(addr, "host", "")
         refusal = self.limits.open(host)
         if refusal is None and self.defender is not None:

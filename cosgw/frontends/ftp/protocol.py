@@ -413,6 +413,9 @@ class GatewayFTP(
         """Run the commands that may run now, in order; then read or not."""
         if self._pumping:
             return  # the loop below sees what changed
+        if self.draining is not None and not self.busy and self.transfer is None:
+            self.drained()  # the gateway stops: no command starts
+            return
         self._pumping = True
         try:
             while not (self.busy or self.replies_full or self.session.over):

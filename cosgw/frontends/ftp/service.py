@@ -106,6 +106,7 @@ class FTPFrontend(Frontend):
         self.implicit_factory = GatewayFTPFactory.from_config(
             server, portal, reactor, implicit=True, **options
         )
+        self.factories = [self.factory, self.implicit_factory]
         #: Where plain FTP (and explicit FTPS) is served.
         self.listeners = [
             self.listen(description, self.factory, FTP_REFUSAL, "[server] ftp_listen")

@@ -2,7 +2,12 @@
 An SSH connection as an audited session: what its events say the client
 was told (an SFTP status name for the file system's events, from the
 frontend's one mapping, L{status_for}; the SSH answer for a login's; the
-DISCONNECT once the gateway sent one), why it ended, and its kick.
+DISCONNECT once the gateway sent one), why it ended, its kick, and its
+drain: when the gateway stops (L{cosgw.lifecycle.drain}) a connection with
+no file open is disconnected at once with the reason; one with files open
+(an upload, a download) may finish and close them, and is disconnected
+after the last CLOSE's reply (L{cosgw.frontends.sftp.protocol}); at the
+drain's timeout it is disconnected whatever is open, its uploads aborted.
 """
 
 from __future__ import annotations
@@ -90,6 +95,8 @@ class AuditedConnection:
     close_reason: Optional[str] = None
     #: The reason code of the DISCONNECT the gateway sent, if it did.
     disconnect_sent: Optional[int] = None
+    #: The gateway drains: why (the DISCONNECT's text), else None.
+    draining: Optional[str] = None
 
     if TYPE_CHECKING:
 
@@ -111,6 +118,21 @@ class AuditedConnection:
         """
         self.end_reason(f"kicked: {reason}")
         self.sendDisconnect(transport.DISCONNECT_BY_APPLICATION, reason)
+
+    def drain(self, reason: str, now: bool = False) -> None:
+        """
+        The gateway stops: DISCONNECT with C{reason} once no file is open
+        (at once if none is, or with C{now}: uploads open are then aborted
+        as for any lost session).
+        """
+        self.draining = reason
+        if now or not self.files_open():
+            self.sendDisconnect(transport.DISCONNECT_BY_APPLICATION, reason)
+
+    def files_open(self) -> int:
+        """Files and directories the logged-in user's SFTP server holds open."""
+        server = getattr(getattr(self, "avatar", None), "sftp_server", None)
+        return int(getattr(server, "open_handles", 0))
 
     def receiveError(self, reasonCode: int, description: bytes) -> None:
         """

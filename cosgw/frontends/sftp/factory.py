@@ -90,6 +90,10 @@ class GatewaySSHFactory(SSHFactory):
         self.sessions = sessions if sessions is not None else SessionTable(reactor)
         #: The transports whose socket is still open.
         self.connections: set[GatewaySSHTransport] = set()
+        #: Why new connections are refused (the gateway drains), else None.
+        self.refusing: Optional[str] = None
+        #: Connections refused for that reason.
+        self.refused = 0
         self.primes = self.getPrimes()
         self._public_key_algorithms = self._host_key_algorithms(private.values())
         self._key_exchanges = list(self.protocol.supportedKeyExchanges)

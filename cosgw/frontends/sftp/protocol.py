@@ -5,6 +5,10 @@ cosgw needs changed, over a L{GatewaySFTPServer}.
 Requests are read from a L{ChunkQueue} and taken only while the session's
 L{RequestGate} lets them in (see L{cosgw.frontends.sftp.flow}); a packet
 longer than L{MAX_SFTP_PACKET} ends the connection before it is buffered.
+
+While the gateway drains (L{cosgw.frontends.sftp.audited}), OPEN and
+OPENDIR fail (FX_FAILURE, the drain's reason) and the connection is
+disconnected once its files are closed and their replies sent.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from twisted.conch.ssh.filetransfer import (
     FXP_DATA,
     FXP_INIT,
     FXP_NAME,
+    FXP_OPEN,
+    FXP_OPENDIR,
     FXP_READ,
     FXP_READDIR,
     FXP_VERSION,
@@ -135,6 +141,7 @@ class FileTransfer(filetransfer.FileTransferServer):
         self._hold_input(not self._accepting())
         if self._channel is not None:
             self._channel.refill_window()
+        self._drain_check()
 
     def _accepting(self) -> bool:
         waiting = self._channel.output_waiting if self._channel is not None else 0
@@ -167,6 +174,10 @@ class FileTransfer(filetransfer.FileTransferServer):
         self.gate.dispatched(request_id, _promise(kind, payload))
         name = self.packetTypes.get(kind)
         handler = getattr(self, f"packet_{name}", None) if name else None
+        draining = getattr(self._ssh, "draining", None)
+        if draining is not None and kind in (FXP_OPEN, FXP_OPENDIR):
+            self._sendStatus(request_id, FX_FAILURE, draining.encode("utf-8"))
+            return
         if handler is None:
             self._sendStatus(request_id, FX_OP_UNSUPPORTED, b"unsupported request type")
             return
@@ -233,6 +244,21 @@ class FileTransfer(filetransfer.FileTransferServer):
             self.transport.write(b"".join(parts))
         if self.gate.answered(b"" if kind == FXP_VERSION else request_id):
             self._take_requests()
+        self._drain_check()
+
+    def _drain_check(self) -> None:
+        """
+        Draining: once no file is open, no request is in flight and every
+        reply has gone to the client, the connection ends.
+        """
+        ssh = self._ssh
+        if ssh is None or getattr(ssh, "draining", None) is None:
+            return
+        if ssh.files_open() or self.gate.in_flight:
+            return
+        if self._channel is not None and self._channel.output_waiting:
+            return  # held for the client's window: checked when sent
+        ssh.drain(ssh.draining, now=True)
 
     def _cbRead(self, result: bytes, requestId: bytes) -> None:
         """

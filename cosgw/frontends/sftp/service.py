@@ -88,6 +88,7 @@ class SFTPFrontend(Frontend):
             login_guard=parts.defender,
             sessions=parts.sessions,
         )
+        self.factories = [self.factory]
         # Sent when the gateway is out of file descriptors at accept.
         refusal = ssh_refusal(
             self.factory.protocol.ourVersionString,

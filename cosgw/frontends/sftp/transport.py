@@ -267,6 +267,13 @@ class GatewaySSHTransport(AuditedConnection, PacketLayer, transport.SSHServerTra
             # upload stalled (OpenSSH: 80-120 MB/s in some runs instead of
             # 300-400).  Writes of one reactor turn still leave together.
             self._socket.setTcpNoDelay(True)
+        if self.factory.refusing is not None:
+            # The gateway drains: the reason, the listening socket still open.
+            self.factory.refused += 1
+            self.sendDisconnect(
+                transport.DISCONNECT_BY_APPLICATION, self.factory.refusing
+            )
+            return
         admission = self.factory.admission
         if admission is not None:
             try:
@@ -283,6 +290,7 @@ class GatewaySSHTransport(AuditedConnection, PacketLayer, transport.SSHServerTra
         self.audit = self.factory.sessions.open(
             "sftp", self.peer, port, self.kick, self.status_of
         )
+        self.audit.drain = self.drain
         self._timer = self._clock.callLater(
             self.factory.login_timeout, self._login_timed_out
         )
