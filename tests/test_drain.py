@@ -106,7 +106,9 @@ class DrainTests(unittest.SynchronousTestCase):
         done = drain.begin("SIGTERM")
         self.assertIsNone(self.successResultOf(done))
         self.assertIs(drain.phase, Phase.DONE)
-        self.assertEqual(self.readiness.problems(), ["draining: shutting down (SIGTERM)"])
+        self.assertEqual(
+            self.readiness.problems(), ["draining: shutting down (SIGTERM)"]
+        )
         self.assertEqual(self.frontend.refusing, REASON)
         self.assertEqual(
             self.notifier.statuses, ["draining: 0 sessions, 0 transfers in progress"]
@@ -133,7 +135,11 @@ class DrainTests(unittest.SynchronousTestCase):
         start, end = self.log.at(LogLevel.info)
         self.assertEqual(start["what"], "2 sessions, 1 transfers in progress")
         self.assertEqual(start["cause"], "SIGTERM")
-        self.assertEqual((end["count"], end["last"], end["forced"]), (1, 5.0, 0))
+        self.assertEqual(
+            end["timeline"],
+            "1 transfers ended, the last at +5.000 s; no session interrupted;"
+            " the last session ended at +5.000 s; 0 new connections refused",
+        )
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_timeout_interrupts_what_is_left(self) -> None:
@@ -146,7 +152,9 @@ class DrainTests(unittest.SynchronousTestCase):
         self.assertEqual(self.told, [(busy.id, False), (busy.id, True)])
         self.successResultOf(done)
         self.assertEqual(drain.timeline, {"forced": 2.0, "empty": 2.0, "done": 2.0})
-        [interrupted] = [e for e in self.log.events if "interrupting" in e["log_format"]]
+        [interrupted] = [
+            e for e in self.log.events if "interrupting" in e["log_format"]
+        ]
         self.assertEqual(
             (interrupted["cause"], interrupted["what"], interrupted["elapsed"]),
             ("timeout", "upload of /big.bin at 0 bytes", 2.0),

@@ -145,14 +145,22 @@ def _terminate(pid: int) -> None:
 
 
 def _ended(pid: int) -> bool:
-    """Whether process C{pid} has ended."""
+    """
+    Whether process C{pid} has ended: it is gone, or it is a zombie (ended,
+    its parent has not collected its status yet: Linux's /proc says so).
+    """
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return True
     except PermissionError:
-        return False  # someone else's process: still there
-    return False
+        pass  # someone else's process: still there, unless a zombie
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            # "pid (comm) state ...": comm may hold spaces and parentheses.
+            return f.read().rpartition(b")")[2].split()[:1] == [b"Z"]
+    except OSError:
+        return False
 
 
 def _silent(base: str, timeout: float) -> bool:

@@ -308,28 +308,36 @@ class Drain:
     def _done(self) -> None:
         self._enter(Phase.DONE)
         total = self._mark("done")
-        finished = [
-            t for t in self._sessions.finished if t.get("finished", 0) >= self.started
-        ]
-        last = max((t["finished"] for t in finished), default=None)
-        refused = sum(frontend.refused for frontend in self._frontends)
-        forced = self.timeline.get("forced")
         log.info(
-            "drain done in {total} s ({cause}): {count} transfers ended (last at"
-            " +{last} s), {forced} sessions interrupted{when}, {refused} new"
-            " connections refused, last session gone at +{empty} s; stopping",
+            "drain done in {total} s ({cause}): {timeline}; stopping",
             total=total,
             cause=for_log(self.cause),
-            count=len(finished),
-            last="-" if last is None else round(last - self.started, 3),
-            forced=self.counts["forced"],
-            when="" if forced is None else f" at +{forced} s",
-            refused=refused,
-            empty=self.timeline.get("empty", "-"),
+            timeline="; ".join(self._timeline_text()),
         )
         waiters, self._waiters = self._waiters, []
         for d in waiters:
             d.callback(None)
+
+    def _timeline_text(self) -> list[str]:
+        """The drain's moments, for its last log line."""
+        finished = [
+            t for t in self._sessions.finished if t.get("finished", 0) >= self.started
+        ]
+        ended = "no transfer ended"
+        if finished:
+            last = max(t["finished"] for t in finished) - self.started
+            ended = f"{len(finished)} transfers ended, the last at +{last:.3f} s"
+        forced = "no session interrupted"
+        if "forced" in self.timeline:
+            forced = (
+                f"{self.counts['forced']} sessions interrupted at"
+                f" +{self.timeline['forced']:.3f} s"
+            )
+        gone = f"{len(self._sessions.sessions)} sessions left to end with the process"
+        if "empty" in self.timeline:
+            gone = f"the last session ended at +{self.timeline['empty']:.3f} s"
+        refused = sum(frontend.refused for frontend in self._frontends)
+        return [ended, forced, gone, f"{refused} new connections refused"]
 
     # -- asked from outside -------------------------------------------------------
 

@@ -6,7 +6,7 @@ DISCONNECT once the gateway sent one), why it ended, its kick, and its
 drain: when the gateway stops (L{cosgw.lifecycle.drain}) a connection with
 no file open is disconnected at once with the reason; one with files open
 (an upload, a download) may finish and close them, and is disconnected
-after the last CLOSE's reply (L{cosgw.frontends.sftp.protocol}); at the
+a moment after the last CLOSE (L{cosgw.frontends.sftp.protocol}); at the
 drain's timeout it is disconnected whatever is open, its uploads aborted.
 """
 

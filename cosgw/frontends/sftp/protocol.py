@@ -8,7 +8,9 @@ longer than L{MAX_SFTP_PACKET} ends the connection before it is buffered.
 
 While the gateway drains (L{cosgw.frontends.sftp.audited}), OPEN and
 OPENDIR fail (FX_FAILURE, the drain's reason) and the connection is
-disconnected once its files are closed and their replies sent.
+disconnected once its files are closed and their replies sent, and
+L{DRAIN_LINGER} seconds have passed for the requests a client makes right
+after a transfer (paramiko's put checks the size with a STAT).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from twisted.conch.ssh.filetransfer import (
 )
 from twisted.conch.ssh.transport import DISCONNECT_PROTOCOL_ERROR
 from twisted.internet.defer import maybeDeferred
+from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -57,6 +60,10 @@ log = Logger(namespace="cosgw.frontends.sftp")
 _READDIR_PROMISE = 32 * 1024
 #: A DATA reply's bytes beyond the data: length, type, id, data length.
 _DATA_OVERHEAD = 13
+#: Seconds a draining session stays once its last file is closed, for the
+#: requests clients send right after a transfer (paramiko's put STATs the
+#: file; rclone reads its attributes): a round trip, with room to spare.
+DRAIN_LINGER = 2.0
 
 
 class FileTransfer(filetransfer.FileTransferServer):
@@ -80,6 +87,8 @@ class FileTransfer(filetransfer.FileTransferServer):
         self._ssh: Any = None
         #: The connection's audit session: each request touches it.
         self._audit: Optional[Session] = None
+        #: Draining with no file open: the disconnect waits for this.
+        self._lingering: Optional[IDelayedCall] = None
 
     def connectionMade(self) -> None:
         channel = getattr(self.transport, "session", None)
@@ -258,7 +267,12 @@ class FileTransfer(filetransfer.FileTransferServer):
             return
         if self._channel is not None and self._channel.output_waiting:
             return  # held for the client's window: checked when sent
-        ssh.drain(ssh.draining, now=True)
+        if self._lingering is None:
+            self._lingering = ssh.factory.reactor.callLater(
+                DRAIN_LINGER, self._drain_check
+            )
+        elif not self._lingering.active():
+            ssh.drain(ssh.draining, now=True)
 
     def _cbRead(self, result: bytes, requestId: bytes) -> None:
         """
@@ -334,6 +348,8 @@ class FileTransfer(filetransfer.FileTransferServer):
         filetransfer.FileTransferBase.connectionLost(self, reason)
         self._input.clear()
         self.gate.reset()
+        if self._lingering is not None and self._lingering.active():
+            self._lingering.cancel()
         if self._ssh is not None:
             self._ssh.unwatch_output(self._take_requests)
             if self._holding:
