@@ -14,6 +14,7 @@ visible); a second SIGTERM ends at once.
 
 from __future__ import annotations
 
+import base64
 import ftplib
 import hashlib
 import io
@@ -53,6 +54,7 @@ class Gateway:
         rate: str,
         name: str = "twistd",
         pidfile: str = "",
+        server: str = "",
     ) -> None:
         self.directory = directory
         self.data = directory / "data"
@@ -64,7 +66,7 @@ class Gateway:
             f"sftp_listen = tcp:{self.sftp}:interface=127.0.0.1\n"
             f"admin_listen = tcp:{self.admin}:interface=127.0.0.1\n"
             "passive_ports = 62000-62999\nlog_format = json\n"
-            f"drain_timeout = {drain_timeout}\n"
+            f"drain_timeout = {drain_timeout}\n{server}"
             "[transfer]\npart_size = 1M\n"
             f"[storage:s]\ntype = local\npath = {self.data}\n"
             f"[user:bob]\npassword = {PASSWORD}\nstorage = s\npermissions = all\n"
@@ -439,3 +441,52 @@ class DrainProcessTests(unittest.SynchronousTestCase):
         )
         missing = cosgw("stop", "--pidfile", str(directory / "nope.pid"))
         self.assertEqual(missing.returncode, 5)
+
+    def test_cosgw_stop_is_for_admins(self) -> None:
+        """POST /api/drain is guarded as the other admin endpoints are."""
+        gw = Gateway(
+            self,
+            scratch(self),
+            drain_timeout=30,
+            rate="1M",
+            server="admin_users = bob\n",
+        )
+        url = f"http://127.0.0.1:{gw.admin}"
+        denied = cosgw("stop", "--admin", url)
+        self.assertEqual(denied.returncode, 4)
+        self.assertIn("asks for a user (401)", denied.stderr)
+        wrong = cosgw("stop", "--admin", url, "--user", "bob", env=_password("nope"))
+        self.assertEqual(wrong.returncode, 4)
+        self.assertTrue(gw.child.running())
+        self.assertEqual(gw.readyz()[0], 200)
+
+        def post(method: str, **headers: str) -> int:
+            request = urllib.request.Request(
+                f"{url}/api/drain", method=method, data=b"", headers=headers
+            )
+            request.add_unredirected_header("Authorization", _basic("bob", PASSWORD))
+            try:
+                with urllib.request.urlopen(request, timeout=TIMEOUT) as answer:
+                    return int(answer.status)
+            except urllib.error.HTTPError as e:
+                return e.code
+
+        self.assertEqual(post("GET"), 405)
+        self.assertEqual(post("POST", Origin="http://evil.example"), 403)
+        self.assertEqual(gw.readyz()[0], 200)
+        stop = cosgw("stop", "--admin", url, "--user", "bob", env=_password(PASSWORD))
+        self.assertEqual(stop.returncode, 0, stop.stderr)
+        self.assertEqual(gw.child.wait(TIMEOUT), 0)
+        self.assertTrue(
+            gw.drain_lines()[0].startswith(
+                "drain (cosgw stop by admin bob from 127.0.0.1)"
+            )
+        )
+
+
+def _password(password: str) -> dict[str, str]:
+    return {"COSGW_ADMIN_PASSWORD": password}
+
+
+def _basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
