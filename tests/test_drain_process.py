@@ -41,6 +41,7 @@ KiB = 1024
 MiB = 1024 * KiB
 #: Seconds any one client step may take on a loaded machine.
 TIMEOUT = 30
+TAC = Path(__file__).resolve().parent.parent / "etc" / "cosgw.tac"
 
 
 class Gateway:
@@ -55,6 +56,7 @@ class Gateway:
         name: str = "twistd",
         pidfile: str = "",
         server: str = "",
+        tac: bool = False,
     ) -> None:
         self.directory = directory
         self.data = directory / "data"
@@ -73,19 +75,13 @@ class Gateway:
             f"upload_rate = {rate}\ndownload_rate = {rate}\n"
         )
         self.config = config
+        argv = [TWISTD, "-n", f"--pidfile={pidfile}", "--logfile=-"]
+        if tac:
+            argv += ["--python", str(TAC)]
+        else:
+            argv += ["cosftp", "--config", str(config)]
         self.child = Child(
-            case,
-            [
-                TWISTD,
-                "-n",
-                f"--pidfile={pidfile}",
-                "--logfile=-",
-                "cosftp",
-                "--config",
-                str(config),
-            ],
-            directory,
-            name=name,
+            case, argv, directory, env={"COSGW_CONFIG": str(config)}, name=name
         )
         for port in (self.ftp, self.sftp, self.admin):
             self.child.wait_for_port(port)
@@ -441,6 +437,24 @@ class DrainProcessTests(unittest.SynchronousTestCase):
         )
         missing = cosgw("stop", "--pidfile", str(directory / "nope.pid"))
         self.assertEqual(missing.returncode, 5)
+
+    def test_the_tac_drains_too(self) -> None:
+        """twistd -ny etc/cosgw.tac: the same drain, exit 0, a second signal."""
+        gw = Gateway(self, scratch(self), drain_timeout=60, rate="256K", tac=True)
+        uploading = gw.ftp_login()
+        step = Background(
+            lambda: interrupted_stor(uploading, "tac.bin", os.urandom(2 * MiB))
+        )
+        gw.moving(1)
+        os.kill(gw.child.pid, signal.SIGTERM)
+        poll(lambda: gw.drain_lines(), TIMEOUT, "the drain's first line")
+        self.assertEqual(ftp_refusal(gw.ftp), "421 Shutting down")
+        os.kill(gw.child.pid, signal.SIGINT)
+        self.assertEqual(gw.child.wait(TIMEOUT), 0)
+        self.assertRegex(step.join(), r"^426 .* / 421 Shutting down$")
+        self.assertIn(
+            "drain: SIGINT during the drain: interrupting now", gw.drain_lines()
+        )
 
     def test_cosgw_stop_is_for_admins(self) -> None:
         """POST /api/drain is guarded as the other admin endpoints are."""
