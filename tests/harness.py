@@ -237,6 +237,9 @@ def start_gateway(
         "login_max_failures": 0,
         # Never the default 127.0.0.1:9121; admin tests ask for tcp:0.
         "admin_listen": "",
+        # The stop at cleanup drains: a transfer a test left running is
+        # interrupted after 2 s, not the default 60.
+        "drain_timeout": 2,
         **server_overrides,
     }
     server = ServerConfig(state_dir=state, **server_settings)
