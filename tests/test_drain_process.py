@@ -318,9 +318,11 @@ class DrainProcessTests(unittest.SynchronousTestCase):
         upload is aborted; nothing partial is visible; exit 0.
         """
         directory = scratch(self)
-        gw = Gateway(self, directory, drain_timeout=2, rate="1M")
-        ftp_content = os.urandom(8 * MiB)
-        sftp_content = os.urandom(8 * MiB)
+        # The two uploads share the user's 4 MiB/s: each has stored whole
+        # 1 MiB parts by the timeout, and needs 8 s to finish.
+        gw = Gateway(self, directory, drain_timeout=2, rate="4M")
+        ftp_content = os.urandom(16 * MiB)
+        sftp_content = os.urandom(16 * MiB)
         uploading = gw.ftp_login()
         sftp = gw.sftp_login()
 
@@ -364,7 +366,7 @@ class DrainProcessTests(unittest.SynchronousTestCase):
             [("ftp", True), ("sftp", False)],
         )
 
-        again = Gateway(self, directory, drain_timeout=2, rate="1M", name="again")
+        again = Gateway(self, directory, drain_timeout=2, rate="0", name="again")
         ftp = again.ftp_login()
         self.assertEqual(ftp.size("big.bin"), kept)
         done = ftp.storbinary("STOR big.bin", io.BytesIO(ftp_content[kept:]), rest=kept)
