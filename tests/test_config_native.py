@@ -93,6 +93,7 @@ def test_example_ini_loads() -> None:
         4 * 1024 * 1024 * 1024,
     )
     assert config.transfer.upload_buffer_budget == 128 * 1024 * 1024
+    assert config.transfer.download_buffer_budget == 32 * 1024 * 1024
     assert (server.login_timeout, server.data_timeout) == (60, 120)
     assert (server.allowed_networks, server.denied_networks) == ((), ())
     assert (
@@ -162,6 +163,7 @@ def test_server_and_transfer_values(tmp_path: Path) -> None:
     max_sparse_gap = 0
     max_spool_size = 512M
     upload_buffer_budget = 48M
+    download_buffer_budget = 0
     """
     config = load_config(write(tmp_path, textwrap.dedent(text) + BASE))
     server = config.server
@@ -184,6 +186,7 @@ def test_server_and_transfer_values(tmp_path: Path) -> None:
     assert transfer.read_chunk == 64 * 1024
     assert (transfer.max_sparse_gap, transfer.max_spool_size) == (0, 512 * MIB)
     assert transfer.upload_buffer_budget == 48 * MIB
+    assert transfer.download_buffer_budget == 0
 
 
 def test_endpoint_forms(tmp_path: Path) -> None:
@@ -272,6 +275,7 @@ def test_new_defaults(tmp_path: Path) -> None:
     assert config.transfer.max_sparse_gap == 64 * 1024 * 1024
     assert config.transfer.max_spool_size == 4 * 1024 * 1024 * 1024
     assert config.transfer.upload_buffer_budget == 128 * 1024 * 1024
+    assert config.transfer.download_buffer_budget == 32 * 1024 * 1024
     assert (config.server.login_timeout, config.server.data_timeout) == (60, 120)
     assert config.users["alice"] == UserConfig(
         name="alice",

@@ -189,6 +189,12 @@ COSGW_ERRORS = [
         "upload_buffer_budget",
     ),
     (
+        "download-budget",
+        "[transfer]\ndownload_buffer_budget = -1\n" + BASE,
+        "transfer",
+        "download_buffer_budget",
+    ),
+    (
         "login-timeout",
         "[server]\nlogin_timeout = 0\n" + BASE,
         "server",

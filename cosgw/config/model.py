@@ -162,6 +162,9 @@ class TransferConfig:
     #: Memory the part buffers of all uploads share: uploads wait their turn
     #: for it (paused), they never fail for lack of it.
     upload_buffer_budget: int = 128 * MIB
+    #: Memory all downloads may hold read ahead of their clients together;
+    #: beyond it each download holds just its next chunk.
+    download_buffer_budget: int = 32 * MIB
 
 
 #: Where the admin listener listens unless told otherwise: this host only.

@@ -103,6 +103,7 @@ _TRANSFER_KEYS = (
     "max_sparse_gap",
     "max_spool_size",
     "upload_buffer_budget",
+    "download_buffer_budget",
 )
 _LOCAL_KEYS = ("type", "path")
 _COS_KEYS = (
@@ -400,10 +401,16 @@ class CosgwLoader:
             MIN_PART_SIZE,
             MAX_OBJECT_SIZE,
         )
+        download_buffer_budget = sec.size(
+            "download_buffer_budget",
+            defaults.download_buffer_budget,
+            0,
+            MAX_OBJECT_SIZE,
+        )
         self.finish(sec, _TRANSFER_KEYS)
         assert part_size is not None and read_chunk is not None
         assert max_sparse_gap is not None and max_spool_size is not None
-        assert upload_buffer_budget is not None
+        assert upload_buffer_budget is not None and download_buffer_budget is not None
         return TransferConfig(
             part_size=part_size,
             parts_in_flight=parts_in_flight,
@@ -415,6 +422,7 @@ class CosgwLoader:
             max_sparse_gap=max_sparse_gap,
             max_spool_size=max_spool_size,
             upload_buffer_budget=upload_buffer_budget,
+            download_buffer_budget=download_buffer_budget,
         )
 
     # -- [storage:NAME] ------------------------------------------------------
