@@ -15,7 +15,7 @@ from twisted.logger import globalLogPublisher
 from twisted.python.logfile import DailyLogFile
 from twisted.python.threadpool import ThreadPool
 
-from cosgw.logs import LineObserver, XferlogFile, output_observer
+from cosgw.logs import LineObserver, XferlogFile, output_observer, set_level
 
 
 class ThreadPoolService(Service):
@@ -57,6 +57,12 @@ class LogFileService(Service):
             cast(IO[Any], self._file), self.log_format, self.level
         )
         globalLogPublisher.addObserver(self._observer)
+
+    def set_level(self, level: str) -> None:
+        """A config reload's C{log_level}, from the next event on."""
+        self.level = level
+        if self._observer is not None:
+            set_level(self._observer, level)
 
     def stopService(self) -> None:
         super().stopService()

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Optional
 
 from twisted.application.service import MultiService
@@ -59,6 +60,7 @@ if TYPE_CHECKING:
     from cosgw.frontends.ftp.service import FTPFrontend
     from cosgw.frontends.sftp.service import SFTPFrontend
     from cosgw.lifecycle.drain import Drain
+    from cosgw.lifecycle.reload import Reloader
 
 log = Logger()
 
@@ -78,6 +80,8 @@ class GatewayService(MultiService):
         self.sessions: Optional[SessionTable] = None
         #: The admin listener; None when admin_listen is empty.
         self.admin: Optional[AdminService] = None
+        #: Reloads the config file (SIGHUP, the admin API).
+        self.reloader: Optional[Reloader] = None
         #: What stopService does first (L{cosgw.lifecycle.drain}).
         self.drain: Optional[Drain] = None
         #: The observer for the log of the program that runs the gateway
@@ -168,9 +172,20 @@ def make_store(
 
 
 def _account(
-    user: UserConfig, store: IObjectStore, settings: TransferSettings, reactor: Any
+    user: UserConfig,
+    store: IObjectStore,
+    settings: TransferSettings,
+    reactor: Any,
+    previous: Optional[Account] = None,
 ) -> Account:
-    """One user's account: their store, home and the rules that apply."""
+    """
+    One user's account: their store, home and the rules that apply.
+
+    @param previous: the user's account before a config reload: its quota
+        usage (live counts) and rate limits (shared by all the user's
+        sessions) are kept where the new rules are the same; an account
+        that is the same in every way is C{previous} itself.
+    """
     if user.max_file_size is not None:
         settings = dataclasses.replace(settings, max_file_size=user.max_file_size)
     usage = None
@@ -182,20 +197,66 @@ def _account(
             user.quota_files or None,
             ignore=is_hidden_key,
         )
-    return Account(
+        old = previous.usage if previous is not None else None
+        if old is not None and _same_usage(old, usage):
+            usage = old
+    account = Account(
         name=user.name,
         store=store,
         home=user.home,
         permissions=frozenset(user.permissions),
         settings=settings,
         usage=usage,
-        upload_limit=RateLimit(user.upload_rate, reactor) if user.upload_rate else None,
-        download_limit=(
-            RateLimit(user.download_rate, reactor) if user.download_rate else None
+        upload_limit=_rate(
+            user.upload_rate, reactor, previous.upload_limit if previous else None
+        ),
+        download_limit=_rate(
+            user.download_rate, reactor, previous.download_limit if previous else None
         ),
         max_sessions=user.max_sessions,
         network=NetworkRule(user.allowed_networks, user.denied_networks),
     )
+    return previous if account == previous else account
+
+
+def _same_usage(old: Usage, new: Usage) -> bool:
+    """Whether a quota counts the same files against the same limits."""
+    return (old.store, old.prefix, old.max_bytes, old.max_files) == (
+        new.store,
+        new.prefix,
+        new.max_bytes,
+        new.max_files,
+    )
+
+
+def _rate(
+    rate: Optional[int], reactor: Any, previous: Optional[RateLimit]
+) -> Optional[RateLimit]:
+    """A user's rate limit: C{previous} when its rate is the same."""
+    if not rate:
+        return None
+    if previous is not None and previous.rate == rate:
+        return previous
+    return RateLimit(rate, reactor)
+
+
+def account_table(
+    users: Mapping[str, UserConfig],
+    stores: Mapping[str, IObjectStore],
+    settings: TransferSettings,
+    reactor: Any,
+    previous: Mapping[str, Account] = MappingProxyType({}),
+) -> dict[str, Account]:
+    """
+    Every user's account, for makeService and for a reload (which passes
+    the accounts it replaces as C{previous}, see L{_account}).
+    """
+    return {
+        name: _account(
+            user, stores[user.storage], settings, reactor, previous.get(name)
+        )
+        for name, user in users.items()
+    }
 
 
 def makeService(config: Config, reactor: Any = None) -> GatewayService:
@@ -244,7 +305,7 @@ def makeService(config: Config, reactor: Any = None) -> GatewayService:
         active=service.accounts.registry,
         swept=service.accounts.registry.gone,
     ).setServiceParent(service)
-    service.defender, service.limits = _login_policy(config, reactor)
+    service.defender, service.limits = login_policy(config, reactor)
 
     realm = Realm()
     service.sessions = SessionTable(reactor)
@@ -264,15 +325,18 @@ def makeService(config: Config, reactor: Any = None) -> GatewayService:
 
         service.sftp = SFTPFrontend(config, parts)
         service.sftp.setServiceParent(service)
+    from cosgw.lifecycle.reload import Reloader, ReloadService
+    from cosgw.systemd import SystemdNotifier
+
+    notifier = SystemdNotifier.from_environment(reactor)
+    service.reloader = Reloader(service, config, reactor, notifier)
+    ReloadService(service.reloader, reactor).setServiceParent(service)
     if config.server.admin_listen:
         _admin(config, service, parts, reactor)
 
     if config.embedded:
         announce(service, users[DEFAULT_USERNAME], generated)
     # Last, so it is stopped first: STOPPING=1 before anything stops.
-    from cosgw.systemd import SystemdNotifier
-
-    notifier = SystemdNotifier.from_environment(reactor)
     if notifier is not None:
         notifier.setServiceParent(service)
     from cosgw.lifecycle.drain import gateway_drain
@@ -317,6 +381,7 @@ def _admin(config: Config, service: GatewayService, parts: Any, reactor: Any) ->
         reactor,
         users=config.server.admin_users,
         checker=parts.portal.checkers.get(IUsernamePassword),
+        reload=service.reloader.answer if service.reloader is not None else None,
     )
     service.admin.setServiceParent(service)
 
@@ -332,21 +397,10 @@ def _accounts(
     Every user's account, sharing one upload registry and session count,
     and one budget for the part buffers of every upload.
     """
-    transfer = config.transfer
-    runner = BlockingRunner(reactor, pool, transfer.threads * 2)
-    settings = TransferSettings(
-        part_size=transfer.part_size,
-        parts_in_flight=transfer.parts_in_flight,
-        read_chunk=transfer.read_chunk,
-        max_file_size=transfer.max_file_size,
-        resume_uploads=transfer.resume_uploads,
-        buffers=UploadBuffers(transfer.upload_buffer_budget, runner),
-    )
+    runner = BlockingRunner(reactor, pool, config.transfer.threads * 2)
+    settings = transfer_settings(config, runner)
     return Accounts(
-        {
-            name: _account(user, stores[user.storage], settings, reactor)
-            for name, user in users.items()
-        },
+        account_table(users, stores, settings, reactor),
         settings,
         runner=runner,
         sessions=SessionLimits(),
@@ -354,10 +408,26 @@ def _accounts(
     )
 
 
-def _login_policy(
+def transfer_settings(config: Config, runner: BlockingRunner) -> TransferSettings:
+    """The gateway's transfer settings, with the buffers every upload shares."""
+    transfer = config.transfer
+    return TransferSettings(
+        part_size=transfer.part_size,
+        parts_in_flight=transfer.parts_in_flight,
+        read_chunk=transfer.read_chunk,
+        max_file_size=transfer.max_file_size,
+        resume_uploads=transfer.resume_uploads,
+        buffers=UploadBuffers(transfer.upload_buffer_budget, runner),
+    )
+
+
+def login_policy(
     config: Config, reactor: Any
 ) -> tuple[LoginDefender, ConnectionLimits]:
-    """The defender and the connection limits every listener shares."""
+    """
+    The defender and the connection limits every listener shares; on a
+    reload, the running ones take their settings from a new pair.
+    """
     server = config.server
     defender = LoginDefender(
         reactor,
@@ -394,11 +464,7 @@ def _portal(
     """
     checkers: list[ICredentialsChecker] = [
         PasswordChecker(
-            {
-                name: (u.password, u.password_is_hashed)
-                for name, u in users.items()
-                if u.password is not None
-            },
+            password_table(users),
             reactor,
             pool,
             failure_delay=0,  # the defender delays failed logins
@@ -407,7 +473,19 @@ def _portal(
     if config.server.sftp_listen:
         from cosgw.auth.keys import KeyChecker
 
-        checkers.append(
-            KeyChecker({name: u.authorized_keys for name, u in users.items()})
-        )
+        checkers.append(KeyChecker(key_table(users)))
     return Portal(realm, checkers)
+
+
+def password_table(users: Mapping[str, UserConfig]) -> dict[str, tuple[str, bool]]:
+    """The passwords the password checker knows, by user name."""
+    return {
+        name: (u.password, u.password_is_hashed)
+        for name, u in users.items()
+        if u.password is not None
+    }
+
+
+def key_table(users: Mapping[str, UserConfig]) -> dict[str, tuple[str, ...]]:
+    """The SSH public keys the key checker knows, by user name."""
+    return {name: u.authorized_keys for name, u in users.items()}

@@ -1,8 +1,10 @@
 """
 The gateway under systemd's C{Type=notify} (sd_notify(3)): it tells the
-service manager C{READY=1} once every listener listens, C{STOPPING=1} when a
-stop begins, and C{WATCHDOG=1} every half C{WatchdogSec} while the reactor
-turns, so a gateway whose event loop is stuck is restarted.
+service manager C{READY=1} once every listener listens, C{RELOADING=1} then
+C{READY=1} around a config reload (L{cosgw.lifecycle.reload}),
+C{STOPPING=1} when a stop begins, and C{WATCHDOG=1} every half
+C{WatchdogSec} while the reactor turns, so a gateway whose event loop is
+stuck is restarted.
 
 No libsystemd and no C{sdnotify} package: the protocol is one datagram of
 C{KEY=value} lines to the C{AF_UNIX} socket named by C{$NOTIFY_SOCKET} (a
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from collections.abc import Iterator, Mapping
 from typing import Any, Optional, Union
 
@@ -183,6 +186,21 @@ class SystemdNotifier(Service):
         # A listener that failed was logged where it failed; systemd then
         # sees the process end without READY.
         waiting.addCallbacks(ready, lambda failure: None)
+
+    def reloading(self) -> None:
+        """
+        Say C{RELOADING=1}, with the C{MONOTONIC_USEC} that
+        C{Type=notify-reload} needs to match it to the reload it asked for
+        (sd_notify(3)); L{reloaded} must follow.
+        """
+        usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        self.notifier.send(
+            "RELOADING=1", f"MONOTONIC_USEC={usec}", "STATUS=reloading the config"
+        )
+
+    def reloaded(self, status: str) -> None:
+        """Say C{READY=1} again, the reload over (applied or not): C{status}."""
+        self.notifier.send("READY=1", f"STATUS={status}")
 
     def stopping(self, status: str = "stopping") -> None:
         """

@@ -75,4 +75,6 @@ class SessionTests(SynchronousTestCase):
         self.assertEqual(accounts.sessions.count("alice"), 0)
 
     def test_unknown_user(self) -> None:
-        self.assertRaises(KeyError, self.make().session, "bob", PEER)
+        # A user a config reload removed while their password was checked.
+        e = self.assertRaises(LoginRefused, self.make().session, "bob", PEER)
+        self.assertEqual(str(e), "user bob is no longer configured")

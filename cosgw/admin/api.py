@@ -17,29 +17,41 @@ C{cosgw kick} commands:
     (C{{"draining": true, "sessions": N, "transfers": N, "timeout": S}});
     405 for any other method, 404 for a gateway that cannot be stopped
     from here.
+  - C{POST /api/reload}: reloads the config file as SIGHUP does and
+    answers once it is done with C{ReloadResult.describe()}: C{{"status":
+    "applied" | "unchanged" | "failed", "changes": [...],
+    "needs_restart": [...], "error": ...}} (200 whatever the status); 405
+    for any other method.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Optional, cast
 from urllib.parse import urlsplit
 
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
+from twisted.web.server import NOT_DONE_YET, Request
 
 from cosgw.admin.access import Refusal, client_host
 from cosgw.admin.health import Readiness
 from cosgw.audit import SessionTable
 from cosgw.escaping import for_log
 
-__all__ = ["KICK_REASON", "api_resource"]
+__all__ = ["KICK_REASON", "ReloadAnswer", "api_resource"]
 
 log = Logger()
 
 #: What a kicked client is told (the FTP 421 text, the SSH disconnect's).
 KICK_REASON = "kicked by administrator"
+
+#: Reloads the config: C{(trigger)} -> a Deferred of the result as JSON
+#: (L{cosgw.lifecycle.reload.Reloader.answer}).
+ReloadAnswer = Callable[[str], Deferred[dict[str, Any]]]
 
 
 def json_body(request: IRequest, value: Any, code: int = 200) -> bytes:
@@ -49,12 +61,18 @@ def json_body(request: IRequest, value: Any, code: int = 200) -> bytes:
     return json.dumps(value, separators=(",", ":")).encode() + b"\n"
 
 
-def api_resource(sessions: SessionTable, readiness: Readiness) -> Resource:
-    """The C{/api} tree."""
+def api_resource(
+    sessions: SessionTable,
+    readiness: Readiness,
+    reload: Optional[ReloadAnswer] = None,
+) -> Resource:
+    """The C{/api} tree; C{/api/reload} with C{reload}."""
     api = Resource()
     api.putChild(b"sessions", _Sessions(sessions))
     api.putChild(b"transfers", _Transfers(sessions))
     api.putChild(b"stores", _Stores(readiness))
+    if reload is not None:
+        api.putChild(b"reload", _Reload(reload))
     api.putChild(b"drain", _Drain(readiness))
     return api
 
@@ -145,6 +163,35 @@ class _Drain(Resource):
         where = client_host(request) or "local"
         found = stop(f"cosgw stop by admin {admin} from {where}")
         return json_body(request, found, 202)
+
+
+class _Reload(Resource):
+    isLeaf = True
+
+    def __init__(self, reload: ReloadAnswer) -> None:
+        super().__init__()
+        self._reload = reload
+
+    def render(self, request: IRequest) -> Any:
+        if request.method != b"POST":
+            request.setHeader(b"allow", b"POST")
+            return json_body(request, {"error": "reload with POST"}, 405)
+        if not _same_origin(request):
+            return json_body(request, {"error": "cross-site request refused"}, 403)
+        admin = for_log((request.getUser() or b"-").decode("utf-8", "replace"))
+        trigger = f"admin API, {admin} from {client_host(request) or 'local'}"
+        gone: list[bool] = []
+        # IRequest lacks notifyFinish; twisted.web's Request has it.
+        finished = cast(Request, request).notifyFinish()
+        finished.addErrback(lambda _: gone.append(True))
+
+        def answer(result: dict[str, Any]) -> None:
+            if not gone:
+                request.write(json_body(request, result))
+                request.finish()
+
+        self._reload(trigger).addCallback(answer)
+        return NOT_DONE_YET
 
 
 def _same_origin(request: IRequest) -> bool:

@@ -20,7 +20,7 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 
 from cosgw.admin.access import AdminAccess, Guard, client_host
-from cosgw.admin.api import api_resource
+from cosgw.admin.api import ReloadAnswer, api_resource
 from cosgw.admin.health import CHECK_INTERVAL, CHECK_TIMEOUT, Readiness, StoreChecks
 from cosgw.admin.live import LiveCollector, LiveParts
 from cosgw.admin.metrics import GatewayMetrics
@@ -80,6 +80,7 @@ class AdminService(MultiService):
         reactor: Any,
         users: Collection[str] = (),
         checker: Optional[ICredentialsChecker] = None,
+        reload: Optional[ReloadAnswer] = None,
         check_interval: float = CHECK_INTERVAL,
         check_timeout: float = CHECK_TIMEOUT,
         publisher: Optional[LogPublisher] = None,
@@ -89,6 +90,8 @@ class AdminService(MultiService):
             gateway to be ready.
         @param users: who may log in (basic auth); empty: loopback only.
         @param checker: checks their passwords (needed with C{users}).
+        @param reload: reloads the gateway's config (C{POST /api/reload});
+            None: not offered.
         @param publisher: where audit events are published; the global
             log publisher by default.
         """
@@ -110,7 +113,7 @@ class AdminService(MultiService):
         root.putChild(b"metrics", MetricsPage(self.metrics.registry))
         root.putChild(b"healthz", Healthz())
         root.putChild(b"readyz", Readyz(self.readiness))
-        root.putChild(b"api", api_resource(sessions, self.readiness))
+        root.putChild(b"api", api_resource(sessions, self.readiness, reload))
         access = AdminAccess(users, checker, defender, reactor)
         site = _AdminSite(Guard(root, access), reactor=reactor, timeout=IDLE_TIMEOUT)
         self.checks = StoreChecks(

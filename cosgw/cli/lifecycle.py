@@ -1,5 +1,5 @@
 """
-The running gateway's life: C{cosgw stop}.
+The running gateway's life: C{cosgw stop} and C{cosgw reload}.
 
 C{cosgw stop} stops a gateway gracefully: its drain refuses new clients,
 ends idle sessions and gives the transfers in progress C{drain_timeout}
@@ -13,6 +13,13 @@ With C{--wait SECONDS} the command returns once the gateway is gone: its
 process has ended (C{--pid}, C{--pidfile}), or its admin listener no longer
 answers; exit status L{EXIT_STILL_RUNNING} when it is still there after
 SECONDS.
+
+C{cosgw reload} has the gateway read its config file again, as SIGHUP does
+(L{cosgw.lifecycle.reload}): through the admin listener (C{POST
+/api/reload}) it waits for the reload and prints what changed, what waits
+for a restart, or why the file was refused (exit status 1; the gateway
+keeps its config); with C{--pid} or C{--pidfile} it sends SIGHUP and
+returns, the result in the gateway's log.
 """
 
 from __future__ import annotations
@@ -40,7 +47,7 @@ from cosgw.cli.admin import (
     api_request,
 )
 
-__all__ = ["EXIT_STILL_RUNNING", "add_parsers", "stop_command"]
+__all__ = ["EXIT_STILL_RUNNING", "add_parsers", "reload_command", "stop_command"]
 
 #: C{--wait}: the gateway was still there when the wait ended.
 EXIT_STILL_RUNNING = 6
@@ -80,13 +87,35 @@ def add_parsers(commands: Any) -> None:
         ),
     )
     stop.set_defaults(handler=stop_command)
+    reload = commands.add_parser(
+        "reload",
+        help="reload the config file (users, keys, limits, certificate, log level)",
+        description=(
+            "Have a running gateway read its config file again, as SIGHUP"
+            " does: new logins and connections get the new users, passwords,"
+            " keys, permissions, quotas, limits, networks, TLS certificate"
+            " and log level; sessions keep theirs.  A file that fails its"
+            " checks is refused and the gateway keeps the config it has."
+            " Through the admin API (POST /api/reload, which answers with the"
+            " result), or with --pid or --pidfile by sending SIGHUP."
+        ),
+    )
+    where = reload.add_mutually_exclusive_group()
+    admin_options(reload, where)
+    where.add_argument("--pid", type=int, metavar="PID", help="send SIGHUP to PID")
+    where.add_argument(
+        "--pidfile",
+        metavar="PATH",
+        help="send SIGHUP to the process named in twistd's PID file",
+    )
+    reload.set_defaults(handler=reload_command)
 
 
 def stop_command(args: argparse.Namespace) -> int:
     try:
         if args.pid is not None or args.pidfile is not None:
             pid = args.pid if args.pid is not None else _read_pidfile(args.pidfile)
-            _terminate(pid)
+            _signal(pid, signal.SIGTERM)
             print(f"sent SIGTERM to process {pid}")
             gone: Callable[[], bool] = partial(_ended, pid)
         else:
@@ -102,6 +131,36 @@ def stop_command(args: argparse.Namespace) -> int:
     if args.wait is None:
         return EXIT_OK
     return _wait(gone, args.wait)
+
+
+def reload_command(args: argparse.Namespace) -> int:
+    try:
+        if args.pid is not None or args.pidfile is not None:
+            pid = args.pid if args.pid is not None else _read_pidfile(args.pidfile)
+            _signal(pid, signal.SIGHUP)
+            print(f"sent SIGHUP to process {pid}; the gateway logs the result")
+            return EXIT_OK
+        answer = api_request(args, "POST", "/api/reload")
+    except AdminError as e:
+        print(f"cosgw reload: {e}", file=sys.stderr)
+        return e.status
+    if args.json:
+        print(json.dumps(answer, indent=2))
+    elif answer.get("status") == "failed":
+        print(f"cosgw reload: refused: {answer.get('error')}", file=sys.stderr)
+    else:
+        print(_reload_text(answer))
+    return EXIT_ERROR if answer.get("status") == "failed" else EXIT_OK
+
+
+def _reload_text(answer: dict[str, Any]) -> str:
+    """What a reload applied and what waits for a restart, for people."""
+    lines = [f"reloaded {answer.get('config')}: {answer.get('status')}"]
+    lines += [f"  changed: {change}" for change in answer.get("changes") or ()]
+    lines += [
+        f"  needs a restart: {change}" for change in answer.get("needs_restart") or ()
+    ]
+    return "\n".join(lines)
 
 
 def _drain_text(answer: dict[str, Any]) -> str:
@@ -129,12 +188,12 @@ def _read_pidfile(path: str) -> int:
     return int(text)
 
 
-def _terminate(pid: int) -> None:
-    """Send SIGTERM to C{pid}."""
+def _signal(pid: int, signum: int) -> None:
+    """Send C{signum} (SIGTERM, SIGHUP) to C{pid}."""
     if pid <= 1:
         raise AdminError(f"not a gateway's process ID: {pid}", EXIT_ERROR)
     try:
-        os.kill(pid, signal.SIGTERM)
+        os.kill(pid, signum)
     except ProcessLookupError:
         raise AdminError(f"no process {pid}", EXIT_NOT_FOUND) from None
     except PermissionError:

@@ -19,8 +19,8 @@ def parser() -> argparse.ArgumentParser:
         prog="cosgw",
         description=(
             "Operate a cosgw gateway: check its config and stores, hash"
-            " passwords, see and end sessions, stop it gracefully, clean up"
-            " unfinished uploads."
+            " passwords, see and end sessions, reload its config, stop it"
+            " gracefully, clean up unfinished uploads."
         ),
     )
     commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")

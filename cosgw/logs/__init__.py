@@ -7,7 +7,7 @@ an observer of the one C{twisted.logger} stream; the audit events
 """
 
 from cosgw.logs.formats import FORMATS, json_line, text_line
-from cosgw.logs.observers import AtLevel, LineObserver, output_observer
+from cosgw.logs.observers import AtLevel, LineObserver, output_observer, set_level
 from cosgw.logs.xferlog import XferlogFile, xferlog_line
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "XferlogFile",
     "json_line",
     "output_observer",
+    "set_level",
     "text_line",
     "xferlog_line",
 ]

@@ -19,7 +19,7 @@ from zope.interface import implementer
 
 from cosgw.logs.formats import FORMATS
 
-__all__ = ["AtLevel", "LineObserver", "output_observer"]
+__all__ = ["AtLevel", "LineObserver", "output_observer", "set_level"]
 
 
 @implementer(ILogObserver)
@@ -78,3 +78,17 @@ class LineObserver:
 def output_observer(out: IO[Any], log_format: str, log_level: str) -> LineObserver:
     """The observer for C{out} as C{[server] log_format} and C{log_level} say."""
     return LineObserver(out, log_format, LogLevel.levelWithName(log_level))
+
+
+def set_level(observer: object, log_level: str) -> bool:
+    """
+    Apply a reloaded C{[server] log_level} to C{observer}, if it is one of
+    the observers made here (the next event is filtered by it).
+
+    @return: whether it was; any other observer (a .tac's own, the one
+        twistd's C{--logger} names) keeps filtering as it did.
+    """
+    if not isinstance(observer, (LineObserver, AtLevel)):
+        return False
+    observer.level = LogLevel.levelWithName(log_level)
+    return True

@@ -83,6 +83,16 @@ class Accounts:
         self.sessions = sessions if sessions is not None else SessionLimits()
         self.clock = clock
 
+    def replace(self, accounts: Mapping[str, Account]) -> None:
+        """
+        A config reload: new logins get C{accounts}.  Sessions already open
+        keep the file system (store, permissions, quota, rates) they logged
+        in with; the upload registry, the session counts (so max_sessions
+        counts the sessions opened before) and the settings with their
+        shared buffers stay.
+        """
+        self.accounts = dict(accounts)
+
     def filesystem(
         self, name: str, session: Optional[Session] = None
     ) -> ObjectFileSystem:
@@ -119,7 +129,10 @@ class Accounts:
             and transfers in it; or just an address with C{.host}; or None.
         @raise LoginRefused: a rule refuses the session.
         """
-        account = self.accounts[name]
+        account = self.accounts.get(name)
+        if account is None:
+            # Removed by a reload while its password was being checked.
+            raise LoginRefused(f"user {name} is no longer configured")
         host = getattr(peer, "host", None)
         if account.network and (host is None or not account.network.allows(host)):
             log.debug(

@@ -284,6 +284,23 @@ class LoginDefender:
                 f"delays must be 0 or more: base_delay={base_delay!r}, max_delay={max_delay!r}"
             )
 
+    def adopt_settings(self, other: LoginDefender) -> None:
+        """
+        A config reload: count, delay and ban as C{other} does from now on,
+        keeping what this defender remembers (failures, delays, bans in
+        force, logins waiting).  C{other} is built from the new config
+        and checked there; the IPv6 prefix, which keys the records, stays.
+        """
+        self._max_failures = other._max_failures
+        self._window = other._window
+        self._ban_time = other._ban_time
+        self._base_delay = other._base_delay
+        self._max_delay = other._max_delay
+        self._max_waiting = other._max_waiting
+        self._remembered = other._remembered
+        for record in self._records.values():
+            record.failures = deque(record.failures, maxlen=self._remembered)
+
     @property
     def tracked(self) -> int:
         """How many addresses the defender remembers now."""

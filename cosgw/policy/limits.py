@@ -207,6 +207,17 @@ class ConnectionLimits:
         self._per_ip: dict[str, int] = {}
         self._total = 0
 
+    def adopt_settings(self, other: ConnectionLimits) -> None:
+        """
+        A config reload: admit new connections by C{other}'s limits and
+        network rule from now on.  The counts of open connections stay (a
+        limit lowered below them refuses new connections until enough
+        close; none is cut); so does the IPv6 prefix they are keyed by.
+        """
+        self._max_total = other._max_total
+        self._max_per_ip = other._max_per_ip
+        self._network = other._network
+
     @property
     def total(self) -> int:
         """Connections admitted and not yet closed, on every listener."""

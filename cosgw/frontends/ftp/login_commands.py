@@ -116,7 +116,7 @@ class LoginCommands(CommandContext):
     # -- FTPS (RFC 4217) -----------------------------------------------------
 
     def ftp_AUTH(self, mechanism: str) -> Optional[Reply]:
-        tls = self.factory.tls
+        tls = self.data.tls
         if tls is None:
             return Reply(502, "TLS is not configured")
         session = self.session

@@ -166,6 +166,11 @@ class DataConnections:
     def __init__(self, factory: GatewayFTPFactory, peer_host: str) -> None:
         self._factory = factory
         self._peer_host = peer_host
+        #: The session's TLS (AUTH TLS, PROT P): the factory's when the
+        #: control connection began.  A config reload gives the factory a
+        #: new certificate for new connections only: a data connection must
+        #: resume the control connection's TLS session (require_ssl_reuse).
+        self.tls = factory.tls
         self._pending: Optional[DataChannelFactory] = None
         self._port: Optional[IListeningPort] = None
         self._active: Optional[tuple[str, int]] = None
@@ -233,8 +238,8 @@ class DataConnections:
     def _wrapped(self, factory: DataChannelFactory) -> Any:
         """The factory to listen or connect with: TLS around it for PROT P."""
         if factory.tls:
-            assert self._factory.tls is not None
-            return self._factory.tls.wrap_data(factory, self._factory.reactor)
+            assert self.tls is not None
+            return self.tls.wrap_data(factory, self._factory.reactor)
         return factory
 
     def passive(self, interface: str, protect: bool) -> int:

@@ -8,27 +8,30 @@ only composes.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Optional
 
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 
-from cosgw.config import Config, ConfigError
+from cosgw.config import Config, ConfigError, UserConfig
 from cosgw.frontends.frontend import Frontend, SharedParts
 from cosgw.frontends.ftp.data import ChannelCount
-from cosgw.frontends.ftp.factory import GatewayFTPFactory
+from cosgw.frontends.ftp.factory import GatewayFTPFactory, UserTLS
 from cosgw.frontends.ftp.ports import check_passive_range
 from cosgw.frontends.ftp.tls import (
     ServerTLS,
     TLSFileError,
     generate_self_signed,
     load_server_tls,
+    wrap_current,
 )
 from cosgw.frontends.listener import FTP_REFUSAL
 from cosgw.interfaces import IFileSystem
 
-__all__ = ["FTPFrontend"]
+__all__ = ["FTPFrontend", "read_server_tls", "server_tls", "user_tls"]
 
 # The gateway's start-up lines share the namespace of makeService's.
 log = Logger(namespace="cosgw.service")
@@ -43,6 +46,23 @@ def server_tls(config: Config) -> ServerTLS:
     @raise ConfigError: the certificate or key cannot be used; one line
         naming the config key.
     """
+    tls, certificate = read_server_tls(config)
+    log.info(
+        "FTPS certificate {path}, SHA-256 fingerprint {fingerprint}",
+        path=certificate,
+        fingerprint=tls.fingerprint,
+    )
+    return tls
+
+
+def read_server_tls(config: Config) -> tuple[ServerTLS, Path]:
+    """
+    L{server_tls} without its log line, and the certificate's path: for a
+    config reload, which reads the files in the thread pool (no logging
+    there) and says what changed in its own line.
+
+    @raise ConfigError: as L{server_tls}.
+    """
     server = config.server
     generated = False
     if server.tls_certificate is not None and server.tls_key is not None:
@@ -55,12 +75,12 @@ def server_tls(config: Config) -> ServerTLS:
     except TLSFileError as e:
         name = "state_dir" if generated and e.which != "chain" else f"tls_{e.which}"
         raise ConfigError(f"[server] {name}: {e}") from None
-    log.info(
-        "FTPS certificate {path}, SHA-256 fingerprint {fingerprint}",
-        path=certificate,
-        fingerprint=tls.fingerprint,
-    )
-    return tls
+    return tls, certificate
+
+
+def user_tls(users: Mapping[str, UserConfig]) -> UserTLS:
+    """Per user, (TLS required on control, PROT P required), where set."""
+    return {name: (u.tls_required, u.tls_data_required) for name, u in users.items()}
 
 
 class FTPFrontend(Frontend):
@@ -86,10 +106,6 @@ class FTPFrontend(Frontend):
         server = config.server
         self.tls = server_tls(config)
         parts.realm.register(IFileSystem, parts.accounts.session)
-        user_tls = {
-            name: (u.tls_required, u.tls_data_required)
-            for name, u in config.users.items()
-        }
         #: The data connections open in all FTP sessions (each session's
         #: bounded), for the operator.
         self.data_connections = ChannelCount()
@@ -98,7 +114,7 @@ class FTPFrontend(Frontend):
             "limits": parts.limits,
             "defender": parts.defender,
             "tls": self.tls,
-            "user_tls": user_tls,
+            "user_tls": user_tls(config.users),
             "sessions": parts.sessions,
         }
         portal, reactor = parts.portal, parts.reactor
@@ -116,11 +132,29 @@ class FTPFrontend(Frontend):
         self.implicit_listeners = [
             self.listen(
                 description,
-                self.tls.wrap(self.implicit_factory, reactor),
+                wrap_current(self.implicit_factory, reactor),
                 key="[server] ftps_listen",
             )
             for description in server.ftps_listen
         ]
+
+    def reconfigure(self, config: Config, tls: Optional[ServerTLS] = None) -> None:
+        """
+        A config reload: new connections get C{tls} (None: the same
+        certificate), and new logins the TLS policies of C{config}.
+        Connections already open keep the TLS they began with.
+        """
+        server = config.server
+        if tls is not None:
+            self.tls = tls
+        policies = user_tls(config.users)
+        for factory in (self.factory, self.implicit_factory):
+            if tls is not None:
+                factory.tls = tls
+            factory.user_tls = dict(policies)
+            factory.tls_required = server.tls_required
+            factory.tls_data_required = server.tls_data_required
+            factory.trace_commands = server.log_level == "debug"
 
     def privilegedStartService(self) -> None:
         """

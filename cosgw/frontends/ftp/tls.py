@@ -41,10 +41,12 @@ from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
 from OpenSSL.SSL import _ffi, _lib
 from twisted.internet import ssl
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from cosgw.privileges import as_gateway_user, private_directory
 
@@ -68,15 +70,9 @@ class ServerTLS:
 
     options: ssl.CertificateOptions
     fingerprint: str
-
-    def wrap(self, factory: Any, clock: Any = None) -> TLSMemoryBIOFactory:
-        """
-        A factory whose connections speak TLS (as the server) first: the
-        control connections of implicit FTPS.
-
-        @param clock: when small writes are flushed; None: the global reactor.
-        """
-        return _ServerTLSFactory(self.options, False, factory, clock)
+    #: The chain's certificates' fingerprints, in order: with
+    #: C{fingerprint}, what tells a reloaded certificate from the old one.
+    chain: tuple[str, ...] = ()
 
     def wrap_data(self, factory: Any, clock: Any) -> TLSMemoryBIOFactory:
         """
@@ -86,6 +82,30 @@ class ServerTLS:
         wrapped = _ServerTLSFactory(self.options, False, factory, clock)
         wrapped.protocol = _DataTLSTransport
         return wrapped
+
+
+def wrap_current(factory: Any, clock: Any = None) -> TLSMemoryBIOFactory:
+    """
+    A factory whose connections speak TLS (as the server) first, each with
+    the L{ServerTLS} that C{factory.tls} is when it connects: the control
+    connections of implicit FTPS.  A config reload swaps C{factory.tls};
+    connections already open keep the one they began with.
+
+    @param clock: when small writes are flushed; None: the global reactor.
+    """
+    return _ServerTLSFactory(_CurrentTLS(factory), False, factory, clock)
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class _CurrentTLS:
+    """Each new connection's TLS from its factory's C{tls} at that moment."""
+
+    def __init__(self, factory: Any) -> None:
+        self._factory = factory
+
+    def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
+        tls: ServerTLS = self._factory.tls
+        return SSL.Connection(tls.options.getContext(), None)
 
 
 class _ServerTLSFactory(TLSMemoryBIOFactory):
@@ -410,9 +430,12 @@ def load_server_tls(
         raise TLSFileError(
             "key", f"{key}: does not match the certificate {certificate}: {e}"
         ) from None
-    digest = cert.fingerprint(hashes.SHA256())
-    fingerprint = ":".join(f"{b:02X}" for b in digest)
-    return ServerTLS(options, fingerprint)
+    return ServerTLS(options, _fingerprint(cert), tuple(map(_fingerprint, extra)))
+
+
+def _fingerprint(cert: x509.Certificate) -> str:
+    """C{cert}'s SHA-256 fingerprint, as clients show it (C{AB:CD:...})."""
+    return ":".join(f"{b:02X}" for b in cert.fingerprint(hashes.SHA256()))
 
 
 def session_reused(transport: Any) -> bool:
