@@ -51,7 +51,7 @@ from cosgw.policy.throttle import RateLimit
 from cosgw.runtime import LogFileService, ThreadPoolService, XferlogService
 from cosgw.storage._runner import BlockingRunner
 from cosgw.storage.sweeper import UploadSweeper
-from cosgw.transfer import TransferSettings, UploadBuffers
+from cosgw.transfer import DownloadBuffers, TransferSettings, UploadBuffers
 from cosgw.transfer.buffers import limit_malloc_arenas
 from cosgw.vfs import home_prefix, is_hidden_key
 
@@ -418,6 +418,7 @@ def transfer_settings(config: Config, runner: BlockingRunner) -> TransferSetting
         max_file_size=transfer.max_file_size,
         resume_uploads=transfer.resume_uploads,
         buffers=UploadBuffers(transfer.upload_buffer_budget, runner),
+        download_buffers=DownloadBuffers(transfer.download_buffer_budget),
     )
 
 

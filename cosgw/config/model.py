@@ -146,7 +146,7 @@ class TransferConfig:
     parts_in_flight: int = 4
     threads: int = 16
     max_file_size: int | None = None
-    read_chunk: int = 4 * MIB
+    read_chunk: int = MIB
     #: Seconds after which an unfinished multipart upload (left by a crash,
     #: or by another gateway that died) is aborted by the sweeper.
     stale_upload_age: int = 86400

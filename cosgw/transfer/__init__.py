@@ -28,7 +28,7 @@ these to the frontends with a user's rules around them.
 """
 
 from cosgw.transfer.buffers import UploadBuffers
-from cosgw.transfer.download import Download
+from cosgw.transfer.download import Download, DownloadBuffers
 from cosgw.transfer.errors import (
     QuotaReached,
     RewriteRefused,
@@ -54,6 +54,7 @@ from cosgw.transfer.writer import PositionalWriter
 __all__ = [
     "PART_GROWTH_SPAN",
     "Download",
+    "DownloadBuffers",
     "PositionalWriter",
     "QuotaReached",
     "RandomAccessSettings",

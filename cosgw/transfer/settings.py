@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from cosgw.transfer.buffers import UploadBuffers
+from cosgw.transfer.download import DownloadBuffers
 from cosgw.transfer.spool import SpoolBudget
 
 MiB = 1024 * 1024
@@ -17,7 +18,7 @@ class TransferSettings:
 
     part_size: int = 8 * MiB
     parts_in_flight: int = 4
-    read_chunk: int = 4 * 1024 * 1024
+    read_chunk: int = 1024 * 1024
     read_ahead: int = 2
     max_file_size: Optional[int] = None
     #: Keep an interrupted upload's stored parts so the client can resume
@@ -27,6 +28,12 @@ class TransferSettings:
     #: (C{upload_buffer_budget}); None: each upload is bounded only by its
     #: own parts in flight.  Shared, not copied, by C{dataclasses.replace}.
     buffers: Optional[UploadBuffers] = field(default=None, compare=False, repr=False)
+    #: What every download of the gateway reads ahead of its client, one
+    #: budget (C{download_buffer_budget}); None: each download is bounded
+    #: only by its own C{read_ahead}.  Shared like C{buffers}.
+    download_buffers: Optional[DownloadBuffers] = field(
+        default=None, compare=False, repr=False
+    )
 
 
 @dataclass(frozen=True)

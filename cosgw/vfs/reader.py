@@ -138,7 +138,11 @@ class Reader:
             source, target = meter.source(source), meter
         settings = self._fs.settings
         self._download = Download(
-            source, target, settings.read_chunk, settings.read_ahead
+            source,
+            target,
+            settings.read_chunk,
+            settings.read_ahead,
+            settings.download_buffers,
         )
         d = self._download.start()
         d.addErrback(translate, self.path)
@@ -177,6 +181,7 @@ class Reader:
                 reopen,
                 window=self._window,
                 chunk=min(fs.settings.read_chunk, MiB),
+                buffers=fs.settings.download_buffers,
             )
         d = self._ranged.read(offset, length)
         if not d.called and self._meter.recording:
