@@ -115,6 +115,8 @@ def start_gateway(
     authorized_key: Optional[str] = None,
     profile: Optional[Path] = None,
     tree: Path = HERE_TREE,
+    transfer: str = "",
+    server_lines: str = "",
 ) -> subprocess.Popen[bytes]:
     """
     Start C{tree}'s gateway with FTP on C{port} and, given C{sftp_port},
@@ -122,7 +124,9 @@ def start_gateway(
     log in with that key as well as the password.  Host keys and the TLS
     certificate are generated in the state directory at first start.  With
     C{profile}, the gateway's reactor runs under cProfile, which writes its
-    statistics there when it stops.
+    statistics there when it stops.  C{transfer}: lines of the
+    config's [transfer] section (``key = value``); C{server_lines} likewise
+    for [server] (no admin listener unless it names one).
     """
     config = workdir / "cosgw.ini"
     sftp = f"sftp_listen = tcp:{sftp_port}:interface=127.0.0.1\n" if sftp_port else ""
@@ -131,8 +135,12 @@ def start_gateway(
         f"""[server]
 state_dir = {workdir / "state"}
 ftp_listen = tcp:{port}:interface=127.0.0.1
-admin_listen =
+{"" if "admin_listen" in server_lines else "admin_listen ="}
+{server_lines}
 {sftp}
+[transfer]
+{transfer}
+
 [storage:cos]
 type = cos
 bucket = {bucket}

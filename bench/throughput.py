@@ -38,6 +38,11 @@ prints the top functions of its reactor thread (bench/_profile.py).
     python bench/throughput.py [--size-mib 256] [--rounds 3]
         [--protocols ftp,ftps,sftp] [--tree PATH] [--profile DIR]
         [--ciphers aes128-ctr,aes128-gcm@openssh.com,chacha20-poly1305@openssh.com]
+        [--observability]
+
+--observability measures instead what the gateway's logs and metrics cost
+(its CPU with them off and on, alternated round by round; see
+bench/_observability.py).
 """
 
 from __future__ import annotations
@@ -156,6 +161,8 @@ class Bench:
         self.port = free_port()
         self.sftp_port = free_port() if "sftp" in args.protocols else None
         self.sdk: dict[str, list[float]] = {"put": [], "mp": [], "up": [], "down": []}
+        #: Lines for the gateway's [server] section (--observability).
+        self.server_lines = ""
         self.server = CosTestServer()
         self.server.start()
         self.gateway: Any = None
@@ -181,6 +188,7 @@ class Bench:
             self.public_key,
             profile,
             tree=self.args.tree,
+            server_lines=self.server_lines,
         )
 
     def close(self) -> None:
@@ -476,6 +484,12 @@ def parse_args() -> argparse.Namespace:
         metavar="DIR",
         help="also profile one upload and one download per protocol (cProfile)",
     )
+    parser.add_argument(
+        "--observability",
+        action="store_true",
+        help="instead: the gateway's CPU with its logs and metrics off and on "
+        "(bench/_observability.py)",
+    )
     add_tree_argument(parser)
     args = parser.parse_args()
     if args.size_mib < 1 or args.rounds < 0:
@@ -490,6 +504,14 @@ def main() -> None:
     bench = None
     try:
         bench = Bench(args, workdir)
+        if args.observability:
+            from bench import _observability
+
+            modes = _observability.measure(
+                bench, args.rounds, lambda: variants_of(args)
+            )
+            _observability.report(modes, bench.size)
+            return
         variants = variants_of(args)
         for variant in variants:
             if variant.protocol == "sftp":
