@@ -17,6 +17,8 @@ file at the same time, then each downloads one back:
 Clients log in first and start together: FTP sessions at a barrier, sftp
 batches at a local command (``!``) that waits for a file the benchmark
 creates once every batch has reached it, so SSH handshakes are not timed.
+Each gateway load runs on a gateway process of its own (--same-gateway:
+one for all), so its peak RSS is not the heap an earlier load left behind.
 During each gateway load a probe session of another user sends NOOP every
 --probe-interval seconds (p50/p99/max), a thread samples the gateway's
 VmRSS, and the kernel's VmHWM (reset before the load) gives its peak; the
@@ -27,6 +29,7 @@ they read, SFTP after the load).  Each round deletes what it uploaded.
 
     python bench/concurrency.py [--count 32] [--size-mib 32] [--rounds 1]
         [--protocols ftp,sftp] [--cipher NAME] [--tree PATH]
+        [--transfer KEY=VALUE ...] [--same-gateway]
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import argparse
 import hashlib
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -188,19 +192,33 @@ class Bench:
             self.client = self.server.cos_client()
             self.requests = StoreRequests(self.server)
             self.port, self.sftp_port = free_port(), free_port()
-            self.gateway = start_gateway(
-                workdir,
-                self.server,
-                self.bucket,
-                self.port,
-                self.sftp_port,
-                public_key,
-                tree=args.tree,
-            )
+            self.public_key = public_key
+            self.gateway = self.start()
         except BaseException:
             self.server.stop()
             shutil.rmtree(self.landing, ignore_errors=True)
             raise
+
+    def start(self) -> subprocess.Popen[bytes]:
+        return start_gateway(
+            self.workdir,
+            self.server,
+            self.bucket,
+            self.port,
+            self.sftp_port,
+            self.public_key,
+            tree=self.args.tree,
+            transfer="\n".join(self.args.transfer),
+        )
+
+    def restart(self) -> None:
+        """
+        A new gateway process: each load's peak RSS is then its own, not
+        the heap an earlier load left (freed memory inside the heap stays
+        part of the process).
+        """
+        stop(self.gateway)
+        self.gateway = self.start()
 
     def close(self) -> None:
         stop(self.gateway)
@@ -250,6 +268,8 @@ class Bench:
         requests and CPU are counted from there (logins and SSH handshakes
         are not the load), memory and the probe session watch it all.
         """
+        if not self.args.same_gateway:
+            self.restart()
         pid = self.gateway.pid
         can_reset = reset_peak_rss(pid)
         sampler = RssSampler(pid)
@@ -471,6 +491,20 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--cipher", help="the SFTP cipher (OpenSSH's sftp -c)")
     parser.add_argument(
+        "--same-gateway",
+        action="store_true",
+        help="one gateway process for every load (by default each load gets "
+        "a new one, so its peak RSS is its own)",
+    )
+    parser.add_argument(
+        "--transfer",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a [transfer] setting of the gateway (repeat for more), e.g. "
+        "upload_buffer_budget=32M",
+    )
+    parser.add_argument(
         "--sdk-threads", type=int, default=1, help="part threads per SDK upload_file"
     )
     parser.add_argument("--probe-interval", type=float, default=0.02, metavar="SECONDS")
@@ -484,6 +518,8 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     print_header("concurrent transfers: cosgw against the COS SDK", args.tree)
+    if args.transfer:
+        print(f"gateway [transfer]: {', '.join(args.transfer)}")
     workdir = Path(tempfile.mkdtemp(prefix="cosgw-bench-concurrent-"))
     bench = None
     try:
