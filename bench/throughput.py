@@ -490,6 +490,12 @@ def parse_args() -> argparse.Namespace:
         help="instead: the gateway's CPU with its logs and metrics off and on "
         "(bench/_observability.py)",
     )
+    parser.add_argument(
+        "--scrape-interval",
+        type=float,
+        default=15.0,
+        help="with --observability: seconds between /metrics scrapes (15)",
+    )
     add_tree_argument(parser)
     args = parser.parse_args()
     if args.size_mib < 1 or args.rounds < 0:
@@ -508,7 +514,7 @@ def main() -> None:
             from bench import _observability
 
             modes = _observability.measure(
-                bench, args.rounds, lambda: variants_of(args)
+                bench, args.rounds, lambda: variants_of(args), args.scrape_interval
             )
             _observability.report(modes, bench.size)
             return
