@@ -52,7 +52,7 @@ from cosgw.runtime import LogFileService, ThreadPoolService, XferlogService
 from cosgw.storage._runner import BlockingRunner
 from cosgw.storage.sweeper import UploadSweeper
 from cosgw.transfer import DownloadBuffers, TransferSettings, UploadBuffers
-from cosgw.transfer.buffers import limit_malloc_arenas
+from cosgw.transfer.buffers import tune_malloc
 from cosgw.vfs import home_prefix, is_hidden_key
 
 if TYPE_CHECKING:
@@ -280,7 +280,7 @@ def makeService(config: Config, reactor: Any = None) -> GatewayService:
     service = GatewayService()
     _log_outputs(service, config)
     # Before the pool's threads exist: they share the one heap.
-    limit_malloc_arenas()
+    tune_malloc()
     threads = config.transfer.threads
     pool = ThreadPool(minthreads=0, maxthreads=threads, name="cosgw")
     service.pool = pool

@@ -92,7 +92,7 @@ def test_example_ini_loads() -> None:
         64 * 1024 * 1024,
         4 * 1024 * 1024 * 1024,
     )
-    assert config.transfer.upload_buffer_budget == 128 * 1024 * 1024
+    assert config.transfer.upload_buffer_budget == 32 * 1024 * 1024
     assert config.transfer.download_buffer_budget == 32 * 1024 * 1024
     assert (server.login_timeout, server.data_timeout) == (60, 120)
     assert (server.allowed_networks, server.denied_networks) == ((), ())
@@ -274,7 +274,7 @@ def test_new_defaults(tmp_path: Path) -> None:
     assert (config.server.ipv6_prefix, config.server.max_handles) == (64, 64)
     assert config.transfer.max_sparse_gap == 64 * 1024 * 1024
     assert config.transfer.max_spool_size == 4 * 1024 * 1024 * 1024
-    assert config.transfer.upload_buffer_budget == 128 * 1024 * 1024
+    assert config.transfer.upload_buffer_budget == 32 * 1024 * 1024
     assert config.transfer.download_buffer_budget == 32 * 1024 * 1024
     assert (config.server.login_timeout, config.server.data_timeout) == (60, 120)
     assert config.users["alice"] == UserConfig(

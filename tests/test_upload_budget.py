@@ -7,6 +7,8 @@ over a L{MemoryStore} whose parts take time on a L{MemoryReactorClock}.
 from __future__ import annotations
 
 import platform
+import subprocess
+import sys
 from collections.abc import Callable
 from typing import Any, Optional
 
@@ -29,9 +31,30 @@ from cosgw.transfer.buffers import (
     INLINE_JOIN,
     UNCLAIMED,
     BufferClaim,
-    limit_malloc_arenas,
 )
 from tests.transfertesting import KEY, FakeStore, MiB, random_bytes
+
+#: Run by test_malloc_settings: tune malloc, then how many bytes glibc
+#: mapped on their own (mallinfo2's hblkhd) for each of two 8 MiB parts,
+#: the first freed before the second is made.
+_MAPPED_PARTS = """
+import ctypes
+from cosgw.transfer.buffers import tune_malloc
+took = tune_malloc()
+print(took)
+if took:
+    class Info(ctypes.Structure):
+        _fields_ = [(n, ctypes.c_size_t) for n in
+            "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks "
+            "fordblks keepcost".split()]
+    mallinfo2 = ctypes.CDLL(None).mallinfo2
+    mallinfo2.restype = Info
+    before = mallinfo2().hblkhd
+    for _ in range(2):
+        part = bytes(8 * 1024 * 1024)
+        print(mallinfo2().hblkhd - before)
+        del part
+"""
 
 
 class Grants:
@@ -193,9 +216,28 @@ class UploadBuffersTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(buffers.assemble(large)), one)
         self.assertEqual(len(ran), 1)
 
-    def test_malloc_arenas(self) -> None:
-        """glibc takes the one-heap setting; other C libraries are left alone."""
-        self.assertEqual(limit_malloc_arenas(), platform.libc_ver()[0] == "glibc")
+    def test_malloc_settings(self) -> None:
+        """
+        glibc takes the settings (one heap, big blocks mapped on their own,
+        the top of the heap kept); other C libraries are left alone.  In a
+        process of its own (no other thread allocating meanwhile): a part
+        freed leaves no 8 MiB in the heap for the next one, each is mapped
+        on its own, where glibc's own rule would put the second in the heap
+        (its threshold raised by the first).
+        """
+        glibc = platform.libc_ver()[0] == "glibc"
+        out = subprocess.run(
+            [sys.executable, "-c", _MAPPED_PARTS],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout.split()
+        self.assertEqual(out[0], str(glibc))
+        if glibc:
+            first, second = (int(x) for x in out[1:])
+            self.assertGreaterEqual(first, 8 * MiB)
+            self.assertGreaterEqual(second, 8 * MiB)
 
 
 class SlowParts(MemoryStore):

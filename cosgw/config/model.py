@@ -161,7 +161,7 @@ class TransferConfig:
     max_spool_size: int = 4 * GIB
     #: Memory the part buffers of all uploads share: uploads wait their turn
     #: for it (paused), they never fail for lack of it.
-    upload_buffer_budget: int = 128 * MIB
+    upload_buffer_budget: int = 32 * MIB
     #: Memory all downloads may hold read ahead of their clients together;
     #: beyond it each download holds just its next chunk.
     download_buffer_budget: int = 32 * MIB
