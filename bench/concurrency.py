@@ -96,6 +96,8 @@ class Load:
     hwm: Optional[float] = None
     sampled: Optional[float] = None
     probe: Optional[NoopProbe] = None
+    #: The gateway's RSS with the probe session alone, before the load.
+    idle: Optional[float] = None
 
 
 @dataclass
@@ -275,6 +277,7 @@ class Bench:
         sampler = RssSampler(pid)
         probe = NoopProbe(self.port, self.args.probe_interval)
         probe.start()
+        idle = memory_mib(pid)["VmRSS"]
         sampler.start()
         cpu: list[float] = []
 
@@ -290,7 +293,7 @@ class Bench:
         used = cpu_seconds(pid) - cpu[0]
         requests = per_item(self.requests.take(), self.args.count)
         hwm = memory_mib(pid)["VmHWM"] if can_reset else None
-        return Load(seconds, requests, used, hwm, sampled, probe)
+        return Load(seconds, requests, used, hwm, sampled, probe, idle)
 
     def ftp_up(self) -> Load:
         def work(i: int, barrier: threading.Barrier) -> float:
@@ -416,7 +419,7 @@ def report(
     )
     print(
         f"{'contender':<11} {'dir':<4} {'MB/s':>7} {'x SDK':>6} {'CPU s/GB':>8} "
-        f"{'VmHWM':>6} {'RSS':>6}  NOOP on a probe session"
+        f"{'VmHWM':>6} {'RSS':>6} {'idle':>5}  NOOP on a probe session"
     )
     for who in ("sdk", *protocols):
         for direction in ("up", "down"):
@@ -427,12 +430,16 @@ def report(
             cpu = f"{load.cpu / gb:8.2f}" if load.cpu is not None else f"{'-':>8}"
             hwm = f"{load.hwm:6.0f}" if load.hwm is not None else f"{'-':>6}"
             rss = f"{load.sampled:6.0f}" if load.sampled is not None else f"{'-':>6}"
+            idle = f"{load.idle:5.0f}" if load.idle is not None else f"{'-':>5}"
             probe = load.probe.summary() if load.probe else ""
             print(
                 f"{LABELS[who]:<11} {direction:<4} {mbs:7.1f} "
-                f"{ratio(mbs, base) or 0:6.2f} {cpu} {hwm} {rss}  {probe}"
+                f"{ratio(mbs, base) or 0:6.2f} {cpu} {hwm} {rss} {idle}  {probe}"
             )
-    print("(VmHWM: the kernel's peak RSS during the load, MiB; RSS: sampled peak)")
+    print(
+        "(VmHWM: the kernel's peak RSS during the load, MiB; RSS: sampled peak;"
+        " idle: RSS with the probe session alone, before the load)"
+    )
     print("store requests per file:")
     for who in protocols:
         for direction in ("up", "down"):
