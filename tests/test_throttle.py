@@ -350,6 +350,48 @@ class ThrottledConsumerTests(unittest.TestCase):
         self.consumer.write(b"x" * 800)
         self.assertEqual(self.producer.calls, ["pause"])
 
+    def test_last_chunk_written_from_inside_a_resume(self) -> None:
+        """
+        A download writes its next chunk, and then unregisters, from inside
+        the resume the rate gives it: every byte of that last chunk still
+        goes out before the real consumer is unregistered (which ends an
+        FTP data connection).  Before, the resume's caller unregistered at
+        once and the chunk's tail was lost behind a 226.
+        """
+        # Chunks of several pieces (16 KiB each at least), as a download's.
+        chunks = [b"a" * 40 * KiB, b"b" * 40 * KiB, b"c" * 30 * KiB]
+        limit = RateLimit(100 * KiB, self.clock, burst=20 * KiB)
+        consumer = ThrottledConsumer(self.transport, limit, self.clock)
+
+        @implementer(IPushProducer)
+        class Download:
+            paused = False
+
+            def pauseProducing(self) -> None:
+                self.paused = True
+
+            def resumeProducing(self) -> None:
+                self.paused = False
+                while chunks and not self.paused:
+                    consumer.write(chunks.pop(0))
+                if not chunks:
+                    consumer.unregisterProducer()
+
+            def stopProducing(self) -> None:
+                raise AssertionError("not stopped")
+
+        producer = Download()
+        consumer.registerProducer(producer, True)
+        producer.resumeProducing()
+        for _ in range(100):
+            if self.transport.producer is None:
+                break
+            self.clock.advance(0.1)
+        self.assertIsNone(self.transport.producer)
+        self.assertEqual(
+            self.transport.value(), b"a" * 40 * KiB + b"b" * 40 * KiB + b"c" * 30 * KiB
+        )
+
     def test_stopped_by_transport(self) -> None:
         """The transport stopping the gate stops the producer, once."""
         self.consumer.registerProducer(self.producer, True)

@@ -370,8 +370,11 @@ class ThrottledConsumer:
         if self._stopped:
             return
         if self.gate is not None:
+            # The producer may write its next chunk (and then unregister)
+            # from inside this resume: that write drains itself, so the
+            # queue may be full again and a call pending when it returns.
             self.gate.resume(RATE)
-        if self._unregister:
+        if self._unregister and not self._queue and self._call is None:
             self._finish()
 
     def stop(self) -> None:
