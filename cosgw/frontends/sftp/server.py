@@ -225,7 +225,10 @@ class GatewaySFTPServer:
         self._update_input()
 
     def _update_input(self) -> None:
-        fed = bool(self._hungry)
+        # A hungry handle that is itself paused waits for the user's rate
+        # (its store is not what it waits for: it holds its budget turn), so
+        # it must not make the connection read past that rate.
+        fed = bool(self._hungry - self._paused_by)
         paused = bool(self._paused_by) and not fed
         was_paused, was_fed = self._input
         self._input = (paused, fed)
