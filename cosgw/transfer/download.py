@@ -196,8 +196,11 @@ class Download:
         while self._queue and not self._paused and not self._finished:
             data, charge = self._queue.popleft()
             self.sent += len(data)
-            self._discharge(charge)
             self._consumer.write(data)
+            # After the write: giving bytes back may let this very download
+            # read its next chunk, and a store read that answers at once
+            # would flush it (re-entering this loop) before this one.
+            self._discharge(charge)
         if self._eof and not self._queue and not self._finished:
             self._end()
             self._consumer.unregisterProducer()
