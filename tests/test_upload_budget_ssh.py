@@ -251,7 +251,7 @@ class HungerTests(unittest.SynchronousTestCase):
             store, "k", TransferSettings(part_size=MiB, buffers=buffers)
         )
         told: list[bool] = []
-        writer.on_hunger = told.append
+        writer.watch_hunger(told.append)
         writer.write(b"x" * (256 * KiB))
         self.assertEqual(told, [])  # a small file claims nothing
         writer.write(b"x")

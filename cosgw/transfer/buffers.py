@@ -359,6 +359,12 @@ class PartBuffer:
         self._claim: Optional[BufferClaim] = None
         self._charged = 0
         self._on_grant = on_grant
+        #: Told when L{holding} changes: uploads waiting for the budget wait
+        #: for this part's bytes, so nothing may stop its input meanwhile
+        #: (another file's backpressure on a shared SSH connection would
+        #: stall both).  Its writer clears the buffer when the upload ends.
+        self.on_hunger: Optional[Callable[[bool], None]] = None
+        self._hungry = False
 
     @property
     def ready(self) -> bool:
@@ -374,6 +380,13 @@ class PartBuffer:
     def holding(self) -> bool:
         """Whether a granted claim waits for the bytes of its part."""
         return self._claim is not None and self._claim.granted
+
+    def _note_hunger(self) -> None:
+        holding = self.holding
+        if holding != self._hungry:
+            self._hungry = holding
+            if self.on_hunger is not None:
+                self.on_hunger(holding)
 
     def add(self, data: bytes) -> None:
         """Keep C{data} (no copy) and count what the claim does not cover."""
@@ -451,6 +464,7 @@ class PartBuffer:
         self._charged = want
         if self._claim is not None and not self._claim.granted:
             self._claim.covers = want
+        self._note_hunger()
 
     def _granted(self, claim: BufferClaim) -> None:
         self._sync()

@@ -128,9 +128,6 @@ class UploadWriter:
         self.upload_id: Optional[str] = None
         self._producer: Optional[IPushProducer] = None
         self._paused = False
-        #: Told when L{hungry} changes (an SFTP handle's connection).
-        self.on_hunger: Optional[Callable[[bool], None]] = None
-        self._hungry = False
         buffers = settings.buffers
         self._fill = PartBuffer(buffers, self._advance)
         self._assemble = buffers.assemble if buffers is not None else join_inline
@@ -198,22 +195,13 @@ class UploadWriter:
             self.base += len(initial)
             self._fill.add(initial)
 
-    @property
-    def hungry(self) -> bool:
+    def watch_hunger(self, hook: Optional[Callable[[bool], None]]) -> None:
         """
-        Whether the writer holds a granted claim of the upload buffer budget
-        for the part it is filling: uploads waiting for the budget wait for
-        this one's bytes, so nothing may stop its input meanwhile (another
-        file's backpressure on a shared SSH connection would stall both).
+        Call C{hook(True)} when the writer comes to hold a granted claim of
+        the upload buffer budget for the part it fills, C{hook(False)} when
+        it no longer does (L{PartBuffer.on_hunger}).
         """
-        return self.state is UploadState.OPEN and self._fill.holding
-
-    def _note_hunger(self) -> None:
-        hungry = self.hungry
-        if hungry != self._hungry:
-            self._hungry = hungry
-            if self.on_hunger is not None:
-                self.on_hunger(hungry)
+        self._fill.on_hunger = hook
 
     @property
     def size(self) -> int:
@@ -258,7 +246,6 @@ class UploadWriter:
         """
         if self.state is UploadState.OPEN:
             self.state = UploadState.FINISHING
-            self._note_hunger()
             if (
                 self._next_number == 1
                 and self._creating is None
@@ -546,7 +533,6 @@ class UploadWriter:
             self._paused = False
             if self._producer is not None:
                 self._producer.resumeProducing()
-        self._note_hunger()
 
     # failure and cleanup
 
@@ -555,7 +541,6 @@ class UploadWriter:
         for _number, _payload, held in self._pending:
             held.free()
         self._pending.clear()
-        self._note_hunger()
 
     def _fail(self, failure: Failure) -> None:
         if self.state not in (UploadState.OPEN, UploadState.FINISHING):

@@ -181,8 +181,8 @@ class Upload:
         else:
             # An SFTP handle's input: told while the upload holds its turn
             # in the upload buffer budget, so its connection keeps being
-            # read whatever other files on it wait for (UploadWriter.hungry).
-            self._writer.on_hunger = getattr(producer, "hunger", None)
+            # read whatever other files on it wait for (PartBuffer.on_hunger).
+            self._writer.watch_hunger(getattr(producer, "hunger", None))
 
     def unregisterProducer(self) -> None:
         if self._receiver is not None:
