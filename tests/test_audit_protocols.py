@@ -134,6 +134,17 @@ class GatewayCase(unittest.TestCase):
         got = [tuple(e.get(k) for k in names) for e in events]
         self.assertEqual(got, expected, events)
 
+    @defer.inlineCallbacks
+    def closed_session(self, port: int) -> Any:
+        """
+        Once a session has closed: the events of the client at C{port},
+        checked by L{common}.
+        """
+        yield until(lambda: self.audit.events("session-close"), "session-close")
+        session = self.audit.session_at(port)
+        self.common(session, port)
+        return self.audit.events(session=session)
+
     def common(self, session: str, port: int, user: str = "alice") -> None:
         """Every event of C{session}: its id, the client's address, the user."""
         events = self.audit.events(session=session)
@@ -188,10 +199,7 @@ class FTPActionTests(GatewayCase):
             return port, kept
 
         port, kept = yield in_thread(run)
-        yield until(lambda: self.audit.events("session-close"), "session-close")
-        session = self.audit.session_at(port)
-        self.common(session, port)
-        events = self.audit.events(session=session)
+        events = yield self.closed_session(port)
         self.check(
             events,
             "event path status outcome",
@@ -368,10 +376,7 @@ class SFTPActionTests(GatewayCase):
             return port
 
         port = yield in_thread(run)
-        yield until(lambda: self.audit.events("session-close"), "session-close")
-        session = self.audit.session_at(port)
-        self.common(session, port)
-        events = self.audit.events(session=session)
+        events = yield self.closed_session(port)
         self.check(
             events,
             "event path status outcome",
