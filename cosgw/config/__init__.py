@@ -37,6 +37,8 @@ The modules, from the bottom up:
     value, shared by both formats.
   - C{endpoints}: server endpoint strings parsed by Twisted without
     listening (and why Twisted refused one, for the listeners' errors).
+  - C{reach}: how clients reach the gateway (PROXY headers, WebDAV,
+    FTP name encodings) and the state replicas share.
   - C{native} and C{v5}: the two formats' loaders.
   - C{loading}: L{load_config} and L{embedded_config}.
 
@@ -44,7 +46,7 @@ Code outside the package imports from C{cosgw.config} only; the modules are
 its private seams.
 """
 
-from cosgw.config.endpoints import endpoint_error
+from cosgw.config.endpoints import endpoint_error, split_listener
 from cosgw.config.loading import embedded_config, load_config
 from cosgw.config.model import (
     ALL_PERMISSIONS,
@@ -59,6 +61,7 @@ from cosgw.config.values import (
     authority_permissions,
     normalize_home,
     parse_bool,
+    parse_encoding,
     parse_permissions,
     parse_size,
 )
@@ -77,6 +80,8 @@ __all__ = [
     "load_config",
     "normalize_home",
     "parse_bool",
+    "parse_encoding",
     "parse_permissions",
     "parse_size",
+    "split_listener",
 ]

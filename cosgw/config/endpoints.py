@@ -26,7 +26,17 @@ import os
 import re
 import socket
 
-__all__ = ["endpoint_error", "endpoint_problem"]
+__all__ = [
+    "LISTENER_OPTIONS",
+    "endpoint_error",
+    "endpoint_problem",
+    "listener_option_problem",
+    "split_listener",
+]
+
+#: cosgw's own options in a listener's string, taken out before Twisted
+#: reads it: C{tcp:2121:proxy_protocol=yes:ftp_encoding=gbk}.
+LISTENER_OPTIONS = ("proxy_protocol", "ftp_encoding")
 
 #: Types C{serverFromString} knows without plugins.
 _BUILT_IN = ("ssl", "tcp", "unix")
@@ -100,11 +110,59 @@ def endpoint_error(description: str, error: Exception) -> str:
     return _FUNCTION.sub("", str(error)) or type(error).__name__
 
 
+def split_listener(description: str) -> tuple[str, dict[str, str]]:
+    """
+    A listener's endpoint string without cosgw's own options, and those
+    options (L{LISTENER_OPTIONS}) by name, their values as written.
+
+    The options are fields like any endpoint argument, so an operator writes
+    them where the other arguments go; Twisted never sees them (its parsers
+    refuse arguments they do not know).
+    """
+    kept: list[str] = []
+    options: dict[str, str] = {}
+    for field in _FIELDS.split(description):
+        name, equals, value = field.partition("=")
+        if equals and name.lower() in LISTENER_OPTIONS and kept:
+            options[name.lower()] = value
+        else:
+            kept.append(field)
+    return ":".join(kept), options
+
+
+def listener_option_problem(name: str, value: str) -> str | None:
+    """
+    What is wrong with one of cosgw's listener options, as the "expected"
+    part of a config error; None when it can be used.
+    """
+    from cosgw.config.values import parse_bool, parse_encoding
+
+    try:
+        if name == "proxy_protocol":
+            parse_bool(value)
+        elif name == "ftp_encoding":
+            parse_encoding(value)
+    except ValueError:
+        if name == "proxy_protocol":
+            return "proxy_protocol=yes or proxy_protocol=no"
+        return (
+            "ftp_encoding=auto or an ASCII-compatible Python codec such as"
+            " ftp_encoding=gbk"
+        )
+    return None
+
+
 def endpoint_problem(description: str) -> str | None:
     """
-    What is wrong with the server endpoint string C{description}, as the
-    "expected" part of a config error; None when Twisted can use it.
+    What is wrong with the server endpoint string C{description} (cosgw's
+    listener options included), as the "expected" part of a config error;
+    None when Twisted can use it.
     """
+    description, options = split_listener(description)
+    for name, value in options.items():
+        problem = listener_option_problem(name, value)
+        if problem is not None:
+            return problem
     types = _types(description)
     if types[-1] not in _BUILT_IN:
         known = _known_types()

@@ -128,6 +128,9 @@ class UserConfig:
     #: network always wins.
     allowed_networks: tuple[str, ...] = ()
     denied_networks: tuple[str, ...] = ()
+    #: The user's FTP name encoding; None follows the listener's, then
+    #: [server]'s.
+    ftp_encoding: str | None = None
 
 
 @dataclass(frozen=True)
@@ -169,6 +172,12 @@ class TransferConfig:
 
 #: Where the admin listener listens unless told otherwise: this host only.
 DEFAULT_ADMIN_LISTEN = "tcp:9121:interface=127.0.0.1"
+
+#: Peers whose PROXY headers are believed unless the config says otherwise:
+#: a balancer on this host.
+DEFAULT_PROXY_TRUSTED = ("127.0.0.0/8", "::1/128")
+#: The values of [server] shared_state_failure.
+SHARED_STATE_FAILURES = ("open", "closed")
 
 #: The values of [server] log_format.
 LOG_FORMATS = ("text", "json")
@@ -255,6 +264,32 @@ class ServerConfig:
     #: Seconds transfers in progress get to finish after SIGTERM (or
     #: ``cosgw stop``) before they are interrupted.
     drain_timeout: int = 60
+    #: Every listener (FTP, implicit FTPS, SFTP, WebDAV) expects a PROXY
+    #: protocol v1 or v2 header first, as if each named
+    #: C{proxy_protocol=yes}; a listener's own option wins.
+    proxy_protocol: bool = False
+    #: Normalised networks whose PROXY headers are believed: a header from
+    #: any other peer is refused with the connection.
+    proxy_trusted_networks: tuple[str, ...] = DEFAULT_PROXY_TRUSTED
+    #: C{redis://host:port/db} (or C{rediss://}) where replicas share bans,
+    #: failed-login counts, session counts and quota usage; None: each
+    #: process keeps its own.
+    shared_state: str | None = None
+    #: What a shared rule does while Redis cannot be reached: "open" (the
+    #: process's own view decides) or "closed" (refuse what needs it).
+    shared_state_failure: str = "open"
+    #: WebDAV listeners, endpoint strings (C{ssl:} for HTTPS with the FTPS
+    #: certificate).
+    webdav_listen: tuple[str, ...] = ()
+    #: Accept HTTP basic auth over plain HTTP from non-loopback addresses
+    #: (passwords in clear text on the network).
+    webdav_allow_plain_auth: bool = False
+    #: How FTP sessions' names are encoded on the wire: a Python codec
+    #: name, or "auto" (UTF-8 until a path argument is only GB18030).
+    ftp_encoding: str = "utf-8"
+    #: Where in each storage the gateway keeps what it stores for itself
+    #: (file times): a prefix no user's home may hold, never listed.
+    metadata_prefix: str = ".cosgw/"
 
 
 @dataclass(frozen=True)

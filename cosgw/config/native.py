@@ -18,6 +18,7 @@ import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from cosgw.config import reach
 from cosgw.config.fields import (
     check_admin,
     check_password,
@@ -91,6 +92,7 @@ _SERVER_KEYS = (
     "admin_listen",
     "admin_users",
     "drain_timeout",
+    *reach.SERVER_KEYS,
 )
 _TRANSFER_KEYS = (
     "part_size",
@@ -144,6 +146,7 @@ _USER_KEYS = (
     "download_rate",
     "allowed_networks",
     "denied_networks",
+    *reach.USER_KEYS,
     *_USER_COS_KEYS,
 )
 #: Upper bounds that only catch typos (a quota in bytes of 1 EiB, a rate
@@ -252,6 +255,7 @@ class CosgwLoader:
         server = self.server_tls(sec, server)
         server = self.server_sftp_and_timeouts(sec, server)
         server = self.server_access(sec, server)
+        server = reach.server_reach(sec, server)
         self.finish(sec, _SERVER_KEYS)
         return server
 
@@ -495,7 +499,7 @@ class CosgwLoader:
             permissions=self.user_permissions(sec),
             authorized_keys=authorized_keys,
         )
-        user = self.user_limits(sec, user)
+        user = reach.user_reach(sec, self.user_limits(sec, user))
         self.finish(sec, _USER_KEYS)
         if password is not None and not hashed:
             self.notices.append(

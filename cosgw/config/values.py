@@ -184,3 +184,36 @@ def is_ip(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+#: An FTP line every encoding a session may use must write as ASCII does:
+#: commands, replies and CRLF stay readable whatever the names are in.
+_ASCII_PROBE = "LIST 200 ok\r\n"
+
+
+def parse_encoding(text: str, auto: bool = True) -> str:
+    """
+    Read a name encoding: a Python codec that writes ASCII as ASCII
+    (C{utf-8}, C{gbk}, C{gb18030}, C{big5}, C{shift_jis}, ...; not
+    C{utf-16}, whose commands no client could read), or C{auto} when
+    C{auto} is allowed.
+
+    @return: the codec's canonical name (C{"gbk"}, C{"utf-8"}) or C{"auto"}.
+    @raise ValueError: if C{text} is no such encoding.
+    """
+    import codecs
+
+    word = text.strip().lower()
+    if auto and word == "auto":
+        return "auto"
+    try:
+        name = codecs.lookup(word).name
+    except LookupError:
+        raise ValueError(f"not an encoding: {text!r}") from None
+    try:
+        ascii_compatible = _ASCII_PROBE.encode(name) == _ASCII_PROBE.encode("ascii")
+    except (UnicodeError, LookupError, TypeError):
+        ascii_compatible = False
+    if not ascii_compatible:
+        raise ValueError(f"not an ASCII-compatible encoding: {text!r}")
+    return name

@@ -66,7 +66,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from cosgw.config import ConfigError, endpoint_error
+from cosgw.config import ConfigError, endpoint_error, split_listener
 
 __all__ = [
     "FTP_REFUSAL",
@@ -434,18 +434,21 @@ class ListenerService(Service):
         self._reactor = reactor
         self.description = description
         self.key = key
+        endpoint_string, options = split_listener(description)
+        #: cosgw's own options of this listener (C{proxy_protocol},
+        #: C{ftp_encoding}), as written; Twisted sees the rest.
+        self.options: dict[str, str] = options
         # ReservingPort is a tcp.Port: it needs a reactor that watches real
         # descriptors.  Any other (IOCP on Windows, a test's MemoryReactor)
         # listens its own way.
         if isinstance(reactor, PosixReactorBase):
             reactor = _ReservingReactor(reactor, refusal)
         try:
-            self.endpoint = serverFromString(reactor, description)
+            self.endpoint = serverFromString(reactor, endpoint_string)
         except Exception as e:
             prefix = f"{key}: " if key else ""
-            raise ConfigError(
-                f"{prefix}cannot use {description}: {endpoint_error(description, e)}"
-            ) from None
+            reason = endpoint_error(endpoint_string, e)
+            raise ConfigError(f"{prefix}cannot use {description}: {reason}") from None
         self.factory = factory
         self.port: Optional[IListeningPort] = None
         #: Fires with the port once it listens; fails with L{ListenFailed}
