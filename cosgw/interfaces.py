@@ -526,8 +526,10 @@ class IFileSystem(Interface):
         the name kept.
         """
 
-    def open_reader(segments: Sequence[str], offset: int = 0) -> Deferred[IReader]:
-        """Open a file for reading from C{offset}."""
+    def open_reader(
+        segments: Sequence[str], offset: int = 0, end: Optional[int] = None
+    ) -> Deferred[IReader]:
+        """Open a file for reading from C{offset} (to C{end}, exclusive)."""
 
     def open_upload(
         segments: Sequence[str],
@@ -591,4 +593,12 @@ class IFileSystem(Interface):
         """
         Rename a file or a directory tree; with C{replace} False, fails
         with C{AlreadyExists} when the target exists (SFTP's RENAME).
+        """
+
+    def copy(
+        source: Sequence[str], target: Sequence[str], replace: bool = True
+    ) -> Deferred[None]:
+        """
+        Copy a file server-side; with C{replace} False, fails with
+        C{AlreadyExists} when the target exists.
         """

@@ -62,6 +62,8 @@ EVENTS: Mapping[str, str] = {
     "delete": "{protocol} delete of {path} by {user} from {client}: {outcome}",
     "rename": "{protocol} rename of {path} to {path_to} by {user} from"
     " {client}: {outcome}",
+    "copy": "{protocol} copy of {path} to {path_to} by {user} from"
+    " {client}: {outcome}",
     "mkdir": "{protocol} mkdir {path} by {user} from {client}: {outcome}",
     "rmdir": "{protocol} rmdir {path} by {user} from {client}: {outcome}",
     "mtime": "{protocol} time of {path} set by {user} from {client}: {outcome}",

@@ -43,7 +43,7 @@ from cosgw.interfaces import (
 from cosgw.policy.quota import Usage
 from cosgw.policy.throttle import RateLimit
 from cosgw.transfer import RandomAccessSettings, TransferSettings, UploadRegistry
-from cosgw.vfs import changes, editing, mtimes, opening, renames
+from cosgw.vfs import changes, copies, editing, mtimes, opening, renames
 from cosgw.vfs.auditing import Auditing
 from cosgw.vfs.digests import DIGESTS, digest_source
 from cosgw.vfs.directories import KnownDirectories, probe, stat_entry, together
@@ -342,13 +342,14 @@ class ObjectFileSystem(Auditing):
         settings: RandomAccessSettings,
         since: Optional[float] = None,
         whole: bool = False,
+        end: Optional[int] = None,
     ) -> Reader:
         """
         A reader; recorded as a download begun at C{since} (when the open
         began) unless that is None; C{whole}: see L{Reader.metered}.
         """
         self.require("download", segments)
-        source = await self._open_source(segments, offset)
+        source = await self._open_source(segments, offset, end)
         reader = Reader(self, segments, source, settings.read_window)
         if since is not None and self.session is not None:
             meter = self.meter("download", segments, reader.size, reader.offset, since)
@@ -356,11 +357,12 @@ class ObjectFileSystem(Auditing):
         return reader
 
     def open_reader(
-        self, segments: Sequence[str], offset: int = 0
+        self, segments: Sequence[str], offset: int = 0, end: Optional[int] = None
     ) -> Deferred[IReader]:
         """
-        Open a file for reading from C{offset}: a download, recorded until
-        the reader is closed.
+        Open a file for reading from C{offset} (to C{end}, exclusive, when
+        given: an HTTP range): a download, recorded until the reader is
+        closed.
 
         @return: Deferred firing with a L{Reader}; fails with L{NotFound},
             L{IsADirectory}, L{PermissionDenied}, L{InvalidOffset}.
@@ -368,7 +370,8 @@ class ObjectFileSystem(Auditing):
         since = self.now()
         settings = RandomAccessSettings()
         d: Deferred[IReader] = self._run(
-            segments, lambda: self._reader(segments, offset, settings, since, True)
+            segments,
+            lambda: self._reader(segments, offset, settings, since, True, end),
         )
         return self._handing_out(d, "download", segments, since)
 
@@ -585,5 +588,20 @@ class ObjectFileSystem(Auditing):
             source,
             "rename",
             lambda: renames.rename(self, source, target, replace),
+            path_to=display(target),
+        )
+
+    def copy(
+        self, source: Sequence[str], target: Sequence[str], replace: bool = True
+    ) -> Deferred[None]:
+        """
+        Copy a file server-side (WebDAV's COPY; see L{copies.copy}): one
+        C{copy} event, refused without C{download} on the source.
+        """
+        return self._action(
+            "copy",
+            source,
+            "download",
+            lambda: copies.copy(self, source, target, replace),
             path_to=display(target),
         )
