@@ -21,6 +21,7 @@ from twisted.internet.defer import Deferred
 
 from cosgw import vfs
 from cosgw.audit import Session as AuditSession
+from cosgw.frontends.ftp.encoding import REPLACEMENT, SessionEncoding, label
 from cosgw.frontends.ftp.replies import Reply
 from cosgw.frontends.ftp.session import Access, Session
 from cosgw.interfaces import IFileSystem
@@ -82,6 +83,8 @@ class CommandContext:
     transfer: Optional[ActiveTransfer]
     #: The dispatch table (HELP lists it).
     commands: Mapping[str, Command]
+    #: How this session's names are encoded.
+    names: SessionEncoding
 
     if TYPE_CHECKING:
         # Given by TimeoutMixin and the protocol itself (GatewayFTP).
@@ -120,8 +123,16 @@ class CommandContext:
         C{path} (absolute, or relative to the working directory) as
         segments below the home.
 
-        @raise Reply: 553, the name is not allowed.
+        @raise Reply: 553, the name is not allowed; 550, it names a name
+            shown with replacements (it may stand for several).
         """
+        replaced = self.names.replaced_in(path)
+        if replaced is not None:
+            raise Reply(
+                550,
+                f"{path}: '{REPLACEMENT}' in {replaced} stands for characters"
+                f" {label(self.names.codec)} cannot write; use a UTF-8 client",
+            )
         try:
             return vfs.resolve(self.session.working_directory, path)
         except vfs.InvalidName as e:

@@ -408,10 +408,16 @@ class ListingSender:
         first: list[vfs.Entry],
         channel: DataChannel,
         format_line: Callable[[vfs.Entry], str],
+        encode: Callable[[str], bytes] = str.encode,
     ) -> None:
+        """
+        @param encode: writes the lines in the session's encoding (by
+            default UTF-8).
+        """
         self._listing = listing
         self._channel = channel
         self._format = format_line
+        self._encode = encode
         self._paused = False
         self._fetching = False
         self._stopped = False
@@ -437,7 +443,7 @@ class ListingSender:
             lines = [for_reply(self._format(e)) for e in self._ready.popleft()]
             if lines:
                 self.count += len(lines)
-                self._channel.write(("\r\n".join(lines) + "\r\n").encode("utf-8"))
+                self._channel.write(self._encode("\r\n".join(lines) + "\r\n"))
             if not self._ended and not self._fetching:
                 self._fetching = True
                 self._listing.next_page().addCallbacks(self._got, self._failed)

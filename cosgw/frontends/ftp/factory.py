@@ -73,6 +73,8 @@ class GatewayFTPFactory(protocol.ServerFactory):
         trace_commands: bool = False,
         data_connections: Optional[ChannelCount] = None,
         sessions: Optional[SessionTable] = None,
+        ftp_encoding: str = "utf-8",
+        user_encodings: Optional[Mapping[str, str]] = None,
     ) -> None:
         """
         @param reactor: the reactor: a clock, TCP (passive listeners and
@@ -98,7 +100,13 @@ class GatewayFTPFactory(protocol.ServerFactory):
             C{TransferCommands._client_left}).
         @param sessions: the gateway's live sessions, where every control
             connection opens its own; by default a table of this factory's.
+        @param ftp_encoding: how this listener's sessions encode names
+            (C{utf-8}, C{auto} or a codec; L{cosgw.frontends.ftp.encoding}).
+        @param user_encodings: per user, the encoding that replaces it once
+            the session names that user.
         """
+        self.ftp_encoding = ftp_encoding
+        self.user_encodings = dict(user_encodings or {})
         self.tls = tls
         self.implicit = implicit
         self.tls_required = tls_required
@@ -144,8 +152,13 @@ class GatewayFTPFactory(protocol.ServerFactory):
         user_tls: Optional[UserTLS] = None,
         data_connections: Optional[ChannelCount] = None,
         sessions: Optional[SessionTable] = None,
+        ftp_encoding: Optional[str] = None,
+        user_encodings: Optional[Mapping[str, str]] = None,
     ) -> GatewayFTPFactory:
-        """The factory for the server section of the configuration."""
+        """
+        The factory for the server section of the configuration;
+        C{ftp_encoding}, a listener's own, replaces the server's.
+        """
         return cls(
             portal,
             reactor,
@@ -166,6 +179,8 @@ class GatewayFTPFactory(protocol.ServerFactory):
             trace_commands=server.log_level == "debug",
             data_connections=data_connections,
             sessions=sessions,
+            ftp_encoding=ftp_encoding or server.ftp_encoding,
+            user_encodings=user_encodings,
         )
 
     def buildProtocol(self, addr: Any) -> Optional[protocol.Protocol]:
@@ -196,6 +211,10 @@ class GatewayFTPFactory(protocol.ServerFactory):
         """A control connection built by this factory has ended."""
         self.connections -= 1
         self.limits.close(host)
+
+    def encoding_for(self, user: Optional[str]) -> str:
+        """How a session of C{user} (None: no user named yet) encodes names."""
+        return self.user_encodings.get(user or "", self.ftp_encoding)
 
     def tls_policy(self, user: Optional[str]) -> tuple[bool, bool]:
         """(TLS required on control, PROT P required) for C{user}."""

@@ -13,6 +13,7 @@ from twisted.logger import Logger
 from cosgw import vfs
 from cosgw.escaping import for_log
 from cosgw.frontends.ftp.context import CommandContext
+from cosgw.frontends.ftp.encoding import label
 from cosgw.frontends.ftp.facts import FACTS, feat_mlst
 from cosgw.frontends.ftp.replies import Reply
 from cosgw.frontends.listing import format_list_line
@@ -74,9 +75,7 @@ class InfoCommands(CommandContext):
         name = name.upper()
         words = value.upper().split()
         if name in ("UTF8", "UTF-8"):
-            if words in ([], ["ON"]):
-                return Reply(200, "UTF8 mode is always on")
-            return Reply(504, "Only UTF8 mode is supported")
+            return self._opts_utf8(words)
         if name == "MLST":
             # RFC 3659 7.9: select facts; unknown ones are ignored.
             wanted = {f.lower() for f in value.split(";") if f}
@@ -93,6 +92,26 @@ class InfoCommands(CommandContext):
             self.session.hash_algorithm = algorithm
             return Reply(200, algorithm)
         return Reply(501, f"Option not understood: {option[:40]}")
+
+    def _opts_utf8(self, words: list[str]) -> Reply:
+        """
+        OPTS UTF8 ON: names in UTF-8 from now on (the client says it speaks
+        it); OFF: in the configured legacy encoding, refused when there is
+        none (see L{cosgw.frontends.ftp.encoding}).
+        """
+        if words == ["OFF"]:
+            if not self.names.set_utf8(False):
+                return Reply(
+                    504,
+                    "UTF8 cannot be turned off: no other name encoding is configured",
+                )
+            state = "off"
+        elif words in ([], ["ON"]):
+            self.names.set_utf8(True)
+            state = "on"
+        else:
+            return Reply(501, "OPTS UTF8 ON or OFF")
+        return Reply(200, f"UTF8 {state}: names are {label(self.names.codec)}")
 
     def ftp_HELP(self, command: str) -> Reply:
         if command:
@@ -186,8 +205,9 @@ class InfoCommands(CommandContext):
             for entry in page:
                 # A leading space: no line can pass for a reply code
                 # (RFC 959 4.2); sendLine shows control characters as '?'.
+                shown = self.names.shown_entry(entry)
                 self.sendLine(
-                    " " + format_list_line(entry, fs.permissions, fs.user, now)
+                    " " + format_list_line(shown, fs.permissions, fs.user, now)
                 )
             await self.replies_flushed()
             if self.session.over:

@@ -47,6 +47,8 @@ class LoginCommands(CommandContext):
             # A new login: the session is not logged in from now on.
             self.start_login_deadline()
         self.session.name_user(username)
+        # The account's name encoding from now on: PASS is read in it.
+        self.names.configure(self.factory.encoding_for(username))
         return Reply(331, "Password required")
 
     def ftp_PASS(self, password: str) -> Deferred[Reply]:
@@ -86,6 +88,7 @@ class LoginCommands(CommandContext):
             LoginRefused,
         )
         self.session.advance(Event.LOGIN_REFUSED)
+        self.names.configure(self.factory.encoding_for(None))
         reply = reply_for(failure, "PASS")
         if reply.code == 421:
             # Banned, or a rule refuses this user here or now: say why
@@ -104,6 +107,7 @@ class LoginCommands(CommandContext):
         deadline starts again.
         """
         self.session.reinitialize(implicit_tls=self.factory.implicit)
+        self.names.configure(self.factory.encoding_for(None))
         self.data.close()
         self.start_login_deadline()
         return Reply(220, "Ready for a new user")

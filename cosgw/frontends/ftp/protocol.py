@@ -41,8 +41,12 @@ Flow control (ARCHITECTURE rule 8: one client never exhausts the gateway):
 
 Every reply line is sent with its control characters shown as C{?}
 (L{for_reply}): a name written by another COS client with CR or LF in it
-cannot end a reply early and forge another.  Commands and names are UTF-8
-(RFC 2640) both ways; invalid UTF-8 gets a 501.
+cannot end a reply early and forge another.  Commands and names are in
+the session's encoding both ways (L{cosgw.frontends.ftp.encoding}: UTF-8,
+RFC 2640, unless a legacy one is configured or detected); a line invalid
+in it gets a 501.  Lines are split on CRLF before they are decoded: no
+byte of a multibyte character in GBK, GB18030, Big5 or Shift_JIS is a CR
+or LF, so a name's 0x5C or 0x7C second bytes pass through whole.
 """
 
 from __future__ import annotations
@@ -65,6 +69,7 @@ from cosgw.escaping import for_log, for_reply
 from cosgw.frontends.ftp.audited import AuditedSession
 from cosgw.frontends.ftp.commands import COMMANDS
 from cosgw.frontends.ftp.context import Arg, Command
+from cosgw.frontends.ftp.encoding import NotDecodable, SessionEncoding
 from cosgw.frontends.ftp.file_commands import FileCommands
 from cosgw.frontends.ftp.hash_commands import HashCommands
 from cosgw.frontends.ftp.info_commands import InfoCommands
@@ -104,7 +109,9 @@ def strip_telnet(line: bytes) -> bytes:
     """
     Remove Telnet commands (RFC 854) from a command line: clients send
     "IAC IP IAC DM" before an urgent ABOR (RFC 959 4.1.3), and a few send
-    option negotiation.  0xFF never occurs in UTF-8, so nothing else is lost.
+    option negotiation.  0xFF occurs in none of the multibyte encodings a
+    session may speak (UTF-8, GBK, GB18030, Big5, Shift_JIS); a data byte
+    0xFF is sent doubled (IAC IAC), as Telnet has it.
     """
     if b"\xff" not in line:
         return line
@@ -117,6 +124,9 @@ def strip_telnet(line: bytes) -> bytes:
             i += 1
         elif i + 1 < len(line) and 0xFB <= line[i + 1] <= 0xFE:
             i += 3  # IAC WILL/WONT/DO/DONT option
+        elif i + 1 < len(line) and line[i + 1] == 0xFF:
+            out.append(0xFF)  # IAC IAC: the data byte 0xFF
+            i += 2
         else:
             i += 2  # IAC command (IP, DM, ...)
     return bytes(out)
@@ -200,6 +210,16 @@ class GatewayFTP(
         self._flush_waiters: list[Deferred[None]] = []
         self._login_deadline: Optional[IDelayedCall] = None
         self._cut_off: Optional[IDelayedCall] = None
+        self.names = SessionEncoding(log_fields=self._log_fields)
+
+    def _log_fields(self) -> dict[str, str]:
+        return {"session": self.audit.id, "peer": self.peer.host}
+
+    def makeConnection(self, transport: Any) -> None:
+        # The listener's name encoding (else the server's) until a user is
+        # named: set before connectionMade greets the client.
+        self.names.configure(self.factory.encoding_for(None))
+        super().makeConnection(transport)
 
     # -- connection ---------------------------------------------------------
 
@@ -253,8 +273,8 @@ class GatewayFTP(
 
     def sendLine(self, line: Union[str, bytes]) -> None:
         """
-        Send one reply line.  Control characters are shown as C{?}: a line
-        is one line, whatever name it carries.
+        Send one reply line, in the session's encoding.  Control characters
+        are shown as C{?}: a line is one line, whatever name it carries.
         """
         if self.kicked:
             return  # the 421 of the kick was the last word
@@ -262,7 +282,7 @@ class GatewayFTP(
             line = line.decode("utf-8", "replace")
         if line[:3].isdigit():
             self.last_code = line[:3]
-        self.transport.write(for_reply(line).encode("utf-8") + b"\r\n")
+        self.transport.write(self.names.encode(for_reply(line)) + b"\r\n")
 
     def close_control(self) -> None:
         """
@@ -486,9 +506,9 @@ class GatewayFTP(
 
     def _execute(self, line: bytes) -> None:
         try:
-            text = line.decode("utf-8")
-        except UnicodeDecodeError:
-            self.sendLine("501 Command is not valid UTF-8")
+            text = self.names.decode(line)
+        except NotDecodable as e:
+            self.sendLine(f"501 {e}")
             return
         command, _, argument = text.partition(" ")
         command = command.upper()

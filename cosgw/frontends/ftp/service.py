@@ -16,7 +16,7 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 
-from cosgw.config import Config, ConfigError, UserConfig
+from cosgw.config import Config, ConfigError, UserConfig, parse_encoding, split_listener
 from cosgw.frontends.frontend import Frontend, SharedParts
 from cosgw.frontends.ftp.data import ChannelCount
 from cosgw.frontends.ftp.factory import GatewayFTPFactory, UserTLS
@@ -83,6 +83,11 @@ def user_tls(users: Mapping[str, UserConfig]) -> UserTLS:
     return {name: (u.tls_required, u.tls_data_required) for name, u in users.items()}
 
 
+def user_encodings(users: Mapping[str, UserConfig]) -> dict[str, str]:
+    """Per user, the FTP name encoding, where set."""
+    return {name: u.ftp_encoding for name, u in users.items() if u.ftp_encoding}
+
+
 class FTPFrontend(Frontend):
     """
     FTP and FTPS: the server's TLS, the user's file system registered with
@@ -93,6 +98,10 @@ class FTPFrontend(Frontend):
     The FTP protocol needs nothing of a logged-in user but their file
     system, so the avatar it asks the portal for is the L{IFileSystem}
     itself, with the logout that ends the session.
+
+    A listener with its own C{ftp_encoding} option gets a factory of its
+    own (sharing the limits, sessions and data connections of the others);
+    the others share one.
     """
 
     def __init__(self, config: Config, parts: SharedParts) -> None:
@@ -115,8 +124,10 @@ class FTPFrontend(Frontend):
             "defender": parts.defender,
             "tls": self.tls,
             "user_tls": user_tls(config.users),
+            "user_encodings": user_encodings(config.users),
             "sessions": parts.sessions,
         }
+        self._options = options
         portal, reactor = parts.portal, parts.reactor
         self.factory = GatewayFTPFactory.from_config(server, portal, reactor, **options)
         self.implicit_factory = GatewayFTPFactory.from_config(
@@ -125,18 +136,44 @@ class FTPFrontend(Frontend):
         self.factories = [self.factory, self.implicit_factory]
         #: Where plain FTP (and explicit FTPS) is served.
         self.listeners = [
-            self.listen(description, self.factory, FTP_REFUSAL, "[server] ftp_listen")
+            self.listen(
+                description,
+                self._factory_for(server, description, self.factory),
+                FTP_REFUSAL,
+                "[server] ftp_listen",
+            )
             for description in server.ftp_listen
         ]
         #: Where implicit FTPS is served.
         self.implicit_listeners = [
             self.listen(
                 description,
-                wrap_current(self.implicit_factory, reactor),
+                wrap_current(
+                    self._factory_for(server, description, self.implicit_factory),
+                    reactor,
+                ),
                 key="[server] ftps_listen",
             )
             for description in server.ftps_listen
         ]
+
+    def _factory_for(
+        self, server: Any, description: str, shared: GatewayFTPFactory
+    ) -> GatewayFTPFactory:
+        """C{shared}, or one of its own for a listener with an C{ftp_encoding}."""
+        encoding = split_listener(description)[1].get("ftp_encoding")
+        if encoding is None:
+            return shared
+        factory = GatewayFTPFactory.from_config(
+            server,
+            self.parts.portal,
+            self.parts.reactor,
+            implicit=shared.implicit,
+            ftp_encoding=parse_encoding(encoding),
+            **self._options,
+        )
+        self.factories.append(factory)
+        return factory
 
     def reconfigure(self, config: Config, tls: Optional[ServerTLS] = None) -> None:
         """
@@ -148,13 +185,19 @@ class FTPFrontend(Frontend):
         if tls is not None:
             self.tls = tls
         policies = user_tls(config.users)
-        for factory in (self.factory, self.implicit_factory):
+        encodings = user_encodings(config.users)
+        for factory in self.factories:
             if tls is not None:
                 factory.tls = tls
             factory.user_tls = dict(policies)
+            factory.user_encodings = dict(encodings)
             factory.tls_required = server.tls_required
             factory.tls_data_required = server.tls_data_required
             factory.trace_commands = server.log_level == "debug"
+        for factory in (self.factory, self.implicit_factory):
+            # A listener's own encoding is in its endpoint string, which a
+            # reload does not change.
+            factory.ftp_encoding = server.ftp_encoding
 
     def privilegedStartService(self) -> None:
         """

@@ -110,8 +110,9 @@ class _Arrivals:
 #: Commands that run detached: the control channel keeps reading meanwhile.
 TRANSFER_COMMANDS = frozenset({"RETR", "STOR", "APPE", "STOU", "LIST", "NLST", "MLSD"})
 
-#: Formats one listing entry: (entry, file system, now) -> line.
-LineFormat = Callable[[vfs.Entry, IFileSystem, float], str]
+#: Formats one listing entry: (entry, the entry under the name the session
+#: shows, file system, now) -> line.
+LineFormat = Callable[[vfs.Entry, vfs.Entry, IFileSystem, float], str]
 
 
 class ActiveTransfer:
@@ -399,8 +400,13 @@ class TransferCommands(CommandContext):
         self.sendLine("150 Here comes the directory listing")
         await self.data.ready(channel)
         now = self.reactor.seconds()
+        names = self.names
         sender = ListingSender(
-            listing, first or [], channel, lambda e: format_line(e, fs, now)
+            listing,
+            first or [],
+            channel,
+            lambda e: format_line(e, names.shown_entry(e), fs, now),
+            names.encode,
         )
         transfer.counter = lambda: sender.count
         try:
@@ -417,18 +423,23 @@ class TransferCommands(CommandContext):
 
     def ftp_LIST(self, path: str) -> Awaitable[Reply]:
         return self._list(
-            path, lambda e, fs, now: format_list_line(e, fs.permissions, fs.user, now)
+            path,
+            lambda _, shown, fs, now: format_list_line(
+                shown, fs.permissions, fs.user, now
+            ),
         )
 
     def ftp_NLST(self, path: str) -> Awaitable[Reply]:
-        return self._list(path, lambda e, fs, now: e.name)
+        return self._list(path, lambda _, shown, fs, now: shown.name)
 
     def ftp_MLSD(self, path: str) -> Awaitable[Reply]:
         segments = self.resolve(path)
         facts = set(self.session.facts)
 
-        def line(entry: vfs.Entry, fs: IFileSystem, now: float) -> str:
+        def line(
+            entry: vfs.Entry, shown: vfs.Entry, fs: IFileSystem, now: float
+        ) -> str:
             key = fs.dir_prefix(segments) + entry.name + ("/" if entry.is_dir else "")
-            return f"{format_facts(entry, key, fs.permissions, facts)} {entry.name}"
+            return f"{format_facts(entry, key, fs.permissions, facts)} {shown.name}"
 
         return self._list(path, line, mlsd=True)
