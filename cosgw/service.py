@@ -58,6 +58,7 @@ from cosgw.vfs import home_prefix, is_hidden_key
 if TYPE_CHECKING:
     from cosgw.admin import AdminService
     from cosgw.frontends.ftp.service import FTPFrontend
+    from cosgw.frontends.proxied import ProxySettings
     from cosgw.frontends.sftp.service import SFTPFrontend
     from cosgw.lifecycle.drain import Drain
     from cosgw.lifecycle.reload import Reloader
@@ -317,6 +318,7 @@ def makeService(config: Config, reactor: Any = None) -> GatewayService:
         defender=service.defender,
         reactor=reactor,
         sessions=service.sessions,
+        proxy=ProxySettings.from_config(config.server),
     )
     service.ftp = FTPFrontend(config, parts)
     service.ftp.setServiceParent(service)

@@ -17,6 +17,7 @@ from twisted.internet.interfaces import IProtocolFactory
 from cosgw.audit import SessionTable
 from cosgw.auth.realm import Realm
 from cosgw.frontends.listener import ListenerService
+from cosgw.frontends.proxied import ProxySettings
 from cosgw.policy.accounts import Accounts
 from cosgw.policy.defender import LoginDefender
 from cosgw.policy.limits import ConnectionLimits
@@ -43,6 +44,8 @@ class SharedParts:
     #: Every live session and transfer, across protocols (audit events, the
     #: status page, kicks).
     sessions: SessionTable
+    #: Which listeners expect a PROXY header, and whose headers are believed.
+    proxy: ProxySettings = ProxySettings()
 
 
 class Frontend(MultiService):
@@ -87,7 +90,7 @@ class Frontend(MultiService):
             error when it cannot listen.
         """
         listener = ListenerService(
-            self.parts.reactor, description, factory, refusal, key
+            self.parts.reactor, description, factory, refusal, key, self.parts.proxy
         )
         listener.setServiceParent(self)
         return listener

@@ -28,10 +28,12 @@ moment (L{_PAUSE}) instead of spinning; clients wait in the kernel's queue.
 Refusals are logged as one warning per L{_LOG_EVERY} seconds per listener,
 with the count.
 
-Endpoint strings are still parsed by Twisted (C{tcp:}, C{tcp6:},
-C{haproxy:tcp:} ...); only the reactor that the endpoints see is adapted, so
-that C{listenTCP} builds our port.  Other kinds (C{unix:}, C{systemd:})
-keep Twisted's own behaviour.
+Endpoint strings are still parsed by Twisted (C{tcp:}, C{tcp6:} ...); only
+the reactor that the endpoints see is adapted, so that C{listenTCP} builds
+our port.  Other kinds (C{unix:}, C{systemd:}) keep Twisted's own
+behaviour.  A C{haproxy:} prefix, like the C{proxy_protocol} option, makes
+the listener read a PROXY header first with L{cosgw.frontends.proxied}
+instead of Twisted's wrapper.
 
 A listener that cannot listen stops the start: L{ListenerService} listens
 in C{privilegedStartService} (twistd binds there, before it drops
@@ -67,6 +69,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from cosgw.config import ConfigError, endpoint_error, split_listener
+from cosgw.frontends.proxied import ProxiedFactory, ProxySettings
 
 __all__ = [
     "FTP_REFUSAL",
@@ -419,6 +422,7 @@ class ListenerService(Service):
         factory: IProtocolFactory,
         refusal: bytes = b"",
         key: Optional[str] = None,
+        proxy: Optional[ProxySettings] = None,
     ) -> None:
         """
         @param refusal: sent to a client the gateway has no descriptor for,
@@ -427,6 +431,9 @@ class ListenerService(Service):
             would be noise).
         @param key: the config key that named C{description}, such as
             C{"[server] ftp_listen"}, for the errors.
+        @param proxy: the server's PROXY protocol settings; by default
+            none is expected unless the listener asks (C{haproxy:},
+            C{proxy_protocol=yes}).
         @raise ConfigError: Twisted cannot use C{description} here (the
             config checked its form; a C{systemd:} socket may still be
             missing).
@@ -434,10 +441,18 @@ class ListenerService(Service):
         self._reactor = reactor
         self.description = description
         self.key = key
+        prefix = f"{key}: " if key else ""
         endpoint_string, options = split_listener(description)
         #: cosgw's own options of this listener (C{proxy_protocol},
         #: C{ftp_encoding}), as written; Twisted sees the rest.
         self.options: dict[str, str] = options
+        self.proxy = proxy if proxy is not None else ProxySettings()
+        try:
+            endpoint_string, proxied = self.proxy.listener(endpoint_string, options)
+        except ConfigError as e:
+            raise ConfigError(f"{prefix}cannot use {description}: {e}") from None
+        #: Connections start with a PROXY header (L{cosgw.frontends.proxied}).
+        self.proxied = proxied
         # ReservingPort is a tcp.Port: it needs a reactor that watches real
         # descriptors.  Any other (IOCP on Windows, a test's MemoryReactor)
         # listens its own way.
@@ -446,7 +461,6 @@ class ListenerService(Service):
         try:
             self.endpoint = serverFromString(reactor, endpoint_string)
         except Exception as e:
-            prefix = f"{key}: " if key else ""
             reason = endpoint_error(endpoint_string, e)
             raise ConfigError(f"{prefix}cannot use {description}: {reason}") from None
         self.factory = factory
@@ -504,7 +518,10 @@ class ListenerService(Service):
             self.listening.errback(error)
             self._reactor.callWhenRunning(self._reactor.stop)
 
-        self.endpoint.listen(self.factory).addCallbacks(listening, cannot)
+        factory = self.factory
+        if self.proxied:
+            factory = ProxiedFactory(factory, self.proxy, self._reactor)
+        self.endpoint.listen(factory).addCallbacks(listening, cannot)
         starting = False
         if failed:
             raise failed[0]

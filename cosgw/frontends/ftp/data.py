@@ -322,9 +322,11 @@ class DataChannelFactory(protocol.ClientFactory):
     """
     Makes the one data connection of a transfer, passive or active.  For a
     passive one it accepts only a connection from C{peer_host} (the
-    client's control-connection address): another host connecting first
-    must not get the data (port stealing).  A connection it refuses is
-    closed at once.
+    client's control-connection address), or from C{relay}, the trusted
+    balancer that relayed the control connection with a PROXY header and
+    may relay the data connection too: another host connecting first must
+    not get the data (port stealing).  A connection it refuses is closed at
+    once.
     """
 
     protocol = DataChannel
@@ -333,6 +335,7 @@ class DataChannelFactory(protocol.ClientFactory):
     def __init__(
         self,
         peer_host: str,
+        relay: Optional[str] = None,
         tls: bool = False,
         require_reuse: bool = False,
         clock: Optional[Any] = None,
@@ -349,6 +352,7 @@ class DataChannelFactory(protocol.ClientFactory):
         self.clock = clock
         self.stall_timeout = stall_timeout
         self.peer_host = normal_host(peer_host)
+        self.relay = normal_host(relay) if relay is not None else None
         self.tls = tls
         self.require_reuse = require_reuse
         self.count = count if count is not None else ChannelCount()
@@ -359,7 +363,7 @@ class DataChannelFactory(protocol.ClientFactory):
         if self.channel is not None:
             return None
         host = normal_host(getattr(addr, "host", ""))
-        if host != self.peer_host:
+        if host != self.peer_host and host != self.relay:
             log.warn(
                 "refused a data connection from {host} (client is {peer})",
                 host=host,

@@ -163,9 +163,17 @@ class DataConnections:
     are counted against L{MAX_SESSION_DATA_CONNECTIONS}.
     """
 
-    def __init__(self, factory: GatewayFTPFactory, peer_host: str) -> None:
+    def __init__(
+        self, factory: GatewayFTPFactory, peer_host: str, relay: Optional[str] = None
+    ) -> None:
+        """
+        @param relay: the balancer the control connection came through
+            (L{cosgw.frontends.proxied.relay_of}), which passive data
+            connections may come from too, when it forwards the range.
+        """
         self._factory = factory
         self._peer_host = peer_host
+        self._relay = relay
         #: The session's TLS (AUTH TLS, PROT P): the factory's when the
         #: control connection began.  A config reload gives the factory a
         #: new certificate for new connections only: a data connection must
@@ -228,6 +236,7 @@ class DataConnections:
     def _new_factory(self, host: str, protect: bool) -> DataChannelFactory:
         return DataChannelFactory(
             host,
+            relay=self._relay,
             tls=protect,
             require_reuse=self._factory.tls_session_reuse,
             clock=self._factory.reactor,

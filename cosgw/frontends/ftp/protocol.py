@@ -82,6 +82,7 @@ from cosgw.frontends.ftp.transfers import (
     ActiveTransfer,
     TransferCommands,
 )
+from cosgw.frontends.proxied import relay_of
 
 if TYPE_CHECKING:
     from cosgw.frontends.ftp.factory import GatewayFTPFactory
@@ -157,7 +158,13 @@ def _limit_send_buffer(transport: Any) -> None:
     once more than L{MAX_UNSENT_REPLIES} wait to be sent.  It is Twisted's
     default (64 KiB); set here so that the limit is this module's.
     """
-    tcp = getattr(transport, "transport", None) or transport
+    tcp = transport
+    # Down through the wrappers (TLS, a PROXY header's) to the socket's.
+    for _ in range(4):
+        below = tcp.__dict__.get("transport")
+        if below is None:
+            break
+        tcp = below
     if hasattr(tcp, "bufferSize"):
         tcp.bufferSize = MAX_UNSENT_REPLIES
 
@@ -229,8 +236,10 @@ class GatewayFTP(
             session = self.session
             session.secure, session.pbsz, session.prot = True, True, "P"
             self._handshaking = True
+        # Behind a balancer, the client the PROXY header named.
         self.peer = self.transport.getPeer()
-        self.data = DataConnections(self.factory, self.peer.host)
+        relay = relay_of(self.transport)
+        self.data = DataConnections(self.factory, self.peer.host, relay)
         # TimeoutMixin's hook for another clock (it is a method there).
         self.callLater = self.reactor.callLater  # type: ignore[method-assign]
         _urgent_data_inline(self.transport)
