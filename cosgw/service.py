@@ -58,7 +58,6 @@ from cosgw.vfs import home_prefix, is_hidden_key
 if TYPE_CHECKING:
     from cosgw.admin import AdminService
     from cosgw.frontends.ftp.service import FTPFrontend
-    from cosgw.frontends.proxied import ProxySettings
     from cosgw.frontends.sftp.service import SFTPFrontend
     from cosgw.lifecycle.drain import Drain
     from cosgw.lifecycle.reload import Reloader
@@ -274,6 +273,7 @@ def makeService(config: Config, reactor: Any = None) -> GatewayService:
         reactor = running
     from cosgw.frontends.frontend import SharedParts
     from cosgw.frontends.ftp.service import FTPFrontend
+    from cosgw.frontends.proxied import ProxySettings
 
     for notice in config.notices:
         log.warn("config: {notice}", notice=notice)
