@@ -59,6 +59,7 @@ if TYPE_CHECKING:
     from cosgw.admin import AdminService
     from cosgw.frontends.ftp.service import FTPFrontend
     from cosgw.frontends.sftp.service import SFTPFrontend
+    from cosgw.frontends.webdav.service import WebDAVFrontend
     from cosgw.lifecycle.drain import Drain
     from cosgw.lifecycle.reload import Reloader
 
@@ -76,6 +77,7 @@ class GatewayService(MultiService):
         self.pool: Optional[ThreadPool] = None
         self.limits: Optional[ConnectionLimits] = None
         self.sftp: Optional[SFTPFrontend] = None
+        self.webdav: Optional[WebDAVFrontend] = None
         self.defender: Optional[LoginDefender] = None
         self.sessions: Optional[SessionTable] = None
         #: The admin listener; None when admin_listen is empty.
@@ -327,6 +329,12 @@ def makeService(config: Config, reactor: Any = None) -> GatewayService:
 
         service.sftp = SFTPFrontend(config, parts)
         service.sftp.setServiceParent(service)
+    if config.server.webdav_listen:
+        from cosgw.frontends.webdav.service import WebDAVFrontend
+
+        ftp = service.ftp
+        service.webdav = WebDAVFrontend(config, parts, lambda: ftp.tls)
+        service.webdav.setServiceParent(service)
     from cosgw.lifecycle.reload import Reloader, ReloadService
     from cosgw.systemd import SystemdNotifier
 

@@ -420,7 +420,9 @@ def gateway_drain(
         reactor,
         gateway.sessions,
         timeout,
-        frontends=[f for f in (gateway.ftp, gateway.sftp) if f is not None],
+        frontends=[
+            f for f in (gateway.ftp, gateway.sftp, gateway.webdav) if f is not None
+        ],
         readiness=readiness,
         notifier=notifier,
         registry=gateway.accounts.registry,
