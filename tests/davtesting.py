@@ -1,0 +1,162 @@
+"""
+A gateway with a WebDAV listener for a test, and the clients that talk to
+it: http.client (in a thread), curl, rclone and litmus (subprocesses).
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import os
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Optional
+
+from twisted.internet import defer, reactor
+from twisted.internet.task import deferLater
+from twisted.trial import unittest
+
+from tests.harness import PASSWORD, Gateway, in_thread, start_gateway
+from tests.logevents import LogEvents
+from tests.processtesting import scratch
+
+#: Seconds any one client call may take.
+BOUND = 60.0
+
+
+def until(predicate: Callable[[], Any], what: str, bound: float = BOUND) -> Any:
+    """Fire once C{predicate()} holds, polled on the reactor; fail at the bound."""
+
+    @defer.inlineCallbacks
+    def poll() -> Any:
+        deadline = reactor.seconds() + bound
+        while not predicate():
+            if reactor.seconds() > deadline:
+                raise AssertionError(f"timed out waiting for {what}")
+            yield deferLater(reactor, 0.02, lambda: None)
+
+    return poll()
+
+
+class Reply:
+    """One HTTP response, read whole."""
+
+    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+    def __repr__(self) -> str:
+        return f"<Reply {self.status} {self.body[:200]!r}>"
+
+
+def basic(user: str, password: str) -> str:
+    token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+    return f"Basic {token}"
+
+
+class DAVClient:
+    """Requests on one keep-alive connection, each run in a thread."""
+
+    def __init__(self, port: int, user: str = "alice", password: str = PASSWORD):
+        self.port = port
+        self.auth: Optional[str] = basic(user, password) if user else None
+        self.connection = http.client.HTTPConnection("127.0.0.1", port, timeout=BOUND)
+
+    def _request(
+        self, method: str, path: str, body: bytes, headers: dict[str, str]
+    ) -> Reply:
+        sent = dict(headers)
+        if self.auth is not None:
+            sent.setdefault("Authorization", self.auth)
+        self.connection.request(method, path, body=body or None, headers=sent)
+        response = self.connection.getresponse()
+        data = response.read()
+        if response.will_close:
+            self.connection.close()
+        return Reply(response.status, dict(response.getheaders()), data)
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes = b"",
+        headers: Optional[dict[str, str]] = None,
+    ) -> defer.Deferred[Reply]:
+        return in_thread(self._request, method, path, body, headers or {})
+
+    def close(self) -> None:
+        self.connection.close()
+
+    @property
+    def local_port(self) -> int:
+        sock = self.connection.sock
+        return int(sock.getsockname()[1]) if sock is not None else 0
+
+
+class DAVCase(unittest.TestCase):
+    """A test with a gateway whose WebDAV listens on 127.0.0.1."""
+
+    timeout = 180
+
+    @defer.inlineCallbacks
+    def start(self, kind: str = "local", **overrides: Any) -> Any:
+        overrides.setdefault("webdav_listen", ("tcp:0:interface=127.0.0.1",))
+        overrides.setdefault("sftp_listen", ())
+        self.gw: Gateway = yield start_gateway(self, kind, **overrides)
+        webdav = self.gw.service.webdav
+        assert webdav is not None
+        ports = []
+        for listener in webdav.listeners:
+            port = yield listener.listening
+            ports.append(port.getHost().port)
+        self.ports = ports
+        self.port = ports[0]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.work = scratch(self, "cosgw-dav-")
+        self.audit = LogEvents(self, "cosgw.audit")
+        self.addCleanup(
+            until, lambda: self.gw.service.limits.total == 0, "connections closed"
+        )
+        return self.gw
+
+    def client(self, user: str = "alice", password: str = PASSWORD) -> DAVClient:
+        c = DAVClient(self.port, user, password)
+        self.addCleanup(c.close)
+        return c
+
+    def events(self, *names: str) -> list[dict[str, Any]]:
+        found = [e["audit"] for e in self.audit.events if "audit" in e]
+        return [e for e in found if not names or e["event"] in names]
+
+    def run_tool(
+        self, args: list[str], timeout: float = BOUND, env: Optional[dict] = None
+    ) -> defer.Deferred[subprocess.CompletedProcess[str]]:
+        """A client program, run to its end in a thread."""
+
+        def run() -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                args,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                cwd=str(self.work),
+                env={**os.environ, **(env or {})},
+                stdin=subprocess.DEVNULL,
+            )
+
+        return in_thread(run)
+
+    def rclone_config(self, user: str = "alice", password: str = PASSWORD) -> Path:
+        """An rclone config naming this gateway as the remote C{dav}."""
+        obscured = subprocess.run(
+            ["rclone", "obscure", password], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        path = self.work / "rclone.conf"
+        path.write_text(
+            "[dav]\ntype = webdav\n"
+            f"url = {self.url}/\nvendor = other\n"
+            f"user = {user}\npass = {obscured}\n"
+        )
+        return path
