@@ -20,6 +20,7 @@ Embedding::
 from __future__ import annotations
 
 import dataclasses
+import functools
 import sys
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
@@ -53,7 +54,7 @@ from cosgw.storage._runner import BlockingRunner
 from cosgw.storage.sweeper import UploadSweeper
 from cosgw.transfer import DownloadBuffers, TransferSettings, UploadBuffers
 from cosgw.transfer.buffers import tune_malloc
-from cosgw.vfs import home_prefix, is_hidden_key
+from cosgw.vfs import METADATA_PREFIX, home_prefix, is_hidden_key
 
 if TYPE_CHECKING:
     from cosgw.admin import AdminService
@@ -62,7 +63,6 @@ if TYPE_CHECKING:
     from cosgw.frontends.webdav.service import WebDAVFrontend
     from cosgw.lifecycle.drain import Drain
     from cosgw.lifecycle.reload import Reloader
-    from cosgw.policy.shared import SharedStore
 
 log = Logger()
 
@@ -87,9 +87,6 @@ class GatewayService(MultiService):
         self.reloader: Optional[Reloader] = None
         #: What stopService does first (L{cosgw.lifecycle.drain}).
         self.drain: Optional[Drain] = None
-        #: The link to Redis when [server] shared_state is set
-        #: (L{cosgw.policy.shared}); None: every rule is this process's.
-        self.shared: Optional[SharedStore] = None
         #: The observer for the log of the program that runs the gateway
         #: (twistd's standard output or log file), in log_format from
         #: log_level; None: leave that log as it is.
@@ -183,6 +180,7 @@ def _account(
     settings: TransferSettings,
     reactor: Any,
     previous: Optional[Account] = None,
+    metadata_prefix: str = METADATA_PREFIX,
 ) -> Account:
     """
     One user's account: their store, home and the rules that apply.
@@ -201,7 +199,7 @@ def _account(
             home_prefix(user.home),
             user.quota_bytes or None,
             user.quota_files or None,
-            ignore=is_hidden_key,
+            ignore=functools.partial(is_hidden_key, metadata_prefix=metadata_prefix),
         )
         old = previous.usage if previous is not None else None
         if old is not None and _same_usage(old, usage):
@@ -221,6 +219,7 @@ def _account(
         ),
         max_sessions=user.max_sessions,
         network=NetworkRule(user.allowed_networks, user.denied_networks),
+        metadata_prefix=metadata_prefix,
     )
     return previous if account == previous else account
 
@@ -252,6 +251,7 @@ def account_table(
     settings: TransferSettings,
     reactor: Any,
     previous: Mapping[str, Account] = MappingProxyType({}),
+    metadata_prefix: str = METADATA_PREFIX,
 ) -> dict[str, Account]:
     """
     Every user's account, for makeService and for a reload (which passes
@@ -259,7 +259,12 @@ def account_table(
     """
     return {
         name: _account(
-            user, stores[user.storage], settings, reactor, previous.get(name)
+            user,
+            stores[user.storage],
+            settings,
+            reactor,
+            previous.get(name),
+            metadata_prefix,
         )
         for name, user in users.items()
     }
@@ -313,8 +318,6 @@ def makeService(config: Config, reactor: Any = None) -> GatewayService:
         swept=service.accounts.registry.gone,
     ).setServiceParent(service)
     service.defender, service.limits = login_policy(config, reactor)
-    if config.server.shared_state:
-        _share(service, config, reactor)
 
     realm = Realm()
     service.sessions = SessionTable(reactor)
@@ -361,27 +364,6 @@ def makeService(config: Config, reactor: Any = None) -> GatewayService:
         service, config.server.drain_timeout, reactor, notifier
     )
     return service
-
-
-def _share(service: GatewayService, config: Config, reactor: Any) -> None:
-    """
-    Shared state: bans, session and connection counts and quotas held
-    across replicas in Redis; started before the listeners, stopped after
-    them (releasing this replica's counts at once).
-    """
-    from cosgw.policy.shared import share_policy
-
-    assert service.defender and service.limits and service.accounts
-    assert config.server.shared_state is not None
-    service.shared = share_policy(
-        config.server.shared_state,
-        config.server.shared_state_failure,
-        reactor,
-        service.defender,
-        service.limits,
-        service.accounts,
-    )
-    service.shared.setServiceParent(service)
 
 
 def _log_outputs(service: GatewayService, config: Config) -> None:
@@ -437,7 +419,13 @@ def _accounts(
     runner = BlockingRunner(reactor, pool, config.transfer.threads * 2)
     settings = transfer_settings(config, runner)
     return Accounts(
-        account_table(users, stores, settings, reactor),
+        account_table(
+            users,
+            stores,
+            settings,
+            reactor,
+            metadata_prefix=config.server.metadata_prefix,
+        ),
         settings,
         runner=runner,
         sessions=SessionLimits(),

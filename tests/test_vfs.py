@@ -182,17 +182,20 @@ class ConfinementTests(FileSystemTestCase):
 
 class StatTests(FileSystemTestCase):
     def test_file(self) -> None:
-        """A file's stat is one HEAD: size, the store's time and its CRC-64."""
+        """
+        A file's stat: its HEAD (size, the store's time and its CRC-64) and
+        the LIST of the markers of times clients set (none here).
+        """
         self.put("d/f.txt", b"hello")
         entry = self.ok(self.fs.stat(["d", "f.txt"]))
         self.assertEqual(entry, vfs.Entry("f.txt", False, 5, START, crc64(b"hello")))
-        self.assertRequests(head=1)
+        self.assertRequests(head=1, list=1)
 
     def test_file_with_client_time(self) -> None:
-        """A time a client set (metadata) is the file's time."""
+        """A time in the object's metadata is the file's time."""
         self.put("f", b"x", mtime="1234567890")
         self.assertEqual(self.ok(self.fs.stat(["f"])).mtime, 1234567890.0)
-        self.assertRequests(head=1)
+        self.assertRequests(head=1, list=1)
 
     def test_directory_by_marker(self) -> None:
         """
@@ -362,25 +365,29 @@ class DirectoryTests(FileSystemTestCase):
 
 class RemoveTests(FileSystemTestCase):
     def test_remove(self) -> None:
-        """A file goes with a HEAD (its size, for the quota) and a DELETE."""
+        """
+        A file goes with a HEAD (its size, for the quota), the LIST of its
+        markers of times (none) and a DELETE; then the LIST that tells
+        whether its directory lives on.
+        """
         self.put("d/")
         self.put("d/f", b"data")
         self.put("d/g", b"more")
         self.ok(self.fs.remove(["d", "f"]))
-        self.assertRequests(head=1, delete=1, list=1)
+        self.assertRequests(head=1, delete=1, list=2)
         self.assertEqual(self.keys(), [H + "d/", H + "d/g"])
 
     def test_remove_at_home(self) -> None:
-        """At the home there is no directory to keep: no LIST."""
+        """At the home there is no directory to keep: the markers' LIST only."""
         self.put("f", b"data")
         self.ok(self.fs.remove(["f"]))
-        self.assertRequests(head=1, delete=1)
+        self.assertRequests(head=1, delete=1, list=1)
         self.assertEqual(self.keys(), [])
 
     def test_remove_last_keeps_directory(self) -> None:
         self.put("d/f", b"data")
         self.ok(self.fs.remove(["d", "f"]))
-        self.assertRequests(head=1, delete=1, list=1, put=1)
+        self.assertRequests(head=1, delete=1, list=2, put=1)
         self.assertEqual(self.keys(), [H + "d/"])
         self.assertEqual(self.ok(self.fs.list_all(["d"])), [])
 
@@ -406,11 +413,11 @@ class RenameTests(FileSystemTestCase):
     def test_file(self) -> None:
         """
         A file: its stat and the target's probe at once, then a server-side
-        COPY and a DELETE.
+        COPY with the LIST of the source's markers of times, and a DELETE.
         """
         self.put("a", b"content", mtime="1000")
         self.ok(self.fs.rename(["a"], ["b"]))
-        self.assertRequests(head=1, list=1, copy=1, delete=1)
+        self.assertRequests(head=1, list=2, copy=1, delete=1)
         self.assertEqual(self.keys(), [H + "b"])
         self.assertEqual(self.store.stored_bytes(H + "b"), b"content")
         self.assertEqual(self.ok(self.fs.stat(["b"])).mtime, 1000.0)
@@ -420,15 +427,18 @@ class RenameTests(FileSystemTestCase):
         self.put("src/a", b"content")
         self.put("dst/")
         self.ok(self.fs.rename(["src", "a"], ["dst", "b"]))
-        self.assertRequests(head=1, list=3, copy=1, delete=1, put=1)
+        self.assertRequests(head=1, list=4, copy=1, delete=1, put=1)
         self.assertEqual(self.keys(), [H + "dst/", H + "dst/b", H + "src/"])
 
     def test_overwrite(self) -> None:
-        """Onto an existing file, with the overwrite permission: replaced."""
+        """
+        Onto an existing file, with the overwrite permission: replaced (and
+        the markers of the replaced file's times LISTed, to go).
+        """
         self.put("a", b"new")
         self.put("b", b"old")
         self.ok(self.fs.rename(["a"], ["b"]))
-        self.assertRequests(head=1, list=1, copy=1, delete=1)
+        self.assertRequests(head=1, list=3, copy=1, delete=1)
         self.assertEqual(self.keys(), [H + "b"])
         self.assertEqual(self.store.stored_bytes(H + "b"), b"new")
 
@@ -455,7 +465,8 @@ class RenameTests(FileSystemTestCase):
     def test_directory_tree(self) -> None:
         """
         A directory: every key below it is copied (markers put anew), then
-        the sources deleted; times set by clients travel with the files.
+        the sources deleted; times set by clients travel with the files
+        (one LIST of every marker of times below the source).
         """
         self.put("d/")
         self.put("d/a", b"A", mtime="1000")
@@ -464,7 +475,7 @@ class RenameTests(FileSystemTestCase):
         self.put("d/t/c", b"C")
         self.put("dx", b"neighbour")
         self.ok(self.fs.rename(["d"], ["e"]))
-        self.assertRequests(head=1, list=2, copy=3, put=2, delete=5)
+        self.assertRequests(head=1, list=3, copy=3, put=2, delete=5)
         self.assertEqual(
             self.keys(),
             [H + "dx", H + "e/", H + "e/a", H + "e/s/", H + "e/s/b", H + "e/t/c"],
@@ -476,7 +487,7 @@ class RenameTests(FileSystemTestCase):
         """The target gets a marker even when the source had none."""
         self.put("d/f", b"x")
         self.ok(self.fs.rename(["d"], ["e"]))
-        self.assertRequests(head=1, list=2, copy=1, put=1, delete=1)
+        self.assertRequests(head=1, list=3, copy=1, put=1, delete=1)
         self.assertEqual(self.keys(), [H + "e/", H + "e/f"])
 
     def test_directory_onto_existing(self) -> None:
@@ -516,7 +527,8 @@ class ListingTests(FileSystemTestCase):
     def test_directory(self) -> None:
         """
         Files and subdirectories by name, without the directory's own marker
-        or the hidden index: the index read (GET) and one LIST.
+        or an earlier version's index, which is read (GET) and, holding no
+        time, deleted; the directory's LIST and its markers' LIST.
         """
         self.put("d/")
         self.put("d/b.txt", b"bb")
@@ -525,7 +537,8 @@ class ListingTests(FileSystemTestCase):
         self.put("d/" + vfs.MTIME_INDEX, b"{}")
         self.put("dx", b"not inside")
         entries = self.ok(self.fs.list_all(["d"]))
-        self.assertRequests(open=1, list=1)
+        self.assertRequests(open=1, list=2, delete=1)
+        self.assertNotIn(H + "d/" + vfs.MTIME_INDEX, self.keys())
         self.assertEqual(
             entries,
             [
@@ -536,36 +549,46 @@ class ListingTests(FileSystemTestCase):
         )
 
     def test_home(self) -> None:
-        """A directory without an index of times: one LIST, no GET."""
+        """
+        A directory without an index of times: its LIST and, sent at once,
+        the LIST of its markers of times; no GET.
+        """
         self.put("f", b"x")
         self.assertEqual(self.names(self.ok(self.fs.list_all([]))), ["f"])
-        self.assertRequests(list=1)
+        self.assertRequests(list=2)
 
     def test_empty_directory(self) -> None:
         self.put("d/")
         self.assertEqual(self.ok(self.fs.list_all(["d"])), [])
-        self.assertRequests(list=1)
+        self.assertRequests(list=2)
 
     def test_file(self) -> None:
         """
         A file's listing is the file itself: LIST finds nothing below its
-        name, then HEAD (no index is looked for below a file's name).
+        name (nor the LIST of markers sent with it), then its stat (HEAD,
+        and the LIST of its markers).
         """
         self.put("f", b"abc")
         entries = self.ok(self.fs.list_all(["f"]))
         self.assertEqual(entries, [vfs.Entry("f", False, 3, START, crc64(b"abc"))])
-        self.assertRequests(list=1, head=1)
+        self.assertRequests(list=3, head=1)
 
     def test_not_found(self) -> None:
-        """LIST finds nothing, HEAD neither: no second LIST of the same prefix."""
+        """
+        LIST finds nothing (nor the LIST of markers sent with it), HEAD
+        neither: no second LIST of the same prefix.
+        """
         self.fails(self.fs.list_all(["missing"]), vfs.NotFound)
-        self.assertRequests(list=1, head=1)
+        self.assertRequests(list=2, head=1)
 
     def test_directory_holding_only_its_index(self) -> None:
-        """A directory whose only key is the hidden index is a directory."""
+        """
+        A directory whose only key is an old index is a directory (then
+        kept by its marker, once the index is migrated away).
+        """
         self.put("d/" + vfs.MTIME_INDEX, b"{}")
         self.assertEqual(self.ok(self.fs.list_all(["d"])), [])
-        self.assertRequests(list=1, open=1)
+        self.assertRequests(list=2, open=1, delete=1)
 
     def test_index_beyond_the_first_page(self) -> None:
         """
@@ -578,7 +601,7 @@ class ListingTests(FileSystemTestCase):
             self.put(f"d/-{i:04d}", b"x")  # "-" sorts before "."
         listing = self.fs.listing(["d"])
         self.assertEqual(len(self.ok(listing.next_page())), MAX_LIST_KEYS - 1)
-        self.assertRequests(list=1, open=1)
+        self.assertRequests(list=2, open=1, delete=1)  # migrated: no time
         self.assertEqual(len(self.ok(listing.next_page())), 1)
         self.assertIsNone(self.ok(listing.next_page()))
         self.assertRequests(list=1)
@@ -587,12 +610,13 @@ class ListingTests(FileSystemTestCase):
             self.put(f"e/x{i:04d}", b"x")
         listing = self.fs.listing(["e"])
         self.assertEqual(len(self.ok(listing.next_page())), MAX_LIST_KEYS - 1)
-        self.assertRequests(list=1)
+        self.assertRequests(list=2)
 
     def test_pages(self) -> None:
         """
         Over a thousand entries arrive page by page, one LIST each (the
-        index is read once), each entry once, the index never.
+        index is read once, and deleted: it held no time), each entry once,
+        the index never; the one LIST of markers says there are none.
         """
         files = [f"f{i:04d}" for i in range(2 * MAX_LIST_KEYS + 300)]
         dirs = ["f0500x", "f1999x", "zz"]
@@ -606,7 +630,7 @@ class ListingTests(FileSystemTestCase):
         pages = []
         while (page := self.ok(listing.next_page())) is not None:
             pages.append(page)
-        self.assertRequests(open=1, list=3)
+        self.assertRequests(open=1, list=4, delete=1)
         # Page 1 holds the marker and the index ("." sorts before "f").
         self.assertEqual([len(p) for p in pages], [998, 1000, 305])
         seen = [e.name for page in pages for e in page]
@@ -621,35 +645,50 @@ class ListingTests(FileSystemTestCase):
 
 
 class MtimeTests(FileSystemTestCase):
+    def markers(self) -> list[str]:
+        return self.store.stored_keys(".cosgw/")
+
     def test_set_mtime(self) -> None:
         """
-        The time goes into the object's metadata (a COPY onto itself, which
-        fails if there is no file: no HEAD first) and the directory's index
-        (GET, PUT), so stat and listings show it.
+        The time is a marker under the metadata prefix, outside the home:
+        the file's HEAD (its identity), the LIST of its markers, the PUT;
+        stat and listings show it, and nothing is added among the files.
         """
         self.put("d/")
         self.put("d/f", b"data")
         self.put("d/g", b"other")
         self.ok(self.fs.set_mtime(["d", "f"], 1234567890.4))
-        self.assertRequests(copy=1, open=1, put=1)
+        self.assertRequests(head=1, list=1, put=1)
         self.assertEqual(self.store.stored_bytes(H + "d/f"), b"data")
-        self.assertEqual(self.ok(self.fs.stat(["d", "f"])).mtime, 1234567890.0)
+        self.assertEqual(self.ok(self.fs.stat(["d", "f"])).mtime, 1234567890.4)
         self.assertRequests()  # the session set it: known
         entries = self.ok(self.fs.list_all(["d"]))
         self.assertEqual(
             [(e.name, e.mtime) for e in entries],
             [("f", 1234567890.4), ("g", START)],
         )
-        self.assertRequests(open=1, list=1)
-        self.assertIn(H + "d/" + vfs.MTIME_INDEX, self.keys())
+        self.assertRequests(list=2)
+        self.assertEqual(self.store.stored_keys(H), [H + "d/", H + "d/f", H + "d/g"])
+        [marker] = self.markers()
+        self.assertTrue(marker.startswith(f".cosgw/mtimes/{H}d/f  1234567890400000000."))
+
+    def test_second_time_replaces_the_first(self) -> None:
+        """A new time: its marker, then the old one's DELETE."""
+        self.put("f", b"1")
+        self.ok(self.fs.set_mtime(["f"], 1000.0))
+        self.ok(self.fs.set_mtime(["f"], 2000.0))
+        self.assertRequests(head=2, list=2, put=2, delete=1)
+        self.assertEqual(len(self.markers()), 1)
+        self.fs = self.make_fs()  # another session: nothing known
+        self.assertEqual(self.ok(self.fs.stat(["f"])).mtime, 2000.0)
 
     def test_second_file(self) -> None:
-        """A second time in the same directory joins the index."""
+        """A second time in the same directory is its own marker."""
         self.put("f", b"1")
         self.put("g", b"2")
         self.ok(self.fs.set_mtime(["f"], 1000.0))
         self.ok(self.fs.set_mtime(["g"], 2000.0))
-        self.assertRequests(copy=2, open=2, put=2)
+        self.assertRequests(head=2, list=2, put=2)
         entries = self.ok(self.fs.list_all([]))
         self.assertEqual(
             [(e.name, e.mtime) for e in entries], [("f", 1000.0), ("g", 2000.0)]
@@ -665,12 +704,12 @@ class MtimeTests(FileSystemTestCase):
         self.assertEqual([(e.name, e.mtime) for e in entries], [("f", START + 30)])
 
     def test_refused(self) -> None:
-        """The COPY fails; a LIST tells a directory from nothing."""
+        """The HEAD finds nothing; a LIST tells a directory from nothing."""
         self.put("d/")
         self.fails(self.fs.set_mtime(["d"], 1000.0), vfs.IsADirectory)
-        self.assertRequests(copy=1, list=1)
+        self.assertRequests(head=1, list=1)
         self.fails(self.fs.set_mtime(["missing"], 1000.0), vfs.NotFound)
-        self.assertRequests(copy=1, list=1)
+        self.assertRequests(head=1, list=1)
         self.fails(self.fs.set_mtime([], 1000.0), vfs.IsADirectory)
         self.assertRequests()
         self.assertEqual(self.keys(), [H + "d/"])

@@ -262,7 +262,7 @@ class StatTests(DoorTestCase):
         """
         self.put("d/")
         self.ok(self.fs.list_all(["d"]))
-        self.assertRequests(list=1)
+        self.assertRequests(list=2)  # the directory's, and its markers'
         self.fails(self.fs.stat(["d", "new"]), vfs.NotFound)
         self.assertRequests(head=1)
         self.fails(self.fs.stat(["d", "new"]), vfs.NotFound)  # now known

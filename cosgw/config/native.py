@@ -216,6 +216,7 @@ class CosgwLoader:
                 )
         storages.update(own_storages)
         check_admin(self.label, server, users)
+        reach.check_homes(self.label, server, users)
         if not server.sftp_listen:
             for user in users.values():
                 if user.password is None:

@@ -11,10 +11,11 @@ user's keys of this kind are read in this module.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from urllib.parse import urlsplit
 
 from cosgw.config.fields import parse_listen, parse_networks
-from cosgw.config.ini import Section
+from cosgw.config.ini import ConfigError, Section
 from cosgw.config.model import SHARED_STATE_FAILURES, ServerConfig, UserConfig
 from cosgw.config.values import parse_encoding
 
@@ -70,6 +71,26 @@ def parse_metadata_prefix(sec: Section, key: str) -> str:
     if not value.strip("/") or any(s in ("", ".", "..") for s in segments):
         sec.fail(key, "a key prefix such as '.cosgw/'", value)
     return "/".join(segments) + "/"
+
+
+def check_homes(
+    label: str, server: ServerConfig, users: Mapping[str, UserConfig]
+) -> None:
+    """
+    @raise ConfigError: a user's home is inside [server] metadata_prefix,
+        where the gateway keeps its own objects (the times clients set).
+    """
+    prefix = server.metadata_prefix
+    for user in users.values():
+        if (user.home + "/").startswith(prefix):
+            raise ConfigError(
+                f"{label}: [user:{user.name}] home: {user.home!r} is inside"
+                f" [server] metadata_prefix {prefix!r}, which the gateway keeps"
+                " for itself",
+                path=label,
+                section=f"user:{user.name}",
+                key="home",
+            )
 
 
 def parse_ftp_encoding(sec: Section, key: str, default: str | None) -> str | None:

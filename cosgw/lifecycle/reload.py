@@ -276,6 +276,7 @@ class Reloader:
                 accounts.settings,
                 self._reactor,
                 previous=accounts.accounts,
+                metadata_prefix=new.server.metadata_prefix,
             ),
             passwords=password_table(users),
             keys=keys,

@@ -52,11 +52,13 @@ from cosgw.vfs.filesystem import ObjectFileSystem
 from cosgw.vfs.listing import Listing
 from cosgw.vfs.mtimes import client_mtime
 from cosgw.vfs.names import (
+    METADATA_PREFIX,
     MTIME_INDEX,
     check_name,
     display,
     home_prefix,
     is_hidden_key,
+    is_reserved,
     resolve,
 )
 from cosgw.vfs.reader import Reader
@@ -65,6 +67,7 @@ from cosgw.vfs.upload import Upload
 
 __all__ = [
     "DIGESTS",
+    "METADATA_PREFIX",
     "MTIME_INDEX",
     "AlreadyExists",
     "Entry",
@@ -97,6 +100,7 @@ __all__ = [
     "display",
     "home_prefix",
     "is_hidden_key",
+    "is_reserved",
     "resolve",
     "translate",
 ]

@@ -11,7 +11,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Optional
 
-from cosgw.interfaces import NoSuchKey
+from twisted.logger import Logger
+
+from cosgw.interfaces import Entry, NoSuchKey
 from cosgw.vfs import mtimes
 from cosgw.vfs.errors import (
     AlreadyExists,
@@ -26,20 +28,45 @@ from cosgw.vfs.names import MTIME_INDEX, display
 if TYPE_CHECKING:
     from cosgw.vfs.filesystem import ObjectFileSystem
 
+log = Logger()
+
 
 async def set_mtime(fs: ObjectFileSystem, segments: Sequence[str], when: float) -> None:
-    """Keep C{when} as the file's time (see L{mtimes.set_mtime})."""
+    """
+    Keep C{when} as the file's time: its HEAD (which fails if there is no
+    file) and the LIST of its markers at once, the new marker's PUT, then
+    the old markers' DELETEs (see L{mtimes}).
+    """
     if not segments:
         raise IsADirectory("/")
     key = fs.key(segments)
+    check_time_fits(fs, segments)
     try:
-        # Its first request, the copy, fails if there is no file: no HEAD
-        # before it.
-        await mtimes.set_mtime(fs.store, key, fs.dir_prefix(segments[:-1]), when)
+        info, old = await mtimes.head_and_markers(fs, key)
     except NoSuchKey:
         if await fs._has_contents(key + "/"):
             raise IsADirectory(display(segments)) from None
         raise
+    await fs.times.set(key, when, info, old)
+    entry = Entry(segments[-1], False, info.size, when, info.crc64)
+    fs.known.changed(key, entry, True)
+
+
+def check_time_fits(fs: ObjectFileSystem, segments: Sequence[str]) -> None:
+    """
+    @raise NotSupported: the file's path is so long that the marker of its
+        time would pass COS's 850 bytes; the file keeps the store's time.
+    """
+    if not fs.times.fits(fs.key(segments)):
+        log.warn(
+            "{user}: the time of {path} cannot be kept: its path is too long",
+            user=fs.user,
+            path=display(segments),
+        )
+        raise NotSupported(
+            display(segments),
+            "cannot keep a time for a path this long (COS keys are at most 850 bytes)",
+        )
 
 
 async def mkdir(fs: ObjectFileSystem, segments: Sequence[str]) -> None:
@@ -78,9 +105,10 @@ async def rmdir(fs: ObjectFileSystem, segments: Sequence[str]) -> None:
         raise NotEmpty(display(segments))
     if not page.objects:
         # Nothing below the prefix: a file, or nothing (no second LIST).
-        await fs._head_entry(segments)  # NoSuchKey: not found
+        await fs._head_entry(segments, with_time=False)  # NoSuchKey: not found
         raise NotADirectory(display(segments))
     if any(o.key == prefix + MTIME_INDEX for o in page.objects):
+        # An earlier version's index of times, of files long gone.
         await fs.store.delete(prefix + MTIME_INDEX)
     await fs.store.delete(prefix)
     fs.directories.forget(segments)
@@ -93,13 +121,15 @@ async def remove(fs: ObjectFileSystem, segments: Sequence[str]) -> None:
         raise IsADirectory("/")
     key = fs.key(segments)
     try:
-        info = await fs.store.head(key)
+        # Its size (the quota) and its markers (the time a client set).
+        info, markers = await mtimes.head_and_markers(fs, key)
     except NoSuchKey:
         # No file: a directory, or nothing (the HEAD said so already).
         if await fs._has_contents(key + "/"):
             raise IsADirectory(display(segments)) from None
         raise
     await fs.store.delete(key)
+    await fs.times.remove(markers)
     if fs.usage is not None:
         fs.usage.removed(info.size, key)
     await keep_directory(fs, segments[:-1])

@@ -149,7 +149,9 @@ def _just_before(name: str) -> str:
     return name[:-1] + chr(code) + "\uffff"
 
 
-async def stat_entry(fs: ObjectFileSystem, segments: Sequence[str]) -> Entry:
+async def stat_entry(
+    fs: ObjectFileSystem, segments: Sequence[str], with_time: bool = True
+) -> Entry:
     """
     A stat of C{segments}: what the session knows exactly (a file it read
     or wrote in the last second, a directory, a name it removed or found
@@ -157,7 +159,8 @@ async def stat_entry(fs: ObjectFileSystem, segments: Sequence[str]) -> Entry:
     (whose time is unknown, 0.0, as in a listing) or nothing.  A name that
     only a listing showed missing is asked for with a HEAD all the same:
     another session may have just made it (rclone sets a file's time over
-    another connection than the upload's).
+    another connection than the upload's).  C{with_time} False: a file's
+    time may be the store's (no LIST of the markers of client times).
 
     @raise NotFound: nothing is there.
     """
@@ -171,14 +174,14 @@ async def stat_entry(fs: ObjectFileSystem, segments: Sequence[str]) -> Entry:
     else:
         at = known.stamp() if known is not None else None
         try:
-            return await fs._head_entry(segments)
+            return await fs._head_entry(segments, with_time)
         except NoSuchKey:
             pass
         entry = await probe(fs.store, key, segments[-1])
         if entry is not None and not entry.is_dir:
             # A file came between the HEAD and the LIST (or a listing saw
             # one): its HEAD says what it is.
-            return await fs._head_entry(segments)
+            return await fs._head_entry(segments, with_time)
         if entry is None and known is not None and at is not None:
             known.learn(key, None, True, at)
     if entry is None:

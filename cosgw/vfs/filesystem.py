@@ -60,7 +60,13 @@ from cosgw.vfs.errors import (
 from cosgw.vfs.knowing import KnowingStore
 from cosgw.vfs.knowledge import SessionKnowledge
 from cosgw.vfs.listing import Listing
-from cosgw.vfs.names import check_name, display, home_prefix
+from cosgw.vfs.names import (
+    METADATA_PREFIX,
+    check_name,
+    display,
+    home_prefix,
+    is_reserved,
+)
 from cosgw.vfs.rates import Rates
 from cosgw.vfs.reader import Reader
 from cosgw.vfs.resume import Resumable, find_resumable
@@ -93,6 +99,7 @@ class ObjectFileSystem(Auditing):
         download_limit: Optional[RateLimit] = None,
         clock: Optional[IReactorTime] = None,
         session: Optional[Session] = None,
+        metadata_prefix: str = METADATA_PREFIX,
     ) -> None:
         """
         @param usage: the user's quota usage, shared by all their sessions
@@ -104,10 +111,14 @@ class ObjectFileSystem(Auditing):
             there is a limit.
         @param session: the client session this file system serves: its
             audit events and live transfers (None: none are recorded).
+        @param metadata_prefix: where the gateway keeps its own objects
+            (the times clients set): hidden and refused, whatever the home.
         """
         #: What this session knows of names, taught by each of its requests.
         self.known = SessionKnowledge(clock)
         self.store: IObjectStore = KnowingStore(store, self.known)
+        #: The times clients set, as markers under the metadata prefix.
+        self.times = mtimes.Times(store, metadata_prefix)
         self.session = session
         self.prefix = home_prefix(home)
         self.permissions = frozenset(permissions)
@@ -139,6 +150,9 @@ class ObjectFileSystem(Auditing):
         key = self.prefix + "/".join(segments)
         if len((key + "/").encode("utf-8")) > MAX_KEY_BYTES:
             raise InvalidName(path, "path too long")
+        if is_reserved(key, self.times.metadata_prefix):
+            log.warn("{user}: {path} refused: reserved", user=self.user, path=path)
+            raise PermissionDenied(path, "reserved for the gateway")
         return key
 
     def dir_prefix(self, segments: Sequence[str]) -> str:
@@ -166,20 +180,19 @@ class ObjectFileSystem(Auditing):
 
     # -- queries ----------------------------------------------------------
 
-    async def _head_entry(self, segments: Sequence[str]) -> Entry:
-        """The file at C{segments}, by its HEAD; fails with L{NoSuchKey}."""
-        info = await self.store.head(self.key(segments))
-        return Entry(
-            segments[-1], False, info.size, mtimes.client_mtime(info), info.crc64
-        )
+    async def _head_entry(
+        self, segments: Sequence[str], with_time: bool = True
+    ) -> Entry:
+        """The file at C{segments} (L{mtimes.head_entry}); or L{NoSuchKey}."""
+        return await mtimes.head_entry(self, segments, with_time)
 
     async def _has_contents(self, prefix: str) -> bool:
         """Whether anything is below C{prefix} (a directory there)."""
         page = await self.store.list(prefix, delimiter="/", max_keys=1)
         return bool(page.objects or page.prefixes)
 
-    async def _stat(self, segments: Sequence[str]) -> Entry:
-        return await stat_entry(self, segments)
+    async def _stat(self, segments: Sequence[str], with_time: bool = True) -> Entry:
+        return await stat_entry(self, segments, with_time)
 
     async def _stat_or_none(self, segments: Sequence[str]) -> Optional[Entry]:
         try:

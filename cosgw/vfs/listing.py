@@ -19,7 +19,7 @@ from zope.interface import implementer
 from cosgw.interfaces import Entry, IListing, ListPage
 from cosgw.transfer import TransferStopped
 from cosgw.vfs import mtimes
-from cosgw.vfs.names import MTIME_INDEX
+from cosgw.vfs.names import MTIME_INDEX, is_reserved
 
 if TYPE_CHECKING:
     from cosgw.vfs.filesystem import ObjectFileSystem
@@ -35,7 +35,8 @@ class Listing:
         self._marker = ""
         self._done = False
         self._first = True
-        self._mtimes: mtimes.Index = {}
+        #: The markers of the directory's files (the times clients set).
+        self._times: Optional[mtimes.DirectoryTimes] = None
         #: Entries handed out so far, and whether the event was emitted.
         self.count = 0
         self._emitted = False
@@ -61,6 +62,8 @@ class Listing:
         return result
 
     def _emit(self, error: Optional[BaseException]) -> None:
+        if self._times is not None:
+            self._times.close()
         if not self._emitted:
             self._emitted = True
             self.fs.emit("list", self.segments, error, entries=self.count)
@@ -78,20 +81,33 @@ class Listing:
             return None
         fs = self.fs
         prefix = fs.dir_prefix(self.segments)
-        page = await fs.store.list(prefix, delimiter="/", marker=self._marker)
         first, self._first = self._first, False
+        if first:
+            # The markers' first LIST goes with the directory's.
+            self._times = fs.times.listing(prefix)
+        page = await fs.store.list(prefix, delimiter="/", marker=self._marker)
+        assert self._times is not None
         if first and _may_hold_index(page, prefix + MTIME_INDEX):
-            self._mtimes = await mtimes.read_index(fs.store, prefix)
+            if await fs.times.migrate(fs.store, prefix):
+                self._times.close()  # markers were written: ask again
+                self._times = fs.times.listing(prefix)
+        reserved = fs.times.metadata_prefix
+        files = [
+            (info.key[len(prefix) :], info)
+            for info in page.objects
+            if not is_reserved(info.key, reserved)
+        ]
+        times = await self._times.upto(files[-1][0] if files else None)
         entries: list[Entry] = []
-        for info in page.objects:
-            name = info.key[len(prefix) :]
+        for name, info in files:
             if name in ("", ".", "..", MTIME_INDEX):
-                continue  # the directory's own marker, odd keys, the index
-            mtime = mtimes.listed_mtime(self._mtimes, name, info)
+                continue  # the directory's own marker, odd keys, an old index
+            applied = mtimes.newest(times.get(name, ()), info)
+            mtime = applied.when if applied else mtimes.client_mtime(info)
             entries.append(Entry(name, False, info.size, mtime))
         for p in page.prefixes:
             name = p[len(prefix) :].rstrip("/")
-            if name in ("", ".", "..") or "/" in name:
+            if name in ("", ".", "..") or "/" in name or is_reserved(p, reserved):
                 continue
             entries.append(Entry(name, True, 0, 0.0))
         entries.sort(key=lambda e: e.name)
@@ -105,15 +121,16 @@ class Listing:
             else:
                 # Nothing below the prefix: a file (its HEAD), or nothing
                 # at all (NoSuchKey, which is NotFound).
+                self._times.close()
                 return [await fs._head_entry(self.segments)]
         return entries
 
 
 def _may_hold_index(page: ListPage, index: str) -> bool:
     """
-    Whether the directory may have an index of client times (a GET to read
-    it): it is on this first page, or may be on a later one.  Most
-    directories have none, and their listing is one LIST.
+    Whether the directory may have an index of client times from an
+    earlier version (to migrate, L{mtimes.Times.migrate}): it is on this
+    first page, or may be on a later one.  Most directories have none.
     """
     if any(info.key == index for info in page.objects):
         return True

@@ -1,33 +1,111 @@
 """
-Modification times clients set (FTP's MFMT, SFTP's setstat).
+Modification times clients set (FTP's MFMT and SITE UTIME, SFTP's setstat,
+WebDAV's PROPPATCH), kept where no user, listing, other application or
+lifecycle rule on the users' prefixes sees them: one empty marker object
+per file under the reserved prefix ([server] metadata_prefix, default
+C{.cosgw/}), outside every home, whose key carries the time and the
+identity of the object it was set on:
 
-A time is kept twice: as the object's metadata, which a stat (HEAD) shows,
-and in a per-directory index, L{MTIME_INDEX}, because COS's listings carry
-no user metadata.  An index entry applies only while the object still has
-the size and store time it had right after the time was set, so a later
-upload makes it stale by itself.
+    <metadata_prefix>mtimes/<dir of the file's key>/<name>  <stamp>
+
+    <name>   the file's name with each space written " !" (see L{escape})
+    "  "     two spaces: the end of the name (L{SEP})
+    <stamp>  <time in ns>.<size>.<store time, s>.<ETag or "x">
+
+Why this shape:
+
+  - One LIST of C{<metadata_prefix>mtimes/<dir>/} with delimiter C{/}
+    gives every time of a directory's files (subdirectories fold into
+    common prefixes), in the order of the files' own keys: a name's
+    spaces are doubled up as C{" !"} and ended by two spaces, which sort
+    below every character a name may hold, so a marker of C{a} sorts
+    before those of C{a b} and C{a.txt} as the files do.  A listing reads
+    both LISTs side by side, page by page (L{DirectoryTimes}): its memory
+    does not grow with the directory, and a directory where no time was
+    ever set costs one LIST more, sent at once with the directory's.
+  - Each time set is its own PUT of a new key: gateways setting times in
+    one directory at once never overwrite each other (no shared index, no
+    read-modify-write).  The setter LISTs the file's markers before its
+    PUT and deletes those after it: a marker is only ever deleted by a
+    setter whose own marker is newer, so the newest survives.
+  - A marker applies only while the object has the identity it had when
+    the time was set (size, store time and ETag, from a HEAD): a later
+    upload by anyone makes it stale by itself, with no request.
+  - A file's delete and rename move or remove its markers (L{Times}).
+
+The object's own metadata (C{x-cos-meta-mtime}, which earlier versions
+wrote by copying the object onto itself, and other tools write at upload)
+is still read by a stat, below any marker that applies.  Per-directory
+indexes of earlier versions (L{MTIME_INDEX}) become markers when their
+directory is listed (L{Times.migrate}).
 """
 
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import AsyncIterator, Coroutine, Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Optional
 
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
-from cosgw.interfaces import IObjectStore, NoSuchKey, ObjectInfo
+from cosgw.interfaces import (
+    MAX_KEY_BYTES,
+    MAX_LIST_KEYS,
+    Entry,
+    IObjectStore,
+    ListPage,
+    NoSuchKey,
+    ObjectInfo,
+)
 from cosgw.vfs.names import MTIME_INDEX
+
+if TYPE_CHECKING:
+    from cosgw.vfs.filesystem import ObjectFileSystem
 
 log = Logger()
 
-#: Entries an index keeps; past it, the oldest tenth goes.
-_MTIME_INDEX_LIMIT = 10_000
+#: Where markers live, below the metadata prefix.
+MARKERS = "mtimes/"
 
-#: An index: name -> [client time, object size, store time].
+#: Ends a marker's name: sorts below any character of an escaped name.
+SEP = "  "
+
+#: The longest stamp (time, size, store time, ETag) a marker may need.
+MAX_STAMP = 100
+
+_TAG = re.compile(r"[0-9A-Za-z-]{1,64}")
+
+#: An index of an earlier version: name -> [client time, size, store time].
 Index = dict[str, list[float]]
 
 
+def escape(name: str) -> str:
+    """A name as a marker's key holds it: no two spaces in a row."""
+    return name.replace(" ", " !")
+
+
+def unescape(text: str) -> str:
+    return text.replace(" !", " ")
+
+
+def split_key(key: str) -> tuple[str, str]:
+    """C{"a/b/c"} -> (C{"a/b/"}, C{"c"})."""
+    head, _, name = key.rpartition("/")
+    return (head + "/" if head else ""), name
+
+
+def identity(info: ObjectInfo) -> str:
+    """What a marker must match: the object's size, store time and ETag."""
+    etag = info.etag.lower() if info.etag and _TAG.fullmatch(info.etag) else "x"
+    return f"{info.size}.{int(info.mtime)}.{etag}"
+
+
 def client_mtime(info: ObjectInfo) -> float:
-    """The time a client set (object metadata) if any, else the store's."""
+    """The time in the object's metadata if any, else the store's."""
     value = info.metadata.get("mtime")
     if value is not None:
         try:
@@ -37,16 +115,309 @@ def client_mtime(info: ObjectInfo) -> float:
     return info.mtime
 
 
-def listed_mtime(index: Index, name: str, info: ObjectInfo) -> float:
-    """The time a listing shows for C{info}: the index's while it applies."""
-    known = index.get(name)
-    if known and known[1] == info.size and abs(known[2] - info.mtime) < 1:
-        return known[0]
-    return client_mtime(info)
+@dataclass(frozen=True)
+class Marker:
+    """One time set on one file, as its marker's key says."""
+
+    key: str
+    name: str
+    when: float
+    identity: str
+    #: When the marker was stored: the newest applicable marker wins.
+    stored: float
+
+    def applies(self, info: ObjectInfo) -> bool:
+        return self.identity == identity(info)
+
+
+def parse(directory: str, info: ObjectInfo) -> Optional[Marker]:
+    """The marker C{info} is, listed under C{directory}; None: not one."""
+    rest = info.key[len(directory) :]
+    end = rest.find(SEP)
+    if end <= 0 or "/" in rest:
+        return None
+    stamp = rest[end + len(SEP) :].split(".", 1)
+    try:
+        when = int(stamp[0]) / 1e9
+    except ValueError:
+        return None
+    if len(stamp) != 2:
+        return None
+    return Marker(info.key, unescape(rest[:end]), when, stamp[1], info.mtime)
+
+
+def newest(markers: Iterable[Marker], info: ObjectInfo) -> Optional[Marker]:
+    """The newest of C{markers} that applies to the object C{info}."""
+    applying = [m for m in markers if m.applies(info)]
+    return max(applying, key=lambda m: (m.stored, m.key), default=None)
+
+
+async def head_entry(
+    fs: ObjectFileSystem, segments: Sequence[str], with_time: bool = True
+) -> Entry:
+    """
+    A stat of the file at C{segments}: its HEAD and the LIST of its
+    markers (the time a client set, L{head_and_markers}); fails with
+    L{NoSuchKey}.  C{with_time} False: the HEAD alone (a rename, which
+    lists the markers itself).
+    """
+    key = fs.key(segments)
+    if with_time:
+        info, markers = await head_and_markers(fs, key)
+    else:
+        info, markers = await fs.store.head(key), list[Marker]()
+    applied = newest(markers, info)
+    mtime = applied.when if applied else client_mtime(info)
+    entry = Entry(segments[-1], False, info.size, mtime, info.crc64)
+    if applied is not None:
+        # The HEAD taught the session the store's time; this is the file's.
+        fs.known.learn(key, entry, True, fs.known.stamp())
+    return entry
+
+
+async def head_and_markers(
+    fs: ObjectFileSystem, key: str
+) -> tuple[ObjectInfo, list[Marker]]:
+    """
+    The file's HEAD and the LIST of its markers: at once when the session
+    saw a file there (a listing, a probe, its own upload), else the LIST
+    only once the HEAD found a file, so that a stat of a directory or of a
+    free name (before an upload) costs no LIST of markers.  Fails with
+    L{NoSuchKey}.
+    """
+    seen = fs.known.lookup(key)
+    if seen is not None and seen.entry is not None and not seen.entry.is_dir:
+        return await both(fs.store.head(key), fs.times.markers(key))
+    info = await fs.store.head(key)
+    return info, await fs.times.markers(key)
+
+
+async def both(
+    head: Deferred[ObjectInfo], markers: Coroutine[Any, Any, list[Marker]]
+) -> tuple[ObjectInfo, list[Marker]]:
+    """
+    A HEAD and the LIST of the file's markers at once (one round trip):
+    both answers, or the HEAD's error first.
+    """
+    checks: list[Deferred[Any]] = [head, ensureDeferred(markers)]
+    done = await DeferredList(checks, consumeErrors=True)
+    for ok, value in done:
+        if not ok:
+            value.raiseException()
+    return done[0][1], done[1][1]
+
+
+class Times:
+    """
+    The markers of one store under one metadata prefix; the requests to
+    read, set, move and remove them.  The store is the raw one: what a
+    session knows of names (L{cosgw.vfs.knowledge}) is not about markers.
+    """
+
+    def __init__(self, store: IObjectStore, metadata_prefix: str) -> None:
+        self.store = store
+        self.metadata_prefix = metadata_prefix
+        self.root = metadata_prefix + MARKERS
+
+    def directory(self, prefix: str) -> str:
+        """Where the markers of the files directly in C{prefix} are."""
+        return self.root + prefix
+
+    def of_file(self, key: str) -> str:
+        """The prefix of the markers of the file C{key}."""
+        folder, name = split_key(key)
+        return self.root + folder + escape(name) + SEP
+
+    def fits(self, key: str) -> bool:
+        """
+        Whether the markers of C{key} fit in COS's 850 bytes; a file whose
+        do not cannot have a time set (L{cosgw.vfs.changes.set_mtime}).
+        """
+        return len(self.of_file(key).encode("utf-8")) + MAX_STAMP <= MAX_KEY_BYTES
+
+    def marker_key(self, key: str, when: float, info: ObjectInfo) -> str:
+        return f"{self.of_file(key)}{round(when * 1000) * 1_000_000}.{identity(info)}"
+
+    async def markers(self, key: str) -> list[Marker]:
+        """The markers of the file C{key} (one LIST, more in odd cases)."""
+        prefix = self.of_file(key)
+        folder = self.directory(split_key(key)[0])
+        found: list[Marker] = []
+        async for page in _pages(self.store, prefix, ""):
+            found.extend(m for m in (parse(folder, i) for i in page.objects) if m)
+        return found
+
+    async def set(
+        self, key: str, when: float, info: ObjectInfo, old: Sequence[Marker]
+    ) -> None:
+        """
+        Keep C{when} as the time of C{key}, the object C{info} (its HEAD),
+        whose markers were C{old} (listed before this call): one PUT, then
+        the old markers go.
+        """
+        new = self.marker_key(key, when, info)
+        await self.store.put(new, b"")
+        await self.remove(m for m in old if m.key != new)
+
+    async def remove(self, markers: Iterable[Marker]) -> None:
+        for m in markers:
+            await self.store.delete(m.key)
+
+    async def moved(
+        self,
+        key: str,
+        info: ObjectInfo,
+        markers: Sequence[Marker],
+        target: str,
+        copy: ObjectInfo,
+    ) -> None:
+        """
+        C{key}, the object C{info} with C{markers}, was copied to
+        C{target} as C{copy}: the time that applied follows it (its
+        marker, then the source's markers go; a rename).
+        """
+        applied = newest(markers, info)
+        if applied is not None and self.fits(target):
+            await self.store.put(self.marker_key(target, applied.when, copy), b"")
+        await self.remove(markers)
+
+    def listing(self, prefix: str) -> DirectoryTimes:
+        """The markers of C{prefix}'s files, for its listing; asked at once."""
+        return DirectoryTimes(self, prefix)
+
+    async def tree(self, prefix: str) -> dict[str, list[Marker]]:
+        """Every marker of the files below C{prefix}, by file key (a rename)."""
+        root = self.directory(prefix)
+        found: dict[str, list[Marker]] = {}
+        async for page in _pages(self.store, root, ""):
+            for info in page.objects:
+                folder = info.key[: info.key.rfind("/") + 1]
+                m = parse(folder, info)
+                if m is not None:
+                    key = folder[len(self.root) :] + m.name
+                    found.setdefault(key, []).append(m)
+        return found
+
+    async def migrate(self, store: IObjectStore, prefix: str) -> int:
+        """
+        The index of times an earlier version kept in the directory
+        C{prefix} becomes markers, then goes: an entry that still applies
+        (the object's size and store time are those it recorded) and whose
+        file has no marker yet (a marker is newer than any index) gets one.
+        Two gateways migrating at once write the same keys.
+
+        @param store: the session's store, for the directory's own keys.
+        @return: how many markers were written.
+        """
+        index = await read_index(store, prefix)
+        written = 0
+        if index:
+            have = set()
+            async for page in _pages(self.store, self.directory(prefix)):
+                for info in page.objects:
+                    m = parse(self.directory(prefix), info)
+                    if m is not None:
+                        have.add(m.name)
+            async for page in _pages(store, prefix):
+                for info in page.objects:
+                    name = info.key[len(prefix) :]
+                    known = index.get(name)
+                    if known is None or name in have or not self.fits(info.key):
+                        continue
+                    if known[1] == info.size and abs(known[2] - info.mtime) < 1:
+                        await self.store.put(
+                            self.marker_key(info.key, known[0], info), b""
+                        )
+                        written += 1
+        await store.delete(prefix + MTIME_INDEX)
+        log.info(
+            "times of {prefix}: {count} moved from {index} to markers",
+            prefix=prefix or "/",
+            count=written,
+            index=MTIME_INDEX,
+        )
+        return written
+
+
+class DirectoryTimes:
+    """
+    The markers of one directory, read beside its listing: the first page
+    is asked at once (with the directory's first page), the next ones as
+    the listing's pages reach past the names already read.
+    """
+
+    def __init__(self, times: Times, prefix: str) -> None:
+        self.times = times
+        self.folder = times.directory(prefix)
+        self._read: list[Marker] = []
+        self._next: Optional[str] = ""
+        self._asking: Optional[Deferred[None]] = None
+        self._answer: list[object] = []
+        self._ask()
+
+    def _ask(self) -> None:
+        assert self._next is not None
+        self._answer = []
+        d = self.times.store.list(self.folder, "/", self._next, MAX_LIST_KEYS)
+        self._asking = d.addBoth(self._answer.append)  # errors are kept
+
+    async def _page(self) -> ListPage:
+        assert self._asking is not None
+        await self._asking
+        self._asking = None
+        answer = self._answer[0]
+        if isinstance(answer, Failure):
+            answer.raiseException()
+        assert isinstance(answer, ListPage)
+        return answer
+
+    async def upto(self, last: Optional[str]) -> dict[str, list[Marker]]:
+        """
+        The markers of the names up to C{last} (the last file of a listing
+        page; None: the page had no file), by name; the markers of those
+        before were handed out already.
+        """
+        if last is None:
+            return {}
+        while self._next is not None and (
+            not self._read or self._read[-1].name <= last
+        ):
+            if self._asking is None:
+                self._ask()
+            page = await self._page()
+            self._read.extend(
+                m for m in (parse(self.folder, i) for i in page.objects) if m
+            )
+            self._next = page.next_marker
+        cut = 0
+        while cut < len(self._read) and self._read[cut].name <= last:
+            cut += 1
+        taken, self._read = self._read[:cut], self._read[cut:]
+        found: dict[str, list[Marker]] = {}
+        for m in taken:
+            found.setdefault(m.name, []).append(m)
+        return found
+
+    def close(self) -> None:
+        """The listing ended: a LIST still on its way is not awaited."""
+        self._asking = None
+
+
+async def _pages(
+    store: IObjectStore, prefix: str, delimiter: str = "/"
+) -> AsyncIterator[ListPage]:
+    """Every page of a LIST of C{prefix}."""
+    marker = ""
+    while True:
+        page = await store.list(prefix, delimiter, marker, MAX_LIST_KEYS)
+        yield page
+        if page.next_marker is None:
+            return
+        marker = page.next_marker
 
 
 async def read_index(store: IObjectStore, prefix: str) -> Index:
-    """The directory's index of client-set times; {} when it has none."""
+    """The directory's index of client times (earlier versions); {} when none."""
     try:
         source = await store.open(prefix + MTIME_INDEX)
     except NoSuchKey:
@@ -67,19 +438,3 @@ async def read_index(store: IObjectStore, prefix: str) -> Index:
         )
         return {}
     return index if isinstance(index, dict) else {}
-
-
-async def set_mtime(store: IObjectStore, key: str, prefix: str, when: float) -> None:
-    """
-    Keep C{when} as the time of the file C{key} in the directory C{prefix}:
-    in its metadata (an object's metadata can only change by copying it
-    onto itself), then in the directory's index.
-    """
-    info = await store.copy(key, key, {"mtime": f"{when:.0f}"})
-    index = await read_index(store, prefix)
-    index[key[len(prefix) :]] = [when, info.size, info.mtime]
-    if len(index) > _MTIME_INDEX_LIMIT:
-        for name in sorted(index, key=lambda n: index[n][2])[: len(index) // 10]:
-            del index[name]
-    data = json.dumps(index, ensure_ascii=False, sort_keys=True).encode("utf-8")
-    await store.put(prefix + MTIME_INDEX, data)

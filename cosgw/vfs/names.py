@@ -13,9 +13,13 @@ from collections.abc import Sequence
 
 from cosgw.vfs.errors import InvalidName
 
-#: Per directory, the modification times clients set (see L{cosgw.vfs.mtimes});
-#: a name the gateway keeps for itself.
+#: Per directory, the modification times clients set, as earlier versions
+#: kept them (see L{cosgw.vfs.mtimes}, which migrates them): a name the
+#: gateway keeps for itself.
 MTIME_INDEX = ".cosgw-mtimes.json"
+
+#: Where the gateway keeps its own objects ([server] metadata_prefix).
+METADATA_PREFIX = ".cosgw/"
 
 
 def home_prefix(home: str) -> str:
@@ -24,9 +28,17 @@ def home_prefix(home: str) -> str:
     return home + "/" if home else ""
 
 
-def is_hidden_key(key: str) -> bool:
+def is_reserved(key: str, metadata_prefix: str = METADATA_PREFIX) -> bool:
+    """
+    Whether C{key} is the metadata prefix or below it: no user may see or
+    touch it, even one whose home is the whole bucket.
+    """
+    return key == metadata_prefix[:-1] or key.startswith(metadata_prefix)
+
+
+def is_hidden_key(key: str, metadata_prefix: str = METADATA_PREFIX) -> bool:
     """Keys the gateway keeps for itself: never listed, never counted."""
-    return key.rsplit("/", 1)[-1] == MTIME_INDEX
+    return key.rsplit("/", 1)[-1] == MTIME_INDEX or is_reserved(key, metadata_prefix)
 
 
 def check_name(name: str, path: str) -> None:

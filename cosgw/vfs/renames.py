@@ -8,15 +8,15 @@ place (see L{rename_tree}).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 from twisted.logger import Logger
 
 from cosgw.interfaces import ObjectInfo
-from cosgw.vfs import changes
+from cosgw.vfs import changes, mtimes
 from cosgw.vfs.directories import together
 from cosgw.vfs.errors import AlreadyExists, InvalidName, IsADirectory, PermissionDenied
-from cosgw.vfs.names import display
+from cosgw.vfs.names import MTIME_INDEX, display
 from cosgw.vfs.resume import supersede
 
 if TYPE_CHECKING:
@@ -41,7 +41,9 @@ async def rename(
     if not source or not target:
         raise PermissionDenied("/", "cannot rename the home directory")
     # The source's stat and the target's checks at once.
-    entry, existing = await together(fs._stat(source), fs._before_write(target))
+    entry, existing = await together(
+        fs._stat(source, with_time=False), fs._before_write(target)
+    )
     if list(target[: len(source)]) == list(source) and entry.is_dir:
         raise InvalidName(display(target), "cannot move a directory into itself")
     if existing is not None and not replace and list(target) != list(source):
@@ -60,7 +62,17 @@ async def rename(
         src_key, dst_key = fs.key(source), fs.key(target)
         if src_key == dst_key:
             return
-        await fs.store.copy(src_key, dst_key)
+        # The copy, and at once the LIST of the source's markers.
+        copy, markers = await mtimes.both(
+            fs.store.copy(src_key, dst_key), fs.times.markers(src_key)
+        )
+        if existing is not None:
+            # The replaced file's times.
+            await fs.times.remove(await fs.times.markers(dst_key))
+        if markers:
+            # The time a client set follows the file, if it still applies.
+            info = await fs.store.head(src_key)
+            await fs.times.moved(src_key, info, markers, dst_key, copy)
         await fs.store.delete(src_key)
         if fs.usage is not None:
             if existing is not None:
@@ -82,11 +94,20 @@ async def rename_tree(
     """
     src_prefix, dst_prefix = fs.dir_prefix(source), fs.dir_prefix(target)
     copied: list[str] = []
+    #: Source and copy of each file, for the markers of their times.
+    copies: dict[str, tuple[ObjectInfo, ObjectInfo]] = {}
     marker = ""
     while True:
         page = await fs.store.list(src_prefix, delimiter="", marker=marker)
         for info in page.objects:
-            await _copy_object(fs, info, dst_prefix + info.key[len(src_prefix) :])
+            if info.key.endswith("/" + MTIME_INDEX):
+                # An earlier version's index: its times become markers.
+                await fs.times.migrate(fs.store, info.key[: -len(MTIME_INDEX)])
+                continue
+            destination = dst_prefix + info.key[len(src_prefix) :]
+            copy = await _copy_object(fs, info, destination)
+            if copy is not None:
+                copies[info.key] = (info, copy)
             copied.append(info.key)
         if page.next_marker is None:
             break
@@ -99,6 +120,13 @@ async def rename_tree(
         )
     if src_prefix not in copied:
         await fs.store.put(dst_prefix, b"")
+    markers = await fs.times.tree(src_prefix)
+    for key, found in markers.items():
+        if key in copies:
+            info, copy = copies[key]
+            await fs.times.moved(key, info, found, copy.key, copy)
+        else:
+            await fs.times.remove(found)  # of a file already gone
     # Contents before their directory markers (reverse key order puts
     # "a/b" before "a/"), so no directory outlives its files on a store
     # that keeps directories as real ones.
@@ -115,8 +143,9 @@ async def rename_tree(
 
 async def _copy_object(
     fs: ObjectFileSystem, info: ObjectInfo, destination: str
-) -> None:
+) -> Optional[ObjectInfo]:
+    """The copy of a file (None for a directory's marker)."""
     if info.key.endswith("/"):
         await fs.store.put(destination, b"")
-    else:
-        await fs.store.copy(info.key, destination)
+        return None
+    return await fs.store.copy(info.key, destination)

@@ -39,12 +39,6 @@ class _OverflowFTP(protocol.Protocol):
         self.transport.loseConnection()
 
 
-def _refuse_later(ftp: GatewayFTP, reason: str) -> None:
-    """The cluster refused a connection admitted here: 421 and close."""
-    if ftp.transport is not None:
-        ftp.kick(reason)
-
-
 class GatewayFTPFactory(protocol.ServerFactory):
     """
     Builds the control connections.  Everything the protocol needs from the
@@ -198,9 +192,7 @@ class GatewayFTPFactory(protocol.ServerFactory):
             refused.factory = self
             return refused
         host = getattr(addr, "host", "")
-        ftp = GatewayFTP()
-        # With shared state, the cluster's count may refuse it a moment later.
-        refusal = self.limits.open(host, lambda reason: _refuse_later(ftp, reason))
+        refusal = self.limits.open(host)
         if refusal is None and self.defender is not None:
             remaining = self.defender.banned(host)
             if remaining:
@@ -211,6 +203,7 @@ class GatewayFTPFactory(protocol.ServerFactory):
             p.factory = self
             return p
         self.connections += 1
+        ftp = GatewayFTP()
         ftp.factory = self
         return ftp
 
