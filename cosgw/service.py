@@ -63,6 +63,7 @@ if TYPE_CHECKING:
     from cosgw.frontends.webdav.service import WebDAVFrontend
     from cosgw.lifecycle.drain import Drain
     from cosgw.lifecycle.reload import Reloader
+    from cosgw.policy.shared import SharedStore
 
 log = Logger()
 
@@ -87,6 +88,9 @@ class GatewayService(MultiService):
         self.reloader: Optional[Reloader] = None
         #: What stopService does first (L{cosgw.lifecycle.drain}).
         self.drain: Optional[Drain] = None
+        #: The link to Redis when [server] shared_state is set
+        #: (L{cosgw.policy.shared}); None: every rule is this process's.
+        self.shared: Optional[SharedStore] = None
         #: The observer for the log of the program that runs the gateway
         #: (twistd's standard output or log file), in log_format from
         #: log_level; None: leave that log as it is.
@@ -318,6 +322,8 @@ def makeService(config: Config, reactor: Any = None) -> GatewayService:
         swept=service.accounts.registry.gone,
     ).setServiceParent(service)
     service.defender, service.limits = login_policy(config, reactor)
+    if config.server.shared_state:
+        _share(service, config, reactor)
 
     realm = Realm()
     service.sessions = SessionTable(reactor)
@@ -364,6 +370,27 @@ def makeService(config: Config, reactor: Any = None) -> GatewayService:
         service, config.server.drain_timeout, reactor, notifier
     )
     return service
+
+
+def _share(service: GatewayService, config: Config, reactor: Any) -> None:
+    """
+    Shared state: bans, session and connection counts and quotas held
+    across replicas in Redis; started before the listeners, stopped after
+    them (releasing this replica's counts at once).
+    """
+    from cosgw.policy.shared import share_policy
+
+    assert service.defender and service.limits and service.accounts
+    assert config.server.shared_state is not None
+    service.shared = share_policy(
+        config.server.shared_state,
+        config.server.shared_state_failure,
+        reactor,
+        service.defender,
+        service.limits,
+        service.accounts,
+    )
+    service.shared.setServiceParent(service)
 
 
 def _log_outputs(service: GatewayService, config: Config) -> None:

@@ -84,6 +84,11 @@ class Readiness:
         self.stores = {name: StoreHealth() for name in stores}
         self.draining = ""
         self.stop: Optional[Callable[[str], dict[str, Any]]] = None
+        #: The link to Redis (L{cosgw.policy.shared.SharedStore}) when the
+        #: policy is shared; with C{shared_state_failure = closed}, the
+        #: gateway is not ready while Redis cannot be reached (it refuses
+        #: logins then), so a balancer sends clients elsewhere.
+        self.shared: Optional[Any] = None
 
     def problems(self) -> list[str]:
         """Why the gateway is not ready, one reason each; empty: ready."""
@@ -96,6 +101,12 @@ class Readiness:
         for name, health in self.stores.items():
             if not health.ok:
                 found.append(f"store {name}: {health.reason}")
+        shared = self.shared
+        if shared is not None and shared.closed and shared.up is not True:
+            found.append(
+                f"shared state: Redis at {shared.where} cannot be reached"
+                " (shared_state_failure = closed)"
+            )
         return found
 
 

@@ -60,6 +60,22 @@ class LiveCollector(Collector):
         yield from self._defender()
         yield from self._quotas()
         yield from self._readiness()
+        yield from self._shared()
+
+    def _shared(self) -> Iterator[Metric]:
+        shared = self._parts.readiness.shared
+        if shared is None:
+            return
+        yield GaugeMetricFamily(
+            "cosgw_shared_state_up",
+            "1 while Redis (shared_state) answers, else 0.",
+            value=1 if shared.up else 0,
+        )
+        yield CounterMetricFamily(
+            "cosgw_shared_state_fallbacks",
+            "Decisions taken without Redis (shared_state_failure) since start.",
+            value=shared.fallbacks,
+        )
 
     def _sessions(self) -> Iterator[Metric]:
         table = self._parts.sessions

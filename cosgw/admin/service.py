@@ -100,6 +100,7 @@ class AdminService(MultiService):
         self._publisher = publisher if publisher is not None else globalLogPublisher
         self.metrics = GatewayMetrics(sessions)
         self.readiness = Readiness(lambda: listeners_of(gateway), self._stores)
+        self.readiness.shared = getattr(gateway, "shared", None)
         self.metrics.registry.register(
             LiveCollector(
                 LiveParts(

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, Union
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
@@ -23,7 +24,13 @@ from cosgw.policy.throttle import RateLimit
 from cosgw.transfer import TransferSettings, UploadRegistry
 from cosgw.vfs import METADATA_PREFIX, ObjectFileSystem
 
+if TYPE_CHECKING:
+    from cosgw.policy.shared.quota import QuotaSharing
+
 log = Logger()
+
+#: A session's file system and the logout that ends it.
+Opened = tuple[ObjectFileSystem, Callable[[], None]]
 
 
 class LoginRefused(Exception):
@@ -84,6 +91,10 @@ class Accounts:
         self.registry = UploadRegistry()
         self.sessions = sessions if sessions is not None else SessionLimits()
         self.clock = clock
+        #: Shares each quota across replicas (L{cosgw.policy.shared});
+        #: None: this process alone.  A usage is shared from its first
+        #: session on, so the accounts of a reload are too.
+        self.shared_quota: Optional[QuotaSharing] = None
 
     def replace(self, accounts: Mapping[str, Account]) -> None:
         """
@@ -106,6 +117,8 @@ class Accounts:
         @raise KeyError: no such account (the checker should have refused).
         """
         account = self.accounts[name]
+        if account.usage is not None and self.shared_quota is not None:
+            self.shared_quota.attach(account.usage)
         return ObjectFileSystem(
             account.store,
             account.home,
@@ -132,6 +145,29 @@ class Accounts:
             and transfers in it; or just an address with C{.host}; or None.
         @raise LoginRefused: a rule refuses the session.
         """
+        account = self._allowed(name, peer)
+        host = getattr(peer, "host", None)
+        if not self.sessions.login(name, account.max_sessions):
+            log.debug(
+                "login of {user} from {peer} refused: {count} sessions open",
+                user=name,
+                peer=host,
+                count=self.sessions.count(name),
+            )
+            raise LoginRefused(
+                f"too many sessions for {name} ({account.max_sessions}); "
+                "try again later"
+            )
+        return self._user_filesystem(name, peer)
+
+    def _user_filesystem(self, name: str, peer: Any) -> ObjectFileSystem:
+        if isinstance(peer, Session):
+            peer.user = name
+            return self.filesystem(name, peer)
+        return self.filesystem(name)
+
+    def _allowed(self, name: str, peer: Any) -> Account:
+        """The account of C{name}, if its networks allow C{peer}."""
         account = self.accounts.get(name)
         if account is None:
             # Removed by a reload while its password was being checked.
@@ -144,28 +180,24 @@ class Accounts:
                 peer=host,
             )
             raise LoginRefused(f"user {name} may not log in from this address")
-        if not self.sessions.login(name, account.max_sessions):
-            log.debug(
-                "login of {user} from {peer} refused: {count} sessions open",
-                user=name,
-                peer=host,
-                count=self.sessions.count(name),
-            )
-            raise LoginRefused(
-                f"too many sessions for {name} ({account.max_sessions}); "
-                "try again later"
-            )
-        if isinstance(peer, Session):
-            peer.user = name
-            return self.filesystem(name, peer)
-        return self.filesystem(name)
+        return account
+
+    async def _open_everywhere(self, name: str, peer: Any) -> ObjectFileSystem:
+        """L{open_session} with the session limit held across replicas."""
+        account = self._allowed(name, peer)
+        refused = await self.sessions.login_everywhere(name, account.max_sessions)
+        if refused is not None:
+            raise LoginRefused(refused)
+        try:
+            return self._user_filesystem(name, peer)
+        except BaseException:
+            self.close_session(name)
+            raise
 
     def close_session(self, name: str) -> None:
         self.sessions.logout(name)
 
-    def session(
-        self, name: str, peer: Any
-    ) -> tuple[ObjectFileSystem, Callable[[], None]]:
+    def session(self, name: str, peer: Any) -> Union[Opened, Deferred[Opened]]:
         """
         A session of C{name} from C{peer} begins: its file system, and the
         logout that ends it.  Every frontend's avatar factory calls this,
@@ -174,10 +206,18 @@ class Accounts:
         gives the session back, so the user's session count never drops
         below what is really open.
 
+        @return: the pair; with shared state (C{self.sessions.shared}), a
+            Deferred of it, since the user's sessions on other replicas
+            count too.
         @raise LoginRefused: a rule refuses the session (see
-            L{open_session}).
+            L{open_session}); the Deferred fails with it.
         """
-        fs = self.open_session(name, peer)
+        if self.sessions.shared is not None:
+            opened = Deferred.fromCoroutine(self._open_everywhere(name, peer))
+            return opened.addCallback(self._with_logout, name)
+        return self._with_logout(self.open_session(name, peer), name)
+
+    def _with_logout(self, fs: ObjectFileSystem, name: str) -> Opened:
         open_ = [True]
 
         def logout() -> None:

@@ -101,6 +101,7 @@ from cosgw.policy.turns import Abandoned, Turns
 
 if TYPE_CHECKING:
     from cosgw.audit import Session
+    from cosgw.policy.shared.bans import SharedBans
 
 __all__ = ["LoginBanned", "LoginDefender", "TooManyLogins"]
 
@@ -261,6 +262,9 @@ class LoginDefender:
         self._full = False
         #: Bans imposed since start (the admin listener's metrics).
         self.bans = 0
+        #: The cluster's failures and bans (L{cosgw.policy.shared.bans});
+        #: None: this process alone.
+        self.shared: Optional[SharedBans] = None
 
     @staticmethod
     def _check(
@@ -439,6 +443,8 @@ class LoginDefender:
                     waiting=waiting,
                 )
             return fail(_reported(TooManyLogins(), session, user))
+        if self.shared is not None:
+            login = self.shared.first(key, login)
         d = self._turns.run(key, login)
         d.addCallbacks(
             self._passed,
@@ -447,6 +453,23 @@ class LoginDefender:
             errbackArgs=(ip, user, session),
         )
         return d
+
+    def mirror_ban(self, key: str, remaining: float) -> bool:
+        """
+        Another replica banned C{key} (a canonical address) for
+        C{remaining} more seconds: hold the ban here too.
+
+        @return: whether it was not held here already.
+        """
+        now = self._clock.seconds()
+        record = self._lookup(key, now)
+        if record is None:
+            record = _AddressRecord(failures=deque(maxlen=self._remembered))
+            self._records[key] = record
+            self._make_room()
+        held = record.banned_until > now
+        record.banned_until = max(record.banned_until, now + remaining)
+        return not held
 
     def in_flight(self, ip: str) -> tuple[int, int]:
         """(being verified, waiting) logins from C{ip}'s address now."""
@@ -477,6 +500,8 @@ class LoginDefender:
         """A login succeeded: forget the failures, pass the result on."""
         self._drained(ip)
         self.succeeded(ip)
+        if self.shared is not None:
+            self.shared.forgive(self._key(ip))
         if session is not None:
             # The account's name once the realm has named the session.
             session.emit("login", user=session.user or user)
@@ -509,6 +534,8 @@ class LoginDefender:
                 ip=canonical_ip(ip),
             )
             self.failed(ip, user)
+            if self.shared is not None:
+                self.shared.failed(ip, self._key(ip), user)
             return failure
         if failure.check(LoginBanned):
             value = failure.value
@@ -518,6 +545,8 @@ class LoginDefender:
         if not failure.check(UnauthorizedLogin):
             return failure
         delay = self.failed(ip, user)
+        if self.shared is not None:
+            return self.shared.answer(ip, self._key(ip), user, delay, failure)
         if delay <= 0:
             return failure
         # Returning the Failure from the timer's callback fails the Deferred

@@ -31,17 +31,35 @@ IP address at all (a UNIX socket peer) is counted under its text as given.
 
 Nothing here touches the reactor: every call is synchronous and O(1) in the
 number of connections (O(networks) for the network rule).
+
+With shared state (L{cosgw.policy.shared}), both limits also hold across
+replicas: each is decided here first (a process's own count is part of the
+cluster's), then by the cluster's count in Redis.  A session waits for that
+answer (its login is asynchronous anyway); a connection does not: it is
+admitted on this process's count and, when the cluster's says no a moment
+later, ended with the reason through the C{refuse} callable its frontend
+gave (FTP: C{421}; SSH: a disconnect).  While Redis cannot be reached,
+C{shared_state_failure} decides: C{open} counts on this process's view,
+C{closed} refuses what needs the cluster's (a connection when a connection
+limit is set, a session of a user with C{max_sessions}) with
+L{UNAVAILABLE}.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Sequence
-from typing import Optional, Union
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Optional, Union
 
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+if TYPE_CHECKING:
+    from cosgw.policy.shared.counts import ReplicaCounts
 
 __all__ = [
+    "UNAVAILABLE",
     "ConnectionLimits",
     "NetworkRule",
     "SessionLimits",
@@ -49,6 +67,21 @@ __all__ = [
 ]
 
 log = Logger(namespace="cosgw.policy.limits")
+
+#: Why a connection or session is refused when it needs the cluster's
+#: count, Redis cannot be reached and C{shared_state_failure = closed}.
+UNAVAILABLE = "service temporarily unavailable, try again later"
+
+#: Told the cluster refused a connection, with the reason (FTP: C{421}).
+Refuse = Callable[[str], None]
+
+
+def _outage(failure: Failure) -> bool:
+    """Whether C{failure} means Redis is away (else: a bug, a cancel)."""
+    from cosgw.policy.shared.connection import SharedStateUnavailable
+
+    return failure.check(SharedStateUnavailable) is not None
+
 
 _Address = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 _Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
@@ -206,6 +239,8 @@ class ConnectionLimits:
         self._network = network if network is not None else NetworkRule()
         self._per_ip: dict[str, int] = {}
         self._total = 0
+        #: This replica's counts in the cluster; None: this process alone.
+        self.shared: Optional[ReplicaCounts] = None
 
     def adopt_settings(self, other: ConnectionLimits) -> None:
         """
@@ -234,7 +269,7 @@ class ConnectionLimits:
         """What C{ip} is counted under."""
         return canonical_ip(ip, self._ipv6_prefix)
 
-    def open(self, ip: str) -> Optional[str]:
+    def open(self, ip: str, refuse: Optional[Refuse] = None) -> Optional[str]:
         """
         Admit a new connection from C{ip}, or say why not.
 
@@ -242,6 +277,10 @@ class ConnectionLimits:
         limit, the per-address limit.  An admitted connection is counted
         until L{close}; a refused one is not counted at all.
 
+        @param refuse: with shared state, called later with the reason if
+            the cluster's count refuses the connection after all: end it
+            (and L{close} it as any other).  Not called after this returns
+            a refusal.
         @return: None when the connection is admitted and counted; else the
             reason for the refusal, one short sentence for the client (FTP
             sends it in a C{421} reply).  A refusal is logged at info with
@@ -250,30 +289,89 @@ class ConnectionLimits:
         key = self._key(ip)
         reason = self._refusal(key, ip)
         if reason is not None:
-            log.info(
-                "Connection from {ip} refused: {reason}",
-                ip=canonical_ip(ip),
-                counted_as=key,
-                reason=reason,
-                total=self._total,
-                from_ip=self._per_ip.get(key, 0),
-            )
+            self._refused(ip, key, reason)
             return reason
         self._per_ip[key] = self._per_ip.get(key, 0) + 1
         self._total += 1
+        if self.shared is not None:
+            return self._share(ip, key, refuse)
         return None
+
+    def _refused(self, ip: str, key: str, reason: str, where: str = "") -> None:
+        log.info(
+            "Connection from {ip} refused{where}: {reason}",
+            ip=canonical_ip(ip),
+            where=where,
+            counted_as=key,
+            reason=reason,
+            total=self._total,
+            from_ip=self._per_ip.get(key, 0),
+        )
+
+    def _fields(self, key: str) -> list[tuple[str, int, Optional[int], int]]:
+        """The shared counts of connections, each with its limit."""
+        total, here = self._total, self._per_ip.get(key, 0)
+        return [
+            ("c", total, self._max_total, total),
+            (f"c:{key}", here, self._max_per_ip, here),
+        ]
+
+    def _share(self, ip: str, key: str, refuse: Optional[Refuse]) -> Optional[str]:
+        """Count a connection just admitted here in the cluster (see the
+        module docstring)."""
+        shared = self.shared
+        assert shared is not None
+        if self._max_total is None and self._max_per_ip is None:
+            shared.publish(*((f, v) for f, v, _, _ in self._fields(key)))
+            return None
+        if not shared.store.connected:
+            if shared.store.fallback("connection limits"):
+                shared.publish(*((f, v) for f, v, _, _ in self._fields(key)))
+                return None
+            self._uncount(key)
+            self._refused(ip, key, UNAVAILABLE, " (no shared state)")
+            return UNAVAILABLE
+        d = shared.admit(self._fields(key))
+
+        def verdict(over: Optional[tuple[str, int]]) -> None:
+            if over is None:
+                return
+            field, count = over
+            reason = self._reason(field == "c")
+            self._refused(ip, key, reason, f" across replicas ({count} open)")
+            if refuse is not None:
+                refuse(reason)
+
+        def away(failure: Failure) -> Optional[Failure]:
+            if not _outage(failure):
+                return failure
+            if not shared.store.fallback("connection limits"):
+                self._refused(ip, key, UNAVAILABLE, " (no shared state)")
+                if refuse is not None:
+                    refuse(UNAVAILABLE)
+            return None
+
+        d.addCallbacks(verdict, away).addErrback(
+            lambda f: log.failure("Shared connection count failed", f)
+        )
+        return None
+
+    def _reason(self, total: bool) -> str:
+        if total:
+            return f"too many connections ({self._max_total}), try again later"
+        return f"too many connections from your address ({self._max_per_ip})"
 
     def _refusal(self, key: str, ip: str) -> Optional[str]:
         """The reason to refuse a connection from C{key}, or None."""
         if not self._network.allows(ip):
             return "your address is not allowed"
         if self._max_total is not None and self._total >= self._max_total:
-            return f"too many connections ({self._max_total}), try again later"
+            return self._reason(True)
         if (
             self._max_per_ip is not None
             and self._per_ip.get(key, 0) >= self._max_per_ip
         ):
-            return f"too many connections from your address ({self._max_per_ip})"
+            return self._reason(False)
         return None
 
     def close(self, ip: str) -> None:
@@ -286,13 +384,18 @@ class ConnectionLimits:
         negative nor drift below the truth.
         """
         key = self._key(ip)
-        open_here = self._per_ip.get(key, 0)
-        if open_here == 0:
+        if self._per_ip.get(key, 0) == 0:
             log.warn(
                 "Connection close from {ip} with no open connection counted; ignored",
                 ip=key,
             )
             return
+        self._uncount(key)
+        if self.shared is not None:
+            self.shared.publish(*((f, v) for f, v, _, _ in self._fields(key)))
+
+    def _uncount(self, key: str) -> None:
+        open_here = self._per_ip[key]
         if open_here == 1:
             del self._per_ip[key]
         else:
@@ -312,6 +415,8 @@ class SessionLimits:
 
     def __init__(self) -> None:
         self._sessions: dict[str, int] = {}
+        #: This replica's counts in the cluster; None: this process alone.
+        self.shared: Optional[ReplicaCounts] = None
 
     def count(self, user: str) -> int:
         """Sessions of C{user} logged in and not yet logged out."""
@@ -365,3 +470,59 @@ class SessionLimits:
             del self._sessions[user]
         else:
             self._sessions[user] = current - 1
+        if self.shared is not None:
+            self.shared.publish((f"s:{user}", current - 1))
+
+    def login_everywhere(
+        self, user: str, max_sessions: Optional[int]
+    ) -> Deferred[Optional[str]]:
+        """
+        L{login}, then, with shared state, the same limit on the user's
+        sessions on every replica (see the module docstring).
+
+        @return: a Deferred firing with None when the session is counted
+            (call L{logout} once when it ends), else with why it is not
+            (nothing is counted then).  It never fails, and waits for Redis
+            at most the shared state's timeout.
+        """
+        refused = f"too many sessions for {user} ({max_sessions}); try again later"
+        if not self.login(user, max_sessions):
+            return succeed(refused)
+        shared = self.shared
+        if shared is None:
+            return succeed(None)
+        field, count = f"s:{user}", self._sessions[user]
+        if max_sessions is None:
+            shared.publish((field, count))
+            return succeed(None)
+        if not shared.store.connected:
+            if shared.store.fallback("session limits"):
+                shared.publish((field, count))
+                return succeed(None)
+            self.logout(user)
+            return succeed(UNAVAILABLE)
+
+        def verdict(over: Optional[tuple[str, int]]) -> Optional[str]:
+            if over is None:
+                return None
+            log.info(
+                "Login of user {user} refused: {sessions} sessions open across"
+                " replicas, the limit is {max_sessions}",
+                user=user,
+                sessions=over[1],
+                max_sessions=max_sessions,
+            )
+            self.logout(user)
+            return refused
+
+        def away(failure: Failure) -> Union[str, None, Failure]:
+            if not _outage(failure):
+                self.logout(user)
+                return failure
+            if shared.store.fallback("session limits"):
+                return None
+            self.logout(user)
+            return UNAVAILABLE
+
+        d = shared.admit([(field, count, max_sessions, count - 1)])
+        return d.addCallbacks(verdict, away)

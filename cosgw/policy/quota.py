@@ -40,13 +40,16 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from cosgw.interfaces import IObjectStore, NoSuchUpload
+
+if TYPE_CHECKING:
+    from cosgw.policy.shared.quota import SharedQuota
 
 log = Logger()
 
@@ -126,6 +129,13 @@ class Usage:
         self._kept_bytes = 0
         #: Kept uploads that ended while usage was being computed.
         self._gone_early: set[str] = set()
+        #: The cluster's view of this quota (L{cosgw.policy.shared.quota});
+        #: None: this process alone.  Then the usage is the cluster's, and
+        #: the others' terms are what other replicas hold: their uploads'
+        #: bytes and kept parts, their new files.
+        self.shared: Optional[SharedQuota] = None
+        self.others_bytes = 0
+        self.others_files = 0
 
     @property
     def limited(self) -> bool:
@@ -182,7 +192,15 @@ class Usage:
         tries again.
 
         @raise StoreError: listing failed (every waiting caller gets it).
+        @raise QuotaFull: shared, Redis away and the rule fails closed.
         """
+        if self.shared is not None:
+            await self.shared.ensure()
+            return
+        await self.compute()
+
+    async def compute(self) -> None:
+        """L{ensure}'s listing, whoever keeps the usage."""
         if self._ready:
             return
         waiter: Deferred[None] = Deferred()
@@ -300,15 +318,19 @@ class Usage:
         @raise RuntimeError: L{ensure} has not succeeded yet.
         """
         self._check_ready()
+        adds_file = new_file and not self._names_file(key)
         if (
-            new_file
-            and not self._names_file(key)
+            adds_file
             and self.max_files is not None
-            and self.files + self.pending_files >= self.max_files
+            and self.files + self.pending_files + self.others_files >= self.max_files
         ):
             raise QuotaFull(f"file quota reached ({self.max_files} files)")
-        taken = self.bytes + self._reserved_bytes + self._kept_bytes
-        if self.max_bytes is not None and taken - replacing + 1 > self.max_bytes:
+        taken = self.bytes + self._reserved_bytes + self._kept_bytes + self.others_bytes
+        if (
+            self.max_bytes is not None and taken - replacing + 1 > self.max_bytes
+        ) or not self._shared_allows(
+            self._reserved_bytes + max(0, 1 - replacing), int(adds_file)
+        ):
             raise QuotaFull(f"disk quota reached ({self.max_bytes} bytes)")
         reservation = Reservation(self, key, replacing, new_file)
         self._active.setdefault(key, set()).add(reservation)
@@ -318,7 +340,22 @@ class Usage:
             reservation.total = kept.size
             reservation.claimed = max(0, kept.size - replacing)
             self._reserved_bytes += reservation.claimed
+            self._shared_change(kept=-kept.size, moved=reservation.claimed)
         return reservation
+
+    def _shared_allows(self, reserved: int, more_files: int) -> bool:
+        """Whether the cluster's claim lets this replica's uploads hold
+        C{reserved} bytes and C{more_files} more new files."""
+        if self.shared is None:
+            return True
+        new_files = sum(
+            1 for rs in self._active.values() if any(r.new_file for r in rs)
+        )
+        return self.shared.allows(reserved, new_files + more_files)
+
+    def _shared_change(self, **change: int) -> None:
+        if self.shared is not None:
+            self.shared.changed(**change)
 
     def kept_uploads(self, key: str) -> list[str]:
         """The ids of the kept uploads of C{key} this usage counts."""
@@ -335,6 +372,7 @@ class Usage:
         kept = self._kept.pop(upload_id, None)
         if kept is not None:
             self._kept_bytes -= kept.size
+            self._shared_change(kept=-kept.size)
 
     def _rebase(self, key: str, size: Optional[int]) -> None:
         """
@@ -359,6 +397,7 @@ class Usage:
         self.bytes = max(0, self.bytes + size)
         if new_file:
             self.files += 1
+        self._shared_change(bytes_=size, files=int(new_file))
 
     def removed(self, size: int, key: Optional[str] = None) -> None:
         """
@@ -369,6 +408,7 @@ class Usage:
             return
         self.files = max(0, self.files - 1)
         self.bytes = max(0, self.bytes - size)
+        self._shared_change(bytes_=-size, files=-1)
         if key is not None:
             self._rebase(key, None)
 
@@ -433,7 +473,9 @@ class Reservation:
         usage = self.usage
         if need > self.claimed and usage.max_bytes is not None:
             others = usage._reserved_bytes - self.claimed + usage._kept_bytes
-            if usage.bytes + others + need > usage.max_bytes:
+            if usage.bytes + others + usage.others_bytes + need > usage.max_bytes:
+                return False
+            if not usage._shared_allows(usage._reserved_bytes - self.claimed + need, 0):
                 return False
         usage._reserved_bytes += need - self.claimed
         self.claimed = need
@@ -469,6 +511,7 @@ class Reservation:
         if self.new_file:
             usage.files += 1
         usage._rebase(self.key, size)
+        usage._shared_change(bytes_=size - self.replacing, files=int(self.new_file))
 
     def keep(self, upload_id: str, size: int) -> None:
         """
@@ -484,6 +527,7 @@ class Reservation:
         usage = self.usage
         usage._kept[upload_id] = _Kept(self.key, size, self.new_file)
         usage._kept_bytes += size
+        usage._shared_change(kept=size)
 
     def release(self) -> None:
         """
@@ -495,6 +539,7 @@ class Reservation:
             return
         self._free()
         self._state = _State.RELEASED
+        self.usage._shared_change()
 
     def _free(self) -> None:
         usage = self.usage

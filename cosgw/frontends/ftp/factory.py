@@ -39,6 +39,12 @@ class _OverflowFTP(protocol.Protocol):
         self.transport.loseConnection()
 
 
+def _refuse_later(ftp: GatewayFTP, reason: str) -> None:
+    """The cluster refused a connection admitted here: 421 and close."""
+    if ftp.transport is not None:
+        ftp.kick(reason)
+
+
 class GatewayFTPFactory(protocol.ServerFactory):
     """
     Builds the control connections.  Everything the protocol needs from the
@@ -192,7 +198,9 @@ class GatewayFTPFactory(protocol.ServerFactory):
             refused.factory = self
             return refused
         host = getattr(addr, "host", "")
-        refusal = self.limits.open(host)
+        ftp = GatewayFTP()
+        # With shared state, the cluster's count may refuse it a moment later.
+        refusal = self.limits.open(host, lambda reason: _refuse_later(ftp, reason))
         if refusal is None and self.defender is not None:
             remaining = self.defender.banned(host)
             if remaining:
@@ -203,7 +211,6 @@ class GatewayFTPFactory(protocol.ServerFactory):
             p.factory = self
             return p
         self.connections += 1
-        ftp = GatewayFTP()
         ftp.factory = self
         return ftp
 

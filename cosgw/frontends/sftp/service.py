@@ -99,13 +99,24 @@ class SFTPFrontend(Frontend):
             for description in server.sftp_listen
         ]
 
-    def avatar(self, avatar_id: str, mind: Any) -> tuple[SFTPUser, Any]:
+    def avatar(
+        self, avatar_id: str, mind: Any
+    ) -> tuple[SFTPUser, Any] | Deferred[tuple[SFTPUser, Any]]:
         """
         The realm's factory for L{IConchUser}: the user's session (their
         file system, or L{cosgw.policy.accounts.LoginRefused}) served over
         SFTP, and its logout.
         """
-        fs, logout = self.accounts.session(avatar_id, mind)
+        opened = self.accounts.session(avatar_id, mind)
+        if isinstance(opened, Deferred):
+            # Shared state: the user's sessions on other replicas count too.
+            return opened.addCallback(self._avatar, avatar_id)
+        return self._avatar(opened, avatar_id)
+
+    def _avatar(
+        self, opened: tuple[Any, Any], avatar_id: str
+    ) -> tuple[SFTPUser, Any]:
+        fs, logout = opened
         avatar = SFTPUser(
             avatar_id,
             GatewaySFTPServer(fs, self.settings, self.max_handles),

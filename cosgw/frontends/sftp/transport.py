@@ -277,7 +277,7 @@ class GatewaySSHTransport(AuditedConnection, PacketLayer, transport.SSHServerTra
         admission = self.factory.admission
         if admission is not None:
             try:
-                refusal = admission.open(self.peer)
+                refusal = admission.open(self.peer, self._refused_later)
             except Exception:
                 log.failure("Admission check failed for {peer}", peer=self.peer)
                 refusal = "service unavailable"
@@ -294,6 +294,12 @@ class GatewaySSHTransport(AuditedConnection, PacketLayer, transport.SSHServerTra
         self._timer = self._clock.callLater(
             self.factory.login_timeout, self._login_timed_out
         )
+
+    def _refused_later(self, reason: str) -> None:
+        """The cluster's count refused this connection after all."""
+        if not self._closing():
+            self.end_reason(f"refused: {reason}")
+            self.sendDisconnect(transport.DISCONNECT_TOO_MANY_CONNECTIONS, reason)
 
     def connectionLost(self, reason: Optional[Failure] = None) -> None:
         self._enter(_State.LOST)
