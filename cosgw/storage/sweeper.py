@@ -3,6 +3,16 @@ Multipart uploads nobody will finish cost storage and are invisible: a
 gateway that crashed mid-upload leaves them, and so does one whose abort
 request failed.  The sweeper aborts them, in every store, at start and then
 periodically, never touching an upload this gateway is still writing.
+
+Several gateways (replicas behind a balancer) may share a bucket, and one
+cannot know what the others write.  An upload's age is therefore measured
+from the last sign of life the store itself keeps: the newest of its
+start (C{Initiated}) and its parts (C{LastModified}, one LIST PARTS for
+each upload begun more than C{max_age} ago).  An upload another gateway is
+writing stores a part at least every time its client sends a part's
+worth, so it is never stale while C{max_age} is longer than the time one
+part takes to arrive; one resumed after an interruption is young again
+from its first new part.
 """
 
 from __future__ import annotations
@@ -16,16 +26,16 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from cosgw.interfaces import IObjectStore, StoreUnavailable
+from cosgw.interfaces import IObjectStore, NoSuchUpload, PendingUpload, StoreUnavailable
 
 log = Logger()
 
 
 class UploadSweeper(Service):
     """
-    Aborts multipart uploads that nobody will finish: those initiated more
-    than C{max_age} seconds ago, in every store, at start and then every
-    C{interval} seconds.  A gateway that crashed mid-upload leaves such
+    Aborts multipart uploads that nobody will finish: those that stored
+    nothing (neither began nor got a part) for C{max_age} seconds, in every
+    store, at start and then every C{interval} seconds.  A gateway that crashed mid-upload leaves such
     uploads behind (their parts cost storage and are invisible); so does one
     whose abort request failed.
     """
@@ -105,10 +115,8 @@ class UploadSweeper(Service):
         now = self.clock.seconds()
         for name, store in self.stores.items():
             for upload in await store.list_multipart(""):
-                if (
-                    now - upload.initiated < self.max_age
-                    or upload.upload_id in self.active
-                ):
+                age = await self._age(store, upload, now)
+                if age is None:
                     continue
                 try:
                     await store.abort_multipart(upload.key, upload.upload_id)
@@ -131,10 +139,29 @@ class UploadSweeper(Service):
                 if self.swept is not None:
                     self.swept(upload.upload_id)
                 log.info(
-                    "storage {name}: aborted the stale upload of {key} started "
-                    "{age:.0f}s ago",
+                    "storage {name}: aborted the stale upload of {key}: nothing "
+                    "stored for {age:.0f}s",
                     name=name,
                     key=upload.key,
-                    age=now - upload.initiated,
+                    age=age,
                 )
         return aborted
+
+    async def _age(
+        self, store: IObjectStore, upload: PendingUpload, now: float
+    ) -> Optional[float]:
+        """
+        Seconds since C{upload} last stored anything, when that is at least
+        C{max_age} (it is stale); None while it may be in use: written here,
+        begun or given a part within C{max_age}.  Only uploads begun longer
+        ago than that cost a LIST PARTS.
+        """
+        if upload.upload_id in self.active or now - upload.initiated < self.max_age:
+            return None
+        try:
+            parts = await store.list_parts(upload.key, upload.upload_id)
+        except NoSuchUpload:
+            return None  # finished or aborted meanwhile
+        newest = max([upload.initiated, *(p.mtime for p in parts)])
+        age = now - newest
+        return age if age >= self.max_age else None
