@@ -46,7 +46,8 @@ The states of a L{RandomAccessFile}:
     state      entered when                    writes go to
     ========== =============================== ==============================
     READ       opened without writing          nowhere: refused
-    UNDECIDED  existing file, no TRUNC/APPEND  (decided by the first write)
+    UNDECIDED  existing file (or a name with  (decided by the first write)
+               a kept upload), no TRUNC/APPEND
     STREAM     new, TRUNC, APPEND, or first    the multipart upload, at
                write at the end                offsets (L{Upload.write_at})
     IMAGE      first write anywhere else       a spool holding the whole
@@ -144,6 +145,8 @@ class RandomAccessFile:
         self.mode = FileMode.READ if reader is not None else FileMode.UNDECIDED
         #: Reads of a file opened for reading, or before the first write.
         self._reader = reader
+        #: Opened UNDECIDED on a name with no file but a kept upload.
+        self.kept: Optional[Resumable] = None
         self.upload: Optional[Upload] = None
         self.image: Optional[Spool] = None
         self.image_size = 0
@@ -174,6 +177,8 @@ class RandomAccessFile:
             size = self.image_size
         elif self.upload is not None:
             size = self.upload.end
+        elif self.kept is not None:
+            size = self.kept.size
         else:
             size = self.existing.size if self.existing else 0
         return Entry(self.segments[-1], False, size, self._mtime or 0.0)
@@ -273,12 +278,18 @@ class RandomAccessFile:
         )
 
     async def _decide_how(self, offset: int, since: float) -> None:
-        assert self.existing is not None
         fs = self.fs
         if self.segments[:-1]:
             await fs._require_dir(self.segments[:-1])
         resumable = await fs._resumable(fs.key(self.segments), self.existing)
         self._check_not_aborted()
+        if self.existing is None:
+            # Only a kept upload: resumed by a write at its end (reput's
+            # way), else the file begins anew and the kept upload goes.
+            if resumable is None or offset != resumable.size:
+                offset, resumable = 0, None
+            await self.start_stream(False, offset, resumable, True, since)
+            return
         end = resumable.size if resumable is not None else self.existing.size
         if offset == end:
             await self.start_stream(False, offset, resumable, True, since)

@@ -53,6 +53,16 @@ async def open_file(
     elif not flags.create:
         raise NotFound(path)
     file = RandomAccessFile(fs, segments, flags, settings, producer, existing=existing)
+    if existing is None and not flags.truncate:
+        # A name whose interrupted upload was kept (here or on another
+        # gateway): APPEND resumes it (reput's way); else the first write
+        # decides, as for a file (resume at its end, else begin anew).
+        if flags.append:
+            await file.start_stream(append=True, checked=flags.writes, since=since)
+            return file
+        file.kept = await fs._resumable(fs.key(segments), None)
+        if file.kept is not None:
+            return file
     if existing is None or flags.truncate:
         await file.start_stream(append=False, checked=flags.writes, since=since)
     elif flags.append:
