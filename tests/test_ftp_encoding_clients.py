@@ -8,6 +8,7 @@ unit tests of the same rules are in tests/test_ftp_encoding.py.
 
 from __future__ import annotations
 
+import dataclasses
 import ftplib
 import io
 import os
@@ -151,6 +152,21 @@ class EncodingClientTests(unittest.TestCase):
         self.assertEqual(made, ["/甲", "/乙", "/丙"])
         self.assertEqual(self.gw.inspector.keys(), ["丙/", "乙/", "甲/"])
         self.assertNotEqual("甲".encode("gbk"), "甲".encode("big5"))
+
+    @defer.inlineCallbacks
+    def test_reload_gives_new_logins_the_users_encoding(self) -> Any:
+        config = self.gw.service.reloader.config
+        users = {**config.users, "alice": user("alice", "gbk")}
+        self.gw.service.ftp.reconfigure(dataclasses.replace(config, users=users))
+
+        def run() -> str:
+            ftp = connect(self.big5_port, "gbk")
+            made = ftp.mkd(DIRECTORY)
+            ftp.quit()
+            return made
+
+        self.assertEqual((yield in_thread(run)), f"/{DIRECTORY}")
+        self.assertEqual(self.gw.inspector.keys(), [f"{DIRECTORY}/"])
 
     @defer.inlineCallbacks
     def test_opts_utf8_on_and_off(self) -> Any:

@@ -178,7 +178,9 @@ class FTPFrontend(Frontend):
     def reconfigure(self, config: Config, tls: Optional[ServerTLS] = None) -> None:
         """
         A config reload: new connections get C{tls} (None: the same
-        certificate), and new logins the TLS policies of C{config}.
+        certificate), and new logins the TLS policies and name encodings of
+        C{config}'s users (the server's and the listeners' own wait for a
+        restart, as L{cosgw.lifecycle.reload} says).
         Connections already open keep the TLS they began with.
         """
         server = config.server
@@ -194,10 +196,6 @@ class FTPFrontend(Frontend):
             factory.tls_required = server.tls_required
             factory.tls_data_required = server.tls_data_required
             factory.trace_commands = server.log_level == "debug"
-        for factory in (self.factory, self.implicit_factory):
-            # A listener's own encoding is in its endpoint string, which a
-            # reload does not change.
-            factory.ftp_encoding = server.ftp_encoding
 
     def privilegedStartService(self) -> None:
         """
