@@ -14,9 +14,9 @@ claims room in its own hash (C{qb:<id>}, C{qf:<id>}) with L{scripts.CLAIM},
 which grants only what the usage and every live replica's claims leave,
 atomically.  A replica's uploads grow within its claim without asking
 Redis (L{cosgw.policy.quota.Reservation.grow} is synchronous, per chunk);
-a claim is what they hold plus half of the room left, asked again when a
-quarter of it is left, and given back when the replica's last upload of
-the quota ends.  So two replicas' concurrent uploads never hold more than
+a claim is what they hold plus a spare (half of the room left, or up to
+L{CLAIM_FLOOR} of it if that is more), asked again when a quarter of it is
+left, and given back when the replica's last upload of the quota ends.  So two replicas' concurrent uploads never hold more than
 the quota together; near a full quota an upload may be refused while a
 claim is being renewed (452, as for a full quota).  A crashed replica's
 claim ends with its lease.
@@ -48,6 +48,11 @@ if TYPE_CHECKING:
 __all__ = ["QuotaSharing", "SharedQuota"]
 
 log = Logger(namespace="cosgw.policy.quota")
+
+#: The least spare a claim takes when the quota has room for it (bytes; as
+#: a count of files, as good as unlimited): 64 MiB takes a fast upload
+#: through many round trips to Redis before it must ask again.
+CLAIM_FLOOR = 64 * 1024 * 1024
 
 #: What an upload is told when its claim cannot be had (closed).
 UNAVAILABLE = "quota state unavailable, try again later"
@@ -123,6 +128,7 @@ class SharedQuota:
                 max_files,
                 bytes_,
                 files,
+                CLAIM_FLOOR,
             ],
         )
 

@@ -155,12 +155,15 @@ return {count, 0, 0}
 FORGIVE = Script("forgive", "return redis.call('DEL', KEYS[1])")
 
 #: Set this replica's claim of a quota: what its uploads in progress hold
-#: (C{need}) and half of the room left beyond that, so that a replica asks
-#: again only when its share runs low and others keep room of their own.
+#: (C{need}) and a spare beyond that, half of the room left or, if more,
+#: as much of it as C{floor} (bytes or files), so that a replica asks again
+#: only when its spare runs low, others keep room of their own when the
+#: quota is large, and a small quota is not split too thin for an upload.
 #: A claim never takes more than the room: when C{need} is not there, the
 #: replica keeps at most what it held.  KEYS: registry, own hash, quota.
 #: ARGV: replica, now, lease, the replicas' hash prefix, quota id, byte
-#: limit (-1: none), file limit (-1: none), needed bytes, needed files.
+#: limit (-1: none), file limit (-1: none), needed bytes, needed files,
+#: floor.
 #: Answers {computed (0/1), claimed bytes, claimed files, bytes, files,
 #: kept, every replica's claimed bytes, claimed files}.
 CLAIM = Script(
@@ -168,7 +171,7 @@ CLAIM = Script(
     _SUM
     + """
 local now, lease = tonumber(ARGV[2]), tonumber(ARGV[3])
-local qid = ARGV[5]
+local qid, floor = ARGV[5], tonumber(ARGV[10])
 redis.call('ZADD', KEYS[1], now + lease, ARGV[1])
 redis.call('PEXPIRE', KEYS[2], 2 * lease)
 local u = redis.call('HMGET', KEYS[3], 'bytes', 'files', 'kept')
@@ -181,7 +184,8 @@ local function claim(field, limit, used, need)
   if limit < 0 then return 0, all - had end
   local free = limit - used - (all - had)
   local grant
-  if free >= need then grant = need + math.floor((free - need) / 2)
+  local spare = math.max(math.floor((free - need) / 2), math.min(free - need, floor))
+  if free >= need then grant = need + spare
   else grant = math.max(math.min(had, need), 0) end
   put(KEYS[2], field, grant)
   return grant, all - had + grant
