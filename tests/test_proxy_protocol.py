@@ -18,7 +18,6 @@ import io
 import socket
 import ssl
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import paramiko
@@ -30,6 +29,7 @@ from cosgw.frontends.ftp.tls import generate_self_signed
 from cosgw.logs import xferlog_line
 from tests.harness import PASSWORD, in_thread
 from tests.logevents import LogEvents
+from tests.processtesting import scratch
 from tests.proxytesting import (
     ProxiedFTP,
     ProxiedFTPTLS,
@@ -98,7 +98,7 @@ class ProxyCase(GatewayCase):
         by the server key; 203.0.113.0/24 denied, two connections per
         address; walled may not log in from 192.0.2.0/24.
         """
-        self.cert, key = generate_self_signed(Path(self.mktemp_dir()))
+        self.cert, key = generate_self_signed(scratch(self))
         settings: dict[str, Any] = {
             "users": {
                 "alice": plain_user("alice"),
@@ -122,11 +122,6 @@ class ProxyCase(GatewayCase):
         self.limits_log = LogEvents(self, "cosgw.policy.limits")
         self.proxy_log = LogEvents(self, "cosgw.frontends.proxy")
         return gw
-
-    def mktemp_dir(self) -> str:
-        path = Path(self.mktemp())
-        path.mkdir(parents=True)
-        return str(path)
 
     def refused_ips(self) -> list[str]:
         return [
