@@ -244,7 +244,9 @@ class HAProxyTests(GatewayCase):
         said, ssh = yield in_thread(run)
         self.assertTrue(said.startswith("421"), said)
         self.assertNotEqual(ssh, "logged in")
-        refused = [e["ip"] for e in self.limits_log.events if "refused" in e["log_format"]]
+        refused = [
+            e["ip"] for e in self.limits_log.events if "refused" in e["log_format"]
+        ]
         self.assertEqual(refused, [DENIED, DENIED])
         self.assertEqual(self.client_events(DENIED, "session-open"), [])
 
@@ -277,7 +279,9 @@ class HAProxyTests(GatewayCase):
             },
         )
         self.assertEqual(done.returncode, 0, done.stderr)
-        self.assertEqual((work / "back.bin").read_bytes(), b"openssh via haproxy" * 1000)
+        self.assertEqual(
+            (work / "back.bin").read_bytes(), b"openssh via haproxy" * 1000
+        )
         yield until(lambda: self.client_events(CLIENT, "session-close"), "close")
         [opened] = self.client_events(CLIENT, "session-open")
         events = self.audit.events(session=opened["session"])
