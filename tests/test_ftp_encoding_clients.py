@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -69,8 +70,9 @@ def listings(ftp: ftplib.FTP, path: str) -> dict[str, list[str]]:
 class EncodingClientTests(unittest.TestCase):
     """
     One gateway: [server] ftp_encoding = big5; listeners: one with
-    ftp_encoding=gbk (the first), one plain (so Big5); users alice (no
-    encoding of her own) and carol (utf-8).
+    ftp_encoding=gbk (the first), one plain (so Big5), and implicit FTPS
+    with ftp_encoding=gbk; users alice (no encoding of her own) and carol
+    (utf-8).
     """
 
     timeout = 120
@@ -85,10 +87,14 @@ class EncodingClientTests(unittest.TestCase):
                 "tcp:0:interface=127.0.0.1:ftp_encoding=gbk",
                 "tcp:0:interface=127.0.0.1",
             ),
+            ftps_listen=("tcp:0:interface=127.0.0.1:ftp_encoding=gbk",),
             ftp_encoding="big5",
         )
         self.gbk_port = self.gw.port
         self.big5_port = self.gw.service.ftp.listeners[1].port.getHost().port
+        implicit = self.gw.service.ftp.implicit_listeners[0]
+        yield implicit.listening
+        self.ftps_port = implicit.port.getHost().port
 
     @defer.inlineCallbacks
     def test_gbk_client_uploads_lists_renames_downloads(self) -> Any:
@@ -131,6 +137,37 @@ class EncodingClientTests(unittest.TestCase):
         found, got = yield in_thread(utf8_client)
         self.assertEqual(found, dict.fromkeys(("LIST", "NLST", "MLSD"), [REPORT]))
         self.assertEqual(got, data)
+
+    @defer.inlineCallbacks
+    def test_curl_over_implicit_ftps_in_gbk(self) -> Any:
+        """curl sends a URL's bytes as they are: GBK, percent-encoded."""
+        data = b"report over implicit FTPS"
+
+        def put() -> None:
+            ftp = connect(self.gbk_port, "gbk")
+            ftp.mkd(DIRECTORY)
+            ftp.storbinary(f"STOR {DIRECTORY}/{REPORT}", io.BytesIO(data))
+            ftp.quit()
+
+        yield in_thread(put)
+        base = f"ftps://127.0.0.1:{self.ftps_port}/"
+        directory = urllib.parse.quote(DIRECTORY.encode("gbk"))
+        report = urllib.parse.quote(REPORT.encode("gbk"))
+        results = []
+        for url, options in [
+            (f"{base}{directory}/", ["--list-only"]),
+            (f"{base}{directory}/{report}", []),
+        ]:
+            result = yield in_thread(
+                subprocess.run,
+                ["curl", "-sS", "--insecure", "--max-time", "30", *options]
+                + ["-u", f"alice:{PASSWORD}", url],
+                capture_output=True,
+                timeout=60,
+            )
+            self.assertEqual(result.returncode, 0, result.stderr)
+            results.append(result.stdout)
+        self.assertEqual(results, [REPORT.encode("gbk") + b"\n", data])
 
     @defer.inlineCallbacks
     def test_user_beats_listener_beats_server(self) -> Any:
