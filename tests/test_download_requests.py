@@ -3,7 +3,7 @@ One GET per download, whatever the client: whole-file downloads through
 real clients (paramiko's get(), OpenSSH's sftp, rclone, lftp and curl over
 SFTP; ftplib's RETR, with and without REST) against a gateway on the COS
 test store, counting the store's requests (C{GET /__test__/stats}): the
-GET, and a HEAD for a client's STAT before it (L{STAT_AND_GET}).  Each
+GET, and a HEAD and a LIST for a client's STAT before it (L{STAT_AND_GET}).  Each
 file is checked byte for byte.
 
 paramiko's get() sends a READ for every block of the file at once, OpenSSH
@@ -30,10 +30,11 @@ from tests.test_sftp_clients import ClientTestsBase, lftp_sftp, run
 
 KiB = 1024
 #: A client that STATs the file before opening it (paramiko, OpenSSH,
-#: rclone): the STAT's HEAD, then the GET; the STATs after it (OpenSSH's
-#: second, rclone's after the open) are answered by what the session saw.
-#: lftp and curl open at once: the GET alone.
-STAT_AND_GET = {"HeadObject": 1, "GetObject": 1}
+#: rclone): the STAT's HEAD and the LIST of the markers of times clients
+#: set (the time is the file's), then the GET; the STATs after it
+#: (OpenSSH's second, rclone's after the open) are answered by what the
+#: session saw.  lftp and curl open at once: the GET alone.
+STAT_AND_GET = {"HeadObject": 1, "ListObjects": 1, "GetObject": 1}
 #: Three read windows and an odd tail.
 SIZE = 24 * MiB + 12345
 
