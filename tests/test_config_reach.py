@@ -70,6 +70,7 @@ def test_listener_options_kept_and_split(tmp_path: Path) -> None:
         "tcp:2121:proxy_protocol=maybe",
         "tcp:2121:ftp_encoding=utf-16",
         "tcp:21:ftp_encoding=nope",
+        "haproxy:tcp:21:proxy_protocol=no",
     ],
 )
 def test_bad_listener_options(tmp_path: Path, word: str) -> None:

@@ -164,6 +164,12 @@ def endpoint_problem(description: str) -> str | None:
         if problem is not None:
             return problem
     types = _types(description)
+    own = options.get("proxy_protocol")
+    if types[0] == "haproxy" and own is not None:
+        from cosgw.config.values import parse_bool
+
+        if not parse_bool(own):
+            return "haproxy: or proxy_protocol=no, not both"
     if types[-1] not in _BUILT_IN:
         known = _known_types()
         if types[-1] not in known:
