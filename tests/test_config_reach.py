@@ -120,3 +120,31 @@ def test_parse_encoding() -> None:
         parse_encoding("auto", auto=False)
     with pytest.raises(ValueError):
         parse_encoding("utf-16-le")
+
+
+@pytest.mark.parametrize(
+    ("server", "home"),
+    [
+        ("", ".cosgw"),
+        ("", "/.cosgw/mtimes/a"),
+        ("metadata_prefix = gw/meta\n", "gw/meta/x"),
+    ],
+)
+def test_home_inside_the_metadata_prefix_refused(
+    tmp_path: Path, server: str, home: str
+) -> None:
+    path = write(tmp_path, f"[server]\n{server}" + BASE + f"home = {home}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert_one_line_error(caught.value, path, "user:alice", "home")
+
+
+def test_home_holding_the_metadata_prefix_allowed(tmp_path: Path) -> None:
+    """A home of the whole bucket, or above the prefix, holds it (hidden)."""
+    for server, home in [
+        ("", ""),
+        ("metadata_prefix = gw/meta\n", "gw"),
+        ("", "cosgw"),
+    ]:
+        path = write(tmp_path, f"[server]\n{server}" + BASE + f"home = {home}\n")
+        assert load_config(path).users["alice"].home == home

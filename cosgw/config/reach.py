@@ -84,9 +84,9 @@ def check_homes(
     for user in users.values():
         if (user.home + "/").startswith(prefix):
             raise ConfigError(
-                f"{label}: [user:{user.name}] home: {user.home!r} is inside"
-                f" [server] metadata_prefix {prefix!r}, which the gateway keeps"
-                " for itself",
+                f"{label}: [user:{user.name}] home: expected a path outside"
+                f" [server] metadata_prefix {prefix!r}, which the gateway"
+                f" keeps for itself, got {user.home!r}",
                 path=label,
                 section=f"user:{user.name}",
                 key="home",
