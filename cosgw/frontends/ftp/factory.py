@@ -1,7 +1,9 @@
 """
 The factory of FTP control connections: every setting a connection needs
 from the outside, given once, and the connection limits and login defender
-applied before a connection gets a protocol at all.
+applied before a connection gets a protocol at all.  Behind a PROXY
+listener (L{cosgw.frontends.proxied}) C{buildProtocol} is called once the
+header is read, with the client's address from it.
 """
 
 from __future__ import annotations

@@ -25,7 +25,10 @@ What it changes in Conch's:
     timer runs on the injected reactor.
   - Admission.  The transport asks the shared connection limits
     (L{cosgw.policy.limits.ConnectionLimits}) before anything else and gives
-    the slot back exactly once when the connection ends.
+    the slot back exactly once when the connection ends.  Behind a PROXY
+    listener (L{cosgw.frontends.proxied}) the transport is connected only
+    once the header is read: its peer is the header's client, and its
+    version line follows the header.
   - TCP_NODELAY, as OpenSSH's client sets on its side.
   - Input.  Conch appends every TCP read to its buffer (C{buf = buf +
     data}), so a packet arriving in small pieces costs its length squared,
