@@ -402,7 +402,11 @@ class MfmtListingTests(unittest.TestCase):
         self.assertTrue(r["reserved"].startswith("553"), r["reserved"])
         self.assertNotEqual(r["after"]["f.txt"], "20200102030405")
         self.assertTrue(r["rmd"].startswith("250"), r["rmd"])
-        self.assertEqual(gw.inspector.keys(), ["f.txt"])
+        # The time's marker went with the file (a local store keeps the
+        # empty directories that held it, under the hidden prefix).
+        keys = gw.inspector.keys()
+        self.assertEqual([k for k in keys if not k.startswith(".cosgw/")], ["f.txt"])
+        self.assertEqual([k for k in keys if not k.endswith("/")], ["f.txt"])
 
 
 class LocalMfmtListingTests(MfmtListingTests):
