@@ -346,7 +346,7 @@ class ClosedOutageTests(Cluster):
         """
         Redis stopped, closed: a login is refused at once with 421 "try
         again later" over FTP and a disconnect over SSH, an upload that
-        needs a quota claim gets 552 with the reason, a new connection is
+        needs a quota claim gets 451 (transient) with the reason, a new connection is
         refused when a connection limit needs the cluster's count, and the
         server keeps serving; back,
         logins work again.
@@ -383,7 +383,7 @@ class ClosedOutageTests(Cluster):
             r["ssh"]["disconnect"][0], DISCONNECT_NO_MORE_AUTH_METHODS_AVAILABLE
         )
         self.assertEqual(
-            r["upload"], "552 /x: quota state unavailable, try again later"
+            r["upload"], "451 /x: quota state unavailable; try again later"
         )
         self.assertLess(r["seconds"], 10)
         self.assertEqual(

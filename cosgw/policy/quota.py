@@ -65,6 +65,13 @@ class QuotaFull(Exception):
         self.reason = reason
 
 
+class QuotaUnavailable(QuotaFull):
+    """
+    The quota cannot be checked now (shared state away, failing closed):
+    a transient refusal the client may retry, not a full quota.
+    """
+
+
 def _never(key: str) -> bool:
     return False
 

@@ -17,7 +17,7 @@ from cosgw.interfaces import (
     StoreError,
     StoreUnavailable,
 )
-from cosgw.policy.quota import QuotaFull
+from cosgw.policy.quota import QuotaFull, QuotaUnavailable
 from cosgw.transfer import QuotaReached, RewriteRefused, SpoolFull, UploadTooLarge
 
 log = Logger()
@@ -128,6 +128,8 @@ def translate(failure: Failure, path: str) -> Failure:
         return Failure(FileTooLarge(path, request_id=request_id))
     if isinstance(e, QuotaReached):
         return Failure(QuotaExceeded(path, "quota exceeded", request_id))
+    if isinstance(e, QuotaUnavailable):
+        return Failure(StoreFailure(path, e.reason, request_id))
     if isinstance(e, QuotaFull):
         return Failure(QuotaExceeded(path, e.reason, request_id))
     if isinstance(e, (RewriteRefused, SpoolFull)):

@@ -23,7 +23,7 @@ claim ends with its lease.
 
 While Redis cannot be reached: C{open}, this replica's last view of the
 usage and its own uploads decide; C{closed}, an upload that needs a claim
-is refused (L{QuotaFull}, FTP C{452}, SFTP a failure), and one under way
+is refused (L{QuotaUnavailable}, FTP C{451}, SFTP a failure), and one under way
 may fill only the claim it holds.  Changes made meanwhile are not in
 Redis: when it is back, the usage of each quota changed is listed again.
 """
@@ -36,7 +36,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from cosgw.policy.quota import QuotaFull
+from cosgw.policy.quota import QuotaUnavailable
 from cosgw.policy.shared.connection import SharedStateUnavailable, SharedStore
 from cosgw.policy.shared.counts import ReplicaCounts
 from cosgw.policy.shared.keys import quota_id
@@ -55,7 +55,7 @@ log = Logger(namespace="cosgw.policy.quota")
 CLAIM_FLOOR = 64 * 1024 * 1024
 
 #: What an upload is told when its claim cannot be had (closed).
-UNAVAILABLE = "quota state unavailable, try again later"
+UNAVAILABLE = "quota state unavailable"
 
 
 class QuotaSharing:
@@ -143,7 +143,7 @@ class SharedQuota:
         Before an upload: the cluster's usage (computed here first if no
         replica has), and a claim with room for one more byte and file.
 
-        @raise QuotaFull: Redis is away and the rule fails closed.
+        @raise QuotaUnavailable: Redis is away and the rule fails closed.
         @raise StoreError: listing the home failed.
         """
         usage = self.usage
@@ -157,7 +157,7 @@ class SharedQuota:
                 answer = await self._claim(*need)
         except SharedStateUnavailable:
             if not self.store.fallback("quota"):
-                raise QuotaFull(UNAVAILABLE) from None
+                raise QuotaUnavailable(UNAVAILABLE) from None
             await usage.compute()
             return
         self._adopt(answer)
