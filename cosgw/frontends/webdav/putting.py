@@ -178,8 +178,13 @@ class PutBody:
 
         ensureDeferred(self._commit_failed(upload)).addBoth(answer)
 
-    async def _commit_failed(self, upload: IUpload) -> ObjectInfo:
+    def _unregister(self, upload: IUpload) -> None:
+        """The upload stops consuming: whatever pause it asked for ends."""
         upload.unregisterProducer()
+        self.channel.hold_input(self._input, False)
+
+    async def _commit_failed(self, upload: IUpload) -> ObjectInfo:
+        self._unregister(upload)
         return await upload.commit()
 
     async def commit(self) -> ObjectInfo:
@@ -199,7 +204,7 @@ class PutBody:
         upload = self.upload
         if upload is None:
             raise ConnectionError("the client went away")
-        upload.unregisterProducer()
+        self._unregister(upload)
         return await upload.commit()
 
     def connection_lost(self, reason: Failure) -> None:
@@ -214,5 +219,5 @@ class PutBody:
         self._pending = []
         upload = self.upload
         if upload is not None:
-            upload.unregisterProducer()
+            self._unregister(upload)
             upload.abort("the client went away before the end of the body")

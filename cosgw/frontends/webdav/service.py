@@ -16,6 +16,8 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IProtocolNegotiationFactory
+from zope.interface import implementer
 
 from cosgw.config import Config
 from cosgw.frontends.frontend import Frontend, SharedParts
@@ -33,8 +35,13 @@ def uses_gateway_certificate(description: str) -> bool:
     return kind.lower() == "ssl" and "privatekey=" not in rest.lower()
 
 
+@implementer(IProtocolNegotiationFactory)
 class _GatewayTLS:
-    """The site as L{wrap_current} wants it: with the current certificate."""
+    """
+    The site as L{wrap_current} wants it: with the current certificate,
+    and HTTP/1.1 offered in ALPN (Twisted's TLS fails the handshake of a
+    client that offers ALPN when the server offers nothing).
+    """
 
     def __init__(self, site: DAVSite, current: Callable[[], ServerTLS]) -> None:
         self._site = site
@@ -43,6 +50,9 @@ class _GatewayTLS:
     @property
     def tls(self) -> ServerTLS:
         return self._current()
+
+    def acceptableProtocols(self) -> list[bytes]:
+        return [b"http/1.1"]
 
     def buildProtocol(self, addr: Any) -> Any:
         return self._site.buildProtocol(addr)
