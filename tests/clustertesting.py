@@ -44,7 +44,8 @@ from tests.processtesting import TWISTD, Child, free_port, poll, scratch
 #: The balancer's address: what clients connect to.
 PUBLIC = "127.0.0.10"
 #: Passive ranges are taken from here (above Linux's ephemeral ports and
-#: away from the other tests' 62000-62999), PASSIVE_SPAN ports a replica.
+#: away from the other tests' 62000-62999), PASSIVE_SPAN ports a replica
+#: unless told otherwise: one port per passive transfer at once.
 PASSIVE_BASE, PASSIVE_TOP, PASSIVE_SPAN = 63000, 64999, 10
 #: Seconds any one client step may take on a loaded machine.
 TIMEOUT = 30
@@ -110,6 +111,7 @@ class Replica:
         c = self.cluster
         proxy = ":proxy_protocol=yes" if c.proxy_protocol else ""
         keys = ", ".join(str(k) for k in c.host_keys)
+        part_size = "" if "part_size" in c.transfer_lines else "part_size = 1M\n"
         users = "".join(
             f"[user:{u}]\npassword = {PASSWORD}\nstorage = cos\npermissions = all\n"
             f"{c.user_lines}\n"
@@ -127,7 +129,7 @@ class Replica:
             f"tls_certificate = {c.certificate[0]}\ntls_key = {c.certificate[1]}\n"
             "log_format = json\nlogin_failure_delay = 0\n"
             f"{c.server_lines}\n"
-            f"[transfer]\npart_size = 1M\n{c.transfer_lines}\n"
+            f"[transfer]\n{part_size}{c.transfer_lines}\n"
             f"[storage:cos]\ntype = cos\nbucket = {c.bucket}\n"
             f"region = {c.store.region}\nsecret_id = {c.store.secret_id}\n"
             f"secret_key = {c.store.secret_key}\n"
@@ -304,10 +306,11 @@ class Cluster:
         self,
         case: Any,
         count: int = 2,
-        proxy_protocol: bool = False,
+        proxy_protocol: bool = True,
         server_lines: str = "",
         transfer_lines: str = "",
         user_lines: str = "",
+        passive_span: int = PASSIVE_SPAN,
     ) -> None:
         from tests.cosserver import shared_server
         from tests.harness import host_keys
@@ -323,13 +326,10 @@ class Cluster:
         self.transfer_lines = transfer_lines
         self.user_lines = user_lines
         hosts = [PUBLIC] + [replica_host(i) for i in range(count)]
-        low = free_range(hosts, PASSIVE_SPAN * count)
+        span = passive_span
+        low = free_range(hosts, span * count)
         self.replicas = [
-            Replica(
-                self,
-                i,
-                (low + i * PASSIVE_SPAN, low + (i + 1) * PASSIVE_SPAN - 1),
-            )
+            Replica(self, i, (low + i * span, low + (i + 1) * span - 1))
             for i in range(count)
         ]
         for replica in self.replicas:
@@ -386,11 +386,17 @@ class Cluster:
         return found
 
     def wait_states(self, wanted: dict[str, str], backend: str = "ftp") -> None:
-        poll(
-            lambda: all(self.states(backend).get(k) == v for k, v in wanted.items()),
-            TIMEOUT,
-            f"HAProxy sees {wanted} (it sees {self.states(backend)})",
-        )
+        def seen() -> bool:
+            try:
+                states = self.states(backend)
+            except OSError:  # its stats socket is not there yet
+                return self.haproxy.child.running() and False
+            return all(states.get(k) == v for k, v in wanted.items())
+
+        try:
+            poll(seen, TIMEOUT, f"HAProxy sees {wanted} in {backend}")
+        except AssertionError as e:
+            raise AssertionError(f"{e}:\n{self.haproxy.child.text()}") from None
 
     # -- clients through the balancer ----------------------------------------------
 
@@ -413,9 +419,14 @@ class Cluster:
         ftp.voidcmd("TYPE I")
         return ftp
 
-    def sftp(self, user: str = "alice") -> paramiko.SFTPClient:
-        """A paramiko SFTP session through HAProxy."""
-        transport = paramiko.Transport((PUBLIC, self.public.sftp))
+    def sftp(
+        self, user: str = "alice", source: Optional[str] = None
+    ) -> paramiko.SFTPClient:
+        """A paramiko SFTP session through HAProxy (from C{source})."""
+        sock = socket.create_connection(
+            (PUBLIC, self.public.sftp), TIMEOUT, (source, 0) if source else None
+        )
+        transport = paramiko.Transport(sock)
         transport.banner_timeout = transport.auth_timeout = TIMEOUT
         transport.connect(username=user, password=PASSWORD)
         sftp = paramiko.SFTPClient.from_transport(transport)

@@ -3,11 +3,13 @@ Two gateway processes behind a real HAProxy on the COS test store
 (L{tests.clustertesting}): FTP in passive mode (PASV and EPSV, with ftplib,
 curl and lftp), implicit FTPS and SFTP sessions go through the balancer,
 land on both replicas, and each data connection meets the replica of its
-control connection.  One cluster for the class.
+control connection; HAProxy's PROXY v2 header gives each replica the
+client's own address for its rules and logs.  One cluster for the class.
 """
 
 from __future__ import annotations
 
+import ftplib
 import hashlib
 import io
 import os
@@ -42,7 +44,9 @@ class ClusterTests(unittest.SynchronousTestCase):
     def setUpClass(cls) -> None:
         cls.cleanups = ClassCleanups()
         try:
-            cls.cluster = Cluster(cls.cleanups)
+            cls.cluster = Cluster(
+                cls.cleanups, server_lines="denied_networks = 127.0.0.3/32\n"
+            )
         except BaseException:
             cls.cleanups.run()
             raise
@@ -179,3 +183,42 @@ class ClusterTests(unittest.SynchronousTestCase):
         )
         self.assertEqual(len(keys), 1)
         self.assertTrue(all(r.audit("login") for r in c.replicas))
+
+    def test_client_address_reaches_rules_and_logs(self) -> None:
+        """
+        Clients bound to 127.0.0.2 (allowed) and 127.0.0.3 (denied_networks)
+        through HAProxy, whose own address is 127.0.0.1: each replica's
+        sessions and audit events show 127.0.0.2, over FTP, FTPS and SFTP;
+        127.0.0.3 is refused with the reason, and logged as 127.0.0.3.
+        """
+        c = self.cluster
+        sessions = [c.ftp(source="127.0.0.2"), c.ftp(source="127.0.0.2")]
+        sessions.append(c.ftp(source="127.0.0.2", tls=True))
+        sftp = c.sftp(source="127.0.0.2")
+        try:
+            seen = {
+                (r.name, s["protocol"], s["client_ip"])
+                for r in c.replicas
+                for s in r.sessions()
+            }
+            self.assertEqual({ip for _, _, ip in seen}, {"127.0.0.2"})
+            self.assertEqual({name for name, _, _ in seen}, {"a", "b"})
+            self.assertEqual({p for _, p, _ in seen}, {"ftp", "ftps", "sftp"})
+        finally:
+            for ftp in sessions:
+                ftp.quit()
+            end_sftp(sftp)
+        for _ in c.replicas:
+            with self.assertRaises(ftplib.Error) as refused:
+                c.ftp(source="127.0.0.3")
+            self.assertIn("not allowed", str(refused.exception))
+        logged = [e for r in c.replicas for e in r.events() if "127.0.0.3" in str(e)]
+        self.assertTrue(logged)
+        self.assertFalse(
+            [
+                e
+                for r in c.replicas
+                for e in r.audit("login")
+                if e["client_ip"] == "127.0.0.1"
+            ]
+        )

@@ -4,9 +4,9 @@ L{cosgw.policy.shared}), behind HAProxy: a ban earned on replica A refuses
 logins on replica B; a user's max_sessions of 2 holds across replicas; a
 quota holds with concurrent uploads on both; Redis stopped mid-test gives
 what C{shared_state_failure = open} documents (each replica's own view
-decides, logged, no hang).  Bans are earned by connecting to the replicas
-directly from loopback addresses of their own (127.0.0.2, 127.0.0.3), so
-that each client has an address of its own without the PROXY protocol.
+decides, logged, no hang).  HAProxy sends each replica the client's
+address in a PROXY v2 header; the clients bind loopback addresses of their
+own (127.0.0.2, ...) so that each has an address HAProxy's is not.
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ from twisted.trial import unittest
 
 from tests.clustertesting import (
     PASSWORD,
+    PUBLIC,
     TIMEOUT,
     ClassCleanups,
     Cluster,
-    Replica,
 )
 from tests.daemons import RedisServer
 from tests.processtesting import poll, scratch
@@ -36,17 +36,11 @@ MiB = 1024 * KiB
 QUOTA = 6 * MiB
 
 
-def direct(replica: Replica, source: str) -> ftplib.FTP:
-    """An FTP connection straight to C{replica} from C{source}."""
+def login_reply(cluster: Cluster, source: str, password: str) -> str:
+    """What a login of bob from C{source}, through HAProxy, is answered."""
     ftp = ftplib.FTP()
-    ftp.connect(replica.host, replica.ports.ftp, TIMEOUT, (source, 0))
-    return ftp
-
-
-def login_reply(replica: Replica, source: str, password: str) -> str:
-    """What a login from C{source} to C{replica} is answered."""
-    ftp = direct(replica, source)
     try:
+        ftp.connect(PUBLIC, cluster.public.ftp, TIMEOUT, (source, 0))
         reply = ftp.login("bob", password)
     except ftplib.Error as e:
         reply = str(e)
@@ -82,18 +76,22 @@ class SharedStateTests(unittest.SynchronousTestCase):
 
     def test_ban_earned_on_a_refuses_on_b(self) -> None:
         """
-        Three failed logins from 127.0.0.2 on A ban it: its right password
-        is refused on B, while 127.0.0.3 logs in on B.
+        Three failed logins from 127.0.0.2 through HAProxy, spread over both
+        replicas (round robin), ban it on both: its right password is
+        refused on A and on B, while 127.0.0.3 logs in.  Each replica saw
+        the client's own address (the PROXY header), not HAProxy's.
         """
-        a, b = self.cluster.a, self.cluster.b
-        self.assertTrue(login_reply(b, "127.0.0.2", PASSWORD).startswith("230"))
+        c = self.cluster
+        self.assertTrue(login_reply(c, "127.0.0.2", PASSWORD).startswith("230"))
         for _ in range(3):
-            self.assertTrue(login_reply(a, "127.0.0.2", "wrong").startswith("530"))
-        refused = login_reply(b, "127.0.0.2", PASSWORD)
-        self.assertFalse(refused.startswith("230"), refused)
-        self.assertTrue(login_reply(b, "127.0.0.3", PASSWORD).startswith("230"))
-        failures = [e["client_ip"] for e in b.audit("login-failed")]
-        self.assertIn("127.0.0.2", failures)
+            self.assertTrue(login_reply(c, "127.0.0.2", "wrong").startswith("530"))
+        for _ in c.replicas:
+            refused = login_reply(c, "127.0.0.2", PASSWORD)
+            self.assertFalse(refused.startswith("230"), refused)
+        self.assertTrue(login_reply(c, "127.0.0.3", PASSWORD).startswith("230"))
+        for replica in c.replicas:
+            failed = {e["client_ip"] for e in replica.audit("login-failed")}
+            self.assertEqual(failed, {"127.0.0.2"}, replica.name)
 
     def test_max_sessions_across_replicas(self) -> None:
         """
@@ -171,11 +169,9 @@ class SharedStateTests(unittest.SynchronousTestCase):
         c = self.cluster
         self.redis.stop()
         self.addCleanup(lambda: self.redis.child or self.redis.start())
-        for replica in c.replicas:
+        for _ in c.replicas:
             started = time.monotonic()
-            ftp = direct(replica, "127.0.0.4")
-            ftp.login("alice", PASSWORD)
-            ftp.quit()
+            c.ftp(source="127.0.0.4").quit()
             self.assertLess(time.monotonic() - started, 5)
         self.assertEqual([r.readyz()[0] for r in c.replicas], [200, 200])
         poll(
