@@ -240,7 +240,9 @@ def _write_element(element: ET.Element, declared: dict[str, str]) -> str:
     scope = dict(declared)
     attributes = ""
     if not namespace:
-        attributes = ' xmlns=""' if not declared else ""
+        if "" not in scope:
+            attributes = ' xmlns=""'
+            scope[""] = ""
     elif namespace not in scope:
         prefix = f"n{len(scope)}"
         scope[namespace] = prefix
