@@ -9,6 +9,7 @@ from __future__ import annotations
 import socket
 import struct
 import time
+from collections.abc import Callable
 from typing import Any, Optional
 
 import paramiko
@@ -55,9 +56,13 @@ class RecordingAdmission:
         self.refusal = refusal
         self.opened: list[str] = []
         self.closed: list[str] = []
+        self.refuse_later: Optional[Callable[[str], None]] = None
 
-    def open(self, ip: str) -> Optional[str]:
+    def open(
+        self, ip: str, refuse: Optional[Callable[[str], None]] = None
+    ) -> Optional[str]:
         self.opened.append(ip)
+        self.refuse_later = refuse
         return self.refusal
 
     def close(self, ip: str) -> None:
@@ -198,6 +203,28 @@ class AuditTests(SynchronousTestCase):
             ("sftp", "192.0.2.7", 50000),
         )
         self.assertEqual(self.audit(), [("session-open", "FX_OK", "")])
+
+    def test_refused_later_by_the_cluster(self) -> None:
+        """
+        A connection admitted here that the cluster's count refuses once
+        Redis answers is disconnected with SSH's too-many-connections code
+        and the reason, and its session closes saying so.
+        """
+        admission = RecordingAdmission()
+        _, proto, transport = self.build(admission=admission)
+        self.assertEqual(admission.opened, ["192.0.2.7"])
+        assert admission.refuse_later is not None
+        admission.refuse_later("too many connections (cluster: 64)")
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(
+            parse_disconnect(self.last_packet(transport)),
+            (12, "too many connections (cluster: 64)"),
+        )
+        proto.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(
+            self.audit()[-1][::2],
+            ("session-close", "refused: too many connections (cluster: 64)"),
+        )
 
     def test_client_logout_is_no_error(self) -> None:
         _, proto, _ = self.build()
