@@ -12,6 +12,7 @@ adapter, tests/cosserver.py), this measures:
     which runs as its own ``twistd -n cosftp`` process (from this checkout
     or --tree); FTPS: the same over explicit FTPS with PROT P (TLS on the
     data connections);
+  - WebDAV: curl PUT and GET over plain HTTP (bench/_webdav.py);
   - SFTP: OpenSSH's ``sftp`` client (batch mode, an Ed25519 key) doing the
     same, once per cipher of --ciphers (``sftp -c``; default: OpenSSH's own
     choice); a cipher the gateway does not offer gets a row saying so and
@@ -30,7 +31,7 @@ interleaved, because these machines are noisy; moto itself caps the
 figures (testing-notes.md): the ratios are what to read.  SFTP's CPU
 includes its SSH handshake (a few ms), FTP's its login.
 
---protocols picks the gateway's protocols (ftp, ftps, sftp; the SDK is
+--protocols picks the gateway's protocols (ftp, ftps, sftp, webdav; the SDK is
 always measured).  --profile DIR then runs one upload and one download per
 picked protocol again, each against a fresh gateway under cProfile, and
 prints the top functions of its reactor thread (bench/_profile.py).
@@ -88,9 +89,10 @@ from bench._measure import (  # noqa: E402
     ratio,
     stream_sha256,
 )
+from bench._webdav import webdav_server_line, webdav_transfer  # noqa: E402
 from tests.cosserver import CosTestServer  # noqa: E402
 
-PROTOCOLS = ("ftp", "ftps", "sftp")
+PROTOCOLS = ("ftp", "ftps", "sftp", "webdav")
 DIRECTIONS = ("up", "down")
 #: Ciphers whose rows count for the SFTP target ("OpenSSH client, AEAD").
 AEAD = ("gcm@openssh.com", "chacha20-poly1305@openssh.com")
@@ -122,7 +124,8 @@ class Variant:
     @property
     def label(self) -> str:
         if self.protocol != "sftp":
-            return {"ftp": "FTP", "ftps": "FTPS PROT P"}[self.protocol]
+            labels = {"ftp": "FTP", "ftps": "FTPS PROT P", "webdav": "WebDAV (curl)"}
+            return labels[self.protocol]
         return f"SFTP {self.negotiated() or self.cipher or ''}".strip()
 
     def negotiated(self) -> str:
@@ -160,9 +163,10 @@ class Bench:
         self.key, self.public_key = client_key(workdir)
         self.port = free_port()
         self.sftp_port = free_port() if "sftp" in args.protocols else None
+        self.dav_port = free_port() if "webdav" in args.protocols else None
         self.sdk: dict[str, list[float]] = {"put": [], "mp": [], "up": [], "down": []}
         #: Lines for the gateway's [server] section (--observability).
-        self.server_lines = ""
+        self.server_lines = webdav_server_line(self.dav_port) if self.dav_port else ""
         self.server = CosTestServer()
         self.server.start()
         self.gateway: Any = None
@@ -314,13 +318,33 @@ class Bench:
         finally:
             self.landing.unlink(missing_ok=True)
 
+    def webdav(self, variant: Variant, direction: str) -> None:
+        assert self.dav_port is not None
+        up = direction == "up"
+
+        def transfer() -> float:
+            return webdav_transfer(
+                self.dav_port, "webdav.bin", self.source, self.landing, up
+            )
+
+        try:
+            self.measured(variant, direction, transfer)
+            if up:
+                self.check(f"{variant.label} upload", self.stored("webdav.bin"))
+            else:
+                self.check(f"{variant.label} download", file_sha256(self.landing))
+        finally:
+            self.landing.unlink(missing_ok=True)
+
     def round(self, variants: list[Variant]) -> None:
         """SDK, FTP and SFTP uploads, then their downloads, then FTPS both ways."""
         plain = [v for v in variants if v.protocol != "ftps" and not v.unavailable]
         for direction in DIRECTIONS:
             getattr(self, f"sdk_{direction}")()
             for variant in plain:
-                move = self.ftp if variant.protocol == "ftp" else self.sftp
+                move = {"ftp": self.ftp, "webdav": self.webdav}.get(
+                    variant.protocol, self.sftp
+                )
                 move(variant, direction)
         for variant in variants:
             if variant.protocol == "ftps":
@@ -470,7 +494,7 @@ def parse_args() -> argparse.Namespace:
         "--protocols",
         type=protocols_argument(PROTOCOLS),
         default=PROTOCOLS,
-        help="comma-separated: ftp, ftps, sftp (default: all)",
+        help="comma-separated: ftp, ftps, sftp, webdav (default: all)",
     )
     parser.add_argument(
         "--ciphers",
@@ -531,7 +555,9 @@ def main() -> None:
 
             stop(bench.gateway)
             bench.gateway = None
-            profile(bench, args.protocols, args.profile)
+            profile(
+                bench, tuple(p for p in args.protocols if p != "webdav"), args.profile
+            )
     finally:
         if bench is not None:
             bench.close()
