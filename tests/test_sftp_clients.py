@@ -31,7 +31,7 @@ from twisted.internet.task import deferLater
 from twisted.trial import unittest
 
 from cosgw.config import ALL_PERMISSIONS, UserConfig
-from cosgw.vfs import MTIME_INDEX
+from cosgw.vfs import is_reserved
 from tests.harness import PASSWORD, MiB, in_thread, random_bytes, sha256, start_gateway
 
 #: Bound on any one client run.
@@ -147,10 +147,11 @@ def tree_files(root: Path) -> dict[str, bytes]:
 
 def content_keys(keys: list[str]) -> list[str]:
     """
-    Keys without the gateway's per-directory index of client-set times
-    (clients that set a file's time after an upload make one).
+    Keys without the markers of client-set times under the metadata prefix
+    (clients that set a file's time after an upload make one); nothing of
+    the gateway's is left among the user's keys.
     """
-    return [k for k in keys if k.rsplit("/", 1)[-1] != MTIME_INDEX]
+    return [k for k in keys if not is_reserved(k)]
 
 
 def ancestors(paths: list[str]) -> set[str]:
