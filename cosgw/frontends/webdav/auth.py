@@ -31,7 +31,6 @@ from twisted.cred.error import UnauthorizedLogin
 from twisted.logger import Logger
 from zope.interface import Interface
 
-from cosgw.escaping import for_log
 from cosgw.frontends.webdav.channel import DAVChannel
 from cosgw.policy.accounts import LoginRefused
 from cosgw.policy.defender import LoginBanned
@@ -174,10 +173,6 @@ class Authenticator:
         except LoginRefused as e:
             raise HTTPError(403, str(e)) from None
         except UnauthorizedLogin:
-            log.info(
-                "WebDAV login of {user} from {peer} failed",
-                user=for_log(name),
-                peer=channel.peer,
-            )
+            # The defender's login-failed event is the log line.
             raise HTTPError(401, "wrong user name or password", CHALLENGE) from None
         return fs, logout
