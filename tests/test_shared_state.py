@@ -209,6 +209,51 @@ class LimitTests(Cluster):
         self.assertEqual(r["again"], "230 Login successful")
 
 
+class WebDAVAcrossTests(Cluster):
+    @defer.inlineCallbacks
+    def test_webdav_connection_refused_by_the_cluster(self) -> Any:
+        """
+        max_connections_per_ip = 2 with an FTP connection on each replica: a
+        WebDAV connection to b, admitted by b's own count, is answered 503
+        with the reason once the cluster's count says no, and is closed
+        (and b counts it no more).
+        """
+        yield self.replicas(
+            max_connections_per_ip=2, webdav_listen=("tcp:0:interface=127.0.0.1",)
+        )
+        webdav = self.b.service.webdav
+        assert webdav is not None
+        port = (yield webdav.listeners[0].listening).getHost().port
+
+        def run() -> bytes:
+            one, two = (
+                socket.create_connection((gw.host, gw.port), 10)
+                for gw in (self.a, self.b)
+            )
+            try:
+                for s in (one, two):
+                    s.recv(1024)  # the 220: admitted, and counted in Redis
+                with socket.create_connection(("127.0.0.1", port), 10) as dav:
+                    # Nothing sent: the refusal comes a Redis round trip
+                    # after the connection, before any request.
+                    answer = b""
+                    deadline = time.monotonic() + 10
+                    while time.monotonic() < deadline:
+                        chunk = dav.recv(4096)
+                        if not chunk:
+                            break
+                        answer += chunk
+                    return answer
+            finally:
+                one.close()
+                two.close()
+
+        answer = yield in_thread(run)
+        self.assertTrue(answer.startswith(b"HTTP/1.1 503 "), answer[:200])
+        self.assertIn(b"too many connections from your address (2)", answer)
+        self.assertTrue((yield wait_until(lambda: self.b.service.limits.total == 0)))
+
+
 def _lines_until_closed(gw: Any, bound: float = 10) -> list[str]:
     """Connect to C{gw}'s FTP port and read every line until it hangs up."""
     with socket.create_connection((gw.host, gw.port), bound) as s:

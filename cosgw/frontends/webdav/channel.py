@@ -175,7 +175,7 @@ class DAVChannel(http.HTTPChannel):
             self.close_with(503, site.refusing, "refused: " + site.refusing)
             return
         if site.limits is not None:
-            refusal = site.limits.open(self.peer)
+            refusal = site.limits.open(self.peer, self._refused_later)
             if refusal is not None:
                 self.close_with(503, refusal, "refused: " + refusal)
                 return
@@ -263,6 +263,19 @@ class DAVChannel(http.HTTPChannel):
                 self.tcp.loseConnection()
 
         self.site.clock.callLater(0, send)
+
+    def _refused_later(self, reason: str) -> None:
+        """
+        The cluster's count (shared state) refused this connection after it
+        was admitted here, a Redis round trip later: a 503 when no answer
+        has started, else the connection is cut (a half-sent answer cannot
+        become another one).
+        """
+        if any(getattr(r, "startedWriting", False) for r in self.requests):
+            self.end_reason(f"refused: {reason}")
+            self.tcp.abortConnection()
+            return
+        self.close_with(503, reason, "refused: " + reason)
 
     def kick(self, reason: str) -> None:
         """The admin API ends the session: the connection is cut now."""
