@@ -18,7 +18,7 @@ from cosgw.config import ALL_PERMISSIONS
 from cosgw.interfaces import MAX_KEY_BYTES, MAX_LIST_KEYS, ObjectInfo
 from cosgw.policy.accounts import Account, Accounts
 from cosgw.transfer import TransferSettings
-from cosgw.vfs import mtimes
+from cosgw.vfs import mtimes, timecache
 from tests.test_vfs import START, FileSystemTestCase, H
 
 ROOT = ".cosgw/mtimes/"
@@ -158,18 +158,22 @@ class MarkerLifeTests(FileSystemTestCase):
         for i, name in enumerate(sorted(names)):
             if i % 3 == 0:
                 self.ok(self.fs.set_mtime([name], 1000.0 + i))
-        self.store.reset_requests()
-        listing = self.make_fs().listing([])
-        seen = {}
-        while (page := self.ok(listing.next_page())) is not None:
-            seen.update((e.name, e.mtime) for e in page)
         expected = {
             name: 1000.0 + i if i % 3 == 0 else START
             for i, name in enumerate(sorted(names))
         }
-        self.assertEqual(seen, expected)
-        # Two pages of files, one page of markers (under a thousand).
-        self.assertEqual(dict(self.store.reset_requests()), {"list": 3})
+        # What the sets taught the gateway ages; then it is asked again.
+        for age, requests in ((timecache.TIMES_TTL + 0.1, 3), (0.5, 2)):
+            self.clock.advance(age)
+            self.store.reset_requests()
+            listing = self.make_fs().listing([])
+            seen = {}
+            while (page := self.ok(listing.next_page())) is not None:
+                seen.update((e.name, e.mtime) for e in page)
+            self.assertEqual(seen, expected)
+            # Two pages of files, one page of markers (under a thousand),
+            # which the next listing within the second knows.
+            self.assertEqual(dict(self.store.reset_requests()), {"list": requests})
 
     def test_two_gateways_lose_no_time(self) -> None:
         """
@@ -248,6 +252,7 @@ class MigrationTests(FileSystemTestCase):
         }
         self.ok(self.fs.set_mtime(["d", "newer"], 5000.0))
         self.put("d/" + vfs.MTIME_INDEX, json.dumps(index).encode())
+        self.clock.advance(timecache.TIMES_TTL + 0.1)  # the set's markers aged
         fs = self.make_fs()
         entries = self.ok(fs.list_all(["d"]))
         self.assertEqual(
@@ -262,6 +267,11 @@ class MigrationTests(FileSystemTestCase):
             dict(self.store.reset_requests()),
             {"list": 5, "open": 1, "delete": 1, "put": 1},
         )
+        # The next listing: its directory's LIST, and the markers it read
+        # again after the migration are known for a second.
+        self.ok(fs.list_all(["d"]))
+        self.assertEqual(dict(self.store.reset_requests()), {"list": 1})
+        self.clock.advance(timecache.TIMES_TTL + 0.1)
         self.ok(fs.list_all(["d"]))
         self.assertEqual(dict(self.store.reset_requests()), {"list": 2})
 

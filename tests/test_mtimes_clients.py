@@ -3,8 +3,10 @@ Times clients set, end to end on the COS test store: C{lftp mirror -R}
 (which sets every file's time: MFMT over FTP, SETSTAT over SFTP) leaves
 in the bucket exactly the uploaded files plus markers under C{.cosgw/};
 a second mirror transfers nothing; two gateways on one bucket setting
-times in one directory at once lose none; a user whose home is the whole
-bucket never sees the reserved prefix, over FTP and SFTP.
+times in one directory at once lose none, and a time set through one shows
+on the other once what that one read of the directory's markers aged
+(L{cosgw.vfs.timecache}); a user whose home is the whole bucket never sees
+the reserved prefix, over FTP and SFTP.
 """
 
 from __future__ import annotations
@@ -15,9 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import paramiko
-from twisted.internet import defer
+from twisted.internet import defer, reactor
+from twisted.internet.task import deferLater
 from twisted.trial import unittest
 
+from cosgw.vfs import timecache
 from tests.harness import PASSWORD, in_thread, start_gateway
 from tests.test_sftp_clients import ClientTestsBase, lftp_sftp, run
 from tests.test_store_requests import requests_of
@@ -118,15 +122,35 @@ class SharedBucketTests(unittest.TestCase):
     timeout = 60
 
     @defer.inlineCallbacks
-    def test_two_gateways_set_times_at_once(self) -> Any:
-        """
-        Two gateway services on one bucket set the times of many files of
-        one directory at once, interleaved: none is lost.
-        """
+    def two_gateways(self, ttl: float) -> Any:
+        """Two gateway services on one bucket, markers known C{ttl} seconds."""
+        self.patch(timecache, "TIMES_TTL", ttl)
         first = yield start_gateway(self, "cos")
         second = yield start_gateway(
             self, "cos", storages={"store": first.inspector.storage()}
         )
+        return first, second
+
+    @defer.inlineCallbacks
+    def until(self, seconds: float, ask: Any, expected: Any) -> Any:
+        """Ask until the answer is C{expected}; the seconds that took."""
+        start = reactor.seconds()
+        while True:
+            answer = yield ask()
+            if answer == expected:
+                return reactor.seconds() - start
+            if reactor.seconds() - start > seconds:
+                self.assertEqual(answer, expected)
+            yield deferLater(reactor, 0.05, lambda: None)
+
+    @defer.inlineCallbacks
+    def test_two_gateways_set_times_at_once(self) -> Any:
+        """
+        Two gateway services on one bucket set the times of many files of
+        one directory at once, interleaved: none is lost, and each gateway
+        lists them all once what it read of the markers aged.
+        """
+        first, second = yield self.two_gateways(0.5)
         cos = first.inspector.server.cos_client()
         count = 30
         for i in range(count):
@@ -138,13 +162,57 @@ class SharedBucketTests(unittest.TestCase):
             [systems[i % 2].set_mtime(["d", f"f{i}"], OLD + i) for i in range(count)]
         )
         for gw in (first, second):
-            entries = yield gw.service.accounts.filesystem("alice").list_all(["d"])
-            self.assertEqual(
-                {e.name: e.mtime for e in entries},
-                {f"f{i}": float(OLD + i) for i in range(count)},
-            )
+            fs = gw.service.accounts.filesystem("alice")
+
+            @defer.inlineCallbacks
+            def times(fs: Any = fs) -> Any:
+                entries = yield fs.list_all(["d"])
+                return {e.name: e.mtime for e in entries}
+
+            yield self.until(10, times, {f"f{i}": float(OLD + i) for i in range(count)})
         keys = yield in_thread(first.inspector.keys)
         self.assertEqual(len([k for k in keys if k.startswith(".cosgw/")]), count)
+
+    @defer.inlineCallbacks
+    def test_time_set_elsewhere_shows_after_the_window(self) -> Any:
+        """
+        Gateway A reads a directory's markers (a stat of one of its files);
+        B sets the time of another file there: within the window A's stats
+        show that file's store time (no LIST of markers), after it B's time.
+        Both ways over FTP (MDTM), each stat a new session.
+        """
+        ttl = 3.0
+        first, second = yield self.two_gateways(ttl)
+        cos = first.inspector.server.cos_client()
+        for key in ("d/a", "d/b"):
+            yield in_thread(
+                cos.put_object, Bucket=first.inspector.bucket, Key=key, Body=b"x"
+            )
+
+        def mdtm(gw: Any, path: str) -> str:
+            ftp = ftplib.FTP()
+            ftp.connect(gw.host, gw.port, timeout=30)
+            ftp.login("alice", PASSWORD)
+            try:
+                return ftp.sendcmd(f"MDTM {path}")
+            finally:
+                ftp.close()
+
+        began = reactor.seconds()
+        stored = yield in_thread(mdtm, first, "d/a")  # A reads d's markers
+        yield second.service.accounts.filesystem("alice").set_mtime(["d", "b"], OLD)
+        server = first.inspector.server
+        yield in_thread(server.reset_stats)
+        within = yield in_thread(mdtm, first, "d/b")
+        counts = yield in_thread(requests_of, server)
+        self.assertLess(reactor.seconds() - began, ttl, "too slow to see the window")
+        self.assertNotEqual(within, "213 20200913122640")
+        self.assertEqual(within[:8], stored[:8])  # the store's time, today
+        self.assertEqual(dict(counts), {"HeadObject": 1})
+        yield self.until(
+            ttl + 10, lambda: in_thread(mdtm, first, "d/b"), "213 20200913122640"
+        )
+        self.assertGreater(reactor.seconds() - began, ttl)
 
 
 class ReservedPrefixTests(unittest.TestCase):

@@ -8,8 +8,11 @@ a new small file (one check and the PUT, or the PUT alone where the
 session knows the name is free) and one GET for a download.
 
 What a session saw in the last second answers its stats and checks
-(L{cosgw.vfs.knowledge}); these tests stretch that second to a minute, so
-a loaded machine cannot change a count.  The same counts, and why, over a
+(L{cosgw.vfs.knowledge}), and what the gateway read of a directory's
+markers of times answers every session's stats and listings there
+(L{cosgw.vfs.timecache}); these tests stretch that second to a minute, so
+a loaded machine cannot change a count, and forget the markers between
+client runs (each its own process, seconds apart).  The same counts, and why, over a
 memory store: tests/test_vfs_directories.py, tests/test_vfs_knowledge.py
 and tests/test_vfs.py.
 """
@@ -31,16 +34,20 @@ from twisted.internet import defer
 from twisted.trial import unittest
 
 from cosgw.storage.sweeper import UploadSweeper
-from cosgw.vfs import knowledge
+from cosgw.vfs import knowledge, timecache
 from tests.harness import PASSWORD, Gateway, in_thread, start_gateway
 from tests.test_sftp_clients import ClientTestsBase, lftp_sftp, run
 
 SMALL = b"x" * (16 * 1024)
 #: What setting a file's time costs after its upload: the file's HEAD (its
-#: identity) with the LIST of its markers, then the new marker's PUT under
-#: .cosgw/ (see cosgw.vfs.mtimes).  Before markers: a COPY of the file onto
-#: itself (and two HEADs) and the directory's index (GET, PUT), 5 requests.
+#: identity) with the LIST of its directory's markers, then the new
+#: marker's PUT under .cosgw/ (see cosgw.vfs.mtimes).  Before markers: a
+#: COPY of the file onto itself (and two HEADs) and the directory's index
+#: (GET, PUT), 5 requests.
 WITH_TIME = {"HeadObject": 1, "ListObjects": 1, "PutObject": 1}
+#: The same where the directory's markers are known (a listing, a time set
+#: there within the second): no LIST.
+WITH_KNOWN_TIME = {"HeadObject": 1, "PutObject": 1}
 #: An old time for the files clients upload, which they then set: never
 #: the second of the upload, so setting it always costs what it costs.
 OLD = 1_600_000_000
@@ -75,6 +82,11 @@ class Counting:
     def long_knowledge(self) -> None:
         """What a session saw stays known for the whole test (see the module)."""
         self.patch(knowledge, "NAME_TTL", 60.0)  # type: ignore[attr-defined]
+        self.patch(timecache, "TIMES_TTL", 60.0)  # type: ignore[attr-defined]
+
+    def forget_times(self) -> None:
+        """What the gateway read of markers is gone, as a second later."""
+        self.gw.service.accounts.filesystem("alice").times.cache.clear()
 
     @defer.inlineCallbacks
     def swept(self, gw: Gateway) -> Any:
@@ -319,6 +331,7 @@ class ClientStoreRequestTests(Counting, ClientTestsBase, unittest.TestCase):
                 c.format(n=n, src=self.source, out=self.work / f"out-{n}-{i}")
                 for i, c in enumerate(prefix + commands[:n])
             ]
+            self.forget_times()
             yield in_thread(server.reset_stats)
             result = yield session(lines)
             self.assertEqual(result.returncode, 0, result.stderr)
@@ -366,8 +379,9 @@ class ClientStoreRequestTests(Counting, ClientTestsBase, unittest.TestCase):
     def test_lftp(self) -> Any:
         """
         lftp opens without a STAT, and sets the file's time (FSETSTAT)
-        before CLOSE: the PUT, then the time (L{WITH_TIME}).  lftp's get
-        opens at once: the GET alone.
+        before CLOSE: the PUT, then the time (L{WITH_TIME}; the next ones in
+        the directory L{WITH_KNOWN_TIME}).  lftp's get opens at once: the
+        GET alone.
         """
         yield self.begin()
         counts = yield self.per_command(
@@ -384,11 +398,12 @@ class ClientStoreRequestTests(Counting, ClientTestsBase, unittest.TestCase):
             ],
         )
         put = Counter({"PutObject": 1}) + Counter(WITH_TIME)
+        known = Counter({"PutObject": 1}) + Counter(WITH_KNOWN_TIME)
         self.assertEqual(
             counts,
             [
                 dict(Counter({"ListObjects": 1}) + put),  # the name, and after
-                dict(put),
+                dict(known),  # the first time's LIST knew d's markers
                 {"GetObject": 1},
                 {"GetObject": 1},
                 dict(Counter({"ListObjects": 2}) + put),  # a directory not seen
@@ -453,6 +468,7 @@ class ClientStoreRequestTests(Counting, ClientTestsBase, unittest.TestCase):
             ("copy", str(tree), ":sftp:d"),
             ("copyto", ":sftp:d/r.bin", str(fetched)),
         ):
+            self.forget_times()
             yield in_thread(server.reset_stats)
             result = yield self.rclone(obscured, *args)
             self.assertEqual(result.returncode, 0, result.stderr)
@@ -464,9 +480,14 @@ class ClientStoreRequestTests(Counting, ClientTestsBase, unittest.TestCase):
                 # STAT d and STAT d/r.bin (a HEAD and a LIST each), the PUT
                 # and the time; the STATs after are answered.
                 dict(Counter({"HeadObject": 2, "ListObjects": 2}) + put),
-                # STAT d, its listing (and its markers of times), then per
-                # file the PUT and the time.
-                dict(Counter({"HeadObject": 1, "ListObjects": 3}) + put + put),
+                # STAT d, its listing (and its markers of times, which the
+                # times set then know), then per file the PUT and the time.
+                dict(
+                    Counter({"HeadObject": 1, "ListObjects": 3})
+                    + Counter({"PutObject": 2})
+                    + Counter(WITH_KNOWN_TIME)
+                    + Counter(WITH_KNOWN_TIME)
+                ),
                 # STAT (HEAD, LIST of markers), GET.
                 {"HeadObject": 1, "ListObjects": 1, "GetObject": 1},
             ],

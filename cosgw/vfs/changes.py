@@ -121,15 +121,16 @@ async def remove(fs: ObjectFileSystem, segments: Sequence[str]) -> None:
         raise IsADirectory("/")
     key = fs.key(segments)
     try:
-        # Its size (the quota) and its markers (the time a client set).
-        info, markers = await mtimes.head_and_markers(fs, key)
+        # Its size (the quota) and its markers (the time a client set), as
+        # the store has them: the last chance to remove them.
+        info, markers = await mtimes.head_and_markers(fs, key, fresh=True)
     except NoSuchKey:
         # No file: a directory, or nothing (the HEAD said so already).
         if await fs._has_contents(key + "/"):
             raise IsADirectory(display(segments)) from None
         raise
     await fs.store.delete(key)
-    await fs.times.remove(markers)
+    await fs.times.remove(key, markers, gone=True)
     if fs.usage is not None:
         fs.usage.removed(info.size, key)
     await keep_directory(fs, segments[:-1])

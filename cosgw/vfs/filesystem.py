@@ -118,7 +118,7 @@ class ObjectFileSystem(Auditing):
         self.known = SessionKnowledge(clock)
         self.store: IObjectStore = KnowingStore(store, self.known)
         #: The times clients set, as markers under the metadata prefix.
-        self.times = mtimes.Times(store, metadata_prefix)
+        self.times = mtimes.Times(store, metadata_prefix, clock)
         self.session = session
         self.prefix = home_prefix(home)
         self.permissions = frozenset(permissions)

@@ -31,7 +31,15 @@ Why this shape:
   - A marker applies only while the object has the identity it had when
     the time was set (size, store time and ETag, from a HEAD): a later
     upload by anyone makes it stale by itself, with no request.
-  - A file's delete and rename move or remove its markers (L{Times}).
+  - A stat of a file, and a time set, read the first page of the LIST of
+    its directory's markers, which then answers for every file there (and
+    says which subdirectories hold none) for a second, for every session
+    of the store in this process (L{cosgw.vfs.timecache}): a run of stats
+    or gets in one directory costs one LIST of markers, not one per file.
+  - A file's delete and rename move or remove its markers (L{Times}),
+    LISTed by name from the store each time: what is known may miss a
+    marker another gateway wrote within that second, and a delete is the
+    last chance to remove it, a rename the only one to carry it along.
 
 The object's own metadata (C{x-cos-meta-mtime}, which earlier versions
 wrote by copying the object onto itself, and other tools write at upload)
@@ -48,7 +56,8 @@ from collections.abc import AsyncIterator, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional
 
-from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, succeed
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -61,6 +70,7 @@ from cosgw.interfaces import (
     NoSuchKey,
     ObjectInfo,
 )
+from cosgw.vfs import timecache
 from cosgw.vfs.names import MTIME_INDEX
 
 if TYPE_CHECKING:
@@ -176,20 +186,27 @@ async def head_entry(
 
 
 async def head_and_markers(
-    fs: ObjectFileSystem, key: str
+    fs: ObjectFileSystem, key: str, fresh: bool = False
 ) -> tuple[ObjectInfo, list[Marker]]:
     """
-    The file's HEAD and the LIST of its markers: at once when the session
-    saw a file there (a listing, a probe, its own upload), else the LIST
-    only once the HEAD found a file, so that a stat of a directory or of a
-    free name (before an upload) costs no LIST of markers.  Fails with
-    L{NoSuchKey}.
+    The file's HEAD and its markers: the HEAD alone when the markers of its
+    directory are known (L{Times.known}); else with the LIST of them
+    (L{Times.markers}), at once when the session saw a file there (a
+    listing, a probe, its own upload), else only once the HEAD found a
+    file, so that a stat of a directory or of a free name (before an
+    upload) costs no LIST of markers.  C{fresh}: the markers as the store
+    has them now, whatever is known (L{Times.fresh}: a delete).  Fails
+    with L{NoSuchKey}.
     """
+    markers = fs.times.fresh if fresh else fs.times.markers
+    known = None if fresh else fs.times.known(key)
+    if known is not None:
+        return await fs.store.head(key), known
     seen = fs.known.lookup(key)
     if seen is not None and seen.entry is not None and not seen.entry.is_dir:
-        return await both(fs.store.head(key), fs.times.markers(key))
+        return await both(fs.store.head(key), markers(key))
     info = await fs.store.head(key)
-    return info, await fs.times.markers(key)
+    return info, await markers(key)
 
 
 async def both(
@@ -210,14 +227,23 @@ async def both(
 class Times:
     """
     The markers of one store under one metadata prefix; the requests to
-    read, set, move and remove them.  The store is the raw one: what a
-    session knows of names (L{cosgw.vfs.knowledge}) is not about markers.
+    read, set, move and remove them, and what this process knows of each
+    directory's markers (L{cosgw.vfs.timecache}, shared by the sessions of
+    the store).  The store is the raw one: what a session knows of names
+    (L{cosgw.vfs.knowledge}) is not about markers.
     """
 
-    def __init__(self, store: IObjectStore, metadata_prefix: str) -> None:
+    def __init__(
+        self,
+        store: IObjectStore,
+        metadata_prefix: str,
+        clock: Optional[IReactorTime] = None,
+    ) -> None:
+        """@param clock: without one, no answer about markers is kept."""
         self.store = store
         self.metadata_prefix = metadata_prefix
         self.root = metadata_prefix + MARKERS
+        self.cache = timecache.shared(store, self.root, clock)
 
     def directory(self, prefix: str) -> str:
         """Where the markers of the files directly in C{prefix} are."""
@@ -227,6 +253,11 @@ class Times:
         """The prefix of the markers of the file C{key}."""
         folder, name = split_key(key)
         return self.root + folder + escape(name) + SEP
+
+    def _place(self, key: str) -> tuple[str, str, str]:
+        """The marker folder of C{key}, its name, and its markers' keys after it."""
+        folder, name = split_key(key)
+        return self.root + folder, name, escape(name) + SEP
 
     def fits(self, key: str) -> bool:
         """
@@ -238,8 +269,59 @@ class Times:
     def marker_key(self, key: str, when: float, info: ObjectInfo) -> str:
         return f"{self.of_file(key)}{round(when * 1000) * 1_000_000}.{identity(info)}"
 
+    # -- reading --------------------------------------------------------------
+
+    def known(self, key: str) -> Optional[list[Marker]]:
+        """The markers of the file C{key} as this process knows them; None: ask."""
+        folder, name, rest = self._place(key)
+        return self.cache.markers_of(folder, name, rest, self.root)
+
     async def markers(self, key: str) -> list[Marker]:
-        """The markers of the file C{key} (one LIST, more in odd cases)."""
+        """
+        The markers of the file C{key}: known, else from the first page of
+        its directory's markers (one LIST, which then answers for the
+        directory's other files), else (a first page that stops before the
+        name) a LIST of its own.
+        """
+        known = self.known(key)
+        if known is not None:
+            return known
+        folder, name, rest = self._place(key)
+        page = await self.first_page(folder)
+        if page.reaches(rest):
+            return list(page.markers.get(name, ()))
+        return await self.fresh(key)
+
+    def first_page(self, folder: str) -> Deferred[timecache.FolderTimes]:
+        """
+        The first page of the marker folder C{folder}, as known or in one
+        LIST (shared with whoever asks it meanwhile, and kept).
+        """
+        known = self.cache.answer(folder, self.root)
+        if known is not None:
+            return succeed(known)
+
+        def read(page: ListPage) -> timecache.FolderTimes:
+            answer = timecache.FolderTimes(
+                folder, until=page.next_marker, seen=self.cache.now()
+            )
+            for m in (parse(folder, i) for i in page.objects):
+                if m is not None:
+                    answer.markers.setdefault(m.name, []).append(m)
+            answer.below.update(p[len(folder) :] for p in page.prefixes)
+            return answer
+
+        def ask() -> Deferred[timecache.FolderTimes]:
+            return self.store.list(folder, "/", "", MAX_LIST_KEYS).addCallback(read)
+
+        return self.cache.fetch(folder, ask)
+
+    async def fresh(self, key: str) -> list[Marker]:
+        """
+        The markers of the file C{key} as the store has them now (one LIST,
+        more in odd cases), whatever is known: a delete and a rename ask
+        (see L{cosgw.vfs.timecache}).
+        """
         prefix = self.of_file(key)
         folder = self.directory(split_key(key)[0])
         found: list[Marker] = []
@@ -247,21 +329,52 @@ class Times:
             found.extend(m for m in (parse(folder, i) for i in page.objects) if m)
         return found
 
+    # -- changing -------------------------------------------------------------
+
     async def set(
         self, key: str, when: float, info: ObjectInfo, old: Sequence[Marker]
     ) -> None:
         """
         Keep C{when} as the time of C{key}, the object C{info} (its HEAD),
-        whose markers were C{old} (listed before this call): one PUT, then
-        the old markers go.
+        whose markers were C{old} (known or listed before this call): one
+        PUT, then the old markers go.
         """
         new = self.marker_key(key, when, info)
-        await self.store.put(new, b"")
-        await self.remove(m for m in old if m.key != new)
+        stored = await self.store.put(new, b"")
+        self._added(key, new, stored)
+        await self.remove(key, [m for m in old if m.key != new])
 
-    async def remove(self, markers: Iterable[Marker]) -> None:
-        for m in markers:
-            await self.store.delete(m.key)
+    def _added(self, key: str, new: str, stored: ObjectInfo) -> None:
+        """The marker C{new} of C{key} was stored (C{stored}, its PUT's answer)."""
+        folder, name, rest = self._place(key)
+        # The store's time of the marker; the PUT may not say (then now).
+        when = stored.mtime if stored.mtime > 0 else self.cache.now()
+        marker = parse(folder, ObjectInfo(new, 0, when))
+        self.cache.changed(
+            folder, name, rest, self.root, added=[marker] if marker else ()
+        )
+
+    async def remove(
+        self, key: str, markers: Iterable[Marker], gone: bool = False
+    ) -> None:
+        """
+        Delete C{markers}, of the file C{key}; C{gone}: the file went (a
+        delete), and every marker known of it with it.
+        """
+        markers = list(markers)
+        try:
+            for m in markers:
+                await self.store.delete(m.key)
+        finally:
+            folder, name, rest = self._place(key)
+            self.cache.changed(
+                folder,
+                name,
+                rest,
+                self.root,
+                removed=[m.key for m in markers],
+                gone=gone,
+            )
 
     async def moved(
         self,
@@ -278,8 +391,9 @@ class Times:
         """
         applied = newest(markers, info)
         if applied is not None and self.fits(target):
-            await self.store.put(self.marker_key(target, applied.when, copy), b"")
-        await self.remove(markers)
+            new = self.marker_key(target, applied.when, copy)
+            self._added(target, new, await self.store.put(new, b""))
+        await self.remove(key, markers, gone=True)
 
     def listing(self, prefix: str) -> DirectoryTimes:
         """The markers of C{prefix}'s files, for its listing; asked at once."""
@@ -329,6 +443,8 @@ class Times:
                             self.marker_key(info.key, known[0], info), b""
                         )
                         written += 1
+        if written:
+            self.cache.forget(self.directory(prefix), self.root)
         await store.delete(prefix + MTIME_INDEX)
         log.info(
             "times of {prefix}: {count} moved from {index} to markers",
@@ -342,33 +458,46 @@ class Times:
 class DirectoryTimes:
     """
     The markers of one directory, read beside its listing: the first page
-    is asked at once (with the directory's first page), the next ones as
-    the listing's pages reach past the names already read.
+    is known (L{Times.first_page}) or asked at once (with the directory's
+    first page), the next ones as the listing's pages reach past the names
+    already read.
     """
 
     def __init__(self, times: Times, prefix: str) -> None:
         self.times = times
         self.folder = times.directory(prefix)
         self._read: list[Marker] = []
+        #: Where the next page starts ("": the first; None: no more).
         self._next: Optional[str] = ""
-        self._asking: Optional[Deferred[None]] = None
+        self._asking: Optional[Deferred[Any]] = None
         self._answer: list[object] = []
         self._ask()
 
     def _ask(self) -> None:
         assert self._next is not None
         self._answer = []
-        d = self.times.store.list(self.folder, "/", self._next, MAX_LIST_KEYS)
+        d: Deferred[Any]
+        if self._next == "":
+            d = self.times.first_page(self.folder).addCallback(
+                lambda page: (page.in_order(), page.until)
+            )
+        else:
+            d = self.times.store.list(self.folder, "/", self._next, MAX_LIST_KEYS)
+            d.addCallback(self._parsed)
         self._asking = d.addBoth(self._answer.append)  # errors are kept
 
-    async def _page(self) -> ListPage:
+    def _parsed(self, page: ListPage) -> tuple[list[Marker], Optional[str]]:
+        found = (parse(self.folder, i) for i in page.objects)
+        return [m for m in found if m], page.next_marker
+
+    async def _page(self) -> tuple[list[Marker], Optional[str]]:
         assert self._asking is not None
         await self._asking
         self._asking = None
         answer = self._answer[0]
         if isinstance(answer, Failure):
             answer.raiseException()
-        assert isinstance(answer, ListPage)
+        assert isinstance(answer, tuple)
         return answer
 
     async def upto(self, last: Optional[str]) -> dict[str, list[Marker]]:
@@ -384,11 +513,8 @@ class DirectoryTimes:
         ):
             if self._asking is None:
                 self._ask()
-            page = await self._page()
-            self._read.extend(
-                m for m in (parse(self.folder, i) for i in page.objects) if m
-            )
-            self._next = page.next_marker
+            markers, self._next = await self._page()
+            self._read.extend(markers)
         cut = 0
         while cut < len(self._read) and self._read[cut].name <= last:
             cut += 1

@@ -62,13 +62,15 @@ async def rename(
         src_key, dst_key = fs.key(source), fs.key(target)
         if src_key == dst_key:
             return
-        # The copy, and at once the LIST of the source's markers.
+        # The copy, and at once the LIST of the source's markers, as the
+        # store has them (the time the file shows must go with it).
         copy, markers = await mtimes.both(
-            fs.store.copy(src_key, dst_key), fs.times.markers(src_key)
+            fs.store.copy(src_key, dst_key), fs.times.fresh(src_key)
         )
         if existing is not None:
-            # The replaced file's times.
-            await fs.times.remove(await fs.times.markers(dst_key))
+            # The replaced file's times (known ones: any other is stale, as
+            # the copy is another object, and goes with the name's delete).
+            await fs.times.remove(dst_key, await fs.times.markers(dst_key))
         if markers:
             # The time a client set follows the file, if it still applies.
             info = await fs.store.head(src_key)
@@ -126,7 +128,7 @@ async def rename_tree(
             info, copy = copies[key]
             await fs.times.moved(key, info, found, copy.key, copy)
         else:
-            await fs.times.remove(found)  # of a file already gone
+            await fs.times.remove(key, found, gone=True)  # of a file gone
     # Contents before their directory markers (reverse key order puts
     # "a/b" before "a/"), so no directory outlives its files on a store
     # that keeps directories as real ones.
