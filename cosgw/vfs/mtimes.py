@@ -301,10 +301,9 @@ class Times:
         if known is not None:
             return succeed(known)
 
-        def read(page: ListPage) -> timecache.FolderTimes:
-            answer = timecache.FolderTimes(
-                folder, until=page.next_marker, seen=self.cache.now()
-            )
+        def read(page: ListPage, sent: float) -> timecache.FolderTimes:
+            # It lasts from when it was asked, as what a session knows does.
+            answer = timecache.FolderTimes(folder, until=page.next_marker, seen=sent)
             for m in (parse(folder, i) for i in page.objects):
                 if m is not None:
                     answer.markers.setdefault(m.name, []).append(m)
@@ -312,7 +311,8 @@ class Times:
             return answer
 
         def ask() -> Deferred[timecache.FolderTimes]:
-            return self.store.list(folder, "/", "", MAX_LIST_KEYS).addCallback(read)
+            d = self.store.list(folder, "/", "", MAX_LIST_KEYS)
+            return d.addCallback(read, self.cache.now())
 
         return self.cache.fetch(folder, ask)
 
