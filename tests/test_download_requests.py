@@ -3,8 +3,10 @@ One GET per download, whatever the client: whole-file downloads through
 real clients (paramiko's get(), OpenSSH's sftp, rclone, lftp and curl over
 SFTP; ftplib's RETR, with and without REST) against a gateway on the COS
 test store, counting the store's requests (C{GET /__test__/stats}): the
-GET, and a HEAD and a LIST for a client's STAT before it (L{STAT_AND_GET}).  Each
-file is checked byte for byte.
+GET, and a HEAD and a LIST for a client's STAT before it (L{STAT_AND_GET}).
+Each file is checked byte for byte.  A batch of gets in one directory: a
+HEAD and a GET each, and one LIST of the directory's markers of times for
+them all (L{cosgw.vfs.timecache}).
 
 paramiko's get() sends a READ for every block of the file at once, OpenSSH
 keeps 64 in flight: the reads ahead of the stream must wait for it, never
@@ -25,15 +27,16 @@ import paramiko
 from twisted.internet import defer
 from twisted.trial import unittest
 
+from cosgw.vfs import timecache
 from tests.harness import PASSWORD, MiB, in_thread, random_bytes, sha256
 from tests.test_sftp_clients import ClientTestsBase, lftp_sftp, run
 
 KiB = 1024
 #: A client that STATs the file before opening it (paramiko, OpenSSH,
 #: rclone): the STAT's HEAD and the LIST of the markers of times clients
-#: set (the time is the file's), then the GET; the STATs after it
-#: (OpenSSH's second, rclone's after the open) are answered by what the
-#: session saw.  lftp and curl open at once: the GET alone.
+#: set in its directory (the time is the file's), then the GET; the STATs
+#: after it (OpenSSH's second, rclone's after the open) are answered by
+#: what the session saw.  lftp and curl open at once: the GET alone.
 STAT_AND_GET = {"HeadObject": 1, "ListObjects": 1, "GetObject": 1}
 #: Three read windows and an odd tail.
 SIZE = 24 * MiB + 12345
@@ -154,6 +157,35 @@ class DownloadRequestTests(ClientTestsBase, unittest.TestCase):
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertFetched(data)
         self.assertEqual(self.requests(gw), STAT_AND_GET)
+
+    @defer.inlineCallbacks
+    def test_openssh_sftp_batch_of_gets(self) -> Any:
+        """
+        OpenSSH's sftp gets 30 small files another client stored in one
+        directory: a HEAD and a GET each, and one LIST of the directory's
+        markers for them all (30 before the markers were known per
+        directory).  The window is stretched to a minute, so a loaded
+        machine cannot split the batch.
+        """
+        self.patch(timecache, "TIMES_TTL", 60.0)
+        gw = yield self.upload(b"")
+        cos = gw.inspector.server.cos_client()
+        files = {f"batch/f{i:02d}.bin": random_bytes(16 * KiB) for i in range(30)}
+        for key, data in files.items():
+            yield in_thread(
+                cos.put_object, Bucket=gw.inspector.bucket, Key=key, Body=data
+            )
+        gw.inspector.server.reset_stats()
+        out = self.work / "batch"
+        out.mkdir()
+        commands = "".join(f"get {key} {out}/\n" for key in files)
+        result = yield self.password_sftp(gw, commands)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        for key, data in files.items():
+            self.assertEqual((out / key.split("/")[1]).read_bytes(), data, key)
+        self.assertEqual(
+            self.requests(gw), {"HeadObject": 30, "ListObjects": 1, "GetObject": 30}
+        )
 
     @defer.inlineCallbacks
     def test_lftp_get(self) -> Any:

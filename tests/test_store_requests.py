@@ -220,6 +220,65 @@ class StoreRequestTests(Counting, unittest.TestCase):
         )
 
     @defer.inlineCallbacks
+    def test_ftp_stats_of_files_it_did_not_write(self) -> Any:
+        """
+        Stats, a time set, a rename and a delete of files another client
+        stored in a/, then listings: the first stat reads a/'s markers (a
+        LIST), which answers for the other files there for the second (the
+        window, here a minute); a delete and a rename still LIST the file's
+        markers; a listing of a/ then needs no LIST of markers, nor one of
+        a/sub/, which a/'s page of markers shows holds none.
+        """
+        cos = self.gw.inspector.server.cos_client()
+        for key in ("a/x1.bin", "a/x2.bin", "a/x3.bin", "a/x4.bin", "a/sub/y.bin"):
+            yield in_thread(
+                cos.put_object, Bucket=self.gw.inspector.bucket, Key=key, Body=SMALL
+            )
+
+        def run() -> list[dict[str, int]]:
+            ftp = ftp_login(self.gw)
+            try:
+                return self.ftp_counts(
+                    ftp,
+                    "MLST a/x1.bin",
+                    "MDTM a/x2.bin",
+                    "MLST a/x3.bin",
+                    "MFMT 20200913122640 a/x3.bin",
+                    "RNFR a/x4.bin",
+                    "RNTO a/x5.bin",
+                    "DELE a/x2.bin",
+                    "LIST a",
+                    "LIST a/sub",
+                )
+            finally:
+                ftp.close()
+
+        counts = yield in_thread(run)
+        self.assertEqual(
+            counts,
+            [
+                {"HeadObject": 1, "ListObjects": 1},  # the HEAD, a/'s markers
+                {"HeadObject": 1},  # a/'s markers are known
+                {"HeadObject": 1},
+                {"HeadObject": 1, "PutObject": 1},  # MFMT: no old marker
+                {"HeadObject": 1},  # RNFR's stat
+                # RNTO: the name's LIST, the COPY (the COS store HEADs its
+                # source and its copy) and the source's markers' LIST, the
+                # DELETE, and the LIST that keeps a/.
+                {"ListObjects": 3, "HeadObject": 2, "CopyObject": 1, "DeleteObject": 1},
+                # DELE: its HEAD and its markers' LIST at once, the DELETE,
+                # the LIST that keeps a/.
+                {"HeadObject": 1, "ListObjects": 2, "DeleteObject": 1},
+                {"ListObjects": 1},  # a/'s markers are known
+                {"ListObjects": 1},  # a/'s page said a/sub/ holds none
+            ],
+        )
+        self.assertEqual(self.gw.inspector.read("a/x5.bin"), SMALL)
+        markers = yield in_thread(self.gw.inspector.keys, ".cosgw/")
+        self.assertEqual(len(markers), 1)
+        self.assertTrue(markers[0].startswith(".cosgw/mtimes/a/x3.bin  1600000000"))
+
+    @defer.inlineCallbacks
     def test_paramiko(self) -> Any:
         """
         paramiko's put (OPEN with CREAT|TRUNC, WRITE, CLOSE, then a STAT
