@@ -102,9 +102,10 @@ class Usage:
 
     C{prefix} is the user's home prefix (C{""} or C{"a/b/"}).  Counted are
     the objects under it whose key does not end in C{/} (directory markers)
-    and for which C{ignore(key)} is false (the vfs skips its hidden
-    per-directory mtime index), and the parts of unfinished multipart
-    uploads of such keys.  C{max_bytes} and C{max_files} are the limits,
+    and for which C{ignore(key)} is false (the vfs skips the keys it keeps
+    for itself: its markers of times under the metadata prefix, and the
+    indexes of times of earlier versions), and the parts of unfinished
+    multipart uploads of such keys.  C{max_bytes} and C{max_files} are the limits,
     None for none.
 
     L{bytes} and L{files} are valid once L{ensure} has succeeded.
