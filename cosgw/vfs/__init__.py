@@ -11,7 +11,8 @@ lives here once.
     objects a frontend reads and writes files through, with the user's
     rules inside;
   - L{cosgw.vfs.opening}: SFTP's OPEN, its flags and checks;
-  - L{cosgw.vfs.listing}, L{cosgw.vfs.mtimes}, L{cosgw.vfs.digests},
+  - L{cosgw.vfs.listing}, L{cosgw.vfs.mtimes} (and L{cosgw.vfs.timecache},
+    what the gateway knows of them), L{cosgw.vfs.digests},
     L{cosgw.vfs.resume}, L{cosgw.vfs.renames}, L{cosgw.vfs.changes},
     L{cosgw.vfs.rates}, L{cosgw.vfs.directories} (what a name is in one
     request, and the directories a session knows): what they are made of;

@@ -1,6 +1,6 @@
 """
-Modification times clients set (FTP's MFMT and SITE UTIME, SFTP's setstat,
-WebDAV's PROPPATCH), kept where no user, listing, other application or
+Modification times clients set (FTP's MFMT, SFTP's setstat, WebDAV's
+PROPPATCH), kept where no user, listing, other application or
 lifecycle rule on the users' prefixes sees them: one empty marker object
 per file under the reserved prefix ([server] metadata_prefix, default
 C{.cosgw/}), outside every home, whose key carries the time and the
@@ -22,12 +22,14 @@ Why this shape:
     before those of C{a b} and C{a.txt} as the files do.  A listing reads
     both LISTs side by side, page by page (L{DirectoryTimes}): its memory
     does not grow with the directory, and a directory where no time was
-    ever set costs one LIST more, sent at once with the directory's.
+    ever set costs one LIST more, sent at once with the directory's, or
+    none when its markers are known (next point).
   - Each time set is its own PUT of a new key: gateways setting times in
     one directory at once never overwrite each other (no shared index, no
-    read-modify-write).  The setter LISTs the file's markers before its
-    PUT and deletes those after it: a marker is only ever deleted by a
-    setter whose own marker is newer, so the newest survives.
+    read-modify-write).  The setter reads the file's markers before its
+    PUT (known, or LISTed) and deletes those after it: a marker is only
+    ever deleted by a setter whose own marker is newer, so the newest
+    survives; one the setter did not know of stays until the file goes.
   - A marker applies only while the object has the identity it had when
     the time was set (size, store time and ETag, from a HEAD): a later
     upload by anyone makes it stale by itself, with no request.
