@@ -275,10 +275,10 @@ class RangedReadTests(SynchronousTestCase):
             buffers=buffers,
         )
         reader.read(0, 100)
-        first.answer()  # the read's chunk, then the stream reads ahead
-        self.assertEqual(buffers.used, 64 * KiB)
-        first.answer()
+        first.answer()  # the read's chunk (held), then the stream reads ahead
         self.assertEqual(buffers.used, 2 * 64 * KiB)
+        first.answer()
+        self.assertEqual(buffers.used, 3 * 64 * KiB)
         reader.close()
         first.answer()  # the read in flight comes back after the close
         self.assertEqual((buffers.used, buffers.waiting), (0, 0))

@@ -224,12 +224,12 @@ class AbuseTests(TestCase):
         """
         2,000 READs whose replies the client takes into its SSH window but
         never reads from it: once the window is full, the replies wait in
-        the gateway up to its reply limit (4 MiB), the rest of the requests
+        the gateway up to its reply limit (512 KiB), the rest of the requests
         wait unread, and the connection is still read (for the client's
         window adjustments).
         """
         peak = yield self.unread_replies(window=None, stall=False)
-        self.assertGreater(peak["sftp output"], MiB)
+        self.assertGreater(peak["sftp output"], 256 * KiB)
 
     @defer.inlineCallbacks
     def test_unread_replies_socket_not_read(self) -> Any:

@@ -290,6 +290,30 @@ class ChannelTests(SessionTestsMixin, SynchronousTestCase):
         self.assertEqual(data, [50, 40])
         self.assertEqual(len(ssh.take(MSG_CHANNEL_CLOSE)), 1)
 
+    def test_output_waits_for_the_tcp_buffer(self) -> None:
+        """
+        While the TCP transport's buffer is over its limit, a reply waits
+        in the channel, not encrypted (nothing is sent, it counts as
+        waiting for the gate, and no request is taken); once the buffer
+        empties it goes, and requests are taken again.
+        """
+        server = HeldReads()
+        ssh, conn, channel = self.build(server=server)
+        handle = self.start_sftp(ssh, conn)
+        self.client_sends(conn, read_request(10, handle))
+        ssh.set_output_full(True)
+        server.reads[0][0].callback(b"d" * (32 * KiB))
+        self.assertEqual(ssh.take(MSG_CHANNEL_DATA), [])
+        self.assertEqual(channel.output_waiting, 32 * KiB + 13)
+        self.client_sends(conn, read_request(11, handle))
+        self.assertEqual(len(server.reads), 1)
+        ssh.set_output_full(False)
+        self.assertEqual(channel.output_waiting, 0)
+        self.assertEqual(len(server.reads), 2)
+        [(kind, body)] = replies_in(ssh)
+        self.assertEqual((kind, body[:4]), (FXP_DATA, struct.pack("!L", 10)))
+        self.assertEqual(getNS(body[4:])[0], b"d" * (32 * KiB))
+
     def test_read_replies_fill_packets(self) -> None:
         """
         Four 32 KiB READs answered in one turn: their replies (13 bytes
@@ -393,10 +417,11 @@ class GateTests(SessionTestsMixin, SynchronousTestCase):
 
     def test_replies_waiting_for_window(self) -> None:
         """
-        A client that does not read its replies: once 4 MiB wait for its
-        window, no request is taken and its window is not refilled (what it
-        sends meanwhile waits unparsed), but the connection goes on being
-        read, for its WINDOW_ADJUST; once it reads, everything flows again.
+        A client that does not read its replies: once the gate's high water
+        (512 KiB) waits for its window, no request is taken and its window
+        is not refilled (what it sends meanwhile waits unparsed), but the
+        connection goes on being read, for its WINDOW_ADJUST; once it reads,
+        everything flows again.
         """
         server = HeldReads()
         ssh, conn, channel = self.build(remote_window=MiB, server=server)
@@ -409,13 +434,17 @@ class GateTests(SessionTestsMixin, SynchronousTestCase):
 
         self.client_sends(conn, b"".join(read_request(i, handle) for i in range(200)))
         answer_all()
-        self.assertEqual(len(server.reads), 128)
-        # 128 replies of 32 KiB went out as far as the 1 MiB window allowed.
-        waiting = 128 * (32 * KiB + 13) - MiB
+        taken = len(server.reads)
+        # The replies of 32 KiB went out as far as the 1 MiB window allowed;
+        # the session stopped at the high water and waits for the low one.
+        waiting = taken * (32 * KiB + 13) - MiB
         self.assertTrue(waiting <= channel.output_waiting <= waiting + 64)
+        gate = channel.client.transport.proto.gate  # type: ignore[union-attr]
+        self.assertLess(gate.low_water, channel.output_waiting)
+        self.assertLess(channel.output_waiting, gate.high_water + 32 * KiB + 13)
         small = b"".join(read_request(i, handle, 1) for i in range(1000, 41000))
         self.client_sends(conn, small)
-        self.assertEqual(len(server.reads), 128)
+        self.assertEqual(len(server.reads), taken)
         self.assertEqual(ssh.holders, set())
         self.assertEqual(ssh.take(MSG_CHANNEL_WINDOW_ADJUST), [])
         self.assertLess(channel.localWindowLeft, SESSION_WINDOW // 2)

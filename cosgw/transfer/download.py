@@ -44,7 +44,10 @@ class DownloadBuffers:
     (or dropped), and downloads that found no room are told in turn, first
     come first served, when charges are given back.  So all downloads hold
     at most C{limit} plus what each needs at the time: one chunk, or the
-    bytes its waiting reads ask for.
+    bytes its waiting reads ask for.  Reads at offsets charge what they
+    need too (L{needed}), as long as they hold it: they keep a chunk after
+    its first read for the reads that follow, so with many downloads it
+    is their held chunks, not more read-ahead, that fill the budget.
 
     @ivar peak: the most bytes read ahead at once, for tests and benchmarks.
     @ivar refused: how many times a download found no room to read ahead.
@@ -67,6 +70,15 @@ class DownloadBuffers:
         """C{size} charged bytes are gone: handed on, dropped, or not read."""
         self.used -= size
         self._wake()
+
+    def needed(self, size: int) -> None:
+        """
+        Charge C{size} bytes a download reads because it cannot go on
+        without them, room or not: the reads at offsets waiting for them.
+        Reading ahead waits until the charges are back under the limit.
+        """
+        self.used += size
+        self.peak = max(self.peak, self.used)
 
     def ahead(self, size: int, wake: Callable[[], None]) -> bool:
         """

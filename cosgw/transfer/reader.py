@@ -15,11 +15,15 @@ pattern, a sequential download is one GET:
     answered as the stream passes their last byte.
   - Memory: the bytes buffered are those the reads waiting need, the
     stream's read-ahead past the last read answered (C{ahead}, two chunks
-    by default: data ready for the client's next reads, which the session
-    caps at 4 MiB promised) and two chunks behind it (a re-read of recent
-    bytes needs no GET); never a window's worth the client did not ask for
-    (an 8 MiB read-ahead and 4 MiB kept behind made 32 OpenSSH downloads
-    hold 640 MiB).
+    by default: data ready for the client's next reads, which the SFTP
+    session caps), the last read's bytes (a client asking them again needs
+    no GET), and the holes the reads left behind the furthest one answered,
+    up to C{behind} (two chunks by default): reads sent in order may come
+    out of order and fill them.  Bytes every read has passed are dropped
+    at once; never a window's worth the client did not ask for (an 8 MiB
+    read-ahead and 4 MiB kept behind made 32 OpenSSH downloads hold
+    640 MiB; two chunks kept behind whether or not a hole was there,
+    120 MiB of the 320 MiB 32 downloads held).
   - A read is I{reachable} when the stream gets to it without skipping more
     than C{window} bytes nobody asked for: counted from the stream's
     position, or from the end of another reachable read (a chain of reads
@@ -64,6 +68,9 @@ log = Logger()
 
 #: How much longer each range that continues a moved stream is.
 GROWTH = 4
+#: Ranges handed on out of order that a reader remembers (more: the
+#: oldest are forgotten, and their chunks kept until they are C{behind}).
+_MAX_ISLANDS = 64
 
 
 class TooManyReads(Exception):
@@ -97,6 +104,7 @@ class RangedReader:
         max_waiting: int = 1024,
         ahead: Optional[int] = None,
         buffers: Optional[DownloadBuffers] = None,
+        behind: Optional[int] = None,
     ) -> None:
         """
         @param source: the stream from where reading starts (the file's
@@ -111,15 +119,18 @@ class RangedReader:
             while no read waits for it (two chunks when None).
         @param buffers: the budget of all downloads: bytes buffered are
             charged there, and reading ahead waits for room in it.
+        @param behind: how far behind the furthest read answered bytes no
+            read was handed yet are kept for reads that come out of order
+            (two chunks when None).
         """
         self.info = source.info
         self.size = source.info.size
         self.window = window
         self.chunk = chunk
         self.ahead = 2 * chunk if ahead is None else ahead
+        self.behind = 2 * chunk if behind is None else behind
         self.buffers = buffers
-        #: Bytes the read of the stream in flight charged to the budget
-        #: (reading ahead; nothing for the bytes a read waits for).
+        #: Bytes the read of the stream in flight charged to the budget.
         self._reading = 0
         self.max_waiting = max_waiting
         #: GETs this reader opened after the first stream (moves and
@@ -147,6 +158,13 @@ class RangedReader:
         self._at_eof: list[Deferred[bytes]] = []
         #: The end of the furthest read answered: read-ahead runs from here.
         self._served = source.offset
+        #: Every byte before C{_frontier} was handed to a read (or given up
+        #: on, L{_trim}); C{_islands}: ranges handed on beyond it, sorted.
+        self._frontier = source.offset
+        self._islands: list[tuple[int, int]] = []
+        #: The length of the last read answered: a re-read of it is served
+        #: from memory.
+        self._recent = 0
         self._delivered = 0
         self._failure: Optional[Failure] = None
         self._closed = False
@@ -185,7 +203,7 @@ class RangedReader:
             return succeed(b"")
         if not at_eof and self._start <= offset and end <= self._pos:
             data = self._slice(offset, end)
-            self._served = max(self._served, end)
+            self._handed(offset, end)
             self._trim()
             self._pump()
             return succeed(data)
@@ -288,10 +306,37 @@ class RangedReader:
             pieces.append(data[max(offset - start, 0) : min(end, stop) - start])
         return b"".join(pieces)
 
+    def _handed(self, offset: int, end: int) -> None:
+        """Bytes C{offset..end-1} were handed to a read."""
+        self._served = max(self._served, end)
+        self._recent = end - offset
+        if offset <= self._frontier:
+            self._frontier = max(self._frontier, end)
+        else:
+            insort(self._islands, (offset, end))
+            if len(self._islands) > _MAX_ISLANDS:
+                del self._islands[0]
+        self._absorb()
+
+    def _absorb(self) -> None:
+        """Move the frontier over the islands it reached."""
+        islands = self._islands
+        while islands and islands[0][0] <= self._frontier:
+            self._frontier = max(self._frontier, islands.pop(0)[1])
+
     def _trim(self) -> None:
-        """Drop buffered chunks no waiting read needs and read-ahead has passed."""
-        behind = 2 * self.chunk
-        low = self._served - behind
+        """
+        Drop the buffered chunks nobody will read: those every read has
+        passed (all their bytes handed on, but for the last read's, which a
+        client may ask again), and holes more than C{behind} bytes behind
+        the furthest read answered (reads that came out of order fill a
+        hole; nothing fills one that far back).
+        """
+        give_up = self._served - self.behind
+        if self._frontier < give_up:
+            self._frontier = give_up
+            self._absorb()
+        low = min(self._frontier, self._served - self._recent)
         start = self._start
         for r in self._requests:
             if r.offset >= start:
@@ -320,7 +365,8 @@ class RangedReader:
             end=end,
         )
         self._drop_chunks()
-        self._served = offset
+        self._served = self._frontier = offset
+        self._islands = []
         self._span = GROWTH * (end - offset)
         # Every read left waiting gets a fresh allowance before it counts
         # as starving, or the reads this move leaves would pull the stream
@@ -381,14 +427,18 @@ class RangedReader:
 
     def _read_stream(self, ahead: bool = False) -> None:
         """
-        Read the stream's next chunk; when only reading ahead (no read
-        waits for it), once the budget has room, charged to it.
+        Read the stream's next chunk, charged to the budget while it is
+        buffered; when only reading ahead (no read waits for it), once the
+        budget has room.  So with many downloads the budget holds the
+        chunks their reads wait for, and none is read ahead.
         """
         assert self._source is not None, "a stream is open when idle"
         size = max(1, min(self.chunk, self._stop - self._pos))
         charge = 0
-        if ahead and self.buffers is not None:
-            if not self.buffers.ahead(size, self._pump):
+        if self.buffers is not None:
+            if not ahead:
+                self.buffers.needed(size)
+            elif not self.buffers.ahead(size, self._pump):
                 return  # pumped again when there is room
             charge = size
         self._reading = charge
@@ -430,8 +480,9 @@ class RangedReader:
             (ready if start <= r.offset and r.end <= pos else waiting).append(r)
         if ready:
             self._requests = waiting
-            self._served = max(self._served, max(r.end for r in ready))
         answers = [(r, self._slice(r.offset, r.end)) for r in ready]
+        for r in ready:
+            self._handed(r.offset, r.end)
         self._trim()
         self._pump()
         for r, answer in answers:

@@ -13,8 +13,7 @@ pass through a L{RequestGate}, and the session stops taking new ones while
   - L{RequestGate.max_requests} requests are in flight (answered by no
     reply yet), or
   - the reply bytes it has promised (the lengths of the READs in flight)
-    plus those waiting for the client's SSH window reach
-    L{RequestGate.high_water}, or
+    plus the replies not sent yet reach L{RequestGate.high_water}, or
   - the TCP transport's own buffer is full (its producer was paused),
 
 and takes them again once in flight and waiting bytes are back under
@@ -28,6 +27,17 @@ session does with its connection depends on why it stopped:
     channel then holds back the client's window instead (SSH's own flow
     control): requests already received wait unparsed, and the client may
     send no more than the window (L{cosgw.frontends.sftp.session}).
+
+Replies are encrypted only as the TCP transport takes them: a channel
+sends nothing while the transport's buffer is over its limit (Twisted's
+C{bufferSize}, 64 KiB), and its replies wait unencrypted until the buffer
+has emptied.  So what a session holds is bounded by its gate: the
+promised and unsent reply bytes (C{high_water}, 512 KiB: enough for a
+download at full speed, measured), the reader's chunks those reads need
+(L{cosgw.transfer.reader}), and at most the limit plus a packet encrypted
+in the TCP transport.  (With
+4 MiB promised and every reply encrypted as soon as the client's window
+allowed, 32 OpenSSH downloads held 7 MiB each: 316 MiB of RSS.)
 
 Every buffer on the way is a L{ChunkQueue}: appending and taking cost what
 they move, never a copy of everything buffered.
@@ -153,14 +163,15 @@ class RequestGate:
     def __init__(
         self,
         max_requests: int = 128,
-        high_water: int = 4 * MiB,
-        low_water: int = 2 * MiB,
+        high_water: int = 512 * KiB,
+        low_water: int = 256 * KiB,
     ) -> None:
         """
         @param max_requests: requests in flight at which the session stops
             taking more (OpenSSH's client keeps 64 in flight, rclone 64).
-        @param high_water: promised plus waiting reply bytes at which it
-            stops (OpenSSH's 64 READs of 32 KiB promise 2 MiB).
+        @param high_water: promised plus unsent reply bytes at which it
+            stops (OpenSSH keeps 64 READs in flight, of up to 255 KiB with
+            C{limits@openssh.com}: the gate, not the client, sets the pace).
         @param low_water: the bytes under which it takes requests again.
         """
         if not 0 < low_water <= high_water or max_requests < 1:
@@ -199,8 +210,9 @@ class RequestGate:
     def accepting(self, waiting: int, output_full: bool = False) -> bool:
         """
         May the session take another request, with C{waiting} reply bytes
-        held back by the client's window and C{output_full} when the TCP
-        transport's buffer is over its limit?  Stops at the high marks,
+        not sent yet (held back by the client's window or the TCP
+        transport's buffer) and C{output_full} when the TCP transport's
+        buffer is over its limit?  Stops at the high marks,
         starts again under the low ones.
         """
         pending = self.promised + waiting
@@ -242,8 +254,9 @@ class OutputWatch:
     """
     The SSH transport's stand-in as its TCP transport's producer: the TCP
     transport pauses it while its buffer holds more than 64 KiB (Twisted's
-    C{bufferSize}) and resumes it once the buffer is empty, which sets the
-    SSH transport's C{output_full}.
+    C{bufferSize}, which is also the size of its reads: raising it changes
+    how much input one read takes past a hold) and resumes it once the
+    buffer is empty, which sets the SSH transport's C{output_full}.
     """
 
     def __init__(self, ssh: _Watched) -> None:

@@ -99,7 +99,7 @@ class FileTransfer(filetransfer.FileTransferServer):
             self._ssh = getattr(channel.conn, "transport", None)
             self._audit = getattr(self._ssh, "audit", None)
         if self._ssh is not None and hasattr(self._ssh, "hold_input"):
-            self._ssh.watch_output(self._take_requests)
+            self._ssh.watch_output(self._output_changed)
             server = self.client
             if isinstance(server, GatewaySFTPServer):
                 # Uploads whose writes wait hold the connection's input;
@@ -151,6 +151,16 @@ class FileTransfer(filetransfer.FileTransferServer):
         if self._channel is not None:
             self._channel.refill_window()
         self._drain_check()
+
+    def _output_changed(self) -> None:
+        """
+        The TCP transport's buffer went over its limit or emptied: the
+        replies waiting for it go, then requests are taken again.
+        """
+        if self._channel is not None and not self._ssh.output_full:
+            self._channel.send_waiting()  # then takes requests
+        else:
+            self._take_requests()
 
     def _accepting(self) -> bool:
         waiting = self._channel.output_waiting if self._channel is not None else 0
@@ -351,7 +361,7 @@ class FileTransfer(filetransfer.FileTransferServer):
         if self._lingering is not None and self._lingering.active():
             self._lingering.cancel()
         if self._ssh is not None:
-            self._ssh.unwatch_output(self._take_requests)
+            self._ssh.unwatch_output(self._output_changed)
             if self._holding:
                 self._holding = False
                 self._ssh.hold_input(self, False)

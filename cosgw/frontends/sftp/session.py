@@ -294,7 +294,14 @@ class SFTPSession(SSHSession):
         conn = self.conn
         assert conn is not None
         packet = self.remoteMaxPacket or 32768
-        while self._output and self.remoteWindowLeft > 0:
+        # Not while the TCP transport's buffer is over its limit: the bytes
+        # wait here, unencrypted (often the reader's own), not there twice.
+        ssh = conn.transport
+        while (
+            self._output
+            and self.remoteWindowLeft > 0
+            and not getattr(ssh, "output_full", False)
+        ):
             size = min(self.remoteWindowLeft, packet, len(self._output))
             if hold_tail and size == len(self._output) < min(
                 packet, self.remoteWindowLeft
@@ -317,6 +324,10 @@ class SFTPSession(SSHSession):
 
     def _flush_held(self) -> None:
         self._flush = None
+        self.send_waiting()
+
+    def send_waiting(self) -> None:
+        """Send what waits, as far as the window and the TCP buffer allow."""
         if self.conn is not None and not self.localClosed:
             self._send_output()
             self.on_output_sent()
