@@ -13,7 +13,9 @@ protocol at once are refused and logged with the real peer.
 
 from __future__ import annotations
 
+import base64
 import ftplib
+import http.client
 import io
 import socket
 import ssl
@@ -456,3 +458,54 @@ class RefusedTests(ProxyCase):
         self.assertTrue(said.startswith("220"), said)
         self.assertFalse(gw.service.ftp.listeners[0].proxied)
         self.assertTrue(gw.service.ftp.implicit_listeners[0].proxied)
+
+
+class WebDAVTests(ProxyCase):
+    @defer.inlineCallbacks
+    def test_webdav_plain_and_tls_as_header_client(self) -> Any:
+        """
+        WebDAV behind the balancer: a plain listener and an C{ssl:} one with
+        its own key, both C{proxy_protocol=yes}.  The header comes first, in
+        clear, before the TLS handshake (as HAProxy sends it); the PUT is
+        stored and the session audited as the header's client.
+        """
+        cert, key = generate_self_signed(scratch(self))
+        gw = yield self.start_proxied(
+            webdav_listen=(
+                "tcp:0:interface=127.0.0.1:proxy_protocol=yes",
+                f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}"
+                ":proxy_protocol=yes",
+            ),
+            webdav_allow_plain_auth=True,
+        )
+        ports = []
+        for listener in gw.service.webdav.listeners:
+            ports.append((yield listener.listening).getHost().port)
+        auth = "Basic " + base64.b64encode(f"alice:{PASSWORD}".encode()).decode()
+
+        def put(port: int, client_port: int, tls: bool) -> int:
+            header = v2_header((CLIENT, client_port), ("127.0.0.1", port))
+            sock = proxied_socket(port, header)
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=BOUND)
+            if tls:
+                context = ssl.create_default_context(cafile=str(cert))
+                sock = context.wrap_socket(sock, server_hostname="localhost")
+            connection.sock = sock
+            body = f"dav {client_port}".encode()
+            connection.request(
+                "PUT", f"/d{client_port}.txt", body, {"Authorization": auth}
+            )
+            status = connection.getresponse().status
+            connection.close()
+            return status
+
+        plain = yield in_thread(put, ports[0], 40011, False)
+        secure = yield in_thread(put, ports[1], 40012, True)
+        self.assertEqual((plain, secure), (201, 201))
+        self.assertEqual(gw.inspector.read("d40011.txt"), b"dav 40011")
+        self.assertEqual(gw.inspector.read("d40012.txt"), b"dav 40012")
+        uploads = self.audit.events("upload")
+        self.assertEqual(
+            sorted((e["client_ip"], e["client_port"]) for e in uploads),
+            [(CLIENT, 40011), (CLIENT, 40012)],
+        )

@@ -33,7 +33,8 @@ the reactor that the endpoints see is adapted, so that C{listenTCP} builds
 our port.  Other kinds (C{unix:}, C{systemd:}) keep Twisted's own
 behaviour.  A C{haproxy:} prefix, like the C{proxy_protocol} option, makes
 the listener read a PROXY header first with L{cosgw.frontends.proxied}
-instead of Twisted's wrapper.
+instead of Twisted's wrapper; on an C{ssl:} endpoint the header is read
+before the TLS handshake, as balancers send it.
 
 A listener that cannot listen stops the start: L{ListenerService} listens
 in C{privilegedStartService} (twistd binds there, before it drops
@@ -65,6 +66,7 @@ from twisted.internet.interfaces import (
 )
 from twisted.internet.posixbase import PosixReactorBase
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -372,6 +374,32 @@ class _ReservingReactor:
         )
         listening.startListening()
         return listening
+
+    def listenSSL(
+        self,
+        port: int,
+        factory: IProtocolFactory,
+        contextFactory: Any,
+        backlog: int = 50,
+        interface: str = "",
+    ) -> IListeningPort:
+        """
+        An C{ssl:} endpoint.  Under a PROXY listener the header comes first,
+        in clear (HAProxy writes it before relaying the ClientHello), so TLS
+        goes inside the header's wrapper, not around it as the reactor's own
+        C{listenSSL} would put it; and a refusal out of descriptors sends
+        nothing plain to a TLS client.
+        """
+        if not isinstance(factory, ProxiedFactory):
+            listening: IListeningPort = self._reactor.listenSSL(
+                port, factory, contextFactory, backlog, interface
+            )
+            return listening
+        tls = TLSMemoryBIOFactory(contextFactory, False, factory.wrappedFactory)
+        proxied = ProxiedFactory(tls, factory.settings, factory.clock)
+        reserving = ReservingPort(port, proxied, backlog, interface, self._reactor, b"")
+        reserving.startListening()
+        return reserving
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._reactor, name)
