@@ -104,6 +104,24 @@ def test_bad_values(tmp_path: Path, line: str, key: str) -> None:
     assert_one_line_error(caught.value, path, "server", key)
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://:s3cr3t-pw@h:99999/0",
+        "rediss://gw:s3cr3t-pw@h/zero",
+        "redis://:s3cr3t-pw@h/0?ssl_cert_reqs=none",
+    ],
+)
+def test_redis_password_never_shown(tmp_path: Path, url: str) -> None:
+    """A bad shared_state URL is refused without its password in the error."""
+    path = write(tmp_path, f"[server]\nshared_state = {url}\n" + BASE)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert_one_line_error(caught.value, path, "server", "shared_state")
+    assert "s3cr3t" not in str(caught.value)
+    assert ":***@h" in str(caught.value)
+
+
 def test_user_encoding_refused(tmp_path: Path) -> None:
     path = write(tmp_path, BASE + "ftp_encoding = rot13\n")
     with pytest.raises(ConfigError) as caught:

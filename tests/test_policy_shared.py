@@ -7,20 +7,30 @@ bans expire when the test says, not when time passes.
 
 from __future__ import annotations
 
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from twisted.internet import defer, reactor
 from twisted.internet.task import Clock, deferLater
+from twisted.logger import LogLevel, formatEvent
 from twisted.trial import unittest
 
+from cosgw.frontends.ftp.tls import generate_self_signed
 from cosgw.policy.defender import LoginDefender
 from cosgw.policy.limits import ConnectionLimits, SessionLimits
 from cosgw.policy.shared import ReplicaCounts, SharedBans, SharedStore
-from cosgw.policy.shared.connection import SharedStateUnavailable, parse_url
+from cosgw.policy.shared.connection import (
+    RedisURL,
+    SharedStateUnavailable,
+    parse_url,
+)
 from cosgw.policy.shared.keys import Keys, quota_id
-from tests.daemons import RedisServer
+from tests.clitesting import PASSWORD, cosgw, write_config
+from tests.daemons import REDIS_SERVER, RedisServer
+from tests.logevents import LogEvents
+from tests.processtesting import Child, free_port
 
 
 async def connected(store: SharedStore, bound: float = 10.0) -> None:
@@ -77,8 +87,12 @@ class KeyTests(unittest.TestCase):
         self.assertNotEqual(quota_id("s", "a/"), quota_id("s", "b/"))
 
     def test_url(self) -> None:
-        self.assertEqual(parse_url("redis://h:6390/2"), ("h", 6390, 2, None, False))
-        self.assertEqual(parse_url("rediss://:p%40ss@h"), ("h", 6379, 0, "p@ss", True))
+        self.assertEqual(
+            parse_url("redis://h:6390/2"), RedisURL("h", 6390, 2, None, None, False)
+        )
+        tls = parse_url("rediss://gw:p%40ss@h")
+        self.assertEqual(tls, RedisURL("h", 6379, 0, "gw", "p@ss", True))
+        self.assertEqual(tls.where, "h:6379/0 (TLS)")
 
 
 class CountTests(Replicas):
@@ -136,8 +150,11 @@ class CountTests(Replicas):
         a.shared, b.shared = (ReplicaCounts(s) for s in self.stores)
         self.assertIsNone((yield a.login_everywhere("alice", 1)))
         self.assertIsNotNone((yield b.login_everywhere("alice", 1)))
+        logged = LogEvents(self, "cosgw.policy.shared")
         yield self.stores[0].stopService()
         self.assertIsNone((yield b.login_everywhere("alice", 1)))
+        # Leaving is no outage: nothing says Redis cannot be reached.
+        self.assertEqual(logged.at(LogLevel.warn) + logged.at(LogLevel.error), [])
 
     @defer.inlineCallbacks
     def test_connections(self) -> Any:
@@ -187,6 +204,37 @@ class BanTests(Replicas):
         self.assertEqual((yield bans[0].banned("192.0.2.9")), 60.0)
         self.clocks[0].advance(61)
         self.assertEqual((yield bans[0].banned("192.0.2.9")), 0.0)
+
+    @defer.inlineCallbacks
+    def test_bans_put_back_after_a_redis_restart(self) -> Any:
+        """
+        Redis restarted empty (no persistence) forgets the ban a earned; a
+        puts back the bans it holds when it reconnects, so b still refuses
+        the address, with the time a had left.
+        """
+        defender = LoginDefender(
+            self.clocks[0], max_failures=1, window=60, ban_time=100, base_delay=0
+        )
+        defender.shared = SharedBans(self.stores[0], defender)
+        yield defender.shared.failed("192.0.2.7", "192.0.2.7", "alice")
+        for clock in self.clocks:
+            clock.advance(30)
+        self.redis.stop()
+        for _ in range(200):
+            if not any(store.connected for store in self.stores):
+                break
+            yield deferLater(reactor, 0.02, lambda: None)
+        self.redis.start()
+        for store in self.stores:
+            yield defer.Deferred.fromCoroutine(connected(store, 15))
+        other = SharedBans(self.stores[1], LoginDefender(self.clocks[1]))
+        left = 0.0
+        for _ in range(100):  # a's republication may follow b's reconnection
+            left = yield other.banned("192.0.2.7")
+            if left:
+                break
+            yield deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual(left, 70.0)
 
     @defer.inlineCallbacks
     def test_window(self) -> Any:
@@ -239,6 +287,115 @@ class OutageTests(Replicas):
             other.logout("alice")
             yield deferLater(reactor, 0.05, lambda: None)
         self.assertEqual(refused, "too many sessions for alice (1); try again later")
+
+
+class CredentialTests(unittest.TestCase):
+    """
+    C{redis://user:password@...}: Redis's ACL user and password, a wrong
+    password logged (without it) and retried until Redis takes it, and
+    C{cosgw check-config --probe}'s one line, over TCP and TLS.
+    """
+
+    def setUp(self) -> None:
+        self.directory = Path(tempfile.mkdtemp(prefix="cosgw-redis-"))
+        self.redis = RedisServer(self, self.directory)
+        self.admin = socket.create_connection(("127.0.0.1", self.redis.port), 10)
+        self.addCleanup(self.admin.close)
+        self.command("ACL SETUSER gw on >gw-s3cret ~* +@all")
+        self.command("CONFIG SET requirepass old-s3cret")
+
+    def command(self, line: str) -> None:
+        """One command on the admin connection (authenticated before)."""
+        self.admin.sendall(line.encode() + b"\r\n")
+        self.assertEqual(self.admin.recv(64), b"+OK\r\n")
+
+    def url(self, credentials: str) -> str:
+        return f"redis://{credentials}@127.0.0.1:{self.redis.port}/0"
+
+    @defer.inlineCallbacks
+    def test_user_and_wrong_password(self) -> Any:
+        logged = LogEvents(self, "cosgw.policy.shared")
+        stores = []
+        for name, credentials in (("a", "gw:gw-s3cret"), ("b", ":new-s3cret")):
+            store = SharedStore(self.url(credentials), reactor, replica=name)
+            store.startService()
+            self.addCleanup(lambda s=store: s.running and s.stopService())
+            stores.append(store)
+        yield defer.Deferred.fromCoroutine(connected(stores[0]))
+        self.assertEqual((yield stores[0].call(_PING, [], [])), 1)
+        # The admin connection, gw's, then twice the wrong password.
+        for _ in range(100):
+            if self.connections() >= 4:
+                break
+            yield deferLater(reactor, 0.05, lambda: None)
+        self.assertFalse(stores[1].connected)
+        self.command("CONFIG SET requirepass new-s3cret")
+        yield defer.Deferred.fromCoroutine(connected(stores[1]))
+        errors = [formatEvent(e) for e in logged.at(LogLevel.error)]
+        self.assertEqual(len(errors), 1, errors)
+        self.assertIn("could not auth: WRONGPASS", errors[0])
+        lines = [formatEvent(e) for e in logged.events]
+        self.assertFalse([line for line in lines if "s3cret" in line], lines)
+
+    def connections(self) -> int:
+        """Connections Redis has taken since it started (INFO stats)."""
+        self.admin.sendall(b"INFO stats\r\n")
+        header = b""
+        while not header.endswith(b"\r\n"):
+            header += self.admin.recv(1)
+        body = b""
+        while len(body) < int(header[1:]) + 2:
+            body += self.admin.recv(65536)
+        [line] = [x for x in body.split() if x.startswith(b"total_connections")]
+        return int(line.partition(b":")[2])
+
+    def test_probe(self) -> None:
+        """
+        check-config shows the shared state without its password; --probe
+        connects once (TLS, AUTH, SELECT) and says what answered, or why
+        not (exit 2).
+        """
+        cert, key = generate_self_signed(self.directory / "tls")
+        tls_port = free_port()
+        tls = Child(
+            self,
+            [
+                REDIS_SERVER, "--port", "0", "--tls-port", str(tls_port),
+                "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                "--tls-cert-file", str(cert), "--tls-key-file", str(key),
+                "--tls-auth-clients", "no", "--requirepass", "tls-s3cret",
+            ],
+            self.directory,
+            name="redis-tls",
+        )  # fmt: skip
+        tls.wait_for_port(tls_port)
+        cases = [
+            (self.url("gw:gw-s3cret"), 0, "OK", "answered"),
+            (self.url(":wrong-s3cret"), 2, "FAILED", "could not auth: WRONGPASS"),
+            (
+                f"rediss://:tls-s3cret@localhost:{tls_port}/0",
+                0,
+                "OK",
+                f"at localhost:{tls_port}/0 (TLS) answered",
+            ),
+        ]
+        for url, code, state, detail in cases:
+            path = write_config(
+                self.directory,
+                f"[server]\nshared_state = {url}\n[storage:files]\ntype = local\n"
+                f"path = data\n[user:u]\npassword = {PASSWORD}\nstorage = files\n",
+            )
+            result = cosgw(
+                "check-config", str(path), "--probe", "--timeout", "5",
+                env={"SSL_CERT_FILE": str(cert)},
+            )  # fmt: skip
+            self.assertEqual(result.returncode, code, result.stdout + result.stderr)
+            self.assertNotIn("s3cret", result.stdout + result.stderr)
+            lines = result.stdout.splitlines()
+            self.assertIn("shared state:", lines)
+            probed = lines[lines.index("probe:") + 1]
+            self.assertIn(f"shared state: {state}", probed)
+            self.assertIn(detail, probed)
 
 
 class _Ping:

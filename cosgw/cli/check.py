@@ -15,7 +15,10 @@ has no body, so a missing bucket and a missing key are the same 404.  The
 listing proves that the endpoint answers, that the key signs, that the
 bucket exists and that the key may list it, which every session needs.  A
 local storage's directory must take a new file, or be missing under a
-parent where the gateway can create it at start.
+parent where the gateway can create it at start.  With C{[server]
+shared_state}, Redis is asked too, once, as a replica connects (TLS, AUTH,
+SELECT), with nothing written: a wrong password or database shows here
+rather than as a replica deciding alone.
 """
 
 from __future__ import annotations
@@ -45,6 +48,8 @@ EXIT_PROBE = 2
 
 #: Seconds a probe waits to connect and for the answer, by default.
 PROBE_TIMEOUT = 5.0
+#: The name of the Redis probe's line.
+SHARED = "shared state"
 
 
 def add_parser(commands: Any) -> None:
@@ -55,14 +60,15 @@ def add_parser(commands: Any) -> None:
             "Read FILE (cosgw INI or a COS FTP Server V5 vsftpd.conf) as the"
             " gateway would and print the effective storages, users and"
             " notices, or the one-line error (exit 1).  --probe also asks"
-            " every storage whether it answers (exit 2 if one does not)."
+            " every storage, and Redis (shared_state), whether it answers"
+            " (exit 2 if one does not)."
         ),
     )
     parser.add_argument("file", metavar="FILE", help="the config file")
     parser.add_argument(
         "--probe",
         action="store_true",
-        help="send one request per COS bucket; check local directories",
+        help="send one request per COS bucket and to Redis; check local directories",
     )
     parser.add_argument(
         "--timeout",
@@ -109,6 +115,9 @@ def describe(config: Config) -> list[str]:
     ]
     lines.append("listen:")
     lines += _fields((name, where or "off") for name, where in listeners)
+    if server.shared_state:
+        lines.append("shared state:")
+        lines += _fields(_shared_fields(server.shared_state, server))
     for name in sorted(config.storages):
         lines.append(f"storage {name}:")
         users = sorted(u.name for u in config.users.values() if u.storage == name)
@@ -134,6 +143,18 @@ def _masked(key_id: str | None) -> str:
     if not key_id:
         return "none"
     return "..." + key_id[-4:] if len(key_id) > 8 else "****"
+
+
+def _shared_fields(url: str, server: Any) -> Iterator[tuple[str, str]]:
+    from cosgw.policy.shared.connection import parse_url
+
+    parsed = parse_url(url)
+    yield "redis", parsed.where
+    login = [f"user {parsed.username}"] if parsed.username else []
+    if parsed.password:
+        login.append("a password")
+    yield "login", ", ".join(login) or "none"
+    yield "failing", server.shared_state_failure
 
 
 def _storage_fields(
@@ -228,13 +249,17 @@ async def probe(config: Config, reactor: Any, timeout: float) -> list[ProbeResul
     Probe every storage of C{config} at once, each with one request waiting
     at most C{timeout} seconds to connect and for each read.
 
-    @return: a L{ProbeResult} per storage, sorted by name; a probe's
-        failure is in its result, never raised.
+    @return: a L{ProbeResult} for Redis (C{shared_state}) first, if
+        set, then one per storage, sorted by name; a probe's failure is in
+        its result, never raised.
     """
     names = sorted(config.storages)
     cos = [n for n in names if config.storages[n].kind != "local"]
-    stores = open_stores(config, cos, reactor, timeout)
     probes: list[Deferred[ProbeResult]] = []
+    if config.server.shared_state:
+        redis = _redis(config.server.shared_state, reactor, timeout)
+        probes.append(Deferred.fromCoroutine(_timed(SHARED, reactor, redis)))
+    stores = open_stores(config, cos, reactor, timeout)
     work: Awaitable[str]
     for name in names:
         if name in stores:
@@ -286,6 +311,16 @@ def _writable_directory(path: Path) -> str:
     os.close(fd)
     os.unlink(name)
     return f"local directory {path}: exists and takes new files"
+
+
+async def _redis(url: str, reactor: Any, timeout: float) -> str:
+    """What the Redis of C{[server] shared_state} answered (see above)."""
+    from cosgw.policy.shared.connection import SharedStateUnavailable, probe
+
+    try:
+        return await probe(url, reactor, timeout)
+    except SharedStateUnavailable as e:
+        raise StoreError(str(e)) from None
 
 
 async def _timed(name: str, reactor: Any, work: Awaitable[str]) -> ProbeResult:

@@ -37,24 +37,44 @@ _ENCODING_EXPECTED = (
     "'utf-8', 'auto' or an ASCII-compatible Python codec such as 'gbk',"
     " 'gb18030' or 'big5'"
 )
-_REDIS_EXPECTED = "a Redis URL 'redis://host:port/db' (or rediss:// for TLS)"
+_REDIS_EXPECTED = (
+    "a Redis URL 'redis://[[user]:password@]host[:port][/db]' (or rediss:// for"
+    " TLS), without options"
+)
+
+
+def _without_password(value: str) -> str:
+    """C{value} as an error may show it: any password replaced by C{***}."""
+    scheme, sep, rest = value.partition("://")
+    authority, slash, path = rest.partition("/")
+    credentials, at, host = authority.rpartition("@")
+    if not at or ":" not in credentials:
+        return value
+    user = credentials.partition(":")[0]
+    return f"{scheme}{sep}{user}:***@{host}{slash}{path}"
 
 
 def parse_redis_url(sec: Section, key: str) -> str | None:
-    """A C{redis://} or C{rediss://} URL with a host; None when unset."""
+    """
+    A C{redis://} or C{rediss://} URL with a host; None when unset.  A
+    password in it is never shown in an error.  Query options (txredisapi
+    has none to give them to) and fragments are refused, so that nothing
+    written is silently ignored.
+    """
     value = sec.text(key)
     if not value:
         return None
+    shown = _without_password(value)
     try:
         parts = urlsplit(value)
         parts.port  # noqa: B018 - raises ValueError on a bad port
     except ValueError:
-        sec.fail(key, _REDIS_EXPECTED, value)
+        sec.fail(key, _REDIS_EXPECTED, shown)
     if parts.scheme not in ("redis", "rediss") or not parts.hostname:
-        sec.fail(key, _REDIS_EXPECTED, value)
+        sec.fail(key, _REDIS_EXPECTED, shown)
     database = parts.path.strip("/")
-    if database and not database.isdigit():
-        sec.fail(key, _REDIS_EXPECTED, value)
+    if (database and not database.isdigit()) or parts.query or parts.fragment:
+        sec.fail(key, _REDIS_EXPECTED, shown)
     return value
 
 

@@ -471,6 +471,15 @@ class LoginDefender:
         record.banned_until = max(record.banned_until, now + remaining)
         return not held
 
+    def bans_held(self) -> list[tuple[str, float]]:
+        """(canonical address, seconds left) of every ban in force here."""
+        now = self._clock.seconds()
+        return [
+            (key, record.banned_until - now)
+            for key, record in self._records.items()
+            if record.banned_until > now
+        ]
+
     def in_flight(self, ip: str) -> tuple[int, int]:
         """(being verified, waiting) logins from C{ip}'s address now."""
         return self._turns.counts(self._key(ip))

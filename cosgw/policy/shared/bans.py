@@ -9,7 +9,11 @@ password is verified, the address's ban is read from Redis
 (L{scripts.BANNED}): a ban earned on one replica refuses the next login on
 every other, with the time left, and is remembered by that replica's
 defender too (its connection-time check is synchronous).  The delays
-before a failure is answered stay each replica's own.
+before a failure is answered stay each replica's own.  Whenever the
+connection is made again, a replica puts back every ban it holds
+(L{scripts.BAN}): a Redis restarted without persistence, or away while a
+replica banned on its own, has the cluster's bans again (failures within
+the window are not put back: they start again from none).
 
 While Redis cannot be reached: C{open}, the replica's own counts and bans
 decide (a failure is counted here only); C{closed}, a login is refused
@@ -33,7 +37,7 @@ from cosgw.escaping import for_log
 from cosgw.policy.defender import LoginBanned
 from cosgw.policy.limits import canonical_ip
 from cosgw.policy.shared.connection import SharedStateUnavailable, SharedStore
-from cosgw.policy.shared.scripts import BANNED, FAILED, FORGIVE
+from cosgw.policy.shared.scripts import BAN, BANNED, FAILED, FORGIVE
 
 if TYPE_CHECKING:
     from cosgw.policy.defender import LoginDefender
@@ -63,6 +67,17 @@ class SharedBans:
         self.store = store
         self._defender = defender
         self._serial = itertools.count()
+        store.on_connected(self.republish)
+
+    def republish(self) -> None:
+        """Put every ban this replica holds back in Redis (see above)."""
+        now = self.store.now()
+        for address, left in self._defender.bans_held():
+            d = self.store.call(
+                BAN, [self.store.keys.ban(address)], [now, max(1, int(left * 1000))]
+            )
+            d.addErrback(lambda f: None if f.check(SharedStateUnavailable) else f)
+            d.addErrback(lambda f: log.failure("Putting a ban back in Redis failed", f))
 
     def banned(self, address: str) -> Deferred[float]:
         """

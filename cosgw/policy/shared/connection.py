@@ -27,12 +27,13 @@ import os
 import socket
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Optional
 from urllib.parse import unquote, urlsplit
 
 import txredisapi  # type: ignore[import-untyped]
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.ssl import optionsForClientTLS
@@ -43,7 +44,15 @@ from twisted.python.failure import Failure
 from cosgw.policy.shared.keys import Keys
 from cosgw.policy.shared.scripts import HEARTBEAT, LEAVE, Script
 
-__all__ = ["RECONNECT_MAX", "SharedStateUnavailable", "SharedStore", "parse_url"]
+__all__ = [
+    "RECONNECT_MAX",
+    "RedisURL",
+    "SharedStateUnavailable",
+    "SharedStore",
+    "endpoint",
+    "parse_url",
+    "probe",
+]
 
 log = Logger(namespace="cosgw.policy.shared")
 
@@ -55,41 +64,91 @@ class SharedStateUnavailable(Exception):
     """Redis is not connected, or did not answer within the timeout."""
 
 
-def parse_url(url: str) -> tuple[str, int, int, Optional[str], bool]:
+@dataclass(frozen=True)
+class RedisURL:
     """
-    (host, port, database, password, TLS) of a C{redis://} or
-    C{rediss://} URL, as C{[server] shared_state} validated it.
+    A C{redis://} or C{rediss://} URL, as C{[server] shared_state}
+    validated it: C{redis://[[user]:password@]host[:port][/db]}.  Only
+    L{where} is ever logged.
     """
+
+    host: str
+    port: int
+    database: int
+    #: The ACL user (Redis 6 and later); None: the default user.
+    username: Optional[str]
+    password: Optional[str]
+    tls: bool
+
+    @property
+    def where(self) -> str:
+        """The server as log lines name it: no user, no password."""
+        return f"{self.host}:{self.port}/{self.database}" + (
+            " (TLS)" if self.tls else ""
+        )
+
+
+def parse_url(url: str) -> RedisURL:
+    """The parts of C{url} (see L{RedisURL})."""
     parts = urlsplit(url)
     database = parts.path.strip("/")
-    password = unquote(parts.password) if parts.password else None
-    return (
+    return RedisURL(
         parts.hostname or "localhost",
         parts.port or 6379,
         int(database) if database else 0,
-        password,
+        unquote(parts.username) if parts.username else None,
+        unquote(parts.password) if parts.password else None,
         parts.scheme == "rediss",
     )
 
 
+def endpoint(url: RedisURL, reactor: Any, timeout: float) -> Any:
+    """
+    Where to connect: TCP, or TLS whose certificate must be valid for the
+    URL's host and signed by an authority the system trusts (OpenSSL's
+    default paths: C{SSL_CERT_FILE} names another bundle).
+    """
+    tcp: Any = HostnameEndpoint(reactor, url.host, url.port, timeout=timeout)
+    if url.tls:
+        return wrapClientTLS(optionsForClientTLS(url.host), tcp)
+    return tcp
+
+
 class _Factory(txredisapi.RedisFactory):
-    """txredisapi's factory, telling the store when a connection comes and
-    goes, with a short reconnection backoff."""
+    """
+    txredisapi's factory, telling the store when a connection comes and
+    goes, with a short reconnection backoff, and never giving up.
+    """
 
     maxDelay = RECONNECT_MAX
     initialDelay = 0.1
 
-    def __init__(self, store: SharedStore, database: int, password: Optional[str]):
+    def __init__(self, store: SharedStore, url: RedisURL):
         super().__init__(
             store.where,
-            database,
+            url.database,
             1,
-            isLazy=True,
-            password=password,
+            password=url.password,
+            username=url.username,
             replyTimeout=store.timeout,
             convertNumbers=True,
         )
         self.store = store
+
+    def stopTrying(self) -> Deferred[None]:
+        """
+        Keep trying.  txredisapi stops reconnecting for good when AUTH or
+        SELECT fails, and also when the connection merely dropped before
+        their answer (a Redis restarting, a TLS certificate refused, a
+        proxy in front of Redis with no server yet): a replica would stay
+        cut off until restarted.  It retries at most every
+        L{RECONNECT_MAX} seconds instead (L{connectionError} says why).
+        """
+        return succeed(None)
+
+    def connectionError(self, why: str) -> None:
+        """A connection was made but AUTH or SELECT failed: say why, once."""
+        self.store._refused(why)
 
     def addConnection(self, conn: Any) -> None:
         super().addConnection(conn)
@@ -98,7 +157,7 @@ class _Factory(txredisapi.RedisFactory):
 
     def delConnection(self, conn: Any) -> None:
         super().delConnection(conn)
-        if not self.size:
+        if not self.size and not self.disconnectCalled:
             self.store._lost("the connection was lost")
 
 
@@ -145,11 +204,9 @@ class SharedStore(Service):
             raise ValueError(f"failure must be 'open' or 'closed': {failure!r}")
         if not 0 < heartbeat < lease or not timeout > 0:
             raise ValueError("need 0 < heartbeat < lease and timeout > 0")
-        self.url = url
-        self._host, self._port, self._database, self._password, self._tls = parse_url(
-            url
-        )
-        self.where = f"{self._host}:{self._port}/{self._database}"
+        self._url = parse_url(url)
+        #: Redis as log lines name it (never with the URL's credentials).
+        self.where = self._url.where
         self._reactor = reactor
         self.clock: IReactorTime = clock if clock is not None else reactor
         self.failure = failure
@@ -163,6 +220,7 @@ class SharedStore(Service):
         self.up: Optional[bool] = None
         self.fallbacks = 0
         self._outage: Optional[str] = None
+        self._refusal: Optional[str] = None
         self._factory: Optional[_Factory] = None
         self._loop = LoopingCall(self.beat)
         self._loop.clock = self.clock
@@ -189,13 +247,8 @@ class SharedStore(Service):
 
     def startService(self) -> None:
         super().startService()
-        factory = _Factory(self, self._database, self._password)
-        endpoint: Any = HostnameEndpoint(
-            self._reactor, self._host, self._port, timeout=self.timeout
-        )
-        if self._tls:
-            endpoint = wrapClientTLS(optionsForClientTLS(self._host), endpoint)
-        factory.startConnecting(endpoint)
+        factory = _Factory(self, self._url)
+        factory.startConnecting(endpoint(self._url, self._reactor, self.timeout))
         self._factory = factory
         log.info(
             "shared state in Redis at {where}, replica {replica},"
@@ -300,13 +353,32 @@ class SharedStore(Service):
 
     def _back(self) -> None:
         was, self.up = self._outage, True
-        self._outage = None
+        self._outage = self._refusal = None
         if was is not None:
             log.warn(
                 "Redis at {where} answers again: shared rules hold across"
                 " replicas again",
                 where=self.where,
             )
+
+    def _refused(self, why: str) -> None:
+        """
+        Redis (or what stands at its address) took the connection but
+        refused AUTH or SELECT, or dropped it before answering: logged as an
+        error once per reason until Redis answers (a wrong password is
+        retried every few seconds, and must not fill the log).
+        """
+        if why == self._refusal:
+            return
+        self._refusal = why
+        log.error(
+            "Redis at {where}: {why}; trying again every {every} s"
+            " (check the password, database and TLS of shared_state)",
+            where=self.where,
+            why=why.removeprefix("Redis error: "),
+            every=RECONNECT_MAX,
+        )
+        self._lost(why.removeprefix("Redis error: "))
 
     def _lost(self, reason: str) -> None:
         self.up = False
@@ -351,3 +423,45 @@ class SharedStore(Service):
 
 async def _nothing() -> None:
     return None
+
+
+async def probe(url: str, reactor: Any, timeout: float) -> str:
+    """
+    Connect to the Redis of C{url} once, as a replica would (TLS, AUTH,
+    SELECT), and ask its version: C{cosgw check-config --probe}.  Nothing
+    is written, and no replica joins the cluster.
+
+    @return: what answered, for one line of the probe's report.
+    @raise SharedStateUnavailable: with why (refused, timed out, AUTH or
+        SELECT refused), never with the URL's credentials.
+    """
+    parsed = parse_url(url)
+    factory = txredisapi.RedisFactory(
+        parsed.where,
+        parsed.database,
+        1,
+        password=parsed.password,
+        username=parsed.username,
+        replyTimeout=timeout,
+    )
+    factory.reconnect = False
+    factory.startConnecting(endpoint(parsed, reactor, timeout))
+    ready: Deferred[Any] = factory.deferred
+    try:
+        handler = await ready.addTimeout(timeout, reactor)
+        info = await handler.execute_command("INFO", "server")
+    except Exception as e:
+        why = str(e).removeprefix("Redis error: ") or type(e).__name__
+        raise SharedStateUnavailable(f"Redis at {parsed.where}: {why}") from None
+    finally:
+        gone: Deferred[Any] = factory.disconnect()
+        await gone.addTimeout(timeout, reactor).addErrback(lambda _: None)
+    version = next(
+        (
+            line.partition(":")[2].strip()
+            for line in str(info).splitlines()
+            if line.startswith("redis_version:")
+        ),
+        "?",
+    )
+    return f"Redis {version} at {parsed.where} answered"

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = [
+    "BAN",
     "BANNED",
     "CLAIM",
     "COUNT",
@@ -147,6 +148,20 @@ if most > 0 and count >= most then
   return {count, ban, 1}
 end
 return {count, 0, 0}
+""",
+)
+
+#: A ban a replica holds, put back after Redis lost it (a restart without
+#: persistence) or missed it (earned while Redis was away); a longer one
+#: already there stays.  KEYS: ban.  ARGV: now, ms left.
+BAN = Script(
+    "ban",
+    """
+local ends = tonumber(ARGV[1]) + tonumber(ARGV[2])
+if ends > tonumber(redis.call('GET', KEYS[1]) or '0') then
+  redis.call('SET', KEYS[1], ends, 'PX', ARGV[2])
+end
+return 1
 """,
 )
 
