@@ -11,7 +11,9 @@ rule, limit or audit event that saw HAProxy's address would say 127.0.0.3,
 and a client at 127.0.0.5 would pass the deny rule.  HAProxy's health
 checks (C{tcp-check expect}, which with C{send-proxy-v2} send a C{LOCAL}
 header) must see the FTP greeting and the SSH version line for the servers
-to be UP.
+to be UP.  The headers carry TLVs too (C{proxy-v2-options}: a unique id,
+the CRC-32C, the TLS facts of the client's connection), as a site that
+logs HAProxy's request ids sends them.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ def haproxy_config(ports: dict[str, int], servers: dict[str, int], sock: str) ->
         "    timeout client 1h",
         "    timeout server 1h",
         "    timeout check 2s",
+        "    unique-id-format %{+X}o%ci:%cp_%fi:%fp_%Ts_%rt:%pid",
         "",
     ]
     for name, port in ports.items():
@@ -74,7 +77,7 @@ def haproxy_config(ports: dict[str, int], servers: dict[str, int], sock: str) ->
             f"backend {name}",
             *checks[name],
             f"    server gw 127.0.0.1:{servers[name]} source {HAPROXY_SOURCE}"
-            f" send-proxy-v2{check}",
+            f" send-proxy-v2 proxy-v2-options unique-id,crc32c,ssl,authority{check}",
             "",
         ]
     return "\n".join(lines)

@@ -151,6 +151,33 @@ class WrapperTests(SynchronousTestCase):
         self.assertEqual(warning["peer"], "192.0.2.66")
         self.assertIn("proxy_trusted_networks", warning["log_format"])
 
+    def test_untrusted_peer_logged_once_a_minute(self) -> None:
+        """
+        A balancer left out of proxy_trusted_networks refuses every client:
+        one warning for its first connection, then one a minute with the
+        count refused since; another peer has its own line.
+        """
+        factory = ProxiedFactory(self.inner, DEFAULTS, self.clock)
+        strangers = [IPv4Address("TCP", "192.0.2.66", p) for p in range(1, 12)]
+        for i, stranger in enumerate(strangers):
+            wrapper = factory.buildProtocol(stranger)
+            transport = StringTransport(hostAddress=LOCAL, peerAddress=stranger)
+            wrapper.makeConnection(transport)
+            self.assertTrue(transport.disconnecting)
+            wrapper.connectionLost(None)
+            if i == 4:
+                other = IPv4Address("TCP", "192.0.2.67", 1)
+                factory.buildProtocol(other).makeConnection(
+                    StringTransport(hostAddress=LOCAL, peerAddress=other)
+                )
+            if i == 9:
+                self.clock.advance(60)
+        self.assertEqual(self.inner.built, [])
+        lines = [(w["peer"], w["refused_since"]) for w in self.warnings()]
+        self.assertEqual(
+            lines, [("192.0.2.66", 0), ("192.0.2.67", 0), ("192.0.2.66", 9)]
+        )
+
     def test_trusted_networks(self) -> None:
         settings = ProxySettings(trusted=("10.0.0.0/8", "2001:db8::/32"))
         for peer, trusted in [

@@ -452,3 +452,37 @@ class ClosedOutageTests(Cluster):
 
 
 __all__ = ["PASSWORD"]
+
+
+class ReloadTests(unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_reload_keeps_the_link_and_applies_limits(self) -> Any:
+        """
+        A replica started from a file with shared_state, reloaded with a
+        lower max_connections_per_ip: the same connection to Redis and the
+        same replica id (its lease and counts stay), the open session still
+        counted in Redis, and the new limit refuses a second connection.
+        """
+        from tests import test_reload
+
+        redis = RedisServer(self, Path(tempfile.mkdtemp(prefix="cosgw-redis-")))
+        server = {"shared_state": redis.url, "max_connections_per_ip": "5"}
+        gw = yield defer.Deferred.fromCoroutine(test_reload.start(self, server))
+        shared = gw.service.shared
+        self.assertTrue((yield wait_until(lambda: bool(shared.up))))
+        factory, replica = shared._factory, shared.replica
+        first = yield in_thread(test_reload.connect, gw.ftp)
+        self.addCleanup(first.close)
+        server["max_connections_per_ip"] = "1"
+        gw.write(test_reload.config_text(gw.root, server))
+        result = yield gw.reload()
+        self.assertEqual(result.changes, ("[server] max_connections_per_ip",))
+        self.assertEqual(result.needs_restart, ())
+        self.assertIs(gw.service.shared, shared)
+        self.assertEqual((shared._factory, shared.replica), (factory, replica))
+        self.assertTrue(shared.connected)
+        said = yield in_thread(test_reload.login_reply, gw.ftp, "alice", PASSWORD)
+        self.assertEqual(said, "421 Too many connections from your address (1)")
+        with socket.create_connection(("127.0.0.1", redis.port), 10) as s:
+            s.sendall(f"HGET cosgw:replica:{replica} c:127.0.0.1\r\n".encode())
+            self.assertEqual(s.recv(64), b"$1\r\n1\r\n")

@@ -21,13 +21,21 @@ wire is always: header, then the protocol (TLS included).  Per connection
 
   1. On connect, the real peer must be in C{proxy_trusted_networks} (a
      UNIX-socket peer is local, trusted): anyone else could claim any
-     address.  Otherwise the connection is closed at once and logged.
+     address.  Otherwise the connection is closed at once and logged: one
+     line per peer per L{UNTRUSTED_LOG_EVERY} seconds with the count of the
+     others (a balancer left out of the networks refuses every client, and
+     must not write a line for each).
   2. The header must arrive within L{ProxySettings.header_timeout} seconds
      and be valid (L{cosgw.frontends.proxyheader}; its size is capped, and
      a first byte that starts no header refuses at once: an SSH version
      line or a TLS ClientHello sent straight to the gateway).  Otherwise the
      connection is closed without a word and logged once, with the real
      peer.
+     Until then the connection is not the listener's protocol's: it is
+     not counted by C{max_connections} or C{max_connections_per_ip} (of
+     the balancer's address or any other) and opens no session, so
+     connections that never send a header cannot crowd out clients; only
+     trusted peers can hold one, for the deadline at most.
   3. Then the wrapped factory builds the protocol for the client's address
      from the header (the balancer's own for C{LOCAL} and C{UNKNOWN}, such
      as HAProxy's health checks), the protocol is connected with
@@ -69,6 +77,7 @@ from cosgw.frontends.proxyheader import BadHeader, HeaderParser, ProxyHeader
 
 __all__ = [
     "HEADER_TIMEOUT",
+    "UNTRUSTED_LOG_EVERY",
     "ProxiedConnection",
     "ProxiedFactory",
     "ProxySettings",
@@ -81,6 +90,11 @@ log = Logger(namespace="cosgw.frontends.proxy")
 #: its first packet; a client that reached the gateway directly and waits
 #: for a greeting (FTP) is closed after this.
 HEADER_TIMEOUT = 5.0
+
+#: Seconds between two warnings about connections from one untrusted peer.
+UNTRUSTED_LOG_EVERY = 60.0
+#: Untrusted peers whose last warning is remembered, at most.
+_UNTRUSTED_REMEMBERED = 1024
 
 _Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
@@ -196,11 +210,7 @@ class ProxiedConnection(policies.ProtocolWrapper):
         assert self.transport is not None
         self.relay = self.transport.getPeer()
         if not self.factory.trusts(self.relay):
-            log.warn(
-                "Refused a connection from {peer}: not in proxy_trusted_networks,"
-                " so its PROXY header cannot be believed",
-                peer=_host(self.relay),
-            )
+            self.factory.untrusted(self.relay)
             self._refuse()
             return
         self._deadline = self.factory.clock.callLater(
@@ -330,6 +340,8 @@ class ProxiedFactory(policies.WrappingFactory):
         self.settings = settings
         self.clock = clock
         self._trusted = settings.networks()
+        #: Untrusted peer -> (time of its last warning, refused since).
+        self._untrusted: dict[str, tuple[float, int]] = {}
 
     def logPrefix(self) -> str:
         inner = self.wrappedFactory
@@ -351,6 +363,28 @@ class ProxiedFactory(policies.WrappingFactory):
         if address is None:
             return False
         return any(address in network for network in self._trusted)
+
+    def untrusted(self, peer: IAddress) -> None:
+        """
+        Log a connection refused from C{peer}, not in the trusted networks:
+        its first, then one line per L{UNTRUSTED_LOG_EVERY} seconds saying
+        how many were refused since.
+        """
+        host, now = _host(peer), self.clock.seconds()
+        last, since = self._untrusted.get(host, (None, 0))
+        if last is not None and now - last < UNTRUSTED_LOG_EVERY:
+            self._untrusted[host] = (last, since + 1)
+            return
+        if len(self._untrusted) >= _UNTRUSTED_REMEMBERED:
+            self._untrusted.clear()
+        self._untrusted[host] = (now, 0)
+        log.warn(
+            "Refused a connection from {peer}: not in proxy_trusted_networks,"
+            " so its PROXY header cannot be believed{since}",
+            peer=host,
+            refused_since=since,
+            since=f" ({since} more refused since the last such line)" if since else "",
+        )
 
 
 def relay_of(transport: Any) -> Optional[str]:
