@@ -4,7 +4,9 @@ what the rules do while Redis is away.
 
 The connection is txredisapi's, made with the injected reactor and kept
 up by txredisapi (reconnecting with backoff, at most L{RECONNECT_MAX}
-seconds apart).  It is a single connection, so the calls of a replica
+seconds apart, also after Redis refused its AUTH or SELECT, which
+txredisapi alone would take as final).  The URL's user and password are
+used for AUTH and never logged (L{RedisURL.where} is what log lines name).  It is a single connection, so the calls of a replica
 reach Redis in the order they were made: a later publication of a count
 always overwrites an earlier one.
 

@@ -18,7 +18,7 @@ a claim is what they hold plus a spare (half of the room left, or up to
 L{CLAIM_FLOOR} of it if that is more), asked again when a quarter of it is
 left, and given back when the replica's last upload of the quota ends.  So two replicas' concurrent uploads never hold more than
 the quota together; near a full quota an upload may be refused while a
-claim is being renewed (452, as for a full quota).  A crashed replica's
+claim is being renewed (FTP 552, as for a full quota).  A crashed replica's
 claim ends with its lease.
 
 While Redis cannot be reached: C{open}, this replica's last view of the
