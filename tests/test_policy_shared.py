@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet import defer, reactor
-from twisted.internet.task import Clock, deferLater
+from twisted.internet.task import Clock, LoopingCall, deferLater
 from twisted.logger import LogLevel, formatEvent
 from twisted.trial import unittest
 
@@ -287,6 +287,38 @@ class OutageTests(Replicas):
             other.logout("alice")
             yield deferLater(reactor, 0.05, lambda: None)
         self.assertEqual(refused, "too many sessions for alice (1); try again later")
+
+
+class SlowRedisTests(Replicas):
+    @defer.inlineCallbacks
+    def test_a_paused_redis_costs_a_timeout_not_a_stall(self) -> Any:
+        """
+        Redis stops answering (CLIENT PAUSE, as under a long fork or a
+        slow disk): a call fails with SharedStateUnavailable after the
+        timeout, the reactor keeps turning meanwhile, and the next call
+        fails at once (the connection was dropped) instead of waiting again.
+        """
+        store = self.replica("slow", self.clocks[0], timeout=0.3)
+        yield defer.Deferred.fromCoroutine(connected(store))
+        with socket.create_connection(("127.0.0.1", self.redis.port), 10) as admin:
+            admin.sendall(b"CLIENT PAUSE 1200 ALL\r\n")
+            self.assertEqual(admin.recv(64), b"+OK\r\n")
+        ticks: list[float] = []
+        ticking = LoopingCall(lambda: ticks.append(reactor.seconds()))
+        ticking.start(0.05)
+        self.addCleanup(lambda: ticking.running and ticking.stop())
+        started = reactor.seconds()
+        with self.assertRaises(SharedStateUnavailable):
+            yield store.call(_PING, [], [])
+        waited = reactor.seconds() - started
+        self.assertGreaterEqual(waited, 0.3)
+        self.assertLess(waited, 1.5)
+        self.assertGreaterEqual(len(ticks), 4)
+        started = reactor.seconds()
+        with self.assertRaises(SharedStateUnavailable):
+            yield store.call(_PING, [], [])
+        self.assertLess(reactor.seconds() - started, 0.2)
+        self.assertFalse(store.up)
 
 
 class CredentialTests(unittest.TestCase):
