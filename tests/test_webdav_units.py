@@ -11,9 +11,11 @@ from typing import Any
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from cosgw.frontends.webdav import locks
 from cosgw.frontends.webdav.auth import Authenticator, HTTPError, is_loopback
 from cosgw.frontends.webdav.headers import (
     BadHeader,
+    ForeignDestination,
     Unsatisfiable,
     href,
     parse_depth,
@@ -23,6 +25,8 @@ from cosgw.frontends.webdav.headers import (
     parse_range,
     parse_timeout,
     path_segments,
+    range_applies,
+    request_path,
     satisfy,
     submitted_tokens,
 )
@@ -114,7 +118,8 @@ class HeaderTests(SynchronousTestCase):
         self.assertEqual(parse_range("bytes=7-"), (7, None))
         self.assertIsNone(parse_range("bytes=0-1,5-6"))
         self.assertIsNone(parse_range("items=0-1"))
-        self.assertRaises(BadHeader, parse_range, "bytes=9-3")
+        # An invalid range is ignored (RFC 9110 14.2): the whole file.
+        self.assertIsNone(parse_range("bytes=9-3"))
         chosen = satisfy((5, 1000), 100)
         self.assertEqual((chosen.start, chosen.end, chosen.length), (5, 99, 95))
         self.assertEqual(chosen.content_range(), "bytes 5-99/100")
@@ -134,6 +139,37 @@ class HeaderTests(SynchronousTestCase):
         self.assertEqual(submitted_tokens(lists), {"opaquelocktoken:1", "DAV:no-lock"})
         for bad in ("", "(", "()", "x", "(<a>", "(<a> [b)"):
             self.assertRaises(BadHeader, parse_if, bad)
+
+    def test_if_range(self) -> None:
+        """A range is served only for the version If-Range names."""
+        tag, when = '"64-5"', 1_600_000_000.4
+        self.assertTrue(range_applies(None, tag, when))
+        self.assertTrue(range_applies('"64-5"', tag, when))
+        self.assertFalse(range_applies('"64-6"', tag, when))
+        self.assertFalse(range_applies('W/"64-5"', tag, when))
+        self.assertTrue(range_applies("Sun, 13 Sep 2020 12:26:40 GMT", tag, when))
+        self.assertFalse(range_applies("Sun, 13 Sep 2020 12:26:41 GMT", tag, when))
+        self.assertFalse(range_applies("garbage", tag, when))
+
+    def test_destination_on_another_server(self) -> None:
+        """Another host or scheme is a 502, never a place in this home."""
+        host = "gw.example:8080"
+        self.assertEqual(parse_destination("http://gw.example:8080/a", host), ["a"])
+        self.assertEqual(parse_destination("https://GW.example/a", host), ["a"])
+        self.assertEqual(parse_destination("/a/b/", host), ["a", "b"])
+        for foreign in (
+            "http://evil.example/a",
+            "http://gw.example:9090/a",
+            "ftp://gw.example:8080/a",
+            "file:///etc/passwd",
+        ):
+            self.assertRaises(ForeignDestination, parse_destination, foreign, host)
+        self.assertRaises(BadHeader, parse_destination, "http://gw.example:x/a", host)
+
+    def test_absolute_form_targets(self) -> None:
+        self.assertEqual(request_path("http://h:1/a%20b?x"), "/a%20b")
+        self.assertEqual(request_path("HTTPS://h"), "/")
+        self.assertEqual(request_path("/plain/path"), "/plain/path")
 
     def test_other_headers(self) -> None:
         self.assertEqual(parse_depth(None, "infinity"), "infinity")
@@ -172,6 +208,33 @@ class LockTableTests(SynchronousTestCase):
         clock.advance(11)
         self.assertEqual(table.covering(coll + ("f",)), [])
         self.assertIsNone(table.get(shared.token))
+        self.assertEqual(len(table), 0)
+
+    def test_covering_looks_up_the_path_not_the_table(self) -> None:
+        """
+        A PROPFIND asks, for each member, which locks cover it: the
+        table's other locks are never looked at.
+        """
+        clock = Clock()
+        table = LockTable(clock)
+        for i in range(500):
+            table.add(("s", "other", str(i)), "exclusive", "0", b"", 60, "/", "a")
+        mine = table.add(("s", "d"), "shared", "infinity", b"", 60, "/d/", "a")
+        looked = []
+        real = locks.Lock.covers
+
+        def counted(lock: locks.Lock, resource: locks.ResourceId) -> bool:
+            looked.append(lock)
+            return real(lock, resource)
+
+        self.patch(locks.Lock, "covers", counted)
+        self.assertEqual(table.covering(("s", "d", "e", "f")), [mine])
+        self.assertEqual(table.covering(("s", "elsewhere")), [])
+        self.assertEqual(looked, [mine])
+        self.assertEqual(len(table.on(("s", "other", "7"))), 1)
+        clock.advance(61)
+        self.assertEqual(table.covering(("s", "d", "e")), [])
+        self.assertEqual(table.on(("s", "other", "7")), [])
         self.assertEqual(len(table), 0)
 
     def test_dead_properties_follow_and_are_bounded(self) -> None:

@@ -27,7 +27,7 @@ from cosgw.policy.defender import LoginDefender
 __all__ = ["LiveCollector", "LiveParts"]
 
 #: Protocols shown even with no session, so their series always exist.
-PROTOCOLS = ("ftp", "ftps", "sftp")
+PROTOCOLS = ("ftp", "ftps", "sftp", "webdav", "webdavs")
 DIRECTIONS = ("upload", "download")
 
 

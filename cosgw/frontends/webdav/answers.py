@@ -10,11 +10,18 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional
 
 from twisted.cred.error import UnauthorizedLogin
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from cosgw.frontends.webdav.auth import HTTPError
 from cosgw.frontends.webdav.channel import REASONS
-from cosgw.frontends.webdav.headers import BadHeader, Unsatisfiable
+from cosgw.frontends.webdav.headers import (
+    BadHeader,
+    ForeignDestination,
+    Unsatisfiable,
+)
 from cosgw.frontends.webdav.locks import PropertiesFull, ResourceId, TooManyLocks
 from cosgw.frontends.webdav.xmlbody import BadXML
 from cosgw.vfs import (
@@ -31,6 +38,7 @@ from cosgw.vfs import (
     PermissionDenied,
     QuotaExceeded,
     StoreFailure,
+    TransferStopped,
     WriteRefused,
 )
 
@@ -38,7 +46,7 @@ if TYPE_CHECKING:
     from cosgw.frontends.webdav.channel import DAVRequest
     from cosgw.frontends.webdav.resource import DAVServer
 
-__all__ = ["Call", "HTTPError", "respond", "status_for"]
+__all__ = ["Call", "HTTPError", "Pacer", "respond", "status_for"]
 
 log = Logger(namespace="cosgw.webdav")
 
@@ -61,6 +69,7 @@ _STATUSES: tuple[tuple[type[BaseException], int], ...] = (
     (PropertiesFull, 507),
     (TooManyLocks, 503),
     (BadHeader, 400),
+    (ForeignDestination, 502),
     (BadXML, 400),
     (Unsatisfiable, 416),
     (UnauthorizedLogin, 401),
@@ -109,9 +118,11 @@ def respond(
         body = (text + "\n").encode("utf-8") if text else b""
     else:
         content_type = "application/xml; charset=utf-8"
-    if body or status not in (204, 304):
+    if status in (204, 304):
+        body = b""  # no content, and no Content-Length (RFC 9110 8.6)
+    else:
         request.setHeader(b"Content-Type", content_type.encode("ascii"))
-    request.setHeader(b"Content-Length", b"%d" % len(body))
+        request.setHeader(b"Content-Length", b"%d" % len(body))
     if body and request.method != b"HEAD":
         request.write(body)
     request.finish()
@@ -142,3 +153,37 @@ class Call:
         store = getattr(getattr(self.fs, "store", None), "description", "")
         key = self.fs.dir_prefix(segments).strip("/")
         return (str(store), *(p for p in key.split("/") if p))
+
+
+@implementer(IPushProducer)
+class Pacer:
+    """
+    A streamed answer's producer (a PROPFIND's multistatus, a collection's
+    index): the listing behind it waits while the client reads slowly.
+    """
+
+    def __init__(self) -> None:
+        self._paused = False
+        self._stopped = False
+        self._waiting: Optional[Deferred[None]] = None
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        waiting, self._waiting = self._waiting, None
+        if waiting is not None:
+            waiting.callback(None)
+
+    def stopProducing(self) -> None:
+        self._stopped = True
+        self.resumeProducing()
+
+    async def ready(self) -> None:
+        """Returns once the client can take more; raises when it went."""
+        if self._paused and not self._stopped:
+            self._waiting = Deferred()
+            await self._waiting
+        if self._stopped:
+            raise TransferStopped("the client went away")

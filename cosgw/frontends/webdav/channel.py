@@ -15,7 +15,14 @@ The channel (L{DAVChannel}):
     (idle_timeout);
   - stops reading the socket while anyone holds its input
     (L{DAVChannel.hold_input}): the PUT body being streamed into an upload
-    with no room, whatever Twisted's own response backpressure does.
+    with no room, whatever Twisted's own response backpressure does;
+  - answers C{Expect: 100-continue} on a PUT only once the PUT is logged
+    in and its upload open (Twisted's own answers as soon as the headers
+    are in): a refused PUT is told so before its body is sent;
+  - answers what Twisted refuses with a bare 400 and a close (a request
+    line or header over 16 KiB, over 500 headers, broken framing) with a
+    status that says why (431 or 400), a log line and the session's close
+    reason.
 
 The request (L{DAVRequest}) replaces Twisted's body buffer (a file in
 memory or on disk holding the whole body before the resource sees it): a
@@ -37,6 +44,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, server
 
+from cosgw.frontends.webdav.putting import PutBody
 from cosgw.frontends.webdav.xmlbody import MAX_BODY
 
 if TYPE_CHECKING:
@@ -51,6 +59,7 @@ log = Logger(namespace="cosgw.webdav")
 #: Reason phrases Twisted lacks (RFC 4918 section 11).
 REASONS = {
     207: "Multi-Status",
+    431: "Request Header Fields Too Large",
     422: "Unprocessable Entity",
     423: "Locked",
     424: "Failed Dependency",
@@ -196,9 +205,47 @@ class DAVChannel(http.HTTPChannel):
             self.audit.touch()
         super().dataReceived(data)
 
+    def lineReceived(self, line: bytes) -> None:
+        # What one read brought after a refusal is not a request.
+        if not self.closing:
+            super().lineReceived(line)
+
     def allContentReceived(self) -> None:
         if not self.closing:
             super().allContentReceived()
+
+    def _send100Continue(self) -> None:
+        # Twisted's, called once the headers are in: a PUT's waits for its
+        # login and upload (PutBody.expect_continue calls send_continue).
+        content = self.requests[-1].content if self.requests else None
+        if isinstance(content, PutBody):
+            content.expect_continue()
+        else:
+            super()._send100Continue()
+
+    def send_continue(self) -> None:
+        """Tell a client waiting with its body to send it (RFC 9110 10.1.1)."""
+        if not self.closing and self.transport is not None:
+            self.tcp.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        self._refuse_request(431, "a request line or header is over 16384 bytes")
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        # Twisted's bare "400" for the request line, a header or chunked
+        # framing it cannot take.
+        if (
+            self._receivedHeaderSize > self.totalHeadersSize
+            or self._receivedHeaderCount > self.maxHeaders
+        ):
+            self._refuse_request(431, "the request's headers are too large or many")
+        else:
+            self._refuse_request(400, "malformed HTTP request")
+
+    def _refuse_request(self, status: int, text: str) -> None:
+        if not self.closing:
+            log.info("WebDAV client {peer}: {text}", peer=self.peer, text=text)
+        self.close_with(status, text, text)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.closing = True
@@ -244,18 +291,25 @@ class DAVChannel(http.HTTPChannel):
         if self.close_reason is None:
             self.close_reason = reason
 
-    def close_with(self, status: int, text: str, reason: str) -> None:
+    def close_with(
+        self,
+        status: int,
+        text: str,
+        reason: str,
+        headers: Optional[dict[str, str]] = None,
+    ) -> None:
         """
-        Answer C{status} with C{text} and close, ignoring what the client
-        still sends.  The answer goes out in the next reactor turn, after
-        whatever Twisted writes in this one (a 100 Continue).
+        Answer C{status} with C{text} (and C{headers}: a 401's challenge)
+        and close, ignoring what the client still sends.  The answer goes
+        out in the next reactor turn, after whatever Twisted writes in
+        this one.
         """
         if self.closing:
             return
         self.closing = True
         self.end_reason(reason)
         self._holds.clear()
-        data = raw_response(status, text)
+        data = raw_response(status, text, headers)
 
         def send() -> None:
             if self.transport is not None and self.tcp.connected:

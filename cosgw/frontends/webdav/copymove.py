@@ -9,7 +9,9 @@ delete, as FTP's RNFR/RNTO), never bytes through the gateway.  A COPY of
 a collection makes the collection and copies its members one by one, and
 a DELETE of a collection removes its members one by one, so each member's
 failure can be named in a 207 multistatus and each is its own audit
-event.  Locks and dead properties follow their resources.
+event.  Locks and dead properties follow their resources.  A Destination
+on another server is refused (502), one holding the source or inside it
+too (403): nothing is deleted for a copy or move that cannot be.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ async def move(call: Call) -> None:
 
 async def _transfer(call: Call, move: bool) -> None:
     """COPY or MOVE: 201 (new), 204 (replaced), 412, 409, 207."""
-    target = parse_destination(call.header("Destination"))
+    target = parse_destination(call.header("Destination"), call.header("Host"))
     overwrite = parse_overwrite(call.header("Overwrite"))
     depth = parse_depth(call.header("Depth"), "infinity")
     if depth == "1" or (move and depth != "infinity"):
@@ -52,6 +54,9 @@ async def _transfer(call: Call, move: bool) -> None:
         raise HTTPError(403, "the home collection cannot be copied or moved")
     if target == source:
         raise HTTPError(403, "the source and the destination are the same")
+    if source[: len(target)] == target:
+        # Overwrite would delete the destination, and the source with it.
+        raise HTTPError(403, "the destination is a collection holding the source")
     entry = await fs.stat(source)
     if entry.is_dir and target[: len(source)] == source:
         raise HTTPError(403, "a collection cannot go inside itself")

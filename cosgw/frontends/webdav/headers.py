@@ -20,6 +20,7 @@ from cosgw.interfaces import Entry
 __all__ = [
     "BadHeader",
     "ByteRange",
+    "ForeignDestination",
     "Condition",
     "IfList",
     "entity_tag",
@@ -34,6 +35,8 @@ __all__ = [
     "parse_range",
     "parse_timeout",
     "path_segments",
+    "range_applies",
+    "request_path",
 ]
 
 #: The longest lock asked for is granted this many seconds (and Infinite).
@@ -42,6 +45,24 @@ MAX_LOCK_SECONDS = 3600
 
 class BadHeader(ValueError):
     """A header that cannot be read: 400 Bad Request."""
+
+
+class ForeignDestination(ValueError):
+    """
+    A Destination on another server or scheme: 502 Bad Gateway (RFC 4918
+    section 9.8.5), never a place in this user's home.
+    """
+
+
+def request_path(target: str) -> str:
+    """
+    The path of a request's target: its origin form as it is, the path of
+    its absolute form (RFC 9112 section 3.2.2: a server must accept
+    C{GET http://host/path}).
+    """
+    if target.lower().startswith(("http://", "https://")):
+        return urlsplit(target).path or "/"
+    return target
 
 
 def path_segments(path: str) -> list[str]:
@@ -138,10 +159,9 @@ def parse_range(text: str) -> Optional[tuple[Optional[int], Optional[int]]]:
     """
     A Range header's one byte range as (first, last), either None (C{-N}:
     the last N bytes, as (None, N); C{N-}: (N, None)); None for what is not
-    one byte range (several ranges, another unit), which RFC 9110 lets a
-    server ignore and answer with the whole file.
-
-    @raise BadHeader: a range whose last byte is before its first.
+    one valid byte range (several ranges, another unit, a last byte before
+    the first), which RFC 9110 section 14.2 lets a server ignore: the whole
+    file is answered (200), as clients that sent it can always use.
     """
     match = _RANGE.match(text)
     if match is None:
@@ -150,7 +170,7 @@ def parse_range(text: str) -> Optional[tuple[Optional[int], Optional[int]]]:
     if not first and not last:
         return None
     if first and last and int(last) < int(first):
-        raise BadHeader(f"range {first}-{last} ends before it starts")
+        return None
     return (int(first) if first else None, int(last) if last else None)
 
 
@@ -193,19 +213,44 @@ def parse_overwrite(text: Optional[str]) -> bool:
     return value == "T"
 
 
-def parse_destination(text: Optional[str]) -> list[str]:
+def parse_destination(text: Optional[str], host: Optional[str] = None) -> list[str]:
     """
     The segments of a COPY or MOVE's Destination (an absolute URL or an
-    absolute path; only its path counts: one gateway serves one space).
+    absolute path) in this user's space.
 
+    @param host: the request's Host header: an absolute URL must name the
+        same host (and port, when both name one: a TLS proxy in front may
+        change the scheme and the port), and http or https.
     @raise BadHeader: missing, or no path.
+    @raise ForeignDestination: another server's URL (502).
     """
     if not text:
         raise BadHeader("COPY and MOVE need a Destination header")
-    path = urlsplit(text.strip()).path
-    if not path.startswith("/"):
+    try:
+        url = urlsplit(text.strip())
+        port = url.port
+    except ValueError:
+        raise BadHeader("the Destination is not a URL") from None
+    if url.scheme or url.netloc:
+        if url.scheme.lower() not in ("http", "https"):
+            raise ForeignDestination(f"the Destination's scheme {url.scheme!r}")
+        if host is not None and not _same_host(url.hostname or "", port, host):
+            raise ForeignDestination("the Destination is on another server")
+    if not url.path.startswith("/"):
         raise BadHeader("the Destination is not an absolute URL or path")
-    return path_segments(path)
+    return path_segments(url.path)
+
+
+def _same_host(name: str, port: Optional[int], host: str) -> bool:
+    """Whether C{name} and C{port} are the Host header C{host}'s."""
+    try:
+        ours = urlsplit("//" + host.strip())
+        our_port = ours.port
+    except ValueError:
+        return False
+    if name.lower() != (ours.hostname or "").lower():
+        return False
+    return port is None or our_port is None or port == our_port
 
 
 def parse_timeout(text: Optional[str]) -> int:
@@ -220,6 +265,25 @@ def parse_timeout(text: Optional[str]) -> int:
             if value.lower().startswith("second-") and value[7:].isdigit():
                 return max(1, min(int(value[7:]), MAX_LOCK_SECONDS))
     return MAX_LOCK_SECONDS
+
+
+def range_applies(if_range: Optional[str], tag: str, mtime: float) -> bool:
+    """
+    Whether a Range is served under C{if_range} (RFC 9110 section 13.1.5):
+    absent, or naming the file's entity tag (strongly) or its
+    Last-Modified date exactly; else the whole file is sent.
+    """
+    if if_range is None:
+        return True
+    text = if_range.strip()
+    if text.startswith('"'):
+        return text == tag
+    if text.startswith("W/"):
+        return False
+    try:
+        return int(parse_date(text)) == int(mtime)
+    except BadHeader:
+        return False
 
 
 @dataclass(frozen=True)

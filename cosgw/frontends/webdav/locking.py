@@ -4,9 +4,10 @@ method that changes something makes first: its If header (412 when it
 is false), then the lock tokens it must submit (423 Locked without
 them), in that order, as litmus's locks group expects.
 
-A LOCK on a name with nothing there creates an empty file (section 7.3:
-lock-null resources are gone), through the file system's upload like any
-PUT, and answers 201.
+A LOCK needs the upload permission (a read-only user could otherwise keep
+everyone else from writing for an hour).  A LOCK on a name with nothing
+there creates an empty file (section 7.3: lock-null resources are gone),
+through the file system's upload like any PUT, and answers 201.
 """
 
 from __future__ import annotations
@@ -157,6 +158,8 @@ async def lock(call: Call) -> None:
     depth = parse_depth(call.header("Depth"), "infinity")
     if depth == "1":
         raise BadHeader("a lock's Depth is 0 or infinity")
+    # A lock keeps others from writing: only a user who may write takes one.
+    call.fs.require("upload", call.segments)
     if table.conflict(resource, info.scope, depth):
         raise _locked("no-conflicting-lock")
     try:

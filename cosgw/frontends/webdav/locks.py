@@ -84,19 +84,27 @@ class Lock:
 
 
 class LockTable:
-    """Every lock of the gateway's WebDAV listeners."""
+    """
+    Every lock of the gateway's WebDAV listeners, indexed by root: the
+    locks covering a resource are found by its own path's prefixes (a
+    PROPFIND asks for every member it lists), never by a walk of the table.
+    """
 
     def __init__(self, clock: IReactorTime, max_locks: int = MAX_LOCKS) -> None:
         self._clock = clock
         self._max = max_locks
         self._locks: dict[str, Lock] = {}
+        self._roots: dict[ResourceId, dict[str, Lock]] = {}
+
+    def _expired(self, lock: Lock) -> bool:
+        if lock.expires > self._clock.seconds():
+            return False
+        self.remove(lock.token)
+        return True
 
     def _live(self) -> Iterator[Lock]:
-        now = self._clock.seconds()
-        for token, lock in list(self._locks.items()):
-            if lock.expires <= now:
-                del self._locks[token]
-            else:
+        for lock in list(self._locks.values()):
+            if not self._expired(lock):
                 yield lock
 
     def __len__(self) -> int:
@@ -104,14 +112,18 @@ class LockTable:
 
     def get(self, token: str) -> Optional[Lock]:
         lock = self._locks.get(token)
-        if lock is not None and lock.expires <= self._clock.seconds():
-            del self._locks[token]
+        if lock is None or self._expired(lock):
             return None
         return lock
 
     def covering(self, resource: ResourceId) -> list[Lock]:
         """The locks on C{resource} or on a collection holding it (depth infinity)."""
-        return [lock for lock in self._live() if lock.covers(resource)]
+        found = []
+        for end in range(1, len(resource) + 1):
+            for lock in self.on(resource[:end]):
+                if lock.covers(resource):
+                    found.append(lock)
+        return found
 
     def inside(self, resource: ResourceId) -> list[Lock]:
         """The locks on members of C{resource}, at any depth."""
@@ -123,7 +135,10 @@ class LockTable:
 
     def on(self, resource: ResourceId) -> list[Lock]:
         """The locks whose root is C{resource}."""
-        return [lock for lock in self._live() if lock.root == resource]
+        here = self._roots.get(resource)
+        if not here:
+            return []
+        return [lock for lock in list(here.values()) if not self._expired(lock)]
 
     def conflict(self, resource: ResourceId, scope: str, depth: str) -> bool:
         """Whether a new lock would conflict with one held (section 6.1)."""
@@ -149,7 +164,7 @@ class LockTable:
 
         @raise TooManyLocks: the table holds L{MAX_LOCKS}.
         """
-        if len(self) >= self._max:
+        if len(self._locks) >= self._max and len(self) >= self._max:
             raise TooManyLocks(f"{self._max} locks are held; try again later")
         token = f"opaquelocktoken:{uuid.uuid4()}"
         lock = Lock(
@@ -164,6 +179,7 @@ class LockTable:
             user,
         )
         self._locks[token] = lock
+        self._roots.setdefault(resource, {})[token] = lock
         return lock
 
     def refresh(self, lock: Lock, timeout: int) -> None:
@@ -171,13 +187,19 @@ class LockTable:
         lock.expires = self._clock.seconds() + timeout
 
     def remove(self, token: str) -> None:
-        self._locks.pop(token, None)
+        lock = self._locks.pop(token, None)
+        if lock is None:
+            return
+        here = self._roots.get(lock.root, {})
+        here.pop(token, None)
+        if not here:
+            self._roots.pop(lock.root, None)
 
     def drop(self, resource: ResourceId) -> None:
         """The resource (and what it held) is gone: its locks go too."""
         for lock in list(self._live()):
             if _below(lock.root, resource):
-                del self._locks[lock.token]
+                self.remove(lock.token)
 
 
 class DeadProperties:

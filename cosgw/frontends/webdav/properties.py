@@ -6,9 +6,10 @@ opens, the collection's own response goes out, then each page of the
 file system's listing becomes its responses and is written before the
 next page is asked for, the response being the producer's consumer so a
 client that reads slowly pauses the listing.  Memory holds one page
-(1,000 entries) whatever the directory's size.  Depth infinity is refused
-(403 with the propfind-finite-depth precondition, section 9.1): a bucket
-can hold millions of keys.
+(1,000 entries) whatever the directory's size.  Depth infinity (what a
+missing Depth means) is refused on a collection (403 with the
+propfind-finite-depth precondition, section 9.1): a bucket can hold
+millions of keys; on a file it is depth 0.
 
 PROPPATCH sets the time of a file the way FTP's MFMT does, through the
 file system (DAV:getlastmodified, and Windows' Win32LastModifiedTime);
@@ -24,11 +25,7 @@ import mimetypes
 from typing import Optional
 from xml.sax.saxutils import escape
 
-from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IPushProducer
-from zope.interface import implementer
-
-from cosgw.frontends.webdav.answers import Call, HTTPError, respond
+from cosgw.frontends.webdav.answers import Call, HTTPError, Pacer, respond
 from cosgw.frontends.webdav.headers import (
     BadHeader,
     entity_tag,
@@ -54,7 +51,6 @@ from cosgw.frontends.webdav.xmlbody import (
     response,
 )
 from cosgw.interfaces import Entry
-from cosgw.vfs import TransferStopped
 
 __all__ = ["live_properties", "propfind", "proppatch"]
 
@@ -112,52 +108,23 @@ def _response(call: Call, segments: list[str], entry: Entry, find: PropFind) -> 
     return response(where, [(200, found), (404, missing)])
 
 
-@implementer(IPushProducer)
-class _Pacer:
-    """The response's producer: the listing waits while it is paused."""
-
-    def __init__(self) -> None:
-        self._paused = False
-        self._stopped = False
-        self._waiting: Optional[Deferred[None]] = None
-
-    def pauseProducing(self) -> None:
-        self._paused = True
-
-    def resumeProducing(self) -> None:
-        self._paused = False
-        waiting, self._waiting = self._waiting, None
-        if waiting is not None:
-            waiting.callback(None)
-
-    def stopProducing(self) -> None:
-        self._stopped = True
-        self.resumeProducing()
-
-    async def ready(self) -> None:
-        """Returns once the client can take more; raises when it went."""
-        if self._paused and not self._stopped:
-            self._waiting = Deferred()
-            await self._waiting
-        if self._stopped:
-            raise TransferStopped("the client went away")
-
-
 async def propfind(call: Call) -> None:
     """PROPFIND of depth 0 or 1, streamed; see the module."""
     depth = parse_depth(call.header("Depth"), "infinity")
-    if depth == "infinity":
+    find = parse_propfind(parse(call.body()))
+    fs, request = call.fs, call.request
+    entry = await fs.stat(call.segments)
+    if depth == "infinity" and entry.is_dir:
+        # A file's infinity is its depth 0 (clients that leave Depth out,
+        # which means infinity, ask about files that way).
         raise HTTPError(
             403,
             "Depth: infinity is not served; ask for depth 1",
             body=error_body("propfind-finite-depth"),
         )
-    find = parse_propfind(parse(call.body()))
-    fs, request = call.fs, call.request
-    entry = await fs.stat(call.segments)
     request.setResponseCode(207)
     request.setHeader(b"Content-Type", b"application/xml; charset=utf-8")
-    pacer = _Pacer()
+    pacer = Pacer()
     request.registerProducer(pacer, True)
     try:
         request.write(multistatus_open() + _response(call, call.segments, entry, find))
@@ -169,7 +136,7 @@ async def propfind(call: Call) -> None:
     request.finish()
 
 
-async def _members(call: Call, find: PropFind, pacer: _Pacer) -> None:
+async def _members(call: Call, find: PropFind, pacer: Pacer) -> None:
     """Each page of the collection's listing, written as it comes."""
     listing = call.fs.listing(call.segments)
     try:

@@ -9,7 +9,8 @@ each piece of the body is written into the upload as the channel reads it:
 
   1. While the login and the open are under way, the socket is not read
      (the channel's input is held); what one read already brought waits
-     in a short list.
+     in a short list.  A client that sent C{Expect: 100-continue} is told
+     to go on only now, once the PUT may be stored.
   2. Once open, the upload is the consumer of the connection: the upload
      pauses it (the input held) while its parts in flight are full or the
      user is over their rate, so memory stays (parts in flight + 1) x part
@@ -81,15 +82,21 @@ class PutBody:
         length: Optional[int],
         begin: Callable[[DAVRequest, Optional[int]], Awaitable[tuple[IUpload, Any]]],
         status_for: Callable[[BaseException], tuple[int, str]],
+        size_hint: Optional[int] = None,
     ) -> None:
         """
-        @param begin: logs the request in and opens its upload: fires with
-            (the upload, what the resource needs to answer).
+        @param length: the body's Content-Length; None when chunked.
+        @param begin: logs the request in and opens its upload (given the
+            size hint): fires with (the upload, what the resource needs to
+            answer).
         @param status_for: the status and text an error is answered with.
+        @param size_hint: the file's size as the client announced it, if
+            not by Content-Length: never taken as the body's end.
         """
         self.request = request
         self.channel: DAVChannel = request.channel
         self.length = length
+        self.size_hint = length if size_hint is None else size_hint
         self.received = 0
         self.upload: Optional[IUpload] = None
         self.answer: Any = None
@@ -97,6 +104,8 @@ class PutBody:
         self.complete = False
         self.gone = False
         self._pending: list[bytes] = []
+        #: The client waits for "100 Continue" before sending the body.
+        self._continue = False
         self._status_for = status_for
         self._input = _Input(self)
         self.channel.hold_input(self, True)
@@ -107,7 +116,7 @@ class PutBody:
         begin: Callable[[DAVRequest, Optional[int]], Awaitable[tuple[IUpload, Any]]],
     ) -> Any:
         try:
-            upload, answer = await begin(self.request, self.length)
+            upload, answer = await begin(self.request, self.size_hint)
         except Exception as e:
             self._refused(e)
             return None
@@ -120,7 +129,18 @@ class PutBody:
         for data in pending:
             upload.write(data)
         self.channel.hold_input(self, False)
+        if self._continue:
+            self._continue = False
+            if not self.complete:
+                self.channel.send_continue()
         return answer
+
+    def expect_continue(self) -> None:
+        """The client sent C{Expect: 100-continue}: answer it once open."""
+        if self.upload is not None:
+            self.channel.send_continue()
+        elif self.error is None and not self.gone:
+            self._continue = True
 
     def _refused(self, error: BaseException) -> None:
         """No upload: drop the body; answer now unless it is all in."""
@@ -129,7 +149,8 @@ class PutBody:
         self.channel.hold_input(self, False)
         if not self.complete and not self.gone:
             status, text = self._status_for(error)
-            self.channel.close_with(status, text, f"PUT refused: {text}")
+            headers = getattr(error, "headers", None)
+            self.channel.close_with(status, text, f"PUT refused: {text}", headers)
 
     # -- what Twisted's request does with its content -------------------------
 

@@ -12,7 +12,8 @@ need a bridge back to the reactor.  Our file system is already Deferred
 based and already streams with backpressure; the protocol on top of it is
 this package.
 
-OPTIONS, GET, HEAD, PUT, DELETE and MKCOL are here; PROPFIND and
+OPTIONS, GET, HEAD, PUT, DELETE and MKCOL are here (a collection's page
+for browsers in L{cosgw.frontends.webdav.index}); PROPFIND and
 PROPPATCH in L{cosgw.frontends.webdav.properties}, COPY and MOVE in
 L{cosgw.frontends.webdav.copymove}, LOCK and UNLOCK in
 L{cosgw.frontends.webdav.locking}.
@@ -32,7 +33,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from cosgw.escaping import for_log
-from cosgw.frontends.webdav import copymove, locking, properties
+from cosgw.frontends.webdav import copymove, index, locking, properties
 from cosgw.frontends.webdav.answers import (
     Call,
     HTTPError,
@@ -48,8 +49,11 @@ from cosgw.frontends.webdav.headers import (
     Unsatisfiable,
     entity_tag,
     http_date,
+    parse_date,
     parse_range,
     path_segments,
+    range_applies,
+    request_path,
     satisfy,
 )
 from cosgw.frontends.webdav.locks import DeadProperties, LockTable
@@ -125,7 +129,7 @@ class DAVServer:
             path = (request.path or request.target).decode("ascii")
         except UnicodeDecodeError:
             raise BadHeader("the path is not ASCII (percent-encode it)") from None
-        return Call(self, request, fs, path_segments(path))
+        return Call(self, request, fs, path_segments(request_path(path)))
 
     def _answer_error(self, request: DAVRequest, error: BaseException) -> None:
         status, text = status_for(error)
@@ -168,30 +172,87 @@ class DAVServer:
 
     async def get(self, call: Call) -> None:
         """
-        GET (a whole file, or one byte range: 206, 416) streamed from the
-        store into the response with backpressure; HEAD from a stat.
+        GET: a file streamed from the store with backpressure (one byte
+        range: 206, 416; If-Range honoured), or a collection's page
+        (L{index}).  HEAD: the same headers, from a stat.  The conditions
+        (If-Match, If-None-Match, If-Modified-Since) are checked on a stat
+        before any GET of the store, so a 304 costs no download.
         """
         request = call.request
-        if request.method == b"HEAD":
+        conditional = any(
+            call.header(h) is not None
+            for h in ("If-Match", "If-None-Match", "If-Modified-Since")
+        )
+        if request.method == b"HEAD" or conditional:
             entry = await call.fs.stat(call.segments)
-            self._file_headers(request, entry)
-            if not entry.is_dir:
-                request.setHeader(b"Content-Length", b"%d" % entry.size)
-            request.finish()
-            return
-        spec = None
+            if not self._preconditions(call, entry):
+                return
+            if request.method == b"HEAD":
+                self._head(request, entry)
+                return
         text = call.header("Range")
-        if text is not None and call.header("If-Range") is None:
-            spec = parse_range(text)
+        spec = parse_range(text) if text is not None else None
         try:
-            reader, chosen = await self._open(call, spec)
+            reader, chosen = await self._open_ranged(call, spec)
         except IsADirectory:
-            respond(request, 200, "this is a collection: list it with PROPFIND")
+            await index.send_index(call, await call.fs.stat(call.segments))
             return
         try:
             await self._send(call, reader, chosen)
         finally:
             reader.close()
+
+    def _preconditions(self, call: Call, entry: Entry) -> bool:
+        """
+        RFC 9110 section 13.2.2's order: If-Match (412), then If-None-Match
+        or, without it, If-Modified-Since (304, answered here: False).
+        """
+        tag = entity_tag(entry)
+        if not entry.is_dir and not _match(call.header("If-Match"), tag):
+            raise HTTPError(412, "the file's entity tag does not match")
+        none_match = call.header("If-None-Match")
+        if none_match is not None:
+            unchanged = not entry.is_dir and _none_match(none_match, tag)
+        else:
+            unchanged = _not_modified_since(call.header("If-Modified-Since"), entry)
+        if unchanged:
+            headers = {"Last-Modified": http_date(entry.mtime)}
+            if not entry.is_dir:
+                headers["ETag"] = tag
+            respond(call.request, 304, headers=headers)
+        return not unchanged
+
+    def _head(self, request: DAVRequest, entry: Entry) -> None:
+        if entry.is_dir:
+            index.page_headers(request, entry)
+        else:
+            self._file_headers(request, entry)
+            request.setHeader(b"Content-Length", b"%d" % entry.size)
+        request.finish()
+
+    async def _open_ranged(
+        self, call: Call, spec: Optional[tuple[Optional[int], Optional[int]]]
+    ) -> tuple[Any, Optional[ByteRange]]:
+        """
+        The reader of the range, or of the whole file when there is no
+        range or If-Range names another version (RFC 9110 section 13.1.5:
+        the range is served only for the version the client holds).
+        """
+        if_range = call.header("If-Range")
+        try:
+            reader, chosen = await self._open(call, spec)
+        except HTTPError as e:
+            if e.status != 416 or if_range is None:
+                raise
+            reader, chosen = await self._open(call, None)
+            if _range_holds(if_range, reader.entry):
+                reader.close()
+                raise
+            return reader, None
+        if chosen is not None and not _range_holds(if_range, reader.entry):
+            reader.close()
+            return await self._open(call, None)
+        return reader, chosen
 
     async def _open(
         self, call: Call, spec: Optional[tuple[Optional[int], Optional[int]]]
@@ -224,14 +285,7 @@ class DAVServer:
 
     async def _send(self, call: Call, reader: Any, chosen: Optional[ByteRange]) -> None:
         request = call.request
-        entry = reader.entry
-        tag = entity_tag(entry)
-        if _none_match(call.header("If-None-Match"), tag):
-            respond(request, 304, headers={"ETag": tag})
-            return
-        if not _match(call.header("If-Match"), tag):
-            raise HTTPError(412, "the file's entity tag does not match")
-        self._file_headers(request, entry)
+        self._file_headers(request, reader.entry)
         if chosen is not None:
             request.setResponseCode(206)
             request.setHeader(b"Content-Range", chosen.content_range().encode("ascii"))
@@ -243,19 +297,33 @@ class DAVServer:
         request.finish()
 
     def _file_headers(self, request: DAVRequest, entry: Entry) -> None:
+        """
+        A file's headers, GET's and HEAD's alike.  A file is shown in a
+        sandbox (no script of an uploaded HTML file runs with the
+        gateway's origin, where the browser holds the user's password),
+        its type never sniffed.
+        """
         request.setHeader(b"Last-Modified", http_date(entry.mtime).encode("ascii"))
-        if entry.is_dir:
-            return
         request.setHeader(b"ETag", entity_tag(entry).encode("ascii"))
         request.setHeader(b"Accept-Ranges", b"bytes")
         kind = mimetypes.guess_type(entry.name)[0] or "application/octet-stream"
         request.setHeader(b"Content-Type", kind.encode("ascii"))
+        request.setHeader(b"Content-Security-Policy", b"sandbox")
+        request.setHeader(b"X-Content-Type-Options", b"nosniff")
 
     # -- PUT ------------------------------------------------------------------------
 
     def put_body(self, request: DAVRequest, length: Optional[int]) -> PutBody:
-        """A PUT's body, from the request's C{gotLength} (L{PutBody})."""
-        return PutBody(request, length, self._open_upload, status_for)
+        """
+        A PUT's body, from the request's C{gotLength} (L{PutBody}).  A
+        chunked body's size is unknown, but macOS Finder says it in
+        C{X-Expected-Entity-Length}: the upload's size hint (its parts).
+        """
+        hint = length
+        expected = request.getHeader(b"x-expected-entity-length")
+        if length is None and expected is not None and expected.strip().isdigit():
+            hint = int(expected)
+        return PutBody(request, length, self._open_upload, status_for, hint)
 
     async def _open_upload(
         self, request: DAVRequest, length: Optional[int]
@@ -332,6 +400,20 @@ def _unsatisfiable(size: int) -> HTTPError:
     return HTTPError(
         416, "the range holds no byte of the file", {"Content-Range": f"bytes */{size}"}
     )
+
+
+def _range_holds(if_range: Optional[str], entry: Entry) -> bool:
+    return range_applies(if_range, entity_tag(entry), entry.mtime)
+
+
+def _not_modified_since(text: Optional[str], entry: Entry) -> bool:
+    """If-Modified-Since names a time at or after the resource's."""
+    if text is None:
+        return False
+    try:
+        return int(entry.mtime) <= int(parse_date(text))
+    except BadHeader:
+        return False  # an invalid date is ignored (RFC 9110 13.1.3)
 
 
 def _tags(text: str) -> list[str]:
