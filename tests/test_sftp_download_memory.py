@@ -19,10 +19,9 @@ from typing import Any, Optional
 
 import paramiko
 from twisted.internet import defer, reactor, task
-from twisted.internet.abstract import FileDescriptor
 from twisted.trial.unittest import TestCase
 
-from cosgw.frontends.sftp.flow import RequestGate
+from cosgw.frontends.sftp.flow import OUTPUT_LIMIT, RequestGate
 from tests.harness import PASSWORD, MiB, in_thread, random_bytes, start_gateway
 
 KiB = 1024
@@ -141,7 +140,7 @@ class DownloadMemoryTests(TestCase):
         # Encrypted bytes: the TCP limit, passed by at most the packets of
         # one reply written before the transport said it was full.
         self.assertTrue(held.tcp_full, "the TCP buffer never filled: not tested")
-        self.assertLessEqual(held.tcp, FileDescriptor.bufferSize + 2 * PACKET)
+        self.assertLessEqual(held.tcp, OUTPUT_LIMIT + 2 * PACKET)
         # The reader: the chunks the promised reads span, the chunk before
         # them (the last read's bytes), and two chunks read ahead.
         span = gate.high_water + READ
