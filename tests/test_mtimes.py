@@ -138,6 +138,29 @@ class MarkerLifeTests(FileSystemTestCase):
             [("a", 1000.0), ("s", 0.0)],
         )
 
+    def test_a_read_shows_the_time_a_client_set(self) -> None:
+        """
+        A file read (GET) before its directory's markers are known does not
+        teach the session the store's time as the file's: the stat after
+        it asks for the markers alone (no second HEAD) and shows the time a
+        client set.  Once they are known, a read shows that time itself.
+        """
+        self.put("f", b"data")
+        self.ok(self.fs.set_mtime(["f"], 1000.0))
+        self.clock.advance(timecache.TIMES_TTL + 1)  # nothing known any more
+        fresh = self.make_fs()
+        self.store.reset_requests()
+        reader = self.ok(fresh.open_reader(["f"]))
+        reader.close()
+        self.assertRequests(open=1)
+        self.assertEqual(self.ok(fresh.stat(["f"])).mtime, 1000.0)
+        self.assertRequests(list=1)
+        self.assertEqual(self.ok(fresh.stat(["f"])).mtime, 1000.0)
+        self.assertRequests()
+        reader = self.ok(fresh.open_reader(["f"]))
+        reader.close()
+        self.assertEqual(reader.entry.mtime, 1000.0)
+
     def test_upload_makes_a_marker_stale(self) -> None:
         self.put("f", b"1")
         self.ok(self.fs.set_mtime(["f"], 1000.0))

@@ -47,6 +47,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
 from cosgw.interfaces import Entry, IObjectStore, NoSuchKey
+from cosgw.vfs import mtimes
 from cosgw.vfs.errors import NotFound
 from cosgw.vfs.knowing import knowledge_of
 from cosgw.vfs.names import display
@@ -171,6 +172,10 @@ async def stat_entry(
     sighting = known.lookup(key) if known is not None else None
     if sighting is not None and sighting.exact:
         entry = sighting.entry
+    elif sighting is not None and sighting.found is not None and with_time:
+        # A file this session read a moment ago: only the markers of client
+        # times are missing from what it knows.
+        return await mtimes.found_entry(fs, segments, sighting.found)
     else:
         at = known.stamp() if known is not None else None
         try:

@@ -116,9 +116,9 @@ class ObjectFileSystem(Auditing):
         """
         #: What this session knows of names, taught by each of its requests.
         self.known = SessionKnowledge(clock)
-        self.store: IObjectStore = KnowingStore(store, self.known)
         #: The times clients set, as markers under the metadata prefix.
         self.times = mtimes.Times(store, metadata_prefix, clock)
+        self.store: IObjectStore = KnowingStore(store, self.known, self.times)
         self.session = session
         self.prefix = home_prefix(home)
         self.permissions = frozenset(permissions)

@@ -26,19 +26,39 @@ from cosgw.interfaces import (
     PendingUpload,
 )
 from cosgw.vfs.knowledge import SessionKnowledge, Sighting, changes_of, split_key
-from cosgw.vfs.mtimes import client_mtime
+from cosgw.vfs.mtimes import Times, client_mtime, read_time
 
 __all__ = ["KnowingStore", "knowledge_of"]
 
 
 def _file(info: ObjectInfo, metadata: Optional[Mapping[str, str]] = None) -> Sighting:
-    """A file the session wrote or read: exact when the store gave its time."""
+    """
+    A file the session wrote: exact when the store gave its time (a new
+    object: no earlier marker of a client's time applies to it).
+    """
     if metadata is not None:
         info = replace(info, metadata=dict(metadata))
     name = split_key(info.key)[1]
     mtime = client_mtime(info)
     entry = Entry(name, False, info.size, mtime, info.crc64)
     return Sighting(entry, exact=mtime > 0)
+
+
+def _found(times: Optional[Times]) -> Callable[[ObjectInfo], Sighting]:
+    """
+    How a file the session read (HEAD, GET) teaches it: exact only when
+    the markers of client times in its directory are known, since a marker
+    may hold the file's time (L{cosgw.vfs.mtimes.read_time}).
+    """
+
+    def sighting(info: ObjectInfo) -> Sighting:
+        mtime, exact = read_time(times, info)
+        entry = Entry(split_key(info.key)[1], False, info.size, mtime, info.crc64)
+        if exact:
+            return Sighting(entry, exact=mtime > 0)
+        return Sighting(entry, exact=False, found=info)
+
+    return sighting
 
 
 class _Shared:
@@ -81,9 +101,16 @@ class KnowingStore:
     indexed by store, sees one store whichever session asks.
     """
 
-    def __init__(self, store: IObjectStore, known: SessionKnowledge) -> None:
+    def __init__(
+        self, store: IObjectStore, known: SessionKnowledge, times: Optional[Times] = None
+    ) -> None:
+        """
+        @param times: the markers of client times of C{store}, which say
+            whether a file read is known with its time.
+        """
         self.store = store
         self.known = known
+        self._found = _found(times)
         known.changes = changes_of(store)
         self.description = store.description
         #: HEADs and LISTs on their way, by question.
@@ -112,7 +139,9 @@ class KnowingStore:
                 if at is None:
                     self.known.changed(key, sighting.entry, sighting.exact)
                 else:
-                    self.known.learn(key, sighting.entry, sighting.exact, at)
+                    self.known.learn(
+                        key, sighting.entry, sighting.exact, at, sighting.found
+                    )
             return result
 
         def failed(failure: Failure) -> Failure:
@@ -142,7 +171,7 @@ class KnowingStore:
 
     def head(self, key: str) -> Deferred[ObjectInfo]:
         d, at = self._asked(("head", key), lambda: self.store.head(key))
-        return self._learn(d, key, _file, at)
+        return self._learn(d, key, self._found, at)
 
     def list(
         self, prefix: str, delimiter: str = "/", marker: str = "", max_keys: int = 1000
@@ -167,7 +196,7 @@ class KnowingStore:
         return self._learn(
             self.store.open(key, offset, end),
             key,
-            lambda source: _file(source.info),
+            lambda source: self._found(source.info),
             at,
         )
 

@@ -51,7 +51,7 @@ from typing import Optional
 
 from twisted.internet.interfaces import IReactorTime
 
-from cosgw.interfaces import Entry, ListPage
+from cosgw.interfaces import Entry, ListPage, ObjectInfo
 from cosgw.vfs.names import is_hidden_key
 
 __all__ = [
@@ -93,6 +93,10 @@ class Sighting:
 
     entry: Optional[Entry]
     exact: bool
+    #: A file read (HEAD, GET) before the markers of client times in its
+    #: directory were known: what the store said of it, so that a stat
+    #: needs only those markers, not another HEAD.
+    found: Optional[ObjectInfo] = None
 
 
 @dataclass
@@ -271,11 +275,17 @@ class SessionKnowledge:
     # -- learning -------------------------------------------------------------
 
     def learn(
-        self, key: str, entry: Optional[Entry], exact: bool, at: tuple[int, float]
+        self,
+        key: str,
+        entry: Optional[Entry],
+        exact: bool,
+        at: tuple[int, float],
+        found: Optional[ObjectInfo] = None,
     ) -> None:
         """
         C{entry} (None: nothing) is at C{key}, as of the request or change
-        stamped C{at}; newer knowledge of the name stands.
+        stamped C{at}; newer knowledge of the name stands.  C{found}: see
+        L{Sighting.found}.
         """
         if self._clock is None or is_hidden_key(key):
             return
@@ -283,7 +293,7 @@ class SessionKnowledge:
         known = self._names.get(key)
         if known is not None and known.order > order:
             return
-        self._names[key] = _Known(Sighting(entry, exact), order, seen)
+        self._names[key] = _Known(Sighting(entry, exact, found), order, seen)
         self._names.move_to_end(key)
         while len(self._names) > MAX_NAMES:
             self._names.popitem(last=False)

@@ -164,6 +164,21 @@ def newest(markers: Iterable[Marker], info: ObjectInfo) -> Optional[Marker]:
     return max(applying, key=lambda m: (m.stored, m.key), default=None)
 
 
+def read_time(times: Optional[Times], info: ObjectInfo) -> tuple[float, bool]:
+    """
+    The time of the file a HEAD or GET found, and whether it is the file's
+    for sure: the newest applying marker's when this process knows the
+    markers of its directory (L{Times.known}), else the object's own
+    (metadata, or the store's time), which a marker not yet seen may
+    override: not exact, so a stat still asks.
+    """
+    known = times.known(info.key) if times is not None else None
+    if known is None:
+        return client_mtime(info), False
+    applied = newest(known, info)
+    return (applied.when if applied else client_mtime(info)), True
+
+
 async def head_entry(
     fs: ObjectFileSystem, segments: Sequence[str], with_time: bool = True
 ) -> Entry:
@@ -181,9 +196,26 @@ async def head_entry(
     applied = newest(markers, info)
     mtime = applied.when if applied else client_mtime(info)
     entry = Entry(segments[-1], False, info.size, mtime, info.crc64)
-    if applied is not None:
-        # The HEAD taught the session the store's time; this is the file's.
+    if with_time:
+        # The HEAD alone taught the session a time a marker may override;
+        # with the markers read, this is the file's.
         fs.known.learn(key, entry, True, fs.known.stamp())
+    return entry
+
+
+async def found_entry(
+    fs: ObjectFileSystem, segments: Sequence[str], info: ObjectInfo
+) -> Entry:
+    """
+    A stat of a file the session has just read (L{Sighting.found}): its
+    markers (known, or one LIST for its directory) and what the read said.
+    """
+    key = fs.key(segments)
+    at = fs.known.stamp()
+    applied = newest(await fs.times.markers(key), info)
+    mtime = applied.when if applied else client_mtime(info)
+    entry = Entry(segments[-1], False, info.size, mtime, info.crc64)
+    fs.known.learn(key, entry, True, at)
     return entry
 
 

@@ -36,7 +36,7 @@ from cosgw.transfer.reader import TooManyReads
 from cosgw.transfer.settings import MiB
 from cosgw.vfs.errors import NotSupported, translate
 from cosgw.vfs.metering import READ, Meter, SendMeter
-from cosgw.vfs.mtimes import client_mtime
+from cosgw.vfs.mtimes import read_time
 from cosgw.vfs.names import display
 
 if TYPE_CHECKING:
@@ -67,9 +67,11 @@ class Reader:
         self.segments = list(segments)
         self.path = display(segments)
         info = source.info
-        self.entry = Entry(
-            self.segments[-1], False, info.size, client_mtime(info), info.crc64
-        )
+        # The time a client set, when this process knows the directory's
+        # markers (a stat before the open, as clients do); else the
+        # object's own.
+        mtime, _ = read_time(fs.times, info)
+        self.entry = Entry(self.segments[-1], False, info.size, mtime, info.crc64)
         self._info = info
         self.offset: int = source.offset
         self.length: int = source.length
