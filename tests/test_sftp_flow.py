@@ -26,7 +26,14 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from cosgw.frontends.sftp.flow import ChunkQueue, RequestGate
+from cosgw.frontends.sftp.flow import (
+    OUTPUT_FLOOR,
+    OUTPUT_LIMIT,
+    OUTPUT_TOTAL,
+    ChunkQueue,
+    OutputWatch,
+    RequestGate,
+)
 from cosgw.frontends.sftp.protocol import MAX_SFTP_PACKET, FileTransfer
 from cosgw.frontends.sftp.session import (
     SESSION_WINDOW,
@@ -129,6 +136,90 @@ class RequestGateTests(SynchronousTestCase):
 # --------------------------------------------------------------------------
 # A session channel and an SFTP session over a recording SSH transport
 # --------------------------------------------------------------------------
+
+
+class WatchedSSH:
+    """An SSH transport as L{OutputWatch} sees it: what it was told."""
+
+    def __init__(self) -> None:
+        self.transport = SimpleNamespace(SEND_LIMIT=128 * KiB, bufferSize=64 * KiB)
+        self.factory: Any = None
+        self.changes: list[bool] = []
+        self.released = False
+
+    def output_changed(self, full: bool) -> None:
+        self.changes.append(full)
+
+    def release_write_side(self) -> None:
+        self.released = True
+
+
+class OutputWatchTests(SynchronousTestCase):
+    """
+    Full once Twisted paused the producer (its buffer passed its own 64 KiB)
+    and more than the limit was written since the buffer was last empty.
+    """
+
+    def test_full_past_limit_while_paused(self) -> None:
+        ssh = WatchedSSH()
+        watch = OutputWatch(ssh)
+        self.assertEqual(watch.limit, OUTPUT_LIMIT)
+        # Reads stay Twisted's size; a full buffer goes in one send.
+        self.assertEqual(ssh.transport.bufferSize, 64 * KiB)
+        self.assertEqual(ssh.transport.SEND_LIMIT, 2 * OUTPUT_LIMIT)
+        watch.wrote(96 * KiB)
+        watch.pauseProducing()  # Twisted: over its 64 KiB
+        self.assertEqual(ssh.changes, [])
+        watch.wrote(OUTPUT_LIMIT - 96 * KiB)
+        self.assertEqual(ssh.changes, [])
+        watch.wrote(32 * KiB)
+        self.assertEqual(ssh.changes, [True])
+        watch.resumeProducing()  # the buffer is empty
+        self.assertEqual(ssh.changes, [True, False])
+        # Counted again from the empty buffer.
+        watch.wrote(OUTPUT_LIMIT)
+        watch.pauseProducing()
+        self.assertEqual(ssh.changes, [True, False])
+        watch.wrote(1)
+        self.assertEqual(ssh.changes, [True, False, True])
+
+    def test_written_without_pause_is_not_full(self) -> None:
+        ssh = WatchedSSH()
+        watch = OutputWatch(ssh, limit=128 * KiB)
+        watch.wrote(1 * MiB)
+        self.assertEqual(ssh.changes, [])
+        # A pause after that many bytes (never empty meanwhile): full at once.
+        watch.pauseProducing()
+        self.assertEqual(ssh.changes, [True])
+
+    def test_connections_share_a_total(self) -> None:
+        """
+        Many connections get less each (one reactor turn encrypts a buffer
+        for each), down to Twisted's 64 KiB; the share is taken again each
+        time the buffer empties.
+        """
+        ssh = WatchedSSH()
+        ssh.factory = SimpleNamespace(connections={object() for _ in range(16)})
+        watch = OutputWatch(ssh)
+        self.assertEqual(watch.share(), OUTPUT_TOTAL // 16)
+        ssh.factory.connections = {object() for _ in range(100)}
+        self.assertEqual(watch.share(), OUTPUT_FLOOR)
+        watch.pauseProducing()
+        watch.wrote(OUTPUT_TOTAL // 16)
+        self.assertEqual(ssh.changes, [])  # the share it had
+        watch.resumeProducing()
+        watch.wrote(OUTPUT_FLOOR + 1)
+        watch.pauseProducing()
+        self.assertEqual(ssh.changes, [False, True])
+
+    def test_resume_while_closing_releases(self) -> None:
+        ssh = WatchedSSH()
+        ssh.transport.disconnecting = True
+        watch = OutputWatch(ssh)
+        watch.pauseProducing()
+        watch.resumeProducing()
+        self.assertTrue(ssh.released)
+        self.assertEqual(ssh.changes, [])
 
 
 class RecordingSSH:

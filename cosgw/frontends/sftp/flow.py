@@ -30,7 +30,7 @@ session does with its connection depends on why it stopped:
 
 Replies are encrypted only as the TCP transport takes them: a channel
 sends nothing while the transport's buffer is over its limit
-(L{OUTPUT_LIMIT}, 256 KiB), and its replies wait unencrypted until the buffer
+(L{OUTPUT_LIMIT}, 256 KiB; L{OutputWatch}), and its replies wait unencrypted until the buffer
 has emptied.  So what a session holds is bounded by its gate: the
 promised and unsent reply bytes (C{high_water}, 512 KiB: enough for a
 download at full speed, measured), the reader's chunks those reads need
@@ -56,14 +56,20 @@ __all__ = ["ChunkQueue", "OutputWatch", "RequestGate"]
 KiB = 1024
 MiB = 1024 * KiB
 
-#: What the SSH transport's TCP transport buffers before it says it is full
-#: (its C{bufferSize}; Twisted's default is 64 KiB).  Each time the buffer
-#: empties the reactor goes round once more (stop writing, resume the
-#: producer, encrypt the next replies, start writing: two epoll_ctl calls
-#: and a poll); at 64 KiB that was about ten rounds per MiB downloaded, at
-#: 256 KiB three (gateway CPU per GB of OpenSSH downloads 2.2 -> 2.0 s).
-#: It is also the size of the transport's reads (fewer per MiB uploaded).
+#: The encrypted bytes an SSH connection may have in its TCP transport's
+#: buffer before it says it is full (L{OutputWatch}), at most, and what all
+#: connections together may have before each gets less (down to Twisted's
+#: 64 KiB).  Each time a buffer empties the reactor goes round once more
+#: (stop writing, resume the producer, encrypt the next replies, start
+#: writing: two epoll_ctl calls and a poll): at 64 KiB about ten rounds per
+#: MiB downloaded, at 256 KiB three (gateway CPU per GB of one OpenSSH
+#: download 2.4 -> 2.1 s).  But one reactor turn encrypts a full buffer
+#: for every connection whose buffer emptied: 32 downloads at 256 KiB each
+#: made another session's NOOP wait 50 ms (p50) instead of 16 ms at 64 KiB;
+#: so the connections share L{OUTPUT_TOTAL}.
 OUTPUT_LIMIT = 256 * KiB
+OUTPUT_TOTAL = 2 * MiB
+OUTPUT_FLOOR = 64 * KiB
 
 
 class ChunkQueue:
@@ -261,27 +267,59 @@ class _Watched(Protocol):
 @implementer(IPushProducer)
 class OutputWatch:
     """
-    The SSH transport's stand-in as its TCP transport's producer: the TCP
-    transport pauses it while its buffer holds more than C{limit}
-    (L{OUTPUT_LIMIT}, set as Twisted's C{bufferSize}, which is also the
-    size of its reads, so how much input one read takes past a hold) and
-    resumes it once the buffer is empty, which sets the SSH transport's
-    C{output_full}.  A send may take twice the limit, so that a full
-    buffer goes in one system call.
+    The SSH transport's stand-in as its TCP transport's producer, which
+    sets the SSH transport's C{output_full}: full once the transport is
+    paused and more than its share of L{OUTPUT_TOTAL} (at most C{limit})
+    was written since its buffer was last empty; no longer full once it is
+    empty.
+
+    Twisted pauses a producer once the buffer holds more than its
+    C{bufferSize}, which is also the size of the transport's reads, so
+    how much input one read takes past a hold: raised to 256 KiB it took
+    32 OpenSSH uploads' peak RSS from 144 to 155 MiB.  So C{bufferSize}
+    stays Twisted's 64 KiB, and the SSH transport reports what it writes
+    (L{wrote}); the bytes written since the buffer was last empty bound
+    what it holds.  A send may take twice the limit, so that a full buffer
+    goes in one system call.
     """
 
     def __init__(self, ssh: _Watched, limit: int = OUTPUT_LIMIT) -> None:
         self._ssh = ssh
+        #: The most, with few connections (L{share}).
+        self.limit = limit
+        self._share = self.share()
+        self._paused = False
+        #: Bytes written since the TCP transport's buffer was last empty
+        #: (as far as the pause and resume tell).
+        self._written = 0
         tcp = ssh.transport
-        if hasattr(tcp, "bufferSize"):
-            tcp.bufferSize = limit
         if hasattr(tcp, "SEND_LIMIT"):
             tcp.SEND_LIMIT = max(tcp.SEND_LIMIT, 2 * limit)
 
+    def share(self) -> int:
+        """
+        This connection's limit: L{OUTPUT_TOTAL} shared by the factory's
+        connections, between L{OUTPUT_FLOOR} and C{limit}.
+        """
+        factory = getattr(self._ssh, "factory", None)
+        connections = len(getattr(factory, "connections", ())) or 1
+        return max(OUTPUT_FLOOR, min(self.limit, OUTPUT_TOTAL // connections))
+
+    def wrote(self, size: int) -> None:
+        """The SSH transport wrote C{size} bytes to the TCP transport."""
+        self._written += size
+        if self._paused and self._written > self._share:
+            self._ssh.output_changed(True)
+
     def pauseProducing(self) -> None:
-        self._ssh.output_changed(True)
+        self._paused = True
+        if self._written > self._share:
+            self._ssh.output_changed(True)
 
     def resumeProducing(self) -> None:
+        self._paused = False
+        self._written = 0
+        self._share = self.share()
         if getattr(self._ssh.transport, "disconnecting", False):
             # Conch closed the socket itself (the client's DISCONNECT): the
             # socket closes only once it has no producer.

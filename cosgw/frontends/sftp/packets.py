@@ -46,7 +46,7 @@ from cosgw.frontends.sftp.aead import (
     GatewayCiphers,
     PacketCipher,
 )
-from cosgw.frontends.sftp.flow import ChunkQueue
+from cosgw.frontends.sftp.flow import ChunkQueue, OutputWatch
 
 __all__ = ["STRICT_KEX_CLIENT", "STRICT_KEX_SERVER", "PacketLayer"]
 
@@ -59,6 +59,10 @@ _MAX_PACKET_LENGTH = 1024 * 1024
 
 _LENGTH = struct.Struct(">L")
 _RANDOM_POOL = 4096
+#: What Conch's packet adds to its payload at most: the length, the
+#: padding length, padding (up to a block and 3 bytes) and a MAC (64 bytes
+#: for hmac-sha2-512).
+_CONCH_OVERHEAD = 4 + 1 + 35 + 64
 
 if TYPE_CHECKING:
     _Transport = transport.SSHTransportBase
@@ -186,6 +190,8 @@ class PacketLayer(_Transport):
         sealer = getattr(self.currentEncryptions, "sealer", None)
         if sealer is None:
             super().sendPacket(messageType, payload)
+            # Conch's packet: at most a block of padding and a MAC more.
+            self._wrote(len(payload) + _CONCH_OVERHEAD)
         else:
             self.send_parts(messageType, (payload,))
         if messageType == transport.MSG_NEWKEYS and self.strict_kex:
@@ -220,8 +226,19 @@ class PacketLayer(_Transport):
                 (bytes((padding, messageType)), *parts, self._random(padding))
             )
             assert self.transport is not None
-            self.transport.writeSequence(sealer.seal(self.outgoingPacketSequence, body))
+            packet = sealer.seal(self.outgoingPacketSequence, body)
+            self.transport.writeSequence(packet)
             self.outgoingPacketSequence += 1
+            self._wrote(sum(len(piece) for piece in packet))
+
+    def _wrote(self, size: int) -> None:
+        """
+        Tell the transport's L{OutputWatch} (the gateway's transport has
+        one) that C{size} more bytes wait in the TCP transport's buffer.
+        """
+        watch: Optional[OutputWatch] = getattr(self, "_write_side", None)
+        if watch is not None:
+            watch.wrote(size)
 
     def _random(self, n: int) -> bytes:
         """
