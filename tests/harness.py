@@ -185,6 +185,23 @@ class Gateway:
         return self.service.stores["store"]
 
 
+
+def plain_user(name: str, **rules: Any) -> UserConfig:
+    """
+    A user of the store with the test password, stored plain (no scrypt per
+    login), home the whole store, every permission unless C{rules} say
+    otherwise.
+    """
+    settings: dict[str, Any] = {
+        "password": PASSWORD,
+        "password_is_hashed": False,
+        "storage": "store",
+        "home": "",
+        "permissions": ALL_PERMISSIONS,
+        **rules,
+    }
+    return UserConfig(name=name, **settings)
+
 def start_gateway(
     testcase: Any,
     kind: str,

@@ -35,27 +35,20 @@ from twisted.internet.task import deferLater
 from twisted.trial import unittest
 
 from cosgw.audit import AUDIT_NAMESPACE, audit_fields
-from cosgw.config import ALL_PERMISSIONS, UserConfig
 from cosgw.frontends.ftp.tls import generate_self_signed
-from tests.harness import PASSWORD, MiB, in_thread, random_bytes, start_gateway
+from tests.harness import (
+    PASSWORD,
+    MiB,
+    in_thread,
+    plain_user,
+    random_bytes,
+    start_gateway,
+)
 from tests.logevents import LogEvents
 from tests.test_ftp_resume import interrupted_stor
 
 #: Bound on any one wait or client run.
 BOUND = 30.0
-
-
-def plain_user(name: str, **rules: Any) -> UserConfig:
-    """A user with the test password, stored plain (no scrypt per login)."""
-    return UserConfig(
-        name=name,
-        password=PASSWORD,
-        password_is_hashed=False,
-        storage="store",
-        home="",
-        permissions=ALL_PERMISSIONS,
-        **rules,
-    )
 
 
 class AuditLog:

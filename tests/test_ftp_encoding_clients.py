@@ -23,8 +23,8 @@ from twisted.internet import defer
 from twisted.logger import LogLevel
 from twisted.trial import unittest
 
-from cosgw.config import ALL_PERMISSIONS, UserConfig
-from tests.harness import in_thread, random_bytes, start_gateway
+from cosgw.config import UserConfig
+from tests.harness import in_thread, plain_user, random_bytes, start_gateway
 from tests.logevents import LogEvents
 
 PASSWORD = "enc-Passw0rd"
@@ -37,15 +37,7 @@ KOREAN = "한국어.txt"
 
 
 def user(name: str, encoding: str | None = None) -> UserConfig:
-    return UserConfig(
-        name=name,
-        password=PASSWORD,
-        password_is_hashed=False,
-        storage="store",
-        home="",
-        permissions=ALL_PERMISSIONS,
-        ftp_encoding=encoding,
-    )
+    return plain_user(name, password=PASSWORD, ftp_encoding=encoding)
 
 
 def connect(port: int, encoding: str, name: str = "alice") -> ftplib.FTP:

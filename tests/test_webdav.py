@@ -14,9 +14,8 @@ from typing import Any
 
 from twisted.internet import defer
 
-from cosgw.config import ALL_PERMISSIONS, UserConfig
 from tests.davtesting import DAVCase, until
-from tests.harness import PASSWORD, MiB, in_thread, random_bytes
+from tests.harness import PASSWORD, MiB, in_thread, plain_user, random_bytes
 
 
 def _tree(root: Any) -> dict[str, str]:
@@ -162,21 +161,10 @@ class RuleTests(DAVCase):
     @defer.inlineCallbacks
     def test_read_only_user_and_quota(self) -> Any:
         users = {
-            "alice": UserConfig(
-                name="alice",
-                password=PASSWORD,
-                password_is_hashed=False,
-                storage="store",
-                home="",
-                permissions=ALL_PERMISSIONS,
-                quota_bytes=1000,
-            ),
-            "reader": UserConfig(
-                name="reader",
+            "alice": plain_user("alice", quota_bytes=1000),
+            "reader": plain_user(
+                "reader",
                 password="reader-pass",
-                password_is_hashed=False,
-                storage="store",
-                home="",
                 permissions=frozenset({"list", "download"}),
             ),
         }

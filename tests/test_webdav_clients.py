@@ -16,9 +16,9 @@ from urllib.parse import quote
 
 from twisted.internet import defer
 
-from cosgw.config import ALL_PERMISSIONS, UserConfig
+from cosgw.config import UserConfig
 from tests.davtesting import DAVCase, basic, head_request, status_of, until
-from tests.harness import PASSWORD, in_thread
+from tests.harness import PASSWORD, in_thread, plain_user
 
 WIN = {"User-Agent": "Microsoft-WebDAV-MiniRedir/10.0.19045"}
 FINDER = {"User-Agent": "WebDAVFS/3.0.0 (03008000) Darwin/22.1.0 (arm64)"}
@@ -40,25 +40,8 @@ WIN32_TIMES = (
 
 def _users() -> dict[str, UserConfig]:
     """alice and bob share the bucket; reader may only read it."""
-    users = {
-        name: UserConfig(
-            name=name,
-            password=PASSWORD,
-            password_is_hashed=False,
-            storage="store",
-            home="",
-            permissions=ALL_PERMISSIONS,
-        )
-        for name in ("alice", "bob")
-    }
-    users["reader"] = UserConfig(
-        name="reader",
-        password=PASSWORD,
-        password_is_hashed=False,
-        storage="store",
-        home="",
-        permissions=frozenset({"list", "download"}),
-    )
+    users = {name: plain_user(name) for name in ("alice", "bob")}
+    users["reader"] = plain_user("reader", permissions=frozenset({"list", "download"}))
     return users
 
 
