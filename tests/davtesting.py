@@ -10,34 +10,19 @@ import http.client
 import os
 import socket
 import subprocess
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional
 
-from twisted.internet import defer, reactor
-from twisted.internet.task import deferLater
+from twisted.internet import defer
 from twisted.trial import unittest
 
 from tests.harness import PASSWORD, Gateway, in_thread, start_gateway
 from tests.logevents import LogEvents
 from tests.processtesting import scratch
+from tests.test_audit_protocols import until
 
 #: Seconds any one client call may take.
 BOUND = 60.0
-
-
-def until(predicate: Callable[[], Any], what: str, bound: float = BOUND) -> Any:
-    """Fire once C{predicate()} holds, polled on the reactor; fail at the bound."""
-
-    @defer.inlineCallbacks
-    def poll() -> Any:
-        deadline = reactor.seconds() + bound
-        while not predicate():
-            if reactor.seconds() > deadline:
-                raise AssertionError(f"timed out waiting for {what}")
-            yield deferLater(reactor, 0.02, lambda: None)
-
-    return poll()
 
 
 class Reply:
