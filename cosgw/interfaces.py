@@ -144,6 +144,14 @@ class KeyConflict(StoreError):
     """
 
 
+class KeyRefused(StoreError):
+    """
+    The store cannot hold a key of this form whatever is there: only a
+    store with file-system limits raises it (a local directory's longest
+    name, 255 bytes on most file systems).
+    """
+
+
 class StoreUnavailable(StoreError):
     """The store could not be reached or refused to serve (5xx, network)."""
 

@@ -347,6 +347,35 @@ class TransferTestsMixin:
 class LocalTransferTests(TransferTestsMixin, unittest.TestCase):
     kind = "local"
 
+    @defer.inlineCallbacks
+    def test_name_too_long_for_the_directory(self) -> Any:
+        """
+        A name longer than the local directory can hold (255 bytes) gets
+        553 with what is wrong, not a storage error; the session goes on.
+        """
+        long = "报" * 86
+
+        def run() -> tuple[str, str]:
+            ftp = connect(self.gw)
+            try:
+                ftp.storbinary(f"STOR {long}", io.BytesIO(b"x"))
+            except ftplib.error_perm as e:
+                refused = str(e)
+            else:
+                refused = "stored"
+            ftp.storbinary("STOR ok.txt", io.BytesIO(b"x"))
+            after = ftp.sendcmd("SIZE ok.txt")
+            ftp.quit()
+            return refused, after
+
+        refused, after = yield in_thread(run)
+        self.assertEqual(
+            refused,
+            f"553 /{long}: a name longer than 255 bytes, which this directory"
+            " cannot hold",
+        )
+        self.assertEqual(after, "213 1")
+
 
 class CosTransferTests(TransferTestsMixin, unittest.TestCase):
     kind = "cos"

@@ -46,6 +46,7 @@ from cosgw.interfaces import (
     IByteSource,
     IntegrityError,
     IObjectStore,
+    KeyRefused,
     ListPage,
     NoSuchKey,
     NoSuchUpload,
@@ -924,6 +925,28 @@ class LocalStoreContractTests(IObjectStoreContractMixin, unittest.TestCase):
         return sorted(
             name for name in os.listdir(self.root / TMP_DIR) if name.startswith("up-")
         )
+
+    def test_name_too_long_is_refused(self) -> Deferred[Any]:
+        """
+        A name longer than the directory can hold is refused as such
+        (KeyRefused, which the file system shows as an invalid name), not
+        as an unexpected OSError; one that fits is stored.
+        """
+
+        @inlineCallbacks
+        def check() -> Any:
+            self.assertEqual(self.store.name_max, os.pathconf(self.root, "PC_NAME_MAX"))
+            fits = "报" * (self.store.name_max // 3)
+            long = fits + "告"
+            yield self.assertFailure(self.store.put(f"d/{long}", b"x"), KeyRefused)
+            yield self.assertFailure(self.store.head(long), KeyRefused)
+            yield self.store.put(f"d/{fits}", b"x")
+            self.assertEqual(
+                [k for k in self.stored_keys_blocking() if not k.endswith("/")],
+                [f"d/{fits}"],
+            )
+
+        return check()
 
     def test_temporary_area_hidden(self) -> Deferred[Any]:
         """The store's temporary directory is never listed."""

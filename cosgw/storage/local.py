@@ -40,6 +40,7 @@ from cosgw.interfaces import (
     IByteSource,
     IObjectStore,
     KeyConflict,
+    KeyRefused,
     ListPage,
     NoSuchKey,
     NoSuchUpload,
@@ -60,6 +61,9 @@ from cosgw.storage.checksum import StreamCheck, crc64
 #: The hidden directory for temporary files and multipart parts; it is never
 #: listed and no key may name it.
 TMP_DIR = ".cosgw-tmp"
+#: The longest name most file systems take, in bytes (Linux's NAME_MAX);
+#: L{LocalStore.prepare} asks the directory's own.
+_NAME_MAX = 255
 _COPY_CHUNK = 1024 * 1024
 #: The name of a stored part in an upload's directory.
 _PART_NAME = re.compile(r"([0-9]+)\.part")
@@ -126,6 +130,8 @@ class LocalStore(ThreadedStore):
         max_pending: int = 64,
     ) -> None:
         self.root = Path(root).absolute()
+        #: The longest name the file system takes, in bytes.
+        self.name_max = _NAME_MAX
         self.description = f"local directory {self.root}"
         self._tmp = self.root / TMP_DIR
         self._runner = BlockingRunner(reactor, pool, max_pending)
@@ -147,6 +153,10 @@ class LocalStore(ThreadedStore):
         with as_gateway_user():
             self.root.mkdir(parents=True, exist_ok=True)
             self._tmp.mkdir(exist_ok=True)
+            try:
+                self.name_max = os.pathconf(self.root, "PC_NAME_MAX")
+            except (OSError, ValueError):
+                pass  # no such limit to ask for: keep the usual one
             for directory in (self.root, self._tmp):
                 try:
                     tempfile.TemporaryFile(dir=directory).close()
@@ -166,6 +176,11 @@ class LocalStore(ThreadedStore):
         for part in parts:
             if part in ("", ".", "..") or "\0" in part:
                 raise StoreError(f"invalid key {key!r}")
+            if len(os.fsencode(part)) > self.name_max:
+                raise KeyRefused(
+                    f"a name longer than {self.name_max} bytes, which this"
+                    " directory cannot hold"
+                )
         if parts and parts[0] == TMP_DIR:
             raise KeyConflict(f"{key!r} is reserved by the local store")
         return self.root.joinpath(*parts) if parts else self.root

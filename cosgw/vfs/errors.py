@@ -13,6 +13,7 @@ from twisted.python.failure import Failure
 from cosgw.interfaces import (
     IntegrityError,
     KeyConflict,
+    KeyRefused,
     NoSuchKey,
     StoreError,
     StoreUnavailable,
@@ -122,6 +123,8 @@ def translate(failure: Failure, path: str) -> Failure:
     request_id = getattr(e, "request_id", None)
     if isinstance(e, NoSuchKey):
         return Failure(NotFound(path, request_id=request_id))
+    if isinstance(e, KeyRefused):
+        return Failure(InvalidName(path, str(e), request_id))
     if isinstance(e, KeyConflict):
         return Failure(AlreadyExists(path, str(e), request_id))
     if isinstance(e, UploadTooLarge):
