@@ -438,3 +438,23 @@ class SSHServerMixin:
             *extra,
         ]
         return self.in_thread(run_client, args, self.workdir)
+
+
+def password_env(
+    work: Path, password: str, home: Optional[Path] = None
+) -> dict[str, str]:
+    """
+    The environment of an OpenSSH client that types C{password} itself: an
+    askpass script in C{work} that SSH must use (no terminal), and a home
+    of its own (C{home}, else C{work}) with no keys or known_hosts.
+    """
+    askpass = work / "askpass.sh"
+    askpass.write_text(f"#!/bin/sh\necho '{password}'\n")
+    askpass.chmod(0o700)
+    return {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(home or work),
+        "DISPLAY": ":0",
+        "SSH_ASKPASS": str(askpass),
+        "SSH_ASKPASS_REQUIRE": "force",
+    }

@@ -45,6 +45,7 @@ from tests.harness import (
     start_gateway,
 )
 from tests.logevents import LogEvents
+from tests.sshtesting import password_env
 from tests.test_ftp_resume import interrupted_stor
 
 #: Bound on any one wait or client run.
@@ -409,9 +410,6 @@ class SFTPActionTests(GatewayCase):
         subprocess.run(
             ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True
         )
-        askpass = self.work / "askpass.sh"
-        askpass.write_text(f"#!/bin/sh\necho '{PASSWORD}'\n")
-        askpass.chmod(0o700)
         (self.work / "up.bin").write_bytes(b"openssh" * 1000)
         batch = self.work / "batch"
         batch.write_text(
@@ -429,13 +427,7 @@ class SFTPActionTests(GatewayCase):
             cwd=self.work,
             capture_output=True,
             timeout=BOUND,
-            env={
-                "PATH": os.environ["PATH"],
-                "HOME": str(self.work),
-                "SSH_ASKPASS": str(askpass),
-                "SSH_ASKPASS_REQUIRE": "force",
-                "DISPLAY": ":0",
-            },
+            env=password_env(self.work, PASSWORD),
         )
         self.assertEqual(done.returncode, 0, done.stderr)
         yield until(lambda: self.audit.events("session-close"), "session-close")

@@ -34,6 +34,7 @@ from tests.daemons import HAProxy
 from tests.harness import PASSWORD, in_thread
 from tests.logevents import LogEvents
 from tests.processtesting import free_port, poll, scratch
+from tests.sshtesting import password_env
 from tests.test_audit_protocols import BOUND, GatewayCase, plain_user, reply, until
 
 PUBLIC = "127.0.0.2"
@@ -257,9 +258,6 @@ class HAProxyTests(GatewayCase):
     def test_openssh_sftp(self) -> Any:
         """OpenSSH's sftp from 127.0.0.6 through HAProxy: its own address."""
         work = scratch(self)
-        askpass = work / "askpass.sh"
-        askpass.write_text(f"#!/bin/sh\necho '{PASSWORD}'\n")
-        askpass.chmod(0o700)
         (work / "up.bin").write_bytes(b"openssh via haproxy" * 1000)
         batch = work / "batch"
         batch.write_text("put up.bin o.bin\nget o.bin back.bin\n")
@@ -273,13 +271,7 @@ class HAProxyTests(GatewayCase):
             cwd=work,
             capture_output=True,
             timeout=BOUND,
-            env={
-                "PATH": os.environ["PATH"],
-                "HOME": str(work),
-                "SSH_ASKPASS": str(askpass),
-                "SSH_ASKPASS_REQUIRE": "force",
-                "DISPLAY": ":0",
-            },
+            env=password_env(work, PASSWORD),
         )
         self.assertEqual(done.returncode, 0, done.stderr)
         self.assertEqual(

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ftplib
 import io
-import os
 import shutil
 import ssl
 import subprocess
@@ -28,6 +27,7 @@ from cosgw.audit import AUDIT_NAMESPACE, audit_fields
 from cosgw.frontends.ftp.tls import generate_self_signed
 from cosgw.frontends.sftp.conchlog import set_conch_verbose
 from tests.harness import PASSWORD, in_thread, random_bytes, start_gateway
+from tests.sshtesting import password_env
 from tests.test_audit_protocols import BOUND, sftp_client, until
 
 #: The audit events the sessions below cause, and nothing else at info.
@@ -106,9 +106,6 @@ def paramiko_session(gw: Any) -> None:
 
 
 def openssh_session(gw: Any, work: Path) -> subprocess.CompletedProcess:
-    askpass = work / "askpass.sh"
-    askpass.write_text(f"#!/bin/sh\necho '{PASSWORD}'\n")
-    askpass.chmod(0o700)
     (work / "o.bin").write_bytes(random_bytes(50_000))
     batch = work / "batch"
     batch.write_text("put o.bin\nget o.bin back.bin\nls\nrm o.bin\n")
@@ -120,13 +117,7 @@ def openssh_session(gw: Any, work: Path) -> subprocess.CompletedProcess:
         cwd=work,
         capture_output=True,
         timeout=BOUND,
-        env={
-            "PATH": os.environ["PATH"],
-            "HOME": str(work),
-            "SSH_ASKPASS": str(askpass),
-            "SSH_ASKPASS_REQUIRE": "force",
-            "DISPLAY": ":0",
-        },
+        env=password_env(work, PASSWORD),
     )
 
 
