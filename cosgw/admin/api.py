@@ -121,11 +121,9 @@ class _Kick(Resource):
         self._id = session_id
 
     def render(self, request: IRequest) -> bytes:
-        if request.method != b"POST":
-            request.setHeader(b"allow", b"POST")
-            return json_body(request, {"error": "kick with POST"}, 405)
-        if not _same_origin(request):
-            return json_body(request, {"error": "cross-site request refused"}, 403)
+        refused = _refuse_action(request, "kick")
+        if refused is not None:
+            return refused
         session = self._sessions.get(self._id)
         if session is None:
             return json_body(request, {"error": "no such session"}, 404)
@@ -151,11 +149,9 @@ class _Drain(Resource):
         self._readiness = readiness
 
     def render(self, request: IRequest) -> bytes:
-        if request.method != b"POST":
-            request.setHeader(b"allow", b"POST")
-            return json_body(request, {"error": "drain with POST"}, 405)
-        if not _same_origin(request):
-            return json_body(request, {"error": "cross-site request refused"}, 403)
+        refused = _refuse_action(request, "drain")
+        if refused is not None:
+            return refused
         stop = self._readiness.stop
         if stop is None:
             return json_body(request, {"error": "this gateway has no drain"}, 404)
@@ -173,11 +169,9 @@ class _Reload(Resource):
         self._reload = reload
 
     def render(self, request: IRequest) -> Any:
-        if request.method != b"POST":
-            request.setHeader(b"allow", b"POST")
-            return json_body(request, {"error": "reload with POST"}, 405)
-        if not _same_origin(request):
-            return json_body(request, {"error": "cross-site request refused"}, 403)
+        refused = _refuse_action(request, "reload")
+        if refused is not None:
+            return refused
         admin = for_log((request.getUser() or b"-").decode("utf-8", "replace"))
         trigger = f"admin API, {admin} from {client_host(request) or 'local'}"
         gone: list[bool] = []
@@ -192,6 +186,19 @@ class _Reload(Resource):
 
         self._reload(trigger).addCallback(answer)
         return NOT_DONE_YET
+
+
+def _refuse_action(request: IRequest, verb: str) -> Optional[bytes]:
+    """
+    The answer to an action asked for the wrong way: not a POST (405), or
+    from another site's page (403); None when it may go on.
+    """
+    if request.method != b"POST":
+        request.setHeader(b"allow", b"POST")
+        return json_body(request, {"error": f"{verb} with POST"}, 405)
+    if not _same_origin(request):
+        return json_body(request, {"error": "cross-site request refused"}, 403)
+    return None
 
 
 def _same_origin(request: IRequest) -> bool:
