@@ -134,6 +134,14 @@ class RememberTests(unittest.SynchronousTestCase):
         self.assertIsInstance(self.admit(b"right"), DeferredResource)
         self.assertEqual(self.checker.asked, [b"alice", b"alice"])
 
+    def test_forget(self) -> None:
+        """After L{AdminAccess.forget} (a reload) the password is checked again."""
+        self.assertIsInstance(self.admit(b"right"), DeferredResource)
+        self.assertIs(self.admit(b"right"), self.root)
+        self.access.forget()
+        self.assertIsInstance(self.admit(b"right"), DeferredResource)
+        self.assertEqual(self.checker.asked, [b"alice", b"alice"])
+
     def test_failures_not_remembered(self) -> None:
         for _ in range(3):
             self.assertIsInstance(self.admit(b"wrong"), DeferredResource)

@@ -567,3 +567,25 @@ class AdminTests(unittest.TestCase):
             ),
             plain.stderr,
         )
+
+    async def test_admin_password_changed(self) -> None:
+        """
+        An admin's old password stops working at the reload that changes
+        it, though the admin listener had just verified (and remembered)
+        it; the new one works.
+        """
+        admin = {"admin_listen": "tcp:0:interface=127.0.0.1", "admin_users": "alice"}
+        gw = await start(self, server=admin)
+        old, new = ("alice", ALICE_OLD), ("alice", ALICE_NEW)
+        for _ in range(2):
+            answer = await in_thread(request, gw.admin, "/api/sessions", auth=old)
+            self.assertEqual(answer.status, 200, answer.text)
+        gw.write(config_text(gw.root, admin, users=users_text(ALICE_NEW)))
+        self.assertEqual((await gw.reload()).status, "applied")
+
+        refused = await in_thread(request, gw.admin, "/api/sessions", auth=old)
+        accepted = await in_thread(request, gw.admin, "/api/sessions", auth=new)
+
+        self.assertEqual(refused.status, 401, refused.text)
+        self.assertEqual(accepted.status, 200, accepted.text)
+        self.assertEqual(json.loads(accepted.body), {"sessions": []})

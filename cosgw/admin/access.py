@@ -14,7 +14,8 @@ them, so it is either this host's alone or behind a password.
     login defender: failures are delayed and ban the client's address for
     every protocol alike.  A verified user and password are remembered for
     L{REMEMBER} seconds (as a keyed digest), so the status page's polling
-    costs no key derivation per request.
+    costs no key derivation per request; a reload forgets them all, so a
+    changed or removed password stops working at once.
   - C{/healthz} and C{/readyz} need no password: load balancers and service
     managers probe them.
 """
@@ -174,6 +175,13 @@ class AdminAccess:
             return _challenge()
 
         return DeferredResource(d.addCallbacks(verified, refused))
+
+    def forget(self) -> None:
+        """
+        Check every password again from now on: the reload that calls this
+        may have changed or removed one, or the list of admin users.
+        """
+        self._verified.clear()
 
     def _verify(self, user: bytes, password: bytes) -> Deferred[str]:
         assert self._checker is not None, "admin_users need the password checker"

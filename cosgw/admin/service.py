@@ -115,8 +115,11 @@ class AdminService(MultiService):
         root.putChild(b"healthz", Healthz())
         root.putChild(b"readyz", Readyz(self.readiness))
         root.putChild(b"api", api_resource(sessions, self.readiness, reload))
-        access = AdminAccess(users, checker, defender, reactor)
-        site = _AdminSite(Guard(root, access), reactor=reactor, timeout=IDLE_TIMEOUT)
+        #: Who may ask; a reload makes it forget the passwords it verified.
+        self.access = AdminAccess(users, checker, defender, reactor)
+        site = _AdminSite(
+            Guard(root, self.access), reactor=reactor, timeout=IDLE_TIMEOUT
+        )
         self.checks = StoreChecks(
             self.readiness, self._stores, reactor, check_interval, check_timeout
         )

@@ -304,6 +304,8 @@ class Reloader:
         gateway.defender.adopt_settings(plan.defender)
         gateway.limits.adopt_settings(plan.limits)
         gateway.ftp.reconfigure(plan.config, plan.tls)
+        if gateway.admin is not None:
+            gateway.admin.access.forget()
         self.config, self._users = plan.config, plan.users
         status = "applied" if plan.changes else "unchanged"
         result = ReloadResult(status, trigger, path, plan.changes, plan.needs_restart)
