@@ -33,6 +33,7 @@ from tests.test_reload import (
     certificate,
     config_text,
     login,
+    login_reply,
     start,
 )
 
@@ -195,3 +196,64 @@ class LogLevelTests(unittest.TestCase):
         self.assertNotIn("debug", levels()[seen:])
         self.assertEqual(output.level, LogLevel.info)
         self.assertFalse(ConchLogger.verbose)
+
+
+def clear_data_session(port: int) -> ftplib.FTP_TLS:
+    """alice over explicit FTPS, data connections in clear (PROT C)."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    ftp = ftplib.FTP_TLS(context=context, timeout=CLIENT_TIMEOUT)
+    ftp.connect("127.0.0.1", port)
+    ftp.auth()
+    ftp.login("alice", ALICE_OLD)
+    return ftp
+
+
+def prot_c_reply(ftp: ftplib.FTP_TLS) -> str:
+    ftp.voidcmd("PBSZ 0")
+    try:
+        return ftp.prot_c()
+    except ftplib.error_perm as e:
+        return str(e)
+
+
+class TlsRulesTests(unittest.TestCase):
+    timeout = 120
+
+    async def test_sessions_keep_their_login_rules(self) -> None:
+        """
+        tls_required and tls_data_required turned on by a reload apply to
+        the logins after it: a session that logged in before still moves
+        data in clear, and a clear-text session still works; new ones meet
+        the rules.
+        """
+        gw = await start(self)
+        before = await in_thread(clear_data_session, gw.ftp)
+        self.addCleanup(before.close)
+        plain = await in_thread(login, gw.ftp, "alice", ALICE_OLD)
+        self.addCleanup(plain.close)
+        rules = {"tls_required": "yes", "tls_data_required": "yes"}
+        gw.write(config_text(gw.root, rules))
+
+        result = await gw.reload()
+
+        self.assertEqual(
+            result.changes,
+            ("[server] tls_data_required", "[server] tls_required"),
+        )
+        self.assertEqual(
+            await in_thread(prot_c_reply, before), "200 Protection level set to Clear"
+        )
+        data = os.urandom(50_000)
+        for ftp, name in ((before, "before.bin"), (plain, "plain.bin")):
+            reply = await in_thread(ftp.storbinary, f"STOR {name}", io.BytesIO(data))
+            self.assertEqual(reply, "226 Transfer complete")
+            self.assertEqual((gw.root / "data" / name).read_bytes(), data)
+        after = await in_thread(clear_data_session, gw.ftp)
+        self.addCleanup(after.close)
+        self.assertEqual(
+            await in_thread(prot_c_reply, after), "534 Policy requires PROT P"
+        )
+        refused = await in_thread(login_reply, gw.ftp, "alice", ALICE_OLD)
+        self.assertEqual(refused, "534 Policy requires TLS: send AUTH TLS first")

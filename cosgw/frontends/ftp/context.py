@@ -112,6 +112,17 @@ class CommandContext:
         return self.factory.reactor
 
     @property
+    def protection_required(self) -> bool:
+        """
+        Whether PROT P is required: as the rules were when the user logged
+        in (a reload changes them for later logins only), or the listener's
+        before a login.
+        """
+        if self.session.prot_required is not None:
+            return self.session.prot_required
+        return self.factory.tls_policy(None)[1]
+
+    @property
     def fs(self) -> IFileSystem:
         """The logged-in user's file system."""
         fs = self.session.fs

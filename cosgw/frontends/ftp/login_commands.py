@@ -27,16 +27,12 @@ log = Logger(namespace="cosgw.frontends.ftp")
 class LoginCommands(CommandContext):
     """The login sequence and the encryption of the control connection."""
 
-    def tls_policy(self, user: Optional[str] = None) -> tuple[bool, bool]:
-        """(TLS required on control, PROT P required) for this session."""
-        return self.factory.tls_policy(user or self.session.user)
-
     # -- login --------------------------------------------------------------
 
     def ftp_USER(self, username: str) -> Reply:
         if not username:
             return Reply(501, "USER requires a user name")
-        if not self.session.secure and self.tls_policy(username)[0]:
+        if not self.session.secure and self.factory.tls_policy(username)[0]:
             log.info(
                 "refused a login in clear text for {user} from {peer}",
                 user=for_log(username),
@@ -78,6 +74,7 @@ class LoginCommands(CommandContext):
             logout()
             return Reply(421, "Connection closed")
         self.session.log_in(fs, logout)
+        self.session.prot_required = self.factory.tls_policy(fs.user)[1]
         self.logged_in()
         return Reply(230, "Login successful")
 
@@ -153,7 +150,7 @@ class LoginCommands(CommandContext):
             return Reply(503, "PROT requires PBSZ first")
         level = level.strip().upper()
         if level == "C":
-            if self.tls_policy()[1]:
+            if self.protection_required:
                 return Reply(534, "Policy requires PROT P")
             self.session.prot = "C"
             return Reply(200, "Protection level set to Clear")

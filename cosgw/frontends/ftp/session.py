@@ -196,6 +196,9 @@ class Session:
     rename_from: Optional[list[str]] = None
     #: RFC 2428 EPSV ALL: only EPSV may set up data connections from now on.
     epsv_all: bool = False
+    #: Whether the logged-in user must use PROT P, as the rules said at the
+    #: login (None before one): a reload changes them for later logins.
+    prot_required: Optional[bool] = None
 
     @property
     def logged_in(self) -> bool:
@@ -276,6 +279,7 @@ class Session:
         """
         self.end_login()
         self.user = None
+        self.prot_required = None
         self.advance(Event.REINITIALIZED)
         self.working_directory = []
         self.restart = 0

@@ -161,7 +161,7 @@ class TransferCommands(CommandContext):
         return await self.data.open(
             transfer,
             protect=self.session.prot == "P",
-            protection_required=self.factory.tls_policy(self.session.user)[1],
+            protection_required=self.protection_required,
         )
 
     def ftp_REST(self, position: str) -> Reply:
