@@ -1,13 +1,15 @@
 """
 Ceilings that bench/throughput.py reads the gateway's figures against: what
 any relay achieves on this machine (curl from the store, straight and
-through socat), and what Conch's SSH packet layer alone achieves with a
-given cipher and MAC, both without the gateway in the way.  A gateway near
-a ceiling cannot gain much more by its own work; one far below it can.
+through socat), what Conch's SSH packet layer alone achieves with a given
+cipher and MAC, both without the gateway in the way, and the bounds the
+CPU of every party implies (L{CpuRow}).  A gateway near a ceiling cannot
+gain much more by its own work; one far below it can.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import signal
@@ -16,11 +18,16 @@ import statistics
 import subprocess
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from bench._gateway import free_port
+from bench._parties import PartyCpu, median_parties, scaled
 from tests.cosserver import CosTestServer
+
+if TYPE_CHECKING:
+    from bench.throughput import Bench, Variant
 
 MiB = 1024 * 1024
 
@@ -155,3 +162,157 @@ def conch_ceiling_for(
                 return None
             return cipher, mac, ceiling
     return None
+
+
+#: Cores of this machine that every party shares.
+CORES = os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class CpuRow:
+    """
+    One direction of one contender: every party's CPU seconds per GB
+    (C{per_gb}) and the MB/s it measured.  The parties share the machine's
+    cores, so no rate beats CORES / (their total s per GB); the gateway's
+    reactor is one thread, so none beats 1 / (its s per GB) either.
+    """
+
+    label: str
+    direction: str
+    per_gb: PartyCpu
+    mbs: Optional[float]
+
+    def cores_bound(self) -> float:
+        """MB/s the parties' total CPU per GB allows on all the cores."""
+        return CORES * 1000 / self.per_gb.total()
+
+    def reactor_bound(self) -> Optional[float]:
+        """MB/s one reactor thread allows at its measured CPU per GB."""
+        reactor = self.per_gb.reactor
+        return 1000 / reactor if reactor else None
+
+    def bound(self) -> float:
+        return min(b for b in (self.cores_bound(), self.reactor_bound()) if b)
+
+
+def sha256_seconds_per_gb() -> float:
+    """CPU seconds per GB of hashlib's SHA-256 here (the bench hashes downloads)."""
+    block = os.urandom(MiB)
+    digest = hashlib.sha256()
+    start = time.process_time()
+    for _ in range(64):
+        digest.update(block)
+    return (time.process_time() - start) / (64 * MiB / 1e9)
+
+
+def _cell(value: Optional[float], width: int, digits: int = 2) -> str:
+    return f"{value:{width}.{digits}f}" if value is not None else f"{'-':>{width}}"
+
+
+def print_cpu_ceilings(rows: list[CpuRow], pairs: list[tuple[CpuRow, CpuRow]]) -> None:
+    """
+    The "ceilings" table, then for each (SFTP row, FTP row) of C{pairs}
+    whether this machine's cores allow SFTP at 0.8x FTP (L{print_reach}).
+    """
+    print(
+        f"ceilings (CPU s per GB of every party, medians of rounds; the parties "
+        f"share {CORES} cores, so {CORES} / total bounds the rate whatever the "
+        "gateway does; the reactor is one thread, so 1 / its s per GB bounds "
+        "the gateway):"
+    )
+    print(
+        f"  {'contender':<34} {'dir':<4} {'client':>6} {'gateway':>7} "
+        f"{'reactor':>7} {'store':>6} {'total':>6} {f'{CORES}-core':>7} "
+        f"{'reactor':>7} {'measured':>8} {'x bound':>7}"
+    )
+    print(
+        f"  {'':<34} {'':<4} {'s/GB':>6} {'':>7} {'':>7} {'':>6} {'':>6} "
+        f"{'MB/s':>7} {'MB/s':>7} {'MB/s':>8}"
+    )
+    for row in rows:
+        p = row.per_gb
+        x = row.mbs / row.bound() if row.mbs else None
+        print(
+            f"  {row.label:<34} {row.direction:<4} {p.client:6.2f} "
+            f"{_cell(p.server, 7)} {_cell(p.reactor, 7)} {p.store:6.2f} "
+            f"{p.total():6.2f} {row.cores_bound():7.0f} "
+            f"{_cell(row.reactor_bound(), 7, 0)} {_cell(row.mbs, 8, 1)} "
+            f"{_cell(x, 7)}"
+        )
+    for row, ftp in pairs:
+        print_reach(row, ftp)
+
+
+def print_reach(row: CpuRow, ftp: CpuRow) -> None:
+    """
+    Whether C{row} (SFTP) can run at 0.8x C{ftp}'s measured rate on this
+    machine: its bound against FTP's (the ratio the CPU per GB predicts
+    when both reach the same share of their bounds), and the CPU per GB
+    the parties and the gateway may spend for it, within the bound and at
+    FTP's share of its bound.
+    """
+    if not (row.mbs and ftp.mbs):
+        return
+    p, wanted = row.per_gb, 0.8 * ftp.mbs
+    within = CORES * 1000 / wanted
+    share = ftp.per_gb.total() / 0.8
+    others = p.client + p.store
+    verdict = "within" if row.bound() >= wanted else "BEYOND"
+    print(
+        f"  {row.label} {row.direction}: bound {row.bound():.0f} MB/s, FTP's "
+        f"{ftp.bound():.0f}: {row.bound() / ftp.bound():.2f}x predicted, "
+        f"{row.mbs / ftp.mbs:.2f}x measured; 0.8x FTP ({wanted:.0f} MB/s) is "
+        f"{verdict} its bound"
+    )
+    print(
+        f"    0.8x FTP needs every party <= {within:.2f} s/GB in total, or "
+        f"<= {share:.2f} at FTP's share of its bound (now {p.total():.2f}); "
+        f"with this client and store the gateway <= {within - others:.2f} or "
+        f"{share - others:.2f} (now {_cell(p.server, 0)}), its reactor <= "
+        f"{1000 / wanted:.2f} (now {_cell(p.reactor, 0)})"
+    )
+
+
+def print_ceilings(
+    bench: Bench, variants: list[Variant], sdk: dict[str, Optional[float]]
+) -> None:
+    """
+    Every contender's CPU per GB by party, the bounds they imply beside
+    the measured MB/s, and whether SFTP at 0.8x FTP fits within its own.
+    """
+    per_gb = 1e9 / bench.size
+    rows: list[CpuRow] = []
+    for what, direction, label in (
+        ("put", "up", "SDK put_object"),
+        ("mp", "up", "SDK upload_file (4 threads)"),
+        ("down", "down", "SDK get_object"),
+    ):
+        parties = median_parties(bench.sdk_cpu[what])
+        if parties is not None:
+            rows.append(CpuRow(label, direction, scaled(parties, per_gb), sdk[what]))
+    by_variant: dict[str, dict[str, CpuRow]] = {}
+    for v in (v for v in variants if not v.unavailable):
+        for direction in ("up", "down"):
+            parties = median_parties(v.parties[direction])
+            if parties is not None:
+                row = CpuRow(
+                    v.label, direction, scaled(parties, per_gb), v.rate(direction)
+                )
+                rows.append(row)
+                by_variant.setdefault(v.label, {})[direction] = row
+    ftp = by_variant.get("FTP", {})
+    pairs = [
+        (row, ftp[direction])
+        for v in variants
+        if v.protocol == "sftp" and v.label in by_variant
+        for direction, row in by_variant[v.label].items()
+        if direction in ftp
+    ]
+    print_cpu_ceilings(rows, pairs)
+    print(
+        "  (client: the SDK and ftplib run in this process, and their download "
+        "figures include the bench's SHA-256 of the data, "
+        f"{sha256_seconds_per_gb():.2f} s/GB here; OpenSSH's sftp with its ssh, "
+        "and curl, are reaped children; SFTP and WebDAV downloads land in "
+        "/dev/shm unhashed; store: the fake COS server's process)"
+    )

@@ -18,8 +18,16 @@ after the other in one session:
 
 It prints files/s, the ratio to the SDK, the store requests per file of
 each operation (the fake server counts them by COS operation; rclone's
-SigV4 requests count as ``_bypass``), the gateway's CPU per file, and the
-issue's targets next to the figures.  The FTP session logs in, makes and
+SigV4 requests count as ``_bypass``), the gateway's CPU per file, a
+per-file time budget (the CPU of every party, taken in the same run: the
+client, this process for ftplib and the SDK or the reaped sftp; the
+server, its reactor thread apart; the store's process; and the rest of the
+wall time, which is waiting) with the ratio a sequential model predicts
+beside the measured one (bench/_small_budget.py), and the issue's targets
+next to the figures.  --store-latency MS makes the fake COS server hold
+every COS request MS milliseconds (real COS in the region: about 5-30 ms),
+for the SDK and the gateway alike, to read the ratios at a realistic round
+trip.  The FTP session logs in, makes and
 enters its directory before the count starts, so an upload counts what a
 STOR of a new file in a known directory costs.  OpenSSH's batch cannot be
 split that way: its count is that of the batch minus that of the same
@@ -30,7 +38,7 @@ round sees a bucket of the same size (moto scans all of it per LIST);
 contenders take turns in a rotating order; figures are medians of --rounds.
 
     python bench/small_files.py [--files 500] [--size-kib 16] [--rounds 2]
-        [--tree PATH] [--no-rclone] [--profile DIR]
+        [--tree PATH] [--no-rclone] [--store-latency MS] [--profile DIR]
 
 With --profile DIR it measures instead where a file's time goes in the
 gateway (bench/_small_profile.py): CPU, reactor time, trips to the thread
@@ -62,7 +70,6 @@ from bench._gateway import (  # noqa: E402
     SFTPBatch,
     Unavailable,
     client_key,
-    cpu_seconds,
     free_port,
     ftp_session,
     start_gateway,
@@ -79,6 +86,8 @@ from bench._measure import (  # noqa: E402
     print_targets,
     ratio,
 )
+from bench._parties import CpuMeter, PartyCpu  # noqa: E402
+from bench._small_budget import print_budget  # noqa: E402
 from bench._small_profile import run_profiles  # noqa: E402
 from tests.cosserver import CosTestServer  # noqa: E402
 
@@ -123,7 +132,12 @@ class Run:
 
     seconds: float
     requests: Counter[str]
-    cpu: Optional[float]
+    parties: PartyCpu
+
+    @property
+    def cpu(self) -> Optional[float]:
+        """The server's CPU seconds (None for the SDK, which has no server)."""
+        return self.parties.server
 
 
 @dataclass
@@ -131,7 +145,8 @@ class Contender:
     """
     One way of moving the files: L{up} and L{down} take the round's
     directory name and return a L{Run}.  C{pid} is the server process whose
-    CPU is counted (None for the SDK, which has none).
+    CPU is counted (None for the SDK, which has none).  C{client}: what the
+    client is, for the per-file budget.
     """
 
     label: str
@@ -139,6 +154,7 @@ class Contender:
     down: Callable[[str], Run]
     pid: Optional[int] = None
     is_gateway: bool = False
+    client: str = "ftplib"
     runs: dict[str, list[Run]] = field(default_factory=lambda: {"up": [], "down": []})
     skipped: Optional[str] = None
 
@@ -156,19 +172,30 @@ class Bench:
         self.workdir = workdir
         self.requests = StoreRequests(server)
 
-    def timed(self, pid: Optional[int], work: Callable[[], float | None]) -> Run:
+    def meter(
+        self, pid: Optional[int], gateway: bool = False, child: bool = False
+    ) -> CpuMeter:
         """
-        Count store requests and C{pid}'s CPU around C{work}, which returns
-        its own seconds (SFTP times its commands itself) or None to be
-        timed here.
+        Every party's CPU: the store's, server C{pid}'s (its reactor thread
+        apart when it is the C{gateway}), and the client's, this process or
+        (C{child}) the sftp it reaps.
+        """
+        assert self.server.pid is not None
+        return CpuMeter(self.server.pid, pid, gateway, child)
+
+    def timed(self, meter: CpuMeter, work: Callable[[], float | None]) -> Run:
+        """
+        Count store requests and every party's CPU around C{work}, which
+        returns its own seconds (SFTP times its commands itself) or None to
+        be timed here.
         """
         self.requests.reset()
-        cpu = cpu_seconds(pid) if pid else 0.0
+        meter.start()
         start = time.perf_counter()
         seconds = work()
         wall = time.perf_counter() - start
-        used = cpu_seconds(pid) - cpu if pid else None
-        return Run(wall if seconds is None else seconds, self.requests.take(), used)
+        parties = meter.stop()
+        return Run(wall if seconds is None else seconds, self.requests.take(), parties)
 
     def sdk(self) -> Contender:
         client, bucket, files = self.client, self.bucket, self.files
@@ -180,7 +207,7 @@ class Bench:
                         Bucket=bucket, Key=f"{directory}/{name}", Body=body
                     )
 
-            return self.timed(None, work)
+            return self.timed(self.meter(None), work)
 
         def down(directory: str) -> Run:
             got: list[bytes] = []
@@ -190,11 +217,11 @@ class Bench:
                     reply = client.get_object(Bucket=bucket, Key=f"{directory}/{name}")
                     got.append(reply["Body"].get_raw_stream().read())
 
-            run = self.timed(None, work)
+            run = self.timed(self.meter(None), work)
             files.check("SDK", got)
             return run
 
-        return Contender("SDK put/get_object", up, down)
+        return Contender("SDK put/get_object", up, down, client="the SDK")
 
     def ftp(self, label: str, port: int, pid: int, gateway: bool) -> Contender:
         files = self.files
@@ -208,7 +235,7 @@ class Bench:
                 for name, body in zip(files.names, files.bodies):
                     ftp.storbinary(f"STOR {name}", io.BytesIO(body))
 
-            run = self.timed(pid, work)
+            run = self.timed(self.meter(pid, gateway), work)
             ftp.quit()
             return run
 
@@ -223,7 +250,7 @@ class Bench:
                     ftp.retrbinary(f"RETR {name}", chunks.append)
                     got.append(b"".join(chunks))
 
-            run = self.timed(pid, work)
+            run = self.timed(self.meter(pid, gateway), work)
             ftp.quit()
             files.check(label, got)
             return run
@@ -235,17 +262,22 @@ class Bench:
         limit = 300 + 2 * len(files.names)
 
         def session(directory: str, commands: list[str]) -> Run:
-            """Time C{commands} in C{directory}, less the session's own requests."""
+            """
+            Time C{commands} in C{directory}, less the session's own
+            requests and CPU (login, ``cd``), measured by an empty batch.
+            """
             enter = [f"cd /{directory}"]
 
             def transfers(commands: list[str]) -> float:
                 """The seconds of the batch's commands after its ``cd``."""
                 return sum(batch.run(enter + commands, timeout=limit)[0][1:])
 
-            overhead = self.timed(pid, lambda: transfers([]))
-            run = self.timed(pid, lambda: transfers(commands))
+            meter = self.meter(pid, gateway, child=True)
+            overhead = self.timed(meter, lambda: transfers([]))
+            run = self.timed(meter, lambda: transfers(commands))
             run.requests.subtract(overhead.requests)
             run.requests = +run.requests
+            run.parties = run.parties.minus(overhead.parties)
             return run
 
         def up(directory: str) -> Run:
@@ -266,7 +298,7 @@ class Bench:
                 shutil.rmtree(landing)
             return run
 
-        return Contender(label, up, down, pid, gateway)
+        return Contender(label, up, down, pid, gateway, "OpenSSH sftp")
 
     def delete_round(self, prefix: str) -> None:
         """Delete every key under C{prefix} (up to 1,000 per request)."""
@@ -354,6 +386,7 @@ def report(args: argparse.Namespace, contenders: list[Contender]) -> None:
     for c in contenders:
         if c.skipped and c.runs["up"]:
             print(f"{c.label}: later rounds skipped: {c.skipped}")
+    print_budget(contenders, n, args.store_latency)
     print_targets(targets(contenders, base, n))
 
 
@@ -395,6 +428,15 @@ def parse_args() -> argparse.Namespace:
         "--no-rclone", action="store_true", help="leave rclone serve out"
     )
     parser.add_argument(
+        "--store-latency",
+        type=float,
+        default=0.0,
+        metavar="MS",
+        help="the fake COS server holds every COS request MS milliseconds "
+        "before answering (real COS in the same region: about 5-30 ms); the "
+        "SDK baseline and the gateway see the same; default 0",
+    )
+    parser.add_argument(
         "--profile",
         type=Path,
         metavar="DIR",
@@ -404,6 +446,8 @@ def parse_args() -> argparse.Namespace:
     args = parser.parse_args()
     if args.files < 1 or args.rounds < 1 or args.size_kib < 0:
         parser.error("--files and --rounds must be at least 1")
+    if args.store_latency < 0:
+        parser.error("--store-latency must not be negative")
     return args
 
 
@@ -418,6 +462,7 @@ def main() -> None:
         key, public_key = client_key(workdir)
         server.start()
         bucket = server.create_bucket("bench")
+        hold_requests(server, args)
         bench = Bench(server, bucket, files, workdir)
         if args.profile is not None:
             sftp = SFTPBatch(0, key, workdir)
@@ -444,6 +489,23 @@ def main() -> None:
             stop(proc)
         server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def hold_requests(server: CosTestServer, args: argparse.Namespace) -> None:
+    """
+    Make the fake COS server hold every COS request --store-latency ms
+    (its ``delay`` fault, armed for every operation without end), and say
+    which latency the figures were taken at.
+    """
+    if not args.store_latency:
+        print("store latency: none added (the fake COS server answers at once)")
+        return
+    server.inject("delay", op="*", count=-1, seconds=args.store_latency / 1000)
+    bypass = "" if args.no_rclone else "; rclone's SigV4 requests bypass it"
+    print(
+        f"store latency: every COS request held {args.store_latency:g} ms by the "
+        f"fake COS server (SDK baseline and gateway alike{bypass})"
+    )
 
 
 def rclone_contenders(

@@ -26,10 +26,15 @@ the figures.  For SFTP it also prints the cipher and MAC OpenSSH
 negotiated, the client's CPU, and, for the ciphers Conch itself implements,
 the ceiling of Conch's own packet layer (see bench/_ceilings.py).  With
 socat installed it also measures what a bare relay achieves on this
-machine.  Each figure is the median of --rounds runs, directions
-interleaved, because these machines are noisy; moto itself caps the
-figures (testing-notes.md): the ratios are what to read.  SFTP's CPU
-includes its SSH handshake (a few ms), FTP's its login.
+machine.  A "ceilings" section then gives every party's CPU per GB for
+every contender (client, gateway with its reactor thread apart, store;
+bench/_parties.py), their sum, the bound the two cores put on it, the
+bound of the reactor's one thread, beside the measured MB/s, and whether
+SFTP at 0.8x FTP fits within them (bench/_ceilings.py).  Each figure is
+the median of --rounds runs, directions interleaved, because these
+machines are noisy; moto itself caps the figures (testing-notes.md): the
+ratios are what to read.  SFTP's CPU includes its SSH handshake (a few
+ms), FTP's its login.
 
 --protocols picks the gateway's protocols (ftp, ftps, sftp, webdav; the SDK is
 always measured).  --profile DIR then runs one upload and one download per
@@ -63,12 +68,16 @@ from typing import Any, Optional
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from bench._ceilings import conch_ceiling_for, relay_ceiling, timed  # noqa: E402
+from bench._ceilings import (  # noqa: E402
+    conch_ceiling_for,
+    print_ceilings,
+    relay_ceiling,
+    timed,
+)
 from bench._gateway import (  # noqa: E402
     SFTPBatch,
     Unavailable,
     client_key,
-    cpu_seconds,
     free_port,
     ftp_session,
     memory_mib,
@@ -89,6 +98,7 @@ from bench._measure import (  # noqa: E402
     ratio,
     stream_sha256,
 )
+from bench._parties import CpuMeter, PartyCpu  # noqa: E402
 from bench._webdav import webdav_server_line, webdav_transfer  # noqa: E402
 from tests.cosserver import CosTestServer  # noqa: E402
 
@@ -116,6 +126,10 @@ class Variant:
     cpu: dict[str, list[float]] = field(default_factory=per_direction)
     store_cpu: dict[str, list[float]] = field(default_factory=per_direction)
     client_cpu: dict[str, list[float]] = field(default_factory=per_direction)
+    #: Every party's CPU seconds per transfer (bench/_parties.py).
+    parties: dict[str, list[PartyCpu]] = field(
+        default_factory=lambda: {d: [] for d in DIRECTIONS}
+    )
     peak: float = 0.0
     #: OpenSSH's "kex: ..." debug lines of its first session.
     kex: list[str] = field(default_factory=list)
@@ -165,6 +179,8 @@ class Bench:
         self.sftp_port = free_port() if "sftp" in args.protocols else None
         self.dav_port = free_port() if "webdav" in args.protocols else None
         self.sdk: dict[str, list[float]] = {"put": [], "mp": [], "up": [], "down": []}
+        #: Every party's CPU per SDK transfer: put, upload_file (mp), down.
+        self.sdk_cpu: dict[str, list[PartyCpu]] = {"put": [], "mp": [], "down": []}
         #: Lines for the gateway's [server] section (--observability).
         self.server_lines = webdav_server_line(self.dav_port) if self.dav_port else ""
         self.server = CosTestServer()
@@ -208,33 +224,55 @@ class Bench:
     def measured(
         self, variant: Variant, direction: str, transfer: Callable[[], float]
     ) -> None:
-        """Run C{transfer} (which returns its seconds), recording it."""
-        pid, store = self.gateway.pid, self.server.pid
-        assert store is not None
+        """
+        Run C{transfer} (which returns its seconds), recording it and every
+        party's CPU: the client is this process (ftplib) or the child it
+        reaps (OpenSSH's sftp, curl).
+        """
+        pid = self.gateway.pid
         if self.can_reset:
             reset_peak_rss(pid)
-        cpu0, store0 = cpu_seconds(pid), cpu_seconds(store)
+        meter = self.meter(pid, child=variant.protocol in ("sftp", "webdav"))
+        meter.start()
         seconds = transfer()
-        variant.cpu[direction].append(cpu_seconds(pid) - cpu0)
-        variant.store_cpu[direction].append(cpu_seconds(store) - store0)
+        used = meter.stop()
+        variant.parties[direction].append(used)
+        variant.cpu[direction].append(used.server or 0.0)
+        variant.store_cpu[direction].append(used.store)
+        variant.client_cpu[direction].append(used.client)
         variant.mbs[direction].append(self.size / seconds / 1e6)
         variant.peak = max(variant.peak, memory_mib(pid)["VmHWM"])
 
+    def meter(self, gateway: Optional[int], child: bool = False) -> CpuMeter:
+        """Every party's CPU; the gateway's reactor (twistd's main thread) apart."""
+        assert self.server.pid is not None
+        return CpuMeter(self.server.pid, gateway, gateway is not None, child)
+
+    def sdk_timed(self, what: str, work: Callable[[], Any]) -> float:
+        """Seconds of the SDK's C{work}, recording every party's CPU as C{what}."""
+        meter = self.meter(None)
+        meter.start()
+        seconds = timed(work)
+        self.sdk_cpu[what].append(meter.stop())
+        return seconds
+
     def sdk_up(self) -> None:
         """The SDK's best of: one PUT, or its own threaded multipart."""
-        t_put = timed(
+        t_put = self.sdk_timed(
+            "put",
             lambda: self.client.put_object(
                 Bucket=self.bucket, Key="direct.bin", Body=self.source.read_bytes()
-            )
+            ),
         )
-        t_mp = timed(
+        t_mp = self.sdk_timed(
+            "mp",
             lambda: self.client.upload_file(
                 Bucket=self.bucket,
                 Key="direct.bin",
                 LocalFilePath=str(self.source),
                 PartSize=8,
                 MAXThread=4,
-            )
+            ),
         )
         self.sdk["put"].append(self.size / t_put / 1e6)
         self.sdk["mp"].append(self.size / t_mp / 1e6)
@@ -247,7 +285,7 @@ class Bench:
             body = self.client.get_object(Bucket=self.bucket, Key="direct.bin")["Body"]
             got.append(stream_sha256(body.get_raw_stream()))
 
-        self.sdk["down"].append(self.size / timed(run) / 1e6)
+        self.sdk["down"].append(self.size / self.sdk_timed("down", run) / 1e6)
         self.check("SDK download", got[0])
 
     def ftp(self, variant: Variant, direction: str) -> None:
@@ -305,8 +343,7 @@ class Bench:
             command = f"get /{name} {self.landing}"
 
         def transfer() -> float:
-            (t,), used = batch.run([command])
-            variant.client_cpu[direction].append(used)
+            (t,), _ = batch.run([command])
             return t
 
         try:
@@ -319,13 +356,12 @@ class Bench:
             self.landing.unlink(missing_ok=True)
 
     def webdav(self, variant: Variant, direction: str) -> None:
-        assert self.dav_port is not None
+        port = self.dav_port
+        assert port is not None
         up = direction == "up"
 
         def transfer() -> float:
-            return webdav_transfer(
-                self.dav_port, "webdav.bin", self.source, self.landing, up
-            )
+            return webdav_transfer(port, "webdav.bin", self.source, self.landing, up)
 
         try:
             self.measured(variant, direction, transfer)
@@ -399,6 +435,7 @@ def report(args: argparse.Namespace, bench: Bench, variants: list[Variant]) -> N
         )
     print("(FTP x: of SDK upload_file and get_object; VmHWM: peak RSS, MiB)")
     details(args, bench, variants)
+    print_ceilings(bench, variants, sdk)
     print_targets(targets(variants, size))
 
 
