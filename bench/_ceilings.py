@@ -218,26 +218,28 @@ def print_cpu_ceilings(rows: list[CpuRow], pairs: list[tuple[CpuRow, CpuRow]]) -
         f"ceilings (CPU s per GB of every party, medians of rounds; the parties "
         f"share {CORES} cores, so {CORES} / total bounds the rate whatever the "
         "gateway does; the reactor is one thread, so 1 / its s per GB bounds "
-        "the gateway):"
+        "the gateway; reactor busy = its CPU s per wall s):"
     )
     print(
         f"  {'contender':<34} {'dir':<4} {'client':>6} {'gateway':>7} "
         f"{'reactor':>7} {'store':>6} {'total':>6} {f'{CORES}-core':>7} "
-        f"{'reactor':>7} {'measured':>8} {'x bound':>7}"
+        f"{'reactor':>7} {'measured':>8} {'x bound':>7} {'reactor':>7}"
     )
     print(
         f"  {'':<34} {'':<4} {'s/GB':>6} {'':>7} {'':>7} {'':>6} {'':>6} "
-        f"{'MB/s':>7} {'MB/s':>7} {'MB/s':>8}"
+        f"{'MB/s':>7} {'MB/s':>7} {'MB/s':>8} {'':>7} {'busy':>7}"
     )
     for row in rows:
         p = row.per_gb
         x = row.mbs / row.bound() if row.mbs else None
+        reactor = row.reactor_bound()
+        busy = 100 * row.mbs / reactor if row.mbs and reactor else None
         print(
             f"  {row.label:<34} {row.direction:<4} {p.client:6.2f} "
             f"{_cell(p.server, 7)} {_cell(p.reactor, 7)} {p.store:6.2f} "
             f"{p.total():6.2f} {row.cores_bound():7.0f} "
             f"{_cell(row.reactor_bound(), 7, 0)} {_cell(row.mbs, 8, 1)} "
-            f"{_cell(x, 7)}"
+            f"{_cell(x, 7)} {_cell(busy, 6, 0)}{'%' if busy else ''}"
         )
     for row, ftp in pairs:
         print_reach(row, ftp)

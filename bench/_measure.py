@@ -80,6 +80,16 @@ def print_header(title: str, tree: Path) -> None:
     """The first lines of every table: what was measured, and which code."""
     print(f"== {title}")
     print(f"gateway: {describe_tree(tree)}")
+    print(load_line("at the start"))
+
+
+def load_line(when: str) -> str:
+    """
+    The machine's cores and load average: other processes share the cores
+    the parties' CPU figures and bounds assume are all the benchmark's.
+    """
+    loads = " / ".join(f"{x:.2f}" for x in os.getloadavg())
+    return f"machine: {os.cpu_count()} cores, load average (1/5/15 min) {when}: {loads}"
 
 
 def protocols_argument(

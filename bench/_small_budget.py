@@ -129,8 +129,9 @@ def print_model(budgets: list[Budget], baseline: str, latency_ms: float) -> None
         "SDK's model ms / the contender's:"
     )
     print(
-        f"  {'contender':<20} {'dir':<4} {'model ms':>8} {'predicted':>9} "
-        f"{'measured':>8}   for {TARGET:g}x the SDK the server may use"
+        f"  {'contender':<20} {'dir':<4} {'model ms':>8} {'wall ms':>7} "
+        f"{'predicted':>9} {'measured':>8}   for {TARGET:g}x the SDK the server "
+        "may use"
     )
     for b in (b for b in budgets if b.label != baseline):
         sdk = base.get(b.direction)
@@ -147,7 +148,7 @@ def print_model(budgets: list[Budget], baseline: str, latency_ms: float) -> None
             f"{sdk.model(latency_ms) / TARGET:.2f} ms"
         )
         print(
-            f"  {b.label:<20} {b.direction:<4} {model:8.2f} "
+            f"  {b.label:<20} {b.direction:<4} {model:8.2f} {b.wall:7.2f} "
             f"{sdk.model(latency_ms) / model:8.2f}x {b.rate / sdk.rate:7.2f}x   {need}"
         )
     for direction, sdk in base.items():

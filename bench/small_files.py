@@ -80,6 +80,7 @@ from bench._measure import (  # noqa: E402
     StoreRequests,
     Target,
     add_tree_argument,
+    load_line,
     median,
     per_item,
     print_header,
@@ -388,6 +389,7 @@ def report(args: argparse.Namespace, contenders: list[Contender]) -> None:
             print(f"{c.label}: later rounds skipped: {c.skipped}")
     print_budget(contenders, n, args.store_latency)
     print_targets(targets(contenders, base, n))
+    print(load_line("at the end"))
 
 
 def targets(

@@ -90,6 +90,7 @@ from bench._measure import (  # noqa: E402
     Target,
     add_tree_argument,
     file_sha256,
+    load_line,
     median,
     print_header,
     print_targets,
@@ -437,6 +438,7 @@ def report(args: argparse.Namespace, bench: Bench, variants: list[Variant]) -> N
     details(args, bench, variants)
     print_ceilings(bench, variants, sdk)
     print_targets(targets(variants, size))
+    print(load_line("at the end"))
 
 
 def details(args: argparse.Namespace, bench: Bench, variants: list[Variant]) -> None:

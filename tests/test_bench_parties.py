@@ -135,9 +135,9 @@ class SmallBudgetTests(SynchronousTestCase):
         """
         text = _printed(print_budget, [self.sdk, self.gateway], 1000, 10.0)
         row = next(line for line in text.splitlines() if "24.50" in line)
-        self.assertEqual(row.split()[3:6], ["24.50", "0.49x", "0.48x"])
+        self.assertEqual(row.split()[3:7], ["24.50", "25.00", "0.49x", "0.48x"])
         self.assertIn("nothing: client + store + latency alone exceed 15.00", row)
-        budget = next(line for line in text.splitlines() if "25.00" in line)
+        budget = next(line for line in text.splitlines() if "20.50" in line)
         # client, server, (reactor), store, CPU sum, wall, remainder, req/file
         self.assertEqual(
             budget.split()[3:],
