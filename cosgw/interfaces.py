@@ -434,9 +434,10 @@ class IUpload(IConsumer):
             the upload (nothing is then left in the store).
         """
 
-    def interrupt() -> Deferred[int]:
+    def interrupt(reason: str = "the client went away") -> Deferred[int]:
         """
-        The client went away mid-upload: keep what is stored for a resume
+        The client went away mid-upload (or the gateway stops: C{reason}
+        says which, for the audit event): keep what is stored for a resume
         (when the settings allow and no file is visible under the name),
         else discard it.
 

@@ -89,7 +89,8 @@ class FTPDrainTests(GatewayTestCase):
             if f["event"] == "abort"
         ]
         self.assertEqual(
-            [(a["kept"], a["bytes"]) for a in aborts], [(True, MiB + 300 * KiB)]
+            [(a["kept"], a["bytes"], a["error"]) for a in aborts],
+            [(True, MiB + 300 * KiB, f"interrupted: {REASON}")],
         )
 
     def test_a_command_running_is_answered_first(self) -> None:

@@ -337,9 +337,10 @@ class Upload:
         )
         self._meter.finish(error, interrupted=True, kept=kept)
 
-    def interrupt(self) -> Deferred[int]:
+    def interrupt(self, reason: str = "the client went away") -> Deferred[int]:
         """
-        The client went away in the middle of the upload: keep what is
+        The client went away in the middle of the upload (or, as C{reason}
+        tells the audit event, the gateway stopped it): keep what is
         stored for a resume when the settings allow and the name has no
         visible object, else discard it.  An interrupted overwrite never
         keeps anything: the old file stays as it was, and SIZE, APPE and
@@ -353,7 +354,7 @@ class Upload:
         def ended(result: int | Failure) -> int | Failure:
             if not self._committing:
                 kept = isinstance(result, int) and result > 0
-                self._ended(TransferStopped("the client went away"), kept=kept)
+                self._ended(TransferStopped(reason), kept=kept)
             return result
 
         return d.addBoth(ended)

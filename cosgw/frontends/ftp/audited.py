@@ -115,7 +115,7 @@ class AuditedSession(CommandContext):
             return
         if self.transfer is not None:
             if now:
-                self.transfer.cancel(client_gone=True)
+                self.transfer.cancel(client_gone=True, why=f"interrupted: {reason}")
             return
         if now or not self.busy:
             self.drained()

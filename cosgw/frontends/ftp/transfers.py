@@ -129,6 +129,8 @@ class ActiveTransfer:
         self.started = clock.seconds()
         self.aborted = False
         self.client_gone = False
+        #: Why the transfer stopped without ABOR, for its audit event.
+        self.why = "the client went away"
         self.channel: Optional[DataChannel] = None
         self.waiting: Optional[Deferred[Any]] = None
         self.counter: Callable[[], int] = lambda: 0
@@ -138,10 +140,16 @@ class ActiveTransfer:
     def elapsed(self) -> float:
         return self._clock.seconds() - self.started
 
-    def cancel(self, client_gone: bool) -> None:
-        """Stop now: ABOR (C{client_gone} False) or the client went away."""
+    def cancel(self, client_gone: bool, why: Optional[str] = None) -> None:
+        """
+        Stop now: ABOR (C{client_gone} False), or as when the client went
+        away (an upload is kept for a resume): it did, or C{why} says what
+        else stopped it.
+        """
         if client_gone:
             self.client_gone = True
+            if why is not None:
+                self.why = why
         else:
             self.aborted = True
         if self.waiting is not None and not self.waiting.called:
@@ -304,7 +312,7 @@ class TransferCommands(CommandContext):
             await upload.abort()
             raise Reply(426, "Transfer aborted; nothing was stored")
         if stopped is not None or transfer.client_gone:
-            kept = await upload.interrupt()
+            kept = await upload.interrupt(transfer.why)
             hint = f"; {kept} bytes kept: resume with REST {kept}" if kept else ""
             raise Reply(426, f"Connection closed; transfer aborted{hint}")
 
