@@ -26,6 +26,7 @@ from twisted.logger import Logger, LogLevel
 from cosgw.escaping import for_log
 
 __all__ = [
+    "AUDIT_FORMAT",
     "AUDIT_KEY",
     "AUDIT_NAMESPACE",
     "EVENTS",
@@ -39,6 +40,9 @@ AUDIT_NAMESPACE = "cosgw.audit"
 
 #: The key of a log event that holds the audit fields.
 AUDIT_KEY = "audit"
+
+#: The log format of every audit event: its text line, made once.
+AUDIT_FORMAT = "{audit_text}"
 
 #: Every event name, and the text line each is written as.  A text line
 #: holds the client address in every event, so a log watcher (fail2ban)
@@ -62,8 +66,7 @@ EVENTS: Mapping[str, str] = {
     "delete": "{protocol} delete of {path} by {user} from {client}: {outcome}",
     "rename": "{protocol} rename of {path} to {path_to} by {user} from"
     " {client}: {outcome}",
-    "copy": "{protocol} copy of {path} to {path_to} by {user} from"
-    " {client}: {outcome}",
+    "copy": "{protocol} copy of {path} to {path_to} by {user} from {client}: {outcome}",
     "mkdir": "{protocol} mkdir {path} by {user} from {client}: {outcome}",
     "rmdir": "{protocol} rmdir {path} by {user} from {client}: {outcome}",
     "mtime": "{protocol} time of {path} set by {user} from {client}: {outcome}",
@@ -91,7 +94,7 @@ def emit(fields: Mapping[str, Any], level: LogLevel = LogLevel.info) -> None:
     values["user"] = fields.get("user") or "-"
     values["client"] = f"{fields.get('client_ip')}:{fields.get('client_port')}"
     text = template.format_map(_Escaped(values))
-    _log.emit(level, "{audit_text}", audit_text=text, **{AUDIT_KEY: dict(fields)})
+    _log.emit(level, AUDIT_FORMAT, audit_text=text, **{AUDIT_KEY: dict(fields)})
 
 
 def audit_fields(event: Mapping[str, Any]) -> Mapping[str, Any] | None:

@@ -80,12 +80,16 @@ async def together(
     fails at once (the session knew the answer), the second is not begun.
     """
     early = ensureDeferred(first)
-    refused: list[Failure] = []
     if early.called:
-        early.addErrback(refused.append)
+        known: list[T] = []
+        refused: list[Failure] = []
+        early.addCallbacks(known.append, refused.append)
         if refused:
             second.close()
             refused[0].raiseException()
+        # The first is known at once (it was the session's): the second
+        # alone, without the machinery of waiting for two.
+        return known[0], await second
     checks: list[Deferred[Any]] = [early, ensureDeferred(second)]
     done = await DeferredList(checks, consumeErrors=True)
     for ok, value in done:

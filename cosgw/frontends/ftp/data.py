@@ -12,6 +12,7 @@ that does not finish closing within the stall timeout is dropped.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections import deque
 from collections.abc import Callable
@@ -77,8 +78,14 @@ class ChannelCount:
             self._parent.closed()
 
 
+@functools.lru_cache(maxsize=256)
 def normal_host(host: str) -> str:
-    """Compare addresses as the IP they are (IPv4-mapped IPv6 unwrapped)."""
+    """
+    Compare addresses as the IP they are (IPv4-mapped IPv6 unwrapped).
+    Remembered: every PASV and every data connection asks again about the
+    same few addresses, and parsing one costs more than the rest of the
+    check.
+    """
     try:
         address = ipaddress.ip_address(host.split("%", 1)[0])
     except ValueError:

@@ -17,11 +17,12 @@ import ipaddress
 import random
 import socket
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 from twisted.internet import error as net_error
 from twisted.internet import tcp
 from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.interfaces import IDelayedCall, IListeningPort
 from twisted.internet.posixbase import PosixReactorBase
 from twisted.logger import Logger, LogLevel
@@ -207,9 +208,13 @@ class DataConnections:
             expiry.cancel()
 
     def _expire_later(self) -> None:
-        """(Re)start the unused timeout."""
-        self._cancel_expiry()
+        """(Re)start the unused timeout (the running one moved, not replaced)."""
         timeout = self._factory.stall_timeout
+        expiry = self._expiry
+        if timeout is not None and expiry is not None and expiry.active():
+            expiry.reset(timeout)
+            return
+        self._cancel_expiry()
         if timeout is not None:
             self._expiry = self._factory.reactor.callLater(timeout, self._expired)
 
@@ -344,7 +349,10 @@ class DataConnections:
         factory, port = self._take(protect, protection_required)
         settings = self._factory
         d = factory.deferred
-        d.addTimeout(settings.data_timeout, settings.reactor)
+        if not d.called:
+            # Clients connect before they send the command (ftplib, curl,
+            # lftp): then there is nothing to time, and no timer to set.
+            d.addTimeout(settings.data_timeout, settings.reactor)
         transfer.waiting = d
         try:
             channel = await d
@@ -383,7 +391,8 @@ class DataConnections:
         (522, RFC 4217).
         """
         ready = channel.ready()
-        ready.addTimeout(self._factory.data_timeout, self._factory.reactor)
+        if not ready.called:  # a TLS handshake to wait for
+            ready.addTimeout(self._factory.data_timeout, self._factory.reactor)
         try:
             await ready
         except DataConnectionRefused as e:
@@ -394,6 +403,14 @@ class DataConnections:
             raise Reply(
                 522, f"TLS negotiation on the data connection failed: {e}"
             ) from None
+
+
+def _ipv4(name: str) -> Optional[str]:
+    """C{name} as an IPv4 address, or None when it is not one."""
+    try:
+        return str(ipaddress.IPv4Address(name))
+    except ValueError:
+        return None
 
 
 def _discard(
@@ -413,31 +430,32 @@ class PortCommands(CommandContext):
         interface = self.transport.getHost().host
         return self.data.passive(interface, protect=self.session.prot == "P")
 
-    async def ftp_PASV(self) -> Reply:
+    def ftp_PASV(self) -> Union[Reply, Deferred[Reply]]:
+        """
+        The IPv4 address PASV announces: the masquerade address (resolved
+        now, so a dynamic-DNS name follows its changes) or the address the
+        client reached.  Answered at once unless a name must be resolved:
+        PASV runs before every transfer.
+        """
         if self.session.epsv_all:
             return Reply(503, "PASV not allowed after EPSV ALL")
-        address = await self._pasv_address()
+        name = self.factory.masquerade_address
+        if name is None:
+            name = normal_host(self.transport.getHost().host)
+        address = _ipv4(name)
+        if address is not None or self.factory.masquerade_address is None:
+            return self._pasv_reply(address)
+        return ensureDeferred(self._resolve(name)).addCallback(self._pasv_reply)
+
+    def _pasv_reply(self, address: Optional[str]) -> Reply:
         if address is None:
             return Reply(522, "PASV needs IPv4; use EPSV (1,2)")
         port = self._passive()
         numbers = ",".join(address.split(".") + [str(port >> 8), str(port & 0xFF)])
         return Reply(227, f"Entering Passive Mode ({numbers})")
 
-    async def _pasv_address(self) -> Optional[str]:
-        """
-        The IPv4 address PASV announces: the masquerade address (resolved
-        now, so a dynamic-DNS name follows its changes) or the address the
-        client reached.  None when there is no IPv4 address to give.
-        """
-        name = self.factory.masquerade_address
-        if name is None:
-            name = normal_host(self.transport.getHost().host)
-        try:
-            return str(ipaddress.IPv4Address(name))
-        except ValueError:
-            pass
-        if self.factory.masquerade_address is None:
-            return None
+    async def _resolve(self, name: str) -> str:
+        """The masquerade address C{name}, resolved; or a 425 reply."""
         try:
             resolved = await self.reactor.resolve(name, timeout=(2, 5))
             return str(ipaddress.IPv4Address(resolved))

@@ -60,6 +60,7 @@ from twisted.internet import error as net_error
 from twisted.internet import protocol
 from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IHandshakeListener, IPushProducer
+from twisted.internet.tcp import Connection
 from twisted.logger import Logger
 from twisted.protocols import policies
 from twisted.python.failure import Failure
@@ -152,21 +153,33 @@ def _urgent_data_inline(transport: Any) -> None:
             pass
 
 
-def _limit_send_buffer(transport: Any) -> None:
-    """
-    Make the TCP transport (under TLS, the one below it) pause its producer
-    once more than L{MAX_UNSENT_REPLIES} wait to be sent.  It is Twisted's
-    default (64 KiB); set here so that the limit is this module's.
-    """
+def _socket_transport(transport: Any) -> Any:
+    """The transport below the wrappers (TLS, a PROXY header's): the socket's."""
     tcp = transport
-    # Down through the wrappers (TLS, a PROXY header's) to the socket's.
     for _ in range(4):
         below = tcp.__dict__.get("transport")
         if below is None:
             break
         tcp = below
+    return tcp
+
+
+def _limit_send_buffer(tcp: Any) -> None:
+    """
+    Make the TCP transport (under TLS, the one below it) pause its producer
+    once more than L{MAX_UNSENT_REPLIES} wait to be sent.  It is Twisted's
+    default (64 KiB); set here so that the limit is this module's.
+    """
     if hasattr(tcp, "bufferSize"):
         tcp.bufferSize = MAX_UNSENT_REPLIES
+
+
+def _is_reply_end(line: str) -> bool:
+    """
+    Whether C{line} ends a reply (RFC 959 4.2: three digits and a space; a
+    1xx preliminary reply too): the client acts on it.
+    """
+    return len(line) > 3 and line[3] == " " and line[:3].isdigit()
 
 
 @implementer(IPushProducer, IHandshakeListener)
@@ -217,6 +230,8 @@ class GatewayFTP(
         self._flush_waiters: list[Deferred[None]] = []
         self._login_deadline: Optional[IDelayedCall] = None
         self._cut_off: Optional[IDelayedCall] = None
+        #: The socket's transport, whose buffer L{sendLine} sends at once.
+        self._tcp: Optional[Connection] = None
         self.names = SessionEncoding(log_fields=self._log_fields)
 
     def _log_fields(self) -> dict[str, str]:
@@ -243,7 +258,9 @@ class GatewayFTP(
         # TimeoutMixin's hook for another clock (it is a method there).
         self.callLater = self.reactor.callLater  # type: ignore[method-assign]
         _urgent_data_inline(self.transport)
-        _limit_send_buffer(self.transport)
+        tcp = _socket_transport(self.transport)
+        _limit_send_buffer(tcp)
+        self._tcp = tcp if isinstance(tcp, Connection) else None
         if hasattr(self.transport, "setTcpNoDelay"):
             # Replies are small writes, each answering a command: with Nagle
             # a 226 waited for the client's delayed ACK of the 150 (40 ms
@@ -292,6 +309,22 @@ class GatewayFTP(
         if line[:3].isdigit():
             self.last_code = line[:3]
         self.transport.write(self.names.encode(for_reply(line)) + b"\r\n")
+        if _is_reply_end(line):
+            self._send_now()
+
+    def _send_now(self) -> None:
+        """
+        Send what the transport holds now, not on the reactor's next turn
+        (after whatever else this turn does, and a poll for the socket's
+        room): a client waits for every reply before it goes on, and each
+        small file costs four.  What the kernel does not take now, or a
+        send's error, the reactor takes on as it would have (the socket
+        stays registered for writing until the buffer is empty).  Not
+        while the connection closes: the reactor finishes that.
+        """
+        tcp = self._tcp
+        if tcp is not None and tcp.connected and not tcp.disconnecting:
+            tcp.doWrite()
 
     def close_control(self) -> None:
         """
@@ -544,9 +577,7 @@ class GatewayFTP(
         if transfer is not None:
             d.addBoth(lambda _: self._transfer_done(transfer))
         elif self.busy:
-            # The next command on a later reactor turn: one connection's
-            # pipelined commands do not hold up the others.
-            d.addBoth(lambda _: self.reactor.callLater(0, self._command_done))
+            d.addBoth(self._after_command)
 
     def _transfer_done(self, transfer: ActiveTransfer) -> None:
         for reply in transfer.after_reply:
@@ -555,6 +586,18 @@ class GatewayFTP(
         if not self.session.over:
             self.setTimeout(self.control_timeout())
         self._pump()
+
+    def _after_command(self, _: object) -> None:
+        """
+        The next command on a later reactor turn when one is waiting: one
+        connection's pipelined commands do not hold up the others.  With
+        none waiting (a client that waits for each reply, as nearly all
+        do), the command is over at once: no timer per command.
+        """
+        if self.unread or self.queued:
+            self.reactor.callLater(0, self._command_done)
+        else:
+            self._command_done()
 
     def _command_done(self) -> None:
         self.busy = False
