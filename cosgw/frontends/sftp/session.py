@@ -22,8 +22,10 @@ subsystem (C{sftp}).
     server has taken, and keeps its output in a L{ChunkQueue}.  At most
     L{MAX_CHANNELS} channels are open per connection (OpenSSH's
     MaxSessions), so the limits of one channel bound the connection.
-  - Copies.  Channel data goes out as views of what was written, joined
-    once into its SSH packet (L{GatewayConnection.send_channel_data}), and
+  - Copies and calls.  Channel data goes out as views of what was
+    written, joined once into its SSH packet, and the packets that the
+    client's window and the TCP transport's room let go at once are
+    written together (L{GatewayConnection.send_channel_data}), and
     comes in as a view of the decrypted packet
     (L{GatewayConnection.ssh_CHANNEL_DATA}); the last short packet of a
     READ reply waits for the end of the reactor turn so that replies
@@ -82,6 +84,9 @@ SESSION_WINDOW = 2 * 1024 * 1024
 #: Channels one connection may have open at once (OpenSSH's MaxSessions).
 MAX_CHANNELS = 10
 
+#: CHANNEL_DATA's fields before the data: the recipient channel, the length.
+_DATA_HEADER = struct.Struct(">2L")
+
 
 class GatewayConnection(SSHConnection):
     """
@@ -133,25 +138,28 @@ class GatewayConnection(SSHConnection):
         )
 
     def send_channel_data(
-        self, channel: Any, parts: Sequence[Union[bytes, memoryview]]
+        self, channel: Any, packets: Sequence[Sequence[Union[bytes, memoryview]]]
     ) -> None:
         """
-        L{sendData} of C{parts} joined, joined only once, into the packet
-        (Conch copies the data twice on the way, the transport twice more).
+        L{sendData} of each of C{packets} (a packet's data in parts) in
+        packets of their own, written together, each packet's parts joined
+        only once, into the packet (Conch copies the data twice on the way,
+        the transport twice more).
         """
         if channel.localClosed:
             return
-        header = struct.pack(
-            ">2L",
-            self.channelsToRemoteChannel[channel],
-            sum(len(part) for part in parts),
-        )
-        send_parts = getattr(self.transport, "send_parts", None)
-        if send_parts is not None:
-            send_parts(MSG_CHANNEL_DATA, [header, *parts])
+        recipient = self.channelsToRemoteChannel[channel]
+        payloads = [
+            [_DATA_HEADER.pack(recipient, sum(map(len, parts))), *parts]
+            for parts in packets
+        ]
+        send_packets = getattr(self.transport, "send_packets", None)
+        if send_packets is not None:
+            send_packets(MSG_CHANNEL_DATA, payloads)
         else:
             assert self.transport is not None
-            self.transport.sendPacket(MSG_CHANNEL_DATA, header + b"".join(parts))
+            for payload in payloads:
+                self.transport.sendPacket(MSG_CHANNEL_DATA, b"".join(payload))
 
     def ssh_CHANNEL_DATA(self, packet: Union[bytes, memoryview]) -> None:
         """
@@ -291,30 +299,51 @@ class SFTPSession(SSHSession):
             self.on_output_sent()
 
     def _send_output(self, hold_tail: bool = False) -> None:
+        """
+        Send what waits, in packets of the client's maximum size, as far as
+        its window allows and, each time, until the TCP transport's buffer
+        is full (L{GatewaySSHTransport.output_room}): those packets go to
+        the transport in one write.  C{hold_tail}: see L{write_parts}.
+        """
         conn = self.conn
         assert conn is not None
         packet = self.remoteMaxPacket or 32768
         # Not while the TCP transport's buffer is over its limit: the bytes
         # wait here, unencrypted (often the reader's own), not there twice.
         ssh = conn.transport
+        room_of = getattr(ssh, "output_room", None)
+        output = self._output
+        # A last packet short of full waits for the end of the turn, as
+        # long as the window would let a full one go.
+        held = 0
+        if hold_tail and len(output) < self.remoteWindowLeft:
+            held = len(output) % packet
         while (
-            self._output
+            len(output) > held
             and self.remoteWindowLeft > 0
             and not getattr(ssh, "output_full", False)
         ):
-            size = min(self.remoteWindowLeft, packet, len(self._output))
-            if hold_tail and size == len(self._output) < min(
-                packet, self.remoteWindowLeft
-            ):
-                self._flush_soon()
-                break
-            pieces = self._output.take_views(size)
+            size = min(self.remoteWindowLeft, len(output) - held)
+            room = room_of() if room_of is not None else None
+            if room is None:
+                room = size
+            # At least one packet; the one that fills the buffer goes too
+            # (as when each packet was written alone and checked after).
+            packets: list[list[memoryview]] = []
+            sent = 0
+            while sent < size and (sent < room or not packets):
+                n = min(packet, size - sent)
+                packets.append(output.take_views(n))
+                sent += n
             if isinstance(conn, GatewayConnection):
-                conn.send_channel_data(self, pieces)
+                conn.send_channel_data(self, packets)
             else:
-                conn.sendData(self, b"".join(pieces))
-            self.remoteWindowLeft -= size
-        if self.closing and not self._output and not self.extBuf:
+                for pieces in packets:
+                    conn.sendData(self, b"".join(pieces))
+            self.remoteWindowLeft -= sent
+        if held and len(output) == held:
+            self._flush_soon()
+        if self.closing and not output and not self.extBuf:
             conn.sendClose(self)
 
     def _flush_soon(self) -> None:

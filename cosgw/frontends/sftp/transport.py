@@ -436,6 +436,14 @@ class GatewaySSHTransport(AuditedConnection, PacketLayer, transport.SSHServerTra
         for watcher in list(self._output_watchers):
             watcher()
 
+    def output_room(self) -> Optional[int]:
+        """
+        The bytes that may still be written before the TCP transport's
+        buffer counts as full (L{OutputWatch.room}); None without a watch
+        (the connection is closing).
+        """
+        return None if self._write_side is None else self._write_side.room()
+
     def release_write_side(self) -> None:
         """
         Stop being the TCP transport's producer.  A transport closing while
