@@ -1,28 +1,22 @@
 """
 What a small file costs the FTP control connection beyond the store: the
-timers set per command and per transfer, and when a reply leaves.  A
+timers set per command and per transfer, and the audit line's cost.  A
 session that moves many small files (TYPE, PASV, STOR per file, as ftplib
 does) pays these on every file, sequentially: bench/small_files.py
-measures the rate; these tests pin the mechanisms.  Unit tests run on the
-fakes of tests/ftp_unit.py; the reply timing runs over a real loopback
-connection, since it is about the socket.
+measures the rate; these tests pin the mechanisms, on the fakes of
+tests/ftp_unit.py.
 """
 
 from __future__ import annotations
 
-import select
-import socket
 from typing import Any
 
-from twisted.internet import reactor
 from twisted.logger import LogLevel, formatEventAsClassicLogText
 from twisted.trial import unittest
 
 from cosgw.audit.events import AUDIT_FORMAT
-from cosgw.frontends.ftp.protocol import GatewayFTP
 from cosgw.logs.formats import text_line
 from tests.ftp_unit import FTPGateway, GatewayTestCase
-from tests.test_audit_protocols import until
 
 
 class TimerSpy:
@@ -106,50 +100,6 @@ class PerTransferTests(GatewayTestCase):
         )
         self.gw.advance(0.5)
         self.assertTrue(data.ended, "the unused connection outlived its timeout")
-
-
-class ReplyTimingTests(unittest.TestCase):
-    """Over a real loopback connection: a reply does not wait for the reactor."""
-
-    async def test_reply_leaves_before_the_reactor_turns(self) -> None:
-        """
-        A complete reply is in the socket when C{sendLine} returns: the
-        client, waiting for it, goes on while the gateway finishes its
-        turn.  The reactor cannot run during the check (it blocks its
-        thread), so a reply left for the reactor's next turn would not
-        arrive.
-        """
-        gateway = FTPGateway()
-        built: list[GatewayFTP] = []
-        build = gateway.factory.buildProtocol
-
-        def recorded(addr: Any) -> Any:
-            protocol = build(addr)
-            built.append(protocol)
-            return protocol
-
-        gateway.factory.buildProtocol = recorded  # type: ignore[method-assign]
-        port = reactor.listenTCP(0, gateway.factory, interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-        client = socket.create_connection(("127.0.0.1", port.getHost().port))
-        self.addCleanup(client.close)
-        client.setblocking(False)
-        await until(lambda: readable(client, 0), "the greeting")
-        self.assertEqual(client.recv(1024), b"220 cosgw FTP gateway ready\r\n")
-        (protocol,) = built
-        self.addCleanup(protocol.transport.abortConnection)
-        protocol.sendLine("211-first line of a reply")
-        self.assertFalse(readable(client, 0.2), "a reply's first line waits")
-        protocol.sendLine("211 its end")
-        self.assertTrue(readable(client, 5), "the reply waited for the reactor")
-        self.assertEqual(
-            client.recv(1024), b"211-first line of a reply\r\n211 its end\r\n"
-        )
-
-
-def readable(sock: socket.socket, seconds: float) -> bool:
-    """Whether C{sock} has bytes to read within C{seconds} (blocking)."""
-    return bool(select.select([sock], [], [], seconds)[0])
 
 
 class AuditLineTests(unittest.TestCase):

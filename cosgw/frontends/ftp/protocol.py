@@ -60,7 +60,6 @@ from twisted.internet import error as net_error
 from twisted.internet import protocol
 from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IHandshakeListener, IPushProducer
-from twisted.internet.tcp import Connection
 from twisted.logger import Logger
 from twisted.protocols import policies
 from twisted.python.failure import Failure
@@ -174,14 +173,6 @@ def _limit_send_buffer(tcp: Any) -> None:
         tcp.bufferSize = MAX_UNSENT_REPLIES
 
 
-def _is_reply_end(line: str) -> bool:
-    """
-    Whether C{line} ends a reply (RFC 959 4.2: three digits and a space; a
-    1xx preliminary reply too): the client acts on it.
-    """
-    return len(line) > 3 and line[3] == " " and line[:3].isdigit()
-
-
 @implementer(IPushProducer, IHandshakeListener)
 class GatewayFTP(
     AuditedSession,
@@ -230,8 +221,6 @@ class GatewayFTP(
         self._flush_waiters: list[Deferred[None]] = []
         self._login_deadline: Optional[IDelayedCall] = None
         self._cut_off: Optional[IDelayedCall] = None
-        #: The socket's transport, whose buffer L{sendLine} sends at once.
-        self._tcp: Optional[Connection] = None
         self.names = SessionEncoding(log_fields=self._log_fields)
 
     def _log_fields(self) -> dict[str, str]:
@@ -258,9 +247,7 @@ class GatewayFTP(
         # TimeoutMixin's hook for another clock (it is a method there).
         self.callLater = self.reactor.callLater  # type: ignore[method-assign]
         _urgent_data_inline(self.transport)
-        tcp = _socket_transport(self.transport)
-        _limit_send_buffer(tcp)
-        self._tcp = tcp if isinstance(tcp, Connection) else None
+        _limit_send_buffer(_socket_transport(self.transport))
         if hasattr(self.transport, "setTcpNoDelay"):
             # Replies are small writes, each answering a command: with Nagle
             # a 226 waited for the client's delayed ACK of the 150 (40 ms
@@ -309,22 +296,6 @@ class GatewayFTP(
         if line[:3].isdigit():
             self.last_code = line[:3]
         self.transport.write(self.names.encode(for_reply(line)) + b"\r\n")
-        if _is_reply_end(line):
-            self._send_now()
-
-    def _send_now(self) -> None:
-        """
-        Send what the transport holds now, not on the reactor's next turn
-        (after whatever else this turn does, and a poll for the socket's
-        room): a client waits for every reply before it goes on, and each
-        small file costs four.  What the kernel does not take now, or a
-        send's error, the reactor takes on as it would have (the socket
-        stays registered for writing until the buffer is empty).  Not
-        while the connection closes: the reactor finishes that.
-        """
-        tcp = self._tcp
-        if tcp is not None and tcp.connected and not tcp.disconnecting:
-            tcp.doWrite()
 
     def close_control(self) -> None:
         """
