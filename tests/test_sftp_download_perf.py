@@ -9,7 +9,9 @@ What makes an SFTP download cheap for the reactor, without sockets:
     connection's room being 1 MiB;
   - reads of the store are two chunks while the download buffer budget
     has room to spare, one chunk (what a read needs) once a quarter of the
-    budget is in use (L{DownloadBuffers.spare}).
+    budget is in use (L{DownloadBuffers.spare});
+  - chacha20-poly1305 reuses its ChaCha20 contexts from packet to packet,
+    each packet as from fresh ones.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from twisted.conch.ssh.connection import MSG_CHANNEL_DATA
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
+from cosgw.frontends.sftp.aead import ChaChaPolyPacket
 from cosgw.frontends.sftp.flow import OUTPUT_LIMIT, OUTPUT_TOTAL, OutputWatch
 from cosgw.testing import MemoryStore
 from cosgw.transfer import DownloadBuffers, RangedReader, TransferSettings
@@ -326,3 +329,34 @@ class ReaderSpareTests(DoorTestCase):
             self.assertEqual(buffers.used - used, 3 * MiB)
             reader.close()
             self.assertEqual(buffers.used, used)
+
+
+class ChaChaContextTests(SynchronousTestCase):
+    """
+    chacha20-poly1305 moves two long-lived ChaCha20 contexts to each
+    packet's nonce instead of making new ones: a packet must come out as
+    from fresh contexts whatever came before it (another packet, a length,
+    a forged packet that failed half-way).
+    """
+
+    KEY = bytes(range(64))
+
+    def test_each_packet_as_from_fresh_contexts(self) -> None:
+        sealer = ChaChaPolyPacket(self.KEY)
+        opener = ChaChaPolyPacket(self.KEY)
+        for sequence, size in (
+            (0, 8),
+            (1, 32 * KiB + 8),
+            (7, 16),
+            (7, 16),
+            (2**32 + 3, 24),
+        ):
+            body = pattern(size, seed=sequence % 97)
+            packet = sealer.seal(sequence, body)
+            self.assertEqual(packet, ChaChaPolyPacket(self.KEY).seal(sequence, body))
+            wire = b"".join(packet)
+            self.assertEqual(opener.length(sequence, wire[:4]), size)
+            forged = bytearray(wire)
+            forged[5] ^= 1
+            self.assertIsNone(opener.open(sequence, bytes(forged)))
+            self.assertEqual(opener.open(sequence, wire), body)

