@@ -234,10 +234,12 @@ class IObjectStore(Interface):
         """
 
     def put(
-        key: str, data: bytes, metadata: Optional[Mapping[str, str]] = None
+        key: str, data: bytes | memoryview, metadata: Optional[Mapping[str, str]] = None
     ) -> Deferred[ObjectInfo]:
         """
         Store C{data} as one object, replacing any object of that key.
+        C{data} may be a view (of an upload's part block): the store reads
+        it until the Deferred fires and keeps no reference to it.
 
         @return: Deferred firing with the new L{ObjectInfo} once the store
             has confirmed it.
@@ -269,11 +271,11 @@ class IObjectStore(Interface):
         """
 
     def upload_part(
-        key: str, upload_id: str, number: int, data: bytes
+        key: str, upload_id: str, number: int, data: bytes | memoryview
     ) -> Deferred[PartInfo]:
         """
         Store part C{number} (1-based) of an upload.  Parts may arrive in
-        any order and be retried.
+        any order and be retried.  C{data} may be a view, as for L{put}.
 
         @return: Deferred firing with L{PartInfo}; fails with
             L{IntegrityError} if the store's checksum of the part disagrees.

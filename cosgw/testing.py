@@ -408,12 +408,15 @@ class MemoryStore:
         return source
 
     def put(
-        self, key: str, data: bytes, metadata: Optional[Mapping[str, str]] = None
+        self,
+        key: str,
+        data: bytes | memoryview,
+        metadata: Optional[Mapping[str, str]] = None,
     ) -> Deferred[ObjectInfo]:
         return self._request("put", self._put, key, data, metadata)
 
     def _put(
-        self, key: str, data: bytes, metadata: Optional[Mapping[str, str]]
+        self, key: str, data: bytes | memoryview, metadata: Optional[Mapping[str, str]]
     ) -> ObjectInfo:
         self._check_key(key)
         if len(data) > MAX_PUT_SIZE:
@@ -458,14 +461,14 @@ class MemoryStore:
         return upload_id
 
     def upload_part(
-        self, key: str, upload_id: str, number: int, data: bytes
+        self, key: str, upload_id: str, number: int, data: bytes | memoryview
     ) -> Deferred[PartInfo]:
         return self._request(
             "upload_part", self._upload_part, key, upload_id, number, data
         )
 
     def _upload_part(
-        self, key: str, upload_id: str, number: int, data: bytes
+        self, key: str, upload_id: str, number: int, data: bytes | memoryview
     ) -> PartInfo:
         return self._add_part(self._upload_of(key, upload_id), number, bytes(data))
 

@@ -6,6 +6,7 @@ over a L{MemoryStore} whose parts take time on a L{MemoryReactorClock}.
 
 from __future__ import annotations
 
+import mmap
 import platform
 import subprocess
 import sys
@@ -215,6 +216,30 @@ class UploadBuffersTests(SynchronousTestCase):
         large = [one[: INLINE_JOIN // 2], view[INLINE_JOIN // 2 :]]
         self.assertEqual(self.successResultOf(buffers.assemble(large)), one)
         self.assertEqual(len(ran), 1)
+
+    def test_blocks_kept_within_budget(self) -> None:
+        """
+        A free block is kept for the next part of its size only while the
+        bytes held and the blocks kept fit in the budget, and only when no
+        view of it is left; a part of another size gets a block of its own.
+        """
+        buffers = UploadBuffers(4 * MiB)
+        held = buffers.claim(2 * MiB, lambda c: None)
+        mine = buffers.claim(2 * MiB, lambda c: None)
+        one, two, seen = (buffers.block(2 * MiB) for _ in range(3))
+        assert one is not None and two is not None and seen is not None
+        view = memoryview(seen)[:10]
+        buffers.keep(seen, 2 * MiB)  # a view of it is still out there
+        buffers.keep(one, 2 * MiB)  # 2 MiB held + 2 MiB kept: within
+        mine.release()
+        buffers.keep(two, 0)  # 2 MiB held + 4 MiB kept: over
+        self.assertIs(buffers.block(2 * MiB), one)
+        other = buffers.block(3 * MiB)
+        self.assertIsInstance(other, mmap.mmap)
+        self.assertEqual(len(other), 3 * MiB)
+        self.assertNotIn(buffers.block(2 * MiB), (one, two, seen))
+        view.release()
+        held.release()
 
     def test_malloc_settings(self) -> None:
         """
@@ -466,31 +491,82 @@ class SharedBudgetTests(SynchronousTestCase):
         self.assertNotIn("file1", store.stored_keys())
         self.assertEqual(store.stored_uploads(), [])
 
-    def test_parts_joined_off_the_writer(self) -> None:
+    def store_parts(
+        self, store: FakeStore, keep: tuple[int, ...] = ()
+    ) -> list[memoryview]:
         """
-        Parts made of many reads are handed to the runner as the reads
-        themselves and joined there (the last, of 1 MiB, is small enough to
-        join at once); the store gets the joined bytes.
+        Answer every part the store was sent, forgetting it (as a store
+        does once a part is stored) unless its number is in C{keep}.
+
+        @return: The parts kept.
+        """
+        kept = []
+        for call in store.unsettled("upload_part"):
+            number, size = call.args[2], len(call.args[3])
+            if number in keep:
+                kept.append(call.args[3])
+            call.args = ()
+            call.deferred.callback(PartInfo(number, f"e{number}", size))
+        return kept
+
+    def write(self, buffers: UploadBuffers, data: bytes) -> tuple[FakeStore, Any]:
+        """An upload of C{data} in 2 MiB parts, sent in reads of 100,000 bytes."""
+        store = FakeStore({"create_multipart", "complete_multipart"})
+        writer = UploadWriter(
+            store, KEY, TransferSettings(part_size=2 * MiB, buffers=buffers)
+        )
+        for i in range(0, len(data), 100_000):
+            writer.write(data[i : i + 100_000])
+        return store, writer.finish()
+
+    def test_parts_in_blocks(self) -> None:
+        """
+        Each part is one block of its own, mapped when its claim is granted,
+        that its reads are copied into: the store gets a view of the block
+        (nothing is joined), the short last part a view of its bytes only.
         """
         joined: list[int] = []
 
         class Runner:
             def run(self, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
-                (chunks,) = args
-                joined.append(len(chunks))
+                joined.append(len(args[0]))
                 return succeed(f(*args))
 
-        store = FakeStore({"create_multipart", "upload_part", "complete_multipart"})
         buffers = UploadBuffers(8 * MiB, Runner())
-        writer = UploadWriter(
-            store, KEY, TransferSettings(part_size=2 * MiB, buffers=buffers)
-        )
         data = random_bytes(5 * MiB)
-        for i in range(0, len(data), 100_000):
-            writer.write(data[i : i + 100_000])
-        self.successResultOf(writer.finish())
+        store, done = self.write(buffers, data)
         parts = [c.args[3] for c in store.calls_to("upload_part")]
-        self.assertEqual(b"".join(parts), data)
+        self.assertEqual(joined, [])
+        self.assertEqual([type(p.obj) for p in parts], [mmap.mmap] * 3)
         self.assertEqual([len(p) for p in parts], [2 * MiB, 2 * MiB, MiB])
-        self.assertEqual(joined, [21, 22])
+        self.assertEqual([len(p.obj) for p in parts], [2 * MiB] * 3)
+        self.assertEqual(b"".join(parts), data)
+        del parts
+        self.store_parts(store)
+        self.successResultOf(done)
         self.assertEqual(buffers.used, 0)
+
+    def test_blocks_reused(self) -> None:
+        """
+        A part's block, once the part is stored, serves a later part
+        (written afresh, it faults no page in); a block that someone still
+        sees (here a part the store kept) is never reused.
+        """
+        buffers = UploadBuffers(6 * MiB)
+        first, second = random_bytes(6 * MiB), random_bytes(6 * MiB)
+        store, done = self.write(buffers, first)
+        blocks = [c.args[3].obj for c in store.calls_to("upload_part")]
+        self.assertEqual([type(b) for b in blocks], [mmap.mmap] * 3)
+        (seen,) = self.store_parts(store, keep=(1,))
+        self.successResultOf(done)
+        self.assertEqual(buffers.used, 0)
+        store, done = self.write(buffers, second)
+        again = [c.args[3].obj for c in store.calls_to("upload_part")]
+        reused = [any(a is b for a in again) for b in blocks]
+        self.assertEqual(reused, [False, True, True])
+        parts = [c.args[3] for c in store.calls_to("upload_part")]
+        self.assertEqual(b"".join(parts), second)
+        self.assertEqual(bytes(seen), first[: 2 * MiB])
+        del parts
+        self.store_parts(store)
+        self.successResultOf(done)

@@ -34,6 +34,7 @@ from cosgw.transfer import (
     UploadBuffers,
     UploadWriter,
 )
+from cosgw.transfer.buffers import UNCLAIMED
 from tests.harness import PASSWORD, MiB, in_thread, random_bytes, sha256, start_gateway
 from tests.transfertesting import FakeStore
 
@@ -252,11 +253,11 @@ class HungerTests(unittest.SynchronousTestCase):
         )
         told: list[bool] = []
         writer.watch_hunger(told.append)
-        writer.write(b"x" * (256 * KiB))
+        writer.write(b"x" * UNCLAIMED)
         self.assertEqual(told, [])  # a small file claims nothing
         writer.write(b"x")
         self.assertEqual(told, [True])  # granted at once
-        writer.write(b"x" * (MiB - 256 * KiB - 1))
+        writer.write(b"x" * (MiB - UNCLAIMED - 1))
         # The part is cut; the next claim waits for it to be stored.
         self.assertEqual((told, buffers.waiting), ([True, False], 1))
         store.answer(store.unsettled("upload_part")[0])

@@ -157,7 +157,10 @@ class ThreadedStore:
         return self._request("open", self._open, key, offset, end)
 
     def put(
-        self, key: str, data: bytes, metadata: Optional[Mapping[str, str]] = None
+        self,
+        key: str,
+        data: bytes | memoryview,
+        metadata: Optional[Mapping[str, str]] = None,
     ) -> Deferred[ObjectInfo]:
         return self._request("put", self._put, key, data, metadata)
 
@@ -178,7 +181,7 @@ class ThreadedStore:
         return self._request("create_multipart", self._create_multipart, key, metadata)
 
     def upload_part(
-        self, key: str, upload_id: str, number: int, data: bytes
+        self, key: str, upload_id: str, number: int, data: bytes | memoryview
     ) -> Deferred[PartInfo]:
         return self._request(
             "upload_part", self._upload_part, key, upload_id, number, data
@@ -230,7 +233,7 @@ class ThreadedStore:
         raise NotImplementedError
 
     def _put(
-        self, key: str, data: bytes, metadata: Optional[Mapping[str, str]]
+        self, key: str, data: bytes | memoryview, metadata: Optional[Mapping[str, str]]
     ) -> ObjectInfo:
         raise NotImplementedError
 
@@ -246,7 +249,7 @@ class ThreadedStore:
         raise NotImplementedError
 
     def _upload_part(
-        self, key: str, upload_id: str, number: int, data: bytes
+        self, key: str, upload_id: str, number: int, data: bytes | memoryview
     ) -> PartInfo:
         raise NotImplementedError
 

@@ -342,7 +342,7 @@ class CosStore(ThreadedStore):
         return source
 
     def _put(
-        self, key: str, data: bytes, metadata: Optional[Mapping[str, str]]
+        self, key: str, data: bytes | memoryview, metadata: Optional[Mapping[str, str]]
     ) -> ObjectInfo:
         if len(data) > MAX_PUT_SIZE:
             raise StoreError(f"PUT {key}: {len(data)} bytes is over COS's PUT limit")
@@ -426,7 +426,7 @@ class CosStore(ThreadedStore):
         return str(result["UploadId"])
 
     def _upload_part(
-        self, key: str, upload_id: str, number: int, data: bytes
+        self, key: str, upload_id: str, number: int, data: bytes | memoryview
     ) -> PartInfo:
         local_crc = crc64(data)
         headers = CaseInsensitiveDict(

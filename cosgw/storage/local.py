@@ -301,7 +301,7 @@ class LocalStore(ThreadedStore):
         return self._info(key, path.stat())
 
     def _put(
-        self, key: str, data: bytes, metadata: Optional[Mapping[str, str]]
+        self, key: str, data: bytes | memoryview, metadata: Optional[Mapping[str, str]]
     ) -> ObjectInfo:
         mtime = _mtime_from(metadata)
         if key.endswith("/"):
@@ -371,7 +371,7 @@ class LocalStore(ThreadedStore):
         return upload_id
 
     def _upload_part(
-        self, key: str, upload_id: str, number: int, data: bytes
+        self, key: str, upload_id: str, number: int, data: bytes | memoryview
     ) -> PartInfo:
         directory = self._upload_dir(upload_id)
         if not directory.is_dir():

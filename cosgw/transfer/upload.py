@@ -9,8 +9,8 @@ data connection, so TCP pushes back on the client.  Memory per upload is
 therefore bounded by (parts in flight + 1) x part size, and all uploads
 together by the gateway's L{UploadBuffers} (C{settings.buffers}): before
 filling a part the writer claims its size there, and while the claim waits
-its turn the data connection is paused too.  The reads that fill a part are
-kept as they came and put together off the reactor (L{PartBuffer}).  When
+its turn the data connection is paused too.  A part's bytes are copied into
+one block of its size as they come (L{PartBuffer}).  When
 the upload fails on the store's side (a part, the quota, the size limit)
 the writer stops its producer, as a consumer that can take no more does.
 
@@ -369,8 +369,7 @@ class UploadWriter:
             if fill.ready and fill.size >= self._current_part:
                 self._cut(self._current_part)
             elif (
-                fill.buffers is not None
-                and not fill.claiming
+                not fill.claiming
                 and self._started
                 and self._in_flight + len(self._pending) < self._max_in_flight()
             ):
@@ -436,7 +435,7 @@ class UploadWriter:
                 errbackArgs=(held,),
             )
 
-    def _send_part(self, data: bytes, number: int) -> Deferred[PartInfo]:
+    def _send_part(self, data: Chunk, number: int) -> Deferred[PartInfo]:
         if self.state not in (UploadState.OPEN, UploadState.FINISHING):
             # Ended while the part was put together: it is not sent.
             raise TransferStopped("upload ended")

@@ -211,7 +211,10 @@ class KnowingStore:
     # -- changing -------------------------------------------------------------
 
     def put(
-        self, key: str, data: bytes, metadata: Optional[Mapping[str, str]] = None
+        self,
+        key: str,
+        data: bytes | memoryview,
+        metadata: Optional[Mapping[str, str]] = None,
     ) -> Deferred[ObjectInfo]:
         d = self.store.put(key, data, metadata)
         if key.endswith("/"):
@@ -258,7 +261,7 @@ class KnowingStore:
         return self.store.create_multipart(key, metadata)
 
     def upload_part(
-        self, key: str, upload_id: str, number: int, data: bytes
+        self, key: str, upload_id: str, number: int, data: bytes | memoryview
     ) -> Deferred[PartInfo]:
         return self.store.upload_part(key, upload_id, number, data)
 
