@@ -408,6 +408,29 @@ class SharedBudgetTests(SynchronousTestCase):
         self.assertGreater(buffers.peak, 3 * MiB)
         self.assertLessEqual(buffers.peak, bound)
 
+    def test_uploads_starting_together(self) -> None:
+        """
+        32 uploads start at once, each with a first read of 200,000 bytes
+        (what a client sent before the gateway read its connection), then
+        reads of 1 MiB (an FTP data connection's): each claims after its
+        first read, so together they hold no more than the budget and one
+        first read each.  (Holding their first 256 KiB without a claim, each
+        took a 1 MiB read too, and they held 59 MiB.)
+        """
+        self.clock = MemoryReactorClock()
+        buffers = UploadBuffers(32 * MiB)
+        store = SlowParts(self.clock, 0.1)
+        settings = TransferSettings(part_size=8 * MiB, buffers=buffers)
+        clients = []
+        for i in range(32):
+            writer = UploadWriter(store, f"file{i}", settings)
+            clients.append(Client(writer, random_bytes(3 * MiB), MiB))
+        for client in clients:
+            client.writer.write(client.data[:200_000])
+            client.sent = 200_000
+        self.run_all(buffers, clients)
+        self.assertLessEqual(buffers.peak, 32 * MiB + 32 * 200_000)
+
     def test_parts_larger_than_the_budget(self) -> None:
         """
         Parts of 3 MiB with a 2 MiB budget: each upload in its turn gets a
