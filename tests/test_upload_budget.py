@@ -234,12 +234,17 @@ class UploadBuffersTests(SynchronousTestCase):
         mine.release()
         buffers.keep(two, 0)  # 2 MiB held + 4 MiB kept: over
         self.assertIs(buffers.block(2 * MiB), one)
+        buffers.keep(one, 0)
+        # A part of another size: a block of its own; the spare 2 MiB no
+        # longer fits beside the 4 MiB now held, and goes.
+        bigger = buffers.claim(2 * MiB, lambda c: None)
         other = buffers.block(3 * MiB)
         self.assertIsInstance(other, mmap.mmap)
         self.assertEqual(len(other), 3 * MiB)
         self.assertNotIn(buffers.block(2 * MiB), (one, two, seen))
         view.release()
         held.release()
+        bigger.release()
 
     def test_malloc_settings(self) -> None:
         """

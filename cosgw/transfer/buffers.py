@@ -293,11 +293,19 @@ class UploadBuffers:
     # -- blocks --------------------------------------------------------------
 
     def block(self, size: int) -> Optional[mmap.mmap]:
-        """A block for a part of C{size} bytes: a spare one, else a new one."""
+        """
+        A block for a part of C{size} bytes whose claim was just granted: a
+        spare one of that size, else a new one, once spares of other sizes
+        (parts grow as a stream grows) that no longer fit beside the bytes
+        the budget holds are dropped.
+        """
         spare = self._spare.get(size)
         if spare:
             self._spare_bytes -= size
             return spare.pop()
+        for blocks in self._spare.values():
+            while blocks and self.used + self._spare_bytes > self.limit:
+                self._spare_bytes -= len(blocks.pop())
         return part_block(size)
 
     def keep(self, block: mmap.mmap, releasing: int) -> None:
