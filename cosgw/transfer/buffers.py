@@ -327,7 +327,9 @@ class UploadBuffers:
             # store's traceback may hold one): the only way to ask.  The
             # same size moves nothing.
             block.resize(size)
-        except Exception:
+        except (BufferError, OSError, SystemError):
+            # BufferError: a view is out; the others: a system that cannot
+            # remap (no mremap), where the block is simply not kept.
             return
         self._spare.setdefault(size, []).append(block)
         self._spare_bytes += size
