@@ -105,9 +105,9 @@ class PerTransferTests(GatewayTestCase):
 class AuditLineTests(unittest.TestCase):
     def test_audit_line_is_twisteds_classic_line(self) -> None:
         """
-        An audit event's text line, made without Twisted's formatter, is
-        the line Twisted's formatter makes, at every second and around its
-        edges (times are shown to the second).
+        An audit event's text line, its time remembered for the second, is
+        the line Twisted's formatter makes with its own time, at every
+        second and around its edges (times are shown to the second).
         """
         event: dict[str, Any] = {
             "log_format": AUDIT_FORMAT,
@@ -128,7 +128,7 @@ class AuditLineTests(unittest.TestCase):
             self.assertEqual(text_line(event), formatEventAsClassicLogText(event))
 
     def test_other_events_keep_twisteds_line(self) -> None:
-        """Any other event (a failure, a system of its own) as before."""
+        """Any other event (a system of its own, several lines) as before."""
         for event in (
             {"log_format": "a {x}", "x": 1, "log_level": LogLevel.warn},
             {"log_format": AUDIT_FORMAT, "audit_text": "x", "log_system": "s"},
