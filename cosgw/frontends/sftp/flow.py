@@ -32,11 +32,11 @@ Replies are encrypted only as the TCP transport takes them: a channel
 sends nothing while the transport's buffer is over its limit
 (L{OUTPUT_LIMIT}, 1 MiB; L{OutputWatch}), and its replies wait
 unencrypted until the buffer has emptied; what the buffer may still take
-is sealed and written at once (L{OutputWatch.room}).  So what a session holds is bounded by its gate: the
-promised and unsent reply bytes (C{high_water}, 512 KiB: enough for a
-download at full speed, measured), the reader's chunks those reads need
-(L{cosgw.transfer.reader}), and at most the limit plus a packet encrypted
-in the TCP transport.  (With
+is sealed and written at once (L{OutputWatch.room}).  So what a session
+holds is bounded by its gate: the promised and unsent reply bytes
+(C{high_water}, 512 KiB: enough for a download at full speed, measured),
+the reader's chunks those reads need (L{cosgw.transfer.reader}), and at
+most the limit plus a packet encrypted in the TCP transport.  (With
 4 MiB promised and every reply encrypted as soon as the client's window
 allowed, 32 OpenSSH downloads held 7 MiB each: 316 MiB of RSS.)
 
