@@ -10,9 +10,9 @@ therefore bounded by (parts in flight + 1) x part size, and all uploads
 together by the gateway's L{UploadBuffers} (C{settings.buffers}): before
 filling a part the writer claims its size there, and while the claim waits
 its turn the data connection is paused too.  A part's bytes are copied into
-one block of its size as they come (L{PartBuffer}).  When
-the upload fails on the store's side (a part, the quota, the size limit)
-the writer stops its producer, as a consumer that can take no more does.
+one block of its size as they come (L{PartBuffer}).  When the upload fails
+on the store's side (a part, the quota, the size limit) the writer stops
+its producer, as a consumer that can take no more does.
 
 Upload state machine (L{UploadState}).  "The final call" is the single PUT
 of a small upload or the CompleteMultipartUpload of a large one.
